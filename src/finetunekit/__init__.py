@@ -1,0 +1,47 @@
+"""finetunekit: fine-tune pretrained image and text models on small labelled datasets.
+
+Example::
+
+    import finetunekit
+    recipe = finetunekit.Recipe.from_yaml("examples/hymenoptera.yaml")
+    result = finetunekit.train(recipe, output="runs/ants")
+    model = finetunekit.load("runs/ants")
+    model.predict(["ant.jpg"])
+
+Heavy modules (torch, timm, transformers) load on first use, so ``import finetunekit`` is fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Recipe", "__version__", "evaluate", "load", "train"]
+
+if TYPE_CHECKING:
+    from .predict import load
+    from .recipe import Recipe
+    from .trainer import train
+
+
+def evaluate(run_dir: str, data: str, text_column: str | None = None, label_column: str = "label") -> dict[str, Any]:
+    """Metrics of a run directory's model on a labelled data set."""
+    from .predict import load
+
+    return load(run_dir).evaluate(data, text_column=text_column, label_column=label_column)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Recipe":
+        from .recipe import Recipe
+
+        return Recipe
+    if name == "train":
+        from .trainer import train
+
+        return train
+    if name == "load":
+        from .predict import load
+
+        return load
+    raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")

@@ -1,0 +1,182 @@
+"""The run directory: everything needed to rebuild and use a fine-tuned model, and nothing that
+executes code on load.
+
+::
+
+    RUN_DIR/
+      finetunekit.json     format version, modality, backbone description
+      recipe.yaml          the resolved recipe (every default filled in)
+      labels.json          class names, index order
+      preprocessing.json   image sizes and normalisation, or text pooling and max length
+      backbone/            tokenizer and config files (text backbones)
+      model.safetensors    backbone + head weights
+      metrics.json         final validation metrics
+      metrics.jsonl        one line per epoch
+      README.md            model card
+
+Every file is written to a temporary name in the same directory and renamed into place, so a crash
+leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .errors import FinetuneError
+
+FORMAT_VERSION = 1
+MARKER = "finetunekit.json"
+
+
+# -- atomic writes -------------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save
+
+    # safetensors refuses shared storage; contiguous copies also drop any view offsets.
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(clean, metadata=metadata))
+
+
+def atomic_replace_dir(path: Path, fill) -> None:
+    """Build a directory under a temporary name with ``fill(tmp_path)``, then swap it in."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        fill(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# -- run directories -----------------------------------------------------------------------------
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> Path:
+    """Create the run directory; refuse to reuse a non-empty one unless ``overwrite``."""
+    if path.exists() and not path.is_dir():
+        raise FinetuneError(f"output {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FinetuneError(f"run directory {path} already exists and is not empty; pass --overwrite or choose another --output")
+        if (path / MARKER).is_file() or (path / "metrics.jsonl").exists():
+            for child in path.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            raise FinetuneError(f"refusing to overwrite {path}: it is not a finetunekit run directory")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_model(run_dir: Path, model: torch.nn.Module, classes: list[str], preprocessing: dict[str, Any]) -> None:
+    """Weights, labels, preprocessing and the backbone's description + assets."""
+    from . import __version__
+
+    backbone = model.backbone
+    if backbone.modality == "text":
+        atomic_replace_dir(run_dir / "backbone", backbone.save_assets)
+    atomic_save_safetensors(run_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
+    atomic_write_json(run_dir / "labels.json", {"classes": list(classes)})
+    atomic_write_json(run_dir / "preprocessing.json", preprocessing)
+    atomic_write_json(
+        run_dir / MARKER,
+        {
+            "format_version": FORMAT_VERSION,
+            "finetunekit_version": __version__,
+            "task": "classification",
+            "modality": backbone.modality,
+            "backbone": backbone.describe(),
+            "head": {"in_features": model.head.in_features, "num_classes": model.head.num_classes, "dropout": model.head.dropout.p},
+        },
+    )
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FinetuneError(f"{path} is missing: {path.parent} is not a complete finetunekit run directory") from None
+    except json.JSONDecodeError as exc:
+        raise FinetuneError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model from the run directory alone (weights from safetensors only)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .backbones import rebuild_backbone
+    from .model import FineTuneModel
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FinetuneError(f"run directory not found: {run_dir}")
+    info = read_json(run_dir / MARKER)
+    if info.get("format_version") != FORMAT_VERSION:
+        raise FinetuneError(f"{run_dir}: run format {info.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    classes = read_json(run_dir / "labels.json")["classes"]
+    preprocessing = read_json(run_dir / "preprocessing.json")
+    backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
+    model = FineTuneModel(backbone, len(classes), float(info["head"].get("dropout", 0.0)))
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise FinetuneError(f"{weights} is missing: {run_dir} is not a complete finetunekit run directory")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise FinetuneError(f"{weights}: corrupt or truncated weights ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FinetuneError(f"{weights}: weights do not fit the saved architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return model, {**info, "classes": classes, "preprocessing": preprocessing}
+
+
+def save_recipe(run_dir: Path, recipe_dict: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe_dict, sort_keys=False))

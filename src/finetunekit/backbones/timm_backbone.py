@@ -1,0 +1,92 @@
+"""Vision backbones from timm (and bundled weights mapped onto timm architectures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import FinetuneError
+from .base import Backbone
+
+
+class TimmBackbone(Backbone):
+    modality = "image"
+    kind = "timm"
+
+    def __init__(
+        self,
+        arch: str,
+        pretrained: bool = False,
+        bn_eps: float | None = None,
+        preprocessing_overrides: dict[str, Any] | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        if arch not in timm.list_models():
+            from ..errors import did_you_mean
+
+            raise FinetuneError(f"unknown timm architecture {arch!r}{did_you_mean(arch, timm.list_models())}")
+        try:
+            self.model = timm.create_model(arch, pretrained=pretrained, num_classes=0)
+        except Exception as exc:  # hub download failures surface as many exception types
+            raise FinetuneError(
+                f"could not load pretrained weights for timm:{arch} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                "offline, use model.pretrained=false or a bundled backbone"
+            ) from None
+        self.arch = arch
+        self.bn_eps = bn_eps
+        if bn_eps is not None:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eps = bn_eps
+        self.num_features = int(self.model.num_features)
+        cfg = dict(self.model.pretrained_cfg)
+        size = int(cfg.get("input_size", (3, 224, 224))[-1])
+        self._preprocessing: dict[str, Any] = {
+            "modality": "image",
+            "input_size": size,
+            "crop_pct": float(cfg.get("crop_pct", 0.875)),
+            "interpolation": str(cfg.get("interpolation", "bilinear")),
+            "mean": [float(x) for x in cfg.get("mean", (0.485, 0.456, 0.406))],
+            "std": [float(x) for x in cfg.get("std", (0.229, 0.224, 0.225))],
+        }
+        self._preprocessing.update(preprocessing_overrides or {})
+        if image_size is not None:
+            self._preprocessing["input_size"] = int(image_size)
+
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch["pixel_values"])
+
+    def layer_groups(self) -> list[list[str]]:
+        from timm.models import group_parameters
+
+        try:
+            groups = group_parameters(self.model, self.model.group_matcher(coarse=True))
+        except (AttributeError, NotImplementedError):
+            return [[f"model.{n}" for n, _ in self.model.named_parameters()]]
+        return [[f"model.{n}" for n in names] for _, names in sorted(groups.items())]
+
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self._preprocessing)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "arch": self.arch,
+            "bn_eps": self.bn_eps,
+            "preprocessing": self._preprocessing,
+        }
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any], assets: Path) -> TimmBackbone:
+        return cls(
+            description["arch"],
+            pretrained=False,
+            bn_eps=description.get("bn_eps"),
+            preprocessing_overrides=description.get("preprocessing"),
+        )

@@ -1,0 +1,140 @@
+"""Command line: a thin table from subcommand to function.
+
+    finetunekit train recipe.yaml --set train.lr=3e-4 --output runs/x
+    finetunekit evaluate RUN_DIR DATA
+    finetunekit predict RUN_DIR INPUT...
+    finetunekit demo
+
+User mistakes (a missing path, an unknown backbone, a bad recipe field) print one line on stderr and
+exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from .errors import FinetuneError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipe import Recipe
+    from .trainer import train
+
+    recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
+    recipe = recipe.with_overrides(args.set or [])
+    train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import format_metrics
+    from .predict import load
+
+    metrics = load(args.run_dir).evaluate(args.data, text_column=args.text_column, label_column=args.label_column)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_metrics(metrics, title=f"metrics on {metrics['eval_set']}:"))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data import read_examples
+    from .predict import load
+
+    predictor = load(args.run_dir)
+    inputs = list(args.inputs)
+    if args.file:
+        inputs += read_examples(args.file, predictor.modality, args.text_column, require_labels=False).inputs
+    if not inputs:
+        raise FinetuneError("predict: give inputs (image paths or texts) or --file")
+    probs = predictor.predict_proba(inputs)
+    labels = predictor.labels.decode(probs.argmax(axis=1).tolist())
+    for text, label, row in zip(inputs, labels, probs, strict=True):
+        if args.json:
+            print(json.dumps({"input": text, "label": label, "probabilities": dict(zip(predictor.classes, row.tolist(), strict=True))}))
+        else:
+            print(f"{label}\t{row.max():.4f}\t{text}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, overwrite=args.overwrite, quick=args.quick)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .backbones import BUNDLED, SOURCES
+    from .strategies import STRATEGIES
+
+    print("backbone sources: " + ", ".join(f"{s}:" for s in SOURCES.names()))
+    print("bundled backbones: " + ", ".join(f"bundled:{n}" for n in BUNDLED.names()))
+    print("strategies: " + ", ".join(STRATEGIES.names()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+    "list": cmd_list,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="finetunekit", description="Fine-tune pretrained image and text models.")
+    parser.add_argument("--version", action="version", version=f"finetunekit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune from a YAML recipe")
+    p.add_argument("recipe", nargs="?", help="recipe YAML file (optional: --set alone works too)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field (repeatable)")
+    p.add_argument("--output", "-o", help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+
+    p = sub.add_parser("evaluate", help="metrics of a run on a labelled data set")
+    p.add_argument("run_dir")
+    p.add_argument("data", help="image folder or .csv/.tsv/.jsonl file with labels")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("predict", help="predict labels with a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("inputs", nargs="*", help="image paths, or texts")
+    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image folder) to predict")
+    p.add_argument("--text-column")
+    p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
+
+    p = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn's digits")
+    p.add_argument("--output", "-o", default="runs/demo")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quick", action="store_true", help="fewer images and epochs (a smoke test)")
+
+    sub.add_parser("list", help="list backbone sources, bundled backbones and strategies")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FinetuneError as exc:
+        print(f"finetunekit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"finetunekit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""Reading labelled examples (image folders, CSV/TSV/JSONL texts), label maps and splits.
+
+Example::
+
+    from finetunekit.data import read_examples
+    train = read_examples("photos/train", modality="image")
+    train.inputs[:2], train.labels[:2]
+"""
+
+from .labels import LabelMap
+from .readers import Examples, read_examples, resolve_splits, stratified_split
+
+__all__ = ["Examples", "LabelMap", "read_examples", "resolve_splits", "stratified_split"]

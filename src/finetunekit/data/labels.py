@@ -1,0 +1,46 @@
+"""Label maps: class names <-> indices, saved as labels.json in the run directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..errors import DataError
+
+
+def _sort_key(label: str) -> tuple[int, float | str]:
+    # Integer-looking labels sort numerically so that label "2" gets index 2 in 0..N-1 datasets.
+    try:
+        return (0, float(label))
+    except ValueError:
+        return (1, label)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_labels(cls, labels: Iterable[str]) -> LabelMap:
+        return cls(tuple(sorted(set(labels), key=_sort_key)))
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def encode(self, labels: Sequence[str], where: str = "data") -> list[int]:
+        index = {c: i for i, c in enumerate(self.classes)}
+        unknown = sorted({lab for lab in labels if lab not in index}, key=_sort_key)
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+            raise DataError(f"{where}: labels {shown} do not occur in the training data (classes: {', '.join(self.classes)})")
+        return [index[lab] for lab in labels]
+
+    def decode(self, indices: Iterable[int]) -> list[str]:
+        return [self.classes[i] for i in indices]
+
+    def to_json(self) -> dict:
+        return {"classes": list(self.classes)}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> LabelMap:
+        return cls(tuple(str(c) for c in raw["classes"]))

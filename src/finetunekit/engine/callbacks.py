@@ -1,0 +1,43 @@
+"""Early stopping with a best-state snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class EarlyStopping:
+    """Track the best value of a validation metric; ``patience=None`` never stops but still keeps
+    the best weights so they can be restored at the end."""
+
+    def __init__(self, metric: str, patience: int | None) -> None:
+        self.metric = metric
+        self.mode = "min" if metric == "loss" else "max"
+        self.patience = patience
+        self.best: float | None = None
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def update(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record an epoch; returns True when training should stop."""
+        if self.improved(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+        self.best_epoch = int(state["best_epoch"])
+        self.bad_epochs = int(state["bad_epochs"])

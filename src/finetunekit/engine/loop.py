@@ -1,0 +1,119 @@
+"""One training epoch and one evaluation pass, written against an ``accelerate.Accelerator`` so
+device placement, mixed precision, gradient accumulation and multi-process sync come from it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import FinetuneError
+from .optim import LRSchedule
+
+
+def _interactive() -> bool:
+    # Progress bars only on a terminal: in CI logs and pipes they are thousands of lines of noise;
+    # the per-epoch summary line carries the same numbers.
+    import sys
+
+    return sys.stderr.isatty()
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    samples: int
+    seconds: float
+    steps: int
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+@dataclass
+class Predictions:
+    probs: np.ndarray  # (N, classes), in dataset order
+    labels: np.ndarray | None
+    loss: float | None
+
+
+def train_one_epoch(
+    accelerator: Any,
+    model: torch.nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    step: int,
+    *,
+    label_smoothing: float = 0.0,
+    max_grad_norm: float | None = None,
+    description: str = "train",
+    quiet: bool = False,
+) -> tuple[EpochStats, int]:
+    """Train for one pass over ``loader``; returns the epoch's stats and the new optimizer step."""
+    model.train()
+    start = time.perf_counter()
+    total_loss, seen, batches = 0.0, 0, 0
+    bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=quiet or not accelerator.is_main_process or not _interactive())
+    for batch in loader:
+        with accelerator.accumulate(model):
+            schedule.apply(optimizer, step)
+            logits = model(batch)
+            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
+            if not torch.isfinite(loss):
+                raise FinetuneError(
+                    f"{description}: loss became {loss.item()} at optimizer step {step}; "
+                    "try a lower train.lr or train.precision=fp32"
+                )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                step += 1
+        n = batch["labels"].shape[0]
+        total_loss += loss.item() * n
+        seen += n
+        batches += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
+    bar.close()
+    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - start, batches), step
+
+
+@torch.no_grad()
+def evaluate_loader(accelerator: Any, model: torch.nn.Module, loader: Any, size: int, description: str = "eval", quiet: bool = False) -> Predictions:
+    """Class probabilities for every example, put back in dataset order (batches carry ``index``)."""
+    model.eval()
+    chunks_probs, chunks_labels, chunks_index = [], [], []
+    bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=quiet or not accelerator.is_main_process or not _interactive())
+    for batch in loader:
+        logits = model(batch).float()
+        gathered = accelerator.gather_for_metrics((logits, batch["index"], batch.get("labels", batch["index"])))
+        chunks_probs.append(gathered[0].softmax(-1).cpu())
+        chunks_index.append(gathered[1].cpu())
+        chunks_labels.append(gathered[2].cpu())
+        bar.update(1)
+    bar.close()
+    probs = torch.cat(chunks_probs).numpy()
+    index = torch.cat(chunks_index).numpy()
+    order = np.argsort(index, kind="stable")
+    probs, index = probs[order], index[order]
+    if len(index) != size or (len(index) and (index != np.arange(size)).any()):
+        raise RuntimeError(f"evaluation returned {len(index)} rows for {size} examples")
+    has_labels = getattr(loader.dataset, "labels", None) is not None
+    labels = torch.cat(chunks_labels).numpy()[order] if has_labels else None
+    loss = None
+    if labels is not None and size:
+        loss = float(-np.log(np.clip(probs[np.arange(size), labels], 1e-12, None)).mean())
+        if not math.isfinite(loss):
+            loss = None
+    return Predictions(probs, labels, loss)

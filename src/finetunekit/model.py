@@ -1,0 +1,46 @@
+"""FineTuneModel: a pretrained backbone plus a new head.
+
+The model owns the head-swap contract (``reset_head``) and the rule that frozen parts keep their
+BatchNorm statistics: ``model.train()`` puts every normalisation layer whose parameters are all
+frozen back into eval mode, so a linear probe never drifts the running means.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import Backbone
+from .heads import ClassificationHead
+
+
+class FineTuneModel(nn.Module):
+    def __init__(self, backbone: Backbone, num_classes: int, head_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = ClassificationHead(backbone.num_features, num_classes, head_dropout)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(batch))
+
+    def reset_head(self, num_classes: int, dropout: float | None = None) -> None:
+        p = self.head.dropout.p if dropout is None else dropout
+        self.head = ClassificationHead(self.backbone.num_features, num_classes, p)
+
+    def train(self, mode: bool = True) -> FineTuneModel:
+        super().train(mode)
+        if mode:
+            for module in self.backbone.modules():
+                params = list(module.parameters(recurse=False))
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+                    module.eval()
+            # A fully frozen backbone also drops its dropout: it is a fixed feature extractor.
+            if not any(p.requires_grad for p in self.backbone.parameters()):
+                self.backbone.eval()
+        return self
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, total

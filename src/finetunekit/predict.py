@@ -1,0 +1,88 @@
+"""Use a run directory: ``finetunekit.load(RUN_DIR).predict([...])``.
+
+Everything (architecture, weights, labels, preprocessing, tokenizer) comes from the run directory.
+
+Example::
+
+    model = finetunekit.load("runs/ants")
+    model.predict(["val/ants/1.jpg"])          # ['ants']
+    model.predict_proba(["val/ants/1.jpg"])    # array([[0.98, 0.02]])
+    model.evaluate("hymenoptera_data/val")     # metrics dict
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .artifacts import load_model
+from .data import Examples, LabelMap, read_examples
+from .data.pipeline import build_dataset, build_loader
+from .data.readers import IMAGE_EXTENSIONS
+from .errors import DataError
+from .metrics import classification_metrics
+
+
+class Predictor:
+    def __init__(self, run_dir: str | Path, device: str | None = None, batch_size: int = 64) -> None:
+        self.run_dir = Path(run_dir)
+        self.model, info = load_model(self.run_dir)
+        self.labels = LabelMap(tuple(info["classes"]))
+        self.preprocessing: dict[str, Any] = info["preprocessing"]
+        self.modality: str = info["modality"]
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.batch_size = batch_size
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.labels.classes)
+
+    def _examples(self, inputs: list[str] | Examples) -> Examples:
+        if isinstance(inputs, Examples):
+            return inputs
+        inputs = [str(x) for x in inputs]
+        if self.modality == "image":
+            for item in inputs:
+                path = Path(item)
+                if not path.is_file():
+                    hint = " (this model takes image files, not text)" if path.suffix.lower() not in IMAGE_EXTENSIONS else ""
+                    raise DataError(f"image not found: {item}{hint}")
+        return Examples(inputs, None, "inputs", self.modality)
+
+    @torch.no_grad()
+    def predict_proba(self, inputs: list[str] | Examples) -> np.ndarray:
+        """Class probabilities, shape (len(inputs), num_classes), columns in ``self.classes`` order."""
+        examples = self._examples(inputs)
+        if len(examples) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        max_length = int(self.preprocessing.get("max_length", 512))
+        dataset = build_dataset(examples, None, self.model.backbone, self.preprocessing, False, "none", max_length)
+        loader = build_loader(dataset, self.model.backbone, self.batch_size, False, 0)
+        self.model.eval()
+        probs = np.zeros((len(examples), len(self.labels)), dtype=np.float32)
+        for batch in loader:
+            index = batch.pop("index").numpy()
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            probs[index] = self.model(batch).float().softmax(-1).cpu().numpy()
+        return probs
+
+    def predict(self, inputs: list[str] | Examples) -> list[str]:
+        """Predicted class names."""
+        return self.labels.decode(self.predict_proba(inputs).argmax(axis=1).tolist())
+
+    def evaluate(self, data: str | Path, text_column: str | None = None, label_column: str = "label") -> dict[str, Any]:
+        """Metrics on a labelled set (an image folder or a text table), with this run's preprocessing."""
+        examples = read_examples(data, self.modality, text_column, label_column)
+        labels = np.array(self.labels.encode(examples.labels or [], examples.source))
+        probs = self.predict_proba(examples)
+        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+        return {**classification_metrics(probs, labels, self.labels.classes, loss), "eval_set": examples.source}
+
+
+def load(run_dir: str | Path, device: str | None = None) -> Predictor:
+    """Rebuild a fine-tuned model from its run directory alone."""
+    return Predictor(run_dir, device)
