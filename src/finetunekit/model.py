@@ -18,6 +18,7 @@ class FineTuneModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, head_dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
+        self.freeze_batchnorm_stats = False  # set by the strategy (StrategySpec.batchnorm)
         self.head = ClassificationHead(backbone.num_features, num_classes, head_dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -32,7 +33,9 @@ class FineTuneModel(nn.Module):
         if mode:
             for module in self.backbone.modules():
                 params = list(module.parameters(recurse=False))
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+                if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    continue
+                if self.freeze_batchnorm_stats or (params and not any(p.requires_grad for p in params)):
                     module.eval()
             # A fully frozen backbone also drops its dropout: it is a fixed feature extractor.
             if not any(p.requires_grad for p in self.backbone.parameters()):

@@ -90,12 +90,19 @@ class StrategySpec:
     name: str | None = None
     last_n: int = 2
     freeze_epochs: int = 1
+    # BatchNorm running statistics while training: "frozen" keeps the pretrained ones (small
+    # batches of a small data set make poor estimates), "train" updates them, "auto" freezes them
+    # for pretrained backbones and trains them from scratch. Frozen layers always keep theirs.
+    batchnorm: Literal["auto", "frozen", "train"] = "auto"
 
     def __post_init__(self) -> None:
         from .strategies import STRATEGIES  # local import: strategies import torch
 
         if self.name is not None and self.name not in STRATEGIES:
-            STRATEGIES.get(self.name)  # raises with the list of names and a suggestion
+            raise RecipeError(
+                f"strategy.name: unknown strategy {self.name!r}{did_you_mean(self.name, STRATEGIES.names())}; "
+                f"choose one of: {', '.join(STRATEGIES.names())}"
+            )
         _check_range("strategy.last_n", self.last_n, 0, 10_000)
         _check_range("strategy.freeze_epochs", self.freeze_epochs, 0, 10_000)
 

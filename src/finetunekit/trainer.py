@@ -108,7 +108,7 @@ def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = Fa
     if backbone.modality == "text":
         preprocessing["max_length"] = recipe.data.max_length
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
-    groups = strategy.setup(model, t.lr, t.head_lr)
+    groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
     optimizer = build_optimizer(t, groups)
 
     train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, recipe.data.augment, recipe.data.max_length)
@@ -164,7 +164,7 @@ def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = Fa
             f"({stats.seconds:.1f}s, {stats.samples_per_second:.1f} samples/s)"
         ))
         value = metrics["loss"] if t.metric == "loss" else metrics[t.metric]
-        if stopper.update(value, epoch, accelerator.unwrap_model(model)):
+        if stopper.update(value, epoch, accelerator.unwrap_model(model), metrics.get("loss")):
             _log(accelerator, quiet, f"early stopping: no {t.metric} improvement for {stopper.patience} epochs")
             break
 
@@ -184,8 +184,9 @@ def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = Fa
 
         write_model_card(run_dir, recipe, final, train_ex, val_ex, trainable, total)
     accelerator.wait_for_everyone()
-    _log(accelerator, quiet, format_metrics(final, title=f"validation metrics ({val_ex.source}):"))
-    _log(accelerator, quiet, f"saved to {run_dir} in {seconds:.1f}s")
+    # The final table prints even when quiet: it is the result, not progress.
+    _log(accelerator, False, format_metrics(final, title=f"validation metrics ({val_ex.source}):"))
+    _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
     return RunResult(run_dir, final, history, seconds, trainable, total, recipe)
 
 

@@ -20,24 +20,29 @@ class EarlyStopping:
         self.bad_epochs = 0
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    def improved(self, value: float) -> bool:
+        self.best_loss: float | None = None
+
+    def improved(self, value: float, loss: float | None = None) -> bool:
         if self.best is None:
             return True
+        if value == self.best and loss is not None and self.best_loss is not None:
+            return loss < self.best_loss  # ties (common for accuracy on small sets) go to the lower loss
         return value < self.best if self.mode == "min" else value > self.best
 
-    def update(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
+    def update(self, value: float, epoch: int, model: torch.nn.Module, loss: float | None = None) -> bool:
         """Record an epoch; returns True when training should stop."""
-        if self.improved(value):
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        if self.improved(value, loss):
+            self.best, self.best_epoch, self.bad_epochs, self.best_loss = value, epoch, 0, loss
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             self.bad_epochs += 1
         return self.patience is not None and self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "best_loss": self.best_loss}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state["best"]
         self.best_epoch = int(state["best_epoch"])
         self.bad_epochs = int(state["bad_epochs"])
+        self.best_loss = state.get("best_loss")

@@ -33,7 +33,7 @@ class Strategy:
         """Indices of backbone layer groups that train from the start."""
         return set(range(len(model.backbone.layer_groups())))
 
-    def setup(self, model: nn.Module, lr: float, head_lr: float | None) -> list[dict[str, Any]]:
+    def setup(self, model: nn.Module, lr: float, head_lr: float | None, pretrained: bool = True) -> list[dict[str, Any]]:
         """Freeze/unfreeze parameters and return optimizer parameter groups.
 
         Every parameter goes into the optimizer, frozen ones too: a parameter without a gradient is
@@ -42,6 +42,8 @@ class Strategy:
         """
         groups = model.backbone.layer_groups()
         self._apply_trainable(model, self.trainable_groups(model))
+        mode = getattr(self.spec, "batchnorm", "auto")
+        model.freeze_batchnorm_stats = mode == "frozen" or (mode == "auto" and pretrained)
         params = dict(model.named_parameters())
         backbone = [params[f"backbone.{n}"] for group in groups for n in group]
         return [

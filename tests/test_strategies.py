@@ -1,0 +1,107 @@
+"""Each strategy trains exactly the parameters it claims; frozen ones stay bitwise unchanged."""
+
+import pytest
+import torch
+
+from conftest import tiny_image_recipe, tiny_text_recipe
+from finetunekit import train
+from finetunekit.artifacts import load_model
+from finetunekit.backbones import create_backbone
+from finetunekit.model import FineTuneModel
+from finetunekit.recipe import StrategySpec
+from finetunekit.strategies import STRATEGIES
+
+
+def _initial_state(recipe):
+    """The model exactly as train() builds it before the first step (same seed, same weights)."""
+    torch.manual_seed(recipe.train.seed)
+    spec = recipe.model
+    return create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+@pytest.mark.parametrize("name", ["linear_probe", "last_n", "full", "freeze_then_unfreeze"])
+def test_strategy_trains_what_it_claims(name, modality, image_data, text_data, tiny_bert, tmp_path):
+    if modality == "image":
+        recipe = tiny_image_recipe(image_data, strategy={"name": name, "last_n": 1, "freeze_epochs": 1}, train={"restore_best": False})
+    else:
+        recipe = tiny_text_recipe(text_data, tiny_bert, strategy={"name": name, "last_n": 1, "freeze_epochs": 1}, train={"restore_best": False})
+    torch.manual_seed(0)
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    model, _ = load_model(result.run_dir)
+    # Rebuild the untrained starting point: same seeding as train() (seed, then backbone).
+    import random
+
+    import numpy as np
+
+    random.seed(0); np.random.seed(0); torch.manual_seed(0)
+    start = _initial_state(recipe)
+    before = {f"backbone.{k}": v for k, v in start.state_dict().items()}
+    after = model.state_dict()
+    changed = _changed(before, after)
+    groups = start.layer_groups()
+    params = {f"backbone.{n}" for g in groups for n in g}
+    buffers = set(before) - params
+    if name == "linear_probe":
+        assert changed == set(), f"frozen backbone changed: {sorted(changed)[:5]}"
+    elif name == "last_n":
+        last = {f"backbone.{n}" for n in groups[-1]}
+        assert changed & params <= last
+        assert changed & last, "the last group did not train"
+        # BatchNorm statistics of frozen groups stay frozen; only the trained group's may move.
+        trained_modules = {p.rsplit(".", 1)[0] for p in last}
+        assert {b for b in changed & buffers if b.rsplit(".", 1)[0] not in trained_modules} == set()
+    else:
+        assert len(changed & params) > 0.5 * len(params)
+
+
+def test_linear_probe_keeps_batchnorm_statistics_in_train_mode():
+    backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
+    model = FineTuneModel(backbone, 3)
+    strategy = STRATEGIES.get("linear_probe")(StrategySpec(name="linear_probe"))
+    strategy.setup(model, 1e-3, None)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model({"pixel_values": torch.randn(4, 3, 32, 32)})
+    assert not _changed(before, model.state_dict())
+    assert model.head.training
+
+
+def test_freeze_then_unfreeze_switches_at_the_scheduled_epoch():
+    backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
+    model = FineTuneModel(backbone, 3)
+    strategy = STRATEGIES.get("freeze_then_unfreeze")(StrategySpec(name="freeze_then_unfreeze", freeze_epochs=2))
+    groups = strategy.setup(model, lr=1e-4, head_lr=1e-2)
+    optimizer = torch.optim.AdamW(groups)
+    trainable = lambda: sum(p.requires_grad for p in model.backbone.parameters())  # noqa: E731
+    assert trainable() == 0
+    assert strategy.on_epoch_start(0, model, optimizer) is None
+    assert strategy.on_epoch_start(1, model, optimizer) is None and trainable() == 0
+    assert "unfrozen" in strategy.on_epoch_start(2, model, optimizer)
+    assert trainable() == len(list(model.backbone.parameters()))
+    assert [g["base_lr"] for g in optimizer.param_groups] == [1e-4, 1e-4]
+    assert strategy.restarts_schedule(2) and not strategy.restarts_schedule(1)
+
+
+def test_strategy_state_round_trips_mid_schedule():
+    """A resumed run after the unfreeze epoch must not silently re-freeze the backbone."""
+    def fresh():
+        backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
+        model = FineTuneModel(backbone, 3)
+        strategy = STRATEGIES.get("freeze_then_unfreeze")(StrategySpec(name="freeze_then_unfreeze", freeze_epochs=1))
+        optimizer = torch.optim.AdamW(strategy.setup(model, lr=1e-4, head_lr=1e-2))
+        return model, strategy, optimizer
+
+    model, strategy, optimizer = fresh()
+    strategy.on_epoch_start(1, model, optimizer)
+    saved_strategy, saved_opt = strategy.state_dict(), optimizer.state_dict()
+    model2, strategy2, optimizer2 = fresh()
+    optimizer2.load_state_dict(saved_opt)
+    strategy2.load_state_dict(saved_strategy, model2, optimizer2)
+    assert all(p.requires_grad for p in model2.backbone.parameters())
+    assert [g["base_lr"] for g in optimizer2.param_groups] == [1e-4, 1e-4]
