@@ -121,3 +121,24 @@ def tiny_text_recipe(text_data, tiny_bert: Path, **sections):
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)
     return Recipe.from_dict(raw)
+
+
+# -- finished runs shared by the report, export and tracker tests -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def image_run(image_data, tmp_path_factory) -> Path:
+    """A tiny image run trained 3 epochs at a low learning rate: curves over several epochs, and
+    misclassified validation images for the error gallery."""
+    from finetunekit import train
+
+    recipe = tiny_image_recipe(image_data, strategy={"name": "full"}, train={"epochs": 3, "lr": 1e-3, "head_lr": 1e-3})
+    return train(recipe, output=tmp_path_factory.mktemp("image_run") / "ants-like", quiet=True).run_dir
+
+
+@pytest.fixture(scope="session")
+def text_run(text_data, tiny_bert, tmp_path_factory) -> Path:
+    """A tiny text run (mean pooling, the default)."""
+    from finetunekit import train
+
+    return train(tiny_text_recipe(text_data, tiny_bert, train={"epochs": 2}), output=tmp_path_factory.mktemp("text_run") / "run", quiet=True).run_dir

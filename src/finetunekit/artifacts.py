@@ -12,6 +12,9 @@ executes code on load.
       model.safetensors    backbone + head weights
       metrics.json         final validation metrics
       metrics.jsonl        one line per epoch
+      steps.jsonl          one line per optimizer step (training loss, learning rate per group)
+      val_predictions.jsonl  the final model's validation predictions, one line per example
+      report.html          curves, confusion matrix, calibration, worst errors (finetunekit.report)
       README.md            model card
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash
@@ -93,6 +96,53 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def append_jsonl_many(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append several lines with one write and one fsync (per-step records arrive once per epoch)."""
+    if not records:
+        return
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Lines of a JSONL file; a missing file is an empty list, a corrupt line an error naming it."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise FinetuneError(f"{path}:{number}: corrupt JSON line ({exc.msg})") from None
+    return records
+
+
+PREDICTIONS_FILE = "val_predictions.jsonl"
+
+
+def save_predictions(run_dir: Path, inputs: list[str], labels: Any, probs: Any, classes: list[str]) -> None:
+    """The validation set's predictions, one JSON line per example, written atomically:
+    ``{"index", "input", "label", "predicted", "confidence", "probabilities"}`` (probabilities in
+    ``labels.json`` order). The report's error gallery and calibration plots read this file."""
+    lines = []
+    for i, (text, row) in enumerate(zip(inputs, probs, strict=True)):
+        best = int(row.argmax())
+        record = {
+            "index": i,
+            "input": text,
+            "label": None if labels is None else classes[int(labels[i])],
+            "predicted": classes[best],
+            "confidence": round(float(row[best]), 6),
+            "probabilities": [round(float(p), 6) for p in row],
+        }
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    atomic_write_text(run_dir / PREDICTIONS_FILE, "".join(lines))
 
 
 # -- run directories -----------------------------------------------------------------------------

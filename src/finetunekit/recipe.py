@@ -32,6 +32,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["constant", "cosine", "linear"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Pooling = Literal["auto", "cls", "mean"]
+Tracker = Literal["tensorboard", "mlflow"]
 
 
 @dataclass
@@ -128,6 +129,9 @@ class TrainSpec:
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # chooses the best epoch
     restore_best: bool = True
     seed: int = 0
+    # experiment trackers, through Accelerate, written under the run directory; metrics.jsonl is
+    # always written
+    report_to: list[Tracker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -149,6 +153,8 @@ class TrainSpec:
             _check_range("train.max_grad_norm", self.max_grad_norm, 0.0, 1e9, low_open=True)
         if self.early_stopping_patience is not None:
             _check_range("train.early_stopping_patience", self.early_stopping_patience, 1, 100_000)
+        if len(set(self.report_to)) != len(self.report_to):
+            raise RecipeError(f"train.report_to: {self.report_to} names a tracker twice")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import artifacts
+from . import artifacts, trackers
 from .backbones import create_backbone
 from .data import LabelMap, resolve_splits
 from .data.pipeline import build_dataset, build_loader
@@ -42,9 +42,10 @@ class RunResult:
     recipe: Recipe | None = None
 
 
-def make_accelerator(precision: str, grad_accum_steps: int):
+def make_accelerator(precision: str, grad_accum_steps: int, log_with: list[str] | None = None, run_dir: Path | None = None):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import ProjectConfiguration
 
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(precision)]
     # Accelerate keeps process-wide singletons; several runs in one process (the demo, tests,
@@ -52,7 +53,11 @@ def make_accelerator(precision: str, grad_accum_steps: int):
     if not AcceleratorState._shared_state.get("_cpu_launched_distributed") and not _distributed():
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed, gradient_accumulation_steps=grad_accum_steps)
+    # Trackers (train.report_to) write under the run directory: RUN_DIR/tensorboard/<run name>/.
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")) if run_dir else None
+    return Accelerator(
+        mixed_precision=mixed, gradient_accumulation_steps=grad_accum_steps, log_with=log_with, project_config=project
+    )
 
 
 def _distributed() -> bool:
@@ -77,8 +82,9 @@ def _log(accelerator, quiet: bool, message: str) -> None:
 def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False) -> RunResult:
     """Fine-tune according to ``recipe``; write the run directory; return its final metrics."""
     started = time.perf_counter()
-    accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps)
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    log_with = trackers.check_trackers(recipe.train.report_to)
+    accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir)
     if accelerator.is_main_process:
         artifacts.prepare_run_dir(run_dir, overwrite)
     _seed_everything(recipe.train.seed)
@@ -123,6 +129,8 @@ def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = Fa
     trainable, total = accelerator.unwrap_model(model).parameter_counts()
     if accelerator.is_main_process:
         artifacts.save_recipe(run_dir, recipe.to_dict())
+    if log_with:
+        accelerator.init_trackers(run_dir.resolve().name, config=trackers.tracker_config(recipe.to_dict()))
     _log(accelerator, quiet, f"run dir: {run_dir}")
     _log(accelerator, quiet, (
         f"backbone {spec.backbone} ({backbone.modality}), {len(label_map)} classes, "
@@ -158,6 +166,8 @@ def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = Fa
         history.append(record)
         if accelerator.is_main_process:
             artifacts.append_jsonl(run_dir / "metrics.jsonl", record)
+            artifacts.append_jsonl_many(run_dir / "steps.jsonl", [{"epoch": epoch + 1, **item} for item in stats.trace])
+        trackers.log_epoch(accelerator, record, stats.trace)
         _log(accelerator, quiet, (
             f"epoch {epoch + 1}/{t.epochs}  train_loss {stats.loss:.4f}  val_loss {metrics.get('loss', float('nan')):.4f}  "
             f"val_accuracy {metrics['accuracy']:.4f}  val_macro_f1 {metrics['macro_f1']:.4f}  "
@@ -183,7 +193,12 @@ def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = Fa
         from .card import write_model_card
 
         write_model_card(run_dir, recipe, final, train_ex, val_ex, trainable, total)
+        artifacts.save_predictions(run_dir, val_ex.inputs, preds.labels, preds.probs, list(label_map.classes))
+        from .report import write_report_after_training
+
+        write_report_after_training(run_dir, quiet)
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     # The final table prints even when quiet: it is the result, not progress.
     _log(accelerator, False, format_metrics(final, title=f"validation metrics ({val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ class EpochStats:
     samples: int
     seconds: float
     steps: int
+    # one record per optimizer step: {"step", "loss", "lr": {group name: learning rate used}}
+    trace: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> float:
@@ -61,6 +63,8 @@ def train_one_epoch(
     model.train()
     start = time.perf_counter()
     total_loss, seen, batches = 0.0, 0, 0
+    trace: list[dict[str, Any]] = []
+    window_loss, window_n = 0.0, 0  # the micro-batches of the current optimizer step
     bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=quiet or not accelerator.is_main_process or not _interactive())
     for batch in loader:
         with accelerator.accumulate(model):
@@ -80,13 +84,19 @@ def train_one_epoch(
             if accelerator.sync_gradients:
                 step += 1
         n = batch["labels"].shape[0]
+        window_loss += loss.item() * n
+        window_n += n
+        if accelerator.sync_gradients:
+            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+            trace.append({"step": step, "loss": window_loss / max(window_n, 1), "lr": lrs})
+            window_loss, window_n = 0.0, 0
         total_loss += loss.item() * n
         seen += n
         batches += 1
         bar.update(1)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
     bar.close()
-    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - start, batches), step
+    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - start, batches, trace), step
 
 
 @torch.no_grad()

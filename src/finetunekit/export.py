@@ -1,0 +1,344 @@
+"""Export a run directory for use without finetunekit, each export checked against the run's own
+model before it is kept.
+
+::
+
+    finetunekit export runs/sst2 --format hf     # transformers directory (text runs)
+    finetunekit export runs/ants --format timm   # timm directory: config.json + model.safetensors (image runs)
+    finetunekit export runs/ants --format onnx   # model.onnx, dynamic batch (and sequence length for text)
+
+The output (default ``RUN_DIR/export/FORMAT``) is built in a temporary directory, reloaded the way a
+user would load it (``AutoModelForSequenceClassification.from_pretrained``, ``timm.create_model``,
+``onnxruntime.InferenceSession``), and compared with the run's PyTorch model on validation inputs:
+the largest absolute logit difference must be within ``tolerance`` and every predicted label must
+agree, or nothing is written. ``export.json`` in the output records the check.
+
+Loading code for each format: docs/report-and-export.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artifacts
+from .card import write_export_card
+from .errors import FinetuneError
+
+FORMATS = ("hf", "timm", "onnx")
+LIBRARIES = {"hf": "transformers", "timm": "timm", "onnx": "onnx"}
+SAMPLE_TEXTS = [
+    "a gripping, beautifully made film",
+    "dull",
+    "the plot never comes together, and the acting is flat from start to finish",
+    "not bad at all",
+]
+
+
+@dataclass
+class ExportResult:
+    format: str
+    path: Path
+    files: list[str]
+    max_abs_diff: float
+    examples: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"exported {self.format} to {self.path} ({', '.join(self.files)}); parity on {self.examples} examples: "
+            f"max |logit difference| {self.max_abs_diff:.2e}, all predicted labels equal"
+        )
+
+
+def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, overwrite: bool = False,
+           tolerance: float = 1e-4) -> ExportResult:
+    """Export ``run_dir`` as ``fmt`` (``hf``, ``timm`` or ``onnx``) and check it; see the module doc."""
+    from .predict import Predictor
+
+    if fmt not in FORMATS:
+        raise FinetuneError(f"export: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    target = Path(output) if output is not None else run_dir / "export" / fmt
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+        raise FinetuneError(f"export: {target} already exists; pass --overwrite or choose another --output")
+    predictor = Predictor(run_dir, device="cpu")
+    exporter = {"hf": _export_hf, "timm": _export_timm, "onnx": _export_onnx}[fmt]
+    batches = sample_batches(predictor)
+    result: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
+        result.update(exporter(predictor, tmp, batches))
+        diff = result["max_abs_diff"]
+        if not diff <= tolerance:
+            raise FinetuneError(
+                f"export {fmt}: parity check failed, max |logit difference| {diff:.3e} exceeds the tolerance {tolerance:g}"
+            )
+        if result["label_mismatches"]:
+            raise FinetuneError(f"export {fmt}: {result['label_mismatches']} predicted labels differ from finetunekit's")
+        record = {"format": fmt, "run_dir": str(run_dir), "tolerance": tolerance, **result}
+        artifacts.atomic_write_json(tmp / "export.json", record)
+        write_export_card(run_dir, tmp, LIBRARIES[fmt], loading_code(fmt, target, predictor))
+
+    if target.exists() and target.is_file():
+        target.unlink()
+    artifacts.atomic_replace_dir(target, fill)
+    files = sorted(p.name for p in target.iterdir())
+    return ExportResult(fmt, target, files, float(result["max_abs_diff"]), int(result["examples"]), result)
+
+
+# -- sample inputs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    inputs: list[str] | None  # image paths or texts; None for synthetic pixels
+    batch: dict[str, torch.Tensor]  # made by the run's own preprocessing
+
+
+def sample_batches(predictor, limit: int = 8) -> list[Sample]:
+    """Two batches of different sizes (and, for text, different lengths), made by the run's own
+    preprocessing from its validation inputs when they are still there; synthetic inputs otherwise."""
+    from .data import Examples
+    from .data.pipeline import build_dataset, build_loader
+
+    saved = [r["input"] for r in artifacts.read_jsonl(predictor.run_dir / artifacts.PREDICTIONS_FILE)]
+    if predictor.modality == "image":
+        inputs = [p for p in saved if Path(p).is_file()][:limit]
+        if len(inputs) < 3:
+            generator = torch.Generator().manual_seed(0)
+            size = int(predictor.preprocessing["input_size"])
+            pixels = torch.randn(5, 3, size, size, generator=generator)
+            return [Sample(None, {"pixel_values": pixels[:2]}), Sample(None, {"pixel_values": pixels[2:]})]
+    else:
+        inputs = (saved[:limit] + SAMPLE_TEXTS) if saved else SAMPLE_TEXTS
+    max_length = int(predictor.preprocessing.get("max_length", 512))
+    split = max(1, len(inputs) // 3)
+    batches = []
+    for part in (inputs[:split], inputs[split:]):
+        examples = Examples(list(part), None, "export sample", predictor.modality)
+        dataset = build_dataset(examples, None, predictor.model.backbone, predictor.preprocessing, False, "none", max_length)
+        (batch,) = list(build_loader(dataset, predictor.model.backbone, len(part), False, 0))
+        order = batch.pop("index")  # text batches come sorted by length: put rows back in input order
+        batch = {k: v[torch.argsort(order)] for k, v in batch.items()}
+        batches.append(Sample(list(part), batch))
+    return batches
+
+
+@torch.no_grad()
+def _reference(predictor, samples: list[Sample]) -> list[np.ndarray]:
+    predictor.model.eval()
+    return [predictor.model(s.batch).float().numpy() for s in samples]
+
+
+def _compare(expected: list[np.ndarray], got: list[np.ndarray], samples: list[Sample]) -> dict[str, Any]:
+    diff = max(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True))
+    mismatches = sum(int((e.argmax(1) != g.argmax(1)).sum()) for e, g in zip(expected, got, strict=True))
+    return {"max_abs_diff": diff, "label_mismatches": mismatches, "examples": sum(len(e) for e in expected),
+            "input_shapes": [{k: list(v.shape) for k, v in s.batch.items()} for s in samples]}
+
+
+def _copy_run_metadata(predictor, tmp: Path) -> None:
+    for name in ("labels.json", "preprocessing.json"):
+        shutil.copy2(predictor.run_dir / name, tmp / name)
+
+
+# -- transformers ------------------------------------------------------------------------------------
+
+
+def _export_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
+    if predictor.modality != "text" or predictor.model.backbone.kind != "hf":
+        raise FinetuneError(f"export hf: {predictor.run_dir} is an image run; export it with --format timm or onnx")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from . import hf_modeling
+
+    backbone, head = predictor.model.backbone, predictor.model.head
+    classes = predictor.classes
+    config = hf_modeling.FinetunekitTextConfig(
+        encoder_config=backbone.model.config.to_dict(), pooling=backbone.pooling,
+        id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)},
+        architectures=["FinetunekitForSequenceClassification"],
+    )
+    config.auto_map = {
+        "AutoConfig": "modeling_finetunekit.FinetunekitTextConfig",
+        "AutoModelForSequenceClassification": "modeling_finetunekit.FinetunekitForSequenceClassification",
+    }
+    model = hf_modeling.FinetunekitForSequenceClassification(config)
+    state = {f"encoder.{k}": v for k, v in backbone.model.state_dict().items()}
+    state.update({f"classifier.{k}": v for k, v in head.fc.state_dict().items()})
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    shutil.copy2(Path(hf_modeling.__file__), tmp / "modeling_finetunekit.py")
+    _save_tokenizer(predictor, tmp)
+    _copy_run_metadata(predictor, tmp)
+
+    loaded = _load_quietly(AutoModelForSequenceClassification.from_pretrained, str(tmp), trust_remote_code=True)
+    loaded_tokenizer = AutoTokenizer.from_pretrained(str(tmp), trust_remote_code=True)
+    loaded.eval()
+    got = []
+    with torch.no_grad():  # raw texts through the exported tokenizer, as a user would call it
+        for sample in batches:
+            encoded = loaded_tokenizer(sample.inputs, padding=True, truncation=True, return_tensors="pt")
+            got.append(loaded(**encoded).logits.float().numpy())
+    return _compare(_reference(predictor, batches), got, batches)
+
+
+def _save_tokenizer(predictor, directory: Path) -> None:
+    backbone = predictor.model.backbone
+    # With model_max_length set, truncation=True cuts where finetunekit cut during training.
+    backbone.tokenizer.model_max_length = min(int(predictor.preprocessing.get("max_length", 512)), backbone.max_positions)
+    backbone.tokenizer.save_pretrained(directory)
+
+
+def _load_quietly(fn, *args, **kwargs):
+    from .backbones.hf_backbone import _load_quietly as quiet
+
+    return quiet(fn, *args, **kwargs)
+
+
+# -- timm --------------------------------------------------------------------------------------------
+
+
+def _export_timm(predictor, tmp: Path, batches) -> dict[str, Any]:
+    if predictor.modality != "image" or predictor.model.backbone.kind != "timm":
+        raise FinetuneError(f"export timm: {predictor.run_dir} is a text run; export it with --format hf or onnx")
+    import timm
+    from timm.models import save_for_hf
+
+    backbone, head = predictor.model.backbone, predictor.model.head
+    model_args = {"bn_eps": backbone.bn_eps} if backbone.bn_eps is not None else {}
+    try:
+        full = timm.create_model(backbone.arch, pretrained=False, num_classes=len(predictor.classes), **model_args)
+    except TypeError as exc:
+        raise FinetuneError(f"export timm: timm cannot build {backbone.arch} with {model_args} ({exc})") from None
+    classifier = full.pretrained_cfg.get("classifier")
+    state = {k: v for k, v in backbone.model.state_dict().items()}
+    state.update({f"{classifier}.{k}": v for k, v in head.fc.state_dict().items()})
+    missing, unexpected = full.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FinetuneError(
+            f"export timm: {backbone.arch}'s classifier layout is not supported (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    pre = predictor.preprocessing
+    data_config = {"input_size": (3, int(pre["input_size"]), int(pre["input_size"])), "crop_pct": pre["crop_pct"],
+                   "interpolation": pre["interpolation"], "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
+    save_for_hf(full.eval(), str(tmp), model_config={"label_names": list(predictor.classes)}, model_args=model_args,
+                safe_serialization=True, data_config=data_config)
+    _copy_run_metadata(predictor, tmp)
+
+    loaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
+    with torch.no_grad():
+        got = [loaded(s.batch["pixel_values"]).float().numpy() for s in batches]
+    return {**_compare(_reference(predictor, batches), got, batches), "model_args": model_args, "architecture": backbone.arch}
+
+
+# -- ONNX --------------------------------------------------------------------------------------------
+
+
+class _OnnxWrapper(torch.nn.Module):
+    """Positional tensors in, logits out: the signature ONNX needs."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(self.names, tensors, strict=True)))
+
+
+def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise FinetuneError("export onnx: needs the packages 'onnx' and 'onnxruntime' (pip install 'finetunekit[export]')") from None
+    names = [k for k in ("pixel_values", "input_ids", "attention_mask", "token_type_ids") if k in batches[0].batch]
+    dynamic = {name: {0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"} for name in names}
+    dynamic["logits"] = {0: "batch"}
+    wrapper = _OnnxWrapper(predictor.model.eval(), names).eval()
+    path = tmp / "model.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+        # The TorchScript-based exporter: it runs offline, needs no extra packages, and handles the
+        # dynamic batch and sequence axes of both model kinds.
+        torch.onnx.export(wrapper, tuple(batches[0].batch[n] for n in names), str(path), dynamo=False, input_names=names,
+                          output_names=["logits"], dynamic_axes=dynamic, opset_version=17, do_constant_folding=True)
+    onnx.checker.check_model(str(path))
+    _copy_run_metadata(predictor, tmp)
+    if predictor.modality == "text":
+        _save_tokenizer(predictor, tmp / "tokenizer")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = [session.run(["logits"], {n: s.batch[n].numpy() for n in names})[0] for s in batches]
+    return {**_compare(_reference(predictor, batches), got, batches), "inputs": names, "opset": 17}
+
+
+def read_export_record(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "export.json").read_text(encoding="utf-8"))
+
+
+# -- loading code for the export's README ------------------------------------------------------------
+
+
+def loading_code(fmt: str, target: Path, predictor) -> list[str]:
+    """Markdown: how to load and run this export with its own library alone."""
+    d = str(target)
+    if fmt == "hf":
+        return [
+            "```python",
+            "import torch",
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            f'model = AutoModelForSequenceClassification.from_pretrained("{d}", trust_remote_code=True).eval()',
+            f'tokenizer = AutoTokenizer.from_pretrained("{d}", trust_remote_code=True)',
+            'batch = tokenizer(["a sentence to classify"], padding=True, truncation=True, return_tensors="pt")',
+            "with torch.no_grad():",
+            "    probs = model(**batch).logits.softmax(-1)",
+            "print([model.config.id2label[i] for i in probs.argmax(-1).tolist()])",
+            "```",
+            "`trust_remote_code=True` runs `modeling_finetunekit.py` from this directory (torch and transformers only): "
+            "the classifier reads " + ("the mean of the token states" if predictor.model.backbone.pooling == "mean" else "the CLS token state")
+            + ", which no stock transformers class does (BERT's reads a tanh pooler layer), so a stock class would "
+            "silently predict differently; the config's own `model_type` makes transformers refuse instead.",
+        ]
+    if fmt == "timm":
+        backbone = predictor.model.backbone
+        extra = f", bn_eps={backbone.bn_eps}" if backbone.bn_eps is not None else ""
+        return [
+            "```python",
+            "import json, timm, torch",
+            "from PIL import Image",
+            f'model = timm.create_model("local-dir:{d}", pretrained=True).eval()',
+            "# or by architecture name, with these weights:",
+            f'# model = timm.create_model("{backbone.arch}", pretrained=True, num_classes={len(predictor.classes)}{extra},',
+            f'#                           pretrained_cfg_overlay=dict(file="{d}/model.safetensors")).eval()',
+            "transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))",
+            f'classes = json.load(open("{d}/labels.json"))["classes"]',
+            "with torch.no_grad():",
+            '    probs = model(transform(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)',
+            "print(classes[probs.argmax(-1).item()])",
+            "```",
+            "`model.safetensors` is a plain timm state dict (`timm.create_model(arch, num_classes=K).load_state_dict(...)`); "
+            "`preprocessing.json` is finetunekit's exact input pipeline (resize to input_size / crop_pct, centre crop, normalise).",
+        ]
+    inputs = "pixel_values (N, 3, H, W) float32, normalised as in preprocessing.json" if predictor.modality == "image" else (
+        "input_ids, attention_mask" + (", token_type_ids" if "token_type_ids" in predictor.model.backbone.tokenizer.model_input_names else "")
+        + " (N, L) int64, from the tokenizer in tokenizer/")
+    return [
+        "```python",
+        "import json, onnxruntime",
+        f'session = onnxruntime.InferenceSession("{d}/model.onnx")',
+        f'classes = json.load(open("{d}/labels.json"))["classes"]',
+        "logits = session.run([\"logits\"], inputs)[0]   # inputs: a dict of numpy arrays, see below",
+        "print([classes[i] for i in logits.argmax(-1)])",
+        "```",
+        f"Inputs: {inputs}; the batch axis (and the sequence axis for text) is dynamic. `export.json` records "
+        "the parity check against PyTorch (largest logit difference).",
+    ]

@@ -1,0 +1,200 @@
+"""Report figures drawn with matplotlib's object API (``Figure`` + Agg canvas, never pyplot), so
+plotting touches no global state and needs no display. Each function returns a :class:`Plot`: a
+PNG, ready to inline in a page as a data URI.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .run_data import RunData, reliability_bins
+
+DPI = 100
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+@dataclass
+class Plot:
+    png: bytes
+    width: int  # pixels
+    height: int
+    alt: str
+
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _render(fig, alt: str) -> Plot:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    canvas.print_png(buffer)
+    width, height = (int(round(v)) for v in fig.get_size_inches() * DPI)
+    return Plot(buffer.getvalue(), width, height, alt)
+
+
+def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def _series(rows: list[dict[str, Any]], x: str, y: str) -> tuple[list[float], list[float]]:
+    points = [(r[x], r[y]) for r in rows if r.get(y) is not None and not _nan(r[y])]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def loss_curves(run: RunData) -> Plot:
+    """Training loss per optimizer step (thin) and per epoch, validation loss per epoch, against steps."""
+    fig = _figure(5.8, 3.5)
+    ax = fig.add_subplot()
+    if run.steps:
+        xs, ys = _series(run.steps, "step", "loss")
+        ax.plot(xs, ys, color=COLORS[0], alpha=0.3, linewidth=0.8, label="train (per step)")
+    xs, ys = _series(run.epochs, "step", "train_loss")
+    ax.plot(xs, ys, "o-", color=COLORS[0], label="train (epoch mean)")
+    xs, ys = _series(run.epochs, "step", "val_loss")
+    ax.plot(xs, ys, "s-", color=COLORS[1], label="validation")
+    _mark_best(ax, run)
+    _style(ax, "Loss", "optimizer step", "cross-entropy")
+    ax.legend(fontsize=8)
+    return _render(fig, "training and validation loss curves")
+
+
+def metric_curves(run: RunData) -> Plot:
+    """Validation accuracy and macro F1 per epoch."""
+    fig = _figure(5.8, 3.5)
+    ax = fig.add_subplot()
+    for i, (key, label) in enumerate([("val_accuracy", "accuracy"), ("val_macro_f1", "macro F1")]):
+        xs, ys = _series(run.epochs, "epoch", key)
+        ax.plot(xs, ys, "o-", color=COLORS[i + 2], label=f"validation {label}")
+    best = run.metrics.get("best_epoch")
+    if best:
+        ax.axvline(best, color="#555555", linestyle="--", linewidth=1, label=f"best epoch ({best})")
+    ax.set_ylim(-0.02, 1.02)
+    _integer_ticks(ax)
+    _style(ax, "Validation metrics", "epoch", "score")
+    ax.legend(fontsize=8, loc="lower right")
+    return _render(fig, "validation accuracy and macro F1 per epoch")
+
+
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _mark_best(ax, run: RunData) -> None:
+    best = run.metrics.get("best_epoch")
+    steps = {r["epoch"]: r["step"] for r in run.epochs if "epoch" in r and "step" in r}
+    if best in steps:
+        ax.axvline(steps[best], color="#555555", linestyle="--", linewidth=1, label=f"best epoch ({best})")
+
+
+def lr_curves(run: RunData) -> Plot:
+    """Learning rate of every parameter group, per optimizer step (per epoch for runs without steps.jsonl)."""
+    rows, x = (run.steps, "step") if run.steps else (run.epochs, "epoch")
+    groups: list[str] = []
+    for row in rows:
+        groups += [g for g in row.get("lr", {}) if g not in groups]
+    fig = _figure(5.8, 3.5)
+    ax = fig.add_subplot()
+    for i, group in enumerate(groups):
+        points = [(r[x], r["lr"][group]) for r in rows if group in r.get("lr", {})]
+        # Groups often share a schedule: dashes keep overlapping lines visible.
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=COLORS[i % len(COLORS)], label=group,
+                drawstyle="steps-post", marker="" if x == "step" else "o", linestyle=["-", "--", ":", "-."][i % 4],
+                linewidth=2.2 - 0.4 * (i % 3))
+    _style(ax, "Learning rate per parameter group", "optimizer step" if x == "step" else "epoch", "learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if groups:
+        ax.legend(fontsize=8)
+    return _render(fig, "learning rate per parameter group")
+
+
+def confusion_matrix_plot(run: RunData) -> Plot:
+    """Counts, coloured by the share of each true class (row-normalised), so small classes show too."""
+    matrix = np.array(run.metrics["confusion_matrix"], dtype=np.int64)
+    k = len(run.classes)
+    side = min(12.0, max(3.8, 0.55 * k + 2.2))
+    fig = _figure(side, side * 0.85)
+    ax = fig.add_subplot()
+    share = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, labels=run.classes, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.set_yticks(ticks, labels=run.classes)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=9 if k <= 12 else 6,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (validation)", fontsize=11)
+    return _render(fig, "confusion matrix")
+
+
+def reliability_diagram(run: RunData) -> Plot | None:
+    """Accuracy against confidence per bin (with the gap to the diagonal), and how many examples
+    fall in each bin. None when the run has no saved predictions."""
+    data = run.probabilities()
+    if data is None:
+        return None
+    bins = reliability_bins(*data)
+    centers = np.array([(b["low"] + b["high"]) / 2 for b in bins])
+    width = bins[0]["high"] - bins[0]["low"]
+    accuracy = np.array([b["accuracy"] for b in bins])
+    confidence = np.array([b["confidence"] for b in bins])
+    counts = np.array([b["count"] for b in bins])
+    filled = counts > 0
+    fig = _figure(6.4, 5.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], linestyle="--", color="#777777", linewidth=1, label="perfect calibration")
+    top.bar(centers[filled], accuracy[filled], width=width, color=COLORS[0], edgecolor="white", label="accuracy")
+    gap_low = np.minimum(accuracy, confidence)[filled]
+    top.bar(centers[filled], np.abs(confidence - accuracy)[filled], bottom=gap_low, width=width,
+            facecolor="none", hatch="///", edgecolor=COLORS[1], label="gap to mean confidence")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    _style(top, f"Reliability diagram (ECE {run.metrics.get('ece', float('nan')):.4f})", "", "accuracy")
+    top.legend(fontsize=8, loc="upper left")
+    bottom.bar(centers, counts, width=width, color="#999999", edgecolor="white")
+    _style(bottom, "", "confidence (top-class probability)", "examples")
+    return _render(fig, "reliability diagram and confidence histogram")
+
+
+def comparison_curves(runs: list[RunData], names: list[str]) -> Plot:
+    """Per-epoch curves of several runs overlaid: train loss, validation loss, accuracy, macro F1."""
+    panels = [("train_loss", "Training loss"), ("val_loss", "Validation loss"),
+              ("val_accuracy", "Validation accuracy"), ("val_macro_f1", "Validation macro F1")]
+    fig = _figure(11.0, 7.2)
+    axes = fig.subplots(2, 2).ravel()
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for i, (run, name) in enumerate(zip(runs, names, strict=True)):
+            xs, ys = _series(run.epochs, "epoch", key)
+            ax.plot(xs, ys, "o-", color=COLORS[i % len(COLORS)], label=name, markersize=4)
+        _integer_ticks(ax)
+        _style(ax, title, "epoch", "")
+    axes[0].legend(fontsize=8)
+    return _render(fig, "training curves of the compared runs")
