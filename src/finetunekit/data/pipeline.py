@@ -42,6 +42,14 @@ def open_image(path: str):
 
 
 class ImageDataset(Dataset):
+    """Images opened and transformed on access.
+
+    A key is an index, or ``(index, seed)`` from a training sampler: the random augmentation then
+    draws from its own generator seeded with ``seed`` and leaves the global RNG untouched. An
+    example's augmentation is thus a function of (seed, epoch, index) alone, whatever the worker
+    count or prefetching, which is what lets a run resumed mid-epoch replay the same batches.
+    """
+
     def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform) -> None:
         self.paths = list(paths)
         self.labels = None if labels is None else list(labels)
@@ -50,8 +58,16 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"pixel_values": self.transform(open_image(self.paths[index])), "index": index}
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = open_image(self.paths[index])
+        if seed is None:
+            pixels = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                pixels = self.transform(image)
+        item: dict[str, Any] = {"pixel_values": pixels, "index": index}
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
@@ -111,24 +127,52 @@ def _indices(items: list[dict[str, Any]]) -> torch.Tensor:
     return torch.tensor([it["index"] for it in items], dtype=torch.long)
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of similar-length rows: shuffle, cut into windows of 50 batches, sort each
-    window by length, batch it, then shuffle the batch order. Padding shrinks, randomness stays."""
+class ResumableBatchSampler(Sampler[list[Any]]):
+    """Training batches whose order is a function of (seed, epoch) alone, and that can start an
+    epoch part-way: ``resume_at(epoch, batch)`` skips the first ``batch`` batches of ``epoch`` as
+    lists of indices, so a resumed run loads none of the data it already trained on.
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window: int = 50) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
+    Subclasses define ``batches()`` (every batch of ``self.epoch``) and ``num_batches``.
+    """
+
+    num_batches: int
+
+    def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.window = window * batch_size
         self.epoch = 0
+        self._resume = (-1, 0)  # (epoch, first batch); only that epoch starts late
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+    def resume_at(self, epoch: int, batch: int) -> None:
+        self._resume = (epoch, batch)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _start(self) -> int:
+        return self._resume[1] if self._resume[0] == self.epoch else 0
+
+    def batches(self) -> list[list[Any]]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches - self._start())
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return iter(self.batches()[self._start() :])
+
+
+class LengthGroupedBatchSampler(ResumableBatchSampler):
+    """Shuffled batches of similar-length rows: shuffle, cut into windows of 50 batches, sort each
+    window by length, batch it, then shuffle the batch order. Padding shrinks, randomness stays."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window: int = 50) -> None:
+        super().__init__(seed)
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.window = window * batch_size
+        self.num_batches = (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def batches(self) -> list[list[Any]]:
         rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
@@ -137,7 +181,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             chunk = sorted(order[start : start + self.window], key=lambda i: self.lengths[i], reverse=True)
             batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
         rng.shuffle(batches)
-        return iter(batches)
+        return batches
 
 
 class EvalBatchSampler(Sampler[list[int]]):
@@ -154,25 +198,25 @@ class EvalBatchSampler(Sampler[list[int]]):
         return iter([self.order[i : i + self.batch_size] for i in range(0, len(self.order), self.batch_size)])
 
 
-class ShuffledBatchSampler(Sampler[list[int]]):
+class ShuffledBatchSampler(ResumableBatchSampler):
     """A fresh permutation per epoch, a function of (seed, epoch) alone, so a resumed run sees the
-    same batches as an uninterrupted one."""
+    same batches as an uninterrupted one. With ``item_seeds`` each index comes with the seed of its
+    augmentation, ``(index, seed)`` (see :class:`ImageDataset`)."""
 
-    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int, item_seeds: bool = False) -> None:
+        super().__init__(seed)
         self.size = size
         self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
+        self.item_seeds = item_seeds
+        self.num_batches = (self.size + self.batch_size - 1) // self.batch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return (self.size + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
-        return iter([order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)])
+    def batches(self) -> list[list[Any]]:
+        epoch_seed = self.seed * 100_003 + self.epoch
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+        keys: list[Any] = order
+        if self.item_seeds:
+            keys = [(i, (epoch_seed * 1_000_003 + i) % 2**63) for i in order]
+        return [keys[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
 
 
 class SequentialBatchSampler(EvalBatchSampler):
@@ -200,7 +244,7 @@ def build_loader(dataset: Dataset, backbone, batch_size: int, train: bool, seed:
         sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, seed) if train else EvalBatchSampler(dataset.lengths, batch_size)
         collate: Any = TextCollator(backbone.pad_token_id)
     else:
-        sampler = ShuffledBatchSampler(len(dataset), batch_size, seed) if train else SequentialBatchSampler(len(dataset), batch_size)
+        sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, item_seeds=True) if train else SequentialBatchSampler(len(dataset), batch_size)
         collate = collate_images
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0
