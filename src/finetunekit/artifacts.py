@@ -148,18 +148,29 @@ def save_predictions(run_dir: Path, inputs: list[str], labels: Any, probs: Any, 
 # -- run directories -----------------------------------------------------------------------------
 
 
-def prepare_run_dir(path: Path, overwrite: bool) -> Path:
-    """Create the run directory; refuse to reuse a non-empty one unless ``overwrite``."""
+def is_run_dir(path: Path) -> bool:
+    """A directory finetunekit wrote (finished, or stopped part-way)."""
+    return any((path / name).exists() for name in (MARKER, "metrics.jsonl", "recipe.yaml", "checkpoints"))
+
+
+def check_run_dir(path: Path, overwrite: bool) -> None:
+    """Raise if ``path`` cannot become a new run directory; touches nothing, so a run can check
+    its output before spending minutes on loading data and models."""
     if path.exists() and not path.is_dir():
         raise FinetuneError(f"output {path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise FinetuneError(f"run directory {path} already exists and is not empty; pass --overwrite or choose another --output")
-        if (path / MARKER).is_file() or (path / "metrics.jsonl").exists():
-            for child in path.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        else:
+        if not is_run_dir(path):
             raise FinetuneError(f"refusing to overwrite {path}: it is not a finetunekit run directory")
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> Path:
+    """Create the run directory; refuse to reuse a non-empty one unless ``overwrite``."""
+    check_run_dir(path, overwrite)
+    if path.is_dir():
+        for child in path.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -216,16 +227,57 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     model = FineTuneModel(backbone, len(classes), float(info["head"].get("dropout", 0.0)))
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
+        pickles = sorted(p for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise pickle_refusal(pickles[0])
         raise FinetuneError(f"{weights} is missing: {run_dir} is not a complete finetunekit run directory")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
+        if _is_pickle(weights):
+            raise pickle_refusal(weights) from None
         raise FinetuneError(f"{weights}: corrupt or truncated weights ({exc})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise FinetuneError(f"{weights}: weights do not fit the saved architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.eval()
     return model, {**info, "classes": classes, "preprocessing": preprocessing}
+
+
+# -- no code from files: pickles are refused --------------------------------------------------------
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _is_pickle(path: Path) -> bool:
+    """A pickle (protocol 2+ starts with 0x80) or torch.save's zip archive (which holds one)."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return head[:1] == b"\x80" or head == b"PK"
+
+
+def pickle_refusal(path: Path) -> FinetuneError:
+    return FinetuneError(
+        f"{path}: refusing to load a pickle: unpickling can run any code the file contains, so finetunekit reads "
+        "weights only from safetensors (if you trust the file, convert it once with "
+        "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors'))"
+    )
+
+
+def safe_torch_load(path: Path) -> Any:
+    """A torch.save file loaded with ``weights_only=True``: the unpickler builds tensors and plain
+    containers only, and a file that asks for anything else (code) is refused, never run."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise FinetuneError(
+            f"{path}: refused: it holds pickled objects other than tensors, which could run code when loaded ({first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise FinetuneError(f"{path}: corrupt or truncated weights ({type(exc).__name__})") from None
 
 
 def save_recipe(run_dir: Path, recipe_dict: dict[str, Any]) -> None:

@@ -23,6 +23,17 @@ class DataError(FinetuneError):
     """A data file, folder or row cannot be used."""
 
 
+class DivergenceError(FinetuneError):
+    """The loss, the gradients or the weights stopped being finite."""
+
+
+def warn(message: str) -> None:
+    """A warning the user must see even with --quiet: one line on stderr."""
+    import sys
+
+    print(f"finetunekit: warning: {message}", file=sys.stderr, flush=True)
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' when a close match exists, else ''."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

@@ -45,12 +45,13 @@ class Predictor:
         if isinstance(inputs, Examples):
             return inputs
         inputs = [str(x) for x in inputs]
-        if self.modality == "image":
-            for item in inputs:
-                path = Path(item)
-                if not path.is_file():
-                    hint = " (this model takes image files, not text)" if path.suffix.lower() not in IMAGE_EXTENSIONS else ""
-                    raise DataError(f"image not found: {item}{hint}")
+        for item in inputs:
+            suffix = Path(item).suffix.lower() if _is_file(item) else None
+            if self.modality == "image" and suffix is None:
+                hint = " (this model takes image files, not text)" if Path(item).suffix.lower() not in IMAGE_EXTENSIONS else ""
+                raise DataError(f"image not found: {_shown(item)}{hint}")
+            if self.modality == "text" and suffix in IMAGE_EXTENSIONS:
+                raise DataError(f"{item}: is an image file, but this model takes text")
         return Examples(inputs, None, "inputs", self.modality)
 
     @torch.no_grad()
@@ -81,6 +82,18 @@ class Predictor:
         probs = self.predict_proba(examples)
         loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
         return {**classification_metrics(probs, labels, self.labels.classes, loss), "eval_set": examples.source}
+
+
+def _is_file(item: str) -> bool:
+    try:
+        return Path(item).is_file()
+    except (OSError, ValueError):  # a long text or one with NUL bytes is no path at all
+        return False
+
+
+def _shown(item: str) -> str:
+    """An input as it fits in a one-line error message."""
+    return item if len(item) <= 200 and item.isprintable() else repr(item[:80]) + "..."
 
 
 def load(run_dir: str | Path, device: str | None = None) -> Predictor:

@@ -66,6 +66,9 @@ class DataSpec:
     max_train_samples: int | None = None  # keep the first N training rows (after shuffling by seed)
     augment: Literal["none", "light"] = "light"  # train-time image augmentation
     num_workers: int = 0
+    # images that PIL cannot read (corrupt, truncated, not an image): "fail" stops before training
+    # and lists them, "skip" leaves them out and reports how many
+    bad_images: Literal["fail", "skip"] = "fail"
 
     def __post_init__(self) -> None:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
@@ -129,6 +132,12 @@ class TrainSpec:
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # chooses the best epoch
     restore_best: bool = True
     seed: int = 0
+    # checkpoints (RUN_DIR/checkpoints) at every epoch's end and, when set, every N optimizer steps;
+    # the newest keep_checkpoints are kept, and the best epoch's; removed once the run finishes
+    # unless keep_checkpoints_when_done
+    checkpoint_every_steps: int | None = None
+    keep_checkpoints: int = 2
+    keep_checkpoints_when_done: bool = False
     # experiment trackers, through Accelerate, written under the run directory; metrics.jsonl is
     # always written
     report_to: list[Tracker] = field(default_factory=list)
@@ -153,6 +162,9 @@ class TrainSpec:
             _check_range("train.max_grad_norm", self.max_grad_norm, 0.0, 1e9, low_open=True)
         if self.early_stopping_patience is not None:
             _check_range("train.early_stopping_patience", self.early_stopping_patience, 1, 100_000)
+        if self.checkpoint_every_steps is not None:
+            _check_range("train.checkpoint_every_steps", self.checkpoint_every_steps, 1, 10**9)
+        _check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 10_000)
         if len(set(self.report_to)) != len(self.report_to):
             raise RecipeError(f"train.report_to: {self.report_to} names a tracker twice")
 
@@ -187,7 +199,7 @@ class Recipe:
             at = f" at line {mark.line + 1}" if mark is not None else ""
             raise RecipeError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
         try:
-            return cls.from_dict(raw, where=str(path))
+            return cls.from_dict(raw)
         except RecipeError as exc:
             raise RecipeError(f"{path}: {exc}") from None
 

@@ -57,7 +57,9 @@ def efficientnet_lite0_imagenet() -> torch.nn.Module:
     import timm
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
-    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    from ..artifacts import safe_torch_load
+
+    state = safe_torch_load(efficientnet_lite0_weights_path())
     model.load_state_dict(map_lite0_state_dict(state, model.state_dict()))
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

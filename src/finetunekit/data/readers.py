@@ -86,6 +86,47 @@ def _read_image_folder(root: Path) -> Examples:
     return Examples(inputs, labels, str(root), "image")
 
 
+def _image_problem(path: str) -> str | None:
+    """Why ``path`` cannot be used as an image, or None. PIL's ``verify`` checks the header (and for
+    PNG every chunk's checksum) without decoding; JPEG has no checksums, so it is decoded at 1/8
+    scale, which still reads the whole stream and so catches truncation."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+            else:
+                image.verify()
+    except UnidentifiedImageError:
+        return "not an image PIL can read"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def check_images(examples: Examples, policy: str = "fail") -> Examples:
+    """Check every image file before training (see :func:`_image_problem`).
+
+    ``policy="fail"`` raises one error listing the unreadable files; ``"skip"`` drops them and
+    records the count in ``notes`` (a class left without images is still an error).
+    """
+    bad = [(i, path, why) for i, path in enumerate(examples.inputs) if (why := _image_problem(path))]
+    if not bad:
+        return examples
+    shown = "; ".join(f"{path} ({why})" for _, path, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if policy == "fail":
+        raise DataError(f"{examples.source}: {len(bad)} unreadable image file(s): {shown}; remove them or set data.bad_images=skip")
+    dropped = {i for i, _, _ in bad}
+    kept = examples.subset([i for i in range(len(examples)) if i not in dropped])
+    emptied = sorted(set(examples.labels or []) - set(kept.labels or []))
+    if emptied:
+        raise DataError(f"{examples.source}: class {emptied[0]!r} has no readable images (skipped: {shown})")
+    kept.notes = [*examples.notes, f"skipped {len(bad)} unreadable image file(s): {shown}"]
+    return kept
+
+
 def _read_text_table(path: Path, text_column: str | None, label_column: str, require_labels: bool) -> Examples:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
