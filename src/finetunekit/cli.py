@@ -1,6 +1,7 @@
 """Command line: a thin table from subcommand to function.
 
     finetunekit train recipe.yaml --set train.lr=3e-4 --output runs/x
+    finetunekit resume runs/x            (or: finetunekit train recipe.yaml --output runs/x --resume)
     finetunekit evaluate RUN_DIR DATA
     finetunekit predict RUN_DIR INPUT...
     finetunekit report RUN_DIR
@@ -28,7 +29,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
     recipe = recipe.with_overrides(args.set or [])
-    train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet)
+    if args.resume and not args.output:
+        raise FinetuneError("--resume needs --output RUN_DIR: the run directory to continue")
+    train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .recipe import Recipe
+    from .trainer import train
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FinetuneError(f"run directory not found: {run_dir}")
+    if not (run_dir / "recipe.yaml").is_file():
+        raise FinetuneError(f"{run_dir / 'recipe.yaml'} is missing: {run_dir} is not a finetunekit run directory")
+    train(Recipe.from_yaml(run_dir / "recipe.yaml"), output=run_dir, quiet=args.quiet, resume=True)
     return 0
 
 
@@ -105,6 +123,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
+    "resume": cmd_resume,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "report": cmd_report,
@@ -127,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field (repeatable)")
     p.add_argument("--output", "-o", help="run directory (default: runs/<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its newest checkpoint (starts it when there is none yet)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+
+    p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint, with its own recipe.yaml")
+    p.add_argument("run_dir")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
 
     p = sub.add_parser("evaluate", help="metrics of a run on a labelled data set")

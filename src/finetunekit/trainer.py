@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,25 @@ import torch
 
 from . import artifacts, trackers
 from .backbones import create_backbone
-from .data import LabelMap, resolve_splits
+from .checkpoint import (
+    Checkpointer,
+    Position,
+    ResumePoint,
+    TrainingParts,
+    check_same_data,
+    check_same_recipe,
+    data_fingerprint,
+    has_checkpoints,
+    list_checkpoints,
+    truncate_logs,
+)
+from .data import Examples, LabelMap, resolve_splits
 from .data.pipeline import build_dataset, build_loader
+from .data.readers import check_images
 from .defaults import resolve
 from .engine import EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
+from .engine.loop import EpochProgress
+from .errors import DivergenceError, FinetuneError, RecipeError, warn
 from .metrics import classification_metrics, format_metrics
 from .model import FineTuneModel
 from .recipe import Recipe
@@ -79,130 +94,295 @@ def _log(accelerator, quiet: bool, message: str) -> None:
         print(message, flush=True)
 
 
-def train(recipe: Recipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False) -> RunResult:
-    """Fine-tune according to ``recipe``; write the run directory; return its final metrics."""
+def train(
+    recipe: Recipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False
+) -> RunResult:
+    """Fine-tune according to ``recipe``; write the run directory; return its final metrics.
+
+    ``resume=True`` continues the run in ``output`` from its newest intact checkpoint (the same
+    recipe and data are required); with no checkpoint there yet, the run starts from the beginning.
+    """
     started = time.perf_counter()
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    resuming = _check_output(run_dir, overwrite, resume)  # before minutes are spent loading anything
     log_with = trackers.check_trackers(recipe.train.report_to)
     accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir)
-    if accelerator.is_main_process:
-        artifacts.prepare_run_dir(run_dir, overwrite)
     _seed_everything(recipe.train.seed)
+    run = _build(recipe, accelerator, run_dir, quiet)
+    run.started = started
+    recipe, t = run.recipe, run.recipe.train
+    start = _resume(run) if resuming else None
+    if start is None and accelerator.is_main_process:
+        artifacts.prepare_run_dir(run_dir, overwrite or resume)
+        artifacts.save_recipe(run_dir, recipe.to_dict())
+    if log_with:
+        accelerator.init_trackers(run_dir.resolve().name, config=trackers.tracker_config(recipe.to_dict()))
+    trainable, total = accelerator.unwrap_model(run.model).parameter_counts()
+    _log(accelerator, quiet, f"run dir: {run_dir}")
+    _log(accelerator, quiet, (
+        f"backbone {recipe.model.backbone} ({run.modality}), {len(run.label_map)} classes, "
+        f"{len(run.train_ex)} train / {len(run.val_ex)} val examples, strategy {recipe.strategy.name}, "
+        f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.1f}%), device {accelerator.device}, "
+        f"precision {resolve_precision(t.precision)}"
+    ))
+    try:
+        _fit(run, start, quiet)
+    except DivergenceError as exc:
+        raise DivergenceError(_divergence_advice(run, exc)) from None
+    return _finish(run, started, trainable, total, quiet)
 
-    spec = recipe.model
-    backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
-    recipe = resolve(recipe, backbone.modality)
-    t = recipe.train
-    if not recipe.data.train:
-        from .errors import RecipeError
 
+@dataclass
+class _Run:
+    """The parts of one training run, built from the recipe alone (so a resumed run rebuilds the
+    same ones before loading the checkpoint into them) and the progress made so far."""
+
+    recipe: Recipe
+    run_dir: Path
+    accelerator: Any
+    modality: str
+    train_ex: Examples
+    val_ex: Examples
+    label_map: LabelMap
+    preprocessing: dict[str, Any]
+    model: Any
+    optimizer: Any
+    strategy: Any
+    schedule: LRSchedule
+    stopper: EarlyStopping
+    train_loader: Any
+    val_loader: Any
+    train_sampler: Any
+    val_size: int
+    batches_per_epoch: int
+    steps_per_epoch: int
+    checkpointer: Checkpointer
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+    stopped: bool = False  # early stopping ended the run
+    seconds_before: float = 0.0  # training time of the processes before a resume
+    preds: Any = None  # the last validation predictions and metrics
+    metrics: dict[str, Any] | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
+    """Whether there is a checkpoint to resume; raises when ``run_dir`` cannot be used."""
+    if not resume:
+        artifacts.check_run_dir(run_dir, overwrite)
+        return False
+    if overwrite:
+        raise FinetuneError("--resume and --overwrite exclude each other: resume keeps the run directory, overwrite replaces it")
+    if has_checkpoints(run_dir):
+        return True
+    if (run_dir / "metrics.json").is_file():
+        raise FinetuneError(f"run directory {run_dir} has finished training (metrics.json is written); nothing to resume")
+    if run_dir.exists() and not (run_dir.is_dir() and (not any(run_dir.iterdir()) or artifacts.is_run_dir(run_dir))):
+        artifacts.check_run_dir(run_dir, overwrite=True)  # raises: a file, or a folder finetunekit did not write
+    return False  # killed before its first checkpoint, or never started: start from the beginning
+
+
+def _read_data(recipe: Recipe, modality: str) -> tuple[Examples, Examples, LabelMap, list[int], list[int]]:
+    """Training and validation examples, checked (images opened up front) and label-encoded."""
+    d, seed = recipe.data, recipe.train.seed
+    if not d.train:
         raise RecipeError("data.train: no training data given (a folder of images or a .csv/.tsv/.jsonl file)")
-    train_ex, val_ex = resolve_splits(
-        recipe.data.train, recipe.data.val, backbone.modality, recipe.data.val_fraction, t.seed,
-        recipe.data.text_column, recipe.data.label_column,
-    )
-    if recipe.data.max_train_samples is not None and recipe.data.max_train_samples < len(train_ex):
+    train_ex, val_ex = resolve_splits(d.train, d.val, modality, d.val_fraction, seed, d.text_column, d.label_column)
+    if d.max_train_samples is not None and d.max_train_samples < len(train_ex):
         keep = list(range(len(train_ex)))
-        random.Random(t.seed).shuffle(keep)
-        train_ex = train_ex.subset(sorted(keep[: recipe.data.max_train_samples]))
+        random.Random(seed).shuffle(keep)
+        train_ex = train_ex.subset(sorted(keep[: d.max_train_samples]))
+    if modality == "image":
+        train_ex, val_ex = check_images(train_ex, d.bad_images), check_images(val_ex, d.bad_images)
+        for note in (*train_ex.notes, *val_ex.notes):
+            warn(note)
     label_map = LabelMap.from_labels(train_ex.labels or [])
     train_ids = label_map.encode(train_ex.labels or [], train_ex.source)
     val_ids = label_map.encode(val_ex.labels or [], val_ex.source)
+    return train_ex, val_ex, label_map, train_ids, val_ids
+
+
+def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool) -> _Run:
+    spec = recipe.model
+    backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
+    recipe = resolve(recipe, backbone.modality)
+    t, d = recipe.train, recipe.data
+    train_ex, val_ex, label_map, train_ids, val_ids = _read_data(recipe, backbone.modality)
 
     model = FineTuneModel(backbone, len(label_map), spec.head_dropout)
     preprocessing = backbone.preprocessing()
     if backbone.modality == "text":
-        preprocessing["max_length"] = recipe.data.max_length
+        preprocessing["max_length"] = d.max_length
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
     groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
     optimizer = build_optimizer(t, groups)
 
-    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, recipe.data.augment, recipe.data.max_length)
-    val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", recipe.data.max_length)
-    train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, recipe.data.num_workers)
-    val_loader = build_loader(val_ds, backbone, t.batch_size * 2, False, t.seed, recipe.data.num_workers)
+    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length)
+    val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length)
+    train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers)
+    val_loader = build_loader(val_ds, backbone, t.batch_size * 2, False, t.seed, d.num_workers)
     train_sampler = train_loader.batch_sampler
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    steps_per_epoch = max(1, len(train_loader) // t.grad_accum_steps)
+    batches_per_epoch = len(train_loader)
+    steps_per_epoch = max(1, batches_per_epoch // t.grad_accum_steps)
     schedule = LRSchedule(t.scheduler, _phase_steps(strategy, 0, t.epochs, steps_per_epoch), t.warmup_ratio)
-
-    trainable, total = accelerator.unwrap_model(model).parameter_counts()
-    if accelerator.is_main_process:
-        artifacts.save_recipe(run_dir, recipe.to_dict())
-    if log_with:
-        accelerator.init_trackers(run_dir.resolve().name, config=trackers.tracker_config(recipe.to_dict()))
-    _log(accelerator, quiet, f"run dir: {run_dir}")
-    _log(accelerator, quiet, (
-        f"backbone {spec.backbone} ({backbone.modality}), {len(label_map)} classes, "
-        f"{len(train_ex)} train / {len(val_ex)} val examples, strategy {recipe.strategy.name}, "
-        f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.1f}%), device {accelerator.device}, "
-        f"precision {resolve_precision(t.precision)}"
-    ))
-
     stopper = EarlyStopping(t.metric, t.early_stopping_patience)
-    history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(t.epochs):
-        message = strategy.on_epoch_start(epoch, accelerator.unwrap_model(model), optimizer)
-        if message:
-            _log(accelerator, quiet, message)
-        if strategy.restarts_schedule(epoch):
-            schedule.restart(step, _phase_steps(strategy, epoch, t.epochs, steps_per_epoch))
-        train_sampler.set_epoch(epoch)
+    parts = TrainingParts(accelerator, model, optimizer, schedule, strategy, stopper)
+    return _Run(
+        recipe, run_dir, accelerator, backbone.modality, train_ex, val_ex, label_map, preprocessing, model, optimizer,
+        strategy, schedule, stopper, train_loader, val_loader, train_sampler, len(val_ds), batches_per_epoch,
+        steps_per_epoch, Checkpointer(run_dir, t.keep_checkpoints, parts),
+    )
+
+
+def _resume(run: _Run) -> ResumePoint:
+    """Load the newest intact checkpoint into ``run``; refuse when the recipe or data changed."""
+    ckpt = run.checkpointer
+    ckpt.clean_leftovers()
+    check_same_recipe(run.run_dir, run.recipe.to_dict())
+    loaded = ckpt.latest()
+    if loaded is None:
+        raise FinetuneError(
+            f"no intact checkpoint left in {ckpt.root} (the corrupt ones were set aside as *.corrupt); "
+            "pass --overwrite to start the run again"
+        )
+    check_same_data(loaded, list(run.label_map.classes), run.train_ex)
+    state = ckpt.restore(loaded)
+    point = ResumePoint.from_state(loaded, state)
+    run.history, run.step, run.stopped = point.history, point.position.step, point.stopped
+    run.seconds_before = float(state.get("seconds", 0.0))
+    if run.accelerator.is_main_process:
+        truncate_logs(run.run_dir, run.history)
+    p = point.position
+    where = f"epoch {p.epoch + 1}, batch {p.batch} of {run.batches_per_epoch}" if p.batch else f"the start of epoch {p.epoch + 1}"
+    _log(run.accelerator, False, f"resuming from checkpoint {loaded.path} (optimizer step {p.step}, {where})")
+    return point
+
+
+def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
+    t = run.recipe.train
+    first = start.position.epoch if start else 0
+    model = run.accelerator.unwrap_model(run.model)
+    for epoch in range(first, t.epochs):
+        if run.stopped:
+            break
+        part_way = start is not None and epoch == first and start.progress is not None
+        if not part_way:  # an epoch resumed part-way ran these hooks before its checkpoint
+            message = run.strategy.on_epoch_start(epoch, model, run.optimizer)
+            if message:
+                _log(run.accelerator, quiet, message)
+            if run.strategy.restarts_schedule(epoch):
+                run.schedule.restart(run.step, _phase_steps(run.strategy, epoch, t.epochs, run.steps_per_epoch))
+        # The prepared loader forwards the epoch to the batch sampler (accelerate re-applies its own
+        # count on every iteration, so it must hear the epoch too).
+        run.train_loader.set_epoch(epoch)
+        run.train_sampler.set_epoch(epoch)
+        if part_way:
+            run.train_sampler.resume_at(epoch, start.position.batch)
         _seed_everything(t.seed * 1000 + epoch)  # augmentation and dropout: a function of the epoch
-        stats, step = train_one_epoch(
-            accelerator, model, train_loader, optimizer, schedule, step,
+
+        def on_step(step: int, progress: EpochProgress, epoch: int = epoch) -> None:
+            every = t.checkpoint_every_steps
+            if every and step % every == 0 and progress.batches < run.batches_per_epoch:
+                run.checkpointer.save(Position(epoch, progress.batches, step), _checkpoint_extra(run, progress))
+
+        stats, run.step = train_one_epoch(
+            run.accelerator, run.model, run.train_loader, run.optimizer, run.schedule, run.step,
             label_smoothing=t.label_smoothing, max_grad_norm=t.max_grad_norm,
             description=f"epoch {epoch + 1}/{t.epochs}", quiet=quiet,
+            progress=start.progress if part_way else None,
+            before_first_batch=start.restore_rng if part_way else None, on_step=on_step,
         )
-        preds = evaluate_loader(accelerator, model, val_loader, len(val_ds), description="validate", quiet=quiet)
-        metrics = classification_metrics(preds.probs, preds.labels, label_map.classes, preds.loss)
-        record = {
-            "epoch": epoch + 1, "step": step, "train_loss": stats.loss,
-            "val_loss": metrics.get("loss"), "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
-            "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)},
-            "train_seconds": round(stats.seconds, 3), "train_samples_per_second": round(stats.samples_per_second, 2),
-        }
-        history.append(record)
-        if accelerator.is_main_process:
-            artifacts.append_jsonl(run_dir / "metrics.jsonl", record)
-            artifacts.append_jsonl_many(run_dir / "steps.jsonl", [{"epoch": epoch + 1, **item} for item in stats.trace])
-        trackers.log_epoch(accelerator, record, stats.trace)
-        _log(accelerator, quiet, (
-            f"epoch {epoch + 1}/{t.epochs}  train_loss {stats.loss:.4f}  val_loss {metrics.get('loss', float('nan')):.4f}  "
-            f"val_accuracy {metrics['accuracy']:.4f}  val_macro_f1 {metrics['macro_f1']:.4f}  "
-            f"({stats.seconds:.1f}s, {stats.samples_per_second:.1f} samples/s)"
-        ))
-        value = metrics["loss"] if t.metric == "loss" else metrics[t.metric]
-        if stopper.update(value, epoch, accelerator.unwrap_model(model), metrics.get("loss")):
-            _log(accelerator, quiet, f"early stopping: no {t.metric} improvement for {stopper.patience} epochs")
-            break
+        _end_epoch(run, epoch, stats, quiet)
 
-    unwrapped = accelerator.unwrap_model(model)
-    if t.restore_best and stopper.best_state is not None and stopper.best_epoch != len(history) - 1:
+
+def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool) -> None:
+    """Validate, log, update early stopping, and write the epoch's checkpoint."""
+    t, accelerator, run_dir = run.recipe.train, run.accelerator, run.run_dir
+    run.preds = evaluate_loader(accelerator, run.model, run.val_loader, run.val_size, description="validate", quiet=quiet)
+    metrics = run.metrics = classification_metrics(run.preds.probs, run.preds.labels, run.label_map.classes, run.preds.loss)
+    record = {
+        "epoch": epoch + 1, "step": run.step, "train_loss": stats.loss,
+        "val_loss": metrics.get("loss"), "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+        "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)},
+        "train_seconds": round(stats.seconds, 3), "train_samples_per_second": round(stats.samples_per_second, 2),
+    }
+    run.history.append(record)
+    if accelerator.is_main_process:
+        artifacts.append_jsonl(run_dir / "metrics.jsonl", record)
+        artifacts.append_jsonl_many(run_dir / "steps.jsonl", [{"epoch": epoch + 1, **item} for item in stats.trace])
+    trackers.log_epoch(accelerator, record, stats.trace)
+    _log(accelerator, quiet, (
+        f"epoch {epoch + 1}/{t.epochs}  train_loss {stats.loss:.4f}  val_loss {metrics.get('loss', float('nan')):.4f}  "
+        f"val_accuracy {metrics['accuracy']:.4f}  val_macro_f1 {metrics['macro_f1']:.4f}  "
+        f"({stats.seconds:.1f}s, {stats.samples_per_second:.1f} samples/s)"
+    ))
+    value = metrics["loss"] if t.metric == "loss" else metrics[t.metric]
+    run.stopped = run.stopper.update(value, epoch, accelerator.unwrap_model(run.model), metrics.get("loss"))
+    if run.stopped:
+        _log(accelerator, quiet, f"early stopping: no {t.metric} improvement for {run.stopper.patience} epochs")
+    improved = run.stopper.best_epoch == epoch
+    run.checkpointer.save(Position(epoch + 1, 0, run.step), _checkpoint_extra(run, None), is_best=improved)
+
+
+def _checkpoint_extra(run: _Run, progress: EpochProgress | None) -> dict[str, Any]:
+    """The trainer's part of a checkpoint's state.json."""
+    return {
+        "classes": list(run.label_map.classes),
+        "data": data_fingerprint(run.train_ex),
+        "history": run.history,
+        "epoch_progress": None if progress is None else asdict(progress),
+        "stopped": run.stopped,
+        "seconds": run.seconds_before + (time.perf_counter() - run.started),
+    }
+
+
+def _divergence_advice(run: _Run, exc: DivergenceError) -> str:
+    t = run.recipe.train
+    saved = run.checkpointer.last_saved or next(reversed(list_checkpoints(run.run_dir)), None)
+    kept = f"the last good checkpoint is kept: {saved}" if saved else "no checkpoint had been written yet"
+    fixes = [f"a lower train.lr (now {t.lr:g}) and train.head_lr (now {t.head_lr:g})"]
+    if resolve_precision(t.precision) != "fp32":
+        fixes.append("train.precision=fp32")
+    if t.max_grad_norm is None:
+        fixes.append("train.max_grad_norm=1.0")
+    return f"{exc}; {kept}; try {' or '.join(fixes)}"
+
+
+def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) -> RunResult:
+    """Restore the best epoch, write the model and the reports, drop the checkpoints."""
+    t, accelerator, run_dir, label_map = run.recipe.train, run.accelerator, run.run_dir, run.label_map
+    unwrapped = accelerator.unwrap_model(run.model)
+    stopper = run.stopper
+    restore = t.restore_best and stopper.best_state is not None and stopper.best_epoch != len(run.history) - 1
+    if restore:
         unwrapped.load_state_dict(stopper.best_state)
         _log(accelerator, quiet, f"restored the best epoch ({stopper.best_epoch + 1}, val {t.metric} {stopper.best:.4f})")
-        preds = evaluate_loader(accelerator, model, val_loader, len(val_ds), description="validate", quiet=True)
-        metrics = classification_metrics(preds.probs, preds.labels, label_map.classes, preds.loss)
+    if restore or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train
+        run.preds = evaluate_loader(accelerator, run.model, run.val_loader, run.val_size, description="validate", quiet=True)
+        run.metrics = classification_metrics(run.preds.probs, run.preds.labels, label_map.classes, run.preds.loss)
+    preds = run.preds
     seconds = time.perf_counter() - started
-    final = {**metrics, "best_epoch": stopper.best_epoch + 1, "epochs_run": len(history), "train_seconds": round(seconds, 2),
-             "eval_set": val_ex.source}
+    final = {**run.metrics, "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
+             "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
-        artifacts.save_model(run_dir, unwrapped, list(label_map.classes), preprocessing)
+        artifacts.save_model(run_dir, unwrapped, list(label_map.classes), run.preprocessing)
         artifacts.atomic_write_json(run_dir / "metrics.json", final)
         from .card import write_model_card
 
-        write_model_card(run_dir, recipe, final, train_ex, val_ex, trainable, total)
-        artifacts.save_predictions(run_dir, val_ex.inputs, preds.labels, preds.probs, list(label_map.classes))
+        write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total)
+        artifacts.save_predictions(run_dir, run.val_ex.inputs, preds.labels, preds.probs, list(label_map.classes))
         from .report import write_report_after_training
 
         write_report_after_training(run_dir, quiet)
+        if not t.keep_checkpoints_when_done:
+            run.checkpointer.remove_all()  # last: a crash before this point resumes into these steps
     accelerator.wait_for_everyone()
     accelerator.end_training()
     # The final table prints even when quiet: it is the result, not progress.
-    _log(accelerator, False, format_metrics(final, title=f"validation metrics ({val_ex.source}):"))
+    _log(accelerator, False, format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
-    return RunResult(run_dir, final, history, seconds, trainable, total, recipe)
+    return RunResult(run_dir, final, run.history, seconds, trainable, total, run.recipe)
 
 
 def _phase_steps(strategy, epoch: int, epochs: int, steps_per_epoch: int) -> int:
