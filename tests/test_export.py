@@ -65,7 +65,9 @@ def test_exports_record_their_parity_check(exports):
         record = json.loads((result.path / "export.json").read_text())
         assert record["max_abs_diff"] == result.max_abs_diff <= ONNX_TOLERANCE
         assert record["label_mismatches"] == 0 and record["examples"] >= 8
-        assert (result.path / "README.md").read_text().startswith("---\n")
+        card = (result.path / "README.md").read_text()
+        library = {"hf": "transformers", "timm": "timm", "onnx": "onnx"}[result.format]
+        assert card.startswith(f"---\nlibrary_name: {library}\n") and f"{result.path}" in card.split("## How to load")[1]
         assert json.loads((result.path / "labels.json").read_text())["classes"]
 
 
