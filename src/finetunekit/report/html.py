@@ -20,9 +20,9 @@ main { padding: 10px 28px 40px 28px; max-width: 1400px; }
 section { background: white; border: 1px solid #e5e7eb; border-radius: 8px; padding: 14px 20px; margin: 16px 0; }
 h2 { font-size: 18px; margin: 4px 0 12px 0; }
 .plots { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
-figure { margin: 0; }
+figure { margin: 0; max-width: 100%; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eef0f3; }
-figcaption { font-size: 12px; color: #6b7280; margin-top: 4px; max-width: 640px; }
+figcaption { font-size: 12px; color: #6b7280; margin-top: 4px; }
 table { border-collapse: collapse; font-size: 14px; }
 th, td { padding: 5px 12px; border-bottom: 1px solid #e5e7eb; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
@@ -65,7 +65,8 @@ def section(section_id: str, title: str, body: str) -> str:
 
 def figure(plot: Plot, caption: str) -> str:
     return (
-        f'<figure><img class="plot" src="{plot.data_uri()}" width="{plot.width}" height="{plot.height}" '
+        # The figure is as wide as its plot, so the caption wraps there and plots sit side by side.
+        f'<figure style="width: {plot.width}px"><img class="plot" src="{plot.data_uri()}" width="{plot.width}" height="{plot.height}" '
         f'alt="{escape(plot.alt)}"><figcaption>{escape(caption)}</figcaption></figure>'
     )
 

@@ -118,14 +118,21 @@ def lr_curves(run: RunData) -> Plot:
         groups += [g for g in row.get("lr", {}) if g not in groups]
     fig = _figure(5.8, 3.5)
     ax = fig.add_subplot()
+    positive = [r["lr"][g] for r in rows for g in r.get("lr", {}) if r["lr"][g] > 0]
+    # Head and backbone rates often differ 100-1000x: a log axis shows both (a rate of 0, frozen
+    # or at the end of a decay, is left out there).
+    log = bool(positive) and max(positive) / min(positive) > 30
     for i, group in enumerate(groups):
-        points = [(r[x], r["lr"][group]) for r in rows if group in r.get("lr", {})]
+        points = [(r[x], r["lr"][group]) for r in rows if group in r.get("lr", {}) and (r["lr"][group] > 0 or not log)]
         # Groups often share a schedule: dashes keep overlapping lines visible.
         ax.plot([p[0] for p in points], [p[1] for p in points], color=COLORS[i % len(COLORS)], label=group,
                 drawstyle="steps-post", marker="" if x == "step" else "o", linestyle=["-", "--", ":", "-."][i % 4],
                 linewidth=2.2 - 0.4 * (i % 3))
     _style(ax, "Learning rate per parameter group", "optimizer step" if x == "step" else "epoch", "learning rate")
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if log:
+        ax.set_yscale("log")
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if groups:
         ax.legend(fontsize=8)
     return _render(fig, "learning rate per parameter group")
@@ -135,12 +142,12 @@ def confusion_matrix_plot(run: RunData) -> Plot:
     """Counts, coloured by the share of each true class (row-normalised), so small classes show too."""
     matrix = np.array(run.metrics["confusion_matrix"], dtype=np.int64)
     k = len(run.classes)
-    side = min(12.0, max(3.8, 0.55 * k + 2.2))
+    side = min(12.0, max(4.6, 0.55 * k + 2.2))
     fig = _figure(side, side * 0.85)
     ax = fig.add_subplot()
     share = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.colorbar(image, ax=ax, shrink=0.9, label="share of the true class")
     ticks = np.arange(k)
     ax.set_xticks(ticks, labels=run.classes, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
     ax.set_yticks(ticks, labels=run.classes)
