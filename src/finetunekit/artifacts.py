@@ -250,10 +250,12 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def _is_pickle(path: Path) -> bool:
-    """A pickle (protocol 2+ starts with 0x80) or torch.save's zip archive (which holds one)."""
+    """A pickle (protocol 2 to 5: 0x80 then the protocol number) or torch.save's zip archive (which
+    holds one). A safetensors file starts with its header's length, then the JSON header ``{``."""
     with path.open("rb") as handle:
-        head = handle.read(2)
-    return head[:1] == b"\x80" or head == b"PK"
+        head = handle.read(9)
+    pickled = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and head[8:9] != b"{"
+    return pickled or head[:4] == b"PK\x03\x04"
 
 
 def pickle_refusal(path: Path) -> FinetuneError:

@@ -16,11 +16,15 @@ def _load_quietly(fn, *args, **kwargs):
     import transformers
 
     verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars would break one-line errors
     try:
         return fn(*args, **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 class HFTextBackbone(Backbone):
