@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,27 @@ def _copy_run_metadata(predictor, tmp: Path) -> None:
 def _export_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
     if predictor.modality != "text" or predictor.model.backbone.kind != "hf":
         raise FinetuneError(f"export hf: {predictor.run_dir} is an image run; export it with --format timm or onnx")
+    with _quiet_transformers():
+        return _write_and_check_hf(predictor, tmp, batches)
+
+
+@contextmanager
+def _quiet_transformers():
+    """No progress bars or weight-loading chatter while saving and reloading; settings restored."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _write_and_check_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from . import hf_modeling
@@ -180,7 +202,7 @@ def _export_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
     _save_tokenizer(predictor, tmp)
     _copy_run_metadata(predictor, tmp)
 
-    loaded = _load_quietly(AutoModelForSequenceClassification.from_pretrained, str(tmp), trust_remote_code=True)
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp), trust_remote_code=True)
     loaded_tokenizer = AutoTokenizer.from_pretrained(str(tmp), trust_remote_code=True)
     loaded.eval()
     got = []
@@ -196,12 +218,6 @@ def _save_tokenizer(predictor, directory: Path) -> None:
     # With model_max_length set, truncation=True cuts where finetunekit cut during training.
     backbone.tokenizer.model_max_length = min(int(predictor.preprocessing.get("max_length", 512)), backbone.max_positions)
     backbone.tokenizer.save_pretrained(directory)
-
-
-def _load_quietly(fn, *args, **kwargs):
-    from .backbones.hf_backbone import _load_quietly as quiet
-
-    return quiet(fn, *args, **kwargs)
 
 
 # -- timm --------------------------------------------------------------------------------------------
