@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,13 @@ class HFTextBackbone(Backbone):
                 model = _load_model(AutoModel.from_pretrained, name_or_path)
             else:
                 model = _load_model(AutoModel.from_config, AutoConfig.from_pretrained(name_or_path))
+        except pickle.UnpicklingError:
+            # transformers loads .bin weights with torch.load(weights_only=True), which refuses a
+            # pickle that asks for anything but tensors (code): report it, never run it.
+            raise FinetuneError(
+                f"could not load Hugging Face model {name_or_path!r}: refused its pickled weights, which hold objects "
+                "other than tensors and could run code when loaded; use a model with safetensors weights"
+            ) from None
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise FinetuneError(f"could not load Hugging Face model {name_or_path!r}: {first}") from None
