@@ -167,3 +167,22 @@ def test_compare_marks_the_better_run(image_run, tmp_path):
 def test_cli_report_errors_are_one_line(args, message, capsys):
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == f"finetunekit {args[0]}: error: {message}"
+
+
+def test_a_failing_report_does_not_fail_the_finished_run(image_run, tmp_path, monkeypatch, capsys):
+    import finetunekit.report as report
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(image_run, run_dir)
+    (run_dir / "report.html").unlink()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting broke")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    with pytest.warns(UserWarning, match=rf"report.html not written \(RuntimeError: plotting broke\); retry with: finetunekit report {run_dir}"):
+        report.write_report_after_training(run_dir, quiet=False)
+    assert not (run_dir / "report.html").exists()
+    monkeypatch.undo()
+    report.write_report_after_training(run_dir, quiet=False)
+    assert f"report: {run_dir / 'report.html'}" in capsys.readouterr().out
