@@ -10,10 +10,9 @@ from conftest import tiny_image_recipe
 from finetunekit import Recipe, train
 from finetunekit.errors import FinetuneError, RecipeError
 
-pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install 'finetunekit[tensorboard]')")
-
 
 def _scalars(log_dir):
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install 'finetunekit[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = sorted(log_dir.rglob("events.out.tfevents.*"))
@@ -41,6 +40,24 @@ def test_tensorboard_events_hold_the_run_metrics(image_data, tmp_path):
         assert [v for _, v in scalars[f"lr/{group}"]] == pytest.approx([s["lr"][group] for s in steps])
     # the resolved recipe is logged as hyper-parameters
     assert list((run_dir / "tensorboard").rglob("hparams.yml"))
+
+
+def test_mlflow_run_holds_the_run_metrics(image_data, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="mlflow not installed (pip install 'finetunekit[mlflow]')")
+    import mlflow
+
+    store = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a throwaway local store; no database needed
+    recipe = tiny_image_recipe(image_data, train={"epochs": 2, "report_to": ["mlflow"]})
+    run_dir = train(recipe, output=tmp_path / "ml-run", quiet=True).run_dir
+    client = mlflow.tracking.MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("ml-run").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.backbone"] == "timm:test_efficientnet"
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = client.get_metric_history(run.info.run_id, "val/accuracy")
+    assert [(m.step, m.value) for m in history] == [(e["step"], pytest.approx(e["val_accuracy"])) for e in epochs]
 
 
 def test_no_tracker_writes_no_tracker_files(image_run):
