@@ -340,7 +340,7 @@ class Checkpointer:
 
     def clean_leftovers(self) -> None:
         """Remove temporary and half-deleted directories a killed process left behind."""
-        if self.root.is_dir():
+        if self.root.is_dir() and self.parts.accelerator.is_main_process:
             for path in self.root.iterdir():
                 if path.name.startswith(".") and path.name.endswith((".tmp", ".deleting")):
                     shutil.rmtree(path, ignore_errors=True)
@@ -351,17 +351,26 @@ class Checkpointer:
 
     # -- reading -------------------------------------------------------------------------------
     def latest(self) -> Loaded | None:
-        """The newest checkpoint that passes verification; corrupt ones are reported and set aside."""
+        """The newest checkpoint that passes verification; corrupt ones are reported and set aside.
+
+        The main process checks and sets aside first; the others then read what is left, so every
+        process resumes from the same checkpoint.
+        """
+        main = self.parts.accelerator.is_main_process
+        found = self._newest_intact(set_aside=True) if main else None
+        self.parts.accelerator.wait_for_everyone()
+        return found if main else self._newest_intact(set_aside=False)
+
+    def _newest_intact(self, set_aside: bool) -> Loaded | None:
         for path in reversed(list_checkpoints(self.run_dir)):
             try:
-                loaded = read_checkpoint(path)
+                return read_checkpoint(path)
             except FinetuneError as exc:
-                aside = path.with_name(f"{path.name}.corrupt")
-                shutil.rmtree(aside, ignore_errors=True)
-                os.replace(path, aside)
-                warn(f"checkpoint {path} is unusable ({exc}); set aside as {aside.name}, using the previous one")
-                continue
-            return loaded
+                if set_aside:
+                    aside = path.with_name(f"{path.name}.corrupt")
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.replace(path, aside)
+                    warn(f"checkpoint {path} is unusable ({exc}); set aside as {aside.name}, using the previous one")
         return None
 
     def restore(self, loaded: Loaded) -> dict[str, Any]:

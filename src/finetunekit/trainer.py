@@ -108,7 +108,7 @@ def train(
     log_with = trackers.check_trackers(recipe.train.report_to)
     accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir)
     _seed_everything(recipe.train.seed)
-    run = _build(recipe, accelerator, run_dir, quiet)
+    run = _build(recipe, accelerator, run_dir)
     run.started = started
     recipe, t = run.recipe, run.recipe.train
     start = _resume(run) if resuming else None
@@ -202,7 +202,7 @@ def _read_data(recipe: Recipe, modality: str) -> tuple[Examples, Examples, Label
     return train_ex, val_ex, label_map, train_ids, val_ids
 
 
-def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool) -> _Run:
+def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
     recipe = resolve(recipe, backbone.modality)
@@ -279,7 +279,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
         run.train_sampler.set_epoch(epoch)
         if part_way:
             run.train_sampler.resume_at(epoch, start.position.batch)
-        _seed_everything(t.seed * 1000 + epoch)  # augmentation and dropout: a function of the epoch
+        _seed_everything(t.seed * 1000 + epoch)  # dropout and other global-RNG draws: a function of the epoch
 
         def on_step(step: int, progress: EpochProgress, epoch: int = epoch) -> None:
             every = t.checkpoint_every_steps
