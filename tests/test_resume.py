@@ -235,6 +235,34 @@ def test_killed_while_saving_the_final_model_resumes_into_the_final_steps(image_
     assert differences(comparable(run), expected) == []
 
 
+def test_resume_after_early_stopping_trains_no_further(image_data, tmp_path, monkeypatch):
+    """Killed after early stopping ended the run (while saving the model): the resumed run must not
+    train the epochs early stopping skipped."""
+    from finetunekit import artifacts, trainer
+
+    recipe = tiny_image_recipe(image_data, train={"epochs": 5, "early_stopping_patience": 1, "metric": "loss"})
+    real = trainer.classification_metrics
+
+    def metrics_with_losses(losses):  # validation losses per epoch: the best is epoch 1, stop after 2
+        return lambda *a: {**real(*a), **({"loss": losses.pop(0)} if losses else {})}
+
+    monkeypatch.setattr(trainer, "classification_metrics", metrics_with_losses([0.5, 0.7]))
+    reference = train(recipe, output=tmp_path / "reference", quiet=True)
+    assert reference.metrics["epochs_run"] == 2 and reference.metrics["best_epoch"] == 1
+
+    monkeypatch.setattr(trainer, "classification_metrics", metrics_with_losses([0.5, 0.7]))
+    save_model = artifacts.save_model
+    monkeypatch.setattr(artifacts, "save_model", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        train(recipe, output=tmp_path / "run", quiet=True)
+    monkeypatch.setattr(artifacts, "save_model", save_model)
+    steps = []
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda *a, **k: steps.append(1))
+    result = train(recipe, output=tmp_path / "run", quiet=True, resume=True)
+    assert steps == [] and result.metrics["epochs_run"] == 2 and result.metrics["best_epoch"] == 1
+    assert differences(comparable(tmp_path / "run"), comparable(tmp_path / "reference")) == []
+
+
 def test_resume_before_the_first_checkpoint_starts_over(image_reference, tmp_path, monkeypatch, capsys):
     recipe, expected = image_reference
     run = tmp_path / "run"
