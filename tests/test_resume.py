@@ -416,3 +416,27 @@ def test_resume_refuses_a_run_that_has_finished(image_data, tmp_path):
     train(tiny_image_recipe(image_data, train={"epochs": 1}), output=run, quiet=True)
     with pytest.raises(FinetuneError, match="has finished training"):
         train(tiny_image_recipe(image_data, train={"epochs": 1}), output=run, quiet=True, resume=True)
+
+
+def test_a_full_disk_while_checkpointing_is_one_error_and_keeps_the_previous_checkpoint(image_data, tmp_path, monkeypatch):
+    import errno
+
+    write, count = checkpoint._write_file, [0]
+
+    def full_disk(path, data):
+        if path.name == "model.safetensors":
+            count[0] += 1
+            if count[0] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(FinetuneError) as info:
+        train(tiny_image_recipe(image_data, train={"checkpoint_every_steps": 1}), output=run, quiet=True)
+    assert str(info.value) == (
+        f"could not write checkpoint {run}/checkpoints/step-00000002 (No space left on device); "
+        f"the last checkpoint is intact: {run}/checkpoints/step-00000001"
+    )
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
+    assert read_checkpoint(run / "checkpoints" / "step-00000001").position == Position(0, 1, 1)

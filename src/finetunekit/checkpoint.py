@@ -248,8 +248,12 @@ def read_checkpoint(path: Path) -> Loaded:
             raise FinetuneError(f"{name} is not a valid safetensors file ({exc})") from None
     try:
         state = json.loads(blobs["state.json"].decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        Position(**state["position"])
+        missing = [k for k in ("optimizer", "schedule", "strategy", "early_stopping", "rng") if k not in state]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise FinetuneError("state.json is corrupt") from None
+    if missing:
+        raise FinetuneError(f"state.json lacks {', '.join(missing)}")
     return Loaded(path, tensors, state)
 
 
@@ -265,7 +269,7 @@ class Checkpointer:
         self.last_saved: Path | None = None
 
     # -- writing -------------------------------------------------------------------------------
-    def save(self, position: Position, extra: dict[str, Any], is_best: bool = False) -> Path | None:
+    def save(self, position: Position, extra: dict[str, Any], is_best: bool = False) -> Path:
         """Write a checkpoint at ``position`` (on the main process), then prune old ones.
 
         ``extra`` is JSON-able run state owned by the trainer (history, epoch progress, ...).
@@ -326,6 +330,11 @@ class Checkpointer:
                 _remove_dir(path)
             os.replace(tmp, path)
             _fsync_dir(self.root)
+        except OSError as exc:  # a full or failing disk: the previous checkpoints are untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = list_checkpoints(self.run_dir)
+            kept = f"the last checkpoint is intact: {previous[-1]}" if previous else "no checkpoint was written"
+            raise FinetuneError(f"could not write checkpoint {path} ({exc.strerror or exc}); {kept}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
