@@ -118,6 +118,7 @@ def test_cli_train_predict_evaluate(image_data, tmp_path, capsys):
 def test_cli_text_predict_file(text_data, tiny_bert, tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny_text_recipe(text_data, tiny_bert, train={"epochs": 1}), output=run, quiet=True)
+    capsys.readouterr()  # the training summary
     assert main(["predict", str(run), "--file", str(text_data[1]), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 16 and set(rows[0]["probabilities"]) == {"neg", "pos"}

@@ -20,7 +20,7 @@ from .errors import FinetuneError
 from .recipe import Recipe
 
 TRAIN_PER_CLASS = 30  # 300 training images: the low-data regime where pretraining pays off
-VAL_PER_CLASS = 50
+VAL_PER_CLASS = 30
 IMAGE_SIZE = 64
 
 
@@ -78,7 +78,7 @@ def run_demo(output: str | Path = "runs/demo", overwrite: bool = False, quick: b
             raise FinetuneError(f"refusing to overwrite {out}: it is not a finetunekit demo directory")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    per_class, epochs = (10, 2) if quick else (TRAIN_PER_CLASS, 10)
+    per_class, epochs = (10, 2) if quick else (TRAIN_PER_CLASS, 6)
     data = write_digits(out / "data", per_class, VAL_PER_CLASS)
     print(f"demo: bundled EfficientNet-Lite0 (ImageNet) on scikit-learn digits, {per_class * 10} training "
           f"and {VAL_PER_CLASS * 10} validation images, {epochs} epochs each; runs in {out}", flush=True)
