@@ -32,6 +32,22 @@ RESUMED = re.compile(r"resuming from checkpoint (\S+) \(optimizer step (\d+),")
 
 # Run in place of `python -m finetunekit`: the same CLI, except that writing the N-th checkpoint's
 # model.safetensors stops half-way and waits to be killed (a crash in the middle of a checkpoint).
+# Tiny steps take ~20 ms uncontended: the whole run could finish between the kill point being seen
+# and the kill. This wrapper makes each training forward take at least 0.1 s, so "a random moment
+# in the next step" stays inside the run; it changes timing only, never the numbers.
+SLOW_STEPS = """
+import sys, time
+import finetunekit.model as model
+forward = model.FineTuneModel.forward
+def slow(self, batch):
+    if self.training:
+        time.sleep(0.1)
+    return forward(self, batch)
+model.FineTuneModel.forward = slow
+from finetunekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 PAUSE_IN_CHECKPOINT = """
 import os, sys, time
 import finetunekit.checkpoint as checkpoint
@@ -109,10 +125,10 @@ def reference(tmp_path_factory):
 def test_sigkill_at_a_random_step_then_resume_matches_an_uninterrupted_run(seed, reference, tmp_path):
     recipe, expected = reference
     rng = random.Random(seed)
-    kill_step, delay = rng.randint(1, STEPS - 2), rng.uniform(0.0, 0.3)
+    kill_step, delay = rng.randint(1, STEPS - 2), rng.uniform(0.0, 0.09)
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "finetunekit", "train", str(recipe), "--output", str(run), "--quiet"],
+        [sys.executable, "-c", SLOW_STEPS, "train", str(recipe), "--output", str(run), "--quiet"],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     wait_for(lambda: newest_step(run) >= kill_step, proc)
