@@ -15,7 +15,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import make_image_folder, make_text_rows, tiny_image_recipe, write_tsv
@@ -31,13 +30,6 @@ def case(fn: Callable) -> Callable:
     CASES[fn.__name__] = fn
     return fn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Killed(BaseException):

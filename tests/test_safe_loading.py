@@ -46,13 +46,6 @@ def malicious_pickle(path: Path, marker: Path) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def finished_run(image_data, tmp_path_factory):
