@@ -21,8 +21,14 @@ class FineTuneModel(nn.Module):
         self.freeze_batchnorm_stats = False  # set by the strategy (StrategySpec.batchnorm)
         self.head = ClassificationHead(backbone.num_features, num_classes, head_dropout)
 
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled backbone features; a batch from the frozen-feature cache carries them already."""
+        if "features" in batch:
+            return batch["features"]
+        return self.backbone.forward_features(batch)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(batch))
+        return self.head(self.features(batch))
 
     def reset_head(self, num_classes: int, dropout: float | None = None) -> None:
         p = self.head.dropout.p if dropout is None else dropout

@@ -69,6 +69,13 @@ class Strategy:
         """True when the learning-rate schedule starts a new phase at this epoch."""
         return False
 
+    def backbone_frozen_at(self, epoch: int) -> bool:
+        """True when no backbone parameter trains during ``epoch``: the trainer may then train the
+        head on cached backbone features (finetunekit.features) instead of running the backbone.
+
+        Strategies whose trainable set changes over epochs override it with ``on_epoch_start``."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch}
 
@@ -87,6 +94,9 @@ class LinearProbe(Strategy):
 
     def trainable_groups(self, model: nn.Module) -> set[int]:
         return set()
+
+    def backbone_frozen_at(self, epoch: int) -> bool:
+        return True
 
 
 @STRATEGIES.register("last_n")
@@ -120,6 +130,9 @@ class FreezeThenUnfreeze(Strategy):
 
     def restarts_schedule(self, epoch: int) -> bool:
         return epoch == self.spec.freeze_epochs and epoch > 0
+
+    def backbone_frozen_at(self, epoch: int) -> bool:
+        return epoch < self.spec.freeze_epochs
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module, optimizer: Any) -> None:
         # The optimizer state already holds the new base_lr; only requires_grad needs redoing.
