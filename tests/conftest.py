@@ -19,12 +19,21 @@ import torch
 torch.set_num_threads(1)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# session-scoped runs too keep their cached features out of the user's ~/.cache
+os.environ["FINETUNEKIT_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="finetunekit-test-cache-")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 HYMENOPTERA = SHARED_DATA / "images" / "hymenoptera_data"
 SST2 = SST2_DIR = SHARED_DATA / "sst2"
+
+@pytest.fixture(autouse=True)
+def _feature_cache_dir(tmp_path_factory, monkeypatch):
+    # Every test gets its own empty feature cache: no test reads features another one stored, and
+    # nothing is written to the user's ~/.cache.
+    monkeypatch.setenv("FINETUNEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+
 
 needs_shared_data = pytest.mark.skipif(
     not HYMENOPTERA.is_dir() or not SST2_DIR.is_dir(),

@@ -1,0 +1,271 @@
+"""Frozen-feature cache: run a frozen backbone once per example, then train the head on tensors.
+
+While no backbone parameter trains (a linear probe, the head-only epochs of freeze-then-unfreeze,
+LP-FT and gradual unfreezing), the backbone's output for an example never changes, so running it
+every epoch is wasted work. The trainer computes the pooled features once, stores them on disk and
+trains the head on them; the whole epoch then costs a few matrix products.
+
+The cache is keyed by everything the features depend on: the backbone's architecture and weights
+(a hash of every tensor), its preprocessing, the examples' content (file bytes for images, token ids
+for text), the precision, and for augmented views the seed and augmentation. A second run or a
+hyper-parameter trial with the same key reads the features back instead of recomputing them.
+
+Augmentation (``data.cache_views``): with 0 views the training features are those of the
+un-augmented (evaluation-transformed) images, computed in one pass. With K views, view k of an
+example is exactly the augmentation an uncached run would draw for it in epoch k (the augmentation is
+a function of seed, epoch and index), and epoch e uses view e mod K; K >= the number of frozen epochs
+reproduces the uncached run, at the cost of K passes over the training images.
+
+Example::
+
+    cache = FeatureCache.default()
+    feats = cache.load_or_compute(key, lambda: compute_features(model, loader, accelerator))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+CACHE_ENV = "FINETUNEKIT_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$FINETUNEKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/finetunekit/features`` (``~/.cache/...``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "finetunekit" / "features"
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def examples_digest(inputs: Sequence[Any], modality: str, encodings: dict[str, list[list[int]]] | None = None) -> str:
+    """Content hash of the examples in order: image file bytes, or the token ids of texts."""
+    h = hashlib.sha256()
+    if modality == "image":
+        for path in inputs:
+            h.update(str(len(str(path))).encode())
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            h.update(b"\0")
+    else:
+        h.update(json.dumps(encodings, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class FeatureCache:
+    """Feature tensors on disk, one safetensors file per key, written atomically."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def default(cls, root: str | Path | None = None) -> FeatureCache:
+        return cls(root if root is not None else default_cache_dir())
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))["features"]
+        except (SafetensorError, OSError, KeyError, ValueError):
+            return None  # a damaged entry is recomputed and rewritten, never trusted
+
+    def put(self, key: str, features: torch.Tensor, meta: dict[str, str] | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": features.contiguous()}, str(tmp), metadata=meta or {})
+        os.replace(tmp, path)
+        return path
+
+    def load_or_compute(self, key: str, compute: Callable[[], torch.Tensor], meta: dict[str, str] | None = None) -> tuple[torch.Tensor, bool]:
+        """``(features, hit)``: the cached tensor, or ``compute()`` stored under ``key``."""
+        found = self.get(key)
+        if found is not None:
+            return found, True
+        features = compute()
+        try:
+            self.put(key, features, meta)
+        except OSError as exc:  # a read-only or full cache disk costs speed next time, not this run
+            from .errors import warn
+
+            warn(f"feature cache: could not write {self.path(key)} ({exc}); continuing without storing it")
+        return features, False
+
+
+@torch.no_grad()
+def compute_features(model: torch.nn.Module, loader: Any, size: int, accelerator: Any, description: str = "features") -> torch.Tensor:
+    """Pooled backbone features (float32, dataset order) for every example ``loader`` yields.
+
+    Runs in eval mode under the accelerator's autocast, so the features match what the frozen
+    backbone produces inside training. Every process computes the whole set (no gathering needed).
+    """
+    from tqdm.auto import tqdm
+
+    from .engine.loop import _interactive
+
+    backbone = model.backbone
+    was_training = backbone.training
+    backbone.eval()
+    out: torch.Tensor | None = None
+    bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=not _interactive())
+    try:
+        for batch in loader:
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with accelerator.autocast():
+                feats = backbone.forward_features(batch).float().cpu()
+            if out is None:
+                out = torch.empty(size, feats.shape[1], dtype=torch.float32)
+            out[batch["index"].cpu()] = feats
+            bar.update(1)
+    finally:
+        bar.close()
+        backbone.train(was_training)
+    if out is None:
+        raise RuntimeError("no examples to compute features for")
+    return out
+
+
+class CachedFeatureDataset(Dataset):
+    """Rows of cached features (``views`` x N x D) with their labels; ``set_view`` picks the view.
+
+    Keys may be ``(index, seed)`` pairs from an augmenting sampler: the seed is ignored, since the
+    augmentation of each view is already in the features. Whole batches are fetched at once
+    (``__getitems__``): a batch is one indexing operation, not a Python loop over rows.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: Sequence[int] | None) -> None:
+        self.features = features if features.dim() == 3 else features.unsqueeze(0)
+        self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
+        self.view = 0
+
+    def set_view(self, epoch: int) -> None:
+        self.view = epoch % self.features.shape[0]
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+    def __getitems__(self, keys: Sequence[Any]) -> dict[str, torch.Tensor]:
+        index = torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys], dtype=torch.long)
+        batch = {"features": self.features[self.view, index], "index": index}
+        if self.labels is not None:
+            batch["labels"] = self.labels[index]
+        return batch
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        return self.__getitems__([key])
+
+
+def collate_features(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch  # CachedFeatureDataset.__getitems__ already built the batch
+
+
+# -- the trainer's side ----------------------------------------------------------------------------
+
+
+class CachedLoaders:
+    """Training and validation loaders over cached features, for the epochs with a frozen backbone.
+
+    The training loader shares the run's batch sampler, so a cached epoch sees the same batches in
+    the same order as an uncached one would (and resumes mid-epoch the same way).
+    """
+
+    def __init__(self, train_ds: CachedFeatureDataset, train_loader: Any, val_loader: Any, seconds: float, hits: int, total: int) -> None:
+        self.train_ds, self.train_loader, self.val_loader = train_ds, train_loader, val_loader
+        self.seconds, self.hits, self.total = seconds, hits, total
+
+    def set_epoch(self, epoch: int) -> None:
+        self.train_ds.set_view(epoch)
+
+
+def build_cached_loaders(run: Any, train_ids: Sequence[int], val_ids: Sequence[int]) -> CachedLoaders:
+    """Features for the run's training views and validation set, read from the cache or computed."""
+    import time
+
+    from torch.utils.data import DataLoader
+
+    from .data.pipeline import SequentialBatchSampler, augment_seed, build_dataset, build_loader
+    from .trainer import resolve_precision
+
+    started = time.perf_counter()
+    recipe, accelerator, d = run.recipe, run.accelerator, run.recipe.data
+    model = accelerator.unwrap_model(run.model)
+    backbone = model.backbone
+    cache = FeatureCache.default(d.cache_dir)
+    base = {
+        "version": 1, "backbone": backbone.describe(), "weights": weights_digest(backbone),
+        "preprocessing": run.preprocessing, "precision": resolve_precision(recipe.train.precision),
+    }
+    eval_bs = max(64, recipe.train.batch_size * 2)
+
+    def features_of(examples: Any, ids: Sequence[int], train_transform: bool, view: int | None, desc: str) -> tuple[torch.Tensor, bool]:
+        ds = build_dataset(examples, ids, backbone, run.preprocessing, train_transform, d.augment, d.max_length)
+        encodings = getattr(ds, "encodings", None)
+        key = cache_key({**base, "data": examples_digest(examples.inputs, run.modality, encodings),
+                         "view": None if view is None else {"augment": d.augment, "seed": recipe.train.seed, "view": view}})
+        if view is None:
+            loader = build_loader(ds, backbone, eval_bs, False, recipe.train.seed, d.num_workers)
+        else:
+            keys = [(i, augment_seed(recipe.train.seed, view, i)) for i in range(len(ds))]
+            batches = [keys[i : i + eval_bs] for i in range(0, len(keys), eval_bs)]
+            loader = build_loader(ds, backbone, eval_bs, False, recipe.train.seed, d.num_workers)
+            loader = DataLoader(ds, batch_sampler=batches, collate_fn=loader.collate_fn, num_workers=d.num_workers)
+        return _shared(accelerator, cache, key, lambda: compute_features(model, loader, len(ds), accelerator, desc))
+
+    augmenting = run.modality == "image" and d.augment != "none" and d.cache_views > 0
+    views = range(d.cache_views) if augmenting else [None]
+    parts = [features_of(run.train_ex, train_ids, augmenting, v, "features (train)") for v in views]
+    val, val_hit = features_of(run.val_ex, val_ids, False, None, "features (val)")
+    train_ds = CachedFeatureDataset(torch.stack([f for f, _ in parts]), train_ids)
+    val_ds = CachedFeatureDataset(val, val_ids)
+    train_loader = DataLoader(train_ds, batch_sampler=run.train_sampler, collate_fn=collate_features)
+    val_loader = DataLoader(val_ds, batch_sampler=SequentialBatchSampler(len(val_ds), 1024), collate_fn=collate_features)
+    train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
+    hits = sum(hit for _, hit in parts) + val_hit
+    return CachedLoaders(train_ds, train_loader, val_loader, time.perf_counter() - started, hits, len(parts) + 1)
+
+
+def _shared(accelerator: Any, cache: FeatureCache, key: str, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """The main process computes and stores the features; the others then read them back."""
+    if accelerator.num_processes == 1:
+        return cache.load_or_compute(key, compute)
+    if accelerator.is_main_process:
+        result = cache.load_or_compute(key, compute)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        found = cache.get(key)
+        result = (found, True) if found is not None else (compute(), False)
+    return result
