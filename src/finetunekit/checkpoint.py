@@ -7,6 +7,7 @@
         model.safetensors      weights
         optimizer.safetensors  optimizer tensors (moments, step counts)
         rng.safetensors        torch CPU (and CUDA) generator states
+        ema.safetensors        the averaged weights, when train.ema_decay is set
         state.json             the rest: data-order position, optimizer groups, LR schedule, strategy,
                                early stopping, grad scaler, Python and NumPy RNG states, epoch history
         manifest.json          size and SHA-256 of every file above, written last
@@ -47,6 +48,7 @@ FORMAT_VERSION = 1
 DIRNAME = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})$")
 _TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+_OPTIONAL_TENSOR_FILES = ("ema.safetensors",)  # read and verified when the manifest lists them
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class TrainingParts:
     schedule: Any  # engine.optim.LRSchedule
     strategy: Any  # strategies.Strategy
     stopper: Any  # engine.callbacks.EarlyStopping
+    ema: Any = None  # engine.ema.ModelEMA when train.ema_decay is set
 
 
 def checkpoint_name(step: int) -> str:
@@ -227,7 +230,8 @@ def read_checkpoint(path: Path) -> Loaded:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise FinetuneError(f"checkpoint format {manifest.get('format_version')!r} is not {FORMAT_VERSION}")
     blobs: dict[str, bytes] = {}
-    for name in (*_TENSOR_FILES, "state.json"):
+    optional = tuple(n for n in _OPTIONAL_TENSOR_FILES if n in files)
+    for name in (*_TENSOR_FILES, *optional, "state.json"):
         meta = files.get(name)
         if not isinstance(meta, dict):
             raise FinetuneError(f"manifest.json does not list {name}")
@@ -241,7 +245,7 @@ def read_checkpoint(path: Path) -> Loaded:
             raise FinetuneError(f"{name} does not match its SHA-256 checksum")
         blobs[name] = data
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for name in _TENSOR_FILES:
+    for name in (*_TENSOR_FILES, *optional):
         try:  # the header is checked too: the checksum alone would accept any file written here
             tensors[name.split(".")[0]] = load(blobs[name])
         except (SafetensorError, ValueError) as exc:
@@ -311,6 +315,9 @@ class Checkpointer:
             **extra,
         }
         blobs = {"optimizer.safetensors": _encode_safetensors(opt_tensors), "rng.safetensors": _encode_safetensors(rng_tensors)}
+        if p.ema is not None:
+            ema_tensors, state["ema"] = p.ema.state_dict()
+            blobs["ema.safetensors"] = _encode_safetensors(ema_tensors)
         return blobs, _to_json(state)
 
     def _write(self, path: Path, weights: dict[str, torch.Tensor], position: Position, extra: dict[str, Any]) -> None:
@@ -393,6 +400,10 @@ class Checkpointer:
         try:
             model.load_state_dict(loaded.tensors["model"])
             p.optimizer.load_state_dict(join_optimizer_state(loaded.tensors["optimizer"], state["optimizer"]))
+            if p.ema is not None:
+                if "ema" not in loaded.tensors or "ema" not in state:
+                    raise KeyError("it holds no averaged weights (train.ema_decay)")
+                p.ema.load_state_dict(loaded.tensors["ema"], state["ema"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0][:200]
             raise FinetuneError(f"checkpoint {loaded.path} does not fit this model and optimizer ({first})") from None
@@ -408,16 +419,21 @@ class Checkpointer:
         return state
 
     def _best_weights(self, loaded: Loaded) -> dict[str, torch.Tensor] | None:
+        """The weights early stopping kept for the best epoch: the averaged ones when there are."""
         if self.best is None:
             return None
         if self.best == loaded.path.name:
-            return {k: v.clone() for k, v in loaded.tensors["model"].items()}
+            return {k: v.clone() for k, v in _evaluated_weights(loaded.tensors).items()}
         try:
-            return read_checkpoint(self.root / self.best).tensors["model"]
+            return _evaluated_weights(read_checkpoint(self.root / self.best).tensors)
         except FinetuneError as exc:
             warn(f"best checkpoint {self.root / self.best} is unusable ({exc}); the final model will be the last epoch's")
             self.best = None
             return None
+
+
+def _evaluated_weights(tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return tensors.get("ema") or tensors["model"]
 
 
 # -- resuming --------------------------------------------------------------------------------------

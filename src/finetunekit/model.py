@@ -19,6 +19,9 @@ class FineTuneModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.freeze_batchnorm_stats = False  # set by the strategy (StrategySpec.batchnorm)
+        # set while adapter layers (LoRA) sit inside the backbone: their description, saved in the
+        # run directory so the loader can re-insert them (finetunekit.strategies.lora)
+        self.adapter: dict | None = None
         self.head = ClassificationHead(backbone.num_features, num_classes, head_dropout)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -27,8 +30,12 @@ class FineTuneModel(nn.Module):
             return batch["features"]
         return self.backbone.forward_features(batch)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.features(batch))
+    def forward(self, batch: dict[str, torch.Tensor], return_features: bool = False):
+        """Logits; with ``return_features``, ``(logits, features)`` for losses on the features
+        (distillation) from the same pass, through the wrapper a distributed run syncs on."""
+        features = self.features(batch)
+        logits = self.head(features)
+        return (logits, features) if return_features else logits
 
     def reset_head(self, num_classes: int, dropout: float | None = None) -> None:
         p = self.head.dropout.p if dropout is None else dropout

@@ -64,8 +64,23 @@ class DataSpec:
     label_column: str = "label"
     max_length: int = 128  # tokens, text only
     max_train_samples: int | None = None  # keep the first N training rows (after shuffling by seed)
-    augment: Literal["none", "light"] = "light"  # train-time image augmentation
+    # train-time image augmentation: "light" is a random resized crop and a horizontal flip;
+    # "strong" adds TrivialAugmentWide (one random photometric or geometric operation per image)
+    # and RandomErasing (p=0.25). Either is a function of (train.seed, epoch, example) alone.
+    augment: Literal["none", "light", "strong"] = "light"
+    # training batches: "shuffle" visits every example once per epoch; "balanced" draws the same
+    # number of examples with replacement, each class equally likely (rare classes repeat, common
+    # ones are subsampled). Either order is a function of (train.seed, epoch) and resumes exactly.
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     num_workers: int = 0
+    # While the backbone is frozen (linear probe, head-only epochs), train the head on backbone
+    # features computed once and cached on disk (cache_dir; default $FINETUNEKIT_CACHE_DIR or
+    # ~/.cache/finetunekit/features). cache_views: 0 caches un-augmented images (one pass; no
+    # augmentation in the frozen epochs); K > 0 caches K augmented views, epoch e using view e mod K
+    # (K >= frozen epochs gives exactly the uncached run). See finetunekit.features.
+    feature_cache: bool = True
+    cache_views: int = 0
+    cache_dir: str | None = None
     # images that PIL cannot read (corrupt, truncated, not an image): "fail" stops before training
     # and lists them, "skip" leaves them out and reports how many
     bad_images: Literal["fail", "skip"] = "fail"
@@ -74,6 +89,7 @@ class DataSpec:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         _check_range("data.max_length", self.max_length, 2, 100_000)
         _check_range("data.num_workers", self.num_workers, 0, 256)
+        _check_range("data.cache_views", self.cache_views, 0, 1000)
         if self.max_train_samples is not None:
             _check_range("data.max_train_samples", self.max_train_samples, 1, 10**12)
 
@@ -85,8 +101,25 @@ class StrategySpec:
     * ``full``: everything trains.
     * ``linear_probe``: backbone frozen (BatchNorm statistics too), only the head trains.
     * ``last_n``: the last ``last_n`` layer groups of the backbone and the head train.
-    * ``freeze_then_unfreeze``: the head alone (at ``train.head_lr``) for ``freeze_epochs`` epochs,
-      then everything at ``train.lr``, with the learning-rate schedule restarted.
+    * ``freeze_then_unfreeze``: the head alone for ``freeze_epochs`` epochs, then the whole
+      backbone joins at ``train.lr`` while the head keeps ``train.head_lr`` (discriminative rates),
+      with the learning-rate schedule restarted.
+    * ``lp_ft`` (Kumar et al. 2022): a linear probe for ``lp_epochs`` epochs (head at
+      ``train.head_lr``), then every parameter, the head included, at the low ``train.lr``, with
+      the schedule restarted (warmup again). Unlike ``freeze_then_unfreeze`` the head slows down
+      too: the probed head is already good, and a fast head would distort the features it feeds on.
+    * ``lora``: only low-rank adapters (peft) on the frozen backbone's layers and the head train, the
+      adapters at ``train.lr``, the head at ``train.head_lr``; see ``lora_*`` below.
+    * ``gradual_unfreeze`` (ULMFiT): the head alone, then one more backbone layer group, from the
+      output end, every ``unfreeze_every`` epochs, or after each epoch count in
+      ``unfreeze_milestones``. One schedule over the whole run (no restart).
+
+    ``layer_decay`` works with every strategy: backbone layer group ``i`` of ``n`` (0 is the input
+    end) trains at ``train.lr * layer_decay ** (n - 1 - i)``, the head at ``train.head_lr``; the
+    optimizer then has one group per layer group (``backbone.0`` ... ``backbone.{n-1}``, ``head``).
+
+    Epoch counts (``freeze_epochs``, ``lp_epochs``, milestones) count epochs already trained: 1
+    means the change happens at the start of the second epoch.
 
     ``name: null`` picks the modality's default (finetunekit.defaults).
     """
@@ -98,6 +131,30 @@ class StrategySpec:
     # batches of a small data set make poor estimates), "train" updates them, "auto" freezes them
     # for pretrained backbones and trains them from scratch. Frozen layers always keep theirs.
     batchnorm: Literal["auto", "frozen", "train"] = "auto"
+    lp_epochs: int = 1  # lp_ft: linear-probe epochs, counted within train.epochs
+    unfreeze_every: int = 1  # gradual_unfreeze: epochs between two unfreezings
+    unfreeze_milestones: list[int] | None = None  # gradual_unfreeze: unfreeze after these epoch counts instead
+    layer_decay: float | None = None  # any strategy: per-layer-group lr factor, input end slowest
+    # Regularisers towards the pretrained model (finetunekit.strategies.regularizers), each 0 = off.
+    # L2-SP (Li et al. 2018): l2sp_alpha/2 * ||w - w0||^2 over the backbone parameters that train
+    # (w0: the pretrained weights) + l2sp_beta/2 * ||W_head||^2 over the head's weight matrix. With
+    # l2sp_alpha > 0 the backbone groups get no weight decay (it would pull them to 0, not to w0).
+    # Li et al. use alpha 0.1, beta 0.01 (tune per task).
+    l2sp_alpha: float = 0.0
+    l2sp_beta: float = 0.0
+    # feature distillation from a frozen copy of the pretrained backbone (Learning without
+    # Forgetting at feature level): distill_weight * mean over examples and feature dimensions of
+    # (f(x) - f0(x))^2; zero while the backbone is frozen.
+    distill_weight: float = 0.0
+    # lora (finetunekit.strategies.lora): rank-``lora_rank`` adapters scaled by alpha/rank on the
+    # ``lora_targets`` layers (names or dotted suffixes; null: every Linear and 1x1 convolution);
+    # lora_merge_on_save folds them into the saved weights (a plain model), false keeps them
+    # separate (and writes a peft adapter directory).
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None
+    lora_merge_on_save: bool = True
 
     def __post_init__(self) -> None:
         from .strategies import STRATEGIES  # local import: strategies import torch
@@ -109,6 +166,50 @@ class StrategySpec:
             )
         _check_range("strategy.last_n", self.last_n, 0, 10_000)
         _check_range("strategy.freeze_epochs", self.freeze_epochs, 0, 10_000)
+        _check_range("strategy.lp_epochs", self.lp_epochs, 1, 10_000)
+        _check_range("strategy.unfreeze_every", self.unfreeze_every, 1, 10_000)
+        if self.unfreeze_milestones is not None:
+            milestones = self.unfreeze_milestones
+            if not milestones:
+                raise RecipeError("strategy.unfreeze_milestones: give at least one epoch count, or null to use unfreeze_every")
+            for i, m in enumerate(milestones):
+                _check_range(f"strategy.unfreeze_milestones[{i}]", m, 1, 100_000)
+            if any(b <= a for a, b in zip(milestones, milestones[1:])):
+                raise RecipeError(f"strategy.unfreeze_milestones: {milestones} must be strictly increasing")
+        if self.layer_decay is not None:
+            _check_range("strategy.layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
+            if self.name == "lora":  # the adapters train as one group; the original layers are frozen
+                raise RecipeError("strategy.layer_decay: has no effect with strategy lora; leave it null")
+        for name in ("l2sp_alpha", "l2sp_beta", "distill_weight"):
+            _check_range(f"strategy.{name}", getattr(self, name), 0.0, 1e6)
+        _check_range("strategy.lora_rank", self.lora_rank, 1, 4096)
+        _check_range("strategy.lora_alpha", self.lora_alpha, 0.0, 1e6, low_open=True)
+        _check_range("strategy.lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
+        if self.lora_targets is not None:
+            if not self.lora_targets:
+                raise RecipeError("strategy.lora_targets: give at least one layer name, or null for the default layers")
+            for i, target in enumerate(self.lora_targets):
+                if not target.strip() or target != target.strip() or target.startswith(".") or target.endswith("."):
+                    raise RecipeError(f"strategy.lora_targets[{i}]: {target!r} is not a layer name (e.g. 'query' or 'attn.qkv')")
+
+    def check_epochs(self, epochs: int) -> None:
+        """Cross-field check, run once ``train.epochs`` is known (at parse or resolve time): a
+        schedule whose change falls after the last epoch would silently be another strategy. The
+        error names ``train.epochs`` (removing it defers the check to the modality's default)."""
+        if self.name == "lp_ft" and self.lp_epochs >= epochs:
+            raise RecipeError(
+                f"train.epochs: {epochs} leaves no fine-tuning epoch after strategy.lp_epochs={self.lp_epochs} "
+                "linear-probe epochs (strategy lp_ft); raise train.epochs or lower strategy.lp_epochs"
+            )
+        if self.name == "gradual_unfreeze":
+            late = [m for m in self.unfreeze_milestones or [self.unfreeze_every] if m >= epochs]
+            if late:
+                field_name = "unfreeze_milestones" if self.unfreeze_milestones else "unfreeze_every"
+                raise RecipeError(
+                    f"train.epochs: {epochs} epochs end before strategy.{field_name} = {', '.join(map(str, late))}, "
+                    f"so no layer group would unfreeze then (strategy gradual_unfreeze); raise train.epochs or "
+                    f"use epoch counts below {epochs}"
+                )
 
 
 @dataclass
@@ -125,6 +226,19 @@ class TrainSpec:
     scheduler: Scheduler | None = None
     warmup_ratio: float | None = None
     label_smoothing: float = 0.0
+    # inverse-frequency class weights in the cross-entropy: "balanced" weighs class c by
+    # N / (classes * N_c) over the training set, so every class carries the same total weight
+    class_weights: Literal["none", "balanced"] = "none"
+    # images only: mix pairs of training images (mixup: a convex blend with ratio ~ Beta(a, a);
+    # cutmix: a pasted box of area ratio ~ Beta(a, a)) and their one-hot labels, trained with a
+    # soft-label cross-entropy; 0 = off. With both set, each batch picks one at random.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    # exponential moving average of the weights, updated after every optimizer step with decay
+    # min(ema_decay, (1 + t) / (10 + t)) at update t (short runs are not stuck near the start);
+    # validation, the best epoch and the saved model use the averaged weights. None = off;
+    # typical 0.99 (hundreds of steps) to 0.9999 (tens of thousands).
+    ema_decay: float | None = None
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     precision: Precision = "fp32"
@@ -157,6 +271,10 @@ class TrainSpec:
         if self.warmup_ratio is not None:
             _check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
         _check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        _check_range("train.mixup_alpha", self.mixup_alpha, 0.0, 100.0)
+        _check_range("train.cutmix_alpha", self.cutmix_alpha, 0.0, 100.0)
+        if self.ema_decay is not None:
+            _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
         _check_range("train.grad_accum_steps", self.grad_accum_steps, 1, 100_000)
         if self.max_grad_norm is not None:
             _check_range("train.max_grad_norm", self.max_grad_norm, 0.0, 1e9, low_open=True)
@@ -177,6 +295,10 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+
+    def __post_init__(self) -> None:
+        if self.train.epochs is not None:
+            self.strategy.check_epochs(self.train.epochs)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

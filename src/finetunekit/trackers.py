@@ -64,6 +64,7 @@ def log_epoch(accelerator: Any, record: dict[str, Any], trace: list[dict[str, An
         return
     for item in trace:
         values = {"train/loss_step": item["loss"]}
+        values.update({f"train/{k}_step": v for k, v in item.items() if k.startswith("loss_")})  # loss parts
         values.update({f"lr/{name}": lr for name, lr in item["lr"].items()})
         accelerator.log(values, step=item["step"])
     epoch_values = {
@@ -72,5 +73,6 @@ def log_epoch(accelerator: Any, record: dict[str, Any], trace: list[dict[str, An
         "val/accuracy": record.get("val_accuracy"),
         "val/macro_f1": record.get("val_macro_f1"),
         "epoch": record.get("epoch"),
+        **{f"train/{k.removeprefix('train_')}": v for k, v in record.items() if k.startswith("train_loss_")},
     }
     accelerator.log({k: v for k, v in epoch_values.items() if v is not None}, step=record["step"])

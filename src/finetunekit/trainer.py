@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,16 @@ from .data.pipeline import build_dataset, build_loader
 from .data.readers import check_images
 from .defaults import resolve
 from .engine import EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
+from .engine.ema import ModelEMA
 from .engine.loop import EpochProgress
+from .engine.objective import build_objective, check_for_modality
+from .engine.optim import format_param_groups, param_group_rows
 from .errors import DivergenceError, FinetuneError, RecipeError, warn
 from .metrics import classification_metrics, format_metrics
 from .model import FineTuneModel
 from .recipe import Recipe
 from .strategies import STRATEGIES
+from .strategies.regularizers import without_backbone_decay
 
 
 @dataclass
@@ -55,6 +61,8 @@ class RunResult:
     trainable_params: int = 0
     total_params: int = 0
     recipe: Recipe | None = None
+    # the optimizer's parameter groups as training started (or resumed): name, params, trainable, lr
+    param_groups: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_accelerator(precision: str, grad_accum_steps: int, log_with: list[str] | None = None, run_dir: Path | None = None):
@@ -125,11 +133,22 @@ def train(
         f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.1f}%), device {accelerator.device}, "
         f"precision {resolve_precision(t.precision)}"
     ))
+    if run.cached is not None:
+        c, frozen = run.cached, sum(run.strategy.backbone_frozen_at(e) for e in range(t.epochs))
+        views = f"{recipe.data.cache_views} augmented views" if c.total > 2 or recipe.data.cache_views else "un-augmented inputs"
+        _log(accelerator, quiet, (
+            f"feature cache: {frozen} of {t.epochs} epochs train the head on cached backbone features "
+            f"({views}; {c.hits} of {c.total} sets read from the cache, {c.seconds:.1f}s)"
+        ))
+    groups = param_group_rows(run.optimizer)  # after a resume: the resumed phase's groups
+    _log(accelerator, quiet, format_param_groups(groups))
     try:
         _fit(run, start, quiet)
     except DivergenceError as exc:
         raise DivergenceError(_divergence_advice(run, exc)) from None
-    return _finish(run, started, trainable, total, quiet)
+    result = _finish(run, started, trainable, total, quiet)
+    result.param_groups = groups
+    return result
 
 
 @dataclass
@@ -164,6 +183,9 @@ class _Run:
     preds: Any = None  # the last validation predictions and metrics
     metrics: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
+    cached: Any = None  # features.CachedLoaders while some epochs train on a frozen backbone
+    objective: Any = None  # engine.objective.Objective: task loss + the strategy's extra terms
+    ema: ModelEMA | None = None  # train.ema_decay: averaged weights, evaluated and saved
 
 
 def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
@@ -206,6 +228,7 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
     recipe = resolve(recipe, backbone.modality)
+    check_for_modality(recipe, backbone.modality)
     t, d = recipe.train, recipe.data
     train_ex, val_ex, label_map, train_ids, val_ids = _read_data(recipe, backbone.modality)
 
@@ -215,11 +238,13 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
         preprocessing["max_length"] = d.max_length
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
     groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
+    if recipe.strategy.l2sp_alpha:
+        groups = without_backbone_decay(groups)  # L2-SP pulls the backbone to w0, not to 0
     optimizer = build_optimizer(t, groups)
 
     train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length)
     val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length)
-    train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers)
+    train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers, d.sampler)
     val_loader = build_loader(val_ds, backbone, t.batch_size * 2, False, t.seed, d.num_workers)
     train_sampler = train_loader.batch_sampler
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
@@ -227,12 +252,40 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
     steps_per_epoch = max(1, batches_per_epoch // t.grad_accum_steps)
     schedule = LRSchedule(t.scheduler, _phase_steps(strategy, 0, t.epochs, steps_per_epoch), t.warmup_ratio)
     stopper = EarlyStopping(t.metric, t.early_stopping_patience)
-    parts = TrainingParts(accelerator, model, optimizer, schedule, strategy, stopper)
-    return _Run(
+    # The regularisers' reference (w0, the frozen copy) and the average start from the set-up,
+    # pretrained model: built here, before _resume loads a checkpoint into the model.
+    unwrapped = accelerator.unwrap_model(model)
+    terms = strategy.loss_terms(unwrapped, accelerator, t.epochs)
+    objective = build_objective(recipe, len(label_map), train_ids, terms)
+    ema = ModelEMA(unwrapped, t.ema_decay) if t.ema_decay is not None else None
+    parts = TrainingParts(accelerator, model, optimizer, schedule, strategy, stopper, ema)
+    run = _Run(
         recipe, run_dir, accelerator, backbone.modality, train_ex, val_ex, label_map, preprocessing, model, optimizer,
         strategy, schedule, stopper, train_loader, val_loader, train_sampler, len(val_ds), batches_per_epoch,
-        steps_per_epoch, Checkpointer(run_dir, t.keep_checkpoints, parts),
+        steps_per_epoch, Checkpointer(run_dir, t.keep_checkpoints, parts), objective=objective, ema=ema,
     )
+    if _use_feature_cache(run):
+        from .features import build_cached_loaders
+
+        run.cached = build_cached_loaders(run, train_ids, val_ids)
+    return run
+
+
+def _use_feature_cache(run: _Run) -> bool:
+    """Cache features when some epoch trains on a frozen backbone and nothing needs the raw inputs."""
+    t, d = run.recipe.train, run.recipe.data
+    if not d.feature_cache or not any(run.strategy.backbone_frozen_at(e) for e in range(t.epochs)):
+        return False
+    # mixing inputs (mixup/cutmix) needs the images themselves in every epoch
+    return not (getattr(t, "mixup_alpha", 0) or getattr(t, "cutmix_alpha", 0))
+
+
+def _epoch_loaders(run: _Run, epoch: int) -> tuple[Any, Any]:
+    """(train, val) loaders of ``epoch``: cached features while the backbone is frozen."""
+    if run.cached is not None and run.strategy.backbone_frozen_at(epoch):
+        run.cached.set_epoch(epoch)
+        return run.cached.train_loader, run.cached.val_loader
+    return run.train_loader, run.val_loader
 
 
 def _resume(run: _Run) -> ResumePoint:
@@ -275,34 +328,39 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
                 run.schedule.restart(run.step, _phase_steps(run.strategy, epoch, t.epochs, run.steps_per_epoch))
         # The prepared loader forwards the epoch to the batch sampler (accelerate re-applies its own
         # count on every iteration, so it must hear the epoch too).
-        run.train_loader.set_epoch(epoch)
+        train_loader, val_loader = _epoch_loaders(run, epoch)
+        train_loader.set_epoch(epoch)
         run.train_sampler.set_epoch(epoch)
         if part_way:
             run.train_sampler.resume_at(epoch, start.position.batch)
         _seed_everything(t.seed * 1000 + epoch)  # dropout and other global-RNG draws: a function of the epoch
 
         def on_step(step: int, progress: EpochProgress, epoch: int = epoch) -> None:
+            if run.ema is not None:
+                run.ema.update(model)
             every = t.checkpoint_every_steps
             if every and step % every == 0 and progress.batches < run.batches_per_epoch:
                 run.checkpointer.save(Position(epoch, progress.batches, step), _checkpoint_extra(run, progress))
 
         stats, run.step = train_one_epoch(
-            run.accelerator, run.model, run.train_loader, run.optimizer, run.schedule, run.step,
-            label_smoothing=t.label_smoothing, max_grad_norm=t.max_grad_norm,
+            run.accelerator, run.model, train_loader, run.optimizer, run.schedule, run.step,
+            objective=run.objective, max_grad_norm=t.max_grad_norm,
             description=f"epoch {epoch + 1}/{t.epochs}", quiet=quiet,
             progress=start.progress if part_way else None,
             before_first_batch=start.restore_rng if part_way else None, on_step=on_step,
         )
-        _end_epoch(run, epoch, stats, quiet)
+        _end_epoch(run, epoch, stats, quiet, val_loader)
 
 
-def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool) -> None:
+def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) -> None:
     """Validate, log, update early stopping, and write the epoch's checkpoint."""
     t, accelerator, run_dir = run.recipe.train, run.accelerator, run.run_dir
-    run.preds = evaluate_loader(accelerator, run.model, run.val_loader, run.val_size, description="validate", quiet=quiet)
+    with _averaged(run):
+        run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, description="validate", quiet=quiet)
     metrics = run.metrics = classification_metrics(run.preds.probs, run.preds.labels, run.label_map.classes, run.preds.loss)
     record = {
         "epoch": epoch + 1, "step": run.step, "train_loss": stats.loss,
+        **{f"train_loss_{name}": value for name, value in stats.terms.items()},  # parts of train_loss
         "val_loss": metrics.get("loss"), "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
         "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)},
         "train_seconds": round(stats.seconds, 3), "train_samples_per_second": round(stats.samples_per_second, 2),
@@ -318,11 +376,22 @@ def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool) -> None:
         f"({stats.seconds:.1f}s, {stats.samples_per_second:.1f} samples/s)"
     ))
     value = metrics["loss"] if t.metric == "loss" else metrics[t.metric]
-    run.stopped = run.stopper.update(value, epoch, accelerator.unwrap_model(run.model), metrics.get("loss"))
+    with _averaged(run):  # the best epoch's weights are those evaluated
+        run.stopped = run.stopper.update(value, epoch, accelerator.unwrap_model(run.model), metrics.get("loss"))
     if run.stopped:
         _log(accelerator, quiet, f"early stopping: no {t.metric} improvement for {run.stopper.patience} epochs")
     improved = run.stopper.best_epoch == epoch
     run.checkpointer.save(Position(epoch + 1, 0, run.step), _checkpoint_extra(run, None), is_best=improved)
+
+
+@contextmanager
+def _averaged(run: _Run) -> Iterator[None]:
+    """With train.ema_decay, the averaged weights in the model inside the block."""
+    if run.ema is None:
+        yield
+        return
+    with run.ema.applied(run.accelerator.unwrap_model(run.model)):
+        yield
 
 
 def _checkpoint_extra(run: _Run, progress: EpochProgress | None) -> dict[str, Any]:
@@ -354,12 +423,21 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     t, accelerator, run_dir, label_map = run.recipe.train, run.accelerator, run.run_dir, run.label_map
     unwrapped = accelerator.unwrap_model(run.model)
     stopper = run.stopper
+    if run.ema is not None:  # training is over: from here on the model is the average
+        run.ema.copy_to(unwrapped)
     restore = t.restore_best and stopper.best_state is not None and stopper.best_epoch != len(run.history) - 1
     if restore:
         unwrapped.load_state_dict(stopper.best_state)
         _log(accelerator, quiet, f"restored the best epoch ({stopper.best_epoch + 1}, val {t.metric} {stopper.best:.4f})")
-    if restore or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train
-        run.preds = evaluate_loader(accelerator, run.model, run.val_loader, run.val_size, description="validate", quiet=True)
+    # The strategy's last word on the weights (LoRA merges its adapters): the final metrics and
+    # predictions are then those of exactly the model that is saved.
+    finalized = run.strategy.finalize(unwrapped)
+    if restore or finalized or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train
+        # the loader of the epoch whose weights are now in the model (cached features stay valid
+        # for weights restored from an epoch with a frozen backbone)
+        epoch = stopper.best_epoch if restore else t.epochs - 1
+        val_loader = _epoch_loaders(run, epoch)[1]
+        run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, description="validate", quiet=True)
         run.metrics = classification_metrics(run.preds.probs, run.preds.labels, label_map.classes, run.preds.loss)
     preds = run.preds
     seconds = time.perf_counter() - started

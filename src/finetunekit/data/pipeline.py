@@ -17,16 +17,23 @@ from .readers import Examples
 
 
 def image_transform(preprocessing: dict[str, Any], train: bool, augment: str = "light"):
-    """torchvision transform built from a backbone's preprocessing dict."""
+    """torchvision transform built from a backbone's preprocessing dict.
+
+    ``augment`` (training only): "light" = random resized crop + horizontal flip; "strong" adds
+    TrivialAugmentWide (Mueller & Hutter 2021: one operation of random kind and strength per image,
+    no policy to tune) before and RandomErasing (p=0.25) after normalisation. Every draw comes
+    from torch's generator, which :class:`ImageDataset` seeds per (seed, epoch, example).
+    """
     from torchvision import transforms as T
 
     size = int(preprocessing["input_size"])
     interpolation = T.InterpolationMode(preprocessing.get("interpolation", "bilinear"))
     normalize = [T.ToTensor(), T.Normalize(preprocessing["mean"], preprocessing["std"])]
-    if train and augment == "light":
-        return T.Compose(
-            [T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interpolation), T.RandomHorizontalFlip(), *normalize]
-        )
+    if train and augment in ("light", "strong"):
+        crop = [T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interpolation), T.RandomHorizontalFlip()]
+        if augment == "light":
+            return T.Compose([*crop, *normalize])
+        return T.Compose([*crop, T.TrivialAugmentWide(interpolation=interpolation), *normalize, T.RandomErasing(p=0.25)])
     resize = int(round(size / float(preprocessing.get("crop_pct", 1.0))))
     return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), *normalize])
 
@@ -215,8 +222,41 @@ class ShuffledBatchSampler(ResumableBatchSampler):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
         keys: list[Any] = order
         if self.item_seeds:
-            keys = [(i, (epoch_seed * 1_000_003 + i) % 2**63) for i in order]
+            keys = [(i, augment_seed(self.seed, self.epoch, i)) for i in order]
         return [keys[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+
+
+def augment_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of example ``index``'s augmentation in ``epoch`` (also used by the feature cache
+    to compute exactly the views an uncached run would see)."""
+    return ((seed * 100_003 + epoch) * 1_000_003 + index) % 2**63
+
+
+class BalancedBatchSampler(ResumableBatchSampler):
+    """Class-balanced training batches (``data.sampler: balanced``): an epoch draws as many examples
+    as the data set has, with replacement, each class with the same probability and each example
+    of a class with the same probability within it. The draws are a function of (seed, epoch)
+    alone, so :meth:`resume_at` continues an epoch exactly. With ``item_seeds``, keys carry the
+    augmentation seed of (seed, epoch, index) as in :class:`ShuffledBatchSampler` (an example drawn
+    twice in one epoch gets the same view; across epochs the views differ).
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int, item_seeds: bool = False) -> None:
+        super().__init__(seed)
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        counts = torch.bincount(self.labels).double()
+        self.weights = 1.0 / counts[self.labels]  # P(example) proportional to 1 / size of its class
+        self.batch_size = batch_size
+        self.item_seeds = item_seeds
+        self.num_batches = (len(self.labels) + batch_size - 1) // batch_size
+
+    def batches(self) -> list[list[Any]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        drawn = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=generator).tolist()
+        keys: list[Any] = drawn
+        if self.item_seeds:
+            keys = [(i, augment_seed(self.seed, self.epoch, i)) for i in drawn]
+        return [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
 
 
 class SequentialBatchSampler(EvalBatchSampler):
@@ -236,13 +276,21 @@ def build_dataset(
     return TextDataset(backbone.tokenize(examples.inputs, max_length), label_ids)
 
 
-def build_loader(dataset: Dataset, backbone, batch_size: int, train: bool, seed: int, num_workers: int = 0) -> DataLoader:
+def build_loader(
+    dataset: Dataset, backbone, batch_size: int, train: bool, seed: int, num_workers: int = 0, sampler_kind: str = "shuffle"
+) -> DataLoader:
     """A DataLoader whose batch order is a function of (seed, epoch) only; call
-    ``loader.batch_sampler.set_epoch(epoch)`` before each training epoch."""
+    ``loader.batch_sampler.set_epoch(epoch)`` before each training epoch. ``sampler_kind``
+    (``data.sampler``) "balanced" draws class-balanced training batches."""
     sampler: Sampler[list[int]]
-    if isinstance(dataset, TextDataset):
+    if train and sampler_kind == "balanced":
+        if getattr(dataset, "labels", None) is None:
+            raise DataError("data.sampler: balanced sampling needs labelled training data")
+        sampler = BalancedBatchSampler(dataset.labels, batch_size, seed, item_seeds=isinstance(dataset, ImageDataset))
+        collate: Any = TextCollator(backbone.pad_token_id) if isinstance(dataset, TextDataset) else collate_images
+    elif isinstance(dataset, TextDataset):
         sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, seed) if train else EvalBatchSampler(dataset.lengths, batch_size)
-        collate: Any = TextCollator(backbone.pad_token_id)
+        collate = TextCollator(backbone.pad_token_id)
     else:
         sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, item_seeds=True) if train else SequentialBatchSampler(len(dataset), batch_size)
         collate = collate_images

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import DivergenceError
+from .objective import Objective
 from .optim import LRSchedule
 
 
@@ -28,12 +28,14 @@ def _interactive() -> bool:
 
 @dataclass
 class EpochStats:
-    loss: float
+    loss: float  # mean per example of the optimised total (task loss + extra terms)
     samples: int
     seconds: float
     steps: int
-    # one record per optimizer step: {"step", "loss", "lr": {group name: learning rate used}}
+    # one record per optimizer step: {"step", "loss", "lr": {group name: learning rate used}}, and
+    # "loss_<part>" for each part ("task", "l2sp", "distill") when the objective has extra terms
     trace: list[dict[str, Any]] = field(default_factory=list)
+    terms: dict[str, float] = field(default_factory=dict)  # part -> mean per example; empty without extra terms
 
     @property
     def samples_per_second(self) -> float:
@@ -49,6 +51,7 @@ class EpochProgress:
     loss_sum: float = 0.0  # sum of per-example losses, so the epoch's mean is exact after a resume
     seconds: float = 0.0
     trace: list[dict[str, Any]] = field(default_factory=list)
+    term_sums: dict[str, float] = field(default_factory=dict)  # the same sums per loss part
 
 
 @dataclass
@@ -66,7 +69,7 @@ def train_one_epoch(
     schedule: LRSchedule,
     step: int,
     *,
-    label_smoothing: float = 0.0,
+    objective: Objective | None = None,
     max_grad_norm: float | None = None,
     description: str = "train",
     quiet: bool = False,
@@ -76,17 +79,16 @@ def train_one_epoch(
 ) -> tuple[EpochStats, int]:
     """Train for one pass over ``loader``; returns the epoch's stats and the new optimizer step.
 
-    A resumed epoch passes the ``progress`` saved with its checkpoint (the loader then yields only
-    the remaining batches) and ``before_first_batch`` to restore the RNG states once the loader has
-    started. ``on_step(step, progress)`` runs after every optimizer step (checkpoints).
-    A non-finite loss or gradient norm raises :class:`DivergenceError` before the step is applied.
+    ``objective(model, batch)`` gives the loss to minimise and its parts (default: plain
+    cross-entropy). A resumed epoch passes the ``progress`` saved with its checkpoint (the loader
+    then yields only the remaining batches) and ``before_first_batch`` to restore the RNG states
+    once the loader has started. ``on_step(step, progress)`` runs after every optimizer step
+    (weight averaging, checkpoints). A non-finite loss or gradient norm raises
+    :class:`DivergenceError` before the step is applied.
     """
+    objective = objective or Objective()
     model.train()
-    done = progress or EpochProgress()
-    start = time.perf_counter() - done.seconds
-    total_loss, seen, batches = done.loss_sum, done.samples, done.batches
-    trace: list[dict[str, Any]] = list(done.trace)
-    window_loss, window_n = 0.0, 0  # the micro-batches of the current optimizer step
+    tally = _Tally(progress or EpochProgress(), breakdown=len(objective.names) > 1)
     bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=quiet or not accelerator.is_main_process or not _interactive())
     for batch in loader:
         if before_first_batch is not None:
@@ -94,8 +96,7 @@ def train_one_epoch(
             before_first_batch = None
         with accelerator.accumulate(model):
             schedule.apply(optimizer, step)
-            logits = model(batch)
-            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
+            loss, parts = objective(model, batch)
             if not torch.isfinite(loss):
                 raise DivergenceError(f"training diverged: the loss became {loss.item()} at optimizer step {step + 1}")
             accelerator.backward(loss)
@@ -105,22 +106,59 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             if accelerator.sync_gradients:
                 step += 1
-        n = batch["labels"].shape[0]
-        window_loss += loss.item() * n
-        window_n += n
+        tally.add(batch["labels"].shape[0], loss, parts)
         if accelerator.sync_gradients:
-            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-            trace.append({"step": step, "loss": window_loss / max(window_n, 1), "lr": lrs})
-            window_loss, window_n = 0.0, 0
-        total_loss += loss.item() * n
-        seen += n
-        batches += 1
+            tally.end_step(step, optimizer)
         bar.update(1)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", samples_s=f"{seen / (time.perf_counter() - start):.1f}")
+        bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.4f}", samples_s=f"{tally.seen / tally.elapsed():.1f}")
         if on_step is not None and accelerator.sync_gradients:
-            on_step(step, EpochProgress(batches, seen, total_loss, time.perf_counter() - start, list(trace)))
+            on_step(step, tally.progress())
     bar.close()
-    return EpochStats(total_loss / max(seen, 1), seen, time.perf_counter() - start, batches, trace), step
+    return tally.stats(), step
+
+
+class _Tally:
+    """Running sums of one epoch: the loss and its parts per example, per optimizer step (the
+    micro-batches of one step form a window) and for the whole epoch."""
+
+    def __init__(self, done: EpochProgress, breakdown: bool) -> None:
+        self.start = time.perf_counter() - done.seconds
+        self.loss_sum, self.seen, self.batches = done.loss_sum, done.samples, done.batches
+        self.term_sums = dict(done.term_sums)
+        self.trace: list[dict[str, Any]] = list(done.trace)
+        self.breakdown = breakdown
+        self.window: dict[str, float] = {}
+        self.window_n = 0
+
+    def elapsed(self) -> float:
+        return max(time.perf_counter() - self.start, 1e-9)
+
+    def add(self, n: int, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        values = {"loss": loss.item()}
+        if self.breakdown:
+            values.update({f"loss_{name}": float(value.item()) for name, value in parts.items()})
+        for key, value in values.items():
+            self.window[key] = self.window.get(key, 0.0) + value * n
+            if key != "loss":
+                self.term_sums[key] = self.term_sums.get(key, 0.0) + value * n
+        self.window_n += n
+        self.loss_sum += values["loss"] * n
+        self.seen += n
+        self.batches += 1
+
+    def end_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+        means = {k: v / max(self.window_n, 1) for k, v in self.window.items()}
+        self.trace.append({"step": step, "loss": means.pop("loss"), **means, "lr": lrs})
+        self.window, self.window_n = {}, 0
+
+    def progress(self) -> EpochProgress:
+        return EpochProgress(self.batches, self.seen, self.loss_sum, self.elapsed(), list(self.trace), dict(self.term_sums))
+
+    def stats(self) -> EpochStats:
+        seen = max(self.seen, 1)
+        terms = {k.removeprefix("loss_"): v / seen for k, v in self.term_sums.items()}
+        return EpochStats(self.loss_sum / seen, self.seen, time.perf_counter() - self.start, self.batches, self.trace, terms)
 
 
 def _check_gradients(accelerator: Any, model: torch.nn.Module, max_grad_norm: float | None, step: int) -> None:

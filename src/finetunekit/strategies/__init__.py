@@ -4,10 +4,16 @@ A strategy never runs a loop. It sets ``requires_grad``, builds the optimizer's 
 and may change them at epoch boundaries (unfreezing). Its schedule state is part of every
 checkpoint so a resumed run continues the same schedule.
 
+A strategy's *phase* at an epoch is what trains (:meth:`Strategy.trainable_at`) and at which base
+rates (:meth:`Strategy.group_lrs`); both are functions of the epoch alone, so a resumed run
+re-enters exactly the phase it was in. Strategies whose phase changes (freeze_then_unfreeze, lp_ft,
+gradual_unfreeze) live in :mod:`finetunekit.strategies.schedules`.
+
 Example::
 
     strategy = STRATEGIES.get("linear_probe")(StrategySpec(name="linear_probe"))
     groups = strategy.setup(model, lr=1e-3, head_lr=None)
+    [g["name"] for g in groups]  # ["backbone", "head"]; with spec.layer_decay: "backbone.0", ...
 """
 
 from __future__ import annotations
@@ -24,14 +30,39 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 class Strategy:
     """Base: everything trains in two groups, backbone and head."""
 
+    summary: str = ""  # one line for `finetunekit list`; empty: the docstring's first line
+
+    @classmethod
+    def describe(cls) -> str:
+        return cls.summary or (cls.__doc__ or "").strip().splitlines()[0].replace("``", "").replace("spec.", "strategy.")
+
     def __init__(self, spec: Any) -> None:
         self.spec = spec
         self.epoch = 0
+        self.lr = 0.0  # train.lr and train.head_lr, kept by setup for the rates of later phases
+        self.head_lr = 0.0
 
     # -- what trains ---------------------------------------------------------------------------
     def trainable_groups(self, model: nn.Module) -> set[int]:
         """Indices of backbone layer groups that train from the start."""
         return set(range(len(model.backbone.layer_groups())))
+
+    def trainable_at(self, model: nn.Module, epoch: int) -> set[int]:
+        """Indices of backbone layer groups that train during ``epoch`` (0-based)."""
+        return self.trainable_groups(model)
+
+    def group_lrs(self, num_groups: int, epoch: int) -> dict[str, float]:
+        """Base learning rate of each optimizer group, by name, during ``epoch``.
+
+        With ``spec.layer_decay`` = d, backbone layer group i of n trains at ``lr * d**(n-1-i)``
+        (the input end slowest: its features are the most general); the head at ``head_lr``.
+        """
+        decay = getattr(self.spec, "layer_decay", None)
+        if decay is None:
+            rates = {"backbone": self.lr}
+        else:
+            rates = {f"backbone.{i}": self.lr * decay ** (num_groups - 1 - i) for i in range(num_groups)}
+        return {**rates, "head": self.head_lr}
 
     def setup(self, model: nn.Module, lr: float, head_lr: float | None, pretrained: bool = True) -> list[dict[str, Any]]:
         """Freeze/unfreeze parameters and return optimizer parameter groups.
@@ -40,16 +71,19 @@ class Strategy:
         skipped by torch optimizers (so it stays bitwise unchanged), and unfreezing later needs no
         new optimizer, which keeps optimizer state and checkpoints simple.
         """
+        self.lr, self.head_lr = lr, head_lr or lr
         groups = model.backbone.layer_groups()
-        self._apply_trainable(model, self.trainable_groups(model))
+        self._apply_trainable(model, self.trainable_at(model, 0))
         mode = getattr(self.spec, "batchnorm", "auto")
         model.freeze_batchnorm_stats = mode == "frozen" or (mode == "auto" and pretrained)
         params = dict(model.named_parameters())
-        backbone = [params[f"backbone.{n}"] for group in groups for n in group]
-        return [
-            {"name": "backbone", "params": backbone, "base_lr": lr, "lr": lr},
-            {"name": "head", "params": list(model.head.parameters()), "base_lr": head_lr or lr, "lr": head_lr or lr},
-        ]
+        if getattr(self.spec, "layer_decay", None) is None:
+            named = [("backbone", [params[f"backbone.{n}"] for group in groups for n in group])]
+        else:
+            named = [(f"backbone.{i}", [params[f"backbone.{n}"] for n in group]) for i, group in enumerate(groups)]
+        named.append(("head", list(model.head.parameters())))
+        rates = self.group_lrs(len(groups), 0)
+        return [{"name": name, "params": ps, "base_lr": rates[name], "lr": rates[name]} for name, ps in named]
 
     def _apply_trainable(self, model: nn.Module, trainable: set[int]) -> None:
         named = dict(model.backbone.named_parameters())
@@ -61,9 +95,28 @@ class Strategy:
 
     # -- schedule ------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: Any) -> str | None:
-        """Called before each epoch; returns a message when the set of trainable parameters changes."""
+        """Called before each epoch; enters the epoch's phase and returns a message when it changes."""
         self.epoch = epoch
-        return None
+        if epoch == 0 or self._phase(model, epoch) == self._phase(model, epoch - 1):
+            return None
+        self._enter_phase(model, optimizer, epoch)
+        return self.describe_phase(model, epoch)
+
+    def describe_phase(self, model: nn.Module, epoch: int) -> str:
+        """The log line for a phase change at ``epoch``."""
+        n = len(model.backbone.layer_groups())
+        return f"epoch {epoch + 1}: {len(self.trainable_at(model, epoch))} of {n} backbone layer groups train now"
+
+    def _phase(self, model: nn.Module, epoch: int) -> tuple[set[int], dict[str, float]]:
+        return self.trainable_at(model, epoch), self.group_lrs(len(model.backbone.layer_groups()), epoch)
+
+    def _enter_phase(self, model: nn.Module, optimizer: Any, epoch: int) -> None:
+        """requires_grad and base rates of ``epoch``; at an epoch start and when resuming."""
+        trainable, rates = self._phase(model, epoch)
+        self._apply_trainable(model, trainable)
+        for group in optimizer.param_groups:  # weight-decay splits share their group's name
+            if group.get("name") in rates:
+                group["base_lr"] = rates[group["name"]]
 
     def restarts_schedule(self, epoch: int) -> bool:
         """True when the learning-rate schedule starts a new phase at this epoch."""
@@ -76,11 +129,31 @@ class Strategy:
         Strategies whose trainable set changes over epochs override it with ``on_epoch_start``."""
         return False
 
+    def finalize(self, model: nn.Module) -> bool:
+        """Called once after training (best epoch restored), before the final evaluation and the
+        save: turn training-time structure into the saved model (LoRA merges its adapters).
+        Returns True when the model's outputs may have changed, so the trainer re-evaluates."""
+        return False
+
+    # -- extra loss terms ----------------------------------------------------------------------
+    def loss_terms(self, model: nn.Module, accelerator: Any, epochs: int) -> list[Any]:
+        """Regularisers towards the pretrained model (L2-SP, feature distillation) from the spec,
+        built on the set-up model before any checkpoint is restored (see .regularizers)."""
+        from .regularizers import build_regularizers
+
+        trains_backbone = not all(self.backbone_frozen_at(e) for e in range(epochs))
+        return build_regularizers(self.spec, model, accelerator, trains_backbone)
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module, optimizer: Any) -> None:
+        """Called after the model and optimizer states are loaded into a freshly set-up run (which
+        is in epoch 0's phase): re-enter the saved epoch's phase, or a resumed run would silently
+        train with the layers of epoch 0 frozen again."""
         self.epoch = int(state["epoch"])
+        if self.epoch > 0 and self._phase(model, self.epoch) != self._phase(model, 0):
+            self._enter_phase(model, optimizer, self.epoch)
 
 
 @STRATEGIES.register("full")
@@ -108,34 +181,6 @@ class LastN(Strategy):
         return set(range(max(0, n - self.spec.last_n), n))
 
 
-@STRATEGIES.register("freeze_then_unfreeze")
-class FreezeThenUnfreeze(Strategy):
-    """Head only for ``spec.freeze_epochs`` epochs, then everything at the backbone's rate."""
-
-    def trainable_groups(self, model: nn.Module) -> set[int]:
-        return set() if self.spec.freeze_epochs > 0 else set(range(len(model.backbone.layer_groups())))
-
-    def on_epoch_start(self, epoch: int, model: nn.Module, optimizer: Any) -> str | None:
-        self.epoch = epoch
-        if epoch == self.spec.freeze_epochs and epoch > 0:
-            self._unfreeze(model, optimizer)
-            return f"epoch {epoch + 1}: backbone unfrozen; every group now trains at lr {optimizer.param_groups[0]['base_lr']:g}"
-        return None
-
-    def _unfreeze(self, model: nn.Module, optimizer: Any) -> None:
-        self._apply_trainable(model, set(range(len(model.backbone.layer_groups()))))
-        backbone_lr = next(g["base_lr"] for g in optimizer.param_groups if g.get("name") == "backbone")
-        for group in optimizer.param_groups:
-            group["base_lr"] = backbone_lr
-
-    def restarts_schedule(self, epoch: int) -> bool:
-        return epoch == self.spec.freeze_epochs and epoch > 0
-
-    def backbone_frozen_at(self, epoch: int) -> bool:
-        return epoch < self.spec.freeze_epochs
-
-    def load_state_dict(self, state: dict[str, Any], model: nn.Module, optimizer: Any) -> None:
-        # The optimizer state already holds the new base_lr; only requires_grad needs redoing.
-        super().load_state_dict(state, model, optimizer)
-        if self.epoch >= self.spec.freeze_epochs:
-            self._apply_trainable(model, set(range(len(model.backbone.layer_groups()))))
+# Registers the strategies whose phase changes over epochs (after Strategy exists).
+from . import schedules  # noqa: E402,F401
+from . import lora  # noqa: E402,F401  (LoRA through peft; peft itself is imported lazily)
