@@ -292,7 +292,7 @@ def test_checkpoint_round_trips_optimizer_groups_strategy_schedule_and_rng(tmp_p
         return TrainingParts(Accelerator(cpu=True), model, optimizer, LRSchedule("cosine", 10), strategy, EarlyStopping("loss", 2))
 
     a = parts()
-    a.strategy.on_epoch_start(1, a.model, a.optimizer)  # unfreezes, every group at the backbone rate
+    a.strategy.on_epoch_start(1, a.model, a.optimizer)  # unfreezes the backbone; the head keeps its rate
     loss = a.model({"pixel_values": torch.randn(2, 3, 32, 32)}).logsumexp(-1).sum()
     loss.backward()
     a.optimizer.step()

@@ -24,12 +24,14 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 
 @pytest.mark.parametrize("modality", ["image", "text"])
-@pytest.mark.parametrize("name", ["linear_probe", "last_n", "full", "freeze_then_unfreeze"])
+@pytest.mark.parametrize("name", ["linear_probe", "last_n", "full", "freeze_then_unfreeze", "lp_ft", "gradual_unfreeze"])
 def test_strategy_trains_what_it_claims(name, modality, image_data, text_data, tiny_bert, tmp_path):
+    # Two epochs: gradual_unfreeze trains the head, then the last group too (as last_n with 1).
+    strategy = {"name": name, "last_n": 1, "freeze_epochs": 1, "lp_epochs": 1}
     if modality == "image":
-        recipe = tiny_image_recipe(image_data, strategy={"name": name, "last_n": 1, "freeze_epochs": 1}, train={"restore_best": False})
+        recipe = tiny_image_recipe(image_data, strategy=strategy, train={"restore_best": False})
     else:
-        recipe = tiny_text_recipe(text_data, tiny_bert, strategy={"name": name, "last_n": 1, "freeze_epochs": 1}, train={"restore_best": False})
+        recipe = tiny_text_recipe(text_data, tiny_bert, strategy=strategy, train={"restore_best": False})
     torch.manual_seed(0)
     result = train(recipe, output=tmp_path / "run", quiet=True)
     model, _ = load_model(result.run_dir)
@@ -48,7 +50,7 @@ def test_strategy_trains_what_it_claims(name, modality, image_data, text_data, t
     buffers = set(before) - params
     if name == "linear_probe":
         assert changed == set(), f"frozen backbone changed: {sorted(changed)[:5]}"
-    elif name == "last_n":
+    elif name in ("last_n", "gradual_unfreeze"):
         last = {f"backbone.{n}" for n in groups[-1]}
         assert changed & params <= last
         assert changed & last, "the last group did not train"
@@ -84,7 +86,8 @@ def test_freeze_then_unfreeze_switches_at_the_scheduled_epoch():
     assert strategy.on_epoch_start(1, model, optimizer) is None and trainable() == 0
     assert "unfrozen" in strategy.on_epoch_start(2, model, optimizer)
     assert trainable() == len(list(model.backbone.parameters()))
-    assert [g["base_lr"] for g in optimizer.param_groups] == [1e-4, 1e-4]
+    # Discriminative rates: the head keeps its own (lp_ft is the variant that slows it down).
+    assert [g["base_lr"] for g in optimizer.param_groups] == [1e-4, 1e-2]
     assert strategy.restarts_schedule(2) and not strategy.restarts_schedule(1)
 
 
@@ -104,4 +107,4 @@ def test_strategy_state_round_trips_mid_schedule():
     optimizer2.load_state_dict(saved_opt)
     strategy2.load_state_dict(saved_strategy, model2, optimizer2)
     assert all(p.requires_grad for p in model2.backbone.parameters())
-    assert [g["base_lr"] for g in optimizer2.param_groups] == [1e-4, 1e-4]
+    assert [g["base_lr"] for g in optimizer2.param_groups] == [1e-4, 1e-2]

@@ -55,7 +55,9 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         f"- Base model: `{m.backbone}` ({'pretrained weights' if m.pretrained else 'randomly initialised, trained from scratch'})",
         f"- Head: a new linear layer on the backbone's {'pooled features' if modality == 'image' else pooling + '-pooled token states'}"
         + (f" (dropout {m.head_dropout:g})" if m.head_dropout else ""),
-        f"- Fine-tuning strategy: `{recipe.strategy.name}`; {trainable:,} of {total:,} parameters trained",
+        f"- Fine-tuning strategy: `{recipe.strategy.name}`; {trainable:,} of {total:,} parameters trained"
+        + (f" at the start; then {_schedule(recipe.strategy)}" if _schedule(recipe.strategy) else ""),
+        *_lora_lines(recipe.strategy),
         f"- Input: {_input_summary(recipe, modality)}",
         "",
         "## Intended uses and limitations",
@@ -80,7 +82,7 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         "",
         "## Training procedure",
         f"- {t.epochs} epochs, batch size {t.batch_size}, optimizer {t.optimizer}, learning rate {t.lr:g} "
-        f"(new head {t.head_lr:g}), {t.scheduler} schedule (warmup ratio {t.warmup_ratio:g}), weight decay {t.weight_decay:g}, "
+        f"(new head {t.head_lr:g}{_layer_decay(recipe.strategy)}), {t.scheduler} schedule (warmup ratio {t.warmup_ratio:g}), weight decay {t.weight_decay:g}, "
         f"label smoothing {t.label_smoothing:g}, precision {t.precision}, seed {t.seed}",
         f"- Training took {metrics.get('train_seconds', 0):.0f} s; the full resolved recipe is `recipe.yaml`, "
         "the per-epoch numbers `metrics.jsonl`",
@@ -88,6 +90,39 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         *how_to_load(run_dir, modality),
     ]
     atomic_write_text(Path(run_dir) / "README.md", _front_matter(meta) + "\n".join(lines) + "\n")
+
+
+def _schedule(strategy) -> str:
+    """How the trainable set changed during training, for the strategies whose phase changes."""
+    name = strategy.name
+    if name == "freeze_then_unfreeze" and strategy.freeze_epochs > 0:
+        return f"the whole backbone joined after {_epochs(strategy.freeze_epochs)} (the head kept its rate)"
+    if name == "lp_ft":
+        return f"after {_epochs(strategy.lp_epochs)} of linear probe, every parameter at the backbone's rate"
+    if name == "gradual_unfreeze":
+        milestones, every = strategy.unfreeze_milestones, strategy.unfreeze_every
+        when = f"after epochs {', '.join(map(str, milestones))}" if milestones else "every " + ("epoch" if every == 1 else f"{every} epochs")
+        return f"one more backbone layer group, output end first, {when}"
+    return ""
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def _layer_decay(strategy) -> str:
+    decay = getattr(strategy, "layer_decay", None)
+    return f"; layer-wise decay {decay:g} per backbone layer group towards the input" if decay is not None else ""
+
+
+def _lora_lines(strategy) -> list[str]:
+    if strategy.name != "lora":
+        return []
+    layers = ", ".join(f"`{t}`" for t in strategy.lora_targets) if strategy.lora_targets else "every Linear and 1x1 convolution layer"
+    saved = ("merged into the saved weights (a plain model)" if strategy.lora_merge_on_save
+             else "kept separate (`adapter/` is a peft adapter directory, with the head in `head.safetensors`)")
+    return [f"- LoRA adapters: rank {strategy.lora_rank}, alpha {strategy.lora_alpha:g}, dropout {strategy.lora_dropout:g}, "
+            f"on {layers} of the frozen backbone; {saved}"]
 
 
 def _saved_pooling(run_dir: Path, fallback: str) -> str:

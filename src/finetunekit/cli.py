@@ -117,7 +117,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("backbone sources: " + ", ".join(f"{s}:" for s in SOURCES.names()))
     print("bundled backbones: " + ", ".join(f"bundled:{n}" for n in BUNDLED.names()))
-    print("strategies: " + ", ".join(STRATEGIES.names()))
+    print("strategies:")
+    names = STRATEGIES.names()
+    for name in names:
+        print(f"  {name.ljust(max(map(len, names)))}  {STRATEGIES.get(name).describe()}")
+    print("with any strategy but lora: strategy.layer_decay=d trains backbone layer group i of n at train.lr * d**(n-1-i)")
     return 0
 
 

@@ -174,7 +174,7 @@ class StrategySpec:
                 raise RecipeError("strategy.unfreeze_milestones: give at least one epoch count, or null to use unfreeze_every")
             for i, m in enumerate(milestones):
                 _check_range(f"strategy.unfreeze_milestones[{i}]", m, 1, 100_000)
-            if any(b <= a for a, b in zip(milestones, milestones[1:])):
+            if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
                 raise RecipeError(f"strategy.unfreeze_milestones: {milestones} must be strictly increasing")
         if self.layer_decay is not None:
             _check_range("strategy.layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)

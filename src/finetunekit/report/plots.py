@@ -122,10 +122,11 @@ def lr_curves(run: RunData) -> Plot:
     # Head and backbone rates often differ 100-1000x: a log axis shows both (a rate of 0, frozen
     # or at the end of a decay, is left out there).
     log = bool(positive) and max(positive) / min(positive) > 30
+    colors = _group_colors(groups)
     for i, group in enumerate(groups):
         points = [(r[x], r["lr"][group]) for r in rows if group in r.get("lr", {}) and (r["lr"][group] > 0 or not log)]
         # Groups often share a schedule: dashes keep overlapping lines visible.
-        ax.plot([p[0] for p in points], [p[1] for p in points], color=COLORS[i % len(COLORS)], label=group,
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=colors[group], label=group,
                 drawstyle="steps-post", marker="" if x == "step" else "o", linestyle=["-", "--", ":", "-."][i % 4],
                 linewidth=2.2 - 0.4 * (i % 3))
     _style(ax, "Learning rate per parameter group", "optimizer step" if x == "step" else "epoch", "learning rate")
@@ -134,8 +135,21 @@ def lr_curves(run: RunData) -> Plot:
     else:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if groups:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, ncol=2 if len(groups) > 6 else 1)
     return _render(fig, "learning rate per parameter group")
+
+
+def _group_colors(groups: list[str]) -> dict[str, Any]:
+    """Per-layer backbone groups (``backbone.<i>``, layer-wise LR decay) shade from light (input
+    end) to dark (output end), so a dozen of them read as one ordered family; others take the palette."""
+    from matplotlib import colormaps
+
+    layered = sorted((g for g in groups if g.startswith("backbone.") and g[9:].isdigit()), key=lambda g: int(g[9:]))
+    colors: dict[str, Any] = {g: colormaps["Blues"](0.35 + 0.65 * i / max(1, len(layered) - 1)) for i, g in enumerate(layered)}
+    others = [g for g in groups if g not in colors]
+    palette = [c for c in COLORS if c != COLORS[0]] if layered else COLORS  # blue is the layered family's
+    colors.update({g: palette[i % len(palette)] for i, g in enumerate(others)})
+    return colors
 
 
 def confusion_matrix_plot(run: RunData) -> Plot:

@@ -181,6 +181,6 @@ class LastN(Strategy):
         return set(range(max(0, n - self.spec.last_n), n))
 
 
-# Registers the strategies whose phase changes over epochs (after Strategy exists).
-from . import schedules  # noqa: E402,F401
-from . import lora  # noqa: E402,F401  (LoRA through peft; peft itself is imported lazily)
+# Registers the strategies defined in submodules, once Strategy exists: LoRA through peft (peft
+# itself is imported lazily), and those whose phase changes over epochs.
+from . import lora, schedules  # noqa: E402,F401
