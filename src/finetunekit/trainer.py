@@ -63,6 +63,9 @@ class RunResult:
     recipe: Recipe | None = None
     # the optimizer's parameter groups as training started (or resumed): name, params, trainable, lr
     param_groups: list[dict[str, Any]] = field(default_factory=list)
+    # the trained model in memory (best epoch restored), on this process; in multi-process runs
+    # every process holds the same weights
+    model: Any = None
 
 
 def make_accelerator(precision: str, grad_accum_steps: int, log_with: list[str] | None = None, run_dir: Path | None = None):
@@ -78,8 +81,11 @@ def make_accelerator(precision: str, grad_accum_steps: int, log_with: list[str] 
         GradientState._reset_state()
     # Trackers (train.report_to) write under the run directory: RUN_DIR/tensorboard/<run name>/.
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")) if run_dir else None
+    # cpu=True on a machine without a GPU: Accelerate then reads torchrun's environment as a
+    # multi-process CPU run (gloo); without it every process would train alone.
     return Accelerator(
-        mixed_precision=mixed, gradient_accumulation_steps=grad_accum_steps, log_with=log_with, project_config=project
+        mixed_precision=mixed, gradient_accumulation_steps=grad_accum_steps, log_with=log_with, project_config=project,
+        cpu=not torch.cuda.is_available(),
     )
 
 
@@ -460,7 +466,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     # The final table prints even when quiet: it is the result, not progress.
     _log(accelerator, False, format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
-    return RunResult(run_dir, final, run.history, seconds, trainable, total, run.recipe)
+    return RunResult(run_dir, final, run.history, seconds, trainable, total, run.recipe, model=unwrapped)
 
 
 def _phase_steps(strategy, epoch: int, epochs: int, steps_per_epoch: int) -> int:
