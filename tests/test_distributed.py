@@ -31,8 +31,10 @@ def _recipe(data: Path, batch_size: int) -> dict:
     return {
         "model": {"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 32},
         "data": {"train": str(data / "train"), "val": str(data / "val"), "augment": "none"},
-        "strategy": {"name": "full", "batchnorm": "frozen"},
-        "train": {"epochs": 2, "batch_size": batch_size, "lr": 1e-2, "head_lr": 1e-2, "optimizer": "sgd", "seed": 0,
+        # head-only first (cached features, computed by the main process), then everything: the
+        # processes must re-sync the newly trainable parameters
+        "strategy": {"name": "freeze_then_unfreeze", "freeze_epochs": 1, "batchnorm": "frozen"},
+        "train": {"epochs": 3, "batch_size": batch_size, "lr": 1e-2, "head_lr": 1e-2, "optimizer": "sgd", "seed": 0,
                   "precision": "fp32", "restore_best": False},
     }
 

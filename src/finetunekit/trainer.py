@@ -190,6 +190,7 @@ class _Run:
     metrics: dict[str, Any] | None = None
     started: float = field(default_factory=time.perf_counter)
     cached: Any = None  # features.CachedLoaders while some epochs train on a frozen backbone
+    wrapped_trainable: frozenset[str] = frozenset()  # what trained when the model was wrapped (DDP)
     objective: Any = None  # engine.objective.Objective: task loss + the strategy's extra terms
     ema: ModelEMA | None = None  # train.ema_decay: averaged weights, evaluated and saved
 
@@ -270,6 +271,7 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
         strategy, schedule, stopper, train_loader, val_loader, train_sampler, len(val_ds), batches_per_epoch,
         steps_per_epoch, Checkpointer(run_dir, t.keep_checkpoints, parts), objective=objective, ema=ema,
     )
+    run.wrapped_trainable = _trainable_names(accelerator.unwrap_model(model))
     if _use_feature_cache(run):
         from .features import build_cached_loaders
 
@@ -332,6 +334,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
                 _log(run.accelerator, quiet, message)
             if run.strategy.restarts_schedule(epoch):
                 run.schedule.restart(run.step, _phase_steps(run.strategy, epoch, t.epochs, run.steps_per_epoch))
+        _rewrap_if_trainable_changed(run)
         # The prepared loader forwards the epoch to the batch sampler (accelerate re-applies its own
         # count on every iteration, so it must hear the epoch too).
         train_loader, val_loader = _epoch_loaders(run, epoch)
@@ -356,6 +359,29 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
             before_first_batch=start.restore_rng if part_way else None, on_step=on_step,
         )
         _end_epoch(run, epoch, stats, quiet, val_loader)
+
+
+def _rewrap_if_trainable_changed(run: _Run) -> None:
+    """Multi-process runs: wrap the model again when a strategy (un)froze parameters.
+
+    DistributedDataParallel registers only the parameters that need gradients when it wraps the
+    model; a group unfrozen later would train on each process's own gradients, never averaged, and
+    the processes would drift apart silently.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(run.model, DistributedDataParallel):
+        return
+    module = run.model.module
+    trainable = _trainable_names(module)
+    if trainable == run.wrapped_trainable:
+        return
+    run.model = run.accelerator.prepare_model(module)
+    run.wrapped_trainable = trainable
+
+
+def _trainable_names(module: torch.nn.Module) -> frozenset[str]:
+    return frozenset(n for n, p in module.named_parameters() if p.requires_grad)
 
 
 def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) -> None:
