@@ -202,6 +202,16 @@ def unknown_strategy(root, env):
             "choose one of: freeze_then_unfreeze, full, gradual_unfreeze, last_n, linear_probe, lora, lp_ft")
 
 
+@case
+def lora_target_matches_nothing(root, env):
+    images(root, "a", "b")
+    recipe = image_recipe(root, strategy={"name": "lora", "lora_targets": ["conv_pwll"]})
+    return (["train", str(recipe), "--output", str(root / "run")],
+            "strategy.lora_targets: 'conv_pwll' matches no layer of the backbone (did you mean 'conv_pwl'?); adaptable "
+            "layers include conv, conv_exp, conv_expand, conv_head, conv_pw, conv_pwl, conv_reduce, conv_stem "
+            "(e.g. conv_stem, blocks.0.0.conv, blocks.1.0.conv_exp); give a layer name or a dotted suffix of one")
+
+
 # -- backbones -----------------------------------------------------------------------------------
 
 

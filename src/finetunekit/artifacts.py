@@ -10,6 +10,7 @@ executes code on load.
       preprocessing.json   image sizes and normalisation, or text pooling and max length
       backbone/            tokenizer and config files (text backbones)
       model.safetensors    backbone + head weights
+      adapter/             LoRA kept unmerged only: a peft adapter directory and the head
       metrics.json         final validation metrics
       metrics.jsonl        one line per epoch
       steps.jsonl          one line per optimizer step (training loss, learning rate per group)
@@ -182,6 +183,11 @@ def save_model(run_dir: Path, model: torch.nn.Module, classes: list[str], prepro
     backbone = model.backbone
     if backbone.modality == "text":
         atomic_replace_dir(run_dir / "backbone", backbone.save_assets)
+    adapter = getattr(model, "adapter", None)  # LoRA kept separate (strategy.lora_merge_on_save: false)
+    if adapter is not None:
+        from .strategies.lora import save_adapter
+
+        atomic_replace_dir(run_dir / adapter["directory"], lambda tmp: save_adapter(model, tmp))
     atomic_save_safetensors(run_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
     atomic_write_json(run_dir / "labels.json", {"classes": list(classes)})
     atomic_write_json(run_dir / "preprocessing.json", preprocessing)
@@ -194,6 +200,7 @@ def save_model(run_dir: Path, model: torch.nn.Module, classes: list[str], prepro
             "modality": backbone.modality,
             "backbone": backbone.describe(),
             "head": {"in_features": model.head.in_features, "num_classes": model.head.num_classes, "dropout": model.head.dropout.p},
+            **({"adapter": adapter} if adapter is not None else {}),
         },
     )
 
@@ -225,6 +232,10 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     preprocessing = read_json(run_dir / "preprocessing.json")
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
     model = FineTuneModel(backbone, len(classes), float(info["head"].get("dropout", 0.0)))
+    if info.get("adapter"):  # adapters saved unmerged: re-insert the layers the weights belong to
+        from .strategies.lora import apply_adapter
+
+        apply_adapter(model, info["adapter"])
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         pickles = sorted(p for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)

@@ -71,6 +71,12 @@ def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, over
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise FinetuneError(f"export: {target} already exists; pass --overwrite or choose another --output")
     predictor = Predictor(run_dir, device="cpu")
+    if predictor.model.adapter is not None:
+        # LoRA kept unmerged: exports hold plain weights. The merged model differs from the
+        # adapter one by float rounding only, far inside the parity tolerance.
+        from .strategies.lora import merge_adapters
+
+        merge_adapters(predictor.model)
     exporter = {"hf": _export_hf, "timm": _export_timm, "onnx": _export_onnx}[fmt]
     batches = sample_batches(predictor)
     result: dict[str, Any] = {}

@@ -81,6 +81,10 @@ def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> B
     from ..artifacts import load_model
 
     model, _ = load_model(Path(name))
+    if model.adapter is not None:  # a LoRA run saved unmerged: continue from its adapted weights
+        from ..strategies.lora import merge_adapters
+
+        merge_adapters(model)
     return model.backbone
 
 
