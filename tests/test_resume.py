@@ -348,7 +348,7 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(whe
     _poison(monkeypatch, 5, where)
     run = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(tiny_image_recipe(image_data, train={"checkpoint_every_steps": 1}).to_yaml())
+    recipe.write_text(tiny_image_recipe(image_data, train={"checkpoint_every_steps": 1, "precision": "fp32"}).to_yaml())
     assert main(["train", str(recipe), "--output", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err == (

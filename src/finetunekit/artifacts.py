@@ -176,8 +176,13 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
-def save_model(run_dir: Path, model: torch.nn.Module, classes: list[str], preprocessing: dict[str, Any]) -> None:
-    """Weights, labels, preprocessing and the backbone's description + assets."""
+def save_model(
+    run_dir: Path, model: torch.nn.Module, classes: list[str], preprocessing: dict[str, Any], precision: str = "fp32"
+) -> None:
+    """Weights, labels, preprocessing and the backbone's description + assets.
+
+    ``precision`` is the autocast precision the run validated in; predict uses the same one, so a
+    reloaded model reproduces the run's validation predictions exactly."""
     from . import __version__
 
     backbone = model.backbone
@@ -200,6 +205,7 @@ def save_model(run_dir: Path, model: torch.nn.Module, classes: list[str], prepro
             "modality": backbone.modality,
             "backbone": backbone.describe(),
             "head": {"in_features": model.head.in_features, "num_classes": model.head.num_classes, "dropout": model.head.dropout.p},
+            "precision": precision,
             **({"adapter": adapter} if adapter is not None else {}),
         },
     )

@@ -27,7 +27,9 @@ from .metrics import classification_metrics
 
 
 class Predictor:
-    def __init__(self, run_dir: str | Path, device: str | None = None, batch_size: int = 64) -> None:
+    def __init__(self, run_dir: str | Path, device: str | None = None, batch_size: int = 64, precision: str | None = None) -> None:
+        """``precision``: None runs in the precision the run validated in (its ``finetunekit.json``),
+        so predictions reproduce the run's own; "fp32" forces full precision."""
         self.run_dir = Path(run_dir)
         self.model, info = load_model(self.run_dir)
         self.labels = LabelMap(tuple(info["classes"]))
@@ -36,6 +38,9 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.batch_size = batch_size
+        self.precision = precision or info.get("precision", "fp32")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
 
     @property
     def classes(self) -> list[str]:
@@ -68,8 +73,15 @@ class Predictor:
         for batch in loader:
             index = batch.pop("index").numpy()
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            probs[index] = self.model(batch).float().softmax(-1).cpu().numpy()
+            with self._autocast():
+                logits = self.model(batch)
+            probs[index] = logits.float().softmax(-1).cpu().numpy()
         return probs
+
+    def _autocast(self):
+        if self.precision == "fp32" or (self.precision == "fp16" and self.device.type == "cpu"):
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def predict(self, inputs: list[str] | Examples) -> list[str]:
         """Predicted class names."""
@@ -96,6 +108,6 @@ def _shown(item: str) -> str:
     return item if len(item) <= 200 and item.isprintable() else repr(item[:80]) + "..."
 
 
-def load(run_dir: str | Path, device: str | None = None) -> Predictor:
-    """Rebuild a fine-tuned model from its run directory alone."""
-    return Predictor(run_dir, device)
+def load(run_dir: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:
+    """Rebuild a fine-tuned model from its run directory alone (``precision``: see Predictor)."""
+    return Predictor(run_dir, device, precision=precision)

@@ -241,7 +241,9 @@ class TrainSpec:
     ema_decay: float | None = None
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
-    precision: Precision = "fp32"
+    # "auto": bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AMX or
+    # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.trainer.resolve_precision
+    precision: Precision = "auto"
     early_stopping_patience: int | None = None  # epochs without improvement; None: off
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # chooses the best epoch
     restore_best: bool = True
@@ -255,6 +257,9 @@ class TrainSpec:
     # experiment trackers, through Accelerate, written under the run directory; metrics.jsonl is
     # always written
     report_to: list[Tracker] = field(default_factory=list)
+    # torch.compile the model (TorchInductor, dynamic shapes). Pays off on long runs with fixed
+    # shapes; compiling costs tens of seconds up front (docs/performance.md has measurements)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs is not None:

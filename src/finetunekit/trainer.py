@@ -68,7 +68,9 @@ class RunResult:
     model: Any = None
 
 
-def make_accelerator(precision: str, grad_accum_steps: int, log_with: list[str] | None = None, run_dir: Path | None = None):
+def make_accelerator(
+    precision: str, grad_accum_steps: int, log_with: list[str] | None = None, run_dir: Path | None = None, compile: bool = False
+):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
@@ -85,8 +87,14 @@ def make_accelerator(precision: str, grad_accum_steps: int, log_with: list[str] 
     # multi-process CPU run (gloo); without it every process would train alone.
     return Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=grad_accum_steps, log_with=log_with, project_config=project,
-        cpu=not torch.cuda.is_available(),
+        cpu=not torch.cuda.is_available(), dynamo_plugin=_dynamo_plugin() if compile else None,
     )
+
+
+def _dynamo_plugin():
+    from accelerate.utils import TorchDynamoPlugin
+
+    return TorchDynamoPlugin(backend="inductor", dynamic=True)
 
 
 def _distributed() -> bool:
@@ -96,11 +104,23 @@ def _distributed() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
+    """The precision ``train.precision`` means on this machine ("auto" picks per device)."""
     if precision != "auto":
         return precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16 matrix units (bf16 matmuls several times faster than
+    fp32); without them bf16 autocast on a CPU is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _log(accelerator, quiet: bool, message: str) -> None:
@@ -120,7 +140,7 @@ def train(
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     resuming = _check_output(run_dir, overwrite, resume)  # before minutes are spent loading anything
     log_with = trackers.check_trackers(recipe.train.report_to)
-    accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir)
+    accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile)
     _seed_everything(recipe.train.seed)
     run = _build(recipe, accelerator, run_dir)
     run.started = started
@@ -476,7 +496,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     final = {**run.metrics, "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
-        artifacts.save_model(run_dir, unwrapped, list(label_map.classes), run.preprocessing)
+        artifacts.save_model(run_dir, unwrapped, list(label_map.classes), run.preprocessing, resolve_precision(t.precision))
         artifacts.atomic_write_json(run_dir / "metrics.json", final)
         from .card import write_model_card
 
