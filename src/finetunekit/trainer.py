@@ -156,7 +156,8 @@ def train(
     _log(accelerator, quiet, (
         f"backbone {recipe.model.backbone} ({run.modality}), {len(run.label_map)} classes, "
         f"{len(run.train_ex)} train / {len(run.val_ex)} val examples, strategy {recipe.strategy.name}, "
-        f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.1f}%), device {accelerator.device}, "
+        f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.1f}%), device {accelerator.device}"
+        f"{f' x {accelerator.num_processes} processes' if accelerator.num_processes > 1 else ''}, "
         f"precision {resolve_precision(t.precision)}"
     ))
     if run.cached is not None:
