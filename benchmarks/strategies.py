@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="strategy names (the table's first column, or a prefix)")
     parser.add_argument("--write", action="store_true", help="write the table into docs/strategies.md")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once (each gets cores // jobs threads)")
+    parser.add_argument("--threads", type=int, help="torch threads per training (default: cores // jobs)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -142,7 +143,7 @@ def main() -> None:
             if not args.only or any(name.startswith(o) for o in args.only)]
     # --jobs N runs N trainings at once, each on cores // N torch threads, so they never compete
     # for a core (oversubscribed OpenMP threads would distort every time in the table).
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "FINETUNEKIT_BENCH_THREADS": str(threads)}
     lock = threading.Lock()
 
@@ -171,7 +172,7 @@ def main() -> None:
 
         import torch
 
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         write_doc(table, f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}; "
                          f"{args.jobs} run(s) at a time, {threads} torch thread(s) each")
 

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 SST2 = DATA / "sst2"
 ANTS = DATA / "images" / "hymenoptera_data"
-TEXT_BATCH = 32
+TEXT_BATCH = int(os.environ.get("BENCH_TEXT_BATCH", 32))
 IMAGE_BATCH = 16
 
 
@@ -85,7 +85,7 @@ def row_text_trainer(precision: str, tmp: Path) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
     from finetunekit.backbones.bundled import minilm_l6_path
-    from finetunekit.data.readers import read_table
+    from finetunekit.data.readers import read_examples
 
     train_path, dev_path = sst2_subset(tmp)
     path = str(minilm_l6_path())
@@ -95,7 +95,7 @@ def row_text_trainer(precision: str, tmp: Path) -> dict:
 
     class Rows(torch.utils.data.Dataset):
         def __init__(self, file: Path) -> None:
-            ex = read_table(str(file), "sentence", "label")
+            ex = read_examples(str(file), "text", "sentence", "label")
             self.enc = tok(list(ex.inputs), truncation=True, max_length=128)
             self.labels = [int(y) for y in ex.labels]
 
@@ -108,7 +108,7 @@ def row_text_trainer(precision: str, tmp: Path) -> dict:
     train_ds, dev_ds = Rows(train_path), Rows(dev_path)
     args = TrainingArguments(
         output_dir=str(tmp / "hf"), per_device_train_batch_size=TEXT_BATCH, per_device_eval_batch_size=64,
-        num_train_epochs=3, learning_rate=5e-5, bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(),
+        num_train_epochs=int(os.environ.get("BENCH_EPOCHS", 3)), learning_rate=5e-5, bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(),
         eval_strategy="no", save_strategy="no", report_to=[], logging_strategy="no", seed=0, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok))
@@ -116,7 +116,7 @@ def row_text_trainer(precision: str, tmp: Path) -> dict:
     logits = trainer.predict(dev_ds).predictions
     accuracy = float((np.argmax(logits, -1) == np.array(dev_ds.labels)).mean())
     seconds = float(out.metrics["train_runtime"])
-    return {"train_seconds": seconds, "samples_per_second": len(train_ds) * 3 / seconds, "accuracy": accuracy}
+    return {"train_seconds": seconds, "samples_per_second": len(train_ds) * int(os.environ.get("BENCH_EPOCHS", 3)) / seconds, "accuracy": accuracy}
 
 
 def row_text_finetunekit(precision: str, tmp: Path) -> dict:
@@ -124,7 +124,7 @@ def row_text_finetunekit(precision: str, tmp: Path) -> dict:
 
     recipe = Recipe.from_yaml(REPO / "examples" / "sst2.yaml").with_overrides([
         f"data.train={SST2 / 'train.tsv'}", f"data.val={SST2 / 'dev.tsv'}", "strategy.name=full",
-        f"train.batch_size={TEXT_BATCH}", "train.epochs=3", f"train.precision={precision}",
+        f"train.batch_size={TEXT_BATCH}", f"train.epochs={os.environ.get('BENCH_EPOCHS', 3)}", f"train.precision={precision}",
     ])
     result = train(recipe, output=tmp / "run", quiet=True)
     seconds = sum(h["train_seconds"] for h in result.history)

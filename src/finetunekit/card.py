@@ -83,13 +83,35 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         "## Training procedure",
         f"- {t.epochs} epochs, batch size {t.batch_size}, optimizer {t.optimizer}, learning rate {t.lr:g} "
         f"(new head {t.head_lr:g}{_layer_decay(recipe.strategy)}), {t.scheduler} schedule (warmup ratio {t.warmup_ratio:g}), weight decay {t.weight_decay:g}, "
-        f"label smoothing {t.label_smoothing:g}, precision {t.precision}, seed {t.seed}",
+        f"label smoothing {t.label_smoothing:g}, precision {_precision(t.precision)}, seed {t.seed}{_extras(recipe)}",
         f"- Training took {metrics.get('train_seconds', 0):.0f} s; the full resolved recipe is `recipe.yaml`, "
         "the per-epoch numbers `metrics.jsonl`",
         "",
         *how_to_load(run_dir, modality),
     ]
     atomic_write_text(Path(run_dir) / "README.md", _front_matter(meta) + "\n".join(lines) + "\n")
+
+
+def _precision(precision: str) -> str:
+    from .trainer import resolve_precision
+
+    resolved = resolve_precision(precision)
+    return resolved if resolved == precision else f"{resolved} ({precision})"
+
+
+def _extras(recipe) -> str:
+    """Regularisers and overfitting controls that were switched on, if any."""
+    s, t, d = recipe.strategy, recipe.train, recipe.data
+    parts = [
+        f"L2-SP alpha {s.l2sp_alpha:g} beta {s.l2sp_beta:g}" if s.l2sp_alpha or s.l2sp_beta else "",
+        f"feature distillation weight {s.distill_weight:g}" if s.distill_weight else "",
+        f"mixup {t.mixup_alpha:g}" if t.mixup_alpha else "", f"cutmix {t.cutmix_alpha:g}" if t.cutmix_alpha else "",
+        f"EMA decay {t.ema_decay:g}" if t.ema_decay else "",
+        "balanced class weights" if t.class_weights != "none" else "",
+        "balanced sampling" if d.sampler != "shuffle" else "",
+    ]
+    parts = [p for p in parts if p]
+    return f"; {', '.join(parts)}" if parts else ""
 
 
 def _schedule(strategy) -> str:
