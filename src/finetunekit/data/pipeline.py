@@ -57,27 +57,57 @@ class ImageDataset(Dataset):
     count or prefetching, which is what lets a run resumed mid-epoch replay the same batches.
     """
 
+    # Decoded images are kept in memory (per process) up to this many bytes, so later epochs skip
+    # the JPEG decode; with a deterministic resize + centre crop first (evaluation), the cropped
+    # image is kept instead, which skips the resize too.
+    memory_budget = 1 << 30
+
     def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform) -> None:
         self.paths = list(paths)
         self.labels = None if labels is None else list(labels)
         self.transform = transform
+        self._prefix, self._rest = _deterministic_prefix(transform)
+        self._decoded: dict[int, Any] = {}
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _image(self, index: int):
+        image = self._decoded.get(index)
+        if image is None:
+            image = open_image(self.paths[index])
+            if self._prefix is not None:
+                image = self._prefix(image)
+            size = image.width * image.height * 3
+            if self._bytes + size <= self.memory_budget:
+                self._decoded[index] = image
+                self._bytes += size
+        return image
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image = open_image(self.paths[index])
+        image = self._image(index)
         if seed is None:
-            pixels = self.transform(image)
+            pixels = self._rest(image)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                pixels = self.transform(image)
+                pixels = self._rest(image)
         item: dict[str, Any] = {"pixel_values": pixels, "index": index}
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
+
+
+def _deterministic_prefix(transform):
+    """(Resize + CenterCrop, the rest) for an evaluation Compose, else (None, the whole transform)."""
+    from torchvision import transforms as T
+
+    steps = getattr(transform, "transforms", None)
+    if steps and len(steps) > 2 and isinstance(steps[0], T.Resize) and isinstance(steps[1], T.CenterCrop):
+        return T.Compose(steps[:2]), T.Compose(steps[2:])
+    return None, transform
 
 
 def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
