@@ -233,7 +233,7 @@ def test_lora_learning_rate_defaults():
     text = resolve(Recipe.from_dict({"strategy": {"name": "lora"}}), "text").train
     image = resolve(Recipe.from_dict({"strategy": {"name": "lora"}}), "image").train
     assert (text.lr, text.head_lr, image.lr, image.head_lr) == (1e-3, 1e-3, 1e-3, 1e-2)
-    assert resolve(Recipe.from_dict({"strategy": {"name": "full"}}), "text").train.lr == 5e-5
+    assert resolve(Recipe.from_dict({"strategy": {"name": "full"}}), "text").train.lr == 1e-4
     assert resolve(Recipe.from_dict({"strategy": {"name": "lora"}, "train": {"lr": 3e-4}}), "text").train.head_lr == 3e-4
 
 

@@ -3,8 +3,8 @@
 Measured on the shipped examples (docs/benchmarks.md): on small image sets a linear probe (head at
 1e-2, AdamW) beat fine-tuning the backbone (ants/bees: 0.961 vs 0.941 for head-then-everything at
 1e-5), so images default to it; the backbone rate (1e-5) applies when a strategy trains it. Text
-fine-tunes everything at 5e-5 with warmup and linear decay (SST-2, 2,000 rows, mean pooling:
-0.834 dev accuracy at 5e-5, 0.828 at 1e-4, which overfits by the third epoch).
+fine-tunes everything with layer-wise LR decay 0.9 (lr 1e-4 for the top layer group, head 1e-3,
+batch 16, warmup then linear decay), chosen on held-out SST-2 training rows (docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -13,9 +13,15 @@ from .recipe import Recipe
 
 STRATEGY_DEFAULTS = {"image": "linear_probe", "text": "full"}
 
+# Layer-wise LR decay filled in when strategy.layer_decay is left null (1.0 switches it off).
+# Text: chosen on held-out SST-2 *training* rows (2 splits of 1,000 rows, never dev): batch 16,
+# lr 1e-4, head 1e-3, decay 0.9 scored 0.836 mean held-out vs 0.825 for the former default
+# (batch 32, 5e-5 everywhere, no decay); docs/strategies.md has the benchmark over seeds.
+LAYER_DECAY_DEFAULTS = {"text": 0.9}
+
 DEFAULTS = {
     "image": {"epochs": 5, "batch_size": 16, "lr": 1e-5, "head_lr": 1e-2, "weight_decay": 0.01, "scheduler": "cosine", "warmup_ratio": 0.0},
-    "text": {"epochs": 3, "batch_size": 32, "lr": 5e-5, "head_lr": 5e-5, "weight_decay": 0.01, "scheduler": "linear", "warmup_ratio": 0.1},
+    "text": {"epochs": 3, "batch_size": 16, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "scheduler": "linear", "warmup_ratio": 0.1},
 }
 
 # Per-strategy changes to those defaults. LoRA adapters start as a zero update scaled by
@@ -34,7 +40,10 @@ def resolve(recipe: Recipe, modality: str) -> Recipe:
     filled = {k: v for k, v in defaults.items() if getattr(recipe.train, k) is None}
     if recipe.train.lr is not None and recipe.train.head_lr is None:
         filled["head_lr"] = recipe.train.lr  # a user-set lr applies to the whole model
-    updates = {"train": filled}
+    updates: dict = {"train": filled, "strategy": {}}
     if recipe.strategy.name is None:
-        updates["strategy"] = {"name": STRATEGY_DEFAULTS[modality]}
+        updates["strategy"]["name"] = STRATEGY_DEFAULTS[modality]
+    decay = LAYER_DECAY_DEFAULTS.get(modality)
+    if decay is not None and recipe.strategy.layer_decay is None and strategy not in ("lora", "linear_probe"):
+        updates["strategy"]["layer_decay"] = decay
     return recipe.replace(**updates)
