@@ -3,8 +3,8 @@
 * images: the bundled EfficientNet-Lite0 on ants/bees (train/ -> val/), the image defaults
   otherwise (5 epochs, batch 16, 256 px, head lr 1e-2, backbone lr as listed);
 * text: the bundled MiniLM-L6 on 2,000 random SST-2 training rows, evaluated on the full dev set,
-  the text defaults otherwise (3 epochs, batch 16, lr 1e-4 for the top layer group with decay 0.9
-  below it, head 1e-3; those were chosen on held-out training rows, never on dev).
+  the text defaults otherwise (3 epochs, batch 16, lr 1e-4, head 1e-3; those were chosen on
+  held-out training rows, never on dev).
 
 Each run is a fresh process (its peak memory is its own) and reports validation accuracy, wall
 time of ``finetunekit.train`` (data checks, feature cache, validation and artefacts included),
@@ -50,9 +50,9 @@ CONFIGS = {
     },
     "text": {
         "linear_probe": ["strategy.name=linear_probe", "train.lr=1e-3", "train.epochs=10"],
-        "full (default: layer decay 0.9)": ["strategy.name=full"],
-        "full, no layer decay": ["strategy.name=full", "strategy.layer_decay=1.0"],
-        "full + L2-SP": ["strategy.name=full", "strategy.l2sp_alpha=0.01"],
+        "full": ["strategy.name=full"],
+        "full + layer decay 0.9": ["strategy.name=full", "strategy.layer_decay=0.9"],
+        "full + layer decay 0.9 + L2-SP": ["strategy.name=full", "strategy.layer_decay=0.9", "strategy.l2sp_alpha=0.01"],
         "lp_ft": ["strategy.name=lp_ft", "train.epochs=4"],
         "gradual_unfreeze": ["strategy.name=gradual_unfreeze"],
         "lora (r 8)": ["strategy.name=lora"],
