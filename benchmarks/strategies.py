@@ -97,8 +97,8 @@ def summarise(rows: list[dict]) -> str:
             continue
         seeds = sorted({r["seed"] for r in mine})
         out.append(f"\n**{task}** ({'ants/bees, 245 train / 153 val photos' if task == 'images' else 'SST-2, 2,000 train rows / 872 dev rows'}; seeds {', '.join(map(str, seeds))})\n")
-        out.append("| strategy | accuracy (mean ± sd) | min – max | seconds / run | trainable params | peak memory (MiB) | recipe overrides |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- |")
+        out.append("| strategy | seeds | accuracy (mean ± sd) | min – max | seconds / run | trainable params | peak memory (MiB) | recipe overrides |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in CONFIGS[task]:
             rs = [r for r in mine if r["name"] == name]
             if not rs:
@@ -106,10 +106,13 @@ def summarise(rows: list[dict]) -> str:
             acc = [r["accuracy"] for r in rs]
             sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
             out.append(
-                f"| {name} | {statistics.mean(acc):.4f} ± {sd:.4f} | {min(acc):.4f} – {max(acc):.4f} | "
+                f"| {name} | {len(rs)} | {statistics.mean(acc):.4f} ± {sd:.4f} | {min(acc):.4f} – {max(acc):.4f} | "
                 f"{statistics.mean(r['seconds'] for r in rs):.0f} | {rs[0]['trainable_params']:,} / {rs[0]['total_params']:,} | "
                 f"{max(r['peak_memory_mib'] for r in rs):.0f} | `{' '.join(o for o in rs[0]['overrides'])}` |"
             )
+    out.append("\nTrainable parameters are counted when training starts: the schedules that begin with the head "
+               "alone (`lp_ft`, `gradual_unfreeze`) train more later. Seconds are wall time of `finetunekit.train` "
+               "(features, validation and artefacts included); compare them within this table only.")
     return "\n".join(out) + "\n"
 
 
