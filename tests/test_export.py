@@ -93,7 +93,7 @@ def test_hf_export_loads_with_transformers_alone(exports, text_run, text_data):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    predictor = load(text_run)
+    predictor = load(text_run, precision="fp32")  # exports are fp32 models
     assert got["labels"] == predictor.predict(texts)
     assert np.allclose(got["probs"], predictor.predict_proba(texts), atol=1e-5)
 
@@ -117,7 +117,7 @@ def test_hf_export_of_cls_pooling(cls_text_run, text_data, tmp_path):
     texts = read_examples(text_data[1], "text").inputs
     with torch.no_grad():
         logits = model(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).logits.numpy()
-    expected, _ = _logits(load(cls_text_run), texts)
+    expected, _ = _logits(load(cls_text_run, precision="fp32"), texts)
     assert np.abs(logits - expected).max() < 1e-5
 
 
@@ -125,7 +125,7 @@ def test_timm_export_loads_by_directory_and_by_overlay(exports, image_run, image
     import timm
     import torch
 
-    predictor = load(image_run)
+    predictor = load(image_run, precision="fp32")
     images = _val_images(image_data)
     expected, batch = _logits(predictor, images)
     config = json.loads((exports["timm"].path / "config.json").read_text())
@@ -148,7 +148,7 @@ def test_timm_export_loads_by_directory_and_by_overlay(exports, image_run, image
 @pytest.mark.parametrize("kind", ["image", "text"])
 def test_onnx_matches_pytorch_on_other_batch_sizes_and_lengths(kind, exports, image_run, text_run, image_data, text_data):
     run, result = (image_run, exports["onnx_image"]) if kind == "image" else (text_run, exports["onnx_text"])
-    predictor = load(run)
+    predictor = load(run, precision="fp32")
     # All validation inputs at once: a batch size (and, for text, a padded length) the export never saw.
     if kind == "image":
         inputs = _val_images(image_data)
