@@ -203,16 +203,26 @@ class CachedLoaders:
     the same order as an uncached one would (and resumes mid-epoch the same way).
     """
 
-    def __init__(self, train_ds: CachedFeatureDataset, train_loader: Any, val_loader: Any, seconds: float, hits: int, total: int) -> None:
+    def __init__(self, train_ds: CachedFeatureDataset, train_loader: Any, val_loader: Any, seconds: float, hits: int, views: int) -> None:
         self.train_ds, self.train_loader, self.val_loader = train_ds, train_loader, val_loader
-        self.seconds, self.hits, self.total = seconds, hits, total
+        self.seconds, self.hits, self.views = seconds, hits, views  # views: augmented views cached (0: none)
+
+    @property
+    def total(self) -> int:
+        """Feature sets behind the loaders: each training view, and the validation set."""
+        return max(self.views, 1) + 1
 
     def set_epoch(self, epoch: int) -> None:
         self.train_ds.set_view(epoch)
 
 
-def build_cached_loaders(run: Any, train_ids: Sequence[int], val_ids: Sequence[int]) -> CachedLoaders:
-    """Features for the run's training views and validation set, read from the cache or computed."""
+def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids: Sequence[int], val_ids: Sequence[int]) -> CachedLoaders:
+    """Features for the run's training views and validation set, read from the cache or computed.
+
+    ``train_ds`` / ``val_ds`` are the run's own datasets (training and evaluation transforms), so
+    texts are not tokenised again; only un-augmented image features need an evaluation-transform
+    copy of the training set.
+    """
     import time
 
     from torch.utils.data import DataLoader
@@ -221,7 +231,7 @@ def build_cached_loaders(run: Any, train_ids: Sequence[int], val_ids: Sequence[i
     from .trainer import resolve_precision
 
     started = time.perf_counter()
-    recipe, accelerator, d = run.recipe, run.accelerator, run.recipe.data
+    recipe, accelerator, d, seed = run.recipe, run.accelerator, run.recipe.data, run.recipe.train.seed
     model = accelerator.unwrap_model(run.model)
     backbone = model.backbone
     cache = FeatureCache.default(d.cache_dir)
@@ -231,31 +241,33 @@ def build_cached_loaders(run: Any, train_ids: Sequence[int], val_ids: Sequence[i
     }
     eval_bs = max(64, recipe.train.batch_size * 2)
 
-    def features_of(examples: Any, ids: Sequence[int], train_transform: bool, view: int | None, desc: str) -> tuple[torch.Tensor, bool]:
-        ds = build_dataset(examples, ids, backbone, run.preprocessing, train_transform, d.augment, d.max_length)
-        encodings = getattr(ds, "encodings", None)
-        key = cache_key({**base, "data": examples_digest(examples.inputs, run.modality, encodings),
-                         "view": None if view is None else {"augment": d.augment, "seed": recipe.train.seed, "view": view}})
-        if view is None:
-            loader = build_loader(ds, backbone, eval_bs, False, recipe.train.seed, d.num_workers)
-        else:
-            keys = [(i, augment_seed(recipe.train.seed, view, i)) for i in range(len(ds))]
+    def features_of(ds: Dataset, digest: str, view: int | None, desc: str) -> tuple[torch.Tensor, bool]:
+        key = cache_key({**base, "data": digest, "view": None if view is None else {"augment": d.augment, "seed": seed, "view": view}})
+        loader = build_loader(ds, backbone, eval_bs, False, seed, d.num_workers)
+        if view is not None:  # every example with the augmentation an uncached run draws in epoch `view`
+            keys = [(i, augment_seed(seed, view, i)) for i in range(len(ds))]
             batches = [keys[i : i + eval_bs] for i in range(0, len(keys), eval_bs)]
-            loader = build_loader(ds, backbone, eval_bs, False, recipe.train.seed, d.num_workers)
             loader = DataLoader(ds, batch_sampler=batches, collate_fn=loader.collate_fn, num_workers=d.num_workers)
         return _shared(accelerator, cache, key, lambda: compute_features(model, loader, len(ds), accelerator, desc))
 
-    augmenting = run.modality == "image" and d.augment != "none" and d.cache_views > 0
-    views = range(d.cache_views) if augmenting else [None]
-    parts = [features_of(run.train_ex, train_ids, augmenting, v, "features (train)") for v in views]
-    val, val_hit = features_of(run.val_ex, val_ids, False, None, "features (val)")
-    train_ds = CachedFeatureDataset(torch.stack([f for f, _ in parts]), train_ids)
-    val_ds = CachedFeatureDataset(val, val_ids)
-    train_loader = DataLoader(train_ds, batch_sampler=run.train_sampler, collate_fn=collate_features)
-    val_loader = DataLoader(val_ds, batch_sampler=SequentialBatchSampler(len(val_ds), 1024), collate_fn=collate_features)
+    def digest(examples: Any, ds: Dataset) -> str:
+        return examples_digest(examples.inputs, run.modality, getattr(ds, "encodings", None))
+
+    views = d.cache_views if run.modality == "image" and d.augment != "none" else 0
+    train_digest = digest(run.train_ex, train_ds)  # read once, whatever the number of views
+    if views:
+        parts = [features_of(train_ds, train_digest, v, "features (train)") for v in range(views)]
+    else:
+        plain = train_ds if run.modality == "text" else build_dataset(run.train_ex, train_ids, backbone, run.preprocessing, False, "none", d.max_length)
+        parts = [features_of(plain, train_digest, None, "features (train)")]
+    val, val_hit = features_of(val_ds, digest(run.val_ex, val_ds), None, "features (val)")
+    cached_train = CachedFeatureDataset(torch.stack([f for f, _ in parts]), train_ids)
+    cached_val = CachedFeatureDataset(val, val_ids)
+    train_loader = DataLoader(cached_train, batch_sampler=run.train_sampler, collate_fn=collate_features)
+    val_loader = DataLoader(cached_val, batch_sampler=SequentialBatchSampler(len(cached_val), 1024), collate_fn=collate_features)
     train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
     hits = sum(hit for _, hit in parts) + val_hit
-    return CachedLoaders(train_ds, train_loader, val_loader, time.perf_counter() - started, hits, len(parts) + 1)
+    return CachedLoaders(cached_train, train_loader, val_loader, time.perf_counter() - started, hits, views)
 
 
 def _shared(accelerator: Any, cache: FeatureCache, key: str, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:

@@ -162,7 +162,7 @@ def train(
     ))
     if run.cached is not None:
         c, frozen = run.cached, sum(run.strategy.backbone_frozen_at(e) for e in range(t.epochs))
-        views = f"{recipe.data.cache_views} augmented views" if c.total > 2 or recipe.data.cache_views else "un-augmented inputs"
+        views = f"{c.views} augmented views" if c.views else "un-augmented inputs"
         _log(accelerator, quiet, (
             f"feature cache: {frozen} of {t.epochs} epochs train the head on cached backbone features "
             f"({views}; {c.hits} of {c.total} sets read from the cache, {c.seconds:.1f}s)"
@@ -296,7 +296,7 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
     if _use_feature_cache(run):
         from .features import build_cached_loaders
 
-        run.cached = build_cached_loaders(run, train_ids, val_ids)
+        run.cached = build_cached_loaders(run, train_ds, val_ds, train_ids, val_ids)
     return run
 
 
@@ -306,7 +306,7 @@ def _use_feature_cache(run: _Run) -> bool:
     if not d.feature_cache or not any(run.strategy.backbone_frozen_at(e) for e in range(t.epochs)):
         return False
     # mixing inputs (mixup/cutmix) needs the images themselves in every epoch
-    return not (getattr(t, "mixup_alpha", 0) or getattr(t, "cutmix_alpha", 0))
+    return not (t.mixup_alpha or t.cutmix_alpha)
 
 
 def _epoch_loaders(run: _Run, epoch: int) -> tuple[Any, Any]:
@@ -488,7 +488,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     if restore or finalized or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train
         # the loader of the epoch whose weights are now in the model (cached features stay valid
         # for weights restored from an epoch with a frozen backbone)
-        epoch = stopper.best_epoch if restore else t.epochs - 1
+        epoch = stopper.best_epoch if restore else len(run.history) - 1
         val_loader = _epoch_loaders(run, epoch)[1]
         run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, description="validate", quiet=True)
         run.metrics = classification_metrics(run.preds.probs, run.preds.labels, label_map.classes, run.preds.loss)
