@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny_image_recipe, tiny_text_recipe
 from finetunekit import features, train
-from finetunekit.artifacts import load_model
+from finetunekit.loading import load_model
 from finetunekit.features import FeatureCache, cache_key
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_image_recipe, tiny_text_recipe
 from finetunekit import load, train
-from finetunekit.artifacts import load_model
+from finetunekit.loading import load_model
 from finetunekit.backbones import check_layer_groups, create_backbone
 from finetunekit.checkpoint import Checkpointer
 from finetunekit.errors import RecipeError

@@ -5,7 +5,7 @@ import torch
 
 from conftest import tiny_image_recipe, tiny_text_recipe
 from finetunekit import train
-from finetunekit.artifacts import load_model
+from finetunekit.loading import load_model
 from finetunekit.backbones import create_backbone
 from finetunekit.model import FineTuneModel
 from finetunekit.recipe import StrategySpec

@@ -183,7 +183,7 @@ def save_model(
 
     ``precision`` is the autocast precision the run validated in; predict uses the same one, so a
     reloaded model reproduces the run's validation predictions exactly."""
-    from . import __version__
+    from .version import __version__
 
     backbone = model.backbone
     if backbone.modality == "text":
@@ -220,45 +220,41 @@ def read_json(path: Path) -> Any:
         raise FinetuneError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model from the run directory alone (weights from safetensors only)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .backbones import rebuild_backbone
-    from .model import FineTuneModel
-
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """``finetunekit.json`` of a run directory, its format version checked."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FinetuneError(f"run directory not found: {run_dir}")
     info = read_json(run_dir / MARKER)
     if info.get("format_version") != FORMAT_VERSION:
         raise FinetuneError(f"{run_dir}: run format {info.get('format_version')} is not supported (expected {FORMAT_VERSION})")
-    classes = read_json(run_dir / "labels.json")["classes"]
-    preprocessing = read_json(run_dir / "preprocessing.json")
-    backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
-    model = FineTuneModel(backbone, len(classes), float(info["head"].get("dropout", 0.0)))
-    if info.get("adapter"):  # adapters saved unmerged: re-insert the layers the weights belong to
-        from .strategies.lora import apply_adapter
+    return info
 
-        apply_adapter(model, info["adapter"])
-    weights = run_dir / "model.safetensors"
+
+def read_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The run's ``model.safetensors`` (never a pickle: one in its place is refused, not loaded)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(run_dir) / "model.safetensors"
     if not weights.is_file():
-        pickles = sorted(p for p in run_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        pickles = sorted(p for p in Path(run_dir).iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
             raise pickle_refusal(pickles[0])
         raise FinetuneError(f"{weights} is missing: {run_dir} is not a complete finetunekit run directory")
     try:
-        state = load_file(str(weights))
+        return load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         if _is_pickle(weights):
             raise pickle_refusal(weights) from None
         raise FinetuneError(f"{weights}: corrupt or truncated weights ({exc})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """``module.load_state_dict(state)``, every key accounted for, or an error naming ``where``."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise FinetuneError(f"{weights}: weights do not fit the saved architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.eval()
-    return model, {**info, "classes": classes, "preprocessing": preprocessing}
+        raise FinetuneError(f"{where}: weights do not fit the saved architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 # -- no code from files: pickles are refused --------------------------------------------------------

@@ -93,7 +93,7 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
 
 
 def _precision(precision: str) -> str:
-    from .trainer import resolve_precision
+    from .runtime import resolve_precision
 
     resolved = resolve_precision(precision)
     return resolved if resolved == precision else f"{resolved} ({precision})"

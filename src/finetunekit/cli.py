@@ -139,7 +139,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="finetunekit", description="Fine-tune pretrained image and text models.")
     parser.add_argument("--version", action="version", version=f"finetunekit {__version__}")

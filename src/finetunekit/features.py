@@ -228,7 +228,7 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
     from torch.utils.data import DataLoader
 
     from .data.pipeline import SequentialBatchSampler, augment_seed, build_dataset, build_loader
-    from .trainer import resolve_precision
+    from .runtime import resolve_precision
 
     started = time.perf_counter()
     recipe, accelerator, d, seed = run.recipe, run.accelerator, run.recipe.data, run.recipe.train.seed

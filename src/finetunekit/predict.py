@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .artifacts import load_model
+from .loading import load_model
 from .data import Examples, LabelMap, read_examples
 from .data.pipeline import build_dataset, build_loader
 from .data.readers import IMAGE_EXTENSIONS

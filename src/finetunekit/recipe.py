@@ -242,7 +242,7 @@ class TrainSpec:
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     # "auto": bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AMX or
-    # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.trainer.resolve_precision
+    # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.runtime.resolve_precision
     precision: Precision = "auto"
     early_stopping_patience: int | None = None  # epochs without improvement; None: off
     metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # chooses the best epoch

@@ -48,6 +48,7 @@ from .errors import DivergenceError, FinetuneError, RecipeError, warn
 from .metrics import classification_metrics, format_metrics
 from .model import FineTuneModel
 from .recipe import Recipe
+from .runtime import distributed, resolve_precision
 from .strategies import STRATEGIES
 from .strategies.regularizers import without_backbone_decay
 
@@ -78,7 +79,7 @@ def make_accelerator(
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(precision)]
     # Accelerate keeps process-wide singletons; several runs in one process (the demo, tests,
     # hyper-parameter trials) each need their own precision and accumulation settings.
-    if not AcceleratorState._shared_state.get("_cpu_launched_distributed") and not _distributed():
+    if not AcceleratorState._shared_state.get("_cpu_launched_distributed") and not distributed():
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
     # Trackers (train.report_to) write under the run directory: RUN_DIR/tensorboard/<run name>/.
@@ -95,32 +96,6 @@ def _dynamo_plugin():
     from accelerate.utils import TorchDynamoPlugin
 
     return TorchDynamoPlugin(backend="inductor", dynamic=True)
-
-
-def _distributed() -> bool:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def resolve_precision(precision: str) -> str:
-    """The precision ``train.precision`` means on this machine ("auto" picks per device)."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16 matrix units (bf16 matmuls several times faster than
-    fp32); without them bf16 autocast on a CPU is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _log(accelerator, quiet: bool, message: str) -> None:

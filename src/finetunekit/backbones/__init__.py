@@ -78,14 +78,26 @@ def _bundled(name: str, pretrained: bool, pooling: str, image_size: int | None) 
 
 @SOURCES.register("run")
 def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
-    from ..artifacts import load_model
+    """The fine-tuned backbone of a finetunekit run (its head is left behind). Built here from the
+    run directory's files, not through the model loader, which sits above the backbones."""
+    from ..artifacts import load_weights, read_run_info, read_weights
 
-    model, _ = load_model(Path(name))
-    if model.adapter is not None:  # a LoRA run saved unmerged: continue from its adapted weights
-        from ..strategies.lora import merge_adapters
+    run_dir = Path(name)
+    info = read_run_info(run_dir)
+    backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
+    adapter = info.get("adapter")
+    if adapter:  # a LoRA run saved unmerged: continue from its adapted weights, merged
+        from ..strategies.lora import inject_adapter
 
-        merge_adapters(model)
-    return model.backbone
+        inject_adapter(backbone, adapter)
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in read_weights(run_dir).items() if k.startswith(prefix)}
+    load_weights(backbone, state, run_dir / "model.safetensors")
+    if adapter:
+        from ..strategies.lora import merge_into_backbone
+
+        merge_into_backbone(backbone)
+    return backbone
 
 
 def create_backbone(name: str, pretrained: bool = True, pooling: str = "auto", image_size: int | None = None) -> Backbone:

@@ -143,25 +143,28 @@ def lora_config(description: dict[str, Any]) -> Any:
     )
 
 
-def apply_adapter(model: nn.Module, description: dict[str, Any]) -> None:
-    """Insert the described LoRA layers into ``model.backbone`` (in place; names gain
-    ``.base_layer`` and ``.lora_A.default`` / ``.lora_B.default``)."""
+def inject_adapter(backbone: nn.Module, description: dict[str, Any]) -> None:
+    """Insert the described LoRA layers into ``backbone`` (in place; names gain ``.base_layer``
+    and ``.lora_A.default`` / ``.lora_B.default``)."""
     if description.get("kind") != "lora":
         raise FinetuneError(f"unknown adapter kind {description.get('kind')!r} in the run directory")
     peft = _peft()
-    peft.inject_adapter_in_model(lora_config(description), adapted_root(model.backbone))
+    peft.inject_adapter_in_model(lora_config(description), adapted_root(backbone))
+
+
+def apply_adapter(model: nn.Module, description: dict[str, Any]) -> None:
+    """Insert the described LoRA layers into ``model.backbone`` and record them on the model."""
+    inject_adapter(model.backbone, description)
     model.adapter = dict(description)
 
 
-def merge_adapters(model: nn.Module) -> bool:
-    """Fold every adapter into its layer's weights and put the plain layer back (peft's
-    merge_and_unload, for adapters injected in place). Returns whether anything was merged."""
-    if getattr(model, "adapter", None) is None:
-        return False
+def merge_into_backbone(backbone: nn.Module) -> None:
+    """Fold every adapter layer of ``backbone`` into its weights and put the plain layer back
+    (peft's merge_and_unload, for adapters injected in place)."""
     _peft()
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    root = adapted_root(model.backbone)
+    root = adapted_root(backbone)
     for name, module in list(root.named_modules()):
         if isinstance(module, BaseTunerLayer):
             module.merge()
@@ -169,6 +172,13 @@ def merge_adapters(model: nn.Module) -> bool:
             setattr(root.get_submodule(parent) if parent else root, child, module.get_base_layer())
     if hasattr(root, "peft_config"):
         del root.peft_config
+
+
+def merge_adapters(model: nn.Module) -> bool:
+    """Merge the model's adapters into its backbone. Returns whether anything was merged."""
+    if getattr(model, "adapter", None) is None:
+        return False
+    merge_into_backbone(model.backbone)
     model.adapter = None
     return True
 
