@@ -49,6 +49,11 @@ class Env:
         write_tsv(root / "train.tsv", make_text_rows(16, 0))
         self.text_run = root / "text_run"
         train(text_recipe_obj(root / "train.tsv", root / "train.tsv", tiny_bert), output=self.text_run, quiet=True)
+        rows = "".join(f"{t}\t{t}\t{label}\n" for t, label in make_text_rows(16, 0))
+        (root / "pairs.tsv").write_text("sentence1\tsentence2\tlabel\n" + rows, encoding="utf-8")
+        self.pair_run = root / "pair_run"
+        pairs = text_recipe_obj(root / "pairs.tsv", root / "pairs.tsv", tiny_bert, data={"text_columns": ["sentence1", "sentence2"]})
+        train(pairs, output=self.pair_run, quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +351,7 @@ def single_class_image_folder(root, env):
 @case
 def unsupported_data_file(root, env):
     path = tsv(root, "data.xlsx", "not a table")
-    return ["train", str(image_recipe(root, path))], f"{path}: not an image folder nor a .csv/.tsv/.jsonl/.txt file"
+    return ["train", str(image_recipe(root, path))], f"{path}: not an image folder nor a .csv/.tsv/.jsonl/.txt/.parquet file"
 
 
 @case
@@ -457,6 +462,91 @@ def csv_row_with_extra_fields(root, env):
 def too_few_rows_to_hold_out_validation(root, env):
     path = tsv(root, "train.tsv", "sentence\tlabel\ngood film\tpos\nbad film\tneg\n")
     return ["train", str(text_recipe(root, env, path))], f"{path}: too few examples to hold out a validation split; give data.val"
+
+
+# -- data: sentence pairs and image tables ---------------------------------------------------------
+
+PAIR_ROWS = "sentence1\tsentence2\tlabel\ngood film\tfine plot\tpos\nbad film\tdull plot\tneg\n"
+
+
+@case
+def pair_column_missing(root, env):
+    path = tsv(root, "train.tsv", PAIR_ROWS)
+    return (["train", str(text_recipe(root, env, path, data={"text_columns": ["sentence1", "hypothesis"]}))],
+            f"{path}: no pair column 'hypothesis' (columns: sentence1, sentence2, label); set data.text_columns")
+
+
+@case
+def pair_column_missing_in_validation(root, env):
+    train_path = tsv(root, "train.tsv", PAIR_ROWS)
+    val = tsv(root, "dev.tsv", "sentence1\tlabel\ngood film\tpos\n")
+    return (["train", str(text_recipe(root, env, train_path, val, data={"text_columns": ["sentence1", "sentence2"]}))],
+            f"{val}: no pair column 'sentence2' (columns: sentence1, label); set data.text_columns")
+
+
+@case
+def pair_with_an_empty_second_text(root, env):
+    path = tsv(root, "train.tsv", "sentence1\tsentence2\tlabel\ngood film\tfine\tpos\nbad film\t \tneg\n")
+    return (["train", str(text_recipe(root, env, path, data={"text_columns": ["sentence1", "sentence2"]}))],
+            f"{path}:3: empty text in column 'sentence2'")
+
+
+@case
+def text_columns_not_two(root, env):
+    path = tsv(root, "train.tsv", PAIR_ROWS)
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": {"backbone": f"hf:{env.tiny_bert}"},
+                                      "data": {"train": str(path), "text_columns": ["sentence1"]}}), encoding="utf-8")
+    return (["train", str(recipe)],
+            f"{recipe}: data.text_columns: give two column names (first and second text of each pair), got ['sentence1']")
+
+
+def _image_table(root: Path, text: str, name: str = "train.csv") -> Path:
+    make_image_folder(root / "photos", per_class=2, classes=("a", "b"), size=16)
+    return tsv(root, name, text)
+
+
+@case
+def image_table_file_missing(root, env):
+    table = _image_table(root, "file,label\nphotos/a/a_0.png,a\nphotos/a/gone.png,a\nphotos/b/b_0.png,b\n")
+    return (["train", str(image_recipe(root, table))],
+            f"{table}:3: image file not found: {root}/photos/a/gone.png (column 'file'; paths are relative to the table's folder)")
+
+
+@case
+def image_table_column_missing(root, env):
+    table = _image_table(root, "file,label\nphotos/a/a_0.png,a\nphotos/b/b_0.png,b\n")
+    return (["train", str(image_recipe(root, table, data={"image_column": "image"}))],
+            f"{table}: no image file column 'image' (columns: file, label); set data.image_column")
+
+
+@case
+def image_table_row_not_an_image(root, env):
+    tsv(root, "notes.txt", "x")
+    table = _image_table(root, "file,label\nphotos/a/a_0.png,a\nnotes.txt,b\n")
+    return (["train", str(image_recipe(root, table))],
+            f"{table}:3: {root}/notes.txt is not an image file (.bmp, .gif, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp)")
+
+
+@case
+def parquet_file_unreadable(root, env):
+    path = tsv(root, "train.parquet", "not parquet at all")
+    return (["train", str(text_recipe(root, env, path))],
+            f"{path}: not a readable Parquet file (Parquet magic bytes not found in footer. Either the file is corrupted or this is not a parquet file.)")
+
+
+@case
+def predict_single_text_with_a_pair_model(root, env):
+    shutil.copytree(env.pair_run, root / "run")
+    return (["predict", str(root / "run"), "good film"],
+            "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file")
+
+
+@case
+def predict_pair_with_a_single_text_model(root, env):
+    shutil.copytree(env.text_run, root / "run")
+    return (["predict", str(root / "run"), "--pair", "good", "film"],
+            "--pair: this model takes single texts, not pairs (it was not trained with data.text_columns)")
 
 
 # -- run directories -------------------------------------------------------------------------------

@@ -25,11 +25,18 @@ if TYPE_CHECKING:
     from .trainer import train
 
 
-def evaluate(run_dir: str, data: str, text_column: str | None = None, label_column: str = "label") -> dict[str, Any]:
-    """Metrics of a run directory's model on a labelled data set."""
+def evaluate(
+    run_dir: str,
+    data: str,
+    text_column: str | None = None,
+    label_column: str = "label",
+    text_columns: list[str] | None = None,
+    image_column: str | None = None,
+) -> dict[str, Any]:
+    """Metrics of a run directory's model on a labelled data set (see ``Predictor.evaluate``)."""
     from .predict import load
 
-    return load(run_dir).evaluate(data, text_column=text_column, label_column=label_column)
+    return load(run_dir).evaluate(data, text_column, label_column, text_columns=text_columns, image_column=image_column)
 
 
 def __getattr__(name: str) -> Any:

@@ -87,7 +87,7 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         f"- Training took {metrics.get('train_seconds', 0):.0f} s; the full resolved recipe is `recipe.yaml`, "
         "the per-epoch numbers `metrics.jsonl`",
         "",
-        *how_to_load(run_dir, modality),
+        *how_to_load(run_dir, modality, pairs=bool(recipe.data.text_columns)),
     ]
     atomic_write_text(Path(run_dir) / "README.md", _front_matter(meta) + "\n".join(lines) + "\n")
 
@@ -162,6 +162,10 @@ def _input_summary(recipe, modality: str) -> str:
     if modality == "image":
         size = recipe.model.image_size
         return "RGB images, resized and centre-cropped" + (f" to {size} px" if size else " to the backbone's input size") + " (`preprocessing.json`)"
+    if recipe.data.text_columns:
+        first, second = recipe.data.text_columns
+        return (f"sentence pairs (`{first}`, `{second}`), tokenized together with segment ids and truncated to "
+                f"{recipe.data.max_length} tokens, the longer text first (`preprocessing.json`)")
     return f"texts, tokenized and truncated to {recipe.data.max_length} tokens (`preprocessing.json`)"
 
 
@@ -212,8 +216,10 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def how_to_load(run_dir: Path, modality: str) -> list[str]:
+def how_to_load(run_dir: Path, modality: str, pairs: bool = False) -> list[str]:
     example = '["path/to/image.jpg"]' if modality == "image" else '["a sentence to classify"]'
+    if pairs:
+        example = '[("the first text", "the second text")]'
     native = "timm" if modality == "image" else "hf"
     return [
         "## How to load",
@@ -223,7 +229,7 @@ def how_to_load(run_dir: Path, modality: str) -> list[str]:
         f'model = finetunekit.load("{run_dir}")',
         f"model.predict({example})",
         "```",
-        f"or `finetunekit predict {run_dir} INPUTS...`. Without finetunekit: `finetunekit export {run_dir} --format {native}` "
+        f"or `finetunekit predict {run_dir} {'--pair FIRST SECOND' if pairs else 'INPUTS...'}`. Without finetunekit: `finetunekit export {run_dir} --format {native}` "
         f"writes a {'timm' if native == 'timm' else 'transformers'} directory, `--format onnx` an ONNX model, each with "
         "its loading code in its README.md (docs/report-and-export.md has all three).",
     ]

@@ -3,7 +3,7 @@
     finetunekit train recipe.yaml --set train.lr=3e-4 --output runs/x
     finetunekit resume runs/x            (or: finetunekit train recipe.yaml --output runs/x --resume)
     finetunekit evaluate RUN_DIR DATA
-    finetunekit predict RUN_DIR INPUT...
+    finetunekit predict RUN_DIR INPUT...    (a sentence-pair model: --pair FIRST SECOND, repeatable)
     finetunekit report RUN_DIR
     finetunekit compare RUN_DIR RUN_DIR... --output compare.html
     finetunekit export RUN_DIR --format onnx|hf|timm
@@ -54,7 +54,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import format_metrics
     from .predict import load
 
-    metrics = load(args.run_dir).evaluate(args.data, text_column=args.text_column, label_column=args.label_column)
+    metrics = load(args.run_dir).evaluate(
+        args.data, text_column=args.text_column, label_column=args.label_column, text_columns=args.text_columns,
+        image_column=args.image_column,
+    )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -67,17 +70,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import load
 
     predictor = load(args.run_dir)
-    inputs = list(args.inputs)
+    if predictor.text_columns and args.inputs:
+        raise FinetuneError(
+            "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file"
+        )
+    if args.pair and not predictor.text_columns:
+        raise FinetuneError("--pair: this model takes single texts, not pairs (it was not trained with data.text_columns)")
+    inputs: list = [*args.inputs, *(tuple(pair) for pair in args.pair or [])]
     if args.file:
-        inputs += read_examples(args.file, predictor.modality, args.text_column, require_labels=False).inputs
+        columns = args.text_columns or predictor.text_columns
+        inputs += read_examples(
+            args.file, predictor.modality, args.text_column, require_labels=False, text_columns=columns, image_column=args.image_column
+        ).inputs
     if not inputs:
         raise FinetuneError("predict: give inputs (image paths or texts) or --file")
     probs = predictor.predict_proba(inputs)
     labels = predictor.labels.decode(probs.argmax(axis=1).tolist())
-    for text, label, row in zip(inputs, labels, probs, strict=True):
+    for item, label, row in zip(inputs, labels, probs, strict=True):
         if args.json:
-            print(json.dumps({"input": text, "label": label, "probabilities": dict(zip(predictor.classes, row.tolist(), strict=True))}))
+            shown = list(item) if isinstance(item, tuple) else item
+            print(json.dumps({"input": shown, "label": label, "probabilities": dict(zip(predictor.classes, row.tolist(), strict=True))}))
         else:
+            text = "\t".join(item) if isinstance(item, tuple) else item
             print(f"{label}\t{row.max():.4f}\t{text}")
     return 0
 
@@ -160,16 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a run on a labelled data set")
     p.add_argument("run_dir")
-    p.add_argument("data", help="image folder or .csv/.tsv/.jsonl file with labels")
+    p.add_argument("data", help="image folder, or a .csv/.tsv/.jsonl/.parquet table (texts or image files) with labels")
     p.add_argument("--text-column")
+    p.add_argument("--text-columns", nargs=2, metavar=("FIRST", "SECOND"),
+                   help="sentence pairs: the two text columns (default: the run's data.text_columns)")
+    p.add_argument("--image-column", help="image tables: the column of image files (relative to the table)")
     p.add_argument("--label-column", default="label")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = sub.add_parser("predict", help="predict labels with a run directory")
     p.add_argument("run_dir")
     p.add_argument("inputs", nargs="*", help="image paths, or texts")
-    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image folder) to predict")
+    p.add_argument("--pair", nargs=2, action="append", metavar=("FIRST", "SECOND"),
+                   help="one sentence pair, for a model trained with data.text_columns (repeatable)")
+    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt/.parquet table of texts, pairs or image files "
+                   "(or an image folder) to predict")
     p.add_argument("--text-column")
+    p.add_argument("--text-columns", nargs=2, metavar=("FIRST", "SECOND"),
+                   help="--file of pairs: the two text columns (default: the run's data.text_columns)")
+    p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
 
     p = sub.add_parser("report", help="(re)write a run's HTML report (RUN_DIR/report.html)")

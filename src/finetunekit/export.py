@@ -41,6 +41,12 @@ SAMPLE_TEXTS = [
     "the plot never comes together, and the acting is flat from start to finish",
     "not bad at all",
 ]
+SAMPLE_PAIRS = [
+    ("A man is playing a guitar on stage.", "Someone is making music."),
+    ("The cat sleeps.", "A dog is running through a field of tall grass near the river."),
+    ("Prices rose sharply last year, according to the report released on Monday.", "Prices fell."),
+    ("She won.", "She lost."),
+]
 
 
 @dataclass
@@ -106,7 +112,7 @@ def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, over
 
 @dataclass
 class Sample:
-    inputs: list[str] | None  # image paths or texts; None for synthetic pixels
+    inputs: list[Any] | None  # image paths, texts or (first, second) pairs; None for synthetic pixels
     batch: dict[str, torch.Tensor]  # made by the run's own preprocessing
 
 
@@ -124,6 +130,9 @@ def sample_batches(predictor, limit: int = 8) -> list[Sample]:
             size = int(predictor.preprocessing["input_size"])
             pixels = torch.randn(5, 3, size, size, generator=generator)
             return [Sample(None, {"pixel_values": pixels[:2]}), Sample(None, {"pixel_values": pixels[2:]})]
+    elif predictor.text_columns:  # a pair model: pairs saved as [first, second]
+        pairs = [tuple(p) for p in saved[:limit]]
+        inputs = pairs + SAMPLE_PAIRS
     else:
         inputs = (saved[:limit] + SAMPLE_TEXTS) if saved else SAMPLE_TEXTS
     max_length = int(predictor.preprocessing.get("max_length", 512))
@@ -214,7 +223,8 @@ def _write_and_check_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
     got = []
     with torch.no_grad():  # raw texts through the exported tokenizer, as a user would call it
         for sample in batches:
-            encoded = loaded_tokenizer(sample.inputs, padding=True, truncation=True, return_tensors="pt")
+            texts = [[a for a, _ in sample.inputs], [b for _, b in sample.inputs]] if predictor.text_columns else [sample.inputs]
+            encoded = loaded_tokenizer(*texts, padding=True, truncation=True, return_tensors="pt")
             got.append(loaded(**encoded).logits.float().numpy())
     return _compare(_reference(predictor, batches), got, batches)
 
@@ -320,7 +330,11 @@ def loading_code(fmt: str, target: Path, predictor) -> list[str]:
             "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
             f'model = AutoModelForSequenceClassification.from_pretrained("{d}", trust_remote_code=True).eval()',
             f'tokenizer = AutoTokenizer.from_pretrained("{d}", trust_remote_code=True)',
-            'batch = tokenizer(["a sentence to classify"], padding=True, truncation=True, return_tensors="pt")',
+            (
+                'batch = tokenizer(["first text of the pair"], ["second text"], padding=True, truncation=True, return_tensors="pt")'
+                if predictor.text_columns
+                else 'batch = tokenizer(["a sentence to classify"], padding=True, truncation=True, return_tensors="pt")'
+            ),
             "with torch.no_grad():",
             "    probs = model(**batch).logits.softmax(-1)",
             "print([model.config.id2label[i] for i in probs.argmax(-1).tolist()])",
@@ -353,7 +367,8 @@ def loading_code(fmt: str, target: Path, predictor) -> list[str]:
         ]
     inputs = "pixel_values (N, 3, H, W) float32, normalised as in preprocessing.json" if predictor.modality == "image" else (
         "input_ids, attention_mask" + (", token_type_ids" if "token_type_ids" in predictor.model.backbone.tokenizer.model_input_names else "")
-        + " (N, L) int64, from the tokenizer in tokenizer/")
+        + " (N, L) int64, from the tokenizer in tokenizer/"
+        + (" called on both texts of each pair, tokenizer(firsts, seconds, padding=True, truncation=True)" if predictor.text_columns else ""))
     return [
         "```python",
         "import json, onnxruntime",

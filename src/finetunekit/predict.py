@@ -8,6 +8,8 @@ Example::
     model.predict(["val/ants/1.jpg"])          # ['ants']
     model.predict_proba(["val/ants/1.jpg"])    # array([[0.98, 0.02]])
     model.evaluate("hymenoptera_data/val")     # metrics dict
+    pairs = finetunekit.load("runs/rte")       # trained with data.text_columns: takes (first, second)
+    pairs.predict([("A man plays a guitar.", "Someone makes music.")])
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Predictor:
         self.labels = LabelMap(tuple(info["classes"]))
         self.preprocessing: dict[str, Any] = info["preprocessing"]
         self.modality: str = info["modality"]
+        # a sentence-pair model (data.text_columns): inputs are (first, second) pairs
+        self.text_columns: list[str] | None = self.preprocessing.get("text_columns")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.batch_size = batch_size
@@ -46,9 +50,14 @@ class Predictor:
     def classes(self) -> list[str]:
         return list(self.labels.classes)
 
-    def _examples(self, inputs: list[str] | Examples) -> Examples:
+    def _examples(self, inputs: list[Any] | Examples) -> Examples:
         if isinstance(inputs, Examples):
             return inputs
+        if self.text_columns:
+            return Examples([_pair(item) for item in inputs], None, "inputs", self.modality)
+        for item in inputs:
+            if isinstance(item, (tuple, list)):
+                raise DataError(f"this model takes single texts, not pairs (it was not trained with data.text_columns): {_shown(str(item))}")
         inputs = [str(x) for x in inputs]
         for item in inputs:
             suffix = Path(item).suffix.lower() if _is_file(item) else None
@@ -60,8 +69,9 @@ class Predictor:
         return Examples(inputs, None, "inputs", self.modality)
 
     @torch.no_grad()
-    def predict_proba(self, inputs: list[str] | Examples) -> np.ndarray:
-        """Class probabilities, shape (len(inputs), num_classes), columns in ``self.classes`` order."""
+    def predict_proba(self, inputs: list[Any] | Examples) -> np.ndarray:
+        """Class probabilities, shape (len(inputs), num_classes), columns in ``self.classes`` order.
+        ``inputs``: image paths, texts, or for a pair model ``(first, second)`` pairs."""
         examples = self._examples(inputs)
         if len(examples) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -83,17 +93,33 @@ class Predictor:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
-    def predict(self, inputs: list[str] | Examples) -> list[str]:
+    def predict(self, inputs: list[Any] | Examples) -> list[str]:
         """Predicted class names."""
         return self.labels.decode(self.predict_proba(inputs).argmax(axis=1).tolist())
 
-    def evaluate(self, data: str | Path, text_column: str | None = None, label_column: str = "label") -> dict[str, Any]:
-        """Metrics on a labelled set (an image folder or a text table), with this run's preprocessing."""
-        examples = read_examples(data, self.modality, text_column, label_column)
+    def evaluate(
+        self,
+        data: str | Path,
+        text_column: str | None = None,
+        label_column: str = "label",
+        text_columns: list[str] | None = None,
+        image_column: str | None = None,
+    ) -> dict[str, Any]:
+        """Metrics on a labelled set (an image folder or table, or a text table), with this run's
+        preprocessing; a pair model reads its pairs from the run's ``text_columns`` unless given."""
+        columns = text_columns or self.text_columns
+        examples = read_examples(data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column)
         labels = np.array(self.labels.encode(examples.labels or [], examples.source))
         probs = self.predict_proba(examples)
         loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
         return {**classification_metrics(probs, labels, self.labels.classes, loss), "eval_set": examples.source}
+
+
+def _pair(item: Any) -> tuple[str, str]:
+    """One input of a pair model: a (first, second) tuple, or a two-item list (as JSON gives it)."""
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
+        return str(item[0]), str(item[1])
+    raise DataError(f"this model takes sentence pairs (first, second), not {_shown(str(item))}")
 
 
 def _is_file(item: str) -> bool:

@@ -57,10 +57,16 @@ class ModelSpec:
 class DataSpec:
     """Where the labelled examples are and how to read them."""
 
-    train: str = ""  # image folder, or a .csv/.tsv/.jsonl file of texts
+    train: str = ""  # image folder, or a .csv/.tsv/.jsonl/.parquet table of texts or of image files
     val: str | None = None  # when absent, a seeded stratified split of `train`
     val_fraction: float = 0.2
     text_column: str | None = None  # None: 'text', 'sentence' or the first non-label column
+    # sentence pairs: two columns, e.g. [sentence1, sentence2], encoded together the way the
+    # tokenizer encodes pairs (segment ids; truncation cuts the longer text first); replaces text_column
+    text_columns: list[str] | None = None
+    # image tables: the column of image files, relative to the table's folder (None: 'file',
+    # 'image', 'path', ... or the first non-label column)
+    image_column: str | None = None
     label_column: str = "label"
     max_length: int = 128  # tokens, text only
     max_train_samples: int | None = None  # keep the first N training rows (after shuffling by seed)
@@ -92,6 +98,16 @@ class DataSpec:
         _check_range("data.cache_views", self.cache_views, 0, 1000)
         if self.max_train_samples is not None:
             _check_range("data.max_train_samples", self.max_train_samples, 1, 10**12)
+        if self.text_columns is not None:
+            columns = self.text_columns
+            if len(columns) != 2 or not all(c.strip() for c in columns):
+                raise RecipeError(f"data.text_columns: give two column names (first and second text of each pair), got {columns}")
+            if columns[0] == columns[1]:
+                raise RecipeError(f"data.text_columns: names column {columns[0]!r} twice; a pair needs two columns")
+            if self.label_column in columns:
+                raise RecipeError(f"data.text_columns: {self.label_column!r} is the label column (data.label_column)")
+            if self.text_column is not None:
+                raise RecipeError("data.text_column and data.text_columns exclude each other: give one text column, or two for pairs")
 
 
 @dataclass

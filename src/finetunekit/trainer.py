@@ -212,7 +212,9 @@ def _read_data(recipe: Recipe, modality: str) -> tuple[Examples, Examples, Label
     d, seed = recipe.data, recipe.train.seed
     if not d.train:
         raise RecipeError("data.train: no training data given (a folder of images or a .csv/.tsv/.jsonl file)")
-    train_ex, val_ex = resolve_splits(d.train, d.val, modality, d.val_fraction, seed, d.text_column, d.label_column)
+    train_ex, val_ex = resolve_splits(
+        d.train, d.val, modality, d.val_fraction, seed, d.text_column, d.label_column, d.text_columns, d.image_column
+    )
     if d.max_train_samples is not None and d.max_train_samples < len(train_ex):
         keep = list(range(len(train_ex)))
         random.Random(seed).shuffle(keep)
@@ -239,6 +241,8 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
     preprocessing = backbone.preprocessing()
     if backbone.modality == "text":
         preprocessing["max_length"] = d.max_length
+        if d.text_columns:  # a pair model: predict and evaluate take pairs, read from these columns
+            preprocessing["text_columns"] = list(d.text_columns)
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
     groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
     if recipe.strategy.l2sp_alpha:

@@ -91,9 +91,16 @@ class HFTextBackbone(Backbone):
                 groups[0].append(name)
         return [g for g in groups if g]
 
-    def tokenize(self, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
+    def tokenize(self, texts: list[str] | list[tuple[str, str]], max_length: int) -> dict[str, list[list[int]]]:
+        """Token ids of texts, or of sentence pairs ``(first, second)`` encoded the way the tokenizer
+        encodes pairs: both texts with the separator between them, segment ids (``token_type_ids``)
+        0 then 1 where the model has them, and the longer text truncated first."""
         max_length = min(max_length, self.max_positions)
-        encoded = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+        if texts and not isinstance(texts[0], str):
+            first, second = [a for a, _ in texts], [b for _, b in texts]
+            encoded = self.tokenizer(first, second, truncation="longest_first", max_length=max_length, padding=False)
+        else:
+            encoded = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
         return {k: list(v) for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     @property

@@ -1,4 +1,17 @@
-"""Readers turn a path into Examples: inputs (image paths or texts) and their string labels."""
+"""Readers turn a path into Examples: inputs (image paths, texts or sentence pairs) and their
+string labels.
+
+Images come from class folders (``root/<class>/<image>``) or from a table; texts from a table.
+A table is a .csv, .tsv (or .txt), .jsonl or .parquet file with a header; Parquet is read through
+pyarrow (imported only for Parquet files). In an image table a file column names each image,
+relative to the table's folder (absolute paths are kept).
+
+Example::
+
+    read_examples("train.tsv", "text", text_columns=["sentence1", "sentence2"]).inputs[0]
+    # ('A man is playing a guitar.', 'Someone plays an instrument.')
+    read_examples("photos.csv", "image").inputs[0]   # 'photos/img_001.jpg' (the 'file' column)
+"""
 
 from __future__ import annotations
 
@@ -13,13 +26,18 @@ from pathlib import Path
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-TEXT_EXTENSIONS = {".csv", ".tsv", ".jsonl", ".txt"}
+TABLE_EXTENSIONS = {".csv", ".tsv", ".jsonl", ".txt", ".parquet"}
+TEXT_EXTENSIONS = TABLE_EXTENSIONS  # texts come in tables
 TEXT_COLUMN_GUESSES = ("text", "sentence", "sentence1", "review", "content", "question", "document")
+IMAGE_COLUMN_GUESSES = ("file", "image", "path", "filename", "file_name", "image_path", "filepath")
+
+# An input: an image path, a text, or a sentence pair (first, second).
+Input = str | tuple[str, str]
 
 
 @dataclass
 class Examples:
-    inputs: list[str]
+    inputs: list[Input]
     labels: list[str] | None
     source: str
     modality: str
@@ -44,7 +62,11 @@ def detect_modality(path: Path) -> str:
         return "text"
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return "image"
-    raise DataError(f"{path}: not an image folder nor a .csv/.tsv/.jsonl/.txt file")
+    raise DataError(f"{path}: not an image folder nor a .csv/.tsv/.jsonl/.txt/.parquet file")
+
+
+def is_table(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in TABLE_EXTENSIONS
 
 
 def read_examples(
@@ -53,17 +75,22 @@ def read_examples(
     text_column: str | None = None,
     label_column: str = "label",
     require_labels: bool = True,
+    text_columns: list[str] | None = None,
+    image_column: str | None = None,
 ) -> Examples:
-    """Read a labelled data set (an ImageFolder-style directory, or a text table)."""
+    """Read a labelled data set: an ImageFolder-style directory, a table of image files, or a table
+    of texts (``text_columns``: two columns read as sentence pairs)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path not found: {path}")
     found = detect_modality(path)
+    if modality == "image" and is_table(path):
+        return _read_image_table(path, image_column, label_column, require_labels)
     if found != modality:
         raise DataError(f"{path}: is {found} data, but the model's backbone takes {modality}")
     if modality == "image":
         return _read_image_folder(path)
-    return _read_text_table(path, text_column, label_column, require_labels)
+    return _read_text_table(path, text_column, label_column, require_labels, text_columns)
 
 
 def _read_image_folder(root: Path) -> Examples:
@@ -127,40 +154,104 @@ def check_images(examples: Examples, policy: str = "fail") -> Examples:
     return kept
 
 
-def _read_text_table(path: Path, text_column: str | None, label_column: str, require_labels: bool) -> Examples:
+def _read_text_table(
+    path: Path, text_column: str | None, label_column: str, require_labels: bool, text_columns: list[str] | None = None
+) -> Examples:
+    rows, columns = _table(path)
+    if text_columns:
+        for column in text_columns:
+            if column not in columns:
+                raise DataError(f"{path}: no pair column {column!r} (columns: {', '.join(columns)}); set data.text_columns")
+        wanted = list(text_columns)
+    else:
+        if text_column is None:
+            text_column = next((c for c in TEXT_COLUMN_GUESSES if c in columns), None)
+            if text_column is None:
+                text_column = next((c for c in columns if c != label_column), None)
+        if text_column not in columns:
+            raise DataError(f"{path}: no text column {text_column!r} (columns: {', '.join(columns)}); set data.text_column")
+        wanted = [text_column]
+    has_labels = _check_label_column(path, columns, label_column, require_labels)
+    inputs: list[Input] = []
+    labels: list[str] = []
+    for where, row in rows:
+        texts = []
+        for column in wanted:
+            text = row.get(column)
+            if _blank(text):
+                raise DataError(f"{where}: empty text in column {column!r}")
+            texts.append(str(text).strip())
+        inputs.append(texts[0] if len(texts) == 1 else (texts[0], texts[1]))
+        if has_labels:
+            labels.append(_label(row, label_column, where))
+    return Examples(inputs, labels if has_labels else None, str(path), "text")
+
+
+def _read_image_table(path: Path, image_column: str | None, label_column: str, require_labels: bool) -> Examples:
+    """A table with one image file per row; relative paths are relative to the table's folder."""
+    rows, columns = _table(path)
+    if image_column is None:
+        image_column = next((c for c in IMAGE_COLUMN_GUESSES if c in columns), None)
+        if image_column is None:
+            image_column = next((c for c in columns if c != label_column), None)
+            first = str(rows[0][1].get(image_column, "")).strip()
+            if Path(first).suffix.lower() not in IMAGE_EXTENSIONS:  # a table of texts, not of image files
+                raise DataError(f"{path}: is text data, but the model's backbone takes image")
+    if image_column not in columns:
+        raise DataError(f"{path}: no image file column {image_column!r} (columns: {', '.join(columns)}); set data.image_column")
+    has_labels = _check_label_column(path, columns, label_column, require_labels)
+    inputs: list[Input] = []
+    labels: list[str] = []
+    for where, row in rows:
+        name = row.get(image_column)
+        if _blank(name):
+            raise DataError(f"{where}: empty image path in column {image_column!r}")
+        file = path.parent / str(name).strip()
+        if not file.is_file():
+            raise DataError(f"{where}: image file not found: {file} (column {image_column!r}; paths are relative to the table's folder)")
+        if file.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"{where}: {file} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        inputs.append(str(file))
+        if has_labels:
+            labels.append(_label(row, label_column, where))
+    return Examples(inputs, labels if has_labels else None, str(path), "image")
+
+
+def _table(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(rows as (location, row dict), column names) of a non-empty table."""
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     rows = list(_iter_rows(path))
     if not rows:
         raise DataError(f"{path}: no data rows")
-    columns = list(rows[0][1].keys())
-    if text_column is None:
-        text_column = next((c for c in TEXT_COLUMN_GUESSES if c in columns), None)
-        if text_column is None:
-            text_column = next((c for c in columns if c != label_column), None)
-    if text_column not in columns:
-        raise DataError(f"{path}: no text column {text_column!r} (columns: {', '.join(columns)}); set data.text_column")
+    return rows, list(rows[0][1].keys())
+
+
+def _check_label_column(path: Path, columns: list[str], label_column: str, require_labels: bool) -> bool:
     has_labels = label_column in columns
     if require_labels and not has_labels:
         raise DataError(f"{path}: no label column {label_column!r} (columns: {', '.join(columns)}); set data.label_column")
-    inputs: list[str] = []
-    labels: list[str] = []
-    for line, row in rows:
-        text = row.get(text_column)
-        if text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip():
-            raise DataError(f"{path}:{line}: empty text in column {text_column!r}")
-        inputs.append(str(text).strip())
-        if has_labels:
-            label = row.get(label_column)
-            if label is None or (isinstance(label, float) and math.isnan(label)) or str(label).strip() == "":
-                raise DataError(f"{path}:{line}: missing label in column {label_column!r}")
-            labels.append(str(label).strip())
-    return Examples(inputs, labels if has_labels else None, str(path), "text")
+    return has_labels
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
+def _label(row: dict, label_column: str, where: str) -> str:
+    label = row.get(label_column)
+    if label is None or (isinstance(label, float) and math.isnan(label)) or str(label).strip() == "":
+        raise DataError(f"{where}: missing label in column {label_column!r}")
+    return str(label).strip()
 
 
 def _iter_rows(path: Path):
-    """Yield (line number, row dict) for CSV, TSV or JSONL files."""
+    """Yield (location, row dict) for CSV, TSV, JSONL or Parquet files; the location names the
+    file and the line (``train.csv:12``), or the data row for Parquet (``train.parquet: row 12``)."""
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        yield from _parquet_rows(path)
+        return
     try:
         with path.open(encoding="utf-8", newline="") as handle:
             if suffix == ".jsonl":
@@ -173,7 +264,7 @@ def _iter_rows(path: Path):
                         raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
                     if not isinstance(row, dict):
                         raise DataError(f"{path}:{number}: expected a JSON object per line")
-                    yield number, row
+                    yield f"{path}:{number}", row
                 return
             # TSV files like GLUE's contain bare quotes inside sentences: no quoting for tabs.
             if suffix in (".tsv", ".txt"):
@@ -187,9 +278,27 @@ def _iter_rows(path: Path):
                     raise DataError(f"{path}:{reader.line_num}: more fields than the header's {len(reader.fieldnames)}")
                 if all(v is None or not str(v).strip() for v in row.values()):
                     continue
-                yield reader.line_num, row
+                yield f"{path}:{reader.line_num}", row
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _parquet_rows(path: Path):
+    """Rows of a Parquet file as dicts of Python values, through pyarrow (imported here only)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs the package 'pyarrow' (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for files it cannot read
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(f"{path}': ", 1)[-1][:200]  # pyarrow repeats the path: it is named once already
+        raise DataError(f"{path}: not a readable Parquet file ({first})") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        if all(_blank(v) for v in row.values()):
+            continue
+        yield f"{path}: row {number}", row
 
 
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -216,6 +325,8 @@ def resolve_splits(
     seed: int,
     text_column: str | None = None,
     label_column: str = "label",
+    text_columns: list[str] | None = None,
+    image_column: str | None = None,
 ) -> tuple[Examples, Examples]:
     """(train, val) examples: an explicit val set, an image root's train/ and val/, or a seeded split."""
     root = Path(train_path)
@@ -224,9 +335,10 @@ def resolve_splits(
             if (root / name).is_dir():
                 train_path, val_path = str(root / "train"), str(root / name)
                 break
-    train = read_examples(train_path, modality, text_column, label_column)
+    columns = {"text_columns": text_columns, "image_column": image_column}
+    train = read_examples(train_path, modality, text_column, label_column, **columns)
     if val_path is not None:
-        val = read_examples(val_path, modality, text_column, label_column)
+        val = read_examples(val_path, modality, text_column, label_column, **columns)
     else:
         train_idx, val_idx = stratified_split(train.labels or [], val_fraction, seed)
         if not val_idx:

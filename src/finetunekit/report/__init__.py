@@ -127,9 +127,14 @@ def _errors(run: RunData) -> str:
     elif run.modality == "image":
         body = intro + '<div class="gallery">' + "".join(html.image_tile(r) for r in errors) + "</div>"
     else:
-        rows = [[r["input"], r["label"], r["predicted"], f"{r['confidence']:.1%}"] for r in errors]
+        # a sentence pair is saved as [first, second]: shown as both texts, one after the other
+        rows = [[_text(r["input"]), r["label"], r["predicted"], f"{r['confidence']:.1%}"] for r in errors]
         body = intro + html.table(["text", "true", "predicted", "confidence"], rows, [["text", "true", "pred", ""]] * len(rows))
     return html.section("errors", "Worst errors", body)
+
+
+def _text(value) -> str:
+    return " ‖ ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 # -- comparison ----------------------------------------------------------------------------------
