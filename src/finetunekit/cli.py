@@ -4,6 +4,9 @@
     finetunekit resume runs/x            (or: finetunekit train recipe.yaml --output runs/x --resume)
     finetunekit evaluate RUN_DIR DATA
     finetunekit predict RUN_DIR INPUT...    (a sentence-pair model: --pair FIRST SECOND, repeatable)
+    finetunekit predict RUN_DIR --input FOLDER_OR_TABLE --output predictions.csv
+    finetunekit serve RUN_DIR --port 8000
+    finetunekit explain RUN_DIR INPUT... --output DIR
     finetunekit report RUN_DIR
     finetunekit compare RUN_DIR RUN_DIR... --output compare.html
     finetunekit export RUN_DIR --format onnx|hf|timm
@@ -69,6 +72,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data import read_examples
     from .predict import load
 
+    if args.input or args.output:
+        return _predict_to_file(args)
     predictor = load(args.run_dir)
     if predictor.text_columns and args.inputs:
         raise FinetuneError(
@@ -93,6 +98,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             text = "\t".join(item) if isinstance(item, tuple) else item
             print(f"{label}\t{row.max():.4f}\t{text}")
+    return 0
+
+
+def _predict_to_file(args: argparse.Namespace) -> int:
+    from .serving.bulk import predict_to_csv
+
+    if not (args.input and args.output):
+        raise FinetuneError("predict: --input FOLDER_OR_TABLE and --output FILE.csv go together")
+    if args.inputs or args.file:
+        raise FinetuneError("predict: give either inputs (or --file) or --input/--output, not both")
+    if args.batch_size < 1:
+        raise FinetuneError(f"--batch-size: expected at least 1, got {args.batch_size}")
+    result = predict_to_csv(args.run_dir, args.input, args.output, batch_size=args.batch_size, column=args.text_column,
+                            restart=args.restart, quiet=args.quiet)
+    resumed = f" (resumed after {result['resumed']})" if result["resumed"] else ""
+    errors = f"; {result['errors']} could not be used (see the error column)" if result["errors"] else ""
+    print(f"predictions: {result['output']}: {result['total']} inputs{resumed}{errors}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serving.app import ServeOptions, serve
+
+    options = ServeOptions(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                           max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_inputs=args.max_inputs)
+    serve(args.run_dir, args.host, args.port, options, threads=args.threads, device=args.device, log_level=args.log_level)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import write_explanations
+
+    inputs = list(args.inputs)
+    if args.file:
+        from .data import read_examples
+        from .predict import _modality
+
+        inputs += read_examples(args.file, _modality(args.run_dir), args.text_column, require_labels=False).inputs
+    if not inputs:
+        raise FinetuneError("explain: give inputs (image paths or texts) or --file")
+    print(f"explanations: {write_explanations(args.run_dir, inputs, args.output)}")
     return 0
 
 
@@ -144,6 +190,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resume": cmd_resume,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "serve": cmd_serve,
+    "explain": cmd_explain,
     "report": cmd_report,
     "compare": cmd_compare,
     "export": cmd_export,
@@ -194,6 +242,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--file of pairs: the two text columns (default: the run's data.text_columns)")
     p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
+    p.add_argument("--input", help="batch mode: an image folder or a .csv/.tsv/.jsonl/.txt table (texts, or image paths)")
+    p.add_argument("--output", "-o", help="batch mode: the CSV file to write (atomically; a rerun resumes)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch mode: inputs per forward pass (default 64)")
+    p.add_argument("--restart", action="store_true", help="batch mode: ignore a partial output left by an earlier run")
+    p.add_argument("--quiet", "-q", action="store_true", help="batch mode: no progress bar")
+
+    p = sub.add_parser("serve", help="an HTTP service (and web page) answering predictions, with dynamic batching")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="most inputs gathered into one forward pass (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for more requests to fill a batch")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body accepted (413 above)")
+    p.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request")
+    p.add_argument("--threads", type=int, help="torch threads for inference (default: every core)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    p = sub.add_parser("explain", help="Grad-CAM overlays (images) or token attributions (texts), as HTML and PNG files")
+    p.add_argument("run_dir")
+    p.add_argument("inputs", nargs="*", help="image paths, or texts")
+    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image folder) to explain")
+    p.add_argument("--text-column")
+    p.add_argument("--output", "-o", required=True, help="directory for index.html, explanations.jsonl and overlays")
 
     p = sub.add_parser("report", help="(re)write a run's HTML report (RUN_DIR/report.html)")
     p.add_argument("run_dir")

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 
 from .loading import load_model
 from .data import Examples, LabelMap, read_examples
-from .data.pipeline import build_dataset, build_loader
+from .data.pipeline import TextCollator, build_dataset, build_loader, image_transform
 from .data.readers import IMAGE_EXTENSIONS
 from .errors import DataError
 from .metrics import classification_metrics
@@ -88,6 +89,48 @@ class Predictor:
             probs[index] = logits.float().softmax(-1).cpu().numpy()
         return probs
 
+    def encode(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """One model batch from inputs already in memory: texts, or decoded RGB ``PIL.Image``s.
+        The same preprocessing as :meth:`predict_proba` (the run's tokenizer and length, or its
+        resize, crop and normalisation), so the same input gets the same answer either way."""
+        if self.modality == "text":
+            max_length = int(self.preprocessing.get("max_length", 512))
+            encoded = self.model.backbone.tokenize(list(items), max_length)
+            rows = [{**{k: v[i] for k, v in encoded.items()}, "index": i} for i in range(len(items))]
+            batch = TextCollator(self.model.backbone.pad_token_id)(rows)
+            batch.pop("index")
+            return batch
+        if not hasattr(self, "_transform"):
+            self._transform = image_transform(self.preprocessing, train=False)
+        return {"pixel_values": torch.stack([self._transform(image) for image in items])}
+
+    def forward_proba(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """Class probabilities of one encoded batch, in the run's precision, without autograd."""
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            logits = self.model({k: v.to(self.device) for k, v in batch.items()})
+        return logits.float().softmax(-1).cpu().numpy()
+
+    def predict_items(self, items: Sequence[Any]) -> np.ndarray:
+        """:meth:`predict_proba` for in-memory inputs (texts or PIL images), one forward pass."""
+        if len(items) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.forward_proba(self.encode(items))
+
+    def answers(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        """The answer for each input, from the model's outputs: the predicted label, its score and
+        every class's score. The service, ``predict --output`` and ``explain`` all answer through
+        this one function, so each answers in the same form."""
+        answers = []
+        for row in np.asarray(probs, dtype=np.float64):
+            best = int(row.argmax())
+            answers.append({
+                "label": self.labels.classes[best],
+                "score": float(row[best]),
+                "scores": {name: float(p) for name, p in zip(self.labels.classes, row, strict=True)},
+            })
+        return answers
+
     def _autocast(self):
         if self.precision == "fp32" or (self.precision == "fp16" and self.device.type == "cpu"):
             return torch.autocast(self.device.type, enabled=False)
@@ -137,3 +180,13 @@ def _shown(item: str) -> str:
 def load(run_dir: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:
     """Rebuild a fine-tuned model from its run directory alone (``precision``: see Predictor)."""
     return Predictor(run_dir, device, precision=precision)
+
+
+def _modality(run_dir: str | Path) -> str:
+    """The run's modality, from its finetunekit.json (without loading the model)."""
+    from .artifacts import MARKER, read_json
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise DataError(f"run directory not found: {path}")
+    return str(read_json(path / MARKER).get("modality", "image"))

@@ -1,0 +1,319 @@
+"""Why the model predicted what it did: Grad-CAM for images, integrated gradients for texts.
+
+* Images (convolutional backbones): Grad-CAM (Selvaraju et al. 2017) on the last feature map, the
+  output of the backbone's last module that still has a spatial grid: the feature maps weighted
+  by the mean gradient of the class's logit, summed over channels, ReLU. Drawn as a heat map over
+  the image as the model saw it (resized and centre-cropped). A backbone without feature maps
+  (a vision transformer's tokens) gets no Grad-CAM, and the explanation says so.
+* Texts: integrated gradients (Sundararajan et al. 2017) of the class's logit over the token
+  embeddings, from a baseline where every token but the special ones ([CLS], [SEP]) is padding;
+  one attribution per token, summed over the embedding dimensions, written as highlighted HTML
+  (green pushes towards the class, red away from it).
+
+Both come from captum (its layer attributions hook the chosen layer; no copy of the model). The
+gradients flow through the backbone even when its weights are frozen (a linear probe): only the
+inputs of the hooked layer need gradients, not the weights.
+
+Example::
+
+    explainer = Explainer(finetunekit.load("runs/ants"))
+    [e] = explainer.explain_paths(["val/ants/1.jpg"])
+    e.overlay().save("ant-gradcam.png")
+    finetunekit explain runs/sst2 "a gripping film" --output explanations/
+"""
+
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import FinetuneError
+
+
+def _captum():
+    try:
+        import captum.attr
+    except ImportError:
+        raise FinetuneError("explanations need captum: pip install 'finetunekit[serve]' (or pip install captum)") from None
+    return captum.attr
+
+
+def explanation_method(predictor) -> dict[str, Any]:
+    """Which method explains this run's predictions, or why none does."""
+    if predictor.modality == "text":
+        return {"method": "integrated-gradients", "over": "token embeddings"}
+    if any(isinstance(m, torch.nn.Conv2d) for m in predictor.model.backbone.modules()):
+        return {"method": "grad-cam", "over": "the last feature map"}
+    return {"method": None, "reason": "Grad-CAM needs a convolutional backbone (feature maps); this one has none"}
+
+
+@dataclass
+class Explanation:
+    method: str | None
+    target: str  # the class explained (the predicted one unless asked otherwise)
+    tokens: list[str] | None = None  # texts: the model's tokens, special ones included
+    attributions: list[float] | None = None  # texts: one per token, scaled so the largest |a| is 1
+    grid: np.ndarray | None = None  # images: Grad-CAM at the feature map's resolution, in [0, 1]
+    image: Any = None  # images: the input as the model saw it (PIL, resized and cropped)
+    reason: str | None = None  # why there is no explanation
+
+    def heatmap(self) -> np.ndarray:
+        """Grad-CAM upsampled to the model's view of the image, in [0, 1]."""
+        from PIL import Image
+
+        grid = Image.fromarray(np.asarray(self.grid, dtype=np.float32), mode="F")
+        return np.asarray(grid.resize(self.image.size, Image.BILINEAR), dtype=np.float32).clip(0, 1)
+
+    def overlay(self, alpha: float = 0.5):
+        """The heat map blended over the image (PIL RGB): hot where the class's evidence is."""
+        from matplotlib import colormaps
+        from PIL import Image
+
+        colours = colormaps["jet"](self.heatmap())[..., :3]
+        base = np.asarray(self.image.convert("RGB"), dtype=np.float32) / 255.0
+        mixed = (1 - alpha) * base + alpha * colours
+        return Image.fromarray((mixed * 255).round().astype(np.uint8))
+
+    def overlay_png(self) -> bytes:
+        buffer = io.BytesIO()
+        self.overlay().save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def words(self) -> list[tuple[str, float]]:
+        """(word, attribution) with word pieces joined back into words and special tokens left out;
+        a word's attribution is the sum of its pieces'."""
+        words: list[tuple[str, float]] = []
+        for token, score in zip(self.tokens or [], self.attributions or [], strict=True):
+            if token.startswith("[") and token.endswith("]") or token in ("<s>", "</s>", "<pad>"):
+                continue
+            if token.startswith("##") and words:
+                words[-1] = (words[-1][0] + token[2:], words[-1][1] + score)
+            else:
+                words.append((token.lstrip("Ġ▁"), score))
+        return words
+
+    def html(self) -> str:
+        """Texts: the words as spans, green for evidence for the class, red against it."""
+        if self.tokens is None:
+            return f'<p class="note">{html_lib.escape(self.reason or "no explanation")}</p>'
+        spans = []
+        for word, score in self.words():
+            colour = "22,163,74" if score >= 0 else "220,38,38"
+            alpha = min(1.0, abs(score)) * 0.75
+            spans.append(f'<span class="attr" title="{score:+.3f}" style="background:rgba({colour},{alpha:.3f})">'
+                         f"{html_lib.escape(word)}</span>")
+        return " ".join(spans)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "target": self.target}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+            out["attributions"] = [round(float(a), 4) for a in self.attributions or []]
+        if self.grid is not None:
+            out["grid"] = np.round(np.asarray(self.grid, dtype=np.float64), 4).tolist()
+            out["overlay"] = "data:image/png;base64," + base64.b64encode(self.overlay_png()).decode("ascii")
+        return out
+
+
+class Explainer:
+    """Explanations for a loaded :class:`finetunekit.predict.Predictor`, in full precision."""
+
+    def __init__(self, predictor, ig_steps: int = 32) -> None:
+        self.predictor = predictor
+        self.model = predictor.model
+        self.ig_steps = ig_steps
+        self.method = explanation_method(predictor)
+        self._layer: torch.nn.Module | None = None
+
+    # -- public --------------------------------------------------------------------------------
+
+    def explain_items(self, items: Sequence[Any], targets: Sequence[int] | None = None) -> list[Explanation]:
+        """Explain in-memory inputs (texts or PIL images); ``targets`` are class indices (default:
+        the predicted class of each input)."""
+        if len(items) == 0:
+            return []
+        if self.method["method"] is None:
+            probs = self.predictor.predict_items(items)
+            return [Explanation(None, self.predictor.classes[int(p.argmax())], reason=self.method["reason"]) for p in probs]
+        batch = self.predictor.encode(items)
+        if targets is None:
+            targets = self.predictor.forward_proba(batch).argmax(axis=1).tolist()
+        targets = [int(t) for t in targets]
+        if self.predictor.modality == "text":
+            return self._explain_texts(batch, targets)
+        return self._explain_images(items, batch, targets)
+
+    def explain_paths(self, inputs: Sequence[str], targets: Sequence[int] | None = None) -> list[Explanation]:
+        """Explain image paths or texts, as ``finetunekit predict`` takes them."""
+        if self.predictor.modality == "image":
+            from .data.pipeline import open_image
+
+            return self.explain_items([open_image(p) for p in inputs], targets)
+        return self.explain_items(list(inputs), targets)
+
+    def attributions(self, batch: dict[str, torch.Tensor], targets: Sequence[int]) -> torch.Tensor:
+        """Raw attributions of an encoded batch: (B, T) per token, or (B, h, w) Grad-CAM maps."""
+        if self.predictor.modality == "text":
+            return self._token_attributions(batch, targets)
+        return self._gradcam(batch, targets)
+
+    # -- images ----------------------------------------------------------------------------------
+
+    def feature_layer(self) -> torch.nn.Module:
+        """The backbone's last module whose output is a feature map (B, C, h, w) with h, w > 1."""
+        if self._layer is None:
+            size = int(self.predictor.preprocessing["input_size"])
+            outputs: list[tuple[torch.nn.Module, tuple[int, ...]]] = []
+            hooks = [m.register_forward_hook(lambda mod, _, out: outputs.append((mod, tuple(out.shape)))
+                                             if isinstance(out, torch.Tensor) else None)
+                     for m in self.model.backbone.modules() if m is not self.model.backbone]
+            try:
+                with torch.inference_mode():
+                    self.model.backbone.forward_features({"pixel_values": torch.zeros(1, 3, size, size, device=self.predictor.device)})
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            maps = [m for m, shape in outputs if len(shape) == 4 and shape[2] > 1 and shape[3] > 1]
+            if not maps:
+                raise FinetuneError("Grad-CAM: the backbone has no feature maps")
+            self._layer = maps[-1]
+        return self._layer
+
+    def _gradcam(self, batch: dict[str, torch.Tensor], targets: Sequence[int]) -> torch.Tensor:
+        attr = _captum()
+        pixels = batch["pixel_values"].to(self.predictor.device).float().requires_grad_(True)
+        cam = attr.LayerGradCam(lambda x: self.model({"pixel_values": x}).float(), self.feature_layer())
+        self.model.eval()
+        with torch.enable_grad(), torch.autocast(self.predictor.device.type, enabled=False):
+            maps = cam.attribute(pixels, target=torch.tensor(list(targets), device=pixels.device), relu_attributions=True)
+        maps = maps.detach().float()[:, 0]
+        peak = maps.flatten(1).max(1).values.clamp(min=1e-12)[:, None, None]
+        return (maps / peak).cpu()
+
+    def _explain_images(self, images: Sequence[Any], batch: dict[str, torch.Tensor], targets: list[int]) -> list[Explanation]:
+        from .data.pipeline import _deterministic_prefix, image_transform
+
+        view, _ = _deterministic_prefix(image_transform(self.predictor.preprocessing, train=False))
+        maps = self._gradcam(batch, targets).numpy()
+        return [Explanation("grad-cam", self.predictor.classes[t], grid=m, image=view(img) if view else img)
+                for img, m, t in zip(images, maps, targets, strict=True)]
+
+    # -- texts -----------------------------------------------------------------------------------
+
+    def special_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """True where a token is special ([CLS], [SEP], padding): kept in the baseline, never removed."""
+        tokenizer = self.model.backbone.tokenizer
+        special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
+        return torch.isin(input_ids, special)
+
+    def _token_attributions(self, batch: dict[str, torch.Tensor], targets: Sequence[int]) -> torch.Tensor:
+        attr = _captum()
+        batch = {k: v.to(self.predictor.device) for k, v in batch.items()}
+        input_ids = batch["input_ids"]
+        baseline = torch.where(self.special_mask(input_ids), input_ids, torch.full_like(input_ids, self.model.backbone.pad_token_id))
+        others = {k: v for k, v in batch.items() if k != "input_ids"}
+        names = sorted(others)
+
+        def forward(ids: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+            return self.model({"input_ids": ids, **dict(zip(names, extra, strict=True))}).float()
+
+        ig = attr.LayerIntegratedGradients(forward, self.model.backbone.model.get_input_embeddings())
+        self.model.eval()
+        with torch.enable_grad(), torch.autocast(self.predictor.device.type, enabled=False):
+            scores = ig.attribute(
+                input_ids, baselines=baseline, additional_forward_args=tuple(others[n] for n in names),
+                target=torch.tensor(list(targets), device=input_ids.device), n_steps=self.ig_steps,
+                internal_batch_size=max(len(input_ids) * 8, 32),
+            )
+        scores = scores.detach().float().sum(-1) * batch["attention_mask"].float()
+        return scores.cpu()
+
+    def _explain_texts(self, batch: dict[str, torch.Tensor], targets: list[int]) -> list[Explanation]:
+        scores = self._token_attributions(batch, targets)
+        tokenizer = self.model.backbone.tokenizer
+        out = []
+        for ids, mask, row, target in zip(batch["input_ids"], batch["attention_mask"], scores, targets, strict=True):
+            n = int(mask.sum())
+            row = row[:n]
+            row = row / row.abs().max().clamp(min=1e-12)
+            out.append(Explanation("integrated-gradients", self.predictor.classes[target],
+                                   tokens=tokenizer.convert_ids_to_tokens(ids[:n].tolist()), attributions=row.tolist()))
+        return out
+
+
+# -- files: finetunekit explain RUN_DIR INPUTS --output DIR ------------------------------------------
+
+
+def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str | Path, batch_size: int = 8) -> Path:
+    """Explain each input (image paths or texts) and write ``output/index.html`` (every input with
+    its prediction and explanation), ``explanations.jsonl`` and, for images, one
+    ``NNNN-<name>.gradcam.png`` overlay each. Returns the index page's path."""
+    from .artifacts import atomic_write_bytes, atomic_write_text
+    from .predict import load
+
+    predictor = load(run_dir)
+    predictor.precision = "fp32"  # explanations are computed in fp32; the scores shown match them
+    explainer = Explainer(predictor)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    predictor._examples(list(inputs))  # the predictor's own input checks (missing image, wrong modality)
+    lines, blocks = [], []
+    for start in range(0, len(inputs), batch_size):
+        chunk = list(inputs[start : start + batch_size])
+        items = chunk
+        if predictor.modality == "image":
+            from .data.pipeline import open_image
+
+            items = [open_image(p) for p in chunk]
+        answers = predictor.answers(predictor.predict_items(items))
+        targets = [predictor.classes.index(a["label"]) for a in answers]
+        for i, (item, answer, explanation) in enumerate(zip(chunk, answers, explainer.explain_items(items, targets), strict=True)):
+            record: dict[str, Any] = {"input": item, **answer, "explanation": explanation.to_json()}
+            record["explanation"].pop("overlay", None)
+            picture = ""
+            if explanation.grid is not None:
+                name = f"{start + i:04d}-{Path(item).stem}.gradcam.png"
+                atomic_write_bytes(output / name, explanation.overlay_png())
+                record["explanation"]["overlay_file"] = name
+                picture = f'<img src="{html_lib.escape(name)}" alt="Grad-CAM for {html_lib.escape(Path(item).name)}">'
+            lines.append(_json_line(record))
+            body = picture or explanation.html()
+            blocks.append(f'<div class="item"><div class="head"><b>{html_lib.escape(answer["label"])}</b> '
+                          f'{answer["score"]:.1%} &middot; {html_lib.escape(Path(item).name if picture else "")}</div>'
+                          f'<div class="body">{body}</div></div>')
+    method = explainer.method.get("method") or "none"
+    page = (f"<!doctype html><meta charset='utf-8'><title>explanations: {html_lib.escape(Path(run_dir).name)}</title>"
+            f"<style>{EXPLAIN_CSS}</style><h1>{html_lib.escape(Path(run_dir).name)}: {html_lib.escape(method)}</h1>"
+            f"<p class='note'>{html_lib.escape(LEGEND.get(method, ''))}</p>" + "".join(blocks))
+    atomic_write_text(output / "explanations.jsonl", "".join(lines))
+    atomic_write_text(output / "index.html", page)
+    return output / "index.html"
+
+
+LEGEND = {
+    "grad-cam": "Grad-CAM of the predicted class over the image as the model saw it: red where the evidence for the class is.",
+    "integrated-gradients": "Integrated gradients of the predicted class per word: green pushes towards the class, red away from it; "
+                            "stronger colour, larger share of the largest attribution.",
+}
+
+EXPLAIN_CSS = (
+    "body{font:15px/1.5 system-ui,sans-serif;margin:2em;color:#111}.note{color:#555}"
+    ".item{margin:1em 0;padding:.6em;border:1px solid #ddd;border-radius:6px;max-width:60em}"
+    ".item img{max-width:320px}.attr{padding:1px 2px;border-radius:3px}"
+)
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record, ensure_ascii=False) + "\n"

@@ -1,0 +1,209 @@
+"""Batch prediction: ``finetunekit predict RUN_DIR --input FOLDER_OR_TABLE --output predictions.csv``.
+
+Inputs stream from disk (an image folder is walked directory by directory, a table is read row
+by row) in batches of ``batch_size``; rows stream to ``.<name>.partial`` beside the output, which
+is renamed into place when every input is done, so ``predictions.csv`` is either absent or
+complete. Memory does not grow with the number of inputs.
+
+After a crash or Ctrl-C, the same command resumes: a small ``.<name>.partial.json`` records, after
+each batch is on disk (fsync), how many rows and bytes the partial file holds and the last input
+it covers; a rerun with the same run, input and columns cuts the partial file back to that point,
+checks the last input is the same, and carries on from the next one (``--restart`` starts over).
+
+Columns: ``input, label, score, score_<class>...`` (one per class, labels.json order), ``error``
+(an input that cannot be used, such as an unreadable image, gets its error here and no label;
+the other inputs are predicted as usual).
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import json
+import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..data.readers import IMAGE_EXTENSIONS, TEXT_COLUMN_GUESSES, TEXT_EXTENSIONS, _iter_rows
+from ..errors import DataError, FinetuneError
+
+IMAGE_COLUMN_GUESSES = ("file", "path", "image", "filename")
+# A forward pass of a transformers model leaves reference cycles (its output objects) that live
+# long enough to reach the oldest GC generation, which Python collects rarely when torch's many
+# objects are loaded; a full collection every GC_EVERY batches keeps memory flat.
+GC_EVERY = 16
+
+
+def iter_inputs(source: Path, modality: str, column: str | None = None) -> Iterator[tuple[str, str | None]]:
+    """Yield (input, problem) in a stable order: image paths from a folder (sorted, recursively),
+    or one column of a .csv/.tsv/.jsonl/.txt table (texts, or image paths relative to the table)."""
+    if not source.exists():
+        raise DataError(f"--input: not found: {source}")
+    if source.is_dir():
+        if modality != "image":
+            raise DataError(f"--input {source}: a folder of images, but this run's model takes text (give a table)")
+        yield from ((p, None) for p in _walk_images(source))
+        return
+    if source.suffix.lower() not in TEXT_EXTENSIONS:
+        raise DataError(f"--input {source}: expected an image folder or a .csv/.tsv/.jsonl/.txt table")
+    if source.stat().st_size == 0:
+        raise DataError(f"{source}: file is empty")
+    guesses = TEXT_COLUMN_GUESSES if modality == "text" else IMAGE_COLUMN_GUESSES
+    for number, row in _iter_rows(source):
+        if column is None:
+            column = next((c for c in guesses if c in row), None)
+            if column is None:
+                if modality == "image":
+                    raise DataError(f"{source}: no image path column ({', '.join(guesses)}); name it with --column")
+                column = next(iter(row))
+        if column not in row:
+            raise DataError(f"{source}:{number}: no column {column!r} (columns: {', '.join(row)}); name it with --column")
+        value = row.get(column)
+        text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
+        if modality == "image" and text:
+            text = str((source.parent / text) if not Path(text).is_absolute() else Path(text))
+        yield text, (f"{source}:{number}: empty {column!r}" if not text else None)
+
+
+def _walk_images(root: Path) -> Iterator[str]:
+    """Image files under ``root``, depth first, each directory's entries sorted; only one directory
+    listing is held at a time."""
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            yield from _walk_images(Path(entry.path))
+        elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            yield entry.path
+
+
+def _count(source: Path, modality: str, column: str | None) -> int:
+    return sum(1 for _ in iter_inputs(source, modality, column))
+
+
+class _Progress:
+    """The resume record: rows and bytes in the partial file, and the last input it covers."""
+
+    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
+        self.path = path
+        self.identity = identity
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if all(record.get(k) == v for k, v in self.identity.items()) else None
+
+    def save(self, rows: int, offset: int, last: str | None) -> None:
+        from ..artifacts import atomic_write_json
+
+        atomic_write_json(self.path, {**self.identity, "rows": rows, "offset": offset, "last_input": last})
+
+
+def predict_to_csv(
+    run_dir: str | Path, source: str | Path, output: str | Path, batch_size: int = 64, column: str | None = None,
+    restart: bool = False, quiet: bool = False, predictor=None,
+) -> dict[str, Any]:
+    """Predict every input of ``source`` into the CSV ``output``; returns counts for the summary."""
+    from tqdm.auto import tqdm
+
+    from ..predict import load
+
+    source, output = Path(source), Path(output)
+    if output.is_dir():
+        raise FinetuneError(f"--output {output} is a directory; give a file name such as {output / 'predictions.csv'}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    predictor = predictor or load(run_dir)
+    header = ["input", "label", "score", *[f"score_{c}" for c in predictor.classes], "error"]
+    partial = output.with_name(f".{output.name}.partial")
+    progress = _Progress(output.with_name(f".{output.name}.partial.json"),
+                         {"run_dir": str(Path(run_dir).resolve()), "input": str(source.resolve()), "header": header})
+    total = _count(source, predictor.modality, column)
+    state = None if restart else progress.load()
+    if state is not None and partial.is_file() and partial.stat().st_size >= state["offset"]:
+        handle = partial.open("r+b")
+        handle.truncate(state["offset"])  # anything after the last recorded batch is a torn write
+        handle.seek(0, os.SEEK_END)
+        done, last = int(state["rows"]), state["last_input"]
+    else:
+        handle = partial.open("wb")
+        handle.write(_csv_row(header))
+        done, last = 0, None
+    inputs = iter_inputs(source, predictor.modality, column)
+    for number in range(done):
+        item = next(inputs, None)
+        if item is None or (number == done - 1 and item[0] != last):
+            handle.close()
+            raise FinetuneError(f"cannot resume {partial}: the input changed since it was written; rerun with --restart")
+    counts = {"total": total, "resumed": done, "predicted": 0, "errors": 0}
+    bar = tqdm(total=total, initial=done, unit=predictor.modality, desc="predict", disable=quiet, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=4) if predictor.modality == "image" else None
+    batches = 0
+    try:
+        while True:
+            chunk = [item for _, item in zip(range(batch_size), inputs, strict=False)]
+            if not chunk:
+                break
+            lines = _predict_chunk(predictor, chunk, pool)
+            handle.write(b"".join(_csv_row(row) for row in lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+            done += len(chunk)
+            counts["predicted"] += len(chunk)
+            counts["errors"] += sum(1 for row in lines if row[-1])
+            progress.save(done, handle.tell(), chunk[-1][0])
+            bar.update(len(chunk))
+            batches += 1
+            if batches % GC_EVERY == 0:
+                gc.collect()
+    finally:
+        bar.close()
+        handle.close()
+        if pool is not None:
+            pool.shutdown()
+    os.replace(partial, output)
+    progress.path.unlink(missing_ok=True)
+    return {**counts, "output": str(output)}
+
+
+def _predict_chunk(predictor, chunk: list[tuple[str, str | None]], pool) -> list[list[Any]]:
+    problems = [problem for _, problem in chunk]
+    items: list[Any] = [text for text, _ in chunk]
+    if predictor.modality == "image":
+        opened = list(pool.map(_open, [text if problem is None else None for text, problem in chunk]))
+        items = [image for image, _ in opened]
+        problems = [problem or error for problem, (_, error) in zip(problems, opened, strict=True)]
+    good = [i for i, problem in enumerate(problems) if problem is None]
+    answers = dict(zip(good, predictor.answers(predictor.predict_items([items[i] for i in good])), strict=True))
+    rows = []
+    for i, (text, _) in enumerate(chunk):
+        answer = answers.get(i)
+        if answer is None:
+            rows.append([text, "", "", *[""] * len(predictor.classes), problems[i]])
+        else:
+            scores = [f"{answer['scores'][c]:.6f}" for c in predictor.classes]
+            rows.append([text, answer["label"], f"{answer['score']:.6f}", *scores, ""])
+    return rows
+
+
+def _open(path: str | None):
+    from ..data.pipeline import open_image
+
+    if path is None:
+        return None, None
+    try:
+        return open_image(path), None
+    except DataError as exc:
+        return None, str(exc)
+
+
+def _csv_row(values: list[Any]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue().encode("utf-8")
