@@ -23,7 +23,8 @@ LAYERS: list[set[str]] = [
     {"model", "engine"},
     {"checkpoint", "features", "card", "report", "loading"},
     {"predict"},
-    {"trainer", "export"},
+    {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors
+    {"trainer", "export", "serving"},  # serving: the HTTP service and batch prediction
     {"demo"},
     {"cli", "__init__"},  # the public surface: finetunekit.train / load / evaluate / Recipe
     {"__main__"},

@@ -421,7 +421,7 @@ def create_app(predictor, options: ServeOptions | None = None) -> FastAPI:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 
