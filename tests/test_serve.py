@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e '.[serve]')")
 
 from conftest import make_text_rows  # noqa: E402
+from test_inputs import pair_data, pair_run  # noqa: E402,F401  (fixtures)
 from service_client import call, post_form, post_json, running  # noqa: E402
 
 from finetunekit.cli import main  # noqa: E402
@@ -289,3 +290,19 @@ def test_serve_command_bad_arguments(text_run, tmp_path, capsys):
         busy.set()
         assert main(["serve", str(text_run), "--port", str(taken.getsockname()[1]), "--threads", "1"]) == 2
     assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_sentence_pair_model(pair_run):
+    predictor = load(pair_run)
+    with running(predictor) as (url, _):
+        pairs = [["A man plays a guitar.", "Someone makes music."], ["The cat sleeps.", "A dog runs outside."]]
+        status, answer = post_json(url, {"texts": pairs})
+        assert status == 200, answer
+        expected = predictor.predict_proba([tuple(p) for p in pairs])
+        got = np.array([[p["scores"][c] for c in predictor.classes] for p in answer["predictions"]])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        status, answer = post_json(url, {"texts": ["a single text"]})
+        assert status == 422 and "texts[0]: this model takes sentence pairs: expected [first, second]" in answer["error"]
+        status, answer = post_json(url, {"texts": [["fine", ""]]})
+        assert status == 422 and "texts[0][1]: empty text" in answer["error"]
+        assert call(url, "GET", "/metadata")[1]["text_columns"] == predictor.text_columns

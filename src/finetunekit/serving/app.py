@@ -159,6 +159,7 @@ class Service:
             "tasks": self.tasks,
             "modality": self.predictor.modality,
             "input_field": self.input_field,
+            "text_columns": self.predictor.text_columns,  # set: a sentence-pair model, texts are [first, second]
             "labels": self.predictor.classes,
             "backbone": self.backbone,
             "precision": self.predictor.precision,
@@ -257,13 +258,23 @@ class Service:
                 fields[name] = form[name]
         return fields
 
-    def _check_text(self, index: int, text: Any) -> str:
+    def _check_text(self, index: int, text: Any) -> Any:
+        if self.predictor.text_columns:  # a sentence-pair model: each input is [first, second]
+            if not (isinstance(text, list) and len(text) == 2):
+                raise RequestError(422, f"texts[{index}]: this model takes sentence pairs: expected [first, second], "
+                                   f"got {type(text).__name__}")
+            return (self._one_text(f"texts[{index}][0]", text[0]), self._one_text(f"texts[{index}][1]", text[1]))
+        if isinstance(text, list):
+            raise RequestError(422, f"texts[{index}]: this model takes single texts, not pairs")
+        return self._one_text(f"texts[{index}]", text)
+
+    def _one_text(self, where: str, text: Any) -> str:
         if not isinstance(text, str):
-            raise RequestError(422, f"texts[{index}]: expected a string, got {type(text).__name__}")
+            raise RequestError(422, f"{where}: expected a string, got {type(text).__name__}")
         if not text.strip():
-            raise RequestError(422, f"texts[{index}]: empty text")
+            raise RequestError(422, f"{where}: empty text")
         if len(text) > self.options.max_text_chars:
-            raise RequestError(413, f"texts[{index}]: {len(text)} characters, more than the {self.options.max_text_chars} this service accepts")
+            raise RequestError(413, f"{where}: {len(text)} characters, more than the {self.options.max_text_chars} this service accepts")
         return text
 
     def _image(self, where: str, data: Any):
