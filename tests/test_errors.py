@@ -449,7 +449,7 @@ def json_line_not_an_object(root, env):
 def text_file_not_utf8(root, env):
     path = root / "train.tsv"
     path.write_bytes("sentence\tlabel\ncaf\u00e9\tpos\n".encode("latin-1"))
-    return ["train", str(text_recipe(root, env, path))], f"{path}: not UTF-8 text (byte 18)"
+    return ["train", str(text_recipe(root, env, path))], f"{path}: not UTF-8 text at line 2, column 4 (byte 0xe9)"
 
 
 @case

@@ -70,6 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .data import read_examples
+    from .data.readers import FLAG_COLUMN_OPTIONS
     from .predict import load
 
     if args.input or args.output:
@@ -85,7 +86,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.file:
         columns = args.text_columns or predictor.text_columns
         inputs += read_examples(
-            args.file, predictor.modality, args.text_column, require_labels=False, text_columns=columns, image_column=args.image_column
+            args.file, predictor.modality, args.text_column, require_labels=False, text_columns=columns,
+            image_column=args.image_column, options=FLAG_COLUMN_OPTIONS,
         ).inputs
     if not inputs:
         raise FinetuneError("predict: give inputs (image paths or texts) or --file")
@@ -293,8 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options may come before, between or after positional arguments (``predict RUN --json TEXT``).
+
+    argparse alone ends a ``nargs="*"`` positional at the first option and then rejects what follows;
+    the subcommand's own parser, given the arguments after the command name, reads them intermixed.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    argv = list(sys.argv[1:] if argv is None else argv)
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    rest = argv[argv.index(args.command) + 1 :]
+    return argparse.Namespace(**{**vars(subparsers.choices[args.command].parse_intermixed_args(rest)), "command": args.command})
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except FinetuneError as exc:

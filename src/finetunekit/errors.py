@@ -36,5 +36,41 @@ def warn(message: str) -> None:
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean X?)' when a close match exists, else ''."""
+    if len(name) > 200:  # nothing that long is a near miss; difflib's cost grows with the length
+        return ""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, without ever walking more than a few
+    items of a container: an error message must stay one short line whatever a user wrote (a YAML
+    alias bomb expands to more items than memory holds; ``repr`` of it never returns)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring = r.maxother = r.maxlong = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def utf8_position(data: bytes) -> str:
+    """Where ``data`` stops being UTF-8, as 'line L, column C (byte 0xNN)': the line and column of
+    an editor (1-based, columns in characters), found in the whole of ``data`` (an exception from a
+    streaming decoder counts bytes from the start of its chunk, not of the file)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    else:
+        return "nowhere"
+    line_start = data.rfind(b"\n", 0, start) + 1
+    column = len(data[line_start:start].decode("utf-8", errors="replace")) + 1
+    line = data.count(b"\n", 0, start) + 1
+    return f"line {line}, column {column} (byte 0x{data[start]:02x})"
+
+
+def os_reason(exc: OSError) -> str:
+    """The operating system's words for an OSError ('No space left on device')."""
+    return exc.strerror or str(exc) or type(exc).__name__

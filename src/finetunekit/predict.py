@@ -24,7 +24,7 @@ import torch
 from .loading import load_model
 from .data import Examples, LabelMap, read_examples
 from .data.pipeline import TextCollator, build_dataset, build_loader, image_transform
-from .data.readers import IMAGE_EXTENSIONS
+from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS
 from .errors import DataError
 from .metrics import classification_metrics
 
@@ -60,7 +60,9 @@ class Predictor:
             if isinstance(item, (tuple, list)):
                 raise DataError(f"this model takes single texts, not pairs (it was not trained with data.text_columns): {_shown(str(item))}")
         inputs = [str(x) for x in inputs]
-        for item in inputs:
+        for number, item in enumerate(inputs, start=1):
+            if self.modality == "text" and not item.strip():  # as training refuses an empty text
+                raise DataError(f"input {number}: empty text")
             suffix = Path(item).suffix.lower() if _is_file(item) else None
             if self.modality == "image" and suffix is None:
                 hint = " (this model takes image files, not text)" if Path(item).suffix.lower() not in IMAGE_EXTENSIONS else ""
@@ -151,7 +153,9 @@ class Predictor:
         """Metrics on a labelled set (an image folder or table, or a text table), with this run's
         preprocessing; a pair model reads its pairs from the run's ``text_columns`` unless given."""
         columns = text_columns or self.text_columns
-        examples = read_examples(data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column)
+        examples = read_examples(
+            data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column, options=FLAG_COLUMN_OPTIONS
+        )
         labels = np.array(self.labels.encode(examples.labels or [], examples.source))
         probs = self.predict_proba(examples)
         loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())

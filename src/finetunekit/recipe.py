@@ -26,7 +26,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from .errors import RecipeError, did_you_mean
+from .errors import RecipeError, did_you_mean, shown
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["constant", "cosine", "linear"]
@@ -177,7 +177,7 @@ class StrategySpec:
 
         if self.name is not None and self.name not in STRATEGIES:
             raise RecipeError(
-                f"strategy.name: unknown strategy {self.name!r}{did_you_mean(self.name, STRATEGIES.names())}; "
+                f"strategy.name: unknown strategy {shown(self.name)}{did_you_mean(self.name, STRATEGIES.names())}; "
                 f"choose one of: {', '.join(STRATEGIES.names())}"
             )
         _check_range("strategy.last_n", self.last_n, 0, 10_000)
@@ -191,7 +191,7 @@ class StrategySpec:
             for i, m in enumerate(milestones):
                 _check_range(f"strategy.unfreeze_milestones[{i}]", m, 1, 100_000)
             if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
-                raise RecipeError(f"strategy.unfreeze_milestones: {milestones} must be strictly increasing")
+                raise RecipeError(f"strategy.unfreeze_milestones: {shown(milestones)} must be strictly increasing")
         if self.layer_decay is not None:
             _check_range("strategy.layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
             if self.name == "lora":  # the adapters train as one group; the original layers are frozen
@@ -206,7 +206,7 @@ class StrategySpec:
                 raise RecipeError("strategy.lora_targets: give at least one layer name, or null for the default layers")
             for i, target in enumerate(self.lora_targets):
                 if not target.strip() or target != target.strip() or target.startswith(".") or target.endswith("."):
-                    raise RecipeError(f"strategy.lora_targets[{i}]: {target!r} is not a layer name (e.g. 'query' or 'attn.qkv')")
+                    raise RecipeError(f"strategy.lora_targets[{i}]: {shown(target)} is not a layer name (e.g. 'query' or 'attn.qkv')")
 
     def check_epochs(self, epochs: int) -> None:
         """Cross-field check, run once ``train.epochs`` is known (at parse or resolve time): a
@@ -305,7 +305,7 @@ class TrainSpec:
             _check_range("train.checkpoint_every_steps", self.checkpoint_every_steps, 1, 10**9)
         _check_range("train.keep_checkpoints", self.keep_checkpoints, 1, 10_000)
         if len(set(self.report_to)) != len(self.report_to):
-            raise RecipeError(f"train.report_to: {self.report_to} names a tracker twice")
+            raise RecipeError(f"train.report_to: {shown(self.report_to)} names a tracker twice")
 
 
 @dataclass
@@ -332,15 +332,10 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
+        from .safe_yaml import read_yaml_file
+
         path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise RecipeError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raw = read_yaml_file(path)  # duplicate keys, alias bombs and oversized files refused
         try:
             return cls.from_dict(raw)
         except RecipeError as exc:
@@ -349,17 +344,16 @@ class Recipe:
     def with_overrides(self, overrides: list[str]) -> Recipe:
         """Apply ``section.field=value`` strings (values parsed as YAML scalars)."""
         raw = self.to_dict()
+        from .safe_yaml import parse_override_value
+
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep or "." not in key:
-                raise RecipeError(f"override {item!r}: expected section.field=value, e.g. train.lr=3e-4")
+                raise RecipeError(f"override {shown(item)}: expected section.field=value, e.g. train.lr=3e-4")
             section, _, name = key.strip().partition(".")
             if section not in raw:
-                raise RecipeError(f"override {item!r}: unknown section {section!r}{did_you_mean(section, raw)}")
-            try:
-                parsed = yaml.safe_load(value) if value.strip() else None
-            except yaml.YAMLError:
-                parsed = value
+                raise RecipeError(f"override {shown(item)}: unknown section {shown(section)}{did_you_mean(section, raw)}")
+            parsed = parse_override_value(value, f"override {shown(item)}") if value.strip() else None
             raw[section][name] = parsed
         return Recipe.from_dict(raw)
 
@@ -402,7 +396,7 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
     for key, value in raw.items():
         full = f"{prefix}{key}"
         if not isinstance(key, str) or key not in names:
-            raise RecipeError(f"unknown field {full!r}{did_you_mean(str(key), names)}; known: {', '.join(names)}")
+            raise RecipeError(f"unknown field {shown(full)}{did_you_mean(str(key), names)}; known: {', '.join(names)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if value is None:
@@ -434,12 +428,12 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return _coerce(name, value, option)
             except RecipeError as exc:
                 errors.append(str(exc))
-        raise RecipeError(errors[0] if len(errors) == 1 else f"{name}: {value!r} is not valid ({'; '.join(errors)})")
+        raise RecipeError(errors[0] if len(errors) == 1 else f"{name}: {shown(value)} is not valid ({'; '.join(errors)})")
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
             raise RecipeError(
-                f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}{did_you_mean(str(value), map(str, choices))}"
+                f"{name}: {shown(value)} is not one of {', '.join(map(repr, choices))}{did_you_mean(shown(value, 200), map(str, choices))}"
             )
         return value
     if origin is list:
@@ -450,13 +444,13 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise RecipeError(f"{name}: expected true or false, got {value!r}")
+        raise RecipeError(f"{name}: expected true or false, got {shown(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise RecipeError(f"{name}: expected an integer, got {value!r}")
+        raise RecipeError(f"{name}: expected an integer, got {shown(value)}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -465,11 +459,11 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise RecipeError(f"{name}: expected a number, got {value!r}")
+        raise RecipeError(f"{name}: expected a number, got {shown(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise RecipeError(f"{name}: expected a string, got {value!r}")
-    raise RecipeError(f"{name}: unsupported value {value!r}")
+        raise RecipeError(f"{name}: expected a string, got {shown(value)}")
+    raise RecipeError(f"{name}: unsupported value {shown(value)}")

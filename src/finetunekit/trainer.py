@@ -221,9 +221,9 @@ def _read_data(recipe: Recipe, modality: str) -> tuple[Examples, Examples, Label
         train_ex = train_ex.subset(sorted(keep[: d.max_train_samples]))
     if modality == "image":
         train_ex, val_ex = check_images(train_ex, d.bad_images), check_images(val_ex, d.bad_images)
-        for note in (*train_ex.notes, *val_ex.notes):
-            warn(note)
-    label_map = LabelMap.from_labels(train_ex.labels or [])
+    for note in dict.fromkeys((*train_ex.notes, *val_ex.notes)):  # a held-out split shares its file's notes
+        warn(note)
+    label_map = LabelMap.from_labels(train_ex.labels or [], train_ex.source)
     train_ids = label_map.encode(train_ex.labels or [], train_ex.source)
     val_ids = label_map.encode(val_ex.labels or [], val_ex.source)
     return train_ex, val_ex, label_map, train_ids, val_ids

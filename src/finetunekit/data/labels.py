@@ -21,8 +21,19 @@ class LabelMap:
     classes: tuple[str, ...]
 
     @classmethod
-    def from_labels(cls, labels: Iterable[str]) -> LabelMap:
-        return cls(tuple(sorted(set(labels), key=_sort_key)))
+    def from_labels(cls, labels: Iterable[str], where: str = "training data") -> LabelMap:
+        """The classes of ``labels``; refuses one number written several ways ('1' and '1.0'),
+        which would otherwise split one class in two."""
+        from .label_values import number_spellings
+
+        found = set(labels)
+        clash = number_spellings(list(found))
+        if clash:
+            raise DataError(
+                f"{where}: labels {', '.join(map(repr, clash))} are one value written {len(clash)} ways; "
+                "write each class one way"
+            )
+        return cls(tuple(sorted(found, key=_sort_key)))
 
     def __len__(self) -> int:
         return len(self.classes)

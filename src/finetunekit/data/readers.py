@@ -23,13 +23,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean, utf8_position
+from .label_values import SpellingLog, label_text
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TABLE_EXTENSIONS = {".csv", ".tsv", ".jsonl", ".txt", ".parquet"}
 TEXT_EXTENSIONS = TABLE_EXTENSIONS  # texts come in tables
 TEXT_COLUMN_GUESSES = ("text", "sentence", "sentence1", "review", "content", "question", "document")
 IMAGE_COLUMN_GUESSES = ("file", "image", "path", "filename", "file_name", "image_path", "filepath")
+# How the user sets the text and label columns, named in error messages: recipe fields when
+# training, command-line flags for evaluate and predict.
+RECIPE_COLUMN_OPTIONS = ("data.text_column", "data.label_column")
+FLAG_COLUMN_OPTIONS = ("--text-column", "--label-column")
 
 # An input: an image path, a text, or a sentence pair (first, second).
 Input = str | tuple[str, str]
@@ -52,6 +57,7 @@ class Examples:
             None if self.labels is None else [self.labels[i] for i in indices],
             source or self.source,
             self.modality,
+            list(self.notes),
         )
 
 
@@ -77,20 +83,22 @@ def read_examples(
     require_labels: bool = True,
     text_columns: list[str] | None = None,
     image_column: str | None = None,
+    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS,
 ) -> Examples:
     """Read a labelled data set: an ImageFolder-style directory, a table of image files, or a table
-    of texts (``text_columns``: two columns read as sentence pairs)."""
+    of texts (``text_columns``: two columns read as sentence pairs). ``options`` name the settings
+    of the text and label columns in error messages."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path not found: {path}")
     found = detect_modality(path)
     if modality == "image" and is_table(path):
-        return _read_image_table(path, image_column, label_column, require_labels)
+        return _read_image_table(path, image_column, label_column, require_labels, options)
     if found != modality:
         raise DataError(f"{path}: is {found} data, but the model's backbone takes {modality}")
     if modality == "image":
         return _read_image_folder(path)
-    return _read_text_table(path, text_column, label_column, require_labels, text_columns)
+    return _read_text_table(path, text_column, label_column, require_labels, text_columns, options)
 
 
 def _read_image_folder(root: Path) -> Examples:
@@ -155,13 +163,15 @@ def check_images(examples: Examples, policy: str = "fail") -> Examples:
 
 
 def _read_text_table(
-    path: Path, text_column: str | None, label_column: str, require_labels: bool, text_columns: list[str] | None = None
+    path: Path, text_column: str | None, label_column: str, require_labels: bool, text_columns: list[str] | None = None,
+    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS,
 ) -> Examples:
     rows, columns = _table(path)
+    listed = ", ".join(map(_column_name, columns))
     if text_columns:
         for column in text_columns:
             if column not in columns:
-                raise DataError(f"{path}: no pair column {column!r} (columns: {', '.join(columns)}); set data.text_columns")
+                raise DataError(f"{path}: no pair column {column!r}{did_you_mean(str(column), columns)} (columns: {listed}); set data.text_columns")
         wanted = list(text_columns)
     else:
         if text_column is None:
@@ -169,9 +179,18 @@ def _read_text_table(
             if text_column is None:
                 text_column = next((c for c in columns if c != label_column), None)
         if text_column not in columns:
-            raise DataError(f"{path}: no text column {text_column!r} (columns: {', '.join(columns)}); set data.text_column")
+            raise DataError(
+                f"{path}: no text column {text_column!r}{did_you_mean(str(text_column), columns)} (columns: {listed}); set {options[0]}"
+            )
         wanted = [text_column]
-    has_labels = _check_label_column(path, columns, label_column, require_labels)
+    has_labels = _check_label_column(path, columns, label_column, require_labels, options)
+    if has_labels and label_column in wanted:
+        setting = options[0] if len(wanted) == 1 else "data.text_columns"
+        raise DataError(
+            f"{path}: the text column and the label column are both {label_column!r}: the model would read its own "
+            f"label; set {setting} to the column holding the inputs"
+        )
+    spellings = SpellingLog()
     inputs: list[Input] = []
     labels: list[str] = []
     for where, row in rows:
@@ -184,10 +203,19 @@ def _read_text_table(
         inputs.append(texts[0] if len(texts) == 1 else (texts[0], texts[1]))
         if has_labels:
             labels.append(_label(row, label_column, where))
-    return Examples(inputs, labels if has_labels else None, str(path), "text")
+            spellings.add(row.get(label_column), labels[-1])
+    note = spellings.note(str(path), label_column)
+    return Examples(inputs, labels if has_labels else None, str(path), "text", [note] if note else [])
 
 
-def _read_image_table(path: Path, image_column: str | None, label_column: str, require_labels: bool) -> Examples:
+def _column_name(name: str) -> str:
+    """A column name as a message shows it: quoted, escapes visible, when it holds invisible characters."""
+    return name if name.isprintable() and name == name.strip() else repr(name)
+
+
+def _read_image_table(
+    path: Path, image_column: str | None, label_column: str, require_labels: bool, options: tuple[str, str] = RECIPE_COLUMN_OPTIONS
+) -> Examples:
     """A table with one image file per row; relative paths are relative to the table's folder."""
     rows, columns = _table(path)
     if image_column is None:
@@ -199,7 +227,7 @@ def _read_image_table(path: Path, image_column: str | None, label_column: str, r
                 raise DataError(f"{path}: is text data, but the model's backbone takes image")
     if image_column not in columns:
         raise DataError(f"{path}: no image file column {image_column!r} (columns: {', '.join(columns)}); set data.image_column")
-    has_labels = _check_label_column(path, columns, label_column, require_labels)
+    has_labels = _check_label_column(path, columns, label_column, require_labels, options)
     inputs: list[Input] = []
     labels: list[str] = []
     for where, row in rows:
@@ -227,10 +255,15 @@ def _table(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
     return rows, list(rows[0][1].keys())
 
 
-def _check_label_column(path: Path, columns: list[str], label_column: str, require_labels: bool) -> bool:
+def _check_label_column(
+    path: Path, columns: list[str], label_column: str, require_labels: bool, options: tuple[str, str] = RECIPE_COLUMN_OPTIONS
+) -> bool:
     has_labels = label_column in columns
     if require_labels and not has_labels:
-        raise DataError(f"{path}: no label column {label_column!r} (columns: {', '.join(columns)}); set data.label_column")
+        listed = ", ".join(map(_column_name, columns))
+        raise DataError(
+            f"{path}: no label column {label_column!r}{did_you_mean(label_column, columns)} (columns: {listed}); set {options[1]}"
+        )
     return has_labels
 
 
@@ -239,7 +272,7 @@ def _blank(value) -> bool:
 
 
 def _label(row: dict, label_column: str, where: str) -> str:
-    label = row.get(label_column)
+    label = label_text(row.get(label_column))  # JSON 0.0 and 0 are the label '0' (data.label_values)
     if label is None or (isinstance(label, float) and math.isnan(label)) or str(label).strip() == "":
         raise DataError(f"{where}: missing label in column {label_column!r}")
     return str(label).strip()
@@ -253,7 +286,8 @@ def _iter_rows(path: Path):
         yield from _parquet_rows(path)
         return
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             if suffix == ".jsonl":
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
@@ -279,8 +313,8 @@ def _iter_rows(path: Path):
                 if all(v is None or not str(v).strip() for v in row.values()):
                     continue
                 yield f"{path}:{reader.line_num}", row
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text at {utf8_position(path.read_bytes())}") from None
 
 
 def _parquet_rows(path: Path):
