@@ -61,8 +61,9 @@ def paused(path, data):
                 handle.write(data[: len(data) // 2])
                 handle.flush()
                 os.fsync(handle.fileno())
-            with open(marker, "w") as handle:
+            with open(marker + ".tmp", "w") as handle:  # renamed into place: never seen empty
                 handle.write(str(path))
+            os.replace(marker + ".tmp", marker)
             time.sleep(600)
     write(path, data)
 checkpoint._write_file = paused

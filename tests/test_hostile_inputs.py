@@ -162,6 +162,44 @@ def predict_empty_text(root, env):
     return ["predict", str(root / "run"), "good film", "  "], "input 2: empty text"
 
 
+# -- outputs: places that cannot be written, files that are not replaced ------------------------------
+
+
+@case
+def train_output_that_cannot_be_created(root, env):
+    return (["train", str(image_recipe(root)), "--output", "/proc/finetunekit-run"],
+            "cannot write /proc/finetunekit-run: cannot create files in /proc (No such file or directory)")
+
+
+@case
+def export_output_that_cannot_be_created(root, env):
+    shutil.copytree(env.image_run, root / "run")
+    return (["export", str(root / "run"), "--format", "timm", "--output", "/proc/finetunekit-export"],
+            "cannot write /proc/finetunekit-export: cannot create files in /proc (No such file or directory)")
+
+
+@case
+def compare_onto_an_existing_page(root, env):
+    (root / "compare.html").write_text("<p>an earlier comparison</p>")
+    return (["compare", str(env.image_run), str(env.text_run), "--output", str(root / "compare.html")],
+            f"{root}/compare.html already exists; pass --overwrite to replace it, or choose another --output")
+
+
+@case
+def compare_onto_a_runs_weights(root, env):
+    shutil.copytree(env.image_run, root / "run")
+    target = root / "run" / "model.safetensors"
+    return (["compare", str(env.image_run), str(env.text_run), "--output", str(target), "--overwrite"],
+            f"{target}: expected a file name ending in .html or .htm")
+
+
+@case
+def report_onto_an_existing_file(root, env):
+    (root / "page.html").write_text("mine")
+    return (["report", str(env.image_run), "--output", str(root / "page.html")],
+            f"{root}/page.html already exists; pass --overwrite to replace it, or choose another --output")
+
+
 # -- the test --------------------------------------------------------------------------------------
 
 
@@ -218,3 +256,49 @@ def test_predict_takes_options_before_or_after_its_inputs(env, capsys):
 def test_every_case_is_listed_in_docs_errors_md():
     text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
     assert [name for name in sorted(CASES) if f"`{name}`" not in text] == []
+
+
+def test_compare_overwrites_only_when_asked(env, tmp_path):
+    page = tmp_path / "compare.html"
+    page.write_text("old")
+    assert main(["compare", str(env.image_run), str(env.text_run), "--output", str(page), "--overwrite"]) == 0
+    assert page.read_text().startswith("<!DOCTYPE html>") or "<html" in page.read_text()
+
+
+def _hold_lock(run: Path):
+    """Another process holding the run directory's lock (started, and its lock taken, on return)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pathlib import Path; from finetunekit.outputs import RunDirLock; "
+            "RunDirLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@pytest.mark.parametrize("command", ["resume", "train", "export"])
+def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(command, env, tmp_path, capsys):
+    from finetunekit.outputs import RunDirLock
+
+    run = tmp_path / "run"
+    shutil.copytree(env.image_run, run)
+    args = {"resume": ["resume", str(run)],
+            "train": ["train", str(image_recipe(tmp_path)), "--output", str(run), "--overwrite"],
+            "export": ["export", str(run), "--format", "timm"]}[command]
+    holder = _hold_lock(run)
+    try:
+        before = snapshot(tmp_path)
+        capsys.readouterr()
+        assert main(args) == 2
+        assert capsys.readouterr().err == (
+            f"finetunekit {command}: error: {run} is in use by another finetunekit process (pid {holder.pid}); "
+            "wait for it to finish or stop it, then try again\n"
+        )
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDirLock(run):  # the kernel dropped the killed holder's lock: the next process gets it
+        pass
+    assert not (run / ".finetunekit.lock").exists()

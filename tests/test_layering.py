@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
 LAYERS: list[set[str]] = [
     {"errors", "version"},
-    {"registry", "runtime", "metrics", "heads", "hf_modeling", "trackers", "safe_yaml"},
+    {"registry", "runtime", "metrics", "heads", "hf_modeling", "trackers", "safe_yaml", "outputs"},
     {"strategies"},  # which parameters train: works on any nn.Module; recipe validates names against it
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
     {"defaults", "data", "backbones"},

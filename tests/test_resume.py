@@ -440,3 +440,35 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_keeps_the_previous_che
     )
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000001"]
     assert read_checkpoint(run / "checkpoints" / "step-00000001").position == Position(0, 1, 1)
+
+
+@pytest.mark.parametrize("full_at", ["model.safetensors", "metrics.json"])
+def test_a_full_disk_while_writing_the_finished_run_is_one_error_and_resume_finishes_it(
+    full_at, image_reference, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from finetunekit import artifacts
+    from finetunekit.cli import main
+
+    recipe, expected = image_reference
+    run = tmp_path / "run"
+    write = artifacts._atomic_write_bytes
+
+    def full_disk(path, data):
+        if path == run / full_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(artifacts, "_atomic_write_bytes", full_disk)
+    (tmp_path / "recipe.yaml").write_text(recipe.to_yaml())
+    assert main(["train", str(tmp_path / "recipe.yaml"), "--output", str(run), "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"finetunekit train: error: could not write {run / full_at} (No space left on device); the last checkpoint "
+        f"is intact: {run}/checkpoints/step-00000006; once there is space, finish the run with: finetunekit resume {run}"
+    )
+    assert not (run / "metrics.json").exists()
+    monkeypatch.undo()
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert differences(comparable(run), expected) == []
+    assert not (run / "checkpoints").exists() and not (run / ".finetunekit.lock").exists()

@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from .errors import FinetuneError
+from .outputs import WriteError, is_lock
 
 FORMAT_VERSION = 1
 MARKER = "finetunekit.json"
@@ -44,6 +45,14 @@ MARKER = "finetunekit.json"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically; an OS error (a full disk) is a WriteError naming ``path``."""
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -75,8 +84,11 @@ def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metada
 
 def atomic_replace_dir(path: Path, fill) -> None:
     """Build a directory under a temporary name with ``fill(tmp_path)``, then swap it in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     try:
         fill(tmp)
         if path.exists():
@@ -87,26 +99,29 @@ def atomic_replace_dir(path: Path, fill) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(path, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    append_jsonl_many(path, [record])
 
 
 def append_jsonl_many(path: Path, records: list[dict[str, Any]]) -> None:
     """Append several lines with one write and one fsync (per-step records arrive once per epoch)."""
     if not records:
         return
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(record) + "\n" for record in records))
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(record) + "\n" for record in records))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:  # a torn last line is dropped when the run resumes (checkpoint.truncate_logs)
+        raise WriteError(path, exc) from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -159,7 +174,7 @@ def check_run_dir(path: Path, overwrite: bool) -> None:
     its output before spending minutes on loading data and models."""
     if path.exists() and not path.is_dir():
         raise FinetuneError(f"output {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(not is_lock(child) for child in path.iterdir()):  # the run's own lock does not count
         if not overwrite:
             raise FinetuneError(f"run directory {path} already exists and is not empty; pass --overwrite or choose another --output")
         if not is_run_dir(path):
@@ -171,7 +186,8 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     check_run_dir(path, overwrite)
     if path.is_dir():
         for child in path.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if not is_lock(child):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

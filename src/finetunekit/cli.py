@@ -147,14 +147,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(f"report: {write_report(args.run_dir, args.output)}")
+    print(f"report: {write_report(args.run_dir, args.output, overwrite=args.overwrite)}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import write_comparison
 
-    print(f"comparison: {write_comparison(args.run_dirs, args.output)}")
+    print(f"comparison: {write_comparison(args.run_dirs, args.output, overwrite=args.overwrite)}")
     return 0
 
 
@@ -272,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(re)write a run's HTML report (RUN_DIR/report.html)")
     p.add_argument("run_dir")
     p.add_argument("--output", "-o", help="HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     p = sub.add_parser("compare", help="one HTML page comparing several runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", "-o", default="compare.html", help="HTML file to write (default: compare.html)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     p = sub.add_parser("export", help="export a run for use without finetunekit (ONNX, transformers, timm)")
     p.add_argument("run_dir")

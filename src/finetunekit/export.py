@@ -68,7 +68,9 @@ class ExportResult:
 def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, overwrite: bool = False,
            tolerance: float = 1e-4) -> ExportResult:
     """Export ``run_dir`` as ``fmt`` (``hf``, ``timm`` or ``onnx``) and check it; see the module doc."""
-    from .predict import Predictor
+    from contextlib import nullcontext
+
+    from .outputs import RunDirLock, check_writable, in_run_dir
 
     if fmt not in FORMATS:
         raise FinetuneError(f"export: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -76,6 +78,17 @@ def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, over
     target = Path(output) if output is not None else run_dir / "export" / fmt
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise FinetuneError(f"export: {target} already exists; pass --overwrite or choose another --output")
+    if not run_dir.is_dir():
+        raise FinetuneError(f"run directory not found: {run_dir}")
+    check_writable(target)  # before the model loads
+    # An export into the run directory writes there: one process at a time, as for training.
+    with RunDirLock(run_dir) if in_run_dir(target, run_dir) else nullcontext():
+        return _export(run_dir, fmt, target, tolerance)
+
+
+def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportResult:
+    from .predict import Predictor
+
     predictor = Predictor(run_dir, device="cpu")
     if predictor.model.adapter is not None:
         # LoRA kept unmerged: exports hold plain weights. The merged model differs from the

@@ -110,9 +110,24 @@ def train(
 
     ``resume=True`` continues the run in ``output`` from its newest intact checkpoint (the same
     recipe and data are required); with no checkpoint there yet, the run starts from the beginning.
+    The run directory is locked while the run lasts: a second process on it is refused.
     """
-    started = time.perf_counter()
+    import os
+
+    from .outputs import RunDirLock, check_writable
+
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FinetuneError(f"output {run_dir} exists and is not a directory")
+    check_writable(run_dir)  # a read-only or impossible place is refused before anything loads
+    if int(os.environ.get("RANK", "0")) != 0:  # multi-process: the main process holds the lock
+        return _train(recipe, run_dir, overwrite, quiet, resume)
+    with RunDirLock(run_dir):
+        return _train(recipe, run_dir, overwrite, quiet, resume)
+
+
+def _train(recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool) -> RunResult:
+    started = time.perf_counter()
     resuming = _check_output(run_dir, overwrite, resume)  # before minutes are spent loading anything
     log_with = trackers.check_trackers(recipe.train.report_to)
     accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile)
@@ -476,12 +491,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     final = {**run.metrics, "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
-        artifacts.save_model(run_dir, unwrapped, list(label_map.classes), run.preprocessing, resolve_precision(t.precision))
-        artifacts.atomic_write_json(run_dir / "metrics.json", final)
-        from .card import write_model_card
-
-        write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total)
-        artifacts.save_predictions(run_dir, run.val_ex.inputs, preds.labels, preds.probs, list(label_map.classes))
+        _write_final(run, unwrapped, final, trainable, total)
         from .report import write_report_after_training
 
         write_report_after_training(run_dir, quiet)
@@ -493,6 +503,25 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     _log(accelerator, False, format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
     return RunResult(run_dir, final, run.history, seconds, trainable, total, run.recipe, model=unwrapped)
+
+
+def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, total: int) -> None:
+    """The finished run's files, metrics.json last (it marks the run finished). A disk that fills
+    up on the way is reported like a failed checkpoint; the checkpoints stay, so ``finetunekit
+    resume`` writes these files again once there is space."""
+    from .card import write_model_card
+    from .outputs import WriteError
+
+    run_dir, classes, preds = run.run_dir, list(run.label_map.classes), run.preds
+    try:
+        artifacts.save_model(run_dir, model, classes, run.preprocessing, resolve_precision(run.recipe.train.precision))
+        write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total)
+        artifacts.save_predictions(run_dir, run.val_ex.inputs, preds.labels, preds.probs, classes)
+        artifacts.atomic_write_json(run_dir / "metrics.json", final)
+    except WriteError as exc:
+        last = next(reversed(list_checkpoints(run_dir)), None)
+        kept = f"the last checkpoint is intact: {last}" if last else "no checkpoint was kept"
+        raise FinetuneError(f"{exc}; {kept}; once there is space, finish the run with: finetunekit resume {run_dir}") from None
 
 
 def _phase_steps(strategy, epoch: int, epochs: int, steps_per_epoch: int) -> int:

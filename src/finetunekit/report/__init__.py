@@ -37,8 +37,13 @@ MAX_IMAGE_ERRORS = 24
 MAX_TEXT_ERRORS = 50
 
 
-def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Render the run's report page (default ``RUN_DIR/report.html``); returns its path."""
+def write_report(run_dir: str | Path, output: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Render the run's report page (default ``RUN_DIR/report.html``, which it always replaces;
+    another existing ``output`` only with ``overwrite``); returns its path."""
+    from ..outputs import check_new_file
+
+    if output is not None:
+        check_new_file(Path(output), overwrite)
     run = load_run(run_dir)
     target = Path(output) if output is not None else run.run_dir / REPORT_FILE
     artifacts.atomic_write_text(target, render_report(run))
@@ -142,10 +147,14 @@ def _text(value) -> str:
 COMPARED = [("accuracy", "max"), ("macro_f1", "max"), ("macro_precision", "max"), ("macro_recall", "max"), ("loss", "min"), ("ece", "min")]
 
 
-def write_comparison(run_dirs: list[str | Path], output: str | Path) -> Path:
-    """One page comparing runs: per-epoch curves overlaid and final metrics side by side."""
+def write_comparison(run_dirs: list[str | Path], output: str | Path, overwrite: bool = False) -> Path:
+    """One page comparing runs: per-epoch curves overlaid and final metrics side by side. An
+    existing ``output`` is replaced only with ``overwrite``, and only by a page (``.html``)."""
+    from ..outputs import check_new_file
+
     if len(run_dirs) < 2:
         raise FinetuneError("compare: give at least two run directories")
+    check_new_file(Path(output), overwrite)
     runs = [load_run(d) for d in run_dirs]
     artifacts.atomic_write_text(Path(output), render_comparison(runs))
     return Path(output)

@@ -1,0 +1,162 @@
+"""What finetunekit writes, checked before it writes: outputs that can be written at all, outputs
+that are not replaced unless asked, one process per run directory, and OS errors as one line.
+
+* :func:`check_writable`: creates (and removes) a probe directory where an output will go, so a
+  path under ``/proc``, on a read-only mount or without permission is refused before minutes are
+  spent loading a model;
+* :func:`check_new_file`: an existing file is replaced only with ``--overwrite``;
+* :class:`RunDirLock`: an exclusive ``fcntl.flock`` on ``RUN_DIR/.finetunekit.lock`` while ``train``,
+  ``resume`` or an export into the run directory runs; a second process gets a one-line error
+  naming the holder's pid. The kernel releases the lock when its process dies, however it dies, so
+  a lock left by a killed process never blocks the next one;
+* :class:`WriteError`: an OS error while writing, naming the file and the system's reason.
+
+Example::
+
+    with RunDirLock(Path("runs/x")):
+        ...  # the only process writing runs/x
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import FinetuneError, os_reason
+
+LOCK_NAME = ".finetunekit.lock"
+
+
+class WriteError(FinetuneError):
+    """A file or directory could not be written (a full disk, a read-only mount, no permission)."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.path, self.reason = Path(path), os_reason(exc)
+        super().__init__(f"could not write {path} ({self.reason})")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path) -> None:
+    """Refuse ``path`` (a directory to create or fill) when nothing can be created where it goes."""
+    path = Path(path)
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise FinetuneError(f"cannot create {path}: {base} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".finetunekit-probe-"))
+    except OSError as exc:
+        where = "" if base == Path(os.path.abspath(path)) else f" in {base}"
+        raise FinetuneError(f"cannot write {path}: cannot create files{where} ({os_reason(exc)})") from None
+
+
+def check_new_file(path: Path, overwrite: bool, suffixes: tuple[str, ...] = (".html", ".htm")) -> None:
+    """Refuse to replace an existing ``path`` unless ``overwrite``, and any path whose suffix is not
+    one of ``suffixes`` (so an HTML page never lands on a run's weights, whatever the flags)."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise FinetuneError(f"{path}: expected a file name ending in {' or '.join(suffixes)}")
+    if path.is_dir():
+        raise FinetuneError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise FinetuneError(f"{path} already exists; pass --overwrite to replace it, or choose another --output")
+    check_writable(path.parent)
+
+
+def in_run_dir(path: Path, run_dir: Path) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(run_dir))
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory (see the module doc). Creates the directory when it
+    does not exist, and on release removes the lock file and any directory it created that is
+    still empty, so a command refused early leaves nothing behind."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.fd: int | None = None
+        self.created: list[Path] = []
+
+    def __enter__(self) -> RunDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        missing = []
+        parent = Path(os.path.abspath(self.run_dir))
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FinetuneError(f"cannot create {self.run_dir} ({os_reason(exc)})") from None
+        self.created = missing  # innermost first: the order to remove them in
+        try:
+            self._lock()
+        except BaseException:
+            self._remove_created()
+            raise
+
+    def _lock(self) -> None:
+        import fcntl
+
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise FinetuneError(f"cannot write {self.path} ({os_reason(exc)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise FinetuneError(
+                    f"{self.run_dir} is in use by another finetunekit process (pid {holder}); "
+                    "wait for it to finish or stop it, then try again"
+                ) from None
+            # The holder before us may have removed the file between our open and our lock: then
+            # we hold a lock on a file nobody else can find; start again on the current one.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still holding the lock (see _lock)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only when empty: a run that wrote something keeps its directory
+            except OSError:
+                break
+        self.created = []
+
+
+def is_lock(path: Path) -> bool:
+    return path.name == LOCK_NAME
