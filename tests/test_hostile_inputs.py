@@ -6,6 +6,7 @@ and runs this module reuses), or, where the input is usable, the documented norm
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import pytest
 
 from finetunekit.cli import main
 from finetunekit.errors import shown
-from test_errors import GOOD_ROWS, env, image_recipe, images, snapshot, text_recipe, tsv  # noqa: F401 (env: fixture)
+from test_errors import GOOD_ROWS, env, image_recipe, images, snapshot, stopped_run, text_recipe, tsv  # noqa: F401 (env: fixture)
 
 CASES: dict[str, Callable] = {}
 
@@ -200,12 +201,178 @@ def report_onto_an_existing_file(root, env):
             f"{root}/page.html already exists; pass --overwrite to replace it, or choose another --output")
 
 
+# -- decompression bombs ---------------------------------------------------------------------------
+
+
+def png_bomb(path: Path, side: int = 20000) -> Path:
+    """A real 1-bit PNG of side x side pixels, all black: some 50 KB that decode to side**2 * 3 bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, row = zlib.compressobj(9), b"\0" * (1 + side // 8)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+BOMB = "20000x20000 = 400,000,000 pixels, more than data.max_image_pixels = 178,956,970 (a decompression bomb? raise the limit if the image is real)"
+
+
+@case
+def decompression_bomb_in_training_images(root, env):
+    base = images(root, "a", "b")
+    bomb = png_bomb(base / "train" / "a" / "bomb.png")
+    return ["train", str(image_recipe(root))], (
+        f"{base}/train: 1 unreadable image file(s): {bomb} ({BOMB}); remove them or set data.bad_images=skip"
+    )
+
+
+@case
+def decompression_bomb_below_a_lower_limit(root, env):
+    base = images(root, "a", "b")
+    bomb = png_bomb(base / "val" / "b" / "big.png", side=64)
+    return ["train", str(image_recipe(root, data={"max_image_pixels": 1024}))], (
+        f"{base}/val: 1 unreadable image file(s): {bomb} (64x64 = 4,096 pixels, more than data.max_image_pixels = 1,024 "
+        "(a decompression bomb? raise the limit if the image is real)); remove them or set data.bad_images=skip"
+    )
+
+
+@case
+def predict_a_decompression_bomb(root, env):
+    shutil.copytree(env.image_run, root / "run")
+    bomb = png_bomb(root / "bomb.png")
+    return ["predict", str(root / "run"), str(bomb)], f"{bomb}: {BOMB}"
+
+
+@case
+def evaluate_on_a_decompression_bomb(root, env):
+    shutil.copytree(env.image_run, root / "run")
+    base = images(root, "a", "b", split=False, per_class=1)
+    bomb = png_bomb(base / "b" / "bomb.png")
+    return ["evaluate", str(root / "run"), str(base)], f"{bomb}: {BOMB}"
+
+
+# -- run directories whose parts disagree ---------------------------------------------------------
+
+
+def other_weights(run: Path) -> Path:
+    """The run's weights file replaced by one of the same architecture and other values."""
+    from safetensors.torch import load_file, save_file
+
+    weights = run / "model.safetensors"
+    state = load_file(str(weights))
+    state["head.fc.bias"] = state["head.fc.bias"] + 1.0
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return weights
+
+
+@case
+def predict_with_weights_of_another_run(root, env):
+    shutil.copytree(env.text_run, root / "run")
+    weights = other_weights(root / "run")
+    return ["predict", str(root / "run"), "good film"], (
+        f"{weights}: not the weights this run saved (their SHA-256 differs from the one in {root}/run/finetunekit.json); "
+        "the file comes from another run or was altered"
+    )
+
+
+@case
+def evaluate_with_weights_of_another_run(root, env):
+    shutil.copytree(env.text_run, root / "run")
+    weights = other_weights(root / "run")
+    return ["evaluate", str(root / "run"), str(tsv(root, "test.tsv", GOOD_ROWS))], (
+        f"{weights}: not the weights this run saved (their SHA-256 differs from the one in {root}/run/finetunekit.json); "
+        "the file comes from another run or was altered"
+    )
+
+
+@case
+def export_with_weights_of_another_shape(root, env):
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(env.image_run, root / "run")
+    weights = root / "run" / "model.safetensors"
+    state = load_file(str(weights))
+    state["head.fc.bias"] = state["head.fc.bias"].repeat(2)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    return ["export", str(root / "run"), "--format", "timm", "--output", str(root / "out")], (
+        f"{weights}: head.fc.bias has shape [4], but the model finetunekit.json describes needs [2]; "
+        "the weights come from another run"
+    )
+
+
+@case
+def predict_with_labels_of_another_run(root, env):
+    shutil.copytree(env.image_run, root / "run")
+    (root / "run" / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    return ["predict", str(root / "run"), "x.png"], (
+        f"{root}/run/labels.json: 3 classes, but the model's head has 2 outputs ({root}/run/finetunekit.json); "
+        "labels.json comes from another run"
+    )
+
+
+@case
+def predict_with_labels_json_of_another_shape(root, env):
+    shutil.copytree(env.image_run, root / "run")
+    (root / "run" / "labels.json").write_text(json.dumps(["a", "b"]))
+    return ["predict", str(root / "run"), "x.png"], (
+        f'{root}/run/labels.json: expected {{"classes": [class names, in the order of the head\'s outputs]}}'
+    )
+
+
+# -- resume refuses what changed --------------------------------------------------------------------
+
+
+@case
+def resume_after_recipe_yaml_was_edited(root, env, monkeypatch):
+    from finetunekit.checkpoint import list_checkpoints
+
+    _, run = stopped_run(root, monkeypatch)
+    recipe = run / "recipe.yaml"
+    recipe.write_text(re.sub(r"(?m)^  epochs: 1$", "  epochs: 2", recipe.read_text()))
+    return ["resume", str(run)], (
+        f"cannot resume {run}: {recipe} was edited after checkpoint {list_checkpoints(run)[-1]} was written "
+        "(train.epochs is 1 when the run started, 2 in recipe.yaml); put the run's values back, or start a new run"
+    )
+
+
+@case
+def resume_after_image_bytes_changed(root, env, monkeypatch):
+    from finetunekit.checkpoint import list_checkpoints
+
+    _, run = stopped_run(root, monkeypatch)
+    train = root / "images" / "train"
+    (train / "a" / "a_0.png").write_bytes((train / "b" / "b_0.png").read_bytes())
+    return ["resume", str(run)], (
+        f"{train}: the contents of the training files changed since checkpoint {list_checkpoints(run)[-1]} was written "
+        "(same names, other bytes); resume needs the data the run started with"
+    )
+
+
+@case
+def resume_after_validation_bytes_changed(root, env, monkeypatch):
+    from finetunekit.checkpoint import list_checkpoints
+
+    _, run = stopped_run(root, monkeypatch)
+    val = root / "images" / "val"
+    (val / "a" / "a_0.png").write_bytes((val / "b" / "b_0.png").read_bytes())
+    return ["resume", str(run)], (
+        f"{val}: the contents of the validation files changed since checkpoint {list_checkpoints(run)[-1]} was written "
+        "(same names, other bytes); resume needs the data the run started with"
+    )
+
+
 # -- the test --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_hostile_input_is_one_exact_line_and_changes_nothing(name, env, tmp_path, capsys):
-    args, message = CASES[name](tmp_path, env)
+def test_hostile_input_is_one_exact_line_and_changes_nothing(name, env, tmp_path, capsys, monkeypatch):
+    fn = CASES[name]
+    args, message = fn(tmp_path, env, monkeypatch) if "monkeypatch" in fn.__code__.co_varnames else fn(tmp_path, env)
     before = snapshot(tmp_path)
     capsys.readouterr()
     started = time.perf_counter()
@@ -302,3 +469,44 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(comman
     with RunDirLock(run):  # the kernel dropped the killed holder's lock: the next process gets it
         pass
     assert not (run / ".finetunekit.lock").exists()
+
+
+def test_decompression_bomb_is_skipped_and_counted_with_bad_images_skip(env, tmp_path, capsys):
+    base = images(tmp_path, "a", "b")
+    bomb = png_bomb(base / "train" / "b" / "bomb.png")
+    capsys.readouterr()
+    recipe = image_recipe(tmp_path, data={"bad_images": "skip"})
+    assert main(["train", str(recipe), "--output", str(tmp_path / "run"), "-q"]) == 0
+    assert f"finetunekit: warning: skipped 1 unreadable image file(s): {bomb} ({BOMB})\n" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "preprocessing.json").read_text())["max_image_pixels"] == 178_956_970
+
+
+@pytest.mark.parametrize("damage", ["shape", "values"])
+def test_damaged_feature_cache_entries_are_reported_and_recomputed(damage, tmp_path, capsys):
+    import os
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from conftest import tiny_image_recipe
+    from finetunekit import train
+    from run_outputs import comparable, differences
+
+    data = images(tmp_path, "a", "b", per_class=4)
+    recipe = tiny_image_recipe(data, strategy={"name": "linear_probe"}, train={"epochs": 2})
+    train(recipe, output=tmp_path / "reference", quiet=True)
+    entries = sorted(Path(os.environ["FINETUNEKIT_CACHE_DIR"]).glob("*.safetensors"))
+    assert len(entries) == 2  # training and validation features
+    for entry in entries:
+        with safe_open(str(entry), framework="pt") as handle:
+            meta, features = handle.metadata(), handle.get_tensor("features")
+        # a wrong shape crashed the run; right-shaped wrong values trained silently to a worse model
+        features = torch.zeros(3, 7) if damage == "shape" else features * 0.5
+        save_file({"features": features}, str(entry), metadata=meta)
+    capsys.readouterr()
+    train(recipe, output=tmp_path / "again", quiet=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("finetunekit: warning: feature cache:")]
+    assert sorted(w.split(" is damaged (")[0] for w in warnings) == [f"finetunekit: warning: feature cache: {e}" for e in entries]
+    assert differences(comparable(tmp_path / "again"), comparable(tmp_path / "reference")) == []
+    assert all(w.endswith("; computing the features again") for w in warnings)

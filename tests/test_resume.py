@@ -405,8 +405,11 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError):
+    from finetunekit.outputs import WriteError
+
+    with pytest.raises(WriteError) as info:  # a FinetuneError: one line naming the file
         atomic_write_bytes(target, b"new")
+    assert str(info.value) == f"could not write {target} (disk full)"
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 

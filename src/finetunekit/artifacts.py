@@ -74,12 +74,17 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Write the tensors as safetensors; returns the file's SHA-256."""
+    import hashlib
+
     from safetensors.torch import save
 
     # safetensors refuses shared storage; contiguous copies also drop any view offsets.
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(clean, metadata=metadata))
+    data = save(clean, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_replace_dir(path: Path, fill) -> None:
@@ -209,7 +214,7 @@ def save_model(
         from .strategies.lora import save_adapter
 
         atomic_replace_dir(run_dir / adapter["directory"], lambda tmp: save_adapter(model, tmp))
-    atomic_save_safetensors(run_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
+    weights_sha256 = atomic_save_safetensors(run_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
     atomic_write_json(run_dir / "labels.json", {"classes": list(classes)})
     atomic_write_json(run_dir / "preprocessing.json", preprocessing)
     atomic_write_json(
@@ -222,6 +227,7 @@ def save_model(
             "backbone": backbone.describe(),
             "head": {"in_features": model.head.in_features, "num_classes": model.head.num_classes, "dropout": model.head.dropout.p},
             "precision": precision,
+            "weights_sha256": weights_sha256,  # loading refuses weights that are not these (another run's)
             **({"adapter": adapter} if adapter is not None else {}),
         },
     )

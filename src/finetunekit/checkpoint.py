@@ -469,34 +469,67 @@ class ResumePoint:
         restore_rng(*self.rng)
 
 
-def data_fingerprint(examples: Any) -> dict[str, Any]:
-    """Count and SHA-256 of the training inputs and labels, in order."""
+def data_fingerprint(examples: Any, val: Any = None) -> dict[str, Any]:
+    """Count and SHA-256 of the training inputs and labels, in order, and for image files the
+    SHA-256 of their bytes (a path says nothing of what the file holds now); ``val`` the same under
+    ``"val"``. Texts are their own content."""
+    found = _fingerprint(examples)
+    if val is not None:
+        found["val"] = _fingerprint(val)
+    return found
+
+
+def _fingerprint(examples: Any) -> dict[str, Any]:
     digest = hashlib.sha256()
     for item, label in zip(examples.inputs, examples.labels or [None] * len(examples), strict=True):
         digest.update(f"{item}\t{label}\n".encode())
-    return {"examples": len(examples), "sha256": digest.hexdigest()}
+    found = {"examples": len(examples), "sha256": digest.hexdigest()}
+    if examples.modality == "image":
+        content = hashlib.sha256()
+        for path in examples.inputs:
+            with open(path, "rb") as handle:
+                content.update(hashlib.file_digest(handle, "sha256").digest())
+        found["content"] = content.hexdigest()
+    return found
 
 
-def check_same_recipe(run_dir: Path, current: dict[str, Any]) -> None:
-    """Refuse to resume under a recipe other than the one the run started with."""
+def _recipe_diffs(before: dict[str, Any], after: dict[str, Any], then: str, now: str) -> list[str]:
+    from .errors import shown
+
+    before, after = json.loads(json.dumps(before)), json.loads(json.dumps(after))  # tuples vs lists
+    return [
+        f"{section}.{name} is {shown(before.get(section, {}).get(name))} {then}, {shown(value)} {now}"
+        for section, fields in after.items()
+        for name, value in fields.items()
+        if f"{section}.{name}" not in RESUME_FREE_FIELDS and before.get(section, {}).get(name) != value
+    ]
+
+
+def check_same_recipe(run_dir: Path, current: dict[str, Any], loaded: Loaded | None = None) -> None:
+    """Refuse to resume under a recipe other than the one the run started with: the one given
+    now must be the run's recipe.yaml, and recipe.yaml must still be the recipe that the
+    checkpoint was written under (an edited recipe.yaml would no longer describe the run)."""
     from .recipe import Recipe
 
     saved = Recipe.from_yaml(Path(run_dir) / "recipe.yaml").to_dict()
-    diffs = [
-        f"{section}.{name} is {saved.get(section, {}).get(name)!r} in the run, {value!r} now"
-        for section, fields in current.items()
-        for name, value in fields.items()
-        if f"{section}.{name}" not in RESUME_FREE_FIELDS and saved.get(section, {}).get(name) != value
-    ]
+    diffs = _recipe_diffs(saved, current, "in the run", "now")
     if diffs:
         raise FinetuneError(
             f"cannot resume {run_dir}: the recipe differs from its recipe.yaml ({'; '.join(diffs)}); "
             f"resume with the same recipe (finetunekit resume {run_dir}) or start a new run"
         )
+    started = loaded.state.get("recipe") if loaded is not None else None
+    diffs = _recipe_diffs(started, saved, "when the run started", "in recipe.yaml") if started else []
+    if diffs:
+        raise FinetuneError(
+            f"cannot resume {run_dir}: {Path(run_dir) / 'recipe.yaml'} was edited after checkpoint {loaded.path} was "
+            f"written ({'; '.join(diffs)}); put the run's values back, or start a new run"
+        )
 
 
-def check_same_data(loaded: Loaded, classes: list[str], examples: Any) -> None:
-    """Refuse to resume on other classes or other training examples than the checkpoint's."""
+def check_same_data(loaded: Loaded, classes: list[str], examples: Any, val: Any = None) -> dict[str, Any]:
+    """Refuse to resume on other classes, other examples or other file contents than the
+    checkpoint's; returns the data's fingerprint (for the checkpoints still to come)."""
     from .errors import DataError
 
     saved = loaded.state.get("classes")
@@ -505,12 +538,22 @@ def check_same_data(loaded: Loaded, classes: list[str], examples: Any) -> None:
             f"{examples.source}: classes {', '.join(classes)} do not match those of checkpoint {loaded.path} "
             f"({', '.join(map(str, saved or []))}); resume needs the data the run started with"
         )
-    then, now = loaded.state.get("data") or {}, data_fingerprint(examples)
-    if then != now:
-        raise DataError(
-            f"{examples.source}: the training examples differ from those of checkpoint {loaded.path} "
-            f"({then.get('examples')} then, {now['examples']} now); resume needs the data the run started with"
-        )
+    then, now = loaded.state.get("data") or {}, data_fingerprint(examples, val)
+    for part, ex in (("training", examples), ("validation", val)):
+        old, new = (then.get("val"), now.get("val")) if part == "validation" else (then, now)
+        if not old or not new:  # checkpoints from before validation was fingerprinted
+            continue
+        if (old.get("examples"), old.get("sha256")) != (new["examples"], new["sha256"]):
+            raise DataError(
+                f"{ex.source}: the {part} examples differ from those of checkpoint {loaded.path} "
+                f"({old.get('examples')} then, {new['examples']} now); resume needs the data the run started with"
+            )
+        if "content" in old and old["content"] != new.get("content"):
+            raise DataError(
+                f"{ex.source}: the contents of the {part} files changed since checkpoint {loaded.path} was written "
+                "(same names, other bytes); resume needs the data the run started with"
+            )
+    return now
 
 
 def _jsonl_records(path: Path) -> list[dict[str, Any]]:

@@ -72,6 +72,14 @@ def examples_digest(inputs: Sequence[Any], modality: str, encodings: dict[str, l
     return h.hexdigest()
 
 
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's shape, dtype and bytes."""
+    t = tensor.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -89,17 +97,35 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, rows: int | None = None) -> torch.Tensor | None:
+        """The entry stored under ``key``, verified: a float32 matrix (of ``rows`` rows when given)
+        whose SHA-256 matches the one written with it. Anything else (a truncated file, an entry of
+        the wrong shape, values altered on disk) is reported once and treated as a miss, so it is
+        recomputed and rewritten, never trusted."""
         path = self.path(key)
         if not path.is_file():
             return None
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            return load_file(str(path))["features"]
-        except (SafetensorError, OSError, KeyError, ValueError):
-            return None  # a damaged entry is recomputed and rewritten, never trusted
+            with safe_open(str(path), framework="pt") as handle:
+                written = (handle.metadata() or {}).get("sha256")
+                features = handle.get_tensor("features")
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            return self._damaged(path, f"unreadable: {exc}")
+        if features.dtype != torch.float32 or features.dim() != 2 or (rows is not None and features.shape[0] != rows):
+            expected = f"{rows} x D float32" if rows is not None else "a float32 matrix"
+            return self._damaged(path, f"{' x '.join(map(str, features.shape))} {features.dtype}, expected {expected}")
+        if written != tensor_digest(features):
+            return self._damaged(path, "its values do not match the SHA-256 written with them" if written else "no SHA-256 written with it")
+        return features
+
+    @staticmethod
+    def _damaged(path: Path, why: str) -> None:
+        from .errors import warn
+
+        warn(f"feature cache: {path} is damaged ({why}); computing the features again")
+        return None
 
     def put(self, key: str, features: torch.Tensor, meta: dict[str, str] | None = None) -> Path:
         from safetensors.torch import save_file
@@ -107,13 +133,17 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"features": features.contiguous()}, str(tmp), metadata=meta or {})
+        features = features.contiguous()
+        save_file({"features": features}, str(tmp), metadata={**(meta or {}), "sha256": tensor_digest(features)})
         os.replace(tmp, path)
         return path
 
-    def load_or_compute(self, key: str, compute: Callable[[], torch.Tensor], meta: dict[str, str] | None = None) -> tuple[torch.Tensor, bool]:
-        """``(features, hit)``: the cached tensor, or ``compute()`` stored under ``key``."""
-        found = self.get(key)
+    def load_or_compute(
+        self, key: str, compute: Callable[[], torch.Tensor], meta: dict[str, str] | None = None, rows: int | None = None
+    ) -> tuple[torch.Tensor, bool]:
+        """``(features, hit)``: the cached tensor (verified, see :meth:`get`), or ``compute()``
+        stored under ``key``."""
+        found = self.get(key, rows)
         if found is not None:
             return found, True
         features = compute()
@@ -248,7 +278,7 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
             keys = [(i, augment_seed(seed, view, i)) for i in range(len(ds))]
             batches = [keys[i : i + eval_bs] for i in range(0, len(keys), eval_bs)]
             loader = DataLoader(ds, batch_sampler=batches, collate_fn=loader.collate_fn, num_workers=d.num_workers)
-        return _shared(accelerator, cache, key, lambda: compute_features(model, loader, len(ds), accelerator, desc))
+        return _shared(accelerator, cache, key, lambda: compute_features(model, loader, len(ds), accelerator, desc), len(ds))
 
     def digest(examples: Any, ds: Dataset) -> str:
         return examples_digest(examples.inputs, run.modality, getattr(ds, "encodings", None))
@@ -270,14 +300,14 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
     return CachedLoaders(cached_train, train_loader, val_loader, time.perf_counter() - started, hits, views)
 
 
-def _shared(accelerator: Any, cache: FeatureCache, key: str, compute: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, bool]:
+def _shared(accelerator: Any, cache: FeatureCache, key: str, compute: Callable[[], torch.Tensor], rows: int) -> tuple[torch.Tensor, bool]:
     """The main process computes and stores the features; the others then read them back."""
     if accelerator.num_processes == 1:
-        return cache.load_or_compute(key, compute)
+        return cache.load_or_compute(key, compute, rows=rows)
     if accelerator.is_main_process:
-        result = cache.load_or_compute(key, compute)
+        result = cache.load_or_compute(key, compute, rows=rows)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        found = cache.get(key)
+        found = cache.get(key, rows)
         result = (found, True) if found is not None else (compute(), False)
     return result

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .artifacts import load_weights, read_json, read_run_info, read_weights
+from .errors import FinetuneError
 from .backbones import rebuild_backbone
 from .model import FineTuneModel
 
@@ -26,7 +27,7 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     plus ``classes`` and ``preprocessing``)."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    classes = read_json(run_dir / "labels.json")["classes"]
+    classes = _read_classes(run_dir, info)
     preprocessing = read_json(run_dir / "preprocessing.json")
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
     model = FineTuneModel(backbone, len(classes), float(info["head"].get("dropout", 0.0)))
@@ -34,6 +35,51 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         from .strategies.lora import apply_adapter
 
         apply_adapter(model, info["adapter"])
-    load_weights(model, read_weights(run_dir), run_dir / "model.safetensors")
+    state = read_weights(run_dir)
+    _check_weights(run_dir, info, model, state)
+    load_weights(model, state, run_dir / "model.safetensors")
     model.eval()
     return model, {**info, "classes": classes, "preprocessing": preprocessing}
+
+
+# -- the parts of a run directory must come from one run ----------------------------------------------
+
+
+def _read_classes(run_dir: Path, info: dict[str, Any]) -> list[str]:
+    """labels.json's class names, checked against the head finetunekit.json describes."""
+    path = run_dir / "labels.json"
+    raw = read_json(path)
+    classes = raw.get("classes") if isinstance(raw, dict) else None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise FinetuneError(f'{path}: expected {{"classes": [class names, in the order of the head\'s outputs]}}')
+    outputs = info.get("head", {}).get("num_classes")
+    if isinstance(outputs, int) and outputs != len(classes):
+        raise FinetuneError(
+            f"{path}: {len(classes)} classes, but the model's head has {outputs} outputs ({run_dir / 'finetunekit.json'}); "
+            "labels.json comes from another run"
+        )
+    return classes
+
+
+def _check_weights(run_dir: Path, info: dict[str, Any], model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The weights are the ones this run saved (their SHA-256 is in finetunekit.json) and fit its
+    architecture; weights copied from another run are named rather than loaded."""
+    import hashlib
+
+    path = run_dir / "model.safetensors"
+    expected = model.state_dict()
+    wrong = next(((k, v.shape, expected[k].shape) for k, v in state.items() if k in expected and v.shape != expected[k].shape), None)
+    if wrong is not None:
+        key, found, shape = wrong
+        raise FinetuneError(
+            f"{path}: {key} has shape {list(found)}, but the model finetunekit.json describes needs {list(shape)}; "
+            "the weights come from another run"
+        )
+    digest = info.get("weights_sha256")
+    if digest:
+        with path.open("rb") as handle:
+            if hashlib.file_digest(handle, "sha256").hexdigest() != digest:
+                raise FinetuneError(
+                    f"{path}: not the weights this run saved (their SHA-256 differs from the one in "
+                    f"{run_dir / 'finetunekit.json'}); the file comes from another run or was altered"
+                )

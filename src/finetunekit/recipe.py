@@ -90,12 +90,17 @@ class DataSpec:
     # images that PIL cannot read (corrupt, truncated, not an image): "fail" stops before training
     # and lists them, "skip" leaves them out and reports how many
     bad_images: Literal["fail", "skip"] = "fail"
+    # images whose header promises more pixels are refused (or skipped, with bad_images: skip)
+    # before they are decoded: a few-KB PNG can decode to gigabytes. The default is Pillow's own
+    # refusal threshold; predict and evaluate apply the run's value (finetunekit.data.images).
+    max_image_pixels: int = 178_956_970
 
     def __post_init__(self) -> None:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         _check_range("data.max_length", self.max_length, 2, 100_000)
         _check_range("data.num_workers", self.num_workers, 0, 256)
         _check_range("data.cache_views", self.cache_views, 0, 1000)
+        _check_range("data.max_image_pixels", self.max_image_pixels, 1, 10**12)
         if self.max_train_samples is not None:
             _check_range("data.max_train_samples", self.max_train_samples, 1, 10**12)
         if self.text_columns is not None:

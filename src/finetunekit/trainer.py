@@ -204,6 +204,7 @@ class _Run:
     wrapped_trainable: frozenset[str] = frozenset()  # what trained when the model was wrapped (DDP)
     objective: Any = None  # engine.objective.Objective: task loss + the strategy's extra terms
     ema: ModelEMA | None = None  # train.ema_decay: averaged weights, evaluated and saved
+    fingerprint: dict[str, Any] | None = None  # of the data's examples and bytes, checked on resume
 
 
 def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
@@ -235,7 +236,7 @@ def _read_data(recipe: Recipe, modality: str) -> tuple[Examples, Examples, Label
         random.Random(seed).shuffle(keep)
         train_ex = train_ex.subset(sorted(keep[: d.max_train_samples]))
     if modality == "image":
-        train_ex, val_ex = check_images(train_ex, d.bad_images), check_images(val_ex, d.bad_images)
+        train_ex, val_ex = (check_images(ex, d.bad_images, d.max_image_pixels) for ex in (train_ex, val_ex))
     for note in dict.fromkeys((*train_ex.notes, *val_ex.notes)):  # a held-out split shares its file's notes
         warn(note)
     label_map = LabelMap.from_labels(train_ex.labels or [], train_ex.source)
@@ -258,6 +259,8 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
         preprocessing["max_length"] = d.max_length
         if d.text_columns:  # a pair model: predict and evaluate take pairs, read from these columns
             preprocessing["text_columns"] = list(d.text_columns)
+    else:  # predict and evaluate open images under the run's own limit
+        preprocessing["max_image_pixels"] = d.max_image_pixels
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
     groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
     if recipe.strategy.l2sp_alpha:
@@ -322,7 +325,8 @@ def _resume(run: _Run) -> ResumePoint:
             f"no intact checkpoint left in {ckpt.root} (the corrupt ones were set aside as *.corrupt); "
             "pass --overwrite to start the run again"
         )
-    check_same_data(loaded, list(run.label_map.classes), run.train_ex)
+    check_same_recipe(run.run_dir, run.recipe.to_dict(), loaded)  # recipe.yaml edited since the run started
+    run.fingerprint = check_same_data(loaded, list(run.label_map.classes), run.train_ex, run.val_ex)
     state = ckpt.restore(loaded)
     point = ResumePoint.from_state(loaded, state)
     run.history, run.step, run.stopped = point.history, point.position.step, point.stopped
@@ -443,9 +447,12 @@ def _averaged(run: _Run) -> Iterator[None]:
 
 def _checkpoint_extra(run: _Run, progress: EpochProgress | None) -> dict[str, Any]:
     """The trainer's part of a checkpoint's state.json."""
+    if run.fingerprint is None:  # once per run: image bytes are read for it
+        run.fingerprint = data_fingerprint(run.train_ex, run.val_ex)
     return {
         "classes": list(run.label_map.classes),
-        "data": data_fingerprint(run.train_ex),
+        "recipe": run.recipe.to_dict(),  # what recipe.yaml must still say on resume
+        "data": run.fingerprint,
         "history": run.history,
         "epoch_progress": None if progress is None else asdict(progress),
         "stopped": run.stopped,

@@ -38,11 +38,13 @@ def image_transform(preprocessing: dict[str, Any], train: bool, augment: str = "
     return T.Compose([T.Resize(resize, interpolation=interpolation), T.CenterCrop(size), *normalize])
 
 
-def open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+def open_image(path: str, max_pixels: int | None = None):
+    from PIL import UnidentifiedImageError
+
+    from .images import open_bounded
 
     try:
-        with Image.open(path) as image:
+        with open_bounded(path, max_pixels) as image:  # too many pixels: a DataError naming the file
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
@@ -62,8 +64,9 @@ class ImageDataset(Dataset):
     # image is kept instead, which skips the resize too.
     memory_budget = 1 << 30
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform) -> None:
+    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform, max_pixels: int | None = None) -> None:
         self.paths = list(paths)
+        self.max_pixels = max_pixels
         self.labels = None if labels is None else list(labels)
         self.transform = transform
         self._prefix, self._rest = _deterministic_prefix(transform)
@@ -76,7 +79,7 @@ class ImageDataset(Dataset):
     def _image(self, index: int):
         image = self._decoded.get(index)
         if image is None:
-            image = open_image(self.paths[index])
+            image = open_image(self.paths[index], self.max_pixels)
             if self._prefix is not None:
                 image = self._prefix(image)
             size = image.width * image.height * 3
@@ -302,7 +305,7 @@ def build_dataset(
     examples: Examples, label_ids: Sequence[int] | None, backbone, preprocessing: dict, train: bool, augment: str, max_length: int
 ) -> Dataset:
     if backbone.modality == "image":
-        return ImageDataset(examples.inputs, label_ids, image_transform(preprocessing, train, augment))
+        return ImageDataset(examples.inputs, label_ids, image_transform(preprocessing, train, augment), preprocessing.get("max_image_pixels"))
     return TextDataset(backbone.tokenize(examples.inputs, max_length), label_ids)
 
 

@@ -121,19 +121,24 @@ def _read_image_folder(root: Path) -> Examples:
     return Examples(inputs, labels, str(root), "image")
 
 
-def _image_problem(path: str) -> str | None:
+def _image_problem(path: str, max_pixels: int | None = None) -> str | None:
     """Why ``path`` cannot be used as an image, or None. PIL's ``verify`` checks the header (and for
     PNG every chunk's checksum) without decoding; JPEG has no checksums, so it is decoded at 1/8
-    scale, which still reads the whole stream and so catches truncation."""
-    from PIL import Image, UnidentifiedImageError
+    scale, which still reads the whole stream and so catches truncation. An image of more than
+    ``max_pixels`` pixels is refused from its header (see finetunekit.data.images)."""
+    from PIL import UnidentifiedImageError
+
+    from .images import ImageTooLarge, open_bounded
 
     try:
-        with Image.open(path) as image:
+        with open_bounded(path, max_pixels) as image:
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
             else:
                 image.verify()
+    except ImageTooLarge as exc:
+        return exc.reason
     except UnidentifiedImageError:
         return "not an image PIL can read"
     except (OSError, SyntaxError, ValueError) as exc:
@@ -141,13 +146,13 @@ def _image_problem(path: str) -> str | None:
     return None
 
 
-def check_images(examples: Examples, policy: str = "fail") -> Examples:
+def check_images(examples: Examples, policy: str = "fail", max_pixels: int | None = None) -> Examples:
     """Check every image file before training (see :func:`_image_problem`).
 
     ``policy="fail"`` raises one error listing the unreadable files; ``"skip"`` drops them and
     records the count in ``notes`` (a class left without images is still an error).
     """
-    bad = [(i, path, why) for i, path in enumerate(examples.inputs) if (why := _image_problem(path))]
+    bad = [(i, path, why) for i, path in enumerate(examples.inputs) if (why := _image_problem(path, max_pixels))]
     if not bad:
         return examples
     shown = "; ".join(f"{path} ({why})" for _, path, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")

@@ -99,15 +99,16 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def thumbnail(path: str, size: int = 192) -> str | None:
     """A JPEG data URI of the image, at most ``size`` pixels on a side; None when unreadable."""
-    try:
-        from PIL import Image
+    from ..data.images import open_bounded
+    from ..errors import DataError
 
-        with Image.open(path) as image:
+    try:
+        with open_bounded(path) as image:  # a file replaced by a decompression bomb since training
             image = image.convert("RGB")
             image.thumbnail((size, size))
             buffer = io.BytesIO()
             image.save(buffer, format="JPEG", quality=85)
-    except (OSError, ValueError):
+    except (OSError, ValueError, DataError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
