@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from finetunekit.cli import main
-from finetunekit.errors import shown
 from test_errors import GOOD_ROWS, env, image_recipe, images, snapshot, stopped_run, text_recipe, tsv  # noqa: F401 (env: fixture)
 
 CASES: dict[str, Callable] = {}
@@ -24,6 +23,12 @@ CASES: dict[str, Callable] = {}
 def case(fn: Callable) -> Callable:
     CASES[fn.__name__] = fn
     return fn
+
+
+def shown(value):
+    from finetunekit.errors import shown  # imported late: the module still loads where it is missing
+
+    return shown(value)
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:

@@ -16,7 +16,7 @@ def test_decoded_images_are_reused_and_identical(image_data, monkeypatch):
     paths = _paths(image_data)
     opened = []
     real = pipeline.open_image
-    monkeypatch.setattr(pipeline, "open_image", lambda p: opened.append(p) or real(p))
+    monkeypatch.setattr(pipeline, "open_image", lambda p, *limit: opened.append(p) or real(p, *limit))
     for train, augment in ((False, "none"), (True, "light"), (True, "strong")):
         cached = ImageDataset(paths, None, image_transform(PRE, train, augment))
         fresh = ImageDataset(paths, None, image_transform(PRE, train, augment))
