@@ -176,7 +176,7 @@ def _read_text_table(
     if text_columns:
         for column in text_columns:
             if column not in columns:
-                raise DataError(f"{path}: no pair column {column!r}{did_you_mean(str(column), columns)} (columns: {listed}); set data.text_columns")
+                raise DataError(f"{path}: no pair column {column!r} (columns: {listed}); set data.text_columns")
         wanted = list(text_columns)
     else:
         if text_column is None:
