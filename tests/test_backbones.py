@@ -1,41 +1,79 @@
-"""Contract tests over every backbone source: features, widths, layer groups, rebuild from a run dir."""
+"""Contract tests over every registered backbone source (and every bundled backbone): features,
+widths, layer groups, tokenisation, rebuild from a run dir.
+
+The cases come from the registries themselves (``SOURCES``, ``BUNDLED``): a new source is tested as
+soon as it is registered, and fails here until it has a tiny example in ``TINY_EXAMPLES``.
+"""
+
+import json
 
 import pytest
 import torch
 
-from finetunekit.backbones import SOURCES, check_layer_groups, create_backbone, rebuild_backbone
+from finetunekit.backbones import BACKBONE_KINDS, BUNDLED, SOURCES, Backbone, check_layer_groups, create_backbone, rebuild_backbone
 from finetunekit.errors import FinetuneError
 
+# source -> the smallest backbone of that source, from the test fixtures. Bundled backbones are the
+# real (small) models: there is nothing smaller to bundle.
+TINY_EXAMPLES = {
+    "timm": lambda fx: "timm:test_efficientnet",
+    "hf": lambda fx: f"hf:{fx.getfixturevalue('tiny_bert')}",
+    "run": lambda fx: f"run:{fx.getfixturevalue('image_run')}",
+}
+CASES = [s for s in SOURCES.names() if s != "bundled"] + [f"bundled:{name}" for name in BUNDLED.names()]
 
-@pytest.fixture(params=["timm", "hf"])
-def backbone(request, tiny_bert):
-    if request.param == "timm":
-        return create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
-    return create_backbone(f"hf:{tiny_bert}")
+
+@pytest.fixture(params=CASES)
+def backbone(request):
+    case = request.param
+    if case.startswith("bundled:"):
+        return create_backbone(case, image_size=32)
+    if case not in TINY_EXAMPLES:
+        pytest.fail(f"backbone source {case!r} has no tiny example: add one to TINY_EXAMPLES in tests/test_backbones.py")
+    name = TINY_EXAMPLES[case](request)
+    return create_backbone(name, pretrained=not name.startswith("timm:"), image_size=32)
 
 
-def _batch(backbone):
+def _batch(backbone, texts=("good film", "bad plot and story")):
     if backbone.modality == "image":
         size = backbone.preprocessing()["input_size"]
-        return {"pixel_values": torch.randn(2, 3, size, size)}
-    enc = backbone.tokenize(["good film", "bad plot and story"], 16)
+        return {"pixel_values": torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))}
+    enc = backbone.tokenize(list(texts), 16)
     width = max(len(x) for x in enc["input_ids"])
     return {k: torch.tensor([row + [0] * (width - len(row)) for row in v]) for k, v in enc.items()}
 
 
 def test_contract(backbone, tmp_path):
+    assert isinstance(backbone, Backbone) and backbone.modality in ("image", "text")
     check_layer_groups(backbone)
     assert len(backbone.layer_groups()) >= 3
+    assert backbone.num_features > 0
+    json.dumps(backbone.preprocessing())  # stored in preprocessing.json
+    description = json.loads(json.dumps(backbone.describe()))  # stored in finetunekit.json
+    assert description["kind"] in BACKBONE_KINDS
     backbone.eval()
     batch = _batch(backbone)
     features = backbone.forward_features(batch)
-    assert features.shape == (2, backbone.num_features)
+    assert features.shape == (2, backbone.num_features) and torch.isfinite(features).all()
     # Rebuilding from the description + assets and loading the weights gives the same features.
     backbone.save_assets(tmp_path)
-    rebuilt = rebuild_backbone(backbone.describe(), tmp_path)
+    rebuilt = rebuild_backbone(description, tmp_path)
     rebuilt.load_state_dict(backbone.state_dict())
     rebuilt.eval()
     torch.testing.assert_close(rebuilt.forward_features(batch), features)
+
+
+def test_text_backbones_encode_pairs(backbone):
+    if backbone.modality != "text":
+        pytest.skip("image backbone: no text pairs")
+    pairs = [("good film", "bad plot"), ("a story", "fine and warm")]
+    enc = backbone.tokenize(pairs, 16)
+    assert len(enc["input_ids"]) == 2
+    if "token_type_ids" in enc:  # models with segment embeddings mark the second text
+        assert all(1 in row for row in enc["token_type_ids"])
+    backbone.eval()
+    features = backbone.forward_features(_batch(backbone, pairs))
+    assert features.shape == (2, backbone.num_features)
 
 
 def test_mean_pooling_ignores_padding(tiny_bert):
