@@ -70,16 +70,19 @@ def _check_weights(run_dir: Path, info: dict[str, Any], model: torch.nn.Module, 
     expected = model.state_dict()
     wrong = next(((k, v.shape, expected[k].shape) for k, v in state.items() if k in expected and v.shape != expected[k].shape), None)
     if wrong is not None:
-        key, found, shape = wrong
+        key, got, shape = wrong
         raise FinetuneError(
-            f"{path}: {key} has shape {list(found)}, but the model finetunekit.json describes needs {list(shape)}; "
+            f"{path}: {key} has shape {list(got)}, but the model finetunekit.json describes needs {list(shape)}; "
             "the weights come from another run"
         )
     digest = info.get("weights_sha256")
     if digest:
+        found = hashlib.sha256()
         with path.open("rb") as handle:
-            if hashlib.file_digest(handle, "sha256").hexdigest() != digest:
-                raise FinetuneError(
-                    f"{path}: not the weights this run saved (their SHA-256 differs from the one in "
-                    f"{run_dir / 'finetunekit.json'}); the file comes from another run or was altered"
-                )
+            while chunk := handle.read(1 << 20):
+                found.update(chunk)
+        if found.hexdigest() != digest:
+            raise FinetuneError(
+                f"{path}: not the weights this run saved (their SHA-256 differs from the one in "
+                f"{run_dir / 'finetunekit.json'}); the file comes from another run or was altered"
+            )
