@@ -445,7 +445,7 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_keeps_the_previous_che
     assert read_checkpoint(run / "checkpoints" / "step-00000001").position == Position(0, 1, 1)
 
 
-@pytest.mark.parametrize("full_at", ["model.safetensors", "metrics.json"])
+@pytest.mark.parametrize("full_at", ["metrics.jsonl", "model.safetensors", "metrics.json"])
 def test_a_full_disk_while_writing_the_finished_run_is_one_error_and_resume_finishes_it(
     full_at, image_reference, tmp_path, monkeypatch, capsys
 ):
@@ -464,11 +464,20 @@ def test_a_full_disk_while_writing_the_finished_run_is_one_error_and_resume_fini
         write(path, data)
 
     monkeypatch.setattr(artifacts, "_atomic_write_bytes", full_disk)
+    append = artifacts._append_bytes
+
+    def full_disk_appending(path, data):
+        if path == run / full_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(path, data)
+
+    monkeypatch.setattr(artifacts, "_append_bytes", full_disk_appending)
     (tmp_path / "recipe.yaml").write_text(recipe.to_yaml())
     assert main(["train", str(tmp_path / "recipe.yaml"), "--output", str(run), "--quiet"]) == 2
+    last = "step-00000006" if full_at != "metrics.jsonl" else "step-00000002"  # metrics.jsonl: at the first epoch's end
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"finetunekit train: error: could not write {run / full_at} (No space left on device); the last checkpoint "
-        f"is intact: {run}/checkpoints/step-00000006; once there is space, finish the run with: finetunekit resume {run}"
+        f"is intact: {run}/checkpoints/{last}; once there is space, finish the run with: finetunekit resume {run}"
     )
     assert not (run / "metrics.json").exists()
     monkeypatch.undo()

@@ -121,12 +121,16 @@ def append_jsonl_many(path: Path, records: list[dict[str, Any]]) -> None:
     if not records:
         return
     try:
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(record) + "\n" for record in records))
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_bytes(path, "".join(json.dumps(record) + "\n" for record in records).encode("utf-8"))
     except OSError as exc:  # a torn last line is dropped when the run resumes (checkpoint.truncate_logs)
         raise WriteError(path, exc) from None
+
+
+def _append_bytes(path: Path, data: bytes) -> None:
+    with path.open("ab") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

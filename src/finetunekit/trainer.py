@@ -114,16 +114,28 @@ def train(
     """
     import os
 
-    from .outputs import RunDirLock, check_writable
+    from .outputs import RunDirLock, WriteError, check_writable
 
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if run_dir.exists() and not run_dir.is_dir():
         raise FinetuneError(f"output {run_dir} exists and is not a directory")
     check_writable(run_dir)  # a read-only or impossible place is refused before anything loads
-    if int(os.environ.get("RANK", "0")) != 0:  # multi-process: the main process holds the lock
-        return _train(recipe, run_dir, overwrite, quiet, resume)
-    with RunDirLock(run_dir):
-        return _train(recipe, run_dir, overwrite, quiet, resume)
+    try:
+        if int(os.environ.get("RANK", "0")) != 0:  # multi-process: the main process holds the lock
+            return _train(recipe, run_dir, overwrite, quiet, resume)
+        with RunDirLock(run_dir):
+            return _train(recipe, run_dir, overwrite, quiet, resume)
+    except WriteError as exc:  # a full disk, mid-run or while writing the finished run's files
+        raise FinetuneError(_after_write_error(run_dir, exc)) from None
+
+
+def _after_write_error(run_dir: Path, exc: Exception) -> str:
+    """What a failed write leaves and how to go on: the checkpoints are never touched by it, so
+    ``resume`` continues (or finishes) the run once there is space."""
+    last = next(reversed(list_checkpoints(run_dir)), None) if run_dir.is_dir() else None
+    if last is None:
+        return f"{exc}; no checkpoint had been written yet: start the run again once there is space"
+    return f"{exc}; the last checkpoint is intact: {last}; once there is space, finish the run with: finetunekit resume {run_dir}"
 
 
 def _train(recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool) -> RunResult:
@@ -514,21 +526,15 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
 
 def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, total: int) -> None:
     """The finished run's files, metrics.json last (it marks the run finished). A disk that fills
-    up on the way is reported like a failed checkpoint; the checkpoints stay, so ``finetunekit
-    resume`` writes these files again once there is space."""
+    up on the way is reported like a failed checkpoint (see train); the checkpoints stay, so
+    ``finetunekit resume`` writes these files again once there is space."""
     from .card import write_model_card
-    from .outputs import WriteError
 
     run_dir, classes, preds = run.run_dir, list(run.label_map.classes), run.preds
-    try:
-        artifacts.save_model(run_dir, model, classes, run.preprocessing, resolve_precision(run.recipe.train.precision))
-        write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total)
-        artifacts.save_predictions(run_dir, run.val_ex.inputs, preds.labels, preds.probs, classes)
-        artifacts.atomic_write_json(run_dir / "metrics.json", final)
-    except WriteError as exc:
-        last = next(reversed(list_checkpoints(run_dir)), None)
-        kept = f"the last checkpoint is intact: {last}" if last else "no checkpoint was kept"
-        raise FinetuneError(f"{exc}; {kept}; once there is space, finish the run with: finetunekit resume {run_dir}") from None
+    artifacts.save_model(run_dir, model, classes, run.preprocessing, resolve_precision(run.recipe.train.precision))
+    write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total)
+    artifacts.save_predictions(run_dir, run.val_ex.inputs, preds.labels, preds.probs, classes)
+    artifacts.atomic_write_json(run_dir / "metrics.json", final)
 
 
 def _phase_steps(strategy, epoch: int, epochs: int, steps_per_epoch: int) -> int:
