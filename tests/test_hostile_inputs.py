@@ -296,6 +296,17 @@ def evaluate_with_weights_of_another_run(root, env):
 
 
 @case
+def backbone_from_a_run_with_weights_of_another_run(root, env):
+    shutil.copytree(env.image_run, root / "run")
+    weights = other_weights(root / "run")
+    images(root, "a", "b")
+    return ["train", str(image_recipe(root, model={"backbone": f"run:{root}/run"})), "--output", str(root / "out")], (
+        f"{weights}: not the weights this run saved (their SHA-256 differs from the one in {root}/run/finetunekit.json); "
+        "the file comes from another run or was altered"
+    )
+
+
+@case
 def export_with_weights_of_another_shape(root, env):
     from safetensors.torch import load_file, save_file
 

@@ -257,8 +257,9 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-def read_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The run's ``model.safetensors`` (never a pickle: one in its place is refused, not loaded)."""
+def read_weights(run_dir: Path, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The run's ``model.safetensors`` (never a pickle: one in its place is refused, not loaded);
+    ``verify``: checked against the SHA-256 in ``finetunekit.json`` (see :func:`verify_weights`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -269,11 +270,37 @@ def read_weights(run_dir: Path) -> dict[str, torch.Tensor]:
             raise pickle_refusal(pickles[0])
         raise FinetuneError(f"{weights} is missing: {run_dir} is not a complete finetunekit run directory")
     try:
-        return load_file(str(weights))
+        state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         if _is_pickle(weights):
             raise pickle_refusal(weights) from None
         raise FinetuneError(f"{weights}: corrupt or truncated weights ({exc})") from None
+    if verify:
+        verify_weights(run_dir)
+    return state
+
+
+def verify_weights(run_dir: Path) -> None:
+    """Refuse a ``model.safetensors`` that is not the file this run saved: ``finetunekit.json``
+    records its SHA-256 (runs saved before it did are not checked)."""
+    import hashlib
+
+    run_dir = Path(run_dir)
+    try:
+        expected = json.loads((run_dir / MARKER).read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # a missing or corrupt finetunekit.json is reported by whoever reads it
+    if not expected:
+        return
+    found = hashlib.sha256()
+    with (run_dir / "model.safetensors").open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            found.update(chunk)
+    if found.hexdigest() != expected:
+        raise FinetuneError(
+            f"{run_dir / 'model.safetensors'}: not the weights this run saved (their SHA-256 differs from the one in "
+            f"{run_dir / MARKER}); the file comes from another run or was altered"
+        )
 
 
 def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import load_weights, read_json, read_run_info, read_weights
+from .artifacts import load_weights, read_json, read_run_info, read_weights, verify_weights
 from .errors import FinetuneError
 from .backbones import rebuild_backbone
 from .model import FineTuneModel
@@ -35,8 +35,8 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         from .strategies.lora import apply_adapter
 
         apply_adapter(model, info["adapter"])
-    state = read_weights(run_dir)
-    _check_weights(run_dir, info, model, state)
+    state = read_weights(run_dir, verify=False)  # the shapes first: they say more than a checksum
+    _check_weights(run_dir, model, state)
     load_weights(model, state, run_dir / "model.safetensors")
     model.eval()
     return model, {**info, "classes": classes, "preprocessing": preprocessing}
@@ -61,11 +61,9 @@ def _read_classes(run_dir: Path, info: dict[str, Any]) -> list[str]:
     return classes
 
 
-def _check_weights(run_dir: Path, info: dict[str, Any], model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """The weights are the ones this run saved (their SHA-256 is in finetunekit.json) and fit its
-    architecture; weights copied from another run are named rather than loaded."""
-    import hashlib
-
+def _check_weights(run_dir: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The weights fit the architecture finetunekit.json describes and are the ones this run saved
+    (their SHA-256 is in finetunekit.json); weights copied from another run are named rather than loaded."""
     path = run_dir / "model.safetensors"
     expected = model.state_dict()
     wrong = next(((k, v.shape, expected[k].shape) for k, v in state.items() if k in expected and v.shape != expected[k].shape), None)
@@ -75,14 +73,4 @@ def _check_weights(run_dir: Path, info: dict[str, Any], model: torch.nn.Module, 
             f"{path}: {key} has shape {list(got)}, but the model finetunekit.json describes needs {list(shape)}; "
             "the weights come from another run"
         )
-    digest = info.get("weights_sha256")
-    if digest:
-        found = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                found.update(chunk)
-        if found.hexdigest() != digest:
-            raise FinetuneError(
-                f"{path}: not the weights this run saved (their SHA-256 differs from the one in "
-                f"{run_dir / 'finetunekit.json'}); the file comes from another run or was altered"
-            )
+    verify_weights(run_dir)
