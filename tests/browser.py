@@ -103,13 +103,14 @@ class Browser:
                 return event
         raise TimeoutError(method)
 
-    def open(self, path: Path, script: str, screenshot: bool = True) -> PageResult:
-        """Load a file, run ``script`` (an expression; its value comes back as JSON), collect every
+    def open(self, path: Path | str, script: str, screenshot: bool = True) -> PageResult:
+        """Load a file (or an http:// URL), run ``script`` (an expression; its value comes back as JSON), collect every
         console error, uncaught exception and failed load, and take a full-page screenshot."""
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable", session=True)
         self.events.clear()
-        self.call("Page.navigate", session=True, url=Path(path).resolve().as_uri())
+        url = path if isinstance(path, str) and path.startswith(("http://", "https://")) else Path(path).resolve().as_uri()
+        self.call("Page.navigate", session=True, url=url)
         self.wait_for("Page.loadEventFired")
         value = self.call("Runtime.evaluate", session=True, expression=script, returnByValue=True, awaitPromise=True)
         result = PageResult(console_errors=self._errors(), evaluation=value.get("result", {}).get("value"))
@@ -119,6 +120,29 @@ class Browser:
             shot = self.call("Page.captureScreenshot", session=True, format="png", clip=clip, captureBeyondViewport=True)
             result.screenshot = base64.b64decode(shot["data"])
         return result
+
+    def evaluate(self, expression: str):
+        """The JSON value of ``expression`` on the open page (promises awaited)."""
+        value = self.call("Runtime.evaluate", session=True, expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in value:
+            raise RuntimeError(f"page script failed: {value['exceptionDetails'].get('text')}")
+        return value.get("result", {}).get("value")
+
+    def set_file(self, selector: str, path: Path) -> None:
+        """Choose ``path`` in the page's file input ``selector``, as a person picking a file does
+        (the input's change event fires)."""
+        root = self.call("DOM.getDocument", session=True)["root"]["nodeId"]
+        node = self.call("DOM.querySelector", session=True, nodeId=root, selector=selector)["nodeId"]
+        self.call("DOM.setFileInputFiles", session=True, nodeId=node, files=[str(Path(path).resolve())])
+
+    def screenshot(self) -> bytes:
+        size = self.call("Page.getLayoutMetrics", session=True)["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.call("Page.captureScreenshot", session=True, format="png", clip=clip, captureBeyondViewport=True)
+        return base64.b64decode(shot["data"])
+
+    def console_errors(self) -> list[str]:
+        return self._errors()
 
     def _errors(self) -> list[str]:
         errors = []

@@ -85,13 +85,14 @@ def test_error_gallery_shows_the_most_confident_mistakes(image_run):
     wrong = sorted((r for r in rows if r["predicted"] != r["label"]), key=lambda r: -r["confidence"])
     assert wrong, "the under-trained fixture run should misclassify some validation images"
     gallery = _section((image_run / "report.html").read_text(), "errors")
-    thumbnails = _data_uri_images(gallery, "jpeg")
-    assert len(thumbnails) == min(len(wrong), 24)
+    thumbnails = _data_uri_images(gallery, "jpeg")  # each error's image and its Grad-CAM overlay
+    assert len(thumbnails) == 2 * min(len(wrong), 24) and gallery.count('class="cam"') == min(len(wrong), 24)
     assert all(max(t.size) <= 192 for t in thumbnails)
     assert f"{len(wrong)} of {len(rows)} validation examples are misclassified" in gallery
     first = gallery.index('class="tile"')
-    assert f'<span class="true">{wrong[0]["label"]}</span>' in gallery[first:first + 2000]
-    assert f"({wrong[0]['confidence']:.1%})" in gallery[first:first + 2000]
+    tile = gallery[first : gallery.find('class="tile"', first + 1)]
+    assert f'<span class="true">{wrong[0]["label"]}</span>' in tile
+    assert f"({wrong[0]['confidence']:.1%})" in tile and 'class="cam"' in tile
 
 
 def test_text_report_tables_misclassified_texts_escaped(text_run, tmp_path):

@@ -62,9 +62,10 @@ def test_report_renders_in_chromium(browser, image_run, tmp_path):
         _check_plot(plot)
     rows = [json.loads(line) for line in (image_run / "val_predictions.jsonl").read_text().splitlines()]
     wrong = sum(r["predicted"] != r["label"] for r in rows)
-    thumbnails = [i for i in page["images"] if i["section"] == "errors"]
-    assert wrong and len(thumbnails) == min(wrong, 24)
-    for thumb in thumbnails:
+    thumbnails = [i for i in page["images"] if i["section"] == "errors" and i["cls"] != "cam"]
+    cams = [i for i in page["images"] if i["section"] == "errors" and i["cls"] == "cam"]  # Grad-CAM overlays
+    assert wrong and len(thumbnails) == len(cams) == min(wrong, 24)
+    for thumb in thumbnails + cams:
         assert thumb["complete"] and thumb["naturalWidth"] > 0 and thumb["colours"] > 1
     classes = json.loads((image_run / "labels.json").read_text())["classes"]
     assert {"section": "per-class", "rows": len(classes) + 2} in page["tables"]  # header, classes, macro average

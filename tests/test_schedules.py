@@ -39,7 +39,7 @@ KEEP = {"checkpoint_every_steps": 1, "keep_checkpoints": 50, "keep_checkpoints_w
 def no_html_report(monkeypatch):
     """The end-of-training report (matplotlib) would take most of each tiny run's time; the one
     plot that depends on the parameter groups is tested on its own below."""
-    monkeypatch.setattr(report, "write_report_after_training", lambda run_dir, quiet: None)
+    monkeypatch.setattr(report, "write_report_after_training", lambda run_dir, quiet, **_: None)
 
 
 def recipe_for(image_data: Path, strategy: dict, **train_fields) -> Recipe:
@@ -110,7 +110,7 @@ GRADUAL = {"name": "gradual_unfreeze", "layer_decay": DECAY}
 def gradual_run(image_data, tmp_path_factory):
     recipe = recipe_for(image_data, GRADUAL, epochs=3)
     mp = pytest.MonkeyPatch()
-    mp.setattr(report, "write_report_after_training", lambda run_dir, quiet: None)
+    mp.setattr(report, "write_report_after_training", lambda run_dir, quiet, **_: None)
     result = train(recipe, output=tmp_path_factory.mktemp("gradual") / "run", quiet=True)
     mp.undo()
     return recipe, result

@@ -145,9 +145,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .explain import error_explanations
+    from .report import load_run, write_report
 
-    print(f"report: {write_report(args.run_dir, args.output, overwrite=args.overwrite)}")
+    load_run(args.run_dir)  # a missing or broken run directory is its one-line error, before any explaining
+    report = write_report(args.run_dir, args.output, overwrite=args.overwrite, explanations=error_explanations(args.run_dir))
+    print(f"report: {report}")
     return 0
 
 

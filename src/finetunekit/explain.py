@@ -42,7 +42,7 @@ def _captum():
     try:
         import captum.attr
     except ImportError:
-        raise FinetuneError("explanations need captum: pip install 'finetunekit[serve]' (or pip install captum)") from None
+        raise FinetuneError("explanations need captum (a finetunekit dependency): pip install captum") from None
     return captum.attr
 
 
@@ -249,6 +249,64 @@ class Explainer:
             out.append(Explanation("integrated-gradients", self.predictor.classes[target],
                                    tokens=tokenizer.convert_ids_to_tokens(ids[:n].tolist()), attributions=row.tolist()))
         return out
+
+
+# -- the report's worst errors ---------------------------------------------------------------------
+
+MAX_EXPLAINED_TEXT_ERRORS = 20  # integrated gradients costs 32 passes per text
+
+
+def error_explanations(run_dir: str | Path) -> dict[int, str]:
+    """For the errors the run report shows: validation index -> a Grad-CAM overlay (a JPEG data
+    URI) or the text as highlighted HTML, explaining the predicted (wrong) class. Never raises: a
+    report without explanations is better than none (the reason goes to a warning)."""
+    import warnings
+
+    from .report import MAX_IMAGE_ERRORS, load_run
+    from .report.run_data import worst_errors
+
+    try:
+        run = load_run(run_dir)
+        if not run.predictions:
+            return {}
+        limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_EXPLAINED_TEXT_ERRORS
+        errors = worst_errors(run, limit)
+        if not errors:
+            return {}
+        from .predict import load
+
+        predictor = load(run_dir, precision="fp32")
+        explainer = Explainer(predictor)
+        if explainer.method["method"] is None:
+            return {}
+        rows = errors
+        if predictor.modality == "image":
+            rows = [r for r in errors if Path(r["input"]).is_file()]
+        out: dict[int, str] = {}
+        for start in range(0, len(rows), 8):
+            chunk = rows[start : start + 8]
+            inputs = [tuple(r["input"]) if isinstance(r["input"], list) else r["input"] for r in chunk]
+            targets = [predictor.classes.index(r["predicted"]) for r in chunk]
+            if predictor.modality == "image":
+                from .data.pipeline import open_image
+
+                explained = explainer.explain_items([open_image(p) for p in inputs], targets)
+            else:
+                explained = explainer.explain_items(inputs, targets)
+            for row, explanation in zip(chunk, explained, strict=True):
+                out[int(row["index"])] = _thumbnail_uri(explanation.overlay()) if explanation.grid is not None else explanation.html()
+        return out
+    except Exception as exc:  # noqa: BLE001 - the report is still written, without explanations
+        warnings.warn(f"{run_dir}: the report's errors are not explained ({type(exc).__name__}: {exc})", stacklevel=2)
+        return {}
+
+
+def _thumbnail_uri(image, size: int = 192) -> str:
+    image = image.copy()
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # -- files: finetunekit explain RUN_DIR INPUTS --output DIR ------------------------------------------

@@ -511,9 +511,10 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
         _write_final(run, unwrapped, final, trainable, total)
+        from .explain import error_explanations
         from .report import write_report_after_training
 
-        write_report_after_training(run_dir, quiet)
+        write_report_after_training(run_dir, quiet, explain=error_explanations)
         if not t.keep_checkpoints_when_done:
             run.checkpointer.remove_all()  # last: a crash before this point resumes into these steps
     accelerator.wait_for_everyone()

@@ -22,6 +22,7 @@ time and inlined as thumbnails.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
@@ -37,24 +38,29 @@ MAX_IMAGE_ERRORS = 24
 MAX_TEXT_ERRORS = 50
 
 
-def write_report(run_dir: str | Path, output: str | Path | None = None, overwrite: bool = False) -> Path:
+def write_report(
+    run_dir: str | Path, output: str | Path | None = None, overwrite: bool = False, explanations: dict[int, str] | None = None
+) -> Path:
     """Render the run's report page (default ``RUN_DIR/report.html``, which it always replaces;
-    another existing ``output`` only with ``overwrite``); returns its path."""
+    another existing ``output`` only with ``overwrite``); returns its path. ``explanations``: per
+    validation index, the explanation of that error (a Grad-CAM overlay's data URI, or highlighted
+    text HTML), as :func:`finetunekit.explain.error_explanations` makes them."""
     from ..outputs import check_new_file
 
     if output is not None:
         check_new_file(Path(output), overwrite)
     run = load_run(run_dir)
     target = Path(output) if output is not None else run.run_dir / REPORT_FILE
-    artifacts.atomic_write_text(target, render_report(run))
+    artifacts.atomic_write_text(target, render_report(run, explanations))
     return target
 
 
-def write_report_after_training(run_dir: Path, quiet: bool) -> None:
-    """The end-of-training report. The run's artifacts are already saved when this runs, so a
-    failure here warns (with the command that retries) instead of failing the finished run."""
+def write_report_after_training(run_dir: Path, quiet: bool, explain: Callable[[Path], dict[int, str]] | None = None) -> None:
+    """The end-of-training report; ``explain(run_dir)`` gives its errors' explanations. The run's
+    artifacts are already saved when this runs, so a failure here warns (with the command that
+    retries) instead of failing the finished run."""
     try:
-        path = write_report(run_dir)
+        path = write_report(run_dir, explanations=explain(run_dir) if explain is not None else None)
     except Exception as exc:  # noqa: BLE001 - any plotting failure must not lose a finished run
         warnings.warn(f"{run_dir}: report.html not written ({type(exc).__name__}: {exc}); "
                       f"retry with: finetunekit report {run_dir}", stacklevel=2)
@@ -63,7 +69,7 @@ def write_report_after_training(run_dir: Path, quiet: bool) -> None:
         print(f"report: {path}", flush=True)
 
 
-def render_report(run: RunData) -> str:
+def render_report(run: RunData, explanations: dict[int, str] | None = None) -> str:
     m = run.metrics
     header = (
         f"<h1>{escape(run.name)}</h1>"
@@ -77,7 +83,7 @@ def render_report(run: RunData) -> str:
             ("loss", html.fmt(m.get("loss"))), ("ECE", html.fmt(m.get("ece"))),
         ])
     )
-    sections = [_curves(run), _confusion(run), _per_class(run), _calibration(run), _errors(run)]
+    sections = [_curves(run), _confusion(run), _per_class(run), _calibration(run), _errors(run, explanations or {})]
     return html.page(f"finetunekit report: {run.name}", header, sections)
 
 
@@ -119,7 +125,7 @@ def _calibration(run: RunData) -> str:
     return html.section("calibration", "Calibration", body)
 
 
-def _errors(run: RunData) -> str:
+def _errors(run: RunData, explanations: dict[int, str]) -> str:
     if not run.predictions:
         return html.section("errors", "Worst errors", f'<p class="note">The run has no {artifacts.PREDICTIONS_FILE}.</p>')
     limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_TEXT_ERRORS
@@ -127,13 +133,22 @@ def _errors(run: RunData) -> str:
     total = sum(1 for r in run.predictions if r.get("label") is not None and r["predicted"] != r["label"])
     intro = f'<p class="note">{total} of {len(run.predictions)} validation examples are misclassified'
     intro += f"; the {len(errors)} most confident mistakes:</p>" if errors else ".</p>"
+    explained = [r for r in errors if r.get("index") in explanations]
+    if explained:
+        intro += ('<p class="note">Under each image, Grad-CAM of the predicted class: red is where the model found '
+                  "its evidence.</p>" if run.modality == "image" else
+                  '<p class="note">Words coloured by integrated gradients of the predicted class: green pushed towards '
+                  "it, red away from it (hover for the value).</p>")
+        if len(explained) < len(errors):
+            intro += f'<p class="note">The {len(explained)} most confident mistakes are explained.</p>'
     if not errors:
         body = intro
     elif run.modality == "image":
-        body = intro + '<div class="gallery">' + "".join(html.image_tile(r) for r in errors) + "</div>"
+        body = intro + '<div class="gallery">' + "".join(html.image_tile(r, explanations.get(r.get("index"))) for r in errors) + "</div>"
     else:
         # a sentence pair is saved as [first, second]: shown as both texts, one after the other
-        rows = [[_text(r["input"]), r["label"], r["predicted"], f"{r['confidence']:.1%}"] for r in errors]
+        rows = [[html.Markup(explanations[r["index"]]) if r.get("index") in explanations else _text(r["input"]),
+                 r["label"], r["predicted"], f"{r['confidence']:.1%}"] for r in errors]
         body = intro + html.table(["text", "true", "predicted", "confidence"], rows, [["text", "true", "pred", ""]] * len(rows))
     return html.section("errors", "Worst errors", body)
 

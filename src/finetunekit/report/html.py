@@ -36,6 +36,7 @@ th { background: #f3f4f6; }
 .tile { width: 176px; font-size: 12px; background: #fafafa; border: 1px solid #e5e7eb; border-radius: 6px; padding: 6px; }
 .tile img { width: 164px; height: 164px; object-fit: contain; background: #eee; display: block; margin: 0 auto 4px auto; }
 .tile .path { color: #6b7280; overflow-wrap: anywhere; }
+.attr { padding: 1px 2px; border-radius: 3px; }
 .true { color: #15803d; font-weight: 600; }
 .pred { color: #b91c1c; font-weight: 600; }
 .note { color: #6b7280; font-size: 13px; }
@@ -75,15 +76,19 @@ def cards(items: list[tuple[str, str]]) -> str:
     return '<div class="cards">' + "".join(f"<div class=\"card\"><b>{escape(v)}</b><span>{escape(k)}</span></div>" for k, v in items) + "</div>"
 
 
+class Markup(str):
+    """HTML that a table cell or tile takes as it is (built from escaped parts by its maker)."""
+
+
 def table(headers: list[str], rows: list[list[Any]], classes: list[list[str]] | None = None) -> str:
-    """A plain table; cells are escaped; ``classes`` gives optional CSS classes per cell."""
+    """A plain table; cells are escaped (but :class:`Markup`); ``classes`` gives optional CSS classes per cell."""
     out = ["<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
     for r, row in enumerate(rows):
         cells = []
         for c, value in enumerate(row):
             css = classes[r][c] if classes and classes[r][c] else ""
             attr = f' class="{css}"' if css else ""
-            cells.append(f"<td{attr}>{escape(str(value))}</td>")
+            cells.append(f"<td{attr}>{value if isinstance(value, Markup) else escape(str(value))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -113,9 +118,12 @@ def thumbnail(path: str, size: int = 192) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def image_tile(row: dict[str, Any]) -> str:
+def image_tile(row: dict[str, Any], explanation: str | None = None) -> str:
+    """One error's tile; ``explanation``: a data URI of its Grad-CAM overlay, shown under the image."""
     uri = thumbnail(row["input"])
     picture = f'<img src="{uri}" alt="{escape(Path(row["input"]).name)}">' if uri else '<div class="note">(image not found)</div>'
+    if explanation:
+        picture += f'<img class="cam" src="{explanation}" alt="Grad-CAM for {escape(Path(row["input"]).name)}">'
     return (
         f'<div class="tile">{picture}'
         f'<div>true <span class="true">{escape(str(row["label"]))}</span></div>'
