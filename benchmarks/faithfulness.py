@@ -108,11 +108,13 @@ def _masked_probs(predictor, pixels, orders, targets, grid_w, cell_h, cell_w) ->
     return probs[np.arange(len(targets)), targets]
 
 
-def text_curves(run: Path, data: Path, batch_size: int = 16, ig_steps: int = 32) -> dict:
+def text_curves(run: Path, data: Path, batch_size: int = 16, ig_steps: int = 32, max_texts: int | None = None) -> dict:
     predictor = load(run, precision="fp32")
     explainer = Explainer(predictor, ig_steps=ig_steps)
     started = time.perf_counter()
     examples = read_examples(data / "sst2" / "dev.tsv", "text", "sentence")
+    if max_texts is not None:  # the first N rows of dev.tsv, in file order
+        examples = examples.subset(list(range(min(max_texts, len(examples)))))
     pad = predictor.model.backbone.pad_token_id
     rng = np.random.default_rng(0)
     top = {f: [] for f in TEXT_FRACTIONS}
@@ -140,7 +142,8 @@ def text_curves(run: Path, data: Path, batch_size: int = 16, ig_steps: int = 32)
                 removed = [list(rng.permutation(content)[: k_of(content)]) for _, content, _ in rows]
                 draws.append(_deleted_probs(predictor, rows, removed, targets, pad))
             rand[fraction] += np.mean(draws, axis=0).tolist()
-    return _summary("SST-2 dev (integrated gradients, MiniLM-L6 fine-tuned on train_1k)", len(examples), top, rand, "tokens")
+    name = "SST-2 dev" + (f" (first {len(examples)} sentences)" if max_texts else "")
+    return _summary(f"{name} (integrated gradients, MiniLM-L6 fine-tuned on train_1k)", len(examples), top, rand, "tokens")
 
 
 def _deleted_probs(predictor, rows, removed, targets, pad: int) -> np.ndarray:
@@ -195,6 +198,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps for the texts")
     parser.add_argument("--only", choices=["image", "text"], help="measure one data set (the other's result is kept)")
+    parser.add_argument("--max-texts", type=int, help="only the first N sentences of SST-2 dev (default: all 872)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data, runs = Path(args.data), Path(args.runs)
@@ -205,7 +209,7 @@ def main() -> None:
     kept = {r["name"].split(" ")[0]: r for r in json.loads(out.read_text())["results"]} if out.is_file() else {}
     results = [
         image_curves(image_run, data) if args.only in (None, "image") else kept["ants/bees"],
-        text_curves(text_run, data, ig_steps=args.ig_steps) if args.only in (None, "text") else kept["SST-2"],
+        text_curves(text_run, data, ig_steps=args.ig_steps, max_texts=args.max_texts) if args.only in (None, "text") else kept["SST-2"],
     ]
     if args.only != "image":
         results[1]["ig_steps"] = args.ig_steps
