@@ -264,8 +264,9 @@ def read_checkpoint(path: Path) -> Loaded:
 class Checkpointer:
     """Writes, prunes, finds and restores the checkpoints of one run directory."""
 
-    def __init__(self, run_dir: Path, keep: int, parts: TrainingParts) -> None:
+    def __init__(self, run_dir: Path, keep: int, parts: TrainingParts, write: bool = True) -> None:
         self.run_dir = Path(run_dir)
+        self.write = write  # False: weights are still checked for divergence, nothing is written
         self.root = self.run_dir / DIRNAME
         self.keep = keep
         self.parts = parts
@@ -290,11 +291,12 @@ class Checkpointer:
         if is_best:
             self.best = name
         path = self.root / name
-        if p.accelerator.is_main_process:
+        if p.accelerator.is_main_process and self.write:
             self._write(path, weights, position, extra)
             self._prune()
         p.accelerator.wait_for_everyone()
-        self.last_saved = path
+        if self.write:
+            self.last_saved = path
         return path
 
     def _state(self, position: Position, extra: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:

@@ -10,6 +10,7 @@
     finetunekit report RUN_DIR
     finetunekit compare RUN_DIR RUN_DIR... --output compare.html
     finetunekit export RUN_DIR --format onnx|hf|timm
+    finetunekit tune recipe.yaml --trials 20 --output studies/x [--storage postgresql://...]
     finetunekit demo
 
 User mistakes (a missing path, an unknown backbone, a bad recipe field) print one line on stderr and
@@ -169,6 +170,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .recipe import Recipe
+    from .tune import tune
+
+    recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
+    tune(recipe, args.output, trials=args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study_name,
+         keep_weights=args.keep_weights, heartbeat=args.heartbeat, quiet=args.quiet)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -200,6 +211,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": cmd_report,
     "compare": cmd_compare,
     "export": cmd_export,
+    "tune": cmd_tune,
     "demo": cmd_demo,
     "list": cmd_list,
 }
@@ -290,6 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="output directory (default: RUN_DIR/export/FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference the parity check accepts")
+
+    p = sub.add_parser("tune", help="hyper-parameter search (Optuna) over the recipe's search: space")
+    p.add_argument("recipe", help="recipe YAML file; its search: section declares the space (default: per modality)")
+    p.add_argument("--trials", type=int, default=20, help="finished trials the study needs (default 20)")
+    p.add_argument("--timeout", type=float, help="start no trial after this many seconds")
+    p.add_argument("--output", "-o", required=True, help="study directory: trials/, best/, study.html (and study.db)")
+    p.add_argument("--storage", help="shared study database, e.g. postgresql://user:pass@host/db (default: OUTPUT/study.db)")
+    p.add_argument("--study-name", default="finetunekit", help="the study's name in the storage (default finetunekit)")
+    p.add_argument("--keep-weights", action="store_true", help="keep every trial's weights, not only the best one's")
+    p.add_argument("--heartbeat", type=int, default=10,
+                   help="seconds between a worker's heartbeats; a trial silent for 3 of them is failed and run again")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field (repeatable)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no per-trial lines")
 
     p = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn's digits")
     p.add_argument("--output", "-o", default="runs/demo")

@@ -313,6 +313,73 @@ class TrainSpec:
             raise RecipeError(f"train.report_to: {shown(self.report_to)} names a tracker twice")
 
 
+SEARCH_KINDS = ("log_uniform", "uniform", "int", "log_int", "choice")
+Pruner = Literal["median", "asha", "hyperband", "none"]
+
+
+@dataclass
+class SearchSpec:
+    """What ``finetunekit tune`` searches (``finetunekit train`` ignores this section).
+
+    ``space`` maps a recipe field to a distribution, one of ``log_uniform: [low, high]``,
+    ``uniform: [low, high]``, ``int: [low, high]``, ``log_int: [low, high]`` or
+    ``choice: [a, b, ...]``; null: the modality's default space (finetunekit.tune). ``pruner`` stops
+    trials whose per-epoch validation metric lags: ``median`` (below the median of earlier trials at
+    the same epoch), ``asha`` (successive halving), ``hyperband``, or ``none``.
+
+        search:
+          space:
+            train.head_lr: {log_uniform: [1.0e-3, 1.0e-1]}
+            train.epochs: {int: [3, 15]}
+            strategy.name: {choice: [linear_probe, lp_ft]}
+          pruner: median
+    """
+
+    space: dict[str, Any] | None = None
+    pruner: Pruner = "median"
+    prune_warmup_epochs: int = 1  # epochs every trial runs before it may be pruned
+    prune_startup_trials: int = 5  # median: trials that finish before any is pruned
+    sampler_seed: int = 0  # TPE sampler seed
+
+    def __post_init__(self) -> None:
+        _check_range("search.prune_warmup_epochs", self.prune_warmup_epochs, 0, 100_000)
+        _check_range("search.prune_startup_trials", self.prune_startup_trials, 0, 100_000)
+        for name, dist in (self.space or {}).items():
+            _check_search_param(name, dist)
+
+
+def _check_search_param(name: str, dist: Any) -> None:
+    where = f"search.space.{name}"
+    section, _, field_name = name.partition(".")
+    sections = {"model": ModelSpec, "data": DataSpec, "strategy": StrategySpec, "train": TrainSpec}
+    if section not in sections:
+        raise RecipeError(f"{where}: expected section.field with section one of {', '.join(sections)}")
+    known = [f.name for f in dataclasses.fields(sections[section])]
+    if field_name not in known:
+        raise RecipeError(f"{where}: unknown field {field_name!r} of {section}{did_you_mean(field_name, known)}")
+    if not isinstance(dist, dict) or len(dist) != 1:
+        raise RecipeError(f"{where}: expected one of {', '.join(SEARCH_KINDS)} with its values, e.g. {{log_uniform: [1.0e-4, 1.0e-2]}}")
+    ((kind, values),) = dist.items()
+    if kind not in SEARCH_KINDS:
+        raise RecipeError(f"{where}: unknown distribution {kind!r}{did_you_mean(str(kind), SEARCH_KINDS)}; known: {', '.join(SEARCH_KINDS)}")
+    if not isinstance(values, list) or not values:
+        raise RecipeError(f"{where}.{kind}: expected a list of values")
+    if kind == "choice":
+        return
+    if len(values) != 2:
+        raise RecipeError(f"{where}.{kind}: expected [low, high], got {values!r}")
+    try:
+        low, high = (float(v) for v in values)  # YAML 1.1 reads 1e-3 as a string
+    except (TypeError, ValueError):
+        raise RecipeError(f"{where}.{kind}: expected two numbers, got {values!r}") from None
+    if not low < high:
+        raise RecipeError(f"{where}.{kind}: low {low:g} must be below high {high:g}")
+    if kind.startswith("log") and low <= 0:
+        raise RecipeError(f"{where}.{kind}: a log scale needs low > 0, got {low:g}")
+    if kind.endswith("int") and not all(float(v).is_integer() for v in values):
+        raise RecipeError(f"{where}.{kind}: expected integers, got {values!r}")
+
+
 @dataclass
 class Recipe:
     """A whole fine-tuning run. Build it in Python, or load it from YAML with :meth:`from_yaml`."""
@@ -321,6 +388,7 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
 
     def __post_init__(self) -> None:
         if self.train.epochs is not None:
@@ -441,6 +509,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
                 f"{name}: {shown(value)} is not one of {', '.join(map(repr, choices))}{did_you_mean(shown(value, 200), map(str, choices))}"
             )
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise RecipeError(f"{name}: expected a mapping with string keys, got {type(value).__name__}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise RecipeError(f"{name}: expected a list, got {type(value).__name__}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from .data import Examples, LabelMap, resolve_splits
 from .data.pipeline import build_dataset, build_loader
 from .data.readers import check_images
 from .defaults import resolve
-from .engine import EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
+from .engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
 from .engine.ema import ModelEMA
 from .engine.loop import EpochProgress
 from .engine.objective import build_objective, check_for_modality
@@ -67,6 +67,9 @@ class RunResult:
     # the trained model in memory (best epoch restored), on this process; in multi-process runs
     # every process holds the same weights
     model: Any = None
+    # frozen-backbone features: {"hits": sets read from the cache, "total": sets, "seconds": time
+    # to read or compute them}; None when no epoch trained on cached features
+    feature_cache: dict[str, Any] | None = None
 
 
 def make_accelerator(
@@ -104,13 +107,18 @@ def _log(accelerator, quiet: bool, message: str) -> None:
 
 
 def train(
-    recipe: Recipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False
+    recipe: Recipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False,
+    callbacks: Sequence[Callback] = (), checkpoints: bool = True, report: bool = True,
 ) -> RunResult:
     """Fine-tune according to ``recipe``; write the run directory; return its final metrics.
 
     ``resume=True`` continues the run in ``output`` from its newest intact checkpoint (the same
     recipe and data are required); with no checkpoint there yet, the run starts from the beginning.
     The run directory is locked while the run lasts: a second process on it is refused.
+    ``callbacks`` (:class:`finetunekit.engine.Callback`) see each epoch's metrics after validation.
+    ``checkpoints=False`` writes no checkpoint (such a run cannot resume; a hyper-parameter trial
+    is run again instead) and ``report=False`` no report.html (``finetunekit report`` writes it
+    later): both are per-epoch and per-run costs a search pays many times.
     """
     import os
 
@@ -145,7 +153,8 @@ def _train(recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: 
     accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile)
     _seed_everything(recipe.train.seed)
     run = _build(recipe, accelerator, run_dir)
-    run.started = started
+    run.started, run.callbacks, run.report = started, list(callbacks), report
+    run.checkpointer.write = checkpoints
     recipe, t = run.recipe, run.recipe.train
     start = _resume(run) if resuming else None
     if start is None and accelerator.is_main_process:
@@ -177,6 +186,8 @@ def _train(recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: 
         raise DivergenceError(_divergence_advice(run, exc)) from None
     result = _finish(run, started, trainable, total, quiet)
     result.param_groups = groups
+    if run.cached is not None:
+        result.feature_cache = {"hits": run.cached.hits, "total": run.cached.total, "seconds": round(run.cached.seconds, 3)}
     return result
 
 
@@ -217,6 +228,8 @@ class _Run:
     objective: Any = None  # engine.objective.Objective: task loss + the strategy's extra terms
     ema: ModelEMA | None = None  # train.ema_decay: averaged weights, evaluated and saved
     fingerprint: dict[str, Any] | None = None  # of the data's examples and bytes, checked on resume
+    callbacks: list[Callback] = field(default_factory=list)
+    report: bool = True  # write report.html at the end
 
 
 def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
@@ -445,6 +458,8 @@ def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) 
         _log(accelerator, quiet, f"early stopping: no {t.metric} improvement for {run.stopper.patience} epochs")
     improved = run.stopper.best_epoch == epoch
     run.checkpointer.save(Position(epoch + 1, 0, run.step), _checkpoint_extra(run, None), is_best=improved)
+    for callback in run.callbacks:  # after the checkpoint: a callback that ends the run loses no epoch
+        callback.on_epoch_end(epoch, record)
 
 
 @contextmanager
@@ -514,7 +529,8 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
         from .explain import error_explanations
         from .report import write_report_after_training
 
-        write_report_after_training(run_dir, quiet, explain=error_explanations)
+        if run.report:
+            write_report_after_training(run_dir, quiet, explain=error_explanations)
         if not t.keep_checkpoints_when_done:
             run.checkpointer.remove_all()  # last: a crash before this point resumes into these steps
     accelerator.wait_for_everyone()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -121,11 +122,31 @@ def _read_image_folder(root: Path) -> Examples:
     return Examples(inputs, labels, str(root), "image")
 
 
+# files found readable in this process, by (path, size, mtime, pixel bound): several runs in one
+# process (the trials of `finetunekit tune`) check the same images once; a changed file is checked again
+_READABLE: set[tuple[str, int, int, int | None]] = set()
+
+
 def _image_problem(path: str, max_pixels: int | None = None) -> str | None:
-    """Why ``path`` cannot be used as an image, or None. PIL's ``verify`` checks the header (and for
-    PNG every chunk's checksum) without decoding; JPEG has no checksums, so it is decoded at 1/8
-    scale, which still reads the whole stream and so catches truncation. An image of more than
-    ``max_pixels`` pixels is refused from its header (see finetunekit.data.images)."""
+    """Why ``path`` cannot be used as an image, or None (remembered while the file is unchanged)."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        return str(exc)
+    key = (path, stat.st_size, stat.st_mtime_ns, max_pixels)
+    if key in _READABLE:
+        return None
+    problem = _read_problem(path, max_pixels)
+    if problem is None:
+        _READABLE.add(key)
+    return problem
+
+
+def _read_problem(path: str, max_pixels: int | None) -> str | None:
+    """PIL's ``verify`` checks the header (and for PNG every chunk's checksum) without decoding;
+    JPEG has no checksums, so it is decoded at 1/8 scale, which still reads the whole stream and so
+    catches truncation. An image of more than ``max_pixels`` pixels is refused from its header (see
+    finetunekit.data.images)."""
     from PIL import UnidentifiedImageError
 
     from .images import ImageTooLarge, open_bounded

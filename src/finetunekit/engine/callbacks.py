@@ -1,10 +1,29 @@
-"""Early stopping with a best-state snapshot."""
+"""Hooks around the loop: early stopping with a best-state snapshot, and user callbacks.
+
+A callback sees every epoch's record (the line written to metrics.jsonl) and may end the run by
+raising; ``finetunekit.tune`` uses one to report to Optuna and prune::
+
+    class Print(Callback):
+        def on_epoch_end(self, epoch, record):
+            print(epoch, record["val_loss"])
+
+    train(recipe, output="runs/x", callbacks=[Print()])
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+
+class Callback:
+    """Base class of the trainer's callbacks; override the hooks you need. An exception raised in a
+    hook ends the run there and propagates out of ``train`` (checkpoints stay, nothing else is written)."""
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        """After validation of epoch ``epoch`` (0-based) and its checkpoint; ``record`` is its
+        metrics.jsonl line (``val_loss``, ``val_accuracy``, ... ``lr``)."""
 
 
 class EarlyStopping:
