@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"predict"},
     {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors
     {"trainer", "export", "serving"},  # serving: the HTTP service and batch prediction
-    {"demo"},
+    {"demo", "tune"},  # tune: trials are training runs
     {"cli", "__init__"},  # the public surface: finetunekit.train / load / evaluate / Recipe
     {"__main__"},
 ]

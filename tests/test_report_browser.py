@@ -83,3 +83,30 @@ def test_comparison_renders_in_chromium(browser, image_run, text_run, tmp_path):
     _check_plot(plot)
     assert plot["naturalWidth"] >= 800
     assert "different sets" in page["text"]  # an image run and a text run were not evaluated on one set
+
+
+@pytest.fixture(scope="module")
+def study_dir(image_data, tmp_path_factory):
+    pytest.importorskip("optuna", reason="optuna not installed (pip install -e '.[test]')")
+    from conftest import tiny_image_recipe
+    from finetunekit.tune import tune
+
+    recipe = tiny_image_recipe(
+        image_data, strategy={"name": "linear_probe"}, train={"epochs": 2},
+        search={"space": {"train.head_lr": {"log_uniform": [1e-3, 1e-1]}, "train.batch_size": {"choice": [4, 8]}}},
+    )
+    return tune(recipe, tmp_path_factory.mktemp("study") / "s", trials=3, quiet=True).study_dir
+
+
+def test_study_page_renders_in_chromium(browser, study_dir, tmp_path):
+    result = browser.open(study_dir / "study.html", INSPECT_SCRIPT)
+    assert result.console_errors == []
+    page = result.evaluation
+    assert page["title"] == f"finetunekit study: {study_dir.name}"
+    assert [s["id"] for s in page["sections"]] == ["trials", "history", "slices", "importances", "best-recipe"]
+    plots = [i for i in page["images"] if i["cls"] == "plot"]
+    assert [p["section"] for p in plots] == ["history", "slices", "importances"]
+    for plot in plots:
+        _check_plot(plot)
+    assert {"section": "trials", "rows": 4} in page["tables"]  # header + 3 trials
+    assert "train.head_lr" in page["text"] and "model:" in page["text"]  # the best recipe's YAML

@@ -150,7 +150,7 @@ def _importances(importances: dict[str, float] | None) -> str:
         return html.section("importances", "Parameter importances",
                             '<p class="note">Not computed: it needs at least two complete trials whose scores differ.</p>')
     items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig = _figure(6.0, 0.5 + 0.4 * len(items))
+    fig = _figure(6.0, max(2.6, 0.5 + 0.4 * len(items)))
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items], color=COLORS[0])
     _style(ax, "Parameter importances (fANOVA)", "share of the score's variance", "")
