@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"strategies"},  # which parameters train: works on any nn.Module; recipe validates names against it
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
     {"defaults", "data", "backbones"},
-    {"model", "engine"},
+    {"model", "engine", "autoconfig"},  # autoconfig: a recipe chosen from the data
     {"checkpoint", "features", "card", "report", "loading"},
     {"predict"},
     {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors

@@ -11,6 +11,7 @@
     finetunekit compare RUN_DIR RUN_DIR... --output compare.html
     finetunekit export RUN_DIR --format onnx|hf|timm
     finetunekit tune recipe.yaml --trials 20 --output studies/x [--storage postgresql://...]
+    finetunekit lr-find recipe.yaml --output lr_find/     (learning-rate range test; or train.lr: auto)
     finetunekit demo
 
 User mistakes (a missing path, an unknown backbone, a bad recipe field) print one line on stderr and
@@ -28,14 +29,28 @@ from .errors import FinetuneError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .recipe import Recipe
     from .trainer import train
 
-    recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
+    reasons = None
+    if args.recipe and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
+        from .autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
+
+        inferred = infer_recipe(args.recipe)
+        recipe, reasons = inferred.recipe, inferred.reasons
+        print("no recipe: chose from the data\n  " + "\n  ".join(reasons), flush=True)
+    else:
+        recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
     recipe = recipe.with_overrides(args.set or [])
     if args.resume and not args.output:
         raise FinetuneError("--resume needs --output RUN_DIR: the run directory to continue")
-    train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
+    result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
+    if reasons is not None:
+        from .artifacts import atomic_write_text
+
+        atomic_write_text(result.run_dir / "autoconfig.txt", "\n".join(reasons) + "\n")  # recipe.yaml holds the result
     return 0
 
 
@@ -180,6 +195,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .recipe import Recipe
+    from .trainer import find_lr, save_lr_find
+
+    recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
+    if not 0 < args.start < args.end:
+        raise FinetuneError(f"lr-find: --start {args.start:g} must be above 0 and below --end {args.end:g}")
+    if args.steps < 20:
+        raise FinetuneError(f"lr-find: --steps must be at least 20, got {args.steps}")
+    _, found = find_lr(recipe, steps=args.steps, start=args.start, end=args.end, rule=args.rule)
+    png, data = save_lr_find(found, Path(args.output))
+    others = ", ".join(f"{rule} {lr:.3g}" for rule, lr in found.result.suggestions.items() if rule != args.rule)
+    print(f"plot: {png}  data: {data}  (other rules: {others})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -212,6 +245,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "export": cmd_export,
     "tune": cmd_tune,
+    "lr-find": cmd_lr_find,
     "demo": cmd_demo,
     "list": cmd_list,
 }
@@ -225,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune from a YAML recipe")
-    p.add_argument("recipe", nargs="?", help="recipe YAML file (optional: --set alone works too)")
+    p.add_argument("recipe", nargs="?",
+                   help="recipe YAML file (optional: --set alone works too), or a data path alone (image folder or "
+                   ".csv/.tsv/.jsonl/.parquet table): the recipe is then chosen from the data, with the reasons printed")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field (repeatable)")
     p.add_argument("--output", "-o", help="run directory (default: runs/<timestamp>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -315,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between a worker's heartbeats; a trial silent for 3 of them is failed and run again")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field (repeatable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no per-trial lines")
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially growing rate, a suggested rate")
+    p.add_argument("recipe")
+    p.add_argument("--output", "-o", default="lr_find", help="folder for lr_find.png and lr_find.json (default lr_find/)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps in the sweep (default 200)")
+    p.add_argument("--start", type=float, default=1e-7, help="first rate (default 1e-7)")
+    p.add_argument("--end", type=float, default=10.0, help="last rate, unless the loss diverges first (default 10)")
+    p.add_argument("--rule", choices=["min/10", "steepest"], default="min/10",
+                   help="min/10: a tenth of the rate at the smoothed loss minimum (default); steepest: its steepest descent")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field (repeatable)")
 
     p = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn's digits")
     p.add_argument("--output", "-o", default="runs/demo")

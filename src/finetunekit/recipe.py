@@ -239,8 +239,9 @@ class TrainSpec:
 
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float | None = None
-    head_lr: float | None = None  # learning rate of the new head; None: the modality's default
+    # "auto": a learning-rate range test picks it before training (finetunekit lr-find)
+    lr: float | Literal["auto"] | None = None
+    head_lr: float | Literal["auto"] | None = None  # learning rate of the new head; None: the modality's default
     optimizer: Optimizer = "adamw"
     momentum: float = 0.9  # sgd only
     weight_decay: float | None = None
@@ -289,7 +290,7 @@ class TrainSpec:
             _check_range("train.batch_size", self.batch_size, 1, 1_000_000)
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and value != "auto":
                 _check_range(f"train.{name}", value, 0.0, 10.0, low_open=True)
         _check_range("train.momentum", self.momentum, 0.0, 1.0, high_open=True)
         if self.weight_decay is not None:

@@ -149,6 +149,9 @@ def _after_write_error(run_dir: Path, exc: Exception) -> str:
 def _train(recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool) -> RunResult:
     started = time.perf_counter()
     resuming = _check_output(run_dir, overwrite, resume)  # before minutes are spent loading anything
+    found = None
+    if "auto" in (recipe.train.lr, recipe.train.head_lr):  # a range test picks them, then the run starts afresh
+        recipe, found = find_lr(recipe, quiet=quiet)
     log_with = trackers.check_trackers(recipe.train.report_to)
     accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile)
     _seed_everything(recipe.train.seed)
@@ -160,6 +163,8 @@ def _train(recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: 
     if start is None and accelerator.is_main_process:
         artifacts.prepare_run_dir(run_dir, overwrite or resume)
         artifacts.save_recipe(run_dir, recipe.to_dict())
+        if found is not None:
+            save_lr_find(found, run_dir)
     if log_with:
         accelerator.init_trackers(run_dir.resolve().name, config=trackers.tracker_config(recipe.to_dict()))
     trainable, total = accelerator.unwrap_model(run.model).parameter_counts()
@@ -566,3 +571,75 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# -- learning-rate range test (train.lr: auto, finetunekit lr-find) ----------------------------------
+
+
+@dataclass
+class LRFound:
+    result: Any  # engine.lr_find.LRFindResult
+    rates: dict[str, float]  # the fields set: "lr" and/or "head_lr"
+    swept: str  # the field the sweep's x axis is
+
+
+def find_lr(
+    recipe: Recipe, steps: int = 200, start: float = 1e-7, end: float = 10.0, rule: str = "min/10", quiet: bool = False,
+) -> tuple[Recipe, LRFound]:
+    """Run a learning-rate range test on a throw-away copy of the run; returns the recipe with the
+    rates it found in place of ``auto`` (with none, ``lr`` and ``head_lr`` are swept together)."""
+    import tempfile
+
+    from .engine.lr_find import lr_sweep
+
+    t = recipe.train
+    auto = {f for f in ("lr", "head_lr") if getattr(t, f) == "auto"} or {"lr", "head_lr"}
+    if t.lr == "auto" and t.head_lr is None:
+        auto.add("head_lr")  # as with any lr set by hand, it applies to the head too
+    # fields left to auto take the defaults for the sweep (the ratio between the two rates when
+    # both are swept); rates set by hand keep theirs
+    base = recipe.replace(train={f: None for f in auto if getattr(t, f) == "auto"})
+    accelerator = make_accelerator(t.precision, t.grad_accum_steps)
+    _seed_everything(t.seed)
+    with tempfile.TemporaryDirectory(prefix="finetunekit-lr-find-") as scratch:
+        run = _build(base, accelerator, Path(scratch))  # checkpoints are never written here
+        model = accelerator.unwrap_model(run.model)
+        epoch = 0
+        if auto == {"lr"}:  # the backbone's rate alone: sweep the first epoch in which the backbone trains
+            epoch = next((e for e in range(run.recipe.train.epochs) if not run.strategy.backbone_frozen_at(e)), -1)
+            if epoch < 0:
+                raise RecipeError(f"train.lr: auto, but strategy {run.recipe.strategy.name} never trains the backbone; use train.head_lr: auto")
+            run.strategy.on_epoch_start(epoch, model, run.optimizer)
+        # the x axis: the backbone's rate when it trains in the swept epoch, else the head's
+        swept = "lr" if "lr" in auto and not run.strategy.backbone_frozen_at(epoch) else "head_lr"
+        rt = run.recipe.train
+        rates = {"lr": float(rt.lr), "head_lr": float(rt.head_lr)}
+        scale = {
+            g["name"]: g["base_lr"] / rates[swept] for g in run.optimizer.param_groups
+            if "name" in g and ("head_lr" if g["name"] == "head" else "lr") in auto
+        }
+        result = lr_sweep(
+            accelerator, run.model, _epoch_loaders(run, epoch)[0], run.optimizer, run.objective, scale,
+            start=start, end=end, steps=steps, rule=rule, max_grad_norm=rt.max_grad_norm,
+        )
+    del run, model
+    ratio = {f: rates[f] / rates[swept] for f in auto}
+    found = {f: min(10.0, float(f"{result.suggestion * ratio[f]:.3g}")) for f in sorted(auto)}  # 10: the recipe's bound
+    _log(accelerator, False, (
+        "lr-find: " + ", ".join(f"train.{f} = {v:g}" for f, v in found.items())
+        + f" (rule {rule}: {'a tenth of the rate at the smoothed loss minimum' if rule == 'min/10' else 'steepest descent of the smoothed loss'}; "
+        f"swept train.{swept} {start:g} to {result.lrs[-1]:g} over {len(result.lrs)} steps"
+        + (", stopped when the loss diverged)" if result.stopped_early else ")")
+    ))
+    return recipe.replace(train=found), LRFound(result, found, swept)
+
+
+def save_lr_find(found: LRFound, folder: Path) -> tuple[Path, Path]:
+    """``lr_find.png`` (the smoothed loss against the rate, the suggestions marked) and ``lr_find.json``."""
+    from .report.plots import lr_find_plot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    png, data = folder / "lr_find.png", folder / "lr_find.json"
+    artifacts.atomic_write_bytes(png, lr_find_plot(found.result, found.swept).png)
+    artifacts.atomic_write_json(data, {**found.result.to_dict(), "rates": found.rates, "swept": found.swept})
+    return png, data

@@ -219,3 +219,20 @@ def comparison_curves(runs: list[RunData], names: list[str]) -> Plot:
         _style(ax, title, "epoch", "")
     axes[0].legend(fontsize=8)
     return _render(fig, "training curves of the compared runs")
+
+
+def lr_find_plot(result: Any, swept: str) -> Plot:
+    """A learning-rate range test: raw and smoothed loss against the rate (log), the suggestions marked."""
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(result.lrs, result.losses, color=COLORS[7], alpha=0.35, linewidth=0.8, label="loss")
+    ax.plot(result.lrs, result.smoothed, color=COLORS[0], linewidth=1.8, label="smoothed loss")
+    ax.set_xscale("log")
+    for i, (rule, lr) in enumerate(sorted(result.suggestions.items())):
+        chosen = " (suggested)" if rule == result.rule else ""
+        ax.axvline(lr, color=COLORS[1 + i], linestyle="--" if chosen else ":", label=f"{rule}: {lr:.2g}{chosen}")
+    low, high = min(result.smoothed), max(result.smoothed[: max(1, len(result.smoothed) // 10)] + [min(result.smoothed) * 1.5])
+    ax.set_ylim(low - 0.1 * abs(low), high + 0.25 * (high - low) + 1e-9)
+    _style(ax, "Learning-rate range test", f"train.{swept}", "training loss")
+    ax.legend(fontsize=8)
+    return _render(fig, "learning-rate range test")
