@@ -116,7 +116,13 @@ def study(image_data, tmp_path_factory):
         search={"space": {"train.head_lr": {"log_uniform": [1e-3, 1e-1]}, "train.weight_decay": {"uniform": [0.0, 0.1]}}},
     )
     (root / "recipe.yaml").write_text(recipe.to_yaml())
-    assert main(["tune", str(root / "recipe.yaml"), "--trials", "4", "--output", str(root / "study"), "--quiet"]) == 0
+    # module-scoped fixtures run before the per-test empty cache is set: give the study its own
+    before = os.environ["FINETUNEKIT_CACHE_DIR"]
+    os.environ["FINETUNEKIT_CACHE_DIR"] = str(root / "feature-cache")
+    try:
+        assert main(["tune", str(root / "recipe.yaml"), "--trials", "4", "--output", str(root / "study"), "--quiet"]) == 0
+    finally:
+        os.environ["FINETUNEKIT_CACHE_DIR"] = before
     return root
 
 

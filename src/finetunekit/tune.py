@@ -31,7 +31,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -443,7 +443,6 @@ class StudyResult:
     seconds: float
     metric: str
     trials_run_here: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 def _check_study_dir(study_dir: Path) -> None:
@@ -484,7 +483,7 @@ def tune(
     started = time.perf_counter()
     study_dir = Path(output)
     _check_study_dir(study_dir)
-    optuna = _optuna()
+    _optuna()  # a one-line error before anything is written when Optuna is missing
     from .backbones import create_backbone
 
     spec = recipe.model
