@@ -105,7 +105,7 @@ def main() -> int:
                     if per_class is not None and per_class <= args.full_up_to and seed in args.full_seeds:
                         # full fine-tuning costs a backbone pass per epoch: the step rule's epochs only
                         # where they stay cheap (the smallest sets)
-                        arms += [("full", 5)] + ([("full", rule)] if per_class * 2 * rule <= 1000 else [])
+                        arms += [("full", 5)] + ([("full", rule)] if per_class * 2 * rule <= 400 else [])
                     for strategy, epochs in dict.fromkeys(arms):
                         arm = f"{strategy} {epochs} ep"
                         key = (source, size, seed, arm)
