@@ -130,9 +130,9 @@ def train(
     check_writable(run_dir)  # a read-only or impossible place is refused before anything loads
     try:
         if int(os.environ.get("RANK", "0")) != 0:  # multi-process: the main process holds the lock
-            return _train(recipe, run_dir, overwrite, quiet, resume)
+            return _train(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
         with RunDirLock(run_dir):
-            return _train(recipe, run_dir, overwrite, quiet, resume)
+            return _train(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
     except WriteError as exc:  # a full disk, mid-run or while writing the finished run's files
         raise FinetuneError(_after_write_error(run_dir, exc)) from None
 
@@ -146,7 +146,10 @@ def _after_write_error(run_dir: Path, exc: Exception) -> str:
     return f"{exc}; the last checkpoint is intact: {last}; once there is space, finish the run with: finetunekit resume {run_dir}"
 
 
-def _train(recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool) -> RunResult:
+def _train(
+    recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool, callbacks: Sequence[Callback] = (),
+    checkpoints: bool = True, report: bool = True,
+) -> RunResult:
     started = time.perf_counter()
     resuming = _check_output(run_dir, overwrite, resume)  # before minutes are spent loading anything
     found = None
