@@ -137,7 +137,7 @@ def recipe_section_not_a_mapping(root, env):
 @case
 def recipe_unknown_section(root, env):
     path = tsv(root, "r.yaml", "trian:\n  lr: 0.1\n")
-    return ["train", str(path)], f"{path}: unknown field 'trian' (did you mean 'train'?); known: model, data, strategy, train, search"
+    return ["train", str(path)], f"{path}: unknown field 'trian' (did you mean 'train'?); known: model, data, task, tasks, strategy, train, search"
 
 
 @case

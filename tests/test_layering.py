@@ -16,8 +16,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
 LAYERS: list[set[str]] = [
     {"errors", "version"},
-    {"registry", "runtime", "metrics", "heads", "hf_modeling", "trackers", "safe_yaml", "outputs"},
-    {"strategies"},  # which parameters train: works on any nn.Module; recipe validates names against it
+    {"registry", "runtime", "heads", "hf_modeling", "trackers", "safe_yaml", "outputs"},
+    # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
+    # targets, losses, metrics; tasks read Examples by their fields, never import data); the recipe
+    # validates names against both registries
+    {"strategies", "tasks"},
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
     {"defaults", "data", "backbones"},
     {"model", "engine", "autoconfig"},  # autoconfig: a recipe chosen from the data

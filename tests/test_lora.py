@@ -19,6 +19,7 @@ from finetunekit.loading import load_model
 from finetunekit.backbones import check_layer_groups, create_backbone
 from finetunekit.checkpoint import Checkpointer
 from finetunekit.errors import RecipeError
+from finetunekit.heads import LinearHead
 from finetunekit.model import FineTuneModel
 from finetunekit.recipe import Recipe
 from finetunekit.strategies import STRATEGIES
@@ -39,7 +40,8 @@ def _fresh_model(recipe, classes: int = 3) -> FineTuneModel:
     np.random.seed(0)
     torch.manual_seed(recipe.train.seed)
     spec = recipe.model
-    return FineTuneModel(create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size), classes)
+    backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
+    return FineTuneModel(backbone, LinearHead(backbone.num_features, classes))
 
 
 def _lora_setup(recipe, classes: int = 3) -> tuple[FineTuneModel, list[dict]]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from finetunekit.metrics import classification_metrics, confusion_matrix, expected_calibration_error, format_metrics
+from finetunekit.tasks.classification import classification_metrics, confusion_matrix, expected_calibration_error, format_metrics
 
 
 def test_hand_computed_case():

@@ -19,7 +19,9 @@ from finetunekit.checkpoint import Checkpointer, list_checkpoints, read_checkpoi
 from finetunekit.data.pipeline import BalancedBatchSampler, ImageDataset, augment_seed, image_transform
 from finetunekit.engine import build_optimizer
 from finetunekit.engine.ema import ModelEMA
-from finetunekit.engine.objective import Mixer, Objective, balanced_class_weights
+from finetunekit.engine.objective import Mixer, Objective
+from finetunekit.heads import LinearHead
+from finetunekit.tasks.classification import ClassificationTask, LabelMap, balanced_class_weights
 from finetunekit.errors import RecipeError
 from finetunekit.model import FineTuneModel
 from finetunekit.recipe import Recipe, StrategySpec, TrainSpec
@@ -52,7 +54,8 @@ class TinyBackbone(Backbone):
 
 
 def tiny_model() -> FineTuneModel:
-    model = FineTuneModel(TinyBackbone(), num_classes=2)
+    backbone = TinyBackbone()
+    model = FineTuneModel(backbone, LinearHead(backbone.num_features, 2))
     with torch.no_grad():
         model.backbone.proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
         model.backbone.proj.bias.zero_()
@@ -171,7 +174,7 @@ def result_head_weight_at_start(recipe) -> torch.Tensor:
     random.seed(0); np.random.seed(0); torch.manual_seed(0)  # noqa: E702
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
-    return FineTuneModel(backbone, 3).head.fc.weight.detach()
+    return FineTuneModel(backbone, LinearHead(backbone.num_features, 3)).head.fc.weight.detach()
 
 
 def test_a_run_without_extra_terms_logs_no_breakdown(image_data, tmp_path):
@@ -186,7 +189,7 @@ def test_a_run_without_extra_terms_logs_no_breakdown(image_data, tmp_path):
 @pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
 def test_mixing_gives_soft_targets_that_sum_to_one(mixup, cutmix):
     torch.manual_seed(0)
-    mixer = Mixer(num_classes=3, mixup_alpha=mixup, cutmix_alpha=cutmix)
+    mixer = Mixer(ClassificationTask(LabelMap(("a", "b", "c"))), mixup_alpha=mixup, cutmix_alpha=cutmix)
     labels = torch.tensor([0, 1, 2, 1, 0, 2])
     pixels = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 8, 8).contiguous()  # image i is all i
     for _ in range(5):
@@ -208,7 +211,7 @@ def test_soft_target_cross_entropy_with_class_weights():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     weights = balanced_class_weights([0, 0, 0, 1], 2)
     assert torch.allclose(weights, torch.tensor([4 / (2 * 3), 4 / (2 * 1)]))
-    objective = Objective(class_weights=weights)
+    objective = Objective(ClassificationTask(LabelMap(("a", "b")), class_weights=weights))
     model = lambda batch: logits  # noqa: E731
     loss, parts = objective(model, {"labels": torch.tensor([0, 1])})
     logp = logits.log_softmax(-1)

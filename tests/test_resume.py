@@ -22,6 +22,7 @@ from finetunekit.artifacts import atomic_write_bytes
 from finetunekit.checkpoint import Checkpointer, Position, TrainingParts, list_checkpoints, read_checkpoint
 from finetunekit.cli import main
 from finetunekit.errors import DivergenceError, FinetuneError
+from finetunekit.tasks.classification import ClassificationTask
 from run_outputs import comparable, differences
 
 
@@ -171,14 +172,12 @@ def test_corrupt_newest_checkpoint_is_detected_and_the_previous_one_used(
 
 
 def test_checkpoints_keep_the_last_k_and_the_best(image_data, tmp_path, monkeypatch):
-    from finetunekit import trainer
-
     recipe = tiny_image_recipe(image_data, train={
         "epochs": 4, "checkpoint_every_steps": 1, "keep_checkpoints": 2, "keep_checkpoints_when_done": True, "metric": "loss",
     })
     # The validation losses of the four epochs, so that the best epoch (2) is not the last.
-    losses, real = [0.9, 0.4, 0.6, 0.5], trainer.classification_metrics
-    monkeypatch.setattr(trainer, "classification_metrics", lambda *a: {**real(*a), **({"loss": losses.pop(0)} if losses else {})})
+    losses, real = [0.9, 0.4, 0.6, 0.5], ClassificationTask.metrics
+    monkeypatch.setattr(ClassificationTask, "metrics", lambda *a: {**real(*a), **({"loss": losses.pop(0)} if losses else {})})
     listings, bests = [], []
     original = Checkpointer.save
 
@@ -241,16 +240,16 @@ def test_resume_after_early_stopping_trains_no_further(image_data, tmp_path, mon
     from finetunekit import artifacts, trainer
 
     recipe = tiny_image_recipe(image_data, train={"epochs": 5, "early_stopping_patience": 1, "metric": "loss"})
-    real = trainer.classification_metrics
+    real = ClassificationTask.metrics
 
     def metrics_with_losses(losses):  # validation losses per epoch: the best is epoch 1, stop after 2
         return lambda *a: {**real(*a), **({"loss": losses.pop(0)} if losses else {})}
 
-    monkeypatch.setattr(trainer, "classification_metrics", metrics_with_losses([0.5, 0.7]))
+    monkeypatch.setattr(ClassificationTask, "metrics", metrics_with_losses([0.5, 0.7]))
     reference = train(recipe, output=tmp_path / "reference", quiet=True)
     assert reference.metrics["epochs_run"] == 2 and reference.metrics["best_epoch"] == 1
 
-    monkeypatch.setattr(trainer, "classification_metrics", metrics_with_losses([0.5, 0.7]))
+    monkeypatch.setattr(ClassificationTask, "metrics", metrics_with_losses([0.5, 0.7]))
     save_model = artifacts.save_model
     monkeypatch.setattr(artifacts, "save_model", lambda *a, **k: (_ for _ in ()).throw(Killed()))
     with pytest.raises(Killed):
@@ -280,13 +279,15 @@ def test_checkpoint_round_trips_optimizer_groups_strategy_schedule_and_rng(tmp_p
 
     from finetunekit.backbones import create_backbone
     from finetunekit.engine import EarlyStopping, LRSchedule, build_optimizer
+    from finetunekit.heads import LinearHead
     from finetunekit.model import FineTuneModel
     from finetunekit.recipe import StrategySpec, TrainSpec
     from finetunekit.strategies import STRATEGIES
 
     def parts():
         torch.manual_seed(0)
-        model = FineTuneModel(create_backbone("timm:test_efficientnet", pretrained=False, image_size=32), 3)
+        backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
+        model = FineTuneModel(backbone, LinearHead(backbone.num_features, 3))
         strategy = STRATEGIES.get("freeze_then_unfreeze")(StrategySpec(name="freeze_then_unfreeze", freeze_epochs=1))
         optimizer = build_optimizer(TrainSpec(lr=1e-4, weight_decay=0.01), strategy.setup(model, lr=1e-4, head_lr=1e-2))
         return TrainingParts(Accelerator(cpu=True), model, optimizer, LRSchedule("cosine", 10), strategy, EarlyStopping("loss", 2))

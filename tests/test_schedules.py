@@ -25,6 +25,7 @@ from finetunekit.defaults import resolve
 from finetunekit.engine import LRSchedule, build_optimizer
 from finetunekit.engine.optim import format_param_groups, param_group_rows
 from finetunekit.errors import RecipeError
+from finetunekit.heads import LinearHead
 from finetunekit.model import FineTuneModel
 from finetunekit.recipe import StrategySpec, TrainSpec
 from finetunekit.strategies import STRATEGIES
@@ -190,7 +191,8 @@ def test_lp_ft_probes_then_fine_tunes_everything_at_the_backbone_rate(image_data
 
 def _tiny_model():
     torch.manual_seed(0)
-    return FineTuneModel(create_backbone("timm:test_efficientnet", pretrained=False, image_size=32), 3)
+    backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
+    return FineTuneModel(backbone, LinearHead(backbone.num_features, 3))
 
 
 def _set_up(spec: StrategySpec, model=None):

@@ -14,6 +14,7 @@ from conftest import tiny_image_recipe, tiny_text_recipe
 from finetunekit import train
 from finetunekit.loading import load_model
 from finetunekit.backbones import create_backbone
+from finetunekit.heads import LinearHead
 from finetunekit.model import FineTuneModel
 from finetunekit.recipe import StrategySpec
 from finetunekit.strategies import STRATEGIES
@@ -33,7 +34,7 @@ def _tiny_model(modality: str, tiny_bert) -> tuple[FineTuneModel, dict[str, torc
         width = max(map(len, enc["input_ids"]))
         batch = {k: torch.tensor([row + [0] * (width - len(row)) for row in v]) for k, v in enc.items()}
     batch["labels"] = torch.tensor([0, 1, 2, 0])
-    return FineTuneModel(backbone, 3), batch
+    return FineTuneModel(backbone, LinearHead(backbone.num_features, 3)), batch
 
 
 def _phase(model: FineTuneModel, optimizer) -> tuple[set[str], dict[str, float]]:
@@ -145,7 +146,7 @@ def test_strategy_trains_what_it_claims(name, modality, image_data, text_data, t
 
 def test_linear_probe_keeps_batchnorm_statistics_in_train_mode():
     backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
-    model = FineTuneModel(backbone, 3)
+    model = FineTuneModel(backbone, LinearHead(backbone.num_features, 3))
     strategy = STRATEGIES.get("linear_probe")(StrategySpec(name="linear_probe"))
     strategy.setup(model, 1e-3, None)
     model.train()
@@ -158,7 +159,7 @@ def test_linear_probe_keeps_batchnorm_statistics_in_train_mode():
 
 def test_freeze_then_unfreeze_switches_at_the_scheduled_epoch():
     backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
-    model = FineTuneModel(backbone, 3)
+    model = FineTuneModel(backbone, LinearHead(backbone.num_features, 3))
     strategy = STRATEGIES.get("freeze_then_unfreeze")(StrategySpec(name="freeze_then_unfreeze", freeze_epochs=2))
     groups = strategy.setup(model, lr=1e-4, head_lr=1e-2)
     optimizer = torch.optim.AdamW(groups)
@@ -177,7 +178,7 @@ def test_strategy_state_round_trips_mid_schedule():
     """A resumed run after the unfreeze epoch must not silently re-freeze the backbone."""
     def fresh():
         backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
-        model = FineTuneModel(backbone, 3)
+        model = FineTuneModel(backbone, LinearHead(backbone.num_features, 3))
         strategy = STRATEGIES.get("freeze_then_unfreeze")(StrategySpec(name="freeze_then_unfreeze", freeze_epochs=1))
         optimizer = torch.optim.AdamW(strategy.setup(model, lr=1e-4, head_lr=1e-2))
         return model, strategy, optimizer

@@ -29,14 +29,18 @@ def evaluate(
     run_dir: str,
     data: str,
     text_column: str | None = None,
-    label_column: str = "label",
+    label_column: str | list[str] | None = None,
     text_columns: list[str] | None = None,
     image_column: str | None = None,
+    image_root: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a run directory's model on a labelled data set (see ``Predictor.evaluate``)."""
+    """Metrics of a run directory's model on a labelled data set (see ``Predictor.evaluate``;
+    ``label_column`` None: the run's own label column(s))."""
     from .predict import load
 
-    return load(run_dir).evaluate(data, text_column, label_column, text_columns=text_columns, image_column=image_column)
+    return load(run_dir).evaluate(
+        data, text_column, label_column, text_columns=text_columns, image_column=image_column, image_root=image_root
+    )
 
 
 def __getattr__(name: str) -> Any:

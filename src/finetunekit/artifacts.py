@@ -4,9 +4,10 @@ executes code on load.
 ::
 
     RUN_DIR/
-      finetunekit.json     format version, modality, backbone description
+      finetunekit.json     format version, the task (type and what rebuilds it: classes, target
+                           statistics, thresholds), modality, backbone and head description
       recipe.yaml          the resolved recipe (every default filled in)
-      labels.json          class names, index order
+      labels.json          classification: class names, index order
       preprocessing.json   image sizes and normalisation, or text pooling and max length
       backbone/            tokenizer and config files (text backbones)
       model.safetensors    backbone + head weights
@@ -151,21 +152,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 PREDICTIONS_FILE = "val_predictions.jsonl"
 
 
-def save_predictions(run_dir: Path, inputs: list[str], labels: Any, probs: Any, classes: list[str]) -> None:
+def save_predictions(run_dir: Path, inputs: list[str], records: list[dict[str, Any]]) -> None:
     """The validation set's predictions, one JSON line per example, written atomically:
-    ``{"index", "input", "label", "predicted", "confidence", "probabilities"}`` (probabilities in
-    ``labels.json`` order). The report's error gallery and calibration plots read this file."""
+    ``{"index", "input", ...}`` and the task's fields (``task.prediction_records``; for
+    classification ``label, predicted, confidence, probabilities`` in ``labels.json`` order). The
+    report's error gallery and plots read this file."""
     lines = []
-    for i, (text, row) in enumerate(zip(inputs, probs, strict=True)):
-        best = int(row.argmax())
-        record = {
-            "index": i,
-            "input": text,
-            "label": None if labels is None else classes[int(labels[i])],
-            "predicted": classes[best],
-            "confidence": round(float(row[best]), 6),
-            "probabilities": [round(float(p), 6) for p in row],
-        }
+    for i, (text, fields) in enumerate(zip(inputs, records, strict=True)):
+        record = {"index": i, "input": text, **fields}
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     atomic_write_text(run_dir / PREDICTIONS_FILE, "".join(lines))
 
@@ -201,10 +195,8 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
-def save_model(
-    run_dir: Path, model: torch.nn.Module, classes: list[str], preprocessing: dict[str, Any], precision: str = "fp32"
-) -> None:
-    """Weights, labels, preprocessing and the backbone's description + assets.
+def save_model(run_dir: Path, model: torch.nn.Module, task: Any, preprocessing: dict[str, Any], precision: str = "fp32") -> None:
+    """Weights, the task's state and files, preprocessing and the backbone's description + assets.
 
     ``precision`` is the autocast precision the run validated in; predict uses the same one, so a
     reloaded model reproduces the run's validation predictions exactly."""
@@ -219,17 +211,18 @@ def save_model(
 
         atomic_replace_dir(run_dir / adapter["directory"], lambda tmp: save_adapter(model, tmp))
     weights_sha256 = atomic_save_safetensors(run_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
-    atomic_write_json(run_dir / "labels.json", {"classes": list(classes)})
+    for name, content in task.files().items():
+        atomic_write_json(run_dir / name, content)
     atomic_write_json(run_dir / "preprocessing.json", preprocessing)
     atomic_write_json(
         run_dir / MARKER,
         {
             "format_version": FORMAT_VERSION,
             "finetunekit_version": __version__,
-            "task": "classification",
+            "task": task.state(),
             "modality": backbone.modality,
             "backbone": backbone.describe(),
-            "head": {"in_features": model.head.in_features, "num_classes": model.head.num_classes, "dropout": model.head.dropout.p},
+            "head": model.head.describe(),
             "precision": precision,
             "weights_sha256": weights_sha256,  # loading refuses weights that are not these (another run's)
             **({"adapter": adapter} if adapter is not None else {}),

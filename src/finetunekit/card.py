@@ -11,7 +11,6 @@ Exports (``finetunekit export``) get the same card with the loading section for 
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +36,18 @@ def hub_base_model(backbone: str) -> str | None:
     return None
 
 
-def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, val_ex, trainable: int, total: int) -> None:
+def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, val_ex, trainable: int, total: int, task: Any) -> None:
+    """The card; what it says about the predictions and their metrics comes from ``task.card``."""
     modality = train_ex.modality
-    classes = list(metrics.get("per_class", {}))
-    counts = Counter(train_ex.labels or [])
-    meta = _metadata(run_dir, recipe.model.backbone, modality, metrics)
+    facts = task.card(modality, metrics, train_ex)
+    meta = _metadata(run_dir, recipe.model.backbone, modality, metrics, facts)
     m, t = recipe.model, recipe.train
     description = DESCRIPTIONS.get(m.backbone, f"`{m.backbone}`")
     pooling = _saved_pooling(run_dir, m.pooling)
     lines = [
-        f"# {Path(run_dir).resolve().name}: {modality} classifier ({len(classes)} classes)",
+        f"# {Path(run_dir).resolve().name}: {facts['title']}",
         "",
-        f"Classifies {'images' if modality == 'image' else 'texts'} into {len(classes)} classes: "
-        f"{', '.join(f'`{c}`' for c in classes)}. Fine-tuned from {description} with finetunekit.",
+        f"{facts['summary']} Fine-tuned from {description} with finetunekit.",
         "",
         "## Model details",
         f"- Base model: `{m.backbone}` ({'pretrained weights' if m.pretrained else 'randomly initialised, trained from scratch'})",
@@ -61,24 +59,19 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         f"- Input: {_input_summary(recipe, modality)}",
         "",
         "## Intended uses and limitations",
-        f"Sorting {'images' if modality == 'image' else 'texts'} like those in the training data into the classes above. "
-        f"It was fine-tuned on {len(train_ex)} examples, so expect lower accuracy on inputs unlike them "
-        "(other sources, styles, lengths or languages), and check each class's recall below before relying on it. "
-        "It always answers with one of its classes, even for inputs that belong to none; the probabilities are only "
-        f"as reliable as the calibration error (ECE {metrics.get('ece', float('nan')):.3f}) says.",
+        facts["use"],
         "",
         "## Training data",
-        f"- `{train_ex.source}`: {len(train_ex)} examples ("
-        + ", ".join(f"{c} {counts.get(c, 0)}" for c in classes) + ")",
+        f"- `{train_ex.source}`: {len(train_ex)} examples {facts['data']}",
         "",
         "## Evaluation",
         f"On `{metrics.get('eval_set', val_ex.source)}` ({metrics.get('num_examples', len(val_ex))} examples). This set "
         f"also chose the epoch whose weights were kept (epoch {metrics.get('best_epoch')} of {metrics.get('epochs_run')}), "
         "so the numbers are slightly optimistic; `finetunekit evaluate RUN_DIR DATA` measures any other labelled set.",
         "",
-        _metrics_table(metrics),
+        facts["table"],
         "",
-        "Curves, confusion matrix, calibration and the worst errors: `report.html`.",
+        facts["report"],
         "",
         "## Training procedure",
         f"- {t.epochs} epochs, batch size {t.batch_size}, optimizer {t.optimizer}, learning rate {t.lr:g} "
@@ -169,17 +162,9 @@ def _input_summary(recipe, modality: str) -> str:
     return f"texts, tokenized and truncated to {recipe.data.max_length} tokens (`preprocessing.json`)"
 
 
-def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    task = "image-classification" if modality == "image" else "text-classification"
+def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+    task = facts["pipeline_tag"]
     eval_set = str(metrics.get("eval_set", "validation"))
-    values = [
-        {"type": "accuracy", "value": round(float(metrics["accuracy"]), 4), "name": "Accuracy"},
-        {"type": "f1", "value": round(float(metrics["macro_f1"]), 4), "name": "Macro F1", "args": {"average": "macro"}},
-        {"type": "precision", "value": round(float(metrics["macro_precision"]), 4), "name": "Macro precision", "args": {"average": "macro"}},
-        {"type": "recall", "value": round(float(metrics["macro_recall"]), 4), "name": "Macro recall", "args": {"average": "macro"}},
-    ]
-    if "ece" in metrics:
-        values.append({"type": "ece", "value": round(float(metrics["ece"]), 4), "name": "Expected calibration error (15 bins)"})
     meta: dict[str, Any] = {"library_name": "finetunekit"}
     base = hub_base_model(backbone)
     if base:
@@ -187,13 +172,13 @@ def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, An
     meta.update({
         "pipeline_tag": task,
         "tags": ["finetunekit", task, "fine-tuned"],
-        "metrics": ["accuracy", "f1", "precision", "recall"],
+        "metrics": facts["metric_names"],
         "model-index": [{
             "name": Path(run_dir).resolve().name,
             "results": [{
                 "task": {"type": task, "name": task.replace("-", " ").capitalize()},
                 "dataset": {"name": eval_set, "type": "imagefolder" if modality == "image" else "text-table", "split": "validation"},
-                "metrics": values,
+                "metrics": facts["metrics"],
             }],
         }],
     })
@@ -202,18 +187,6 @@ def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, An
 
 def _front_matter(meta: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---\n\n"
-
-
-def _metrics_table(metrics: dict[str, Any]) -> str:
-    rows = ["| metric | value |", "| --- | --- |"]
-    for key, label in [("accuracy", "accuracy"), ("macro_f1", "macro F1"), ("macro_precision", "macro precision"),
-                       ("macro_recall", "macro recall"), ("loss", "cross-entropy loss"), ("ece", "ECE")]:
-        if key in metrics:
-            rows.append(f"| {label} | {metrics[key]:.4f} |")
-    rows += ["", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-    for name, r in metrics.get("per_class", {}).items():
-        rows.append(f"| {name} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |")
-    return "\n".join(rows)
 
 
 def how_to_load(run_dir: Path, modality: str, pairs: bool = False) -> list[str]:

@@ -502,12 +502,19 @@ def _recipe_diffs(before: dict[str, Any], after: dict[str, Any], then: str, now:
     from .errors import shown
 
     before, after = json.loads(json.dumps(before)), json.loads(json.dumps(after))  # tuples vs lists
-    return [
-        f"{section}.{name} is {shown(before.get(section, {}).get(name))} {then}, {shown(value)} {now}"
-        for section, fields in after.items()
-        for name, value in fields.items()
-        if f"{section}.{name}" not in RESUME_FREE_FIELDS and before.get(section, {}).get(name) != value
-    ]
+    diffs = []
+    for section, fields in after.items():
+        if not isinstance(fields, dict):  # a list section (tasks:) or none: compared whole
+            if before.get(section) != fields:
+                diffs.append(f"{section} is {shown(before.get(section))} {then}, {shown(fields)} {now}")
+            continue
+        was = before.get(section) or {}
+        diffs += [
+            f"{section}.{name} is {shown(was.get(name))} {then}, {shown(value)} {now}"
+            for name, value in fields.items()
+            if f"{section}.{name}" not in RESUME_FREE_FIELDS and was.get(name) != value
+        ]
+    return diffs
 
 
 def check_same_recipe(run_dir: Path, current: dict[str, Any], loaded: Loaded | None = None) -> None:

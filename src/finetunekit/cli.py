@@ -70,17 +70,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import format_metrics
     from .predict import load
 
-    metrics = load(args.run_dir).evaluate(
+    predictor = load(args.run_dir)
+    metrics = predictor.evaluate(
         args.data, text_column=args.text_column, label_column=args.label_column, text_columns=args.text_columns,
-        image_column=args.image_column,
+        image_column=args.image_column, image_root=args.image_root,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(format_metrics(metrics, title=f"metrics on {metrics['eval_set']}:"))
+        print(predictor.task.format_metrics(metrics, title=f"metrics on {metrics['eval_set']}:"))
     return 0
 
 
@@ -107,15 +107,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ).inputs
     if not inputs:
         raise FinetuneError("predict: give inputs (image paths or texts) or --file")
-    probs = predictor.predict_proba(inputs)
-    labels = predictor.labels.decode(probs.argmax(axis=1).tolist())
-    for item, label, row in zip(inputs, labels, probs, strict=True):
+    for item, record in zip(inputs, predictor.records(inputs), strict=True):
         if args.json:
             shown = list(item) if isinstance(item, tuple) else item
-            print(json.dumps({"input": shown, "label": label, "probabilities": dict(zip(predictor.classes, row.tolist(), strict=True))}))
+            print(json.dumps({"input": shown, **record["json"]}))
         else:
             text = "\t".join(item) if isinstance(item, tuple) else item
-            print(f"{label}\t{row.max():.4f}\t{text}")
+            print(f"{record['line']}\t{text}")
     return 0
 
 
@@ -231,6 +229,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in names:
         print(f"  {name.ljust(max(map(len, names)))}  {STRATEGIES.get(name).describe()}")
     print("with any strategy but lora: strategy.layer_decay=d trains backbone layer group i of n at train.lr * d**(n-1-i)")
+    from .tasks import TASKS
+
+    print("task types (task.type; several tasks: tasks:): " + ", ".join(n for n in TASKS.names() if n != "multitask"))
     return 0
 
 
@@ -280,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-columns", nargs=2, metavar=("FIRST", "SECOND"),
                    help="sentence pairs: the two text columns (default: the run's data.text_columns)")
     p.add_argument("--image-column", help="image tables: the column of image files (relative to the table)")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--image-root", help="image tables: the folder the image paths are relative to (default: the table's folder)")
+    p.add_argument("--label-column", default=None, help="default: the run's own label column(s)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = sub.add_parser("predict", help="predict labels with a run directory")

@@ -267,8 +267,8 @@ def error_explanations(run_dir: str | Path) -> dict[int, str]:
 
     try:
         run = load_run(run_dir)
-        if not run.predictions:
-            return {}
+        if not run.predictions or "confidence" not in run.predictions[0]:
+            return {}  # explanations are of a predicted class (the report's other task views show no class errors)
         limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_EXPLAINED_TEXT_ERRORS
         errors = worst_errors(run, limit)
         if not errors:

@@ -90,6 +90,8 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
     from .predict import Predictor
 
     predictor = Predictor(run_dir, device="cpu")
+    if fmt != "onnx" and not hasattr(predictor.model.head, "fc"):
+        raise FinetuneError(f"export {fmt}: {run_dir} has one head per task (tasks:); export it with --format onnx")
     if predictor.model.adapter is not None:
         # LoRA kept unmerged: exports hold plain weights. The merged model differs from the
         # adapter one by float rounding only, far inside the parity tolerance.
@@ -163,20 +165,38 @@ def sample_batches(predictor, limit: int = 8) -> list[Sample]:
 
 @torch.no_grad()
 def _reference(predictor, samples: list[Sample]) -> list[np.ndarray]:
+    """What the export must output: the task's exported form of the model's outputs (logits, or
+    values in target units for regression)."""
     predictor.model.eval()
-    return [predictor.model(s.batch).float().numpy() for s in samples]
+    return [predictor.task.export_outputs(predictor.model(s.batch).float()).numpy() for s in samples]
 
 
-def _compare(expected: list[np.ndarray], got: list[np.ndarray], samples: list[Sample]) -> dict[str, Any]:
+def _compare(expected: list[np.ndarray], got: list[np.ndarray], samples: list[Sample], task: Any = None) -> dict[str, Any]:
+    """Largest output difference, and how many predictions (the task's decoded ones) differ."""
     diff = max(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True))
-    mismatches = sum(int((e.argmax(1) != g.argmax(1)).sum()) for e, g in zip(expected, got, strict=True))
+
+    def decided(x: np.ndarray) -> list:
+        if task is None:
+            return x.argmax(1).tolist()
+        return task.decode(task.scores(task.import_outputs(torch.as_tensor(x))).numpy())
+
+    def differs(a: Any, b: Any) -> bool:  # decisions only: numbers (regression) are covered by the difference above
+        if isinstance(a, dict):
+            return any(differs(a[k], b[k]) for k in a)
+        if isinstance(a, float) or (isinstance(a, list) and a and isinstance(a[0], float)):
+            return False
+        return a != b
+
+    mismatches = sum(sum(differs(a, b) for a, b in zip(decided(e), decided(g), strict=True)) for e, g in zip(expected, got, strict=True))
     return {"max_abs_diff": diff, "label_mismatches": mismatches, "examples": sum(len(e) for e in expected),
             "input_shapes": [{k: list(v.shape) for k, v in s.batch.items()} for s in samples]}
 
 
 def _copy_run_metadata(predictor, tmp: Path) -> None:
     for name in ("labels.json", "preprocessing.json"):
-        shutil.copy2(predictor.run_dir / name, tmp / name)
+        if (predictor.run_dir / name).is_file():  # labels.json: classification runs
+            shutil.copy2(predictor.run_dir / name, tmp / name)
+    artifacts.atomic_write_json(tmp / "task.json", predictor.task.state())
 
 
 # -- transformers ------------------------------------------------------------------------------------
@@ -210,12 +230,13 @@ def _write_and_check_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
 
     from . import hf_modeling
 
-    backbone, head = predictor.model.backbone, predictor.model.head
-    classes = predictor.classes
+    backbone, head, task = predictor.model.backbone, predictor.model.head, predictor.task
+    labels = task.export_config()
     config = hf_modeling.FinetunekitTextConfig(
         encoder_config=backbone.model.config.to_dict(), pooling=backbone.pooling,
-        id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)},
+        id2label=labels["id2label"], label2id=labels["label2id"], problem_type=labels["problem_type"],
         architectures=["FinetunekitForSequenceClassification"],
+        **{k: v for k, v in labels.items() if k not in ("id2label", "label2id", "problem_type")},
     )
     config.auto_map = {
         "AutoConfig": "modeling_finetunekit.FinetunekitTextConfig",
@@ -223,7 +244,7 @@ def _write_and_check_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
     }
     model = hf_modeling.FinetunekitForSequenceClassification(config)
     state = {f"encoder.{k}": v for k, v in backbone.model.state_dict().items()}
-    state.update({f"classifier.{k}": v for k, v in head.fc.state_dict().items()})
+    state.update({f"classifier.{k}": v for k, v in task.export_head(head.fc.state_dict()).items()})
     model.load_state_dict(state, strict=True)
     model.save_pretrained(tmp, safe_serialization=True)
     shutil.copy2(Path(hf_modeling.__file__), tmp / "modeling_finetunekit.py")
@@ -239,7 +260,7 @@ def _write_and_check_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
             texts = [[a for a, _ in sample.inputs], [b for _, b in sample.inputs]] if predictor.text_columns else [sample.inputs]
             encoded = loaded_tokenizer(*texts, padding=True, truncation=True, return_tensors="pt")
             got.append(loaded(**encoded).logits.float().numpy())
-    return _compare(_reference(predictor, batches), got, batches)
+    return {**_compare(_reference(predictor, batches), got, batches, task), "problem_type": loaded.config.problem_type}
 
 
 def _save_tokenizer(predictor, directory: Path) -> None:
@@ -261,12 +282,12 @@ def _export_timm(predictor, tmp: Path, batches) -> dict[str, Any]:
     backbone, head = predictor.model.backbone, predictor.model.head
     model_args = {"bn_eps": backbone.bn_eps} if backbone.bn_eps is not None else {}
     try:
-        full = timm.create_model(backbone.arch, pretrained=False, num_classes=len(predictor.classes), **model_args)
+        full = timm.create_model(backbone.arch, pretrained=False, num_classes=predictor.task.output_size, **model_args)
     except TypeError as exc:
         raise FinetuneError(f"export timm: timm cannot build {backbone.arch} with {model_args} ({exc})") from None
     classifier = full.pretrained_cfg.get("classifier")
     state = {k: v for k, v in backbone.model.state_dict().items()}
-    state.update({f"{classifier}.{k}": v for k, v in head.fc.state_dict().items()})
+    state.update({f"{classifier}.{k}": v for k, v in predictor.task.export_head(head.fc.state_dict()).items()})
     missing, unexpected = full.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise FinetuneError(
@@ -275,29 +296,32 @@ def _export_timm(predictor, tmp: Path, batches) -> dict[str, Any]:
     pre = predictor.preprocessing
     data_config = {"input_size": (3, int(pre["input_size"]), int(pre["input_size"])), "crop_pct": pre["crop_pct"],
                    "interpolation": pre["interpolation"], "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}
-    save_for_hf(full.eval(), str(tmp), model_config={"label_names": list(predictor.classes)}, model_args=model_args,
+    names = predictor.classes or list(predictor.task.export_config()["id2label"].values())
+    save_for_hf(full.eval(), str(tmp), model_config={"label_names": names}, model_args=model_args,
                 safe_serialization=True, data_config=data_config)
     _copy_run_metadata(predictor, tmp)
 
     loaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
     with torch.no_grad():
         got = [loaded(s.batch["pixel_values"]).float().numpy() for s in batches]
-    return {**_compare(_reference(predictor, batches), got, batches), "model_args": model_args, "architecture": backbone.arch}
+    return {**_compare(_reference(predictor, batches), got, batches, predictor.task), "model_args": model_args, "architecture": backbone.arch}
 
 
 # -- ONNX --------------------------------------------------------------------------------------------
 
 
 class _OnnxWrapper(torch.nn.Module):
-    """Positional tensors in, logits out: the signature ONNX needs."""
+    """Positional tensors in, the task's exported outputs (logits; values for regression) out: the
+    signature ONNX needs."""
 
-    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+    def __init__(self, model: torch.nn.Module, names: list[str], task: Any) -> None:
         super().__init__()
         self.model = model
         self.names = names
+        self.task = task
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(dict(zip(self.names, tensors, strict=True)))
+        return self.task.export_outputs(self.model(dict(zip(self.names, tensors, strict=True))))
 
 
 def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
@@ -309,7 +333,7 @@ def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
     names = [k for k in ("pixel_values", "input_ids", "attention_mask", "token_type_ids") if k in batches[0].batch]
     dynamic = {name: {0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"} for name in names}
     dynamic["logits"] = {0: "batch"}
-    wrapper = _OnnxWrapper(predictor.model.eval(), names).eval()
+    wrapper = _OnnxWrapper(predictor.model.eval(), names, predictor.task).eval()
     path = tmp / "model.onnx"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
@@ -323,7 +347,7 @@ def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
         _save_tokenizer(predictor, tmp / "tokenizer")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = [session.run(["logits"], {n: s.batch[n].numpy() for n in names})[0] for s in batches]
-    return {**_compare(_reference(predictor, batches), got, batches), "inputs": names, "opset": 17}
+    return {**_compare(_reference(predictor, batches), got, batches, predictor.task), "inputs": names, "opset": 17}
 
 
 def read_export_record(path: Path) -> dict[str, Any]:
@@ -336,6 +360,8 @@ def read_export_record(path: Path) -> dict[str, Any]:
 def loading_code(fmt: str, target: Path, predictor) -> list[str]:
     """Markdown: how to load and run this export with its own library alone."""
     d = str(target)
+    if predictor.task.type != "classification":
+        return _task_loading_code(fmt, d, predictor)
     if fmt == "hf":
         return [
             "```python",
@@ -393,3 +419,27 @@ def loading_code(fmt: str, target: Path, predictor) -> list[str]:
         f"Inputs: {inputs}; the batch axis (and the sequence axis for text) is dynamic. `export.json` records "
         "the parity check against PyTorch (largest logit difference).",
     ]
+
+
+def _task_loading_code(fmt: str, d: str, predictor) -> list[str]:
+    """Loading notes for the task types other than single-label classification: what the outputs
+    mean (task.json holds the task: label names and thresholds, or target names)."""
+    task = predictor.task
+    meaning = {
+        "regression": "the outputs are predictions in target units (the target statistics are folded into the last layer), "
+                      "one column per target in `task.json`'s `targets` order",
+        "multilabel": "the outputs are one logit per label (`task.json`'s `labels` order); a label is predicted when "
+                      "sigmoid(logit) reaches its threshold in `task.json` (`thresholds`, chosen on validation)",
+    }.get(task.type, "the outputs are the tasks' blocks side by side, in `task.json`'s `tasks` order")
+    call = {
+        "hf": [f'model = AutoModelForSequenceClassification.from_pretrained("{d}", trust_remote_code=True).eval()',
+               f'tokenizer = AutoTokenizer.from_pretrained("{d}", trust_remote_code=True)',
+               'outputs = model(**tokenizer(["a text"], padding=True, truncation=True, return_tensors="pt")).logits'],
+        "timm": [f'model = timm.create_model("local-dir:{d}", pretrained=True).eval()', "outputs = model(pixel_values)"],
+        "onnx": [f'session = onnxruntime.InferenceSession("{d}/model.onnx")', 'outputs = session.run(["logits"], inputs)[0]'],
+    }[fmt]
+    imports = {"hf": "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "timm": "import timm",
+               "onnx": "import onnxruntime"}[fmt]
+    problem = f" (`config.problem_type` is `{task.export_config()['problem_type']}`)" if fmt == "hf" else ""
+    return ["```python", imports, *call, "```", f"For this {task.type} model{problem}, {meaning}. `export.json` records the "
+            "parity check against PyTorch."]

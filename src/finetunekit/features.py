@@ -197,9 +197,11 @@ class CachedFeatureDataset(Dataset):
     (``__getitems__``): a batch is one indexing operation, not a Python loop over rows.
     """
 
-    def __init__(self, features: torch.Tensor, labels: Sequence[int] | None) -> None:
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor | Sequence[int] | None) -> None:
         self.features = features if features.dim() == 3 else features.unsqueeze(0)
-        self.labels = None if labels is None else torch.as_tensor(list(labels), dtype=torch.long)
+        if labels is not None and not torch.is_tensor(labels):
+            labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.labels = labels
         self.view = 0
 
     def set_view(self, epoch: int) -> None:
@@ -246,7 +248,7 @@ class CachedLoaders:
         self.train_ds.set_view(epoch)
 
 
-def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids: Sequence[int], val_ids: Sequence[int]) -> CachedLoaders:
+def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids: Any, val_ids: Any) -> CachedLoaders:
     """Features for the run's training views and validation set, read from the cache or computed.
 
     ``train_ds`` / ``val_ds`` are the run's own datasets (training and evaluation transforms), so

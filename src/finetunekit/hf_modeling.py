@@ -1,5 +1,8 @@
-"""A transformers model class for finetunekit's text classifiers: an encoder (``AutoModel``),
-mean or CLS pooling of its last hidden states, and a linear head.
+"""A transformers model class for finetunekit's text models: an encoder (``AutoModel``), mean or
+CLS pooling of its last hidden states, and a linear head. The config's ``problem_type`` says what
+the outputs are: class logits (``single_label_classification``), per-label logits
+(``multi_label_classification``; ``thresholds`` holds each label's decision threshold on the
+sigmoid), or values in target units (``regression``).
 
 ``finetunekit export RUN_DIR --format hf`` copies this file into the export directory as
 ``modeling_finetunekit.py`` and points the config's ``auto_map`` at it, so the directory loads with
@@ -82,6 +85,11 @@ class FinetunekitForSequenceClassification(PreTrainedModel):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         logits = self.classifier(pooled)
         loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels)
+        if labels is not None:  # by the config's problem_type, as transformers' own classifiers
+            if self.config.problem_type == "regression":
+                loss = nn.functional.mse_loss(logits.float(), labels.float().view_as(logits))
+            elif self.config.problem_type == "multi_label_classification":
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            else:
+                loss = nn.functional.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -6,7 +6,7 @@ it imports this module (``artifacts`` only reads and writes the run directory's 
 Example::
 
     model, info = load_model(Path("runs/ants"))
-    info["classes"], info["preprocessing"]
+    info["task"].classes, info["preprocessing"]
 """
 
 from __future__ import annotations
@@ -20,17 +20,20 @@ from .artifacts import load_weights, read_json, read_run_info, read_weights, ver
 from .errors import FinetuneError
 from .backbones import rebuild_backbone
 from .model import FineTuneModel
+from .tasks import task_from_state
 
 
 def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model of ``run_dir`` in eval mode, and the run's description (``finetunekit.json``
-    plus ``classes`` and ``preprocessing``)."""
+    """The model of ``run_dir`` in eval mode, and the run's description (``finetunekit.json``,
+    with ``task`` the rebuilt :class:`finetunekit.tasks.Task`, plus ``preprocessing``)."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    classes = _read_classes(run_dir, info)
+    read = lambda name: read_json(run_dir / name)  # noqa: E731
+    task = task_from_state(info.get("task", "classification"), read)
+    task.check_run_files(run_dir, info, read)  # its files (labels.json) come from this run
     preprocessing = read_json(run_dir / "preprocessing.json")
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
-    model = FineTuneModel(backbone, len(classes), float(info["head"].get("dropout", 0.0)))
+    model = FineTuneModel(backbone, task.build_head(backbone.num_features, float(info["head"].get("dropout", 0.0))))
     if info.get("adapter"):  # adapters saved unmerged: re-insert the layers the weights belong to
         from .strategies.lora import apply_adapter
 
@@ -39,26 +42,10 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     _check_weights(run_dir, model, state)
     load_weights(model, state, run_dir / "model.safetensors")
     model.eval()
-    return model, {**info, "classes": classes, "preprocessing": preprocessing}
+    return model, {**info, "task": task, "preprocessing": preprocessing}
 
 
 # -- the parts of a run directory must come from one run ----------------------------------------------
-
-
-def _read_classes(run_dir: Path, info: dict[str, Any]) -> list[str]:
-    """labels.json's class names, checked against the head finetunekit.json describes."""
-    path = run_dir / "labels.json"
-    raw = read_json(path)
-    classes = raw.get("classes") if isinstance(raw, dict) else None
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise FinetuneError(f'{path}: expected {{"classes": [class names, in the order of the head\'s outputs]}}')
-    outputs = info.get("head", {}).get("num_classes")
-    if isinstance(outputs, int) and outputs != len(classes):
-        raise FinetuneError(
-            f"{path}: {len(classes)} classes, but the model's head has {outputs} outputs ({run_dir / 'finetunekit.json'}); "
-            "labels.json comes from another run"
-        )
-    return classes
 
 
 def _check_weights(run_dir: Path, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

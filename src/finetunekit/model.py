@@ -1,4 +1,9 @@
-"""FineTuneModel: a pretrained backbone plus a new head.
+"""FineTuneModel: a pretrained backbone plus a new head (built by the task, finetunekit.tasks).
+
+Example::
+
+    task = TASKS.get("classification").from_data({}, train_examples)
+    model = FineTuneModel(backbone, task.build_head(backbone.num_features, dropout=0.1))
 
 The model owns the head-swap contract (``reset_head``) and the rule that frozen parts keep their
 BatchNorm statistics: ``model.train()`` puts every normalisation layer whose parameters are all
@@ -11,18 +16,17 @@ import torch
 from torch import nn
 
 from .backbones import Backbone
-from .heads import ClassificationHead
 
 
 class FineTuneModel(nn.Module):
-    def __init__(self, backbone: Backbone, num_classes: int, head_dropout: float = 0.0) -> None:
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.freeze_batchnorm_stats = False  # set by the strategy (StrategySpec.batchnorm)
         # set while adapter layers (LoRA) sit inside the backbone: their description, saved in the
         # run directory so the loader can re-insert them (finetunekit.strategies.lora)
         self.adapter: dict | None = None
-        self.head = ClassificationHead(backbone.num_features, num_classes, head_dropout)
+        self.head = head
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pooled backbone features; a batch from the frozen-feature cache carries them already."""
@@ -31,15 +35,15 @@ class FineTuneModel(nn.Module):
         return self.backbone.forward_features(batch)
 
     def forward(self, batch: dict[str, torch.Tensor], return_features: bool = False):
-        """Logits; with ``return_features``, ``(logits, features)`` for losses on the features
+        """The head's outputs; with ``return_features``, ``(logits, features)`` for losses on the features
         (distillation) from the same pass, through the wrapper a distributed run syncs on."""
         features = self.features(batch)
         logits = self.head(features)
         return (logits, features) if return_features else logits
 
-    def reset_head(self, num_classes: int, dropout: float | None = None) -> None:
-        p = self.head.dropout.p if dropout is None else dropout
-        self.head = ClassificationHead(self.backbone.num_features, num_classes, p)
+    def reset_head(self, head: nn.Module) -> None:
+        """Put a new head on the backbone (built by a task from ``backbone.num_features``)."""
+        self.head = head
 
     def train(self, mode: bool = True) -> FineTuneModel:
         super().train(mode)

@@ -1,12 +1,13 @@
 """Use a run directory: ``finetunekit.load(RUN_DIR).predict([...])``.
 
-Everything (architecture, weights, labels, preprocessing, tokenizer) comes from the run directory.
+Everything (architecture, weights, the task with its labels or target statistics, preprocessing,
+tokenizer) comes from the run directory.
 
 Example::
 
     model = finetunekit.load("runs/ants")
     model.predict(["val/ants/1.jpg"])          # ['ants']
-    model.predict_proba(["val/ants/1.jpg"])    # array([[0.98, 0.02]])
+    model.predict_proba(["val/ants/1.jpg"])    # array([[0.98, 0.02]]) (the task's scores)
     model.evaluate("hymenoptera_data/val")     # metrics dict
     pairs = finetunekit.load("runs/rte")       # trained with data.text_columns: takes (first, second)
     pairs.predict([("A man plays a guitar.", "Someone makes music.")])
@@ -21,12 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .loading import load_model
-from .data import Examples, LabelMap, read_examples
+from .data import Examples, read_examples
 from .data.pipeline import TextCollator, build_dataset, build_loader, image_transform
 from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS
 from .errors import DataError
-from .metrics import classification_metrics
+from .loading import load_model
 
 
 class Predictor:
@@ -35,7 +35,7 @@ class Predictor:
         so predictions reproduce the run's own; "fp32" forces full precision."""
         self.run_dir = Path(run_dir)
         self.model, info = load_model(self.run_dir)
-        self.labels = LabelMap(tuple(info["classes"]))
+        self.task = info["task"]
         self.preprocessing: dict[str, Any] = info["preprocessing"]
         self.modality: str = info["modality"]
         # a sentence-pair model (data.text_columns): inputs are (first, second) pairs
@@ -48,8 +48,14 @@ class Predictor:
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
 
     @property
+    def labels(self) -> Any:
+        """Classification: the label map (``labels.decode(ids)``); other tasks: their label names."""
+        return getattr(self.task, "labels", None)
+
+    @property
     def classes(self) -> list[str]:
-        return list(self.labels.classes)
+        """Class (or label) names in score-column order; empty for regression."""
+        return list(getattr(self.task, "classes", ()))
 
     def _examples(self, inputs: list[Any] | Examples) -> Examples:
         if isinstance(inputs, Examples):
@@ -73,22 +79,23 @@ class Predictor:
 
     @torch.no_grad()
     def predict_proba(self, inputs: list[Any] | Examples) -> np.ndarray:
-        """Class probabilities, shape (len(inputs), num_classes), columns in ``self.classes`` order.
+        """The task's scores, one row per input: class probabilities (columns in ``self.classes``
+        order) for classification and multi-label, predicted values in target units for regression.
         ``inputs``: image paths, texts, or for a pair model ``(first, second)`` pairs."""
         examples = self._examples(inputs)
         if len(examples) == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+            return np.zeros((0, self.task.output_size), dtype=np.float32)
         max_length = int(self.preprocessing.get("max_length", 512))
         dataset = build_dataset(examples, None, self.model.backbone, self.preprocessing, False, "none", max_length)
         loader = build_loader(dataset, self.model.backbone, self.batch_size, False, 0)
         self.model.eval()
-        probs = np.zeros((len(examples), len(self.labels)), dtype=np.float32)
+        probs = np.zeros((len(examples), self.task.output_size), dtype=np.float32)
         for batch in loader:
             index = batch.pop("index").numpy()
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with self._autocast():
                 logits = self.model(batch)
-            probs[index] = logits.float().softmax(-1).cpu().numpy()
+            probs[index] = self.task.scores(logits).cpu().numpy()
         return probs
 
     def encode(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
@@ -107,59 +114,74 @@ class Predictor:
         return {"pixel_values": torch.stack([self._transform(image) for image in items])}
 
     def forward_proba(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        """Class probabilities of one encoded batch, in the run's precision, without autograd."""
+        """The task's scores (class probabilities...) of one encoded batch, in the run's precision,
+        without autograd."""
         self.model.eval()
         with torch.inference_mode(), self._autocast():
             logits = self.model({k: v.to(self.device) for k, v in batch.items()})
-        return logits.float().softmax(-1).cpu().numpy()
+        return self.task.scores(logits).cpu().numpy()
 
     def predict_items(self, items: Sequence[Any]) -> np.ndarray:
         """:meth:`predict_proba` for in-memory inputs (texts or PIL images), one forward pass."""
         if len(items) == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+            return np.zeros((0, self.task.output_size), dtype=np.float32)
         return self.forward_proba(self.encode(items))
 
     def answers(self, probs: np.ndarray) -> list[dict[str, Any]]:
         """The answer for each input, from the model's outputs: the predicted label, its score and
         every class's score. The service, ``predict --output`` and ``explain`` all answer through
         this one function, so each answers in the same form."""
-        answers = []
-        for row in np.asarray(probs, dtype=np.float64):
-            best = int(row.argmax())
-            answers.append({
-                "label": self.labels.classes[best],
-                "score": float(row[best]),
-                "scores": {name: float(p) for name, p in zip(self.labels.classes, row, strict=True)},
-            })
-        return answers
+        return self.task.answers(probs)
 
     def _autocast(self):
         if self.precision == "fp32" or (self.precision == "fp16" and self.device.type == "cpu"):
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
-    def predict(self, inputs: list[Any] | Examples) -> list[str]:
-        """Predicted class names."""
-        return self.labels.decode(self.predict_proba(inputs).argmax(axis=1).tolist())
+    def predict(self, inputs: list[Any] | Examples) -> list[Any]:
+        """Predictions: class names (classification), lists of labels (multi-label), numbers or
+        lists of numbers (regression with one or several targets), a dict per task for several."""
+        return self.task.decode(self.predict_proba(inputs))
+
+    def records(self, inputs: list[Any] | Examples) -> list[dict[str, Any]]:
+        """Per input ``{"json": ..., "line": ...}``: the prediction and its scores as ``predict --json``
+        prints them, and as its plain-text line (without the input)."""
+        return self.task.output_records(self.predict_proba(inputs))
 
     def evaluate(
         self,
         data: str | Path,
         text_column: str | None = None,
-        label_column: str = "label",
+        label_column: str | list[str] | None = None,
         text_columns: list[str] | None = None,
         image_column: str | None = None,
+        image_root: str | None = None,
     ) -> dict[str, Any]:
         """Metrics on a labelled set (an image folder or table, or a text table), with this run's
-        preprocessing; a pair model reads its pairs from the run's ``text_columns`` unless given."""
+        preprocessing; a pair model reads its pairs from the run's ``text_columns`` unless given,
+        and the labels from the run's own label column(s) unless given."""
+        if label_column is None:
+            label_column = self.label_column
         columns = text_columns or self.text_columns
         examples = read_examples(
-            data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column, options=FLAG_COLUMN_OPTIONS
+            data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column,
+            options=FLAG_COLUMN_OPTIONS, image_root=image_root,
         )
-        labels = np.array(self.labels.encode(examples.labels or [], examples.source))
-        probs = self.predict_proba(examples)
-        loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-        return {**classification_metrics(probs, labels, self.labels.classes, loss), "eval_set": examples.source}
+        targets = self.task.encode(examples).numpy()
+        scores = self.predict_proba(examples)
+        loss = self.task.eval_loss(scores, targets)
+        return {**self.task.metrics(scores, targets, loss), "eval_set": examples.source}
+
+    @property
+    def label_column(self) -> str | list[str]:
+        """The run's label column(s) (its recipe's data.label_column; every task's for several)."""
+        import yaml
+
+        column: str | list[str] = "label"
+        recipe = self.run_dir / "recipe.yaml"
+        if recipe.is_file():
+            column = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data", {}).get("label_column") or column
+        return self.task.label_columns(column)
 
 
 def _pair(item: Any) -> tuple[str, str]:

@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 
@@ -67,7 +67,9 @@ class DataSpec:
     # image tables: the column of image files, relative to the table's folder (None: 'file',
     # 'image', 'path', ... or the first non-label column)
     image_column: str | None = None
-    label_column: str = "label"
+    # image tables: the folder their file paths are relative to (None: the table's own folder)
+    image_root: str | None = None
+    label_column: str | list[str] = "label"  # several columns: several regression targets
     max_length: int = 128  # tokens, text only
     max_train_samples: int | None = None  # keep the first N training rows (after shuffling by seed)
     # train-time image augmentation: "light" is a random resized crop and a horizontal flip;
@@ -109,10 +111,77 @@ class DataSpec:
                 raise RecipeError(f"data.text_columns: give two column names (first and second text of each pair), got {columns}")
             if columns[0] == columns[1]:
                 raise RecipeError(f"data.text_columns: names column {columns[0]!r} twice; a pair needs two columns")
-            if self.label_column in columns:
-                raise RecipeError(f"data.text_columns: {self.label_column!r} is the label column (data.label_column)")
+            labels = [self.label_column] if isinstance(self.label_column, str) else self.label_column
+            if set(labels) & set(columns):
+                raise RecipeError(f"data.text_columns: {sorted(set(labels) & set(columns))[0]!r} is a label column (data.label_column)")
             if self.text_column is not None:
                 raise RecipeError("data.text_column and data.text_columns exclude each other: give one text column, or two for pairs")
+
+
+@dataclass
+class TaskSpec:
+    """What is predicted (finetunekit.tasks; docs/tasks.md).
+
+    ``type: null`` infers it from the training labels (and prints what it chose): lists (JSONL) or
+    ``a|b`` cells mean ``multilabel``; numbers with a non-integer among them ``regression``;
+    anything else ``classification``. The run directory's recipe.yaml keeps the resolved type.
+    Options of one type may not be set for another.
+    """
+
+    type: str | None = None
+    # entries of `tasks:` only (several tasks on one backbone): the task's name, its label
+    # column(s) and its weight in the summed loss
+    name: str | None = None
+    label_column: str | list[str] | None = None
+    weight: float | None = None
+    # regression: the loss on standardised targets (huber with delta huber_delta); targets are
+    # standardised with the training set's mean and standard deviation (kept in the run) unless
+    # standardize is false; data.label_column may list several target columns
+    loss: Literal["mse", "huber", "l1"] | None = None
+    huber_delta: float | None = None
+    standardize: bool | None = None
+    # multilabel: the separator inside a label cell (JSON lists need none); positive weights
+    # ("balanced": negatives / positives per label, capped at 100) in the binary cross-entropy;
+    # decision threshold: null chooses one per label on the validation set (best F1), a number
+    # uses it for every label
+    separator: str | None = None
+    pos_weight: Literal["none", "balanced"] | None = None
+    threshold: float | None = None
+
+    OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "regression": ("loss", "huber_delta", "standardize"),
+        "multilabel": ("separator", "pos_weight", "threshold"),
+    }
+
+    def __post_init__(self) -> None:
+        from .tasks import TASKS  # local import: tasks import torch
+
+        if self.type == "multitask":
+            raise RecipeError("task.type: multitask is built from a `tasks:` list of named tasks; write that instead")
+        if self.type is not None and self.type not in TASKS:
+            raise RecipeError(
+                f"task.type: unknown task type {self.type!r}{did_you_mean(self.type, TASKS.names())}; "
+                f"choose one of: {', '.join(TASKS.names())}"
+            )
+        if self.weight is not None:
+            _check_range("task.weight", self.weight, 0.0, 1e6, low_open=True)
+        if self.huber_delta is not None:
+            _check_range("task.huber_delta", self.huber_delta, 0.0, 1e6, low_open=True)
+        if self.threshold is not None:
+            _check_range("task.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
+        if self.separator is not None and (not self.separator or self.separator.strip() != self.separator):
+            raise RecipeError(f"task.separator: {self.separator!r} must be one or more non-space characters, e.g. '|'")
+        if self.type is not None:
+            self.check_type(self.type)
+
+    def check_type(self, type_: str) -> None:
+        """Options set for another task type are an error naming the field."""
+        for other, names in self.OPTIONS.items():
+            if other == type_:
+                continue
+            for name in names:
+                if getattr(self, name) is not None:
+                    raise RecipeError(f"task.{name}: applies to {other} tasks only, and this task is {type_}; remove it")
 
 
 @dataclass
@@ -267,7 +336,10 @@ class TrainSpec:
     # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.runtime.resolve_precision
     precision: Precision = "auto"
     early_stopping_patience: int | None = None  # epochs without improvement; None: off
-    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"  # chooses the best epoch
+    # chooses the best epoch: "loss" or one of the task's metrics (classification: accuracy,
+    # macro_f1...; regression: rmse, mae, r2, pearson, spearman; multilabel: micro_f1, macro_f1,
+    # map...); None: the task's primary metric (accuracy, spearman, macro_f1)
+    metric: str | None = None
     restore_best: bool = True
     seed: int = 0
     # checkpoints (RUN_DIR/checkpoints) at every epoch's end and, when set, every N optimizer steps;
@@ -387,6 +459,9 @@ class Recipe:
 
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    task: TaskSpec = field(default_factory=TaskSpec)
+    # several named tasks sharing the backbone (finetunekit.tasks.multitask); replaces `task`
+    tasks: list[TaskSpec] | None = None
     strategy: StrategySpec = field(default_factory=StrategySpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     search: SearchSpec = field(default_factory=SearchSpec)
@@ -394,6 +469,28 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.train.epochs is not None:
             self.strategy.check_epochs(self.train.epochs)
+        for name in ("name", "label_column", "weight"):
+            if getattr(self.task, name) is not None:
+                raise RecipeError(f"task.{name}: only entries of `tasks:` (several tasks) have one; the single task reads data.label_column")
+        if self.tasks is not None:
+            self._check_tasks()
+
+    def _check_tasks(self) -> None:
+        import re
+
+        if self.task != TaskSpec():
+            raise RecipeError("tasks: give either `task:` (one task) or `tasks:` (several), not both")
+        if not self.tasks:
+            raise RecipeError("tasks: give at least one task, or leave `tasks` out")
+        seen: set[str] = set()
+        for i, spec in enumerate(self.tasks):
+            if not spec.name or not re.fullmatch(r"[A-Za-z0-9_-]+", spec.name):
+                raise RecipeError(f"tasks[{i}].name: {spec.name!r}: each task needs a name of letters, digits, '_' or '-'")
+            if spec.name in seen:
+                raise RecipeError(f"tasks[{i}].name: {spec.name!r} is used by another task")
+            seen.add(spec.name)
+            if not spec.label_column:
+                raise RecipeError(f"tasks[{i}].label_column: task {spec.name!r} needs its label column(s)")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -514,6 +611,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise RecipeError(f"{name}: expected a mapping with string keys, got {type(value).__name__}")
         return dict(value)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{name}: expected a mapping of fields, got {type(value).__name__}")
+        return _build(hint, value, prefix=f"{name}.")
     if origin is list:
         if not isinstance(value, list):
             raise RecipeError(f"{name}: expected a list, got {type(value).__name__}")

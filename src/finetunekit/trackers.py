@@ -49,6 +49,10 @@ def tracker_config(recipe_dict: dict[str, Any]) -> dict[str, Any]:
     MLflow's params accept numbers, strings and booleans only."""
     flat: dict[str, Any] = {}
     for section, fields in recipe_dict.items():
+        if not isinstance(fields, dict):  # tasks: a list of task sections, or None
+            if fields is not None:
+                flat[section] = str(fields)
+            continue
         for key, value in fields.items():
             if isinstance(value, (bool, int, float, str)):
                 flat[f"{section}.{key}"] = value
@@ -69,9 +73,8 @@ def log_epoch(accelerator: Any, record: dict[str, Any], trace: list[dict[str, An
         accelerator.log(values, step=item["step"])
     epoch_values = {
         "train/loss": record.get("train_loss"),
-        "val/loss": record.get("val_loss"),
-        "val/accuracy": record.get("val_accuracy"),
-        "val/macro_f1": record.get("val_macro_f1"),
+        # the task's validation numbers (val_loss, val_accuracy, val_age/mae...) as val/<name>
+        **{f"val/{k.removeprefix('val_')}": v for k, v in record.items() if k.startswith("val_")},
         "epoch": record.get("epoch"),
         **{f"train/{k.removeprefix('train_')}": v for k, v in record.items() if k.startswith("train_loss_")},
     }

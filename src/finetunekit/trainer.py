@@ -35,7 +35,7 @@ from .checkpoint import (
     list_checkpoints,
     truncate_logs,
 )
-from .data import Examples, LabelMap, resolve_splits
+from .data import Examples, resolve_splits
 from .data.pipeline import build_dataset, build_loader
 from .data.readers import check_images
 from .defaults import resolve
@@ -44,13 +44,13 @@ from .engine.ema import ModelEMA
 from .engine.loop import EpochProgress
 from .engine.objective import build_objective, check_for_modality
 from .engine.optim import format_param_groups, param_group_rows
-from .errors import DivergenceError, FinetuneError, RecipeError, warn
-from .metrics import classification_metrics, format_metrics
+from .errors import DivergenceError, FinetuneError, RecipeError, did_you_mean, warn
 from .model import FineTuneModel
 from .recipe import Recipe
 from .runtime import distributed, resolve_precision
 from .strategies import STRATEGIES
 from .strategies.regularizers import without_backbone_decay
+from .tasks import TASKS, Task, fit_task, infer_type, label_columns
 
 
 @dataclass
@@ -158,7 +158,7 @@ def _train(
     log_with = trackers.check_trackers(recipe.train.report_to)
     accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile)
     _seed_everything(recipe.train.seed)
-    run = _build(recipe, accelerator, run_dir)
+    run = _build(recipe, accelerator, run_dir, quiet)
     run.started, run.callbacks, run.report = started, list(callbacks), report
     run.checkpointer.write = checkpoints
     recipe, t = run.recipe, run.recipe.train
@@ -173,7 +173,7 @@ def _train(
     trainable, total = accelerator.unwrap_model(run.model).parameter_counts()
     _log(accelerator, quiet, f"run dir: {run_dir}")
     _log(accelerator, quiet, (
-        f"backbone {recipe.model.backbone} ({run.modality}), {len(run.label_map)} classes, "
+        f"backbone {recipe.model.backbone} ({run.modality}), {run.task.type}: {run.task.describe()}, "
         f"{len(run.train_ex)} train / {len(run.val_ex)} val examples, strategy {recipe.strategy.name}, "
         f"trainable params {trainable:,} / {total:,} ({100 * trainable / total:.1f}%), device {accelerator.device}"
         f"{f' x {accelerator.num_processes} processes' if accelerator.num_processes > 1 else ''}, "
@@ -210,7 +210,7 @@ class _Run:
     modality: str
     train_ex: Examples
     val_ex: Examples
-    label_map: LabelMap
+    task: Task
     preprocessing: dict[str, Any]
     model: Any
     optimizer: Any
@@ -256,13 +256,36 @@ def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
     return False  # killed before its first checkpoint, or never started: start from the beginning
 
 
-def _read_data(recipe: Recipe, modality: str) -> tuple[Examples, Examples, LabelMap, list[int], list[int]]:
-    """Training and validation examples, checked (images opened up front) and label-encoded."""
+def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Recipe, Examples, Examples, Task, Any, Any]:
+    """Training and validation examples, checked (images opened up front), the task resolved
+    (its type inferred from the training labels when the recipe leaves it out) and fitted, and
+    the targets encoded. Returns the recipe with the task's type and metric filled in."""
     d, seed = recipe.data, recipe.train.seed
     if not d.train:
         raise RecipeError("data.train: no training data given (a folder of images or a .csv/.tsv/.jsonl file)")
+    chosen: dict[str, str] = {}
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, flush=True)
+
+    def task_type(labels: list[Any]) -> str:
+        if "type" not in chosen:
+            if recipe.tasks:
+                chosen["type"] = "multitask"
+            elif recipe.task.type is not None:
+                chosen["type"] = recipe.task.type
+            else:
+                chosen["type"], why = infer_type(labels)
+                say(f"task: {chosen['type']} ({why}; set task.type to choose)")
+        return chosen["type"]
+
+    def strata(examples: Examples) -> list[Any] | None:
+        return TASKS.get(task_type(examples.labels or [])).strata_for(examples, recipe.task)
+
     train_ex, val_ex = resolve_splits(
-        d.train, d.val, modality, d.val_fraction, seed, d.text_column, d.label_column, d.text_columns, d.image_column
+        d.train, d.val, modality, d.val_fraction, seed, d.text_column, label_columns(recipe), d.text_columns, d.image_column, strata,
+        d.image_root,
     )
     if d.max_train_samples is not None and d.max_train_samples < len(train_ex):
         keep = list(range(len(train_ex)))
@@ -272,21 +295,29 @@ def _read_data(recipe: Recipe, modality: str) -> tuple[Examples, Examples, Label
         train_ex, val_ex = (check_images(ex, d.bad_images, d.max_image_pixels) for ex in (train_ex, val_ex))
     for note in dict.fromkeys((*train_ex.notes, *val_ex.notes)):  # a held-out split shares its file's notes
         warn(note)
-    label_map = LabelMap.from_labels(train_ex.labels or [], train_ex.source)
-    train_ids = label_map.encode(train_ex.labels or [], train_ex.source)
-    val_ids = label_map.encode(val_ex.labels or [], val_ex.source)
-    return train_ex, val_ex, label_map, train_ids, val_ids
+    task, resolved = fit_task(recipe, train_ex, task_type, say)
+    metric = recipe.train.metric or task.primary_metric
+    if metric not in task.metric_names():
+        raise RecipeError(
+            f"train.metric: {metric!r} is not a metric of a {task.type} task{did_you_mean(metric, task.metric_names())}; "
+            f"choose one of: {', '.join(task.metric_names())}"
+        )
+    raw = recipe.to_dict()
+    raw.update(resolved)
+    raw["train"]["metric"] = metric
+    recipe = Recipe.from_dict(raw)
+    return recipe, train_ex, val_ex, task, task.encode(train_ex), task.encode(val_ex)
 
 
-def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
+def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False) -> _Run:
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
     recipe = resolve(recipe, backbone.modality)
     check_for_modality(recipe, backbone.modality)
+    recipe, train_ex, val_ex, task, train_ids, val_ids = _read_data(recipe, backbone.modality, quiet or not accelerator.is_main_process)
     t, d = recipe.train, recipe.data
-    train_ex, val_ex, label_map, train_ids, val_ids = _read_data(recipe, backbone.modality)
 
-    model = FineTuneModel(backbone, len(label_map), spec.head_dropout)
+    model = FineTuneModel(backbone, task.build_head(backbone.num_features, spec.head_dropout))
     preprocessing = backbone.preprocessing()
     if backbone.modality == "text":
         preprocessing["max_length"] = d.max_length
@@ -309,16 +340,16 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path) -> _Run:
     batches_per_epoch = len(train_loader)
     steps_per_epoch = max(1, batches_per_epoch // t.grad_accum_steps)
     schedule = LRSchedule(t.scheduler, _phase_steps(strategy, 0, t.epochs, steps_per_epoch), t.warmup_ratio)
-    stopper = EarlyStopping(t.metric, t.early_stopping_patience)
+    stopper = EarlyStopping(t.metric, t.early_stopping_patience, task.higher_is_better(t.metric))
     # The regularisers' reference (w0, the frozen copy) and the average start from the set-up,
     # pretrained model: built here, before _resume loads a checkpoint into the model.
     unwrapped = accelerator.unwrap_model(model)
     terms = strategy.loss_terms(unwrapped, accelerator, t.epochs)
-    objective = build_objective(recipe, len(label_map), train_ids, terms)
+    objective = build_objective(recipe, task, terms)
     ema = ModelEMA(unwrapped, t.ema_decay) if t.ema_decay is not None else None
     parts = TrainingParts(accelerator, model, optimizer, schedule, strategy, stopper, ema)
     run = _Run(
-        recipe, run_dir, accelerator, backbone.modality, train_ex, val_ex, label_map, preprocessing, model, optimizer,
+        recipe, run_dir, accelerator, backbone.modality, train_ex, val_ex, task, preprocessing, model, optimizer,
         strategy, schedule, stopper, train_loader, val_loader, train_sampler, len(val_ds), batches_per_epoch,
         steps_per_epoch, Checkpointer(run_dir, t.keep_checkpoints, parts), objective=objective, ema=ema,
     )
@@ -359,7 +390,7 @@ def _resume(run: _Run) -> ResumePoint:
             "pass --overwrite to start the run again"
         )
     check_same_recipe(run.run_dir, run.recipe.to_dict(), loaded)  # recipe.yaml edited since the run started
-    run.fingerprint = check_same_data(loaded, list(run.label_map.classes), run.train_ex, run.val_ex)
+    run.fingerprint = check_same_data(loaded, run.task.identity(), run.train_ex, run.val_ex)
     state = ckpt.restore(loaded)
     point = ResumePoint.from_state(loaded, state)
     run.history, run.step, run.stopped = point.history, point.position.step, point.stopped
@@ -440,12 +471,12 @@ def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) 
     """Validate, log, update early stopping, and write the epoch's checkpoint."""
     t, accelerator, run_dir = run.recipe.train, run.accelerator, run.run_dir
     with _averaged(run):
-        run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, description="validate", quiet=quiet)
-    metrics = run.metrics = classification_metrics(run.preds.probs, run.preds.labels, run.label_map.classes, run.preds.loss)
+        run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, run.task, description="validate", quiet=quiet)
+    metrics = run.metrics = _judge(run)
     record = {
         "epoch": epoch + 1, "step": run.step, "train_loss": stats.loss,
         **{f"train_loss_{name}": value for name, value in stats.terms.items()},  # parts of train_loss
-        "val_loss": metrics.get("loss"), "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"],
+        **run.task.epoch_record(metrics),
         "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)},
         "train_seconds": round(stats.seconds, 3), "train_samples_per_second": round(stats.samples_per_second, 2),
     }
@@ -456,7 +487,7 @@ def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) 
     trackers.log_epoch(accelerator, record, stats.trace)
     _log(accelerator, quiet, (
         f"epoch {epoch + 1}/{t.epochs}  train_loss {stats.loss:.4f}  val_loss {metrics.get('loss', float('nan')):.4f}  "
-        f"val_accuracy {metrics['accuracy']:.4f}  val_macro_f1 {metrics['macro_f1']:.4f}  "
+        f"{run.task.format_epoch(metrics)}  "
         f"({stats.seconds:.1f}s, {stats.samples_per_second:.1f} samples/s)"
     ))
     value = metrics["loss"] if t.metric == "loss" else metrics[t.metric]
@@ -485,7 +516,7 @@ def _checkpoint_extra(run: _Run, progress: EpochProgress | None) -> dict[str, An
     if run.fingerprint is None:  # once per run: image bytes are read for it
         run.fingerprint = data_fingerprint(run.train_ex, run.val_ex)
     return {
-        "classes": list(run.label_map.classes),
+        "classes": run.task.identity(),
         "recipe": run.recipe.to_dict(),  # what recipe.yaml must still say on resume
         "data": run.fingerprint,
         "history": run.history,
@@ -509,7 +540,7 @@ def _divergence_advice(run: _Run, exc: DivergenceError) -> str:
 
 def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) -> RunResult:
     """Restore the best epoch, write the model and the reports, drop the checkpoints."""
-    t, accelerator, run_dir, label_map = run.recipe.train, run.accelerator, run.run_dir, run.label_map
+    t, accelerator, run_dir, task = run.recipe.train, run.accelerator, run.run_dir, run.task
     unwrapped = accelerator.unwrap_model(run.model)
     stopper = run.stopper
     if run.ema is not None:  # training is over: from here on the model is the average
@@ -526,9 +557,8 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
         # for weights restored from an epoch with a frozen backbone)
         epoch = stopper.best_epoch if restore else len(run.history) - 1
         val_loader = _epoch_loaders(run, epoch)[1]
-        run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, description="validate", quiet=True)
-        run.metrics = classification_metrics(run.preds.probs, run.preds.labels, label_map.classes, run.preds.loss)
-    preds = run.preds
+        run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, task, description="validate", quiet=True)
+        run.metrics = _judge(run)
     seconds = time.perf_counter() - started
     final = {**run.metrics, "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
@@ -544,7 +574,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     # The final table prints even when quiet: it is the result, not progress.
-    _log(accelerator, False, format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
+    _log(accelerator, False, task.format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
     return RunResult(run_dir, final, run.history, seconds, trainable, total, run.recipe, model=unwrapped)
 
@@ -555,11 +585,19 @@ def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, t
     ``finetunekit resume`` writes these files again once there is space."""
     from .card import write_model_card
 
-    run_dir, classes, preds = run.run_dir, list(run.label_map.classes), run.preds
-    artifacts.save_model(run_dir, model, classes, run.preprocessing, resolve_precision(run.recipe.train.precision))
-    write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total)
-    artifacts.save_predictions(run_dir, run.val_ex.inputs, preds.labels, preds.probs, classes)
+    run_dir, task, preds = run.run_dir, run.task, run.preds
+    artifacts.save_model(run_dir, model, task, run.preprocessing, resolve_precision(run.recipe.train.precision))
+    write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total, task)
+    artifacts.save_predictions(run_dir, run.val_ex.inputs, task.prediction_records(preds.scores, preds.labels))
     artifacts.atomic_write_json(run_dir / "metrics.json", final)
+
+
+def _judge(run: _Run) -> dict[str, Any]:
+    """The task's metrics on the last validation predictions (after it fits its decision rules,
+    such as multi-label thresholds, on them)."""
+    preds = run.preds
+    run.task.calibrate(preds.scores, preds.labels)
+    return run.task.metrics(preds.scores, preds.labels, preds.loss)
 
 
 def _phase_steps(strategy, epoch: int, epochs: int, steps_per_epoch: int) -> int:

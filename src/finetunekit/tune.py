@@ -69,7 +69,7 @@ DEFAULT_SPACES: dict[str, dict[str, dict[str, list[Any]]]] = {
 def primary_metric(record: dict[str, Any], recipe: Recipe) -> tuple[float, bool]:
     """The validation metric that ranks a run's epochs (and so the trials), from one epoch's
     metrics.jsonl record, and whether higher is better."""
-    metric = recipe.train.metric
+    metric = recipe.train.metric or "accuracy"
     return float(record[f"val_{metric}"]), metric != "loss"
 
 
@@ -481,6 +481,8 @@ def tune(
     if heartbeat < 1:
         raise FinetuneError(f"--heartbeat: must be at least 1 second, got {heartbeat}")
     started = time.perf_counter()
+    if recipe.train.metric is None:  # trials rank by accuracy unless the recipe names a metric
+        recipe = recipe.replace(train={"metric": "accuracy"})
     study_dir = Path(output)
     _check_study_dir(study_dir)
     _optuna()  # a one-line error before anything is written when Optuna is missing

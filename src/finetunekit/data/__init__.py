@@ -1,4 +1,4 @@
-"""Reading labelled examples (image folders, CSV/TSV/JSONL texts), label maps and splits.
+"""Reading labelled examples (image folders, CSV/TSV/JSONL texts) and splits.
 
 Example::
 
@@ -7,7 +7,6 @@ Example::
     train.inputs[:2], train.labels[:2]
 """
 
-from .labels import LabelMap
 from .readers import Examples, read_examples, resolve_splits, stratified_split
 
-__all__ = ["Examples", "LabelMap", "read_examples", "resolve_splits", "stratified_split"]
+__all__ = ["Examples", "read_examples", "resolve_splits", "stratified_split"]

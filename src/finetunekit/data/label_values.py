@@ -4,7 +4,8 @@ A JSON Lines column can hold the same label as ``0``, ``"0"`` and ``0.0``; read 
 they would become the classes ``0`` and ``0.0``, and a model would be trained on a split class
 without a word. JSON numbers and booleans are therefore written the one way a person would write
 them (``0.0`` -> ``0``, ``true``), and the reader reports which spellings it merged. Text cells that
-still name one number several ways (``1`` and ``1.0`` in a CSV) are refused by the label map.
+still name one number several ways (``1`` and ``1.0`` in a CSV) are refused by the label map
+(finetunekit.tasks.classification.number_spellings).
 """
 
 from __future__ import annotations
@@ -42,19 +43,3 @@ class SpellingLog:
             return None
         shown = "; ".join(f"{', '.join(ways)} as {text!r}" for text, ways in sorted(merged.items())[:5])
         return f"{where}: column {column!r} writes a label several ways; read {shown}"
-
-
-def number_spellings(labels: list[str]) -> list[str] | None:
-    """Two or more distinct labels naming the same finite number ('1', '1.0', '01'), else None."""
-    by_value: dict[float, set[str]] = defaultdict(set)
-    for label in set(labels):
-        if not isinstance(label, str):
-            continue
-        try:
-            value = float(label)
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            by_value[value].add(label)
-    clash = next((sorted(names) for _, names in sorted(by_value.items()) if len(names) > 1), None)
-    return clash

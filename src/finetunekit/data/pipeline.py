@@ -64,10 +64,10 @@ class ImageDataset(Dataset):
     # image is kept instead, which skips the resize too.
     memory_budget = 1 << 30
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, transform, max_pixels: int | None = None) -> None:
+    def __init__(self, paths: Sequence[str], labels: torch.Tensor | None, transform, max_pixels: int | None = None) -> None:
         self.paths = list(paths)
         self.max_pixels = max_pixels
-        self.labels = None if labels is None else list(labels)
+        self.labels = _targets(labels)
         self.transform = transform
         self._prefix, self._rest = _deterministic_prefix(transform)
         self._decoded: dict[int, Any] = {}
@@ -116,8 +116,15 @@ def _deterministic_prefix(transform):
 def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     batch = {"pixel_values": torch.stack([it["pixel_values"] for it in items]), "index": _indices(items)}
     if "labels" in items[0]:
-        batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
+        batch["labels"] = torch.stack([it["labels"] for it in items])
     return batch
+
+
+def _targets(labels: Any) -> torch.Tensor | None:
+    """Encoded targets (finetunekit.tasks: ``task.encode``) as one tensor, a row per example."""
+    if labels is None:
+        return None
+    return labels if torch.is_tensor(labels) else torch.as_tensor(list(labels), dtype=torch.long)
 
 
 # -- text ----------------------------------------------------------------------------------------
@@ -126,9 +133,9 @@ def collate_images(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 class TextDataset(Dataset):
     """Token ids computed once, at construction; batches are padded to their own longest row."""
 
-    def __init__(self, encodings: dict[str, list[list[int]]], labels: Sequence[int] | None) -> None:
+    def __init__(self, encodings: dict[str, list[list[int]]], labels: torch.Tensor | None) -> None:
         self.encodings = encodings
-        self.labels = None if labels is None else list(labels)
+        self.labels = _targets(labels)
         self.lengths = [len(ids) for ids in encodings["input_ids"]]
 
     def __len__(self) -> int:
@@ -156,7 +163,7 @@ class TextCollator:
             rows = [list(it[key]) + [pad] * (width - len(it[key])) for it in items]
             batch[key] = torch.tensor(rows, dtype=torch.long)
         if "labels" in items[0]:
-            batch["labels"] = torch.tensor([it["labels"] for it in items], dtype=torch.long)
+            batch["labels"] = torch.stack([it["labels"] for it in items])
         batch["index"] = _indices(items)
         return batch
 
@@ -274,9 +281,9 @@ class BalancedBatchSampler(ResumableBatchSampler):
     twice in one epoch gets the same view; across epochs the views differ).
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, seed: int, item_seeds: bool = False) -> None:
+    def __init__(self, labels: Sequence[int] | torch.Tensor, batch_size: int, seed: int, item_seeds: bool = False) -> None:
         super().__init__(seed)
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.labels = torch.as_tensor(labels if torch.is_tensor(labels) else list(labels), dtype=torch.long)
         counts = torch.bincount(self.labels).double()
         self.weights = 1.0 / counts[self.labels]  # P(example) proportional to 1 / size of its class
         self.batch_size = batch_size
@@ -302,7 +309,7 @@ class SequentialBatchSampler(EvalBatchSampler):
 
 
 def build_dataset(
-    examples: Examples, label_ids: Sequence[int] | None, backbone, preprocessing: dict, train: bool, augment: str, max_length: int
+    examples: Examples, label_ids: torch.Tensor | Sequence[int] | None, backbone, preprocessing: dict, train: bool, augment: str, max_length: int
 ) -> Dataset:
     if backbone.modality == "image":
         return ImageDataset(examples.inputs, label_ids, image_transform(preprocessing, train, augment), preprocessing.get("max_image_pixels"))
@@ -317,8 +324,11 @@ def build_loader(
     (``data.sampler``) "balanced" draws class-balanced training batches."""
     sampler: Sampler[list[int]]
     if train and sampler_kind == "balanced":
-        if getattr(dataset, "labels", None) is None:
+        labels = getattr(dataset, "labels", None)
+        if labels is None:
             raise DataError("data.sampler: balanced sampling needs labelled training data")
+        if labels.dim() != 1 or labels.is_floating_point():
+            raise DataError("data.sampler: balanced sampling needs one class per example (a single-label classification task)")
         sampler = BalancedBatchSampler(dataset.labels, batch_size, seed, item_seeds=isinstance(dataset, ImageDataset))
         collate: Any = TextCollator(backbone.pad_token_id) if isinstance(dataset, TextDataset) else collate_images
     elif isinstance(dataset, TextDataset):

@@ -1,5 +1,6 @@
-"""Readers turn a path into Examples: inputs (image paths, texts or sentence pairs) and their
-string labels.
+"""Readers turn a path into Examples: inputs (image paths, texts or sentence pairs) and their raw
+label cells (strings, "" when empty; a JSON list stays a list; several label columns give a tuple
+per row). The task (finetunekit.tasks) encodes them and decides which cells are valid.
 
 Images come from class folders (``root/<class>/<image>``) or from a table; texts from a table.
 A table is a .csv, .tsv (or .txt), .jsonl or .parquet file with a header; Parquet is read through
@@ -21,8 +22,10 @@ import math
 import os
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError, did_you_mean, utf8_position
 from .label_values import SpellingLog, label_text
@@ -44,10 +47,12 @@ Input = str | tuple[str, str]
 @dataclass
 class Examples:
     inputs: list[Input]
-    labels: list[str] | None
+    labels: list[Any] | None  # raw cells: str, a list of str (JSON lists), a tuple (several columns)
     source: str
     modality: str
     notes: list[str] = field(default_factory=list)
+    places: list[str] | None = None  # each table row's "file:line" (error messages)
+    label_columns: list[str] | None = None  # the label column(s) read, for tables
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -59,7 +64,14 @@ class Examples:
             source or self.source,
             self.modality,
             list(self.notes),
+            places=None if self.places is None else [self.places[i] for i in indices],
+            label_columns=self.label_columns,
         )
+
+    def where(self, i: int, column: str | None = None) -> str:
+        """Example ``i`` in an error message: its table row (and the column), or its file."""
+        place = self.places[i] if self.places is not None else str(self.inputs[i])
+        return f"{place}: column {column!r}" if column else place
 
 
 def detect_modality(path: Path) -> str:
@@ -80,21 +92,23 @@ def read_examples(
     path: str | Path,
     modality: str,
     text_column: str | None = None,
-    label_column: str = "label",
+    label_column: str | list[str] = "label",
     require_labels: bool = True,
     text_columns: list[str] | None = None,
     image_column: str | None = None,
     options: tuple[str, str] = RECIPE_COLUMN_OPTIONS,
+    image_root: str | Path | None = None,
 ) -> Examples:
-    """Read a labelled data set: an ImageFolder-style directory, a table of image files, or a table
-    of texts (``text_columns``: two columns read as sentence pairs). ``options`` name the settings
-    of the text and label columns in error messages."""
+    """Read a labelled data set: an ImageFolder-style directory, a table of image files (relative
+    to ``image_root``, default the table's folder), or a table of texts (``text_columns``: two
+    columns read as sentence pairs). ``label_column``: one column, or a list (a tuple of cells per
+    row). ``options`` name the settings of the text and label columns in error messages."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path not found: {path}")
     found = detect_modality(path)
     if modality == "image" and is_table(path):
-        return _read_image_table(path, image_column, label_column, require_labels, options)
+        return _read_image_table(path, image_column, label_column, require_labels, options, image_root)
     if found != modality:
         raise DataError(f"{path}: is {found} data, but the model's backbone takes {modality}")
     if modality == "image":
@@ -181,7 +195,8 @@ def check_images(examples: Examples, policy: str = "fail", max_pixels: int | Non
         raise DataError(f"{examples.source}: {len(bad)} unreadable image file(s): {shown}; remove them or set data.bad_images=skip")
     dropped = {i for i, _, _ in bad}
     kept = examples.subset([i for i in range(len(examples)) if i not in dropped])
-    emptied = sorted(set(examples.labels or []) - set(kept.labels or []))
+    # class folders: a class left without images is an error (table rows carry any kind of target)
+    emptied = [] if examples.places is not None else sorted(set(examples.labels or []) - set(kept.labels or []))
     if emptied:
         raise DataError(f"{examples.source}: class {emptied[0]!r} has no readable images (skipped: {shown})")
     kept.notes = [*examples.notes, f"skipped {len(bad)} unreadable image file(s): {shown}"]
@@ -189,7 +204,7 @@ def check_images(examples: Examples, policy: str = "fail", max_pixels: int | Non
 
 
 def _read_text_table(
-    path: Path, text_column: str | None, label_column: str, require_labels: bool, text_columns: list[str] | None = None,
+    path: Path, text_column: str | None, label_column: str | list[str], require_labels: bool, text_columns: list[str] | None = None,
     options: tuple[str, str] = RECIPE_COLUMN_OPTIONS,
 ) -> Examples:
     rows, columns = _table(path)
@@ -203,23 +218,26 @@ def _read_text_table(
         if text_column is None:
             text_column = next((c for c in TEXT_COLUMN_GUESSES if c in columns), None)
             if text_column is None:
-                text_column = next((c for c in columns if c != label_column), None)
+                text_column = next((c for c in columns if c not in _columns(label_column)), None)
         if text_column not in columns:
             raise DataError(
                 f"{path}: no text column {text_column!r}{did_you_mean(str(text_column), columns)} (columns: {listed}); set {options[0]}"
             )
         wanted = [text_column]
     has_labels = _check_label_column(path, columns, label_column, require_labels, options)
-    if has_labels and label_column in wanted:
+    both = [c for c in _columns(label_column) if c in wanted]
+    if has_labels and both:
         setting = options[0] if len(wanted) == 1 else "data.text_columns"
         raise DataError(
-            f"{path}: the text column and the label column are both {label_column!r}: the model would read its own "
+            f"{path}: the text column and the label column are both {both[0]!r}: the model would read its own "
             f"label; set {setting} to the column holding the inputs"
         )
     spellings = SpellingLog()
     inputs: list[Input] = []
-    labels: list[str] = []
+    labels: list[Any] = []
+    places: list[str] = []
     for where, row in rows:
+        places.append(where)
         texts = []
         for column in wanted:
             text = row.get(column)
@@ -229,9 +247,11 @@ def _read_text_table(
         inputs.append(texts[0] if len(texts) == 1 else (texts[0], texts[1]))
         if has_labels:
             labels.append(_label(row, label_column, where))
-            spellings.add(row.get(label_column), labels[-1])
-    note = spellings.note(str(path), label_column)
-    return Examples(inputs, labels if has_labels else None, str(path), "text", [note] if note else [])
+            if isinstance(label_column, str):
+                spellings.add(row.get(label_column), labels[-1])
+    note = spellings.note(str(path), label_column) if isinstance(label_column, str) else None
+    return Examples(inputs, labels if has_labels else None, str(path), "text", [note] if note else [],
+                    places=places, label_columns=_columns(label_column))
 
 
 def _column_name(name: str) -> str:
@@ -240,14 +260,20 @@ def _column_name(name: str) -> str:
 
 
 def _read_image_table(
-    path: Path, image_column: str | None, label_column: str, require_labels: bool, options: tuple[str, str] = RECIPE_COLUMN_OPTIONS
+    path: Path, image_column: str | None, label_column: str | list[str], require_labels: bool,
+    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS, image_root: str | Path | None = None,
 ) -> Examples:
-    """A table with one image file per row; relative paths are relative to the table's folder."""
+    """A table with one image file per row; relative paths are relative to ``image_root``
+    (data.image_root), by default the table's folder."""
+    base = Path(image_root) if image_root is not None else path.parent
+    relative_to = f"data.image_root {base}" if image_root is not None else "the table's folder"
+    if image_root is not None and not base.is_dir():
+        raise DataError(f"data.image_root: {base} is not a folder")
     rows, columns = _table(path)
     if image_column is None:
         image_column = next((c for c in IMAGE_COLUMN_GUESSES if c in columns), None)
         if image_column is None:
-            image_column = next((c for c in columns if c != label_column), None)
+            image_column = next((c for c in columns if c not in _columns(label_column)), None)
             first = str(rows[0][1].get(image_column, "")).strip()
             if Path(first).suffix.lower() not in IMAGE_EXTENSIONS:  # a table of texts, not of image files
                 raise DataError(f"{path}: is text data, but the model's backbone takes image")
@@ -255,20 +281,22 @@ def _read_image_table(
         raise DataError(f"{path}: no image file column {image_column!r} (columns: {', '.join(columns)}); set data.image_column")
     has_labels = _check_label_column(path, columns, label_column, require_labels, options)
     inputs: list[Input] = []
-    labels: list[str] = []
+    labels: list[Any] = []
+    places: list[str] = []
     for where, row in rows:
+        places.append(where)
         name = row.get(image_column)
         if _blank(name):
             raise DataError(f"{where}: empty image path in column {image_column!r}")
-        file = path.parent / str(name).strip()
+        file = base / str(name).strip()
         if not file.is_file():
-            raise DataError(f"{where}: image file not found: {file} (column {image_column!r}; paths are relative to the table's folder)")
+            raise DataError(f"{where}: image file not found: {file} (column {image_column!r}; paths are relative to {relative_to})")
         if file.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(f"{where}: {file} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         inputs.append(str(file))
         if has_labels:
             labels.append(_label(row, label_column, where))
-    return Examples(inputs, labels if has_labels else None, str(path), "image")
+    return Examples(inputs, labels if has_labels else None, str(path), "image", places=places, label_columns=_columns(label_column))
 
 
 def _table(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
@@ -281,26 +309,41 @@ def _table(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
     return rows, list(rows[0][1].keys())
 
 
+def _columns(label_column: str | list[str]) -> list[str]:
+    return [label_column] if isinstance(label_column, str) else list(label_column)
+
+
 def _check_label_column(
-    path: Path, columns: list[str], label_column: str, require_labels: bool, options: tuple[str, str] = RECIPE_COLUMN_OPTIONS
+    path: Path, columns: list[str], label_column: str | list[str], require_labels: bool, options: tuple[str, str] = RECIPE_COLUMN_OPTIONS
 ) -> bool:
-    has_labels = label_column in columns
-    if require_labels and not has_labels:
+    missing = [c for c in _columns(label_column) if c not in columns]
+    if require_labels and missing:
         listed = ", ".join(map(_column_name, columns))
         raise DataError(
-            f"{path}: no label column {label_column!r}{did_you_mean(label_column, columns)} (columns: {listed}); set {options[1]}"
+            f"{path}: no label column {missing[0]!r}{did_you_mean(missing[0], columns)} (columns: {listed}); set {options[1]}"
         )
-    return has_labels
+    return not missing
 
 
 def _blank(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
-def _label(row: dict, label_column: str, where: str) -> str:
-    label = label_text(row.get(label_column))  # JSON 0.0 and 0 are the label '0' (data.label_values)
-    if label is None or (isinstance(label, float) and math.isnan(label)) or str(label).strip() == "":
-        raise DataError(f"{where}: missing label in column {label_column!r}")
+def _label(row: dict, label_column: str | list[str], where: str) -> Any:
+    """The row's label cell(s): a string ("" when empty: the task decides whether that is allowed),
+    a JSON list as a list of strings (multi-label), a tuple of them for several columns."""
+    cells = tuple(_cell(row.get(c)) for c in _columns(label_column))
+    return cells[0] if isinstance(label_column, str) else cells
+
+
+def _cell(label: Any) -> Any:
+    if isinstance(label, list):
+        return [str(label_text(x)).strip() for x in label]
+    if hasattr(label, "tolist") and not isinstance(label, str):  # a list cell from Parquet (numpy array)
+        return [str(label_text(x)).strip() for x in label.tolist()]
+    label = label_text(label)  # JSON 0.0 and 0 are the label '0' (data.label_values)
+    if label is None or (isinstance(label, float) and math.isnan(label)):
+        return ""
     return str(label).strip()
 
 
@@ -361,9 +404,9 @@ def _parquet_rows(path: Path):
         yield f"{path}: row {number}", row
 
 
-def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_split(labels: list[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split keeping each class's share; every class keeps at least one training example."""
-    by_class: dict[str, list[int]] = defaultdict(list)
+    by_class: dict[Any, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
         by_class[label].append(i)
     rng = random.Random(seed)
@@ -384,30 +427,43 @@ def resolve_splits(
     val_fraction: float,
     seed: int,
     text_column: str | None = None,
-    label_column: str = "label",
+    label_column: str | list[str] = "label",
     text_columns: list[str] | None = None,
     image_column: str | None = None,
+    strata: Callable[[Examples], list[Any] | None] | None = None,
+    image_root: str | None = None,
 ) -> tuple[Examples, Examples]:
-    """(train, val) examples: an explicit val set, an image root's train/ and val/, or a seeded split."""
+    """(train, val) examples: an explicit val set, an image root's train/ and val/, or a seeded split,
+    stratified on the keys ``strata(train examples)`` gives (the task's choice, which may also reject
+    bad label cells first; default: the label cells), or random when it gives None."""
     root = Path(train_path)
     if val_path is None and modality == "image" and (root / "train").is_dir():
         for name in ("val", "valid", "validation", "test"):
             if (root / name).is_dir():
                 train_path, val_path = str(root / "train"), str(root / name)
                 break
-    columns = {"text_columns": text_columns, "image_column": image_column}
+    columns = {"text_columns": text_columns, "image_column": image_column, "image_root": image_root}
     train = read_examples(train_path, modality, text_column, label_column, **columns)
     if val_path is not None:
         val = read_examples(val_path, modality, text_column, label_column, **columns)
     else:
-        train_idx, val_idx = stratified_split(train.labels or [], val_fraction, seed)
+        keys = strata(train) if strata is not None else [str(x) for x in train.labels or []]
+        if keys is None:
+            train_idx, val_idx = random_split(len(train), val_fraction, seed)
+        else:
+            train_idx, val_idx = stratified_split(keys, val_fraction, seed)
         if not val_idx:
             raise DataError(f"{train_path}: too few examples to hold out a validation split; give data.val")
         train, val = (
             train.subset(train_idx, f"{train.source} (train split)"),
             train.subset(val_idx, f"{train.source} ({val_fraction:.0%} held out, seed {seed})"),
         )
-    classes = set(train.labels or [])
-    if len(classes) < 2:
-        raise DataError(f"{train.source}: only one class ({', '.join(classes) or 'none'}); classification needs at least two")
     return train, val
+
+
+def random_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split (targets with no classes to stratify on); at least one training row."""
+    order = list(range(size))
+    random.Random(seed).shuffle(order)
+    n_val = min(size - 1, round(size * fraction))
+    return sorted(order[n_val:]), sorted(order[:n_val])

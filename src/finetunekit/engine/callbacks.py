@@ -30,9 +30,11 @@ class EarlyStopping:
     """Track the best value of a validation metric; ``patience=None`` never stops but still keeps
     the best weights so they can be restored at the end."""
 
-    def __init__(self, metric: str, patience: int | None) -> None:
+    def __init__(self, metric: str, patience: int | None, higher_is_better: bool | None = None) -> None:
         self.metric = metric
-        self.mode = "min" if metric == "loss" else "max"
+        if higher_is_better is None:  # the task knows (task.higher_is_better); a loss goes down
+            higher_is_better = metric != "loss"
+        self.mode = "max" if higher_is_better else "min"
         self.patience = patience
         self.best: float | None = None
         self.best_epoch = -1

@@ -56,9 +56,13 @@ class EpochProgress:
 
 @dataclass
 class Predictions:
-    probs: np.ndarray  # (N, classes), in dataset order
-    labels: np.ndarray | None
+    scores: np.ndarray  # the task's scores (class probabilities, values...), in dataset order
+    labels: np.ndarray | None  # the encoded targets
     loss: float | None
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.scores
 
 
 def train_one_epoch(
@@ -69,7 +73,7 @@ def train_one_epoch(
     schedule: LRSchedule,
     step: int,
     *,
-    objective: Objective | None = None,
+    objective: Objective,
     max_grad_norm: float | None = None,
     description: str = "train",
     quiet: bool = False,
@@ -79,14 +83,13 @@ def train_one_epoch(
 ) -> tuple[EpochStats, int]:
     """Train for one pass over ``loader``; returns the epoch's stats and the new optimizer step.
 
-    ``objective(model, batch)`` gives the loss to minimise and its parts (default: plain
-    cross-entropy). A resumed epoch passes the ``progress`` saved with its checkpoint (the loader
+    ``objective(model, batch)`` gives the loss to minimise and its parts (the task's loss and the
+    strategy's terms). A resumed epoch passes the ``progress`` saved with its checkpoint (the loader
     then yields only the remaining batches) and ``before_first_batch`` to restore the RNG states
     once the loader has started. ``on_step(step, progress)`` runs after every optimizer step
     (weight averaging, checkpoints). A non-finite loss or gradient norm raises
     :class:`DivergenceError` before the step is applied.
     """
-    objective = objective or Objective()
     model.train()
     tally = _Tally(progress or EpochProgress(), breakdown=len(objective.names) > 1)
     bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=quiet or not accelerator.is_main_process or not _interactive())
@@ -178,15 +181,18 @@ def _check_gradients(accelerator: Any, model: torch.nn.Module, max_grad_norm: fl
 
 
 @torch.no_grad()
-def evaluate_loader(accelerator: Any, model: torch.nn.Module, loader: Any, size: int, description: str = "eval", quiet: bool = False) -> Predictions:
-    """Class probabilities for every example, put back in dataset order (batches carry ``index``)."""
+def evaluate_loader(
+    accelerator: Any, model: torch.nn.Module, loader: Any, size: int, task: Any, description: str = "eval", quiet: bool = False
+) -> Predictions:
+    """The task's scores for every example, put back in dataset order (batches carry ``index``),
+    and the task's validation loss."""
     model.eval()
     chunks_probs, chunks_labels, chunks_index = [], [], []
     bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=quiet or not accelerator.is_main_process or not _interactive())
     for batch in loader:
         logits = model(batch).float()
         gathered = accelerator.gather_for_metrics((logits, batch["index"], batch.get("labels", batch["index"])))
-        chunks_probs.append(gathered[0].softmax(-1).cpu())
+        chunks_probs.append(task.scores(gathered[0]).cpu())
         chunks_index.append(gathered[1].cpu())
         chunks_labels.append(gathered[2].cpu())
         bar.update(1)
@@ -199,9 +205,7 @@ def evaluate_loader(accelerator: Any, model: torch.nn.Module, loader: Any, size:
         raise RuntimeError(f"evaluation returned {len(index)} rows for {size} examples")
     has_labels = getattr(loader.dataset, "labels", None) is not None
     labels = torch.cat(chunks_labels).numpy()[order] if has_labels else None
-    loss = None
-    if labels is not None and size:
-        loss = float(-np.log(np.clip(probs[np.arange(size), labels], 1e-12, None)).mean())
-        if not math.isfinite(loss):
-            loss = None
+    loss = task.eval_loss(probs, labels) if labels is not None and size else None
+    if loss is not None and not math.isfinite(loss):
+        loss = None
     return Predictions(probs, labels, loss)

@@ -1,12 +1,13 @@
-"""What a training step minimises: the task loss (cross-entropy with label smoothing, class weights
-and, for mixup/cutmix, soft targets) plus the strategy's extra terms (regularisers).
+"""What a training step minimises: the task's loss (``task.loss``, finetunekit.tasks; on mixed
+targets for mixup/cutmix) plus the strategy's extra terms (regularisers).
 
-``Objective(model, batch)`` returns the total and every part by name (``task``, ``l2sp``,
-``distill``, ...), each already weighted, so ``total == sum(parts.values())``; the loop logs both.
+``Objective(model, batch)`` returns the total and every part by name (``task``, or one per task of
+a multi-task run, then ``l2sp``, ``distill``, ...), each already weighted, so
+``total == sum(parts.values())``; the loop logs both.
 
 Example::
 
-    objective = Objective(label_smoothing=0.1, class_weights=balanced_class_weights(train_ids, 3))
+    objective = Objective(task)
     total, parts = objective(model, batch)
     total.backward()
 """
@@ -17,29 +18,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import RecipeError
-
-
-def balanced_class_weights(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights ``N / (num_classes * N_c)``: each class's examples weigh the same in
-    total, and a balanced training set gets weight 1 everywhere (as scikit-learn's "balanced")."""
-    counts = torch.bincount(torch.as_tensor(list(label_ids), dtype=torch.long), minlength=num_classes).double()
-    return (counts.sum() / (num_classes * counts.clamp(min=1))).float()
 
 
 class Mixer:
     """mixup (Zhang et al. 2018) and cutmix (Yun et al. 2019) on a batch of images.
 
-    Returns the mixed batch and soft targets ``lam * onehot(y) + (1 - lam) * onehot(y[perm])``.
+    Returns the mixed batch and mixed targets ``lam * t(y) + (1 - lam) * t(y[perm])``, where ``t``
+    is the task's dense form of its targets (one-hot vectors for classification).
     With both alphas set, each batch uses one of the two, chosen with probability 1/2. The draws
     (which one, lam, the pairing, the box) come from torch's global generator, which the trainer
     seeds per epoch and checkpoints, so a resumed run mixes the same pairs.
     """
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
-        self.num_classes = num_classes
+    def __init__(self, task: Any, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
+        self.task = task
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)
 
@@ -53,8 +47,8 @@ class Mixer:
             x, lam = self._paste_box(x, perm, lam)
         else:
             x = lam * x + (1.0 - lam) * x[perm]
-        onehot = F.one_hot(labels, self.num_classes).float()
-        targets = lam * onehot + (1.0 - lam) * onehot[perm]
+        dense = self.task.mixable(labels)
+        targets = lam * dense + (1.0 - lam) * dense[perm]
         return {**batch, "pixel_values": x}, targets
 
     @staticmethod
@@ -75,21 +69,14 @@ class Mixer:
 class Objective:
     """Task loss plus extra terms; see the module docstring."""
 
-    def __init__(
-        self,
-        label_smoothing: float = 0.0,
-        class_weights: torch.Tensor | None = None,
-        mixer: Mixer | None = None,
-        terms: Sequence[Any] = (),
-    ) -> None:
-        self.label_smoothing = label_smoothing
-        self.class_weights = class_weights
+    def __init__(self, task: Any, mixer: Mixer | None = None, terms: Sequence[Any] = ()) -> None:
+        self.task = task
         self.mixer = mixer
         self.terms = list(terms)
 
     @property
     def names(self) -> list[str]:
-        return ["task", *(t.name for t in self.terms)]
+        return [*self.task.loss_names(), *(t.name for t in self.terms)]
 
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         targets = batch["labels"]
@@ -102,17 +89,13 @@ class Objective:
             logits, features = model(batch, return_features=True)
         else:
             logits = model(batch)
-        weight = self.class_weights
-        if weight is not None and weight.device != logits.device:
-            weight = self.class_weights = weight.to(logits.device)
-        task = F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=self.label_smoothing)
-        parts = {"task": task}
+        parts = dict(self.task.loss(logits, targets))
         for term in self.terms:
             parts[term.name] = term(batch, features)
-        total = task
-        for name, value in parts.items():
-            if name != "task":
-                total = total + value
+        values = iter(parts.values())
+        total = next(values)
+        for value in values:
+            total = total + value
         return total, parts
 
 
@@ -127,9 +110,8 @@ def check_for_modality(recipe: Any, modality: str) -> None:
             )
 
 
-def build_objective(recipe: Any, num_classes: int, train_ids: Sequence[int], terms: Sequence[Any]) -> Objective:
-    """The objective a recipe asks for, over the encoded training labels."""
+def build_objective(recipe: Any, task: Any, terms: Sequence[Any]) -> Objective:
+    """The objective a recipe asks for: ``task``'s loss, mixing and the strategy's terms."""
     t = recipe.train
-    weights = balanced_class_weights(train_ids, num_classes) if t.class_weights == "balanced" else None
-    mixer = Mixer(num_classes, t.mixup_alpha, t.cutmix_alpha) if (t.mixup_alpha or t.cutmix_alpha) else None
-    return Objective(t.label_smoothing, weights, mixer, terms)
+    mixer = Mixer(task, t.mixup_alpha, t.cutmix_alpha) if (t.mixup_alpha or t.cutmix_alpha) else None
+    return Objective(task, mixer, terms)

@@ -12,17 +12,20 @@ or from Python::
     write_comparison(["runs/a", "runs/b"], "compare.html")
 
 A run page has: headline metrics, training and validation curves (loss per step and epoch,
-validation accuracy and macro F1, learning rate per parameter group), the confusion matrix,
-per-class precision/recall/F1, calibration (reliability diagram and ECE), and the worst errors
-(the most confidently misclassified validation images as a gallery, or texts as a table). It reads
-only the run directory's files; images in the error gallery are read from their paths at report
-time and inlined as thumbnails.
+validation metrics, learning rate per parameter group), then the task's sections
+(:data:`TASK_VIEWS`). Classification: the confusion matrix, per-class precision/recall/F1,
+calibration (reliability diagram and ECE), and the worst errors (the most confidently misclassified
+validation images as a gallery, or texts as a table). Regression: predicted against true values,
+the residuals, and the largest errors. Multi-label: the per-label table with its thresholds and the
+examples with the most wrong labels. It reads only the run directory's files; images in the
+galleries are read from their paths at report time and inlined as thumbnails.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
@@ -69,30 +72,44 @@ def write_report_after_training(run_dir: Path, quiet: bool, explain: Callable[[P
         print(f"report: {path}", flush=True)
 
 
+@dataclass
+class TaskView:
+    """What a report shows for one task type: the headline cards (label, metrics.json key), the
+    per-epoch curves (metrics.jsonl key, label) and whether they lie in [0, 1], the sections after
+    the curves, and the metrics a comparison lines up (key, "max" or "min")."""
+
+    noun: Callable[[RunData], str]
+    cards: list[tuple[str, str]] | Callable[[RunData], list[tuple[str, str]]]
+    curves: list[tuple[str, str]] | Callable[[RunData], list[tuple[str, str]]]
+    sections: list[Callable[[RunData, dict[int, str]], str]] = field(default_factory=list)  # (run, explanations)
+    compared: list[tuple[str, str]] = field(default_factory=list)
+    bounded: bool = True
+
+
 def render_report(run: RunData, explanations: dict[int, str] | None = None) -> str:
     m = run.metrics
+    view = TASK_VIEWS[run.task_type]
     header = (
         f"<h1>{escape(run.name)}</h1>"
         f"<p>{escape(run.backbone)} &middot; {escape(run.modality)} &middot; strategy {escape(run.strategy)} "
-        f"&middot; {len(run.classes)} classes &middot; best epoch {escape(str(m.get('best_epoch', '?')))} of "
+        f"&middot; {escape(view.noun(run))} &middot; best epoch {escape(str(m.get('best_epoch', '?')))} of "
         f"{escape(str(m.get('epochs_run', len(run.epochs))))}</p>"
         f"<p>evaluated on {escape(str(m.get('eval_set', '?')))} ({m.get('num_examples', '?')} examples)</p>"
-        + html.cards([
-            ("accuracy", html.fmt(m.get("accuracy"))), ("macro F1", html.fmt(m.get("macro_f1"))),
-            ("macro precision", html.fmt(m.get("macro_precision"))), ("macro recall", html.fmt(m.get("macro_recall"))),
-            ("loss", html.fmt(m.get("loss"))), ("ECE", html.fmt(m.get("ece"))),
-        ])
+        + html.cards([(label, html.fmt(m.get(key))) for label, key in _listed(view.cards, run)])
     )
-    sections = [_curves(run), _confusion(run), _per_class(run), _calibration(run), _errors(run, explanations or {})]
+    sections = [_curves(run, view), *(section(run, explanations or {}) for section in view.sections)]
     return html.page(f"finetunekit report: {run.name}", header, sections)
 
 
-def _curves(run: RunData) -> str:
+def _curves(run: RunData, view: TaskView) -> str:
     if not run.epochs:
         return html.section("curves", "Training curves", '<p class="note">metrics.jsonl has no epochs.</p>')
+    curves = _listed(view.curves, run)
+    names = " and ".join(label for _, label in curves)
     body = '<div class="plots">' + "".join([
         html.figure(plots.loss_curves(run), "Training loss per optimizer step (faint) and per epoch; validation loss after each epoch."),
-        html.figure(plots.metric_curves(run), "Validation accuracy and macro F1 after each epoch; the dashed line is the epoch whose weights were kept."),
+        html.figure(plots.metric_curves(run, curves, view.bounded),
+                    f"Validation {names} after each epoch; the dashed line is the epoch whose weights were kept."),
         html.figure(plots.lr_curves(run), "Learning rate of each parameter group (the new head and the backbone groups)."),
     ]) + "</div>"
     return html.section("curves", "Training curves", body)
@@ -157,9 +174,164 @@ def _text(value) -> str:
     return " ‖ ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-# -- comparison ----------------------------------------------------------------------------------
+# -- regression ----------------------------------------------------------------------------------
 
-COMPARED = [("accuracy", "max"), ("macro_f1", "max"), ("macro_precision", "max"), ("macro_recall", "max"), ("loss", "min"), ("ece", "min")]
+
+def _predicted_vs_true(run: RunData) -> str:
+    plot = plots.predicted_vs_true(run)
+    if plot is None:
+        return html.section("predicted-vs-true", "Predicted against true", f'<p class="note">The run has no {artifacts.PREDICTIONS_FILE}.</p>')
+    caption = "Each dot is a validation example; on the dashed diagonal the prediction equals the true value."
+    return html.section("predicted-vs-true", "Predicted against true", html.figure(plot, caption))
+
+
+def _residuals(run: RunData) -> str:
+    plot = plots.residual_plots(run)
+    if plot is None:
+        return html.section("residuals", "Residuals", f'<p class="note">The run has no {artifacts.PREDICTIONS_FILE}.</p>')
+    caption = ("Residual = predicted - true. A trend against the prediction means a bias at some values (often regression "
+               "to the mean at the extremes); the histogram shows how large the errors usually are.")
+    per_target = run.metrics.get("per_target", {})
+    table = ""
+    if len(per_target) > 1:
+        rows = [[name, *(html.fmt(r[k]) for k in ("rmse", "mae", "r2", "pearson", "spearman"))] for name, r in per_target.items()]
+        table = html.table(["target", "RMSE", "MAE", "R²", "Pearson", "Spearman"], rows)
+    return html.section("residuals", "Residuals", html.figure(plot, caption) + table)
+
+
+def _largest_errors(run: RunData) -> str:
+    rows = [r for r in run.predictions if r.get("label") is not None]
+    if not rows:
+        return html.section("errors", "Largest errors", f'<p class="note">The run has no {artifacts.PREDICTIONS_FILE}.</p>')
+
+    def error(r: dict) -> float:
+        true, pred = r["label"], r["predicted"]
+        if isinstance(true, list):
+            return max(abs(p - t) for p, t in zip(pred, true, strict=True))
+        return abs(pred - true)
+
+    limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_TEXT_ERRORS
+    worst = sorted(rows, key=lambda r: -error(r))[:limit]
+    intro = f'<p class="note">The {len(worst)} validation examples with the largest absolute error:</p>'
+    if run.modality == "image":
+        tiles = [{**r, "label": _shown(r["label"]), "predicted": _shown(r["predicted"]), "confidence": error(r)} for r in worst]
+        body = intro + '<div class="gallery">' + "".join(html.image_tile(t, detail="error") for t in tiles) + "</div>"
+    else:
+        table = [[_text(r["input"]), _shown(r["label"]), _shown(r["predicted"]), f"{error(r):.3g}"] for r in worst]
+        body = intro + html.table(["text", "true", "predicted", "error"], table, [["text", "true", "pred", ""]] * len(table))
+    return html.section("errors", "Largest errors", body)
+
+
+def _shown(value) -> str:
+    return ", ".join(f"{v:.3g}" for v in value) if isinstance(value, list) else f"{value:.3g}"
+
+
+# -- multi-label -----------------------------------------------------------------------------------
+
+
+def _per_label(run: RunData) -> str:
+    per_label = run.metrics.get("per_label", {})
+    rows = [[name, html.fmt(r["threshold"]), html.fmt(r["precision"]), html.fmt(r["recall"]), html.fmt(r["f1"]),
+             html.fmt(r["average_precision"]), r["support"]] for name, r in per_label.items()]
+    body = html.table(["label", "threshold", "precision", "recall", "F1", "average precision", "support"], rows)
+    note = ('<p class="note">A label is predicted when its probability reaches its threshold (chosen on the validation set '
+            "for the best F1 of that label, unless the recipe fixed one).</p>")
+    return html.section("per-label", "Per-label precision, recall and F1", note + body)
+
+
+def _label_errors(run: RunData) -> str:
+    rows = [r for r in run.predictions if r.get("label") is not None]
+    if not rows:
+        return html.section("errors", "Worst errors", f'<p class="note">The run has no {artifacts.PREDICTIONS_FILE}.</p>')
+
+    def wrong(r: dict) -> int:
+        return len(set(r["label"]) ^ set(r["predicted"]))
+
+    limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_TEXT_ERRORS
+    worst = [r for r in sorted(rows, key=lambda r: -wrong(r)) if wrong(r)][:limit]
+    total = sum(1 for r in rows if wrong(r))
+    intro = f'<p class="note">{total} of {len(rows)} validation examples have a wrong label set; the {len(worst)} with the most wrong labels:</p>'
+    if run.modality == "image":
+        tiles = [{**r, "label": ", ".join(r["label"]) or "(none)", "predicted": ", ".join(r["predicted"]) or "(none)",
+                  "confidence": float(wrong(r))} for r in worst]
+        body = intro + '<div class="gallery">' + "".join(html.image_tile(t, detail="wrong labels") for t in tiles) + "</div>"
+    else:
+        table = [[_text(r["input"]), ", ".join(r["label"]) or "(none)", ", ".join(r["predicted"]) or "(none)", wrong(r)] for r in worst]
+        body = intro + html.table(["text", "true", "predicted", "wrong labels"], table, [["text", "true", "pred", ""]] * len(table))
+    return html.section("errors", "Worst errors", body)
+
+
+# -- several tasks -----------------------------------------------------------------------------------
+
+
+def _task_parts(run: RunData) -> list[dict]:
+    return list(run.task.get("tasks", []))
+
+
+def _multi_cards(run: RunData) -> list[tuple[str, str]]:
+    cards = []
+    for part in _task_parts(run):
+        view = TASK_VIEWS[part["state"]["type"]]
+        cards += [(f"{part['name']} {label}", f"{part['name']}/{key}") for label, key in _listed(view.cards, run)[:2]]
+    return [*cards, ("weighted loss", "loss")]
+
+
+def _multi_curves(run: RunData) -> list[tuple[str, str]]:
+    return [(f"val_{p['name']}/{key[4:]}", f"{p['name']} {label}") for p in _task_parts(run)
+            for key, label in _listed(TASK_VIEWS[p["state"]["type"]].curves, run)[:1]]
+
+
+def _per_task(run: RunData) -> str:
+    body = ""
+    for part in _task_parts(run):
+        name, kind = part["name"], part["state"]["type"]
+        metrics = run.metrics.get("tasks", {}).get(name, {})
+        rows = [[label, html.fmt(metrics.get(key))] for label, key in _listed(TASK_VIEWS[kind].cards, run)]
+        body += f"<h3>{escape(name)} ({escape(kind)}, loss weight {part['weight']:g})</h3>" + html.table(["metric", "value"], rows)
+    return html.section("per-task", "Per-task metrics", body)
+
+
+def _listed(value, run: RunData) -> list[tuple[str, str]]:
+    return value(run) if callable(value) else value
+
+
+TASK_VIEWS: dict[str, TaskView] = {
+    "classification": TaskView(
+        noun=lambda run: f"{len(run.classes)} classes",
+        cards=[("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro precision", "macro_precision"),
+               ("macro recall", "macro_recall"), ("loss", "loss"), ("ECE", "ece")],
+        curves=[("val_accuracy", "accuracy"), ("val_macro_f1", "macro F1")],
+        sections=[lambda run, _: _confusion(run), lambda run, _: _per_class(run), lambda run, _: _calibration(run), _errors],
+        compared=[("accuracy", "max"), ("macro_f1", "max"), ("macro_precision", "max"), ("macro_recall", "max"), ("loss", "min"), ("ece", "min")],
+    ),
+    "regression": TaskView(
+        noun=lambda run: f"regression of {', '.join(run.classes) or 'one target'}",
+        cards=[("RMSE", "rmse"), ("MAE", "mae"), ("R²", "r2"), ("Pearson", "pearson"), ("Spearman", "spearman"), ("loss", "loss")],
+        curves=[("val_r2", "R²"), ("val_spearman", "Spearman")],
+        sections=[lambda run, _: _predicted_vs_true(run), lambda run, _: _residuals(run), lambda run, _: _largest_errors(run)],
+        compared=[("rmse", "min"), ("mae", "min"), ("r2", "max"), ("pearson", "max"), ("spearman", "max"), ("loss", "min")],
+        bounded=False,
+    ),
+    "multilabel": TaskView(
+        noun=lambda run: f"{len(run.classes)} labels (multi-label)",
+        cards=[("micro F1", "micro_f1"), ("macro F1", "macro_f1"), ("mAP", "map"), ("subset accuracy", "subset_accuracy"),
+               ("Hamming loss", "hamming_loss"), ("loss", "loss")],
+        curves=[("val_micro_f1", "micro F1"), ("val_macro_f1", "macro F1"), ("val_map", "mAP")],
+        sections=[lambda run, _: _per_label(run), lambda run, _: _label_errors(run)],
+        compared=[("micro_f1", "max"), ("macro_f1", "max"), ("map", "max"), ("subset_accuracy", "max"), ("hamming_loss", "min"), ("loss", "min")],
+    ),
+    "multitask": TaskView(
+        noun=lambda run: f"{len(_task_parts(run))} tasks ({', '.join(p['name'] for p in _task_parts(run))})",
+        cards=_multi_cards,
+        curves=_multi_curves,
+        sections=[lambda run, _: _per_task(run)],
+        compared=[("loss", "min")],
+        bounded=False,
+    ),
+}
+
+
+# -- comparison ----------------------------------------------------------------------------------
 
 
 def write_comparison(run_dirs: list[str | Path], output: str | Path, overwrite: bool = False) -> Path:
@@ -179,7 +351,11 @@ def render_comparison(runs: list[RunData]) -> str:
     names = _unique_names(runs)
     headers = ["metric", *names]
     rows, css = [], []
-    for key, better in COMPARED:
+    view = TASK_VIEWS[runs[0].task_type]
+    compared = []
+    for run in runs:  # runs of different task types: each type's metrics, once
+        compared += [c for c in TASK_VIEWS[run.task_type].compared if c not in compared]
+    for key, better in compared:
         values = [r.metrics.get(key) for r in runs]
         known = [v for v in values if isinstance(v, (int, float))]
         best = (max(known) if better == "max" else min(known)) if known else None
@@ -197,7 +373,9 @@ def render_comparison(runs: list[RunData]) -> str:
         '<p class="note">The runs were evaluated on different sets; their metrics are not directly comparable.</p>')
     sections = [
         html.section("metrics", "Final validation metrics", warning + html.table(headers, rows, css)),
-        html.section("curves", "Curves", html.figure(plots.comparison_curves(runs, names), "Per-epoch curves, one colour per run.")),
+        html.section("curves", "Curves", html.figure(
+            plots.comparison_curves(runs, names, [(k, f"Validation {label}") for k, label in _listed(view.curves, runs[0])]),
+            "Per-epoch curves, one colour per run.")),
         html.section("setup", "Setup", html.table(["", *names], setup)),
     ]
     header = f"<h1>Comparison of {len(runs)} runs</h1><p>{escape(', '.join(names))}</p>"

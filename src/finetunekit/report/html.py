@@ -118,15 +118,18 @@ def thumbnail(path: str, size: int = 192) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def image_tile(row: dict[str, Any], explanation: str | None = None) -> str:
-    """One error's tile; ``explanation``: a data URI of its Grad-CAM overlay, shown under the image."""
+def image_tile(row: dict[str, Any], explanation: str | None = None, detail: str | None = None) -> str:
+    """One error's tile: the thumbnail with its true and predicted labels; the number in brackets is
+    the confidence, or ``detail`` and row["confidence"] (an error size) when ``detail`` names it.
+    ``explanation``: a data URI of its Grad-CAM overlay, shown under the image."""
     uri = thumbnail(row["input"])
     picture = f'<img src="{uri}" alt="{escape(Path(row["input"]).name)}">' if uri else '<div class="note">(image not found)</div>'
     if explanation:
         picture += f'<img class="cam" src="{explanation}" alt="Grad-CAM for {escape(Path(row["input"]).name)}">'
+    number = f'{row["confidence"]:.1%}' if detail is None else f'{escape(detail)} {row["confidence"]:.3g}'
     return (
         f'<div class="tile">{picture}'
         f'<div>true <span class="true">{escape(str(row["label"]))}</span></div>'
-        f'<div>predicted <span class="pred">{escape(str(row["predicted"]))}</span> ({row["confidence"]:.1%})</div>'
+        f'<div>predicted <span class="pred">{escape(str(row["predicted"]))}</span> ({number})</div>'
         f'<div class="path">{escape(Path(row["input"]).name)}</div></div>'
     )

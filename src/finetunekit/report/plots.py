@@ -75,26 +75,28 @@ def loss_curves(run: RunData) -> Plot:
     xs, ys = _series(run.epochs, "step", "val_loss")
     ax.plot(xs, ys, "s-", color=COLORS[1], label="validation")
     _mark_best(ax, run)
-    _style(ax, "Loss", "optimizer step", "cross-entropy")
+    _style(ax, "Loss", "optimizer step", "loss")
     ax.legend(fontsize=8)
     return _render(fig, "training and validation loss curves")
 
 
-def metric_curves(run: RunData) -> Plot:
-    """Validation accuracy and macro F1 per epoch."""
+def metric_curves(run: RunData, curves: list[tuple[str, str]] | None = None, bounded: bool = True) -> Plot:
+    """Validation metrics per epoch (default: accuracy and macro F1); ``bounded``: scores in [0, 1]."""
+    curves = curves or [("val_accuracy", "accuracy"), ("val_macro_f1", "macro F1")]
     fig = _figure(5.8, 3.5)
     ax = fig.add_subplot()
-    for i, (key, label) in enumerate([("val_accuracy", "accuracy"), ("val_macro_f1", "macro F1")]):
+    for i, (key, label) in enumerate(curves):
         xs, ys = _series(run.epochs, "epoch", key)
         ax.plot(xs, ys, "o-", color=COLORS[i + 2], label=f"validation {label}")
     best = run.metrics.get("best_epoch")
     if best:
         ax.axvline(best, color="#555555", linestyle="--", linewidth=1, label=f"best epoch ({best})")
-    ax.set_ylim(-0.02, 1.02)
+    if bounded:
+        ax.set_ylim(-0.02, 1.02)
     _integer_ticks(ax)
     _style(ax, "Validation metrics", "epoch", "score")
     ax.legend(fontsize=8, loc="lower right")
-    return _render(fig, "validation accuracy and macro F1 per epoch")
+    return _render(fig, f"validation {' and '.join(label for _, label in curves)} per epoch")
 
 
 def _integer_ticks(ax) -> None:
@@ -205,10 +207,11 @@ def reliability_diagram(run: RunData) -> Plot | None:
     return _render(fig, "reliability diagram and confidence histogram")
 
 
-def comparison_curves(runs: list[RunData], names: list[str]) -> Plot:
-    """Per-epoch curves of several runs overlaid: train loss, validation loss, accuracy, macro F1."""
-    panels = [("train_loss", "Training loss"), ("val_loss", "Validation loss"),
-              ("val_accuracy", "Validation accuracy"), ("val_macro_f1", "Validation macro F1")]
+def comparison_curves(runs: list[RunData], names: list[str], metrics: list[tuple[str, str]] | None = None) -> Plot:
+    """Per-epoch curves of several runs overlaid: train loss, validation loss and two validation
+    metrics (default accuracy and macro F1)."""
+    metrics = metrics or [("val_accuracy", "Validation accuracy"), ("val_macro_f1", "Validation macro F1")]
+    panels = [("train_loss", "Training loss"), ("val_loss", "Validation loss"), *metrics[:2]]
     fig = _figure(11.0, 7.2)
     axes = fig.subplots(2, 2).ravel()
     for ax, (key, title) in zip(axes, panels, strict=True):
@@ -236,3 +239,48 @@ def lr_find_plot(result: Any, swept: str) -> Plot:
     _style(ax, "Learning-rate range test", f"train.{swept}", "training loss")
     ax.legend(fontsize=8)
     return _render(fig, "learning-rate range test")
+
+
+# -- regression ------------------------------------------------------------------------------------
+
+
+def _regression_values(run: RunData) -> tuple[np.ndarray, np.ndarray]:
+    """(true (N, T), predicted (N, T)) from the saved predictions with a true value."""
+    rows = [r for r in run.predictions if r.get("label") is not None]
+    true = np.array([np.atleast_1d(r["label"]) for r in rows], dtype=np.float64).reshape(len(rows), -1)
+    pred = np.array([np.atleast_1d(r["predicted"]) for r in rows], dtype=np.float64).reshape(len(rows), -1)
+    return true, pred
+
+
+def predicted_vs_true(run: RunData) -> Plot | None:
+    """One scatter per target (up to four): predicted against true, with the diagonal."""
+    true, pred = _regression_values(run)
+    if not len(true):
+        return None
+    names = (run.classes or [f"target {j}" for j in range(true.shape[1])])[:4]
+    fig = _figure(4.2 * len(names), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    for j, (ax, name) in enumerate(zip(axes, names, strict=True)):
+        t, p = true[:, j], pred[:, j]
+        low, high = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.scatter(t, p, s=8, alpha=0.5, color=COLORS[0], edgecolors="none")
+        ax.plot([low, high], [low, high], "--", color="#555555", linewidth=1, label="predicted = true")
+        _style(ax, f"{name}", "true", "predicted")
+        ax.legend(fontsize=8, loc="upper left")
+    return _render(fig, "predicted against true values on the validation set")
+
+
+def residual_plots(run: RunData) -> Plot | None:
+    """Residuals (predicted - true) against the prediction, and their histogram, for the first target."""
+    true, pred = _regression_values(run)
+    if not len(true):
+        return None
+    residual = pred[:, 0] - true[:, 0]
+    fig = _figure(9.0, 3.5)
+    left, right = fig.subplots(1, 2)
+    left.scatter(pred[:, 0], residual, s=8, alpha=0.5, color=COLORS[1], edgecolors="none")
+    left.axhline(0.0, color="#555555", linestyle="--", linewidth=1)
+    _style(left, "Residuals against prediction", "predicted", "predicted - true")
+    right.hist(residual, bins=min(40, max(5, len(residual) // 10)), color=COLORS[0], edgecolor="white")
+    _style(right, f"Residuals (mean {residual.mean():+.3g}, sd {residual.std():.3g})", "predicted - true", "examples")
+    return _render(fig, "residuals of the validation predictions")

@@ -18,7 +18,7 @@ class RunData:
     run_dir: Path
     info: dict[str, Any]  # finetunekit.json
     recipe: dict[str, Any]  # recipe.yaml (resolved)
-    classes: list[str]
+    classes: list[str]  # classification: labels.json; multi-label: the label names; regression: the targets
     metrics: dict[str, Any]  # metrics.json: final validation metrics
     epochs: list[dict[str, Any]]  # metrics.jsonl
     steps: list[dict[str, Any]]  # steps.jsonl (absent in runs made before it existed)
@@ -27,6 +27,16 @@ class RunData:
     @property
     def name(self) -> str:
         return self.run_dir.resolve().name
+
+    @property
+    def task(self) -> dict[str, Any]:
+        """The stored task (finetunekit.json), {"type": ...}; old runs stored only the string."""
+        task = self.info.get("task", "classification")
+        return {"type": task} if isinstance(task, str) else dict(task)
+
+    @property
+    def task_type(self) -> str:
+        return str(self.task.get("type", "classification"))
 
     @property
     def modality(self) -> str:
@@ -64,13 +74,21 @@ def load_run(run_dir: str | Path) -> RunData:
     except yaml.YAMLError as exc:
         raise FinetuneError(f"{recipe_path}: not valid YAML ({exc})") from None
     predictions = artifacts.read_jsonl(run_dir / artifacts.PREDICTIONS_FILE)
-    classes = artifacts.read_json(run_dir / "labels.json")["classes"]
-    for number, row in enumerate(predictions, start=1):
-        if len(row.get("probabilities", [])) != len(classes) or row.get("label") not in (None, *classes):
-            raise FinetuneError(f"{run_dir / artifacts.PREDICTIONS_FILE}:{number}: does not match labels.json's {len(classes)} classes")
+    info = artifacts.read_json(run_dir / artifacts.MARKER)
+    task = info.get("task", "classification")
+    if isinstance(task, str) or task.get("type") == "classification":
+        classes = artifacts.read_json(run_dir / "labels.json")["classes"]
+        for number, row in enumerate(predictions, start=1):
+            if len(row.get("probabilities", [])) != len(classes) or row.get("label") not in (None, *classes):
+                raise FinetuneError(f"{run_dir / artifacts.PREDICTIONS_FILE}:{number}: does not match labels.json's {len(classes)} classes")
+    else:
+        classes = [str(c) for c in task.get("labels", task.get("targets", []))]
+        for number, row in enumerate(predictions, start=1):
+            if "predicted" not in row:
+                raise FinetuneError(f"{run_dir / artifacts.PREDICTIONS_FILE}:{number}: has no predicted value")
     return RunData(
         run_dir=run_dir,
-        info=artifacts.read_json(run_dir / artifacts.MARKER),
+        info=info,
         recipe=recipe or {},
         classes=list(classes),
         metrics=artifacts.read_json(run_dir / "metrics.json"),
@@ -88,7 +106,7 @@ def worst_errors(run: RunData, limit: int) -> list[dict[str, Any]]:
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict[str, float]]:
     """Per equal-width confidence bin: count, mean confidence and accuracy (the same bins as
-    :func:`finetunekit.metrics.expected_calibration_error`)."""
+    :func:`finetunekit.tasks.classification.expected_calibration_error`)."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)

@@ -140,7 +140,7 @@ class Service:
         self.batcher = DynamicBatcher(predictor.predict_items, options.max_batch_size, options.max_wait_ms)
         self.run_dir = Path(predictor.run_dir)
         info = _read_json(self.run_dir / "finetunekit.json") or {}
-        self.tasks = [info.get("task", "classification")]
+        self.tasks = [predictor.task.type]  # the task's type (finetunekit.json keeps the whole task)
         self.backbone = info.get("backbone", {})
         self.metrics = _read_json(self.run_dir / "metrics.json") or {}
         self._explainer = None

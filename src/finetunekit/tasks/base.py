@@ -1,0 +1,203 @@
+"""The task contract: what is predicted and how it is judged.
+
+A :class:`Task` owns everything that differs between, say, classification and regression: it
+turns the data's target cells into tensors, builds the head from the backbone's output size, gives
+the loss, turns outputs into scores and predictions, computes the metrics (and names the primary
+one and its direction), says what the run directory stores to rebuild it, and formats its numbers.
+The loop, the trainer, the predictor and the exporters call these methods and never ask which task
+they hold.
+
+Example::
+
+    task = TASKS.get("classification").from_data({}, train_examples)
+    targets = task.encode(train_examples)          # a tensor, one row per example
+    head = task.build_head(backbone.num_features, dropout=0.1)
+    parts = task.loss(head(features), targets)     # {"task": tensor}
+    scores = task.scores(head(features))           # probabilities, values in target units...
+    task.metrics(scores.numpy(), targets.numpy())  # {"accuracy": ..., ...}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Task:
+    """Base class; subclasses are registered in :data:`finetunekit.tasks.TASKS` by type name."""
+
+    type: ClassVar[str] = ""
+    # the metric that chooses the best epoch unless train.metric names another
+    primary_metric: ClassVar[str] = "loss"
+    # metrics where lower is better; every other metric is better higher
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    # metrics shown in the epoch log line and stored per epoch as val_<name>
+    epoch_metrics: ClassVar[tuple[str, ...]] = ()
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def check_options(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
+        """Validate the recipe's task options field by field; returns them with defaults filled."""
+        return dict(options)
+
+    @classmethod
+    def from_data(cls, options: dict[str, Any], train: Any, recipe: Any = None) -> Task:
+        """A task fitted to the training examples (label map, target statistics)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], read: Any = None) -> Task:
+        """The task a run directory stored (see :meth:`state`); ``read(name)`` reads one of the run
+        directory's JSON files (runs from before tasks were stored keep classes in labels.json)."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """JSON the run directory keeps (in finetunekit.json) to rebuild this task."""
+        raise NotImplementedError
+
+    def check_run_files(self, run_dir: Any, info: dict[str, Any], read: Any) -> None:
+        """Refuse a run directory whose task files (:meth:`files`) do not belong to its model;
+        ``info`` is finetunekit.json, ``read(name)`` reads one of the run's JSON files."""
+
+    def files(self) -> dict[str, Any]:
+        """Extra JSON files a run directory keeps for this task, by name (classification's
+        labels.json, which exports copy too)."""
+        return {}
+
+    def label_columns(self, default: str | list[str]) -> str | list[str]:
+        """The label column(s) an evaluation table must have (``default``: the run's data.label_column)."""
+        return default
+
+    def identity(self) -> Any:
+        """What must not change between a checkpoint and the run resuming from it."""
+        return self.state()
+
+    def describe(self) -> str:
+        """A few words for the start-of-run log line, e.g. "2 classes"."""
+        return self.type
+
+    # -- targets --------------------------------------------------------------------------------
+    def encode(self, examples: Any) -> torch.Tensor:
+        """The examples' targets as one tensor (first dimension: examples); errors name the row."""
+        raise NotImplementedError
+
+    def collate(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
+        """A batch of encoded targets."""
+        return torch.stack(list(values))
+
+    @classmethod
+    def strata_for(cls, examples: Any, spec: Any = None) -> list[Any] | None:
+        """Keys a held-out validation split keeps the shares of, one per example (None: a plain
+        seeded random split); may reject bad label cells first."""
+        return None
+
+    def sampling_classes(self, targets: torch.Tensor) -> torch.Tensor:
+        """Class ids for class-balanced sampling (data.sampler: balanced)."""
+        from ..errors import RecipeError
+
+        raise RecipeError(f"data.sampler: balanced sampling needs one class per example; task {self.type} has none")
+
+    # -- model ----------------------------------------------------------------------------------
+    @property
+    def output_size(self) -> int:
+        raise NotImplementedError
+
+    def build_head(self, in_features: int, dropout: float = 0.0) -> nn.Module:
+        """The head on the backbone's pooled features."""
+        from ..heads import LinearHead
+
+        return LinearHead(in_features, self.output_size, dropout)
+
+    def loss_names(self) -> list[str]:
+        """The names of :meth:`loss`'s parts, in order."""
+        return ["task"]
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss parts by name (one, ``task``, for a single task); the objective sums them."""
+        raise NotImplementedError
+
+    def mixable(self, targets: torch.Tensor) -> torch.Tensor:
+        """Targets as float vectors that mixup/cutmix can blend linearly (and :meth:`loss` accepts)."""
+        return targets.float()
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Model outputs -> per-example scores (probabilities, or values in target units)."""
+        raise NotImplementedError
+
+    def calibrate(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        """Fit decision rules on validation scores (multi-label thresholds); default: nothing."""
+
+    # -- judging --------------------------------------------------------------------------------
+    def eval_loss(self, scores: np.ndarray, targets: np.ndarray) -> float | None:
+        """The validation loss, computed from the scores the evaluation collected."""
+        return None
+
+    def metrics(self, scores: np.ndarray, targets: np.ndarray, loss: float | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def metric_names(self) -> list[str]:
+        """Metrics train.metric may name (each a number in :meth:`metrics`)."""
+        return ["loss", *self.epoch_metrics]
+
+    def higher_is_better(self, metric: str) -> bool:
+        return metric not in self.lower_is_better
+
+    def epoch_record(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The per-epoch validation numbers (metrics.jsonl), keyed val_<metric>."""
+        return {"val_loss": metrics.get("loss"), **{f"val_{k}": metrics.get(k) for k in self.epoch_metrics}}
+
+    def format_epoch(self, metrics: dict[str, Any]) -> str:
+        return "  ".join(f"val_{k} {metrics[k]:.4f}" for k in self.epoch_metrics if metrics.get(k) is not None)
+
+    def format_metrics(self, metrics: dict[str, Any], title: str = "") -> str:
+        """A plain-text table of the final metrics."""
+        raise NotImplementedError
+
+    # -- predictions ----------------------------------------------------------------------------
+    def decode(self, scores: np.ndarray) -> list[Any]:
+        """Predictions as plain values (class names, label lists, numbers)."""
+        raise NotImplementedError
+
+    def target_values(self, targets: np.ndarray) -> list[Any]:
+        """Encoded targets back as plain values (as :meth:`decode` gives predictions)."""
+        return self.decode(targets)
+
+    def prediction_records(self, scores: np.ndarray, targets: np.ndarray | None) -> list[dict[str, Any]]:
+        """One JSON record per example for val_predictions.jsonl and ``predict --json``."""
+        raise NotImplementedError
+
+    def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        """Per example ``{"json": {...}, "line": str}``: what ``finetunekit predict`` prints."""
+        raise NotImplementedError
+
+    def answers(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        """The answer for each input as the service, ``predict --output`` and ``explain`` give it
+        (default: what ``predict --json`` prints)."""
+        return [r["json"] for r in self.output_records(scores)]
+
+    def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
+        """Model card facts: pipeline_tag, metric_names, metrics (model-index entries), title,
+        summary, use (intended uses and limitations), data (training data counts), table (metrics
+        in Markdown), report (what report.html shows)."""
+        raise NotImplementedError
+
+    def export_head(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The head's linear layer (``weight``, ``bias``) as exports store it, so that an exported
+        model outputs :meth:`export_outputs` of this model's outputs."""
+        return state
+
+    def export_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """What an exported model outputs for these model outputs (logits; values in target units)."""
+        return outputs
+
+    def import_outputs(self, exported: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`export_outputs`: parity checks compare model outputs."""
+        return exported
+
+    def export_config(self) -> dict[str, Any]:
+        """transformers config fields of an exported text model (num_labels, problem_type, labels)."""
+        raise NotImplementedError

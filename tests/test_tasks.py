@@ -1,0 +1,401 @@
+"""The task seam (finetunekit.tasks): every registered task type trains, evaluates, saves, reloads,
+predicts and reports on every modality with tiny models; each type's own numbers (metrics,
+thresholds, standardisation) and bad-input errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FILLER, WORDS, make_image_folder, tiny_image_recipe, tiny_text_recipe, write_tsv
+
+from finetunekit import load, train
+from finetunekit.cli import main
+from finetunekit.data import Examples
+from finetunekit.tasks import TASKS, infer_type
+from finetunekit.tasks.multilabel import best_thresholds, multilabel_metrics
+from finetunekit.tasks.regression import regression_metrics
+
+# -- data per task type and modality ---------------------------------------------------------------
+
+
+def _text_rows(n: int, seed: int, kind: str) -> list[tuple[str, str]]:
+    """Texts whose target follows their words: a class, a label set (some rows empty) or a score."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        pos, neg = i % 2 == 0, i % 3 == 0
+        words = list(rng.choice(FILLER, size=4))
+        words += [str(rng.choice(WORDS["pos"]))] if pos else []
+        words += [str(rng.choice(WORDS["neg"]))] if neg else []
+        if kind == "classification":
+            label = "pos" if pos else "neg"
+        elif kind == "multilabel":
+            label = "|".join(n for n, on in (("pos", pos), ("neg", neg)) if on)
+        else:
+            label = f"{1.5 * pos - 0.75 * neg + 0.1 * (i % 5):.2f}"
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def text_task_data(root: Path, kind: str) -> dict:
+    if kind == "multitask":  # a class and a score per text, one head each
+        for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
+            rows = zip(_text_rows(n, seed, "classification"), _text_rows(n, seed, "regression"), strict=True)
+            lines = ["sentence\tlabel\tscore", *(f"{t}\t{c}\t{y}" for (t, c), (_, y) in rows)]
+            (root / f"multi_{split}.tsv").write_text("\n".join(lines) + "\n")
+        return {"train": str(root / "multi_train.tsv"), "val": str(root / "multi_dev.tsv")}
+    header = ("sentence", "labels" if kind == "multilabel" else "score" if kind == "regression" else "label")
+    train_path = write_tsv(root / f"{kind}_train.tsv", _text_rows(48, 0, kind), header)
+    val_path = write_tsv(root / f"{kind}_dev.tsv", _text_rows(16, 1, kind), header)
+    return {"train": str(train_path), "val": str(val_path), "label_column": header[1]}
+
+
+def image_task_data(root: Path, kind: str) -> dict:
+    """Class folders whose names carry the target: class names, ``a|b`` sets, or numbers."""
+    if kind == "multitask":  # an image table: file, a class and a score per image
+        names, scores = ("circle", "square", "stripe"), {"circle": "0.5", "square": "1.5", "stripe": "2.25"}
+        for split, seed, n in (("train", 0, 8), ("val", 1, 4)):
+            folder = make_image_folder(root / kind / split, per_class=n, classes=names, seed=seed)
+            rows = [f"{f.relative_to(root / kind)},{f.parent.name},{scores[f.parent.name]}" for f in sorted(folder.rglob("*.png"))]
+            (root / kind / f"{split}.csv").write_text("file,label,score\n" + "\n".join(rows) + "\n")
+        return {"train": str(root / kind / "train.csv"), "val": str(root / kind / "val.csv")}
+    names = {"classification": ("circle", "square", "stripe"), "multilabel": ("round", "round|striped", "striped"),
+             "regression": ("0.5", "1.5", "2.25")}[kind]
+    make_image_folder(root / kind / "train", per_class=8, classes=names, seed=0)
+    make_image_folder(root / kind / "val", per_class=4, classes=names, seed=1)
+    return {"train": str(root / kind)}
+
+
+DATA = {"text": text_task_data, "image": image_task_data}
+
+
+MULTI = [{"name": "sentiment", "label_column": "label"}, {"name": "score", "label_column": "score", "weight": 0.5}]
+
+
+def _recipe(modality, root, kind, tiny_bert, **sections):
+    data = {**DATA[modality](root, kind), **sections.pop("data", {})}
+    if kind == "multitask":
+        sections["tasks"] = MULTI
+    if modality == "text":
+        recipe = tiny_text_recipe((Path(data["train"]), Path(data["val"])), tiny_bert, data=data, **{k: v for k, v in sections.items() if k != "tasks"})
+    else:
+        recipe = tiny_image_recipe(Path(data["train"]), data=data, **{k: v for k, v in sections.items() if k != "tasks"})
+    if "tasks" in sections:
+        from finetunekit import Recipe
+
+        recipe = Recipe.from_dict({**recipe.to_dict(), "tasks": sections["tasks"]})
+    return recipe
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+@pytest.mark.parametrize("kind", TASKS.names())
+def test_every_task_trains_saves_reloads_predicts_and_reports(kind, modality, tiny_bert, tmp_path, capsys):
+    recipe = _recipe(modality, tmp_path, kind, tiny_bert, strategy={"name": "full"})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    run_dir = result.run_dir
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    if kind == "multitask":  # each task's type inferred from its own column
+        assert [t["type"] for t in result.recipe.to_dict()["tasks"]] == ["classification", "regression"]
+        assert [t["type"] for t in saved["tasks"]] == ["classification", "regression"]
+    else:  # inferred from the labels, and kept in the run's recipe
+        assert result.recipe.task.type == kind and saved["task"]["type"] == kind
+    info = json.loads((run_dir / "finetunekit.json").read_text())
+    assert info["task"]["type"] == kind
+    task = load(run_dir).task
+    assert result.recipe.train.metric == task.primary_metric
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_examples"] == (16 if modality == "text" else 12)
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(f"val_{m}" in epochs[0] for m in task.epoch_metrics)
+    # the reloaded model reproduces the run's own validation predictions exactly
+    saved = [json.loads(line) for line in (run_dir / "val_predictions.jsonl").read_text().splitlines()]
+    model = load(run_dir)
+    predicted = model.predict([r["input"] for r in saved])
+    assert _same(predicted, [r["predicted"] for r in saved])
+    # evaluation from the run directory gives the training run's final numbers
+    val = recipe.data.val or str(Path(recipe.data.train) / "val")
+    again = model.evaluate(val)
+    for key in task.epoch_metrics:
+        assert again[key] == pytest.approx(metrics[key], abs=1e-4)
+    html = (run_dir / "report.html").read_text()
+    assert "Training curves" in html
+    card = (run_dir / "README.md").read_text()
+    assert "## Evaluation" in card
+    # CLI predict prints one line per input
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), saved[0]["input"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[0])["input"] == saved[0]["input"]
+
+
+def _same(a, b) -> bool:
+    """Equal predictions: names and label lists exactly, numbers to the 6 decimals saved."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return abs(a - b) <= 1e-5 * max(1.0, abs(a))
+    return a == b
+
+
+# -- inference of the type -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels, expected", [
+    (["pos", "neg"], "classification"),
+    (["0", "1", "2"], "classification"),
+    (["a|b", "c"], "multilabel"),
+    ([["a", "b"], []], "multilabel"),
+    (["0.5", "3", "4.25"], "regression"),
+    (["1", "2.0"], "classification"),
+])
+def test_task_type_inferred_from_labels(labels, expected):
+    assert infer_type(labels)[0] == expected
+
+
+def test_inferred_task_type_is_printed(tmp_path, tiny_bert, capsys):
+    train(_recipe("text", tmp_path, "regression", tiny_bert, train={"epochs": 1}), output=tmp_path / "run")
+    assert "task: regression (the labels are numbers, not all integers; set task.type to choose)" in capsys.readouterr().out
+
+
+def test_task_type_and_options_are_validated_field_by_field():
+    from finetunekit import Recipe
+    from finetunekit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"^task\.type: unknown task type 'regresion' \(did you mean 'regression'\?\)"):
+        Recipe.from_dict({"task": {"type": "regresion"}})
+    with pytest.raises(RecipeError, match=r"^task\.loss: 'mae' is not one of"):
+        Recipe.from_dict({"task": {"type": "regression", "loss": "mae"}})
+    with pytest.raises(RecipeError, match=r"^task\.separator: applies to multilabel tasks only, and this task is regression"):
+        Recipe.from_dict({"task": {"type": "regression", "separator": ";"}})
+    with pytest.raises(RecipeError, match=r"^task\.threshold: 1\.5 is out of range"):
+        Recipe.from_dict({"task": {"threshold": 1.5}})
+
+
+def test_train_metric_must_be_one_of_the_tasks(tmp_path, tiny_bert):
+    from finetunekit.errors import RecipeError
+
+    recipe = _recipe("text", tmp_path, "regression", tiny_bert, train={"metric": "accuracy"})
+    with pytest.raises(RecipeError, match=r"^train\.metric: 'accuracy' is not a metric of a regression task"):
+        train(recipe, output=tmp_path / "run", quiet=True)
+
+
+# -- regression ------------------------------------------------------------------------------------
+
+
+def test_regression_metrics_by_hand():
+    true = np.array([[1.0], [2.0], [3.0], [4.0]])
+    pred = np.array([[1.5], [2.0], [2.5], [5.0]])
+    m = regression_metrics(pred, true, ["y"])
+    assert m["mae"] == pytest.approx((0.5 + 0 + 0.5 + 1) / 4)
+    assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 0 + 0.25 + 1) / 4))
+    assert m["r2"] == pytest.approx(1 - 1.5 / 5.0)
+    assert m["spearman"] == pytest.approx(1.0)
+
+
+def test_regression_targets_are_standardised_and_predictions_come_back_in_units(tmp_path, tiny_bert):
+    recipe = _recipe("text", tmp_path, "regression", tiny_bert, task={"type": "regression", "loss": "huber"})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    state = json.loads((result.run_dir / "finetunekit.json").read_text())["task"]
+    values = [float(r[1]) for r in _text_rows(48, 0, "regression")]
+    assert state["mean"][0] == pytest.approx(np.mean(values), rel=1e-6)
+    assert state["std"][0] == pytest.approx(np.std(values), rel=1e-6)
+    assert state["loss"] == "huber"
+    task = load(result.run_dir).task
+    encoded = task.encode(Examples(["a text"], ["2.0"], "x", "text", label_columns=["score"]))
+    assert float(encoded[0, 0]) == pytest.approx((2.0 - np.mean(values)) / np.std(values), rel=1e-5)
+    assert float(task.scores(encoded)[0, 0]) == pytest.approx(2.0, abs=1e-5)
+
+
+def test_regression_with_several_target_columns(tmp_path, tiny_bert):
+    rows = _text_rows(40, 0, "regression")
+    lines = ["sentence\ta\tb"] + [f"{t}\t{y}\t{-2 * float(y) + 1:.3f}" for t, y in rows]
+    path = tmp_path / "two.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    recipe = tiny_text_recipe((path, path), tiny_bert, data={"train": str(path), "val": None, "label_column": ["a", "b"]},
+                              task={"type": "regression"})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    assert set(result.metrics["per_target"]) == {"a", "b"}
+    out = load(result.run_dir).predict([rows[0][0]])
+    assert len(out[0]) == 2
+
+
+# -- multi-label -----------------------------------------------------------------------------------
+
+
+def test_multilabel_metrics_and_thresholds_by_hand():
+    probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4], [0.3, 0.1]])
+    y = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
+    m = multilabel_metrics(probs, y, ["a", "b"], [0.5, 0.5])
+    # a: tp 2 fp 0 fn 0; b: tp 1 fp 0 fn 1
+    assert m["per_label"]["a"]["f1"] == pytest.approx(1.0)
+    assert m["per_label"]["b"]["f1"] == pytest.approx(2 / 3)
+    assert m["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 0 + 1))
+    assert m["subset_accuracy"] == pytest.approx(3 / 4)  # row 3 misses b; row 4 (no label) is right
+    assert m["hamming_loss"] == pytest.approx(1 / 8)
+    assert m["examples_without_labels"] == 1
+    # b's best threshold admits 0.4 (row 3) without admitting row 4's 0.1
+    assert best_thresholds(probs, y)[1] == pytest.approx(0.4, abs=0.051)
+    assert multilabel_metrics(probs, y, ["a", "b"], best_thresholds(probs, y))["per_label"]["b"]["f1"] == pytest.approx(1.0)
+
+
+def test_multilabel_thresholds_are_stored_and_used_at_prediction(tmp_path, tiny_bert):
+    result = train(_recipe("text", tmp_path, "multilabel", tiny_bert), output=tmp_path / "run", quiet=True)
+    state = json.loads((result.run_dir / "finetunekit.json").read_text())["task"]
+    assert state["labels"] == ["neg", "pos"] and len(state["thresholds"]) == 2
+    model = load(result.run_dir)
+    probs = model.predict_proba(["good great"])
+    expected = [name for name, p, t in zip(state["labels"], probs[0], state["thresholds"], strict=True) if p >= t]
+    assert model.predict(["good great"]) == [expected]
+
+
+def test_multilabel_jsonl_lists_and_rows_without_labels(tmp_path, tiny_bert):
+    rows = _text_rows(40, 0, "multilabel")
+    path = tmp_path / "ml.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "label": [x for x in lab.split("|") if x]}) + "\n" for t, lab in rows))
+    recipe = tiny_text_recipe((path, path), tiny_bert, data={"train": str(path), "val": None})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    assert result.recipe.task.type == "multilabel"
+    assert "examples_without_labels" in result.metrics
+
+
+# -- bad input: one line naming file, row and column, exit 2 --------------------------------------
+
+
+def _cli_error(args, capsys) -> str:
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    return err
+
+
+def test_non_numeric_regression_target_names_file_row_and_column(tmp_path, tiny_bert, capsys):
+    path = tmp_path / "bad.tsv"
+    path.write_text("sentence\tscore\ngood film\t1.5\nbad film\tabout three\nfine film\t2.5\n")
+    recipe = tiny_text_recipe((path, path), tiny_bert, data={"train": str(path), "val": str(path), "label_column": "score"},
+                              task={"type": "regression"})
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(recipe.to_yaml())
+    err = _cli_error(["train", str(recipe_path), "--output", str(tmp_path / "run")], capsys)
+    assert f"{path}:3: column 'score': regression target 'about three' is not a finite number" in err
+
+
+def test_multilabel_cell_with_another_separator_names_file_row_and_column(tmp_path, tiny_bert, capsys):
+    path = tmp_path / "bad.tsv"
+    path.write_text("sentence\tlabels\ngood film\tpos|neg\nbad film\tpos;neg\n")
+    recipe = tiny_text_recipe((path, path), tiny_bert, data={"train": str(path), "val": str(path), "label_column": "labels"})
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(recipe.to_yaml())
+    err = _cli_error(["train", str(recipe_path), "--output", str(tmp_path / "run")], capsys)
+    assert f"{path}:3: column 'labels': multi-label cell 'pos;neg' is separated by ';', but labels are separated by '|'" in err
+
+
+def test_balanced_sampler_needs_a_single_label_task(tmp_path, tiny_bert):
+    from finetunekit.errors import FinetuneError
+
+    recipe = _recipe("text", tmp_path, "regression", tiny_bert, data={"sampler": "balanced"})
+    with pytest.raises(FinetuneError, match="data.sampler: balanced sampling needs one class per example"):
+        train(recipe, output=tmp_path / "run", quiet=True)
+
+
+def test_old_run_directories_without_a_stored_task_still_load(image_run, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(image_run, old)
+    info = json.loads((old / "finetunekit.json").read_text())
+    info["task"] = "classification"
+    (old / "finetunekit.json").write_text(json.dumps(info))
+    saved = [json.loads(line) for line in (old / "val_predictions.jsonl").read_text().splitlines()]
+    assert load(old).predict([saved[0]["input"]]) == [saved[0]["predicted"]]
+
+
+# -- several tasks ---------------------------------------------------------------------------------
+
+
+def test_multitask_loss_is_the_weighted_sum_and_each_part_is_logged(tmp_path, tiny_bert):
+    result = train(_recipe("text", tmp_path, "multitask", tiny_bert, train={"metric": "score/rmse"}), output=tmp_path / "run", quiet=True)
+    epochs = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for e in epochs:
+        assert e["train_loss"] == pytest.approx(e["train_loss_task_sentiment"] + e["train_loss_task_score"], rel=1e-5)
+    m = result.metrics
+    assert m["loss"] == pytest.approx(m["sentiment/loss"] + 0.5 * m["score/loss"], rel=1e-5)
+    assert set(m["tasks"]) == {"sentiment", "score"}
+    assert m["sentiment/accuracy"] == m["tasks"]["sentiment"]["accuracy"]
+    # the best epoch is the one with the lowest score RMSE (lower is better for rmse)
+    best = min(epochs, key=lambda e: e["val_score/rmse"])
+    assert m["best_epoch"] == best["epoch"]
+    prediction = load(result.run_dir).predict(["good great film"])[0]
+    assert set(prediction) == {"sentiment", "score"} and prediction["sentiment"] in ("pos", "neg")
+
+
+def test_multitask_recipe_is_validated(tmp_path):
+    from finetunekit import Recipe
+    from finetunekit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"^tasks\[1\]\.name: 'a' is used by another task"):
+        Recipe.from_dict({"tasks": [{"name": "a", "label_column": "x"}, {"name": "a", "label_column": "y"}]})
+    with pytest.raises(RecipeError, match=r"^tasks\[0\]\.label_column: task 'a' needs its label column"):
+        Recipe.from_dict({"tasks": [{"name": "a"}]})
+    with pytest.raises(RecipeError, match=r"^task\.name: only entries of `tasks:`"):
+        Recipe.from_dict({"task": {"name": "a"}})
+
+
+def test_a_label_column_missing_for_one_task_of_several(tmp_path, tiny_bert, capsys):
+    recipe = _recipe("text", tmp_path, "multitask", tiny_bert)
+    raw = recipe.to_dict()
+    raw["tasks"][1]["label_column"] = "rating"
+    path = tmp_path / "r.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    err = _cli_error(["train", str(path), "--output", str(tmp_path / "run")], capsys)
+    assert f"{tmp_path / 'multi_train.tsv'}: no label column 'rating' (columns: sentence, label, score)" in err
+
+
+# -- exports ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, problem_type", [("regression", "regression"), ("multilabel", "multi_label_classification")])
+def test_text_export_loads_in_plain_transformers_with_its_problem_type(kind, problem_type, tmp_path, tiny_bert):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finetunekit.export import export
+
+    result = train(_recipe("text", tmp_path, kind, tiny_bert), output=tmp_path / "run", quiet=True)
+    exported = export(result.run_dir, "hf", tmp_path / "hf")
+    model = AutoModelForSequenceClassification.from_pretrained(str(exported.path), trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(exported.path), trust_remote_code=True)
+    assert model.config.problem_type == problem_type
+    texts = ["good great film", "bad awful plot"]
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).logits.numpy()
+    ours = load(result.run_dir, precision="fp32")
+    if kind == "regression":  # values in target units, as finetunekit predicts them
+        assert np.allclose(logits[:, 0], ours.predict(texts), atol=1e-4)
+    else:  # logits whose sigmoid is finetunekit's probabilities; thresholds travel in the config
+        assert np.allclose(1 / (1 + np.exp(-logits)), ours.predict_proba(texts), atol=1e-4)
+        assert model.config.thresholds == ours.task.thresholds
+
+
+@pytest.mark.parametrize("kind", ["regression", "multitask"])
+def test_onnx_export_parity(kind, tmp_path, tiny_bert):
+    pytest.importorskip("onnxruntime")
+    from finetunekit.export import export
+
+    result = train(_recipe("image", tmp_path, kind, tiny_bert), output=tmp_path / "run", quiet=True)
+    exported = export(result.run_dir, "onnx", tmp_path / "onnx")
+    assert exported.max_abs_diff <= 1e-4 and json.loads((exported.path / "task.json").read_text())["type"] == kind
+
+
+def test_multitask_transformers_export_is_refused_with_a_one_line_error(tmp_path, tiny_bert, capsys):
+    result = train(_recipe("text", tmp_path, "multitask", tiny_bert), output=tmp_path / "run", quiet=True)
+    err = _cli_error(["export", str(result.run_dir), "--format", "hf"], capsys)
+    assert "has one head per task (tasks:); export it with --format onnx" in err
