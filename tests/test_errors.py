@@ -204,7 +204,7 @@ def keep_checkpoints_zero(root, env):
 def unknown_strategy(root, env):
     return (["train", str(image_recipe(root)), "--set", "strategy.name=linear_prob"],
             "strategy.name: unknown strategy 'linear_prob' (did you mean 'linear_probe'?); "
-            "choose one of: freeze_then_unfreeze, full, gradual_unfreeze, last_n, linear_probe, lora, lp_ft")
+            "choose one of: freeze_then_unfreeze, full, gradual_unfreeze, last_n, linear_probe, lora, lp_ft, prototype, setfit")
 
 
 @case
@@ -237,8 +237,9 @@ def unknown_timm_architecture(root, env):
 @case
 def unknown_bundled_backbone(root, env):
     images(root, "a", "b")
-    return (["train", str(image_recipe(root)), "--set", "model.backbone=bundled:efficientnet_lite1"],
-            "unknown bundled backbone 'efficientnet_lite1' (did you mean 'efficientnet_lite0'?); choose one of: efficientnet_lite0, minilm_l6")
+    return (["train", str(image_recipe(root)), "--set", "model.backbone=bundled:efficientnet_lite3"],
+            "unknown bundled backbone 'efficientnet_lite3' (did you mean 'efficientnet_lite2'?); choose one of: "
+            "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, minilm_l6")
 
 
 @case

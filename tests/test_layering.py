@@ -15,7 +15,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
 LAYERS: list[set[str]] = [
-    {"errors", "version"},
+    {"errors", "version", "stats"},  # stats: bootstrap intervals and paired tests, plain numpy
     {"registry", "runtime", "heads", "hf_modeling", "trackers", "safe_yaml", "outputs"},
     # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
     # targets, losses, metrics; tasks read Examples by their fields, never import data); the recipe
@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
     {"predict"},
     {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors
     {"trainer", "export", "serving"},  # serving: the HTTP service and batch prediction
-    {"demo", "tune"},  # tune: trials are training runs
+    {"demo", "tune", "selection"},  # tune: trials are training runs; selection scores backbones from features computed like the trainer's
     {"cli", "__init__"},  # the public surface: finetunekit.train / load / evaluate / Recipe
     {"__main__"},
 ]

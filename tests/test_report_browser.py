@@ -78,7 +78,7 @@ def test_comparison_renders_in_chromium(browser, image_run, text_run, tmp_path):
     result = browser.open(page_path, INSPECT_SCRIPT)
     assert result.console_errors == []
     page = result.evaluation
-    assert [s["id"] for s in page["sections"]] == ["metrics", "curves", "setup"]
+    assert [s["id"] for s in page["sections"]] == ["metrics", "significance", "curves", "setup"]
     (plot,) = page["images"]
     _check_plot(plot)
     assert plot["naturalWidth"] >= 800

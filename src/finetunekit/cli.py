@@ -9,6 +9,7 @@
     finetunekit explain RUN_DIR INPUT... --output DIR
     finetunekit report RUN_DIR
     finetunekit compare RUN_DIR RUN_DIR... --output compare.html
+    finetunekit select DATA --candidates A,B,C
     finetunekit export RUN_DIR --format onnx|hf|timm
     finetunekit tune recipe.yaml --trials 20 --output studies/x [--storage postgresql://...]
     finetunekit lr-find recipe.yaml --output lr_find/     (learning-rate range test; or train.lr: auto)
@@ -169,10 +170,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import write_comparison
+    from .report import significance_lines, write_comparison
 
     print(f"comparison: {write_comparison(args.run_dirs, args.output, overwrite=args.overwrite)}")
+    for line in significance_lines(args.run_dirs, args.metric):
+        print(line)
     return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .selection import format_selection, parse_candidates, select
+
+    candidates = parse_candidates(args.candidates, control=args.control)
+
+    def progress(row) -> None:
+        if not args.json:
+            print(f"scored {row.candidate.label}: LogME {row.scores['logme']:.4f}, k-NN {row.scores['knn']:.4f}", file=sys.stderr, flush=True)
+
+    rows = select(args.data, candidates, k=args.k, max_samples=args.max_samples, seed=args.seed, text_column=args.text_column,
+                  label_column=args.label_column, max_length=args.max_length, progress=progress)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(format_selection(rows))
+    return 0 if any(r.error is None for r in rows) else 2
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -244,6 +265,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "explain": cmd_explain,
     "report": cmd_report,
     "compare": cmd_compare,
+    "select": cmd_select,
     "export": cmd_export,
     "tune": cmd_tune,
     "lr-find": cmd_lr_find,
@@ -327,10 +349,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="HTML file to write (default: RUN_DIR/report.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
-    p = sub.add_parser("compare", help="one HTML page comparing several runs")
+    p = sub.add_parser("compare", help="one HTML page comparing runs; says whether each differs significantly from the first")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", "-o", default="compare.html", help="HTML file to write (default: compare.html)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--metric", choices=["accuracy", "macro_f1"], default="accuracy",
+                   help="metric of the significance test printed for each run against the first (default: accuracy)")
+
+    p = sub.add_parser("select", help="rank candidate backbones for a data set from their frozen features (LogME, k-NN)")
+    p.add_argument("data", help="image folder or .csv/.tsv/.jsonl file with labels (its training part is scored)")
+    p.add_argument("--candidates", "-c", required=True, metavar="A,B,C",
+                   help="backbones as in model.backbone (timm:, hf:, bundled:, run:); NAME?pretrained=false for an untrained one")
+    p.add_argument("--control", action="store_true", help="add the first candidate with random weights (it should rank last)")
+    p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN score (default 5)")
+    p.add_argument("--max-samples", type=int, help="score a seeded stratified subset of this many training examples")
+    p.add_argument("--seed", type=int, default=0, help="split, subset and control weights seed (default 0, as train.seed)")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--max-length", type=int, default=128, help="text: tokens per example (default 128, as data.max_length)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
 
     p = sub.add_parser("export", help="export a run for use without finetunekit (ONNX, transformers, timm)")
     p.add_argument("run_dir")

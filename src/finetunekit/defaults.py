@@ -28,6 +28,10 @@ DEFAULTS = {
 # 0.834 for full fine-tuning (docs/strategies.md); the image head keeps the linear probe's 1e-2.
 STRATEGY_DEFAULTS_OVERRIDES = {
     "lora": {"image": {"lr": 1e-3, "head_lr": 1e-2}, "text": {"lr": 1e-3, "head_lr": 1e-3}},
+    # class means are computed once: a second epoch would compute the same ones
+    "prototype": {"image": {"epochs": 1}, "text": {"epochs": 1}},
+    # the SetFit paper: one epoch over 2 x 20 x N pairs at 2e-5, batch 16
+    "setfit": {"text": {"epochs": 1, "lr": 2e-5, "batch_size": 16}},
 }
 
 

@@ -170,7 +170,7 @@ class Predictor:
         targets = self.task.encode(examples).numpy()
         scores = self.predict_proba(examples)
         loss = self.task.eval_loss(scores, targets)
-        return {**self.task.metrics(scores, targets, loss), "eval_set": examples.source}
+        return {**self.task.metrics(scores, targets, loss), **self.task.confidence_intervals(scores, targets), "eval_set": examples.source}
 
     @property
     def label_column(self) -> str | list[str]:

@@ -72,6 +72,9 @@ class DataSpec:
     label_column: str | list[str] = "label"  # several columns: several regression targets
     max_length: int = 128  # tokens, text only
     max_train_samples: int | None = None  # keep the first N training rows (after shuffling by seed)
+    # few-shot: keep K training examples of each class, drawn with train.seed (a class with fewer
+    # keeps all of them); the validation set is untouched
+    shots_per_class: int | None = None
     # train-time image augmentation: "light" is a random resized crop and a horizontal flip;
     # "strong" adds TrivialAugmentWide (one random photometric or geometric operation per image)
     # and RandomErasing (p=0.25). Either is a function of (train.seed, epoch, example) alone.
@@ -116,6 +119,8 @@ class DataSpec:
                 raise RecipeError(f"data.text_columns: {sorted(set(labels) & set(columns))[0]!r} is a label column (data.label_column)")
             if self.text_column is not None:
                 raise RecipeError("data.text_column and data.text_columns exclude each other: give one text column, or two for pairs")
+        if self.shots_per_class is not None:
+            _check_range("data.shots_per_class", self.shots_per_class, 1, 10**9)
 
 
 @dataclass
@@ -200,6 +205,10 @@ class StrategySpec:
       too: the probed head is already good, and a fast head would distort the features it feeds on.
     * ``lora``: only low-rank adapters (peft) on the frozen backbone's layers and the head train, the
       adapters at ``train.lr``, the head at ``train.head_lr``; see ``lora_*`` below.
+    * ``prototype``: no gradient steps; the head is the nearest class mean of the normalised frozen
+      features (finetunekit.strategies.prototype), for few-shot image sets.
+    * ``setfit`` (Tunstall et al. 2022): contrastive sentence-pair fine-tuning of the encoder, then a
+      logistic-regression head (finetunekit.strategies.setfit), for few-shot text.
     * ``gradual_unfreeze`` (ULMFiT): the head alone, then one more backbone layer group, from the
       output end, every ``unfreeze_every`` epochs, or after each epoch count in
       ``unfreeze_milestones``. One schedule over the whole run (no restart).
@@ -245,6 +254,9 @@ class StrategySpec:
     lora_dropout: float = 0.0
     lora_targets: list[str] | None = None
     lora_merge_on_save: bool = True
+    # setfit (finetunekit.strategies.setfit): rounds of pair generation, each pairing every training
+    # example once with its own class and once with another (2 x rounds x examples pairs an epoch)
+    setfit_iterations: int = 20
 
     def __post_init__(self) -> None:
         from .strategies import STRATEGIES  # local import: strategies import torch
@@ -272,6 +284,7 @@ class StrategySpec:
                 raise RecipeError("strategy.layer_decay: has no effect with strategy lora; leave it null")
         for name in ("l2sp_alpha", "l2sp_beta", "distill_weight"):
             _check_range(f"strategy.{name}", getattr(self, name), 0.0, 1e6)
+        _check_range("strategy.setfit_iterations", self.setfit_iterations, 1, 100_000)
         _check_range("strategy.lora_rank", self.lora_rank, 1, 4096)
         _check_range("strategy.lora_alpha", self.lora_alpha, 0.0, 1e6, low_open=True)
         _check_range("strategy.lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)

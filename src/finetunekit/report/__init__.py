@@ -28,13 +28,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .. import artifacts
 from ..errors import FinetuneError
 from . import html, plots
 from .run_data import RunData, load_run, worst_errors
 
-__all__ = ["load_run", "write_comparison", "write_report"]
+if TYPE_CHECKING:
+    from ..stats import Comparison
+
+__all__ = ["load_run", "significance", "significance_lines", "write_comparison", "write_report"]
 
 REPORT_FILE = "report.html"
 MAX_IMAGE_ERRORS = 24
@@ -95,10 +101,18 @@ def render_report(run: RunData, explanations: dict[int, str] | None = None) -> s
         f"&middot; {escape(view.noun(run))} &middot; best epoch {escape(str(m.get('best_epoch', '?')))} of "
         f"{escape(str(m.get('epochs_run', len(run.epochs))))}</p>"
         f"<p>evaluated on {escape(str(m.get('eval_set', '?')))} ({m.get('num_examples', '?')} examples)</p>"
-        + html.cards([(label, html.fmt(m.get(key))) for label, key in _listed(view.cards, run)])
+        + html.cards([(_with_ci(label, m, key), html.fmt(m.get(key))) for label, key in _listed(view.cards, run)])
     )
     sections = [_curves(run, view), *(section(run, explanations or {}) for section in view.sections)]
     return html.page(f"finetunekit report: {run.name}", header, sections)
+
+
+def _with_ci(label: str, metrics: dict, key: str | None = None) -> str:
+    """A card's label with the metric's bootstrap interval (metrics.json ``<key>_ci``) when there is one."""
+    from ..stats import format_ci
+
+    ci = format_ci(metrics.get(f"{key or label}_ci"))
+    return f"{label} (95% CI {ci})" if ci else label
 
 
 def _curves(run: RunData, view: TaskView) -> str:
@@ -373,6 +387,7 @@ def render_comparison(runs: list[RunData]) -> str:
         '<p class="note">The runs were evaluated on different sets; their metrics are not directly comparable.</p>')
     sections = [
         html.section("metrics", "Final validation metrics", warning + html.table(headers, rows, css)),
+        *([_significance_section(runs, names)] if _all_classification(runs) else []),
         html.section("curves", "Curves", html.figure(
             plots.comparison_curves(runs, names, [(k, f"Validation {label}") for k, label in _listed(view.curves, runs[0])]),
             "Per-epoch curves, one colour per run.")),
@@ -380,6 +395,74 @@ def render_comparison(runs: list[RunData]) -> str:
     ]
     header = f"<h1>Comparison of {len(runs)} runs</h1><p>{escape(', '.join(names))}</p>"
     return html.page("finetunekit comparison", header, sections)
+
+
+def _all_classification(runs: list[RunData]) -> bool:
+    return all(r.task_type == "classification" for r in runs)
+
+
+def paired_predictions(a: RunData, b: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | str:
+    """(labels, predictions of a, predictions of b, classes) over the validation examples both runs
+    predicted, aligned by input; or why the runs cannot be paired."""
+    rows_a = [r for r in a.predictions if r.get("label") is not None]
+    rows_b = [r for r in b.predictions if r.get("label") is not None]
+    for run, rows in ((a, rows_a), (b, rows_b)):
+        if not rows:
+            return f"{run.run_dir} has no labelled {artifacts.PREDICTIONS_FILE}"
+    def key(row: dict) -> tuple[str, str]:
+        return (str(row["input"]), str(row["label"]))
+
+    if [key(r) for r in rows_a] != [key(r) for r in rows_b]:
+        # the same examples in another order are paired by (input, label); anything else is not the same set
+        rows_a, rows_b = sorted(rows_a, key=key), sorted(rows_b, key=key)
+        if [key(r) for r in rows_a] != [key(r) for r in rows_b]:
+            return (f"{a.run_dir} and {b.run_dir} were not evaluated on the same examples "
+                    f"({len(rows_a)} and {len(rows_b)} labelled predictions); no paired test")
+    names = sorted({r["label"] for r in rows_a} | {r["predicted"] for r in (*rows_a, *rows_b)})
+    index = {name: i for i, name in enumerate(names)}
+    labels = np.array([index[r["label"]] for r in rows_a])
+    return labels, np.array([index[r["predicted"]] for r in rows_a]), np.array([index[r["predicted"]] for r in rows_b]), len(names)
+
+
+def significance(runs: list[RunData], metric: str = "accuracy") -> list[tuple[int, Comparison | str]]:
+    """Each run after the first against the first, on their shared validation examples:
+    (run position, :class:`finetunekit.stats.Comparison`, or why there is none)."""
+    from ..stats import compare_predictions
+
+    out: list[tuple[int, Comparison | str]] = []
+    for i, run in enumerate(runs[1:], start=1):
+        if not _all_classification([runs[0], run]):
+            out.append((i, "the paired tests cover single-label classification runs only"))
+            continue
+        paired = paired_predictions(runs[0], run)
+        if isinstance(paired, str):
+            out.append((i, paired))
+            continue
+        labels, preds_first, preds_run, k = paired
+        out.append((i, compare_predictions(labels, preds_run, preds_first, metric, num_classes=k)))
+    return out
+
+
+def significance_lines(run_dirs: list[str | Path], metric: str = "accuracy") -> list[str]:
+    """The command line's summary: one line per run after the first, against the first."""
+    runs = [load_run(d) for d in run_dirs]
+    names = _unique_names(runs)
+    return [f"{names[i]} vs {names[0]}: {c}" if isinstance(c, str) else c.summary(names[i], names[0]) for i, c in significance(runs, metric)]
+
+
+def _significance_section(runs: list[RunData], names: list[str]) -> str:
+    rows = []
+    for i, c in significance(runs):
+        if isinstance(c, str):
+            rows.append([names[i], names[0], "–", "–", "–", "–", c])
+        else:
+            rows.append([names[i], names[0], f"{c.difference:+.4f}", f"{c.ci[0]:+.4f} to {c.ci[1]:+.4f}", f"{c.only_a} / {c.only_b}",
+                         f"{c.p_value:.4g}", "significant" if c.significant else "not significant"])
+    note = ('<p class="note">Accuracy, each run against the first, on the validation examples both predicted: the paired '
+            "bootstrap interval of the difference (2,000 resamples of the examples) and McNemar's exact test on the examples "
+            "exactly one of the two runs gets right; significant means p &lt; 0.05.</p>")
+    table = html.table(["run", "against", "accuracy difference", "95% CI", "right only in run / only in other", "p (McNemar)", "verdict"], rows)
+    return html.section("significance", "Is the difference real?", note + table)
 
 
 def _unique_names(runs: list[RunData]) -> list[str]:

@@ -129,6 +129,13 @@ class Strategy:
         Strategies whose trainable set changes over epochs override it with ``on_epoch_start``."""
         return False
 
+    def fit_epoch(self, model: nn.Module, loader: Any, accelerator: Any, **context: Any) -> dict[str, Any] | None:
+        """A strategy that trains without the shared gradient loop (prototype: class means;
+        setfit: contrastive pairs, then the head) does its epoch here and returns
+        ``{"loss", "samples", "seconds", "steps"}`` (optionally ``"trace"``); None (the default)
+        means the trainer's loop runs. ``context``: epoch, seed, batch_size, quiet."""
+        return None
+
     def finalize(self, model: nn.Module) -> bool:
         """Called once after training (best epoch restored), before the final evaluation and the
         save: turn training-time structure into the saved model (LoRA merges its adapters).
@@ -183,4 +190,4 @@ class LastN(Strategy):
 
 # Registers the strategies defined in submodules, once Strategy exists: LoRA through peft (peft
 # itself is imported lazily), and those whose phase changes over epochs.
-from . import lora, schedules  # noqa: E402,F401
+from . import lora, prototype, schedules, setfit  # noqa: E402,F401

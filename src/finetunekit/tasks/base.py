@@ -139,6 +139,11 @@ class Task:
     def metrics(self, scores: np.ndarray, targets: np.ndarray, loss: float | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
+    def confidence_intervals(self, scores: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """Bootstrap intervals of the final metrics (``{"<metric>_ci": [low, high], ...}``, added to
+        metrics.json and printed by :meth:`format_metrics`); default: none."""
+        return {}
+
     def metric_names(self) -> list[str]:
         """Metrics train.metric may name (each a number in :meth:`metrics`)."""
         return ["loss", *self.epoch_metrics]

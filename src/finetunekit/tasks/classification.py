@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..stats import confidence_intervals, format_ci
 from . import TASKS
 from .base import Task
 
@@ -156,7 +157,10 @@ def format_metrics(metrics: dict[str, Any], title: str = "") -> str:
     overall = [("accuracy", "accuracy"), ("macro P", "macro_precision"), ("macro R", "macro_recall"), ("macro F1", "macro_f1")]
     if "loss" in metrics:
         overall.append(("loss", "loss"))
-    lines.append("  ".join(f"{label} {metrics[key]:.4f}" for label, key in overall) + f"  (n={metrics['num_examples']})")
+    cells = [f"{label} {metrics[key]:.4f}" + (f" {ci}" if (ci := format_ci(metrics.get(f"{key}_ci"))) else "") for label, key in overall]
+    lines.append("  ".join(cells) + f"  (n={metrics['num_examples']})")
+    if any(f"{key}_ci" in metrics for _, key in overall):
+        lines.append("  [low, high]: 95% bootstrap confidence interval over the evaluation examples")
     per_class = metrics.get("per_class", {})
     if per_class:
         width = max(8, *(len(c) for c in per_class))
@@ -289,6 +293,9 @@ class ClassificationTask(Task):
 
     def metrics(self, scores: np.ndarray, targets: np.ndarray, loss: float | None = None) -> dict[str, Any]:
         return classification_metrics(scores, targets, self.classes, loss)
+
+    def confidence_intervals(self, scores: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        return confidence_intervals(targets, scores.argmax(axis=1), len(self.classes))
 
     def metric_names(self) -> list[str]:
         return ["loss", "accuracy", "macro_f1", "macro_precision", "macro_recall", "ece"]
