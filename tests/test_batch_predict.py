@@ -14,6 +14,7 @@ from conftest import make_text_rows, write_tsv
 from finetunekit.cli import main
 from finetunekit.predict import load
 from finetunekit.serving import bulk
+from test_inputs import pair_data, pair_run  # noqa: E402,F401  (fixtures)
 
 
 def _read(path):
@@ -139,3 +140,36 @@ def test_memory_does_not_grow_with_input_count(text_run, tmp_path):
     # its slot); streamed, the peak moves by a few tens of KB whatever the count (the garbage of
     # the batches between two periodic collections)
     assert peaks[1500] - peaks[300] < 50 * 1200, peaks
+
+
+def test_existing_output_needs_overwrite(text_run, tmp_path, capsys):
+    table = write_tsv(tmp_path / "in.tsv", make_text_rows(6, seed=3))
+    out = tmp_path / "p.csv"
+    out.write_text("someone's earlier predictions\n")
+    assert main(["predict", str(text_run), "--input", str(table), "--output", str(out)]) == 2
+    assert f"--output {out} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_text() == "someone's earlier predictions\n"  # nothing lost
+    assert main(["predict", str(text_run), "--input", str(table), "--output", str(out), "--overwrite", "--quiet"]) == 0
+    assert len(_read(out)) == 6
+
+
+def test_sentence_pair_table(pair_run, tmp_path, capsys):
+    from test_inputs import pair_rows, write_pairs
+
+    rows = pair_rows(10, 4)
+    table = write_pairs(tmp_path / "pairs.tsv", rows)
+    with table.open("a") as handle:
+        handle.write("\tonly the second side\tpos\n")  # an empty first sentence: its own error, the rest go on
+    out = tmp_path / "pairs.csv"
+    assert main(["predict", str(pair_run), "--input", str(table), "--output", str(out), "--quiet"]) == 0
+    got = _read(out)
+    assert list(got[0])[:2] == ["sentence1", "sentence2"] and len(got) == 11
+    predictor = load(pair_run)
+    pairs = [(r["sentence1"], r["sentence2"]) for r in got[:10]]
+    expected = predictor.predict_proba(pairs)
+    scores = np.array([[float(r[f"score_{c}"]) for c in predictor.classes] for r in got[:10]])
+    np.testing.assert_allclose(scores, expected, atol=2e-6)
+    assert got[10]["label"] == "" and "empty 'sentence1'" in got[10]["error"] and f"{table}:12" in got[10]["error"]
+    single = write_tsv(tmp_path / "single.tsv", make_text_rows(3))
+    assert main(["predict", str(pair_run), "--input", str(single), "--output", str(tmp_path / "x.csv")]) == 2
+    assert "no column 'sentence1'" in capsys.readouterr().err

@@ -131,6 +131,20 @@ def test_every_task_trains_saves_reloads_predicts_and_reports(kind, modality, ti
     capsys.readouterr()
     assert main(["predict", str(run_dir), saved[0]["input"], "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[0])["input"] == saved[0]["input"]
+    # batch predict to a CSV: one row per input, the task's answer cells, the same answers
+    table = tmp_path / "inputs.csv"
+    table.write_text("input\n" + "".join(f"{r['input']}\n" if modality == "image" else json.dumps(r["input"]) + "\n" for r in saved))
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(run_dir), "--input", str(table), "--output", str(out), "--column", "input", "--quiet"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert [r["input"] for r in rows] == [r["input"] for r in saved] and all(r["error"] == "" for r in rows)
+    expected = [task.table_row(a) for a in model.answers(model.predict_proba([r["input"] for r in saved]))]
+    assert list(rows[0]) == ["input", *expected[0], "error"]
+    for row, cells in zip(rows, expected, strict=True):
+        for key, value in cells.items():
+            assert row[key] == (f"{value:.6f}" if isinstance(value, float) else str(value)), key
 
 
 def _same(a, b) -> bool:

@@ -128,7 +128,8 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise FinetuneError(f"--batch-size: expected at least 1, got {args.batch_size}")
     result = predict_to_csv(args.run_dir, args.input, args.output, batch_size=args.batch_size, column=args.text_column,
-                            restart=args.restart, quiet=args.quiet)
+                            restart=args.restart, quiet=args.quiet, overwrite=args.overwrite,
+                            pair_columns=args.text_columns)
     resumed = f" (resumed after {result['resumed']})" if result["resumed"] else ""
     errors = f"; {result['errors']} could not be used (see the error column)" if result["errors"] else ""
     print(f"predictions: {result['output']}: {result['total']} inputs{resumed}{errors}")
@@ -314,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one sentence pair, for a model trained with data.text_columns (repeatable)")
     p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt/.parquet table of texts, pairs or image files "
                    "(or an image folder) to predict")
-    p.add_argument("--text-column")
+    p.add_argument("--text-column", "--column", dest="text_column",
+                   help="the table column to read (texts, or image files for an image model)")
     p.add_argument("--text-columns", nargs=2, metavar=("FIRST", "SECOND"),
                    help="--file of pairs: the two text columns (default: the run's data.text_columns)")
     p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="batch mode: the CSV file to write (atomically; a rerun resumes)")
     p.add_argument("--batch-size", type=int, default=64, help="batch mode: inputs per forward pass (default 64)")
     p.add_argument("--restart", action="store_true", help="batch mode: ignore a partial output left by an earlier run")
+    p.add_argument("--overwrite", action="store_true", help="batch mode: replace an existing --output file")
     p.add_argument("--quiet", "-q", action="store_true", help="batch mode: no progress bar")
 
     p = sub.add_parser("serve", help="an HTTP service (and web page) answering predictions, with dynamic batching")

@@ -10,9 +10,13 @@ each batch is on disk (fsync), how many rows and bytes the partial file holds an
 it covers; a rerun with the same run, input and columns cuts the partial file back to that point,
 checks the last input is the same, and carries on from the next one (``--restart`` starts over).
 
-Columns: ``input, label, score, score_<class>...`` (one per class, labels.json order), ``error``
-(an input that cannot be used, such as an unreadable image, gets its error here and no label;
-the other inputs are predicted as usual).
+Columns: ``input`` (for a sentence-pair model, its two text columns), then the task's answer
+cells (``Task.table_row``): for classification ``label, score, score_<class>...`` (one per class,
+labels.json order); for multi-label ``labels`` (``|``-separated) and ``probabilities_<label>...``;
+for regression ``value`` (or ``values_<target>...``); for several tasks each task's cells with its
+name in front. Last comes ``error``: an input that cannot be used, such as an unreadable image or
+an empty text, gets its error here and no answer; the other inputs are predicted as usual.
+An existing output file is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..data.readers import IMAGE_EXTENSIONS, TEXT_COLUMN_GUESSES, TEXT_EXTENSIONS, _iter_rows
 from ..errors import DataError, FinetuneError
 
@@ -38,9 +44,15 @@ IMAGE_COLUMN_GUESSES = ("file", "path", "image", "filename")
 GC_EVERY = 16
 
 
-def iter_inputs(source: Path, modality: str, column: str | None = None) -> Iterator[tuple[str, str | None]]:
+def iter_inputs(
+    source: Path, modality: str, column: str | None = None, pair_columns: list[str] | None = None
+) -> Iterator[tuple[Any, str | None]]:
     """Yield (input, problem) in a stable order: image paths from a folder (sorted, recursively),
-    or one column of a .csv/.tsv/.jsonl/.txt table (texts, or image paths relative to the table)."""
+    or one column of a .csv/.tsv/.jsonl/.txt/.parquet table (texts, or image paths relative to the
+    table); with ``pair_columns`` (a sentence-pair model), (first, second) tuples from those two."""
+    if pair_columns:
+        yield from _iter_pairs(source, pair_columns)
+        return
     if not source.exists():
         raise DataError(f"--input: not found: {source}")
     if source.is_dir():
@@ -53,7 +65,7 @@ def iter_inputs(source: Path, modality: str, column: str | None = None) -> Itera
     if source.stat().st_size == 0:
         raise DataError(f"{source}: file is empty")
     guesses = TEXT_COLUMN_GUESSES if modality == "text" else IMAGE_COLUMN_GUESSES
-    for number, row in _iter_rows(source):
+    for where, row in _iter_rows(source):
         if column is None:
             column = next((c for c in guesses if c in row), None)
             if column is None:
@@ -61,12 +73,33 @@ def iter_inputs(source: Path, modality: str, column: str | None = None) -> Itera
                     raise DataError(f"{source}: no image path column ({', '.join(guesses)}); name it with --column")
                 column = next(iter(row))
         if column not in row:
-            raise DataError(f"{source}:{number}: no column {column!r} (columns: {', '.join(row)}); name it with --column")
+            raise DataError(f"{where}: no column {column!r} (columns: {', '.join(row)}); name it with --column")
         value = row.get(column)
         text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
         if modality == "image" and text:
             text = str((source.parent / text) if not Path(text).is_absolute() else Path(text))
-        yield text, (f"{source}:{number}: empty {column!r}" if not text else None)
+        yield text, (f"{where}: empty {column!r}" if not text else None)
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
+
+
+def _iter_pairs(source: Path, columns: list[str]) -> Iterator[tuple[Any, str | None]]:
+    """(first, second) text pairs from a table's two columns (a sentence-pair model's inputs)."""
+    if not source.exists():
+        raise DataError(f"--input: not found: {source}")
+    if source.is_dir() or source.suffix.lower() not in TEXT_EXTENSIONS:
+        raise DataError(f"--input {source}: this model takes sentence pairs; give a table with columns {columns[0]!r} and {columns[1]!r}")
+    if source.stat().st_size == 0:
+        raise DataError(f"{source}: file is empty")
+    for where, row in _iter_rows(source):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise DataError(f"{where}: no column {missing[0]!r} (columns: {', '.join(row)}); this model reads pairs from {columns[0]!r} and {columns[1]!r}")
+        first, second = (_cell(row.get(c)) for c in columns)
+        empty = [c for c, text in zip(columns, (first, second), strict=True) if not text]
+        yield (first, second), (f"{where}: empty {empty[0]!r}" if empty else None)
 
 
 def _walk_images(root: Path) -> Iterator[str]:
@@ -82,8 +115,8 @@ def _walk_images(root: Path) -> Iterator[str]:
             yield entry.path
 
 
-def _count(source: Path, modality: str, column: str | None) -> int:
-    return sum(1 for _ in iter_inputs(source, modality, column))
+def _count(source: Path, modality: str, column: str | None, pair_columns: list[str] | None) -> int:
+    return sum(1 for _ in iter_inputs(source, modality, column, pair_columns))
 
 
 class _Progress:
@@ -108,9 +141,12 @@ class _Progress:
 
 def predict_to_csv(
     run_dir: str | Path, source: str | Path, output: str | Path, batch_size: int = 64, column: str | None = None,
-    restart: bool = False, quiet: bool = False, predictor=None,
+    restart: bool = False, quiet: bool = False, predictor=None, overwrite: bool = False,
+    pair_columns: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Predict every input of ``source`` into the CSV ``output``; returns counts for the summary."""
+    """Predict every input of ``source`` into the CSV ``output``; returns counts for the summary.
+    An existing ``output`` is refused unless ``overwrite``. A sentence-pair model reads its pairs
+    from ``pair_columns`` (default: the run's data.text_columns)."""
     from tqdm.auto import tqdm
 
     from ..predict import load
@@ -118,13 +154,18 @@ def predict_to_csv(
     source, output = Path(source), Path(output)
     if output.is_dir():
         raise FinetuneError(f"--output {output} is a directory; give a file name such as {output / 'predictions.csv'}")
+    if output.exists() and not overwrite:
+        raise FinetuneError(f"--output {output} exists; pass --overwrite to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
     predictor = predictor or load(run_dir)
-    header = ["input", "label", "score", *[f"score_{c}" for c in predictor.classes], "error"]
+    pairs = list(pair_columns or predictor.text_columns or []) or None
+    inputs_header = list(pairs) if pairs else ["input"]
+    answer_columns = list(predictor.task.table_row(predictor.answers(np.zeros((1, predictor.task.output_size), np.float32))[0]))
+    header = [*inputs_header, *answer_columns, "error"]
     partial = output.with_name(f".{output.name}.partial")
     progress = _Progress(output.with_name(f".{output.name}.partial.json"),
                          {"run_dir": str(Path(run_dir).resolve()), "input": str(source.resolve()), "header": header})
-    total = _count(source, predictor.modality, column)
+    total = _count(source, predictor.modality, column, pairs)
     state = None if restart else progress.load()
     if state is not None and partial.is_file() and partial.stat().st_size >= state["offset"]:
         handle = partial.open("r+b")
@@ -135,10 +176,10 @@ def predict_to_csv(
         handle = partial.open("wb")
         handle.write(_csv_row(header))
         done, last = 0, None
-    inputs = iter_inputs(source, predictor.modality, column)
+    inputs = iter_inputs(source, predictor.modality, column, pairs)
     for number in range(done):
         item = next(inputs, None)
-        if item is None or (number == done - 1 and item[0] != last):
+        if item is None or (number == done - 1 and _key(item[0]) != last):
             handle.close()
             raise FinetuneError(f"cannot resume {partial}: the input changed since it was written; rerun with --restart")
     counts = {"total": total, "resumed": done, "predicted": 0, "errors": 0}
@@ -150,14 +191,14 @@ def predict_to_csv(
             chunk = [item for _, item in zip(range(batch_size), inputs, strict=False)]
             if not chunk:
                 break
-            lines = _predict_chunk(predictor, chunk, pool)
+            lines = _predict_chunk(predictor, chunk, pool, answer_columns)
             handle.write(b"".join(_csv_row(row) for row in lines))
             handle.flush()
             os.fsync(handle.fileno())
             done += len(chunk)
             counts["predicted"] += len(chunk)
             counts["errors"] += sum(1 for row in lines if row[-1])
-            progress.save(done, handle.tell(), chunk[-1][0])
+            progress.save(done, handle.tell(), _key(chunk[-1][0]))
             bar.update(len(chunk))
             batches += 1
             if batches % GC_EVERY == 0:
@@ -172,7 +213,12 @@ def predict_to_csv(
     return {**counts, "output": str(output)}
 
 
-def _predict_chunk(predictor, chunk: list[tuple[str, str | None]], pool) -> list[list[Any]]:
+def _key(item: Any) -> Any:
+    """An input as the resume record keeps it (JSON: a pair becomes a list)."""
+    return list(item) if isinstance(item, tuple) else item
+
+
+def _predict_chunk(predictor, chunk: list[tuple[Any, str | None]], pool, columns: list[str]) -> list[list[Any]]:
     problems = [problem for _, problem in chunk]
     items: list[Any] = [text for text, _ in chunk]
     if predictor.modality == "image":
@@ -182,14 +228,19 @@ def _predict_chunk(predictor, chunk: list[tuple[str, str | None]], pool) -> list
     good = [i for i, problem in enumerate(problems) if problem is None]
     answers = dict(zip(good, predictor.answers(predictor.predict_items([items[i] for i in good])), strict=True))
     rows = []
-    for i, (text, _) in enumerate(chunk):
+    for i, (item, _) in enumerate(chunk):
+        shown = list(item) if isinstance(item, tuple) else [item]
         answer = answers.get(i)
         if answer is None:
-            rows.append([text, "", "", *[""] * len(predictor.classes), problems[i]])
+            rows.append([*shown, *[""] * len(columns), problems[i]])
         else:
-            scores = [f"{answer['scores'][c]:.6f}" for c in predictor.classes]
-            rows.append([text, answer["label"], f"{answer['score']:.6f}", *scores, ""])
+            cells = predictor.task.table_row(answer)
+            rows.append([*shown, *[_format(cells[c]) for c in columns], ""])
     return rows
+
+
+def _format(value: Any) -> Any:
+    return f"{value:.6f}" if isinstance(value, float) else value
 
 
 def _open(path: str | None):

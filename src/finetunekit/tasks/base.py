@@ -184,6 +184,12 @@ class Task:
         (default: what ``predict --json`` prints)."""
         return [r["json"] for r in self.output_records(scores)]
 
+    def table_row(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """One answer (:meth:`answers`) as flat CSV cells for ``predict --output``: nested keys
+        joined with ``_`` (``probabilities_joy``), lists joined with ``|``. The columns must not
+        depend on the values, so the header can be written before the first prediction."""
+        return flatten_answer(answer)
+
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
         """Model card facts: pipeline_tag, metric_names, metrics (model-index entries), title,
         summary, use (intended uses and limitations), data (training data counts), table (metrics
@@ -206,3 +212,17 @@ class Task:
     def export_config(self) -> dict[str, Any]:
         """transformers config fields of an exported text model (num_labels, problem_type, labels)."""
         raise NotImplementedError
+
+
+def flatten_answer(answer: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": ["x", "y"]}`` -> ``{"a_b": 1, "c": "x|y"}`` (see :meth:`Task.table_row`)."""
+    cells: dict[str, Any] = {}
+    for key, value in answer.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            cells.update(flatten_answer(value, f"{name}_"))
+        elif isinstance(value, (list, tuple)):
+            cells[name] = "|".join(str(v) for v in value)
+        else:
+            cells[name] = value
+    return cells

@@ -340,6 +340,10 @@ class ClassificationTask(Task):
             })
         return answers
 
+    def table_row(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """``label, score, score_<class>...`` (one per class, in label order)."""
+        return {"label": answer["label"], "score": answer["score"], **{f"score_{c}": p for c, p in answer["scores"].items()}}
+
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
         kind = "images" if modality == "image" else "texts"
         classes = list(metrics.get("per_class", {})) or list(self.classes)

@@ -225,6 +225,15 @@ class MultiTask(Task):
                  "line": "\t".join(f"{p.name}={rows[i]['line']}" for p, rows in zip(self.parts, per, strict=True))}
                 for i in range(len(scores))]
 
+    def answers(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        """``{task name: that task's answer}`` for each input."""
+        per = [p.task.answers(s) for p, s in zip(self.parts, self._outputs(np.asarray(scores)), strict=True)]
+        return [{p.name: rows[i] for p, rows in zip(self.parts, per, strict=True)} for i in range(len(scores))]
+
+    def table_row(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """Each task's cells with its name in front (``age_value``, ``gender_label``...)."""
+        return {f"{p.name}_{k}": v for p in self.parts for k, v in p.task.table_row(answer[p.name]).items()}
+
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
         facts = [(p, p.task.card(modality, metrics["tasks"][p.name], column_view(train, p.columns))) for p in self.parts]
         values = [{**v, "name": f"{p.name}: {v['name']}"} for p, f in facts for v in f["metrics"]]
