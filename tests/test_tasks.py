@@ -360,6 +360,32 @@ def test_multitask_recipe_is_validated(tmp_path):
         Recipe.from_dict({"tasks": [{"name": "a"}]})
     with pytest.raises(RecipeError, match=r"^task\.name: only entries of `tasks:`"):
         Recipe.from_dict({"task": {"name": "a"}})
+    # each entry's own checks name it by its place in the list, not as the single `task:` section
+    two = [{"name": "a", "label_column": "x"}, {"name": "b", "label_column": "y"}]
+    for field, value, message in [
+        ("type", "regresion", r"^tasks\[1\]\.type: unknown task type 'regresion' \(did you mean 'regression'\?\)"),
+        ("weight", -1, r"^tasks\[1\]\.weight: -1\.0 is out of range"),
+        ("threshold", 2, r"^tasks\[1\]\.threshold: 2\.0 is out of range"),
+        ("loss", "mae", r"^tasks\[1\]\.loss: 'mae' is not one of"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            Recipe.from_dict({"tasks": [two[0], {**two[1], field: value}]})
+    with pytest.raises(RecipeError, match=r"^tasks\[1\]\.separator: applies to multilabel tasks only, and this task is regression"):
+        Recipe.from_dict({"tasks": [two[0], {**two[1], "type": "regression", "separator": ";"}]})
+    with pytest.raises(RecipeError, match=r"^task\.separator: applies to multilabel tasks only"):
+        Recipe.from_dict({"task": {"type": "regression", "separator": ";"}})
+
+
+def test_an_option_of_another_type_is_named_by_its_place_once_the_type_is_inferred(tmp_path, tiny_bert):
+    from finetunekit.errors import RecipeError
+
+    recipe = _recipe("text", tmp_path, "multitask", tiny_bert)
+    raw = recipe.to_dict()
+    raw["tasks"][1]["separator"] = ";"  # the score column is inferred to be regression
+    from finetunekit import Recipe
+
+    with pytest.raises(RecipeError, match=r"^tasks\[1\]\.separator: applies to multilabel tasks only, and this task is regression"):
+        train(Recipe.from_dict(raw), output=tmp_path / "run", quiet=True)
 
 
 def test_a_label_column_missing_for_one_task_of_several(tmp_path, tiny_bert, capsys):

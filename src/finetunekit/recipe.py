@@ -153,6 +153,7 @@ class TaskSpec:
     pos_weight: Literal["none", "balanced"] | None = None
     threshold: float | None = None
 
+    SECTION: ClassVar[str] = "task"  # how its own checks name it; entries of tasks: are tasks[i]
     OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
         "regression": ("loss", "huber_delta", "standardize"),
         "multilabel": ("separator", "pos_weight", "threshold"),
@@ -179,14 +180,15 @@ class TaskSpec:
         if self.type is not None:
             self.check_type(self.type)
 
-    def check_type(self, type_: str) -> None:
-        """Options set for another task type are an error naming the field."""
+    def check_type(self, type_: str, where: str = "task") -> None:
+        """Options set for another task type are an error naming the field (``where``: ``task``,
+        or ``tasks[i]`` for an entry of several tasks)."""
         for other, names in self.OPTIONS.items():
             if other == type_:
                 continue
             for name in names:
                 if getattr(self, name) is not None:
-                    raise RecipeError(f"task.{name}: applies to {other} tasks only, and this task is {type_}; remove it")
+                    raise RecipeError(f"{where}.{name}: applies to {other} tasks only, and this task is {type_}; remove it")
 
 
 @dataclass
@@ -592,7 +594,12 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
             kwargs[key] = _coerce(full, value, hint)
     try:
         return cls(**kwargs)
-    except RecipeError:
+    except RecipeError as exc:
+        # a section checks itself under its usual name ("task."); an entry of a list of such
+        # sections (tasks[1]) is named by its place in the list instead
+        section = getattr(cls, "SECTION", None)
+        if section and prefix and prefix != f"{section}." and str(exc).startswith(f"{section}."):
+            raise RecipeError(prefix + str(exc)[len(section) + 1 :]) from None
         raise
     except (TypeError, ValueError) as exc:  # defensive: should not happen after coercion
         raise RecipeError(f"{prefix.rstrip('.') or 'recipe'}: {exc}") from None

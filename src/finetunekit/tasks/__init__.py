@@ -85,13 +85,13 @@ def fit_task(recipe: Any, train: Any, single_type: Callable[[list[Any]], str], s
         options = cls.check_options(dataclasses.asdict(recipe.task) | {"type": kind}, "task")
         return cls.from_data(options, train, recipe), {"task": options}
     specs = []
-    for spec in recipe.tasks:
+    for i, spec in enumerate(recipe.tasks):
         columns = [spec.label_column] if isinstance(spec.label_column, str) else list(spec.label_column)
         kind = spec.type
         if kind is None:
             kind, why = infer_type(column_view(train, columns).labels or [])
             say(f"task {spec.name}: {kind} ({why}; set its type to choose)")
-        spec.check_type(kind)
-        options = TASKS.get(kind).check_options({**dataclasses.asdict(spec), "type": kind}, f"tasks[{spec.name}]")
+        spec.check_type(kind, f"tasks[{i}]")
+        options = TASKS.get(kind).check_options({**dataclasses.asdict(spec), "type": kind}, f"tasks[{i}]")
         specs.append({**options, "weight": 1.0 if spec.weight is None else spec.weight})
     return TASKS.get("multitask").from_data({"type": "multitask", "tasks": specs}, train, recipe), {"tasks": specs}
