@@ -231,6 +231,28 @@ def test_image_table_trains_evaluates_and_predicts(tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 9
 
 
+def test_multilabel_image_table_of_file_and_labels(tmp_path):
+    """An image CSV of ``file,labels`` with ``a|b`` cells (and rows with no label at all) is a
+    multi-label task: inferred, trained, reloaded and evaluated from the table."""
+    shapes = {"circle": "round", "square": "", "stripe": "striped|long"}
+    tables = {}
+    for split, n, seed in (("train", 6, 0), ("val", 3, 1)):
+        folder = make_image_folder(tmp_path / split, per_class=n, seed=seed)
+        rows = [f"{f.relative_to(tmp_path)},{shapes[f.parent.name]}" for f in sorted(folder.rglob("*.png"))]
+        tables[split] = tmp_path / f"{split}.csv"
+        tables[split].write_text("file,labels\n" + "\n".join(rows) + "\n")
+    recipe = tiny_image_recipe(tmp_path, data={"train": str(tables["train"]), "val": str(tables["val"]), "label_column": "labels"},
+                               train={"epochs": 2})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    assert result.recipe.task.type == "multilabel"
+    predictor = load(result.run_dir)
+    assert sorted(predictor.task.labels) == ["long", "round", "striped"]
+    again = predictor.evaluate(tables["val"])
+    assert again["micro_f1"] == pytest.approx(result.metrics["micro_f1"], abs=1e-6)
+    predicted = predictor.predict([str(p) for p in sorted((tmp_path / "val").rglob("*.png"))])
+    assert all(isinstance(labels, list) and set(labels) <= {"long", "round", "striped"} for labels in predicted)
+
+
 def test_image_table_missing_file_names_table_row_and_path(tmp_path, capsys):
     folder = make_image_folder(tmp_path / "photos", per_class=2, classes=("a", "b"), size=8)
     table = image_table(folder, ".csv")
