@@ -145,6 +145,15 @@ def test_every_task_trains_saves_reloads_predicts_and_reports(kind, modality, ti
     for row, cells in zip(rows, expected, strict=True):
         for key, value in cells.items():
             assert row[key] == (f"{value:.6f}" if isinstance(value, float) else str(value)), key
+    # explanations: of the output the task chooses (Task.explain_targets), for every task
+    from finetunekit.explain import write_explanations
+
+    write_explanations(run_dir, [r["input"] for r in saved[:2]], tmp_path / "explained")
+    records = [json.loads(line) for line in (tmp_path / "explained" / "explanations.jsonl").read_text().splitlines()]
+    chosen = task.explain_targets(model.predict_proba([r["input"] for r in saved[:2]]))
+    assert [r["explanation"]["target"] for r in records] == [task.output_names()[i] for i in chosen]
+    key = "grid" if modality == "image" else "attributions"
+    assert all(np.isfinite(np.asarray(r["explanation"][key], dtype=float)).all() for r in records)
 
 
 def _same(a, b) -> bool:

@@ -1,8 +1,12 @@
 """Why the model predicted what it did: Grad-CAM for images, integrated gradients for texts.
 
+What is explained is one raw output of the model per input, chosen by the task
+(``Task.explain_targets``): the predicted class (classification), the most probable label
+(multi-label), the first target's value (regression), the first task's choice (several tasks).
+
 * Images (convolutional backbones): Grad-CAM (Selvaraju et al. 2017) on the last feature map, the
   output of the backbone's last module that still has a spatial grid: the feature maps weighted
-  by the mean gradient of the class's logit, summed over channels, ReLU. Drawn as a heat map over
+  by the mean gradient of the explained output, summed over channels, ReLU. Drawn as a heat map over
   the image as the model saw it (resized and centre-cropped). A backbone without feature maps
   (a vision transformer's tokens) gets no Grad-CAM, and the explanation says so.
 * Texts: integrated gradients (Sundararajan et al. 2017) of the class's logit over the token
@@ -58,7 +62,7 @@ def explanation_method(predictor) -> dict[str, Any]:
 @dataclass
 class Explanation:
     method: str | None
-    target: str  # the class explained (the predicted one unless asked otherwise)
+    target: str  # the output explained: the predicted class unless asked otherwise (Task.output_names)
     tokens: list[str] | None = None  # texts: the model's tokens, special ones included
     attributions: list[float] | None = None  # texts: one per token, scaled so the largest |a| is 1
     grid: np.ndarray | None = None  # images: Grad-CAM at the feature map's resolution, in [0, 1]
@@ -138,20 +142,22 @@ class Explainer:
     # -- public --------------------------------------------------------------------------------
 
     def explain_items(self, items: Sequence[Any], targets: Sequence[int] | None = None) -> list[Explanation]:
-        """Explain in-memory inputs (texts or PIL images); ``targets`` are class indices (default:
-        the predicted class of each input)."""
+        """Explain in-memory inputs (texts or PIL images); ``targets`` are indices of the model's
+        outputs (``Task.output_names``; for classification the class indices), by default the
+        task's choice for each input (``Task.explain_targets``: the predicted class...)."""
         if len(items) == 0:
             return []
+        task, names = self.predictor.task, self.predictor.task.output_names()
         if self.method["method"] is None:
-            probs = self.predictor.predict_items(items)
-            return [Explanation(None, self.predictor.classes[int(p.argmax())], reason=self.method["reason"]) for p in probs]
+            chosen = targets if targets is not None else task.explain_targets(self.predictor.predict_items(items))
+            return [Explanation(None, names[int(t)], reason=self.method["reason"]) for t in chosen]
         batch = self.predictor.encode(items)
         if targets is None:
-            targets = self.predictor.forward_proba(batch).argmax(axis=1).tolist()
+            targets = task.explain_targets(self.predictor.forward_proba(batch))
         targets = [int(t) for t in targets]
         if self.predictor.modality == "text":
-            return self._explain_texts(batch, targets)
-        return self._explain_images(items, batch, targets)
+            return self._explain_texts(batch, targets, names)
+        return self._explain_images(items, batch, targets, names)
 
     def explain_paths(self, inputs: Sequence[str], targets: Sequence[int] | None = None) -> list[Explanation]:
         """Explain image paths or texts, as ``finetunekit predict`` takes them."""
@@ -200,12 +206,12 @@ class Explainer:
         peak = maps.flatten(1).max(1).values.clamp(min=1e-12)[:, None, None]
         return (maps / peak).cpu()
 
-    def _explain_images(self, images: Sequence[Any], batch: dict[str, torch.Tensor], targets: list[int]) -> list[Explanation]:
+    def _explain_images(self, images: Sequence[Any], batch: dict[str, torch.Tensor], targets: list[int], names: list[str]) -> list[Explanation]:
         from .data.pipeline import _deterministic_prefix, image_transform
 
         view, _ = _deterministic_prefix(image_transform(self.predictor.preprocessing, train=False))
         maps = self._gradcam(batch, targets).numpy()
-        return [Explanation("grad-cam", self.predictor.classes[t], grid=m, image=view(img) if view else img)
+        return [Explanation("grad-cam", names[t], grid=m, image=view(img) if view else img)
                 for img, m, t in zip(images, maps, targets, strict=True)]
 
     # -- texts -----------------------------------------------------------------------------------
@@ -238,7 +244,7 @@ class Explainer:
         scores = scores.detach().float().sum(-1) * batch["attention_mask"].float()
         return scores.cpu()
 
-    def _explain_texts(self, batch: dict[str, torch.Tensor], targets: list[int]) -> list[Explanation]:
+    def _explain_texts(self, batch: dict[str, torch.Tensor], targets: list[int], names: list[str]) -> list[Explanation]:
         scores = self._token_attributions(batch, targets)
         tokenizer = self.model.backbone.tokenizer
         out = []
@@ -246,7 +252,7 @@ class Explainer:
             n = int(mask.sum())
             row = row[:n]
             row = row / row.abs().max().clamp(min=1e-12)
-            out.append(Explanation("integrated-gradients", self.predictor.classes[target],
+            out.append(Explanation("integrated-gradients", names[target],
                                    tokens=tokenizer.convert_ids_to_tokens(ids[:n].tolist()), attributions=row.tolist()))
         return out
 
@@ -333,9 +339,11 @@ def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str |
             from .data.pipeline import open_image
 
             items = [open_image(p) for p in chunk]
-        answers = predictor.answers(predictor.predict_items(items))
-        targets = [predictor.classes.index(a["label"]) for a in answers]
-        for i, (item, answer, explanation) in enumerate(zip(chunk, answers, explainer.explain_items(items, targets), strict=True)):
+        scores = predictor.predict_items(items)
+        answers, shown = predictor.answers(scores), predictor.task.output_records(scores)
+        for i, (item, answer, line, explanation) in enumerate(
+            zip(chunk, answers, shown, explainer.explain_items(items, predictor.task.explain_targets(scores)), strict=True)
+        ):
             record: dict[str, Any] = {"input": item, **answer, "explanation": explanation.to_json()}
             record["explanation"].pop("overlay", None)
             picture = ""
@@ -346,8 +354,9 @@ def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str |
                 picture = f'<img src="{html_lib.escape(name)}" alt="Grad-CAM for {html_lib.escape(Path(item).name)}">'
             lines.append(_json_line(record))
             body = picture or explanation.html()
-            blocks.append(f'<div class="item"><div class="head"><b>{html_lib.escape(answer["label"])}</b> '
-                          f'{answer["score"]:.1%} &middot; {html_lib.escape(Path(item).name if picture else "")}</div>'
+            blocks.append(f'<div class="item"><div class="head"><b>{html_lib.escape(line["line"])}</b> '
+                          f'&middot; explained: {html_lib.escape(explanation.target)} '
+                          f'&middot; {html_lib.escape(Path(item).name if picture else "")}</div>'
                           f'<div class="body">{body}</div></div>')
     method = explainer.method.get("method") or "none"
     page = (f"<!doctype html><meta charset='utf-8'><title>explanations: {html_lib.escape(Path(run_dir).name)}</title>"
@@ -359,8 +368,10 @@ def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str |
 
 
 LEGEND = {
-    "grad-cam": "Grad-CAM of the predicted class over the image as the model saw it: red where the evidence for the class is.",
-    "integrated-gradients": "Integrated gradients of the predicted class per word: green pushes towards the class, red away from it; "
+    "grad-cam": "Grad-CAM of the explained output (the predicted class; for multi-label the most probable label, for "
+                "regression the predicted value) over the image as the model saw it: red where its evidence is.",
+    "integrated-gradients": "Integrated gradients of the explained output (the predicted class; for multi-label the most "
+                            "probable label, for regression the predicted value) per word: green pushes it up, red down; "
                             "stronger colour, larger share of the largest attribution.",
 }
 

@@ -304,7 +304,7 @@ class Service:
             answers = self.predictor.answers(probs)
             if explain:
                 explainer = self.explainer()
-                targets = [self.predictor.classes.index(a["label"]) for a in answers]
+                targets = self.predictor.task.explain_targets(probs)
                 explanations = await self.batcher.run_alone(lambda: explainer.explain_items(inputs, targets))
                 for answer, explanation in zip(answers, explanations, strict=True):
                     answer["explanation"] = explanation.to_json()

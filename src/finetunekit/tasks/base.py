@@ -184,6 +184,15 @@ class Task:
         (default: what ``predict --json`` prints)."""
         return [r["json"] for r in self.output_records(scores)]
 
+    def output_names(self) -> list[str]:
+        """A name for each of the model's raw outputs, in order (classes, labels, targets)."""
+        raise NotImplementedError
+
+    def explain_targets(self, scores: np.ndarray) -> list[int]:
+        """For each input, the raw output an explanation follows the gradient of (default: the
+        highest-scoring one, as classification explains its predicted class)."""
+        return [int(i) for i in np.asarray(scores).reshape(len(scores), -1).argmax(axis=1)]
+
     def table_row(self, answer: dict[str, Any]) -> dict[str, Any]:
         """One answer (:meth:`answers`) as flat CSV cells for ``predict --output``: nested keys
         joined with ``_`` (``probabilities_joy``), lists joined with ``|``. The columns must not

@@ -340,6 +340,9 @@ class ClassificationTask(Task):
             })
         return answers
 
+    def output_names(self) -> list[str]:
+        return list(self.classes)
+
     def table_row(self, answer: dict[str, Any]) -> dict[str, Any]:
         """``label, score, score_<class>...`` (one per class, in label order)."""
         return {"label": answer["label"], "score": answer["score"], **{f"score_{c}": p for c, p in answer["scores"].items()}}

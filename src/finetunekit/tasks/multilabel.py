@@ -231,6 +231,9 @@ class MultiLabelTask(Task):
         return [{"label": t, "predicted": p, "probabilities": [round(float(v), 6) for v in row]}
                 for t, p, row in zip(true, predicted, scores, strict=True)]
 
+    def output_names(self) -> list[str]:
+        return list(self.labels)
+
     def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
         return [{"json": {"labels": p, "probabilities": dict(zip(self.labels, (float(v) for v in row), strict=True))},
                  "line": self.separator.join(p) or "(none)"} for p, row in zip(self.decode(scores), scores, strict=True)]

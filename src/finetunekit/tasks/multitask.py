@@ -230,6 +230,13 @@ class MultiTask(Task):
         per = [p.task.answers(s) for p, s in zip(self.parts, self._outputs(np.asarray(scores)), strict=True)]
         return [{p.name: rows[i] for p, rows in zip(self.parts, per, strict=True)} for i in range(len(scores))]
 
+    def output_names(self) -> list[str]:
+        return [f"{p.name}: {n}" for p in self.parts for n in p.task.output_names()]
+
+    def explain_targets(self, scores: np.ndarray) -> list[int]:
+        """The first task's choice (its outputs come first)."""
+        return self.parts[0].task.explain_targets(self._outputs(np.asarray(scores))[0])
+
     def table_row(self, answer: dict[str, Any]) -> dict[str, Any]:
         """Each task's cells with its name in front (``age_value``, ``gender_label``...)."""
         return {f"{p.name}_{k}": v for p in self.parts for k, v in p.task.table_row(answer[p.name]).items()}

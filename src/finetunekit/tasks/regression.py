@@ -192,6 +192,13 @@ class RegressionTask(Task):
         true = self.target_values(targets) if targets is not None else [None] * len(predicted)
         return [{"label": _rounded(t), "predicted": _rounded(p)} for t, p in zip(true, predicted, strict=True)]
 
+    def output_names(self) -> list[str]:
+        return list(self.names)
+
+    def explain_targets(self, scores: np.ndarray) -> list[int]:
+        """The first target (its standardised output rises with the value in target units)."""
+        return [0] * len(scores)
+
     def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
         records = []
         for row in np.asarray(scores, dtype=np.float64).reshape(len(scores), -1):
