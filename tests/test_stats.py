@@ -125,3 +125,20 @@ def test_compare_refuses_to_pair_different_examples(image_run, tmp_path, capsys)
     (other / "val_predictions.jsonl").write_text("\n".join(rows[:-1]) + "\n")
     assert main(["compare", str(image_run), str(other), "-o", str(tmp_path / "c.html")]) == 0
     assert "not evaluated on the same examples" in capsys.readouterr().out
+
+
+def test_compare_values_for_graded_metrics():
+    """Per-example values (absolute errors: lower is better): the paired bootstrap of the mean
+    difference, and the sign test on the examples where one run is strictly better."""
+    from finetunekit.stats import compare_values
+
+    rng = np.random.default_rng(0)
+    errors_a = rng.uniform(0, 1, 200)
+    better = compare_values(errors_a * 0.5, errors_a, "mae", higher_is_better=False)
+    assert better.difference == pytest.approx(-0.5 * errors_a.mean())
+    assert better.significant and better.only_a == 200 and better.only_b == 0
+    assert better.ci[1] < 0 and "200 examples where A is better, 0 where B is (lower is better)" in better.summary()
+    noise = compare_values(errors_a + rng.normal(0, 0.01, 200), errors_a, "mae", higher_is_better=False)
+    assert not noise.significant and noise.ci[0] < 0 < noise.ci[1]
+    same = compare_values(errors_a, errors_a, "mae", higher_is_better=False)
+    assert same.p_value == 1.0 and same.only_a == same.only_b == 0

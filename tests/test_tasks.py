@@ -409,6 +409,29 @@ def test_a_label_column_missing_for_one_task_of_several(tmp_path, tiny_bert, cap
     assert f"{tmp_path / 'multi_train.tsv'}: no label column 'rating' (columns: sentence, label, score)" in err
 
 
+def test_compare_regression_and_multitask_runs_example_by_example(tmp_path, tiny_bert, capsys):
+    """compare pairs runs of any task: regression on MAE, several tasks task by task."""
+    runs = {}
+    for kind in ("regression", "multitask"):
+        for name, epochs in (("short", 1), ("long", 4)):
+            (tmp_path / f"{kind}-data").mkdir(exist_ok=True)
+            recipe = _recipe("text", tmp_path / f"{kind}-data", kind, tiny_bert, train={"epochs": epochs}, strategy={"name": "full"})
+            runs[kind, name] = train(recipe, output=tmp_path / f"{kind}-{name}", quiet=True).run_dir
+    capsys.readouterr()
+    assert main(["compare", str(runs["regression", "short"]), str(runs["regression", "long"]), "-o", str(tmp_path / "r.html")]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 1 and lines[0].startswith("mae: regression-long ") and "where regression-long is better" in lines[0]
+    saved = [json.loads(x) for x in (runs["regression", "long"] / "val_predictions.jsonl").read_text().splitlines()]
+    mae = float(np.mean([abs(r["predicted"] - r["label"]) for r in saved]))
+    assert f"regression-long {mae:.4f}" in lines[0]
+    assert "Is the difference real?" in (tmp_path / "r.html").read_text()
+    assert main(["compare", str(runs["multitask", "short"]), str(runs["multitask", "long"]), "-o", str(tmp_path / "m.html")]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split(":")[0] for line in lines] == ["sentiment/accuracy", "score/mae"]
+    assert main(["compare", str(runs["regression", "short"]), str(runs["multitask", "long"]), "-o", str(tmp_path / "x.html")]) == 0
+    assert "is a multitask run and" in capsys.readouterr().out
+
+
 # -- exports ---------------------------------------------------------------------------------------
 
 

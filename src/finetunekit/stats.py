@@ -131,11 +131,15 @@ class Comparison:
     p_mcnemar: float
     n: int
     alpha: float = 1 - CONFIDENCE
+    # per-example values that are not right/wrong (absolute errors...): only_a / only_b count the
+    # examples where A / B is strictly better, and p_mcnemar is the sign test on them
+    graded: bool = False
+    higher_is_better: bool = True
 
     @property
     def p_value(self) -> float:
         """McNemar's for accuracy (exact, no resampling noise); the paired bootstrap's otherwise."""
-        return self.p_mcnemar if self.metric == "accuracy" else self.p_bootstrap
+        return self.p_mcnemar if self.metric.rsplit("/", 1)[-1] == "accuracy" else self.p_bootstrap
 
     @property
     def significant(self) -> bool:
@@ -143,18 +147,25 @@ class Comparison:
 
     def summary(self, name_a: str = "A", name_b: str = "B") -> str:
         verdict = "significant" if self.significant else "not significant"
-        test = "McNemar exact" if self.metric == "accuracy" else "paired bootstrap"
+        test = "McNemar exact" if self.p_value is self.p_mcnemar else "paired bootstrap"
+        if self.graded:
+            which = "lower" if not self.higher_is_better else "higher"
+            counts = (f"{self.only_a} examples where {name_a} is better, {self.only_b} where {name_b} is "
+                      f"({which} is better)")
+        else:
+            counts = f"{self.only_a} examples only {name_a} gets right, {self.only_b} only {name_b}"
         return (
             f"{self.metric}: {name_a} {self.value_a:.4f} vs {name_b} {self.value_b:.4f}, difference {self.difference:+.4f} "
-            f"(95% paired bootstrap CI {self.ci[0]:+.4f} to {self.ci[1]:+.4f}); {self.only_a} examples only {name_a} gets right, "
-            f"{self.only_b} only {name_b}; {test} p = {self.p_value:.4g}: {verdict} at {self.alpha:g} (n = {self.n})"
+            f"(95% paired bootstrap CI {self.ci[0]:+.4f} to {self.ci[1]:+.4f}); {counts}; "
+            f"{test} p = {self.p_value:.4g}: {verdict} at {self.alpha:g} (n = {self.n})"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric, "a": self.value_a, "b": self.value_b, "difference": self.difference, "ci": list(self.ci),
             "p_bootstrap": self.p_bootstrap, "only_a": self.only_a, "only_b": self.only_b, "p_mcnemar": self.p_mcnemar,
-            "p_value": self.p_value, "significant": self.significant, "n": self.n,
+            "p_value": self.p_value, "significant": self.significant, "n": self.n, "graded": self.graded,
+            "higher_is_better": self.higher_is_better,
         }
 
 
@@ -184,4 +195,31 @@ def compare_predictions(
     return Comparison(
         metric, value_a, value_b, value_a - value_b, _percentiles(diffs, CONFIDENCE), p_boot, only_a, only_b,
         mcnemar_exact(only_a, only_b), len(labels),
+    )
+
+
+def compare_values(
+    values_a: Any, values_b: Any, metric: str, higher_is_better: bool = True, resamples: int = 2000, seed: int = SEED,
+) -> Comparison:
+    """Paired comparison of two runs through one value per example whose mean is the metric
+    (absolute errors for MAE, per-example F1 for sample-averaged F1...): the paired bootstrap of
+    the difference of means, and the sign test on the examples where one run is strictly better
+    (McNemar's test is that sign test for right/wrong values)."""
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired comparison needs the same non-empty examples ({a.shape}, {b.shape})")
+    index = resample_index(len(a), resamples, seed)
+    diffs = a[index].mean(axis=1) - b[index].mean(axis=1)
+    value_a, value_b = float(a.mean()), float(b.mean())
+    if value_a == value_b:
+        p_boot = 1.0
+    else:
+        other_side = (diffs <= 0).mean() if value_a > value_b else (diffs >= 0).mean()
+        p_boot = float(min(1.0, 2 * other_side))
+    better_a = a > b if higher_is_better else a < b
+    better_b = b > a if higher_is_better else b < a
+    only_a, only_b = int(better_a.sum()), int(better_b.sum())
+    return Comparison(
+        metric, value_a, value_b, value_a - value_b, _percentiles(diffs, CONFIDENCE), p_boot, only_a, only_b,
+        mcnemar_exact(only_a, only_b), len(a), graded=True, higher_is_better=higher_is_better,
     )

@@ -387,7 +387,7 @@ def render_comparison(runs: list[RunData]) -> str:
         '<p class="note">The runs were evaluated on different sets; their metrics are not directly comparable.</p>')
     sections = [
         html.section("metrics", "Final validation metrics", warning + html.table(headers, rows, css)),
-        *([_significance_section(runs, names)] if _all_classification(runs) else []),
+        _significance_section(runs, names),
         html.section("curves", "Curves", html.figure(
             plots.comparison_curves(runs, names, [(k, f"Validation {label}") for k, label in _listed(view.curves, runs[0])]),
             "Per-epoch curves, one colour per run.")),
@@ -404,6 +404,19 @@ def _all_classification(runs: list[RunData]) -> bool:
 def paired_predictions(a: RunData, b: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | str:
     """(labels, predictions of a, predictions of b, classes) over the validation examples both runs
     predicted, aligned by input; or why the runs cannot be paired."""
+    paired = paired_rows(a, b)
+    if isinstance(paired, str):
+        return paired
+    rows_a, rows_b = paired
+    names = sorted({r["label"] for r in rows_a} | {r["predicted"] for r in (*rows_a, *rows_b)})
+    index = {name: i for i, name in enumerate(names)}
+    labels = np.array([index[r["label"]] for r in rows_a])
+    return labels, np.array([index[r["predicted"]] for r in rows_a]), np.array([index[r["predicted"]] for r in rows_b]), len(names)
+
+
+def paired_rows(a: RunData, b: RunData) -> tuple[list[dict], list[dict]] | str:
+    """The labelled validation records of both runs, aligned by (input, label); or why the runs
+    cannot be paired."""
     rows_a = [r for r in a.predictions if r.get("label") is not None]
     rows_b = [r for r in b.predictions if r.get("label") is not None]
     for run, rows in ((a, rows_a), (b, rows_b)):
@@ -418,21 +431,20 @@ def paired_predictions(a: RunData, b: RunData) -> tuple[np.ndarray, np.ndarray, 
         if [key(r) for r in rows_a] != [key(r) for r in rows_b]:
             return (f"{a.run_dir} and {b.run_dir} were not evaluated on the same examples "
                     f"({len(rows_a)} and {len(rows_b)} labelled predictions); no paired test")
-    names = sorted({r["label"] for r in rows_a} | {r["predicted"] for r in (*rows_a, *rows_b)})
-    index = {name: i for i, name in enumerate(names)}
-    labels = np.array([index[r["label"]] for r in rows_a])
-    return labels, np.array([index[r["predicted"]] for r in rows_a]), np.array([index[r["predicted"]] for r in rows_b]), len(names)
+    return rows_a, rows_b
 
 
 def significance(runs: list[RunData], metric: str = "accuracy") -> list[tuple[int, Comparison | str]]:
     """Each run after the first against the first, on their shared validation examples:
-    (run position, :class:`finetunekit.stats.Comparison`, or why there is none)."""
+    (run position, :class:`finetunekit.stats.Comparison`, or why there is none). Classification
+    runs are compared on ``metric`` (accuracy or macro_f1); runs of other tasks on each metric
+    their task's ``example_values`` gives (MAE, sample F1, one per task of several...)."""
     from ..stats import compare_predictions
 
     out: list[tuple[int, Comparison | str]] = []
     for i, run in enumerate(runs[1:], start=1):
         if not _all_classification([runs[0], run]):
-            out.append((i, "the paired tests cover single-label classification runs only"))
+            out.extend((i, c) for c in _graded_comparisons(runs[0], run))
             continue
         paired = paired_predictions(runs[0], run)
         if isinstance(paired, str):
@@ -441,6 +453,25 @@ def significance(runs: list[RunData], metric: str = "accuracy") -> list[tuple[in
         labels, preds_first, preds_run, k = paired
         out.append((i, compare_predictions(labels, preds_run, preds_first, metric, num_classes=k)))
     return out
+
+
+def _graded_comparisons(first: RunData, run: RunData) -> list[Comparison | str]:
+    """``run`` against ``first`` through their task's per-example values (not classification)."""
+    from ..stats import compare_values
+    from ..tasks import task_from_state
+
+    if first.task_type != run.task_type:
+        return [f"{run.run_dir} is a {run.task_type} run and {first.run_dir} a {first.task_type} run; no paired test"]
+    task, other = (task_from_state(r.task, lambda name, r=r: artifacts.read_json(r.run_dir / name)) for r in (first, run))
+    if task.identity() != other.identity():
+        return [f"{run.run_dir} and {first.run_dir} predict different targets or labels; no paired test"]
+    paired = paired_rows(first, run)
+    if isinstance(paired, str):
+        return [paired]
+    mine, theirs = task.example_values(paired[1]), task.example_values(paired[0])
+    if not mine:
+        return [f"no paired test for {first.task_type} runs"]
+    return [compare_values(a, b, name, higher) for (name, a, higher), (_, b, _) in zip(mine, theirs, strict=True)]
 
 
 def significance_lines(run_dirs: list[str | Path], metric: str = "accuracy") -> list[str]:
@@ -454,14 +485,17 @@ def _significance_section(runs: list[RunData], names: list[str]) -> str:
     rows = []
     for i, c in significance(runs):
         if isinstance(c, str):
-            rows.append([names[i], names[0], "–", "–", "–", "–", c])
+            rows.append([names[i], names[0], "–", "–", "–", "–", "–", c])
         else:
-            rows.append([names[i], names[0], f"{c.difference:+.4f}", f"{c.ci[0]:+.4f} to {c.ci[1]:+.4f}", f"{c.only_a} / {c.only_b}",
-                         f"{c.p_value:.4g}", "significant" if c.significant else "not significant"])
-    note = ('<p class="note">Accuracy, each run against the first, on the validation examples both predicted: the paired '
-            "bootstrap interval of the difference (2,000 resamples of the examples) and McNemar's exact test on the examples "
-            "exactly one of the two runs gets right; significant means p &lt; 0.05.</p>")
-    table = html.table(["run", "against", "accuracy difference", "95% CI", "right only in run / only in other", "p (McNemar)", "verdict"], rows)
+            test = "McNemar" if c.p_value is c.p_mcnemar else "bootstrap"
+            rows.append([names[i], names[0], c.metric, f"{c.difference:+.4f}", f"{c.ci[0]:+.4f} to {c.ci[1]:+.4f}", f"{c.only_a} / {c.only_b}",
+                         f"{c.p_value:.4g} ({test})", "significant" if c.significant else "not significant"])
+    note = ('<p class="note">Each run against the first, on the validation examples both predicted: the paired '
+            "bootstrap interval of the difference (2,000 resamples of the examples); for accuracy McNemar's exact test on the "
+            "examples exactly one of the two runs gets right, for other metrics the paired bootstrap's p. Regression runs are "
+            "compared on MAE (lower is better), multi-label runs on sample-averaged F1 and subset accuracy, several tasks "
+            "task by task; the counts are the examples where each run is better. Significant means p &lt; 0.05.</p>")
+    table = html.table(["run", "against", "metric", "difference", "95% CI", "better in run / in other", "p", "verdict"], rows)
     return html.section("significance", "Is the difference real?", note + table)
 
 

@@ -184,6 +184,12 @@ class Task:
         (default: what ``predict --json`` prints)."""
         return [r["json"] for r in self.output_records(scores)]
 
+    def example_values(self, records: list[dict[str, Any]]) -> list[tuple[str, np.ndarray, bool]]:
+        """For paired comparisons of two runs (``finetunekit compare``): from the labelled records of
+        :meth:`prediction_records`, ``(metric, one value per example whose mean is the metric,
+        higher is better)`` for each metric compared."""
+        return []
+
     def output_names(self) -> list[str]:
         """A name for each of the model's raw outputs, in order (classes, labels, targets)."""
         raise NotImplementedError

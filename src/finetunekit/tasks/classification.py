@@ -340,6 +340,10 @@ class ClassificationTask(Task):
             })
         return answers
 
+    def example_values(self, records: list[dict[str, Any]]) -> list[tuple[str, np.ndarray, bool]]:
+        """Accuracy: 1 for an example predicted right, 0 otherwise."""
+        return [("accuracy", np.array([float(r["predicted"] == r["label"]) for r in records]), True)]
+
     def output_names(self) -> list[str]:
         return list(self.classes)
 

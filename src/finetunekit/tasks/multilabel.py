@@ -231,6 +231,17 @@ class MultiLabelTask(Task):
         return [{"label": t, "predicted": p, "probabilities": [round(float(v), 6) for v in row]}
                 for t, p, row in zip(true, predicted, scores, strict=True)]
 
+    def example_values(self, records: list[dict[str, Any]]) -> list[tuple[str, np.ndarray, bool]]:
+        """Sample-averaged F1: each example's F1 between its true and predicted label sets (1 when
+        both are empty), so that the mean is scikit-learn's ``average="samples"`` F1; and exact
+        set matches (subset accuracy)."""
+        f1, exact = [], []
+        for r in records:
+            true, predicted = set(r["label"] or []), set(r["predicted"] or [])
+            f1.append(1.0 if not true and not predicted else 2 * len(true & predicted) / (len(true) + len(predicted)))
+            exact.append(float(true == predicted))
+        return [("sample_f1", np.array(f1), True), ("subset_accuracy", np.array(exact), True)]
+
     def output_names(self) -> list[str]:
         return list(self.labels)
 

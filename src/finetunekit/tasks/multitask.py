@@ -230,6 +230,11 @@ class MultiTask(Task):
         per = [p.task.answers(s) for p, s in zip(self.parts, self._outputs(np.asarray(scores)), strict=True)]
         return [{p.name: rows[i] for p, rows in zip(self.parts, per, strict=True)} for i in range(len(scores))]
 
+    def example_values(self, records: list[dict[str, Any]]) -> list[tuple[str, np.ndarray, bool]]:
+        """Each task's values, named ``task/metric``."""
+        return [(f"{p.name}/{metric}", values, higher) for p in self.parts
+                for metric, values, higher in p.task.example_values([r["tasks"][p.name] for r in records])]
+
     def output_names(self) -> list[str]:
         return [f"{p.name}: {n}" for p in self.parts for n in p.task.output_names()]
 

@@ -192,6 +192,12 @@ class RegressionTask(Task):
         true = self.target_values(targets) if targets is not None else [None] * len(predicted)
         return [{"label": _rounded(t), "predicted": _rounded(p)} for t, p in zip(true, predicted, strict=True)]
 
+    def example_values(self, records: list[dict[str, Any]]) -> list[tuple[str, np.ndarray, bool]]:
+        """MAE: each example's absolute error in target units (the mean over its targets)."""
+        errors = [np.abs(np.asarray(r["predicted"], dtype=np.float64) - np.asarray(r["label"], dtype=np.float64)).mean()
+                  for r in records]
+        return [("mae", np.array(errors, dtype=np.float64), False)]
+
     def output_names(self) -> list[str]:
         return list(self.names)
 
