@@ -108,7 +108,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ).inputs
     if not inputs:
         raise FinetuneError("predict: give inputs (image paths or texts) or --file")
-    for item, record in zip(inputs, predictor.records(inputs), strict=True):
+    if args.save_dir:
+        records, written = predictor.records_and_files(inputs, args.save_dir)
+        print(f"prediction files: {args.save_dir} ({sum(len(w) - 1 for w in written)} files)", file=sys.stderr)
+    else:
+        records = predictor.records(inputs)
+    for item, record in zip(inputs, records, strict=True):
         if args.json:
             shown = list(item) if isinstance(item, tuple) else item
             print(json.dumps({"input": shown, **record["json"]}))
@@ -321,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--file of pairs: the two text columns (default: the run's data.text_columns)")
     p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
+    p.add_argument("--save-dir", help="also write the task's prediction files there (segmentation: an index PNG and a colour "
+                   "overlay per image)")
     p.add_argument("--input", help="batch mode: an image folder or a .csv/.tsv/.jsonl/.txt table (texts, or image paths)")
     p.add_argument("--output", "-o", help="batch mode: the CSV file to write (atomically; a rerun resumes)")
     p.add_argument("--batch-size", type=int, default=64, help="batch mode: inputs per forward pass (default 64)")

@@ -90,6 +90,8 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
     from .predict import Predictor
 
     predictor = Predictor(run_dir, device="cpu")
+    if fmt != "onnx" and predictor.task.dense:
+        raise FinetuneError(f"export {fmt}: {run_dir} is a {predictor.task.type} run, whose head has no {fmt} form; export it with --format onnx")
     if fmt != "onnx" and not hasattr(predictor.model.head, "fc"):
         raise FinetuneError(f"export {fmt}: {run_dir} has one head per task (tasks:); export it with --format onnx")
     if predictor.model.adapter is not None:
@@ -143,7 +145,8 @@ def sample_batches(predictor, limit: int = 8) -> list[Sample]:
         if len(inputs) < 3:
             generator = torch.Generator().manual_seed(0)
             size = int(predictor.preprocessing["input_size"])
-            pixels = torch.randn(5, 3, size, size, generator=generator)
+            height, width = getattr(predictor.task, "input_size", (size, size))  # dense tasks: their own input size
+            pixels = torch.randn(5, 3, height, width, generator=generator)
             return [Sample(None, {"pixel_values": pixels[:2]}), Sample(None, {"pixel_values": pixels[2:]})]
     elif predictor.text_columns:  # a pair model: pairs saved as [first, second]
         pairs = [tuple(p) for p in saved[:limit]]
@@ -155,7 +158,7 @@ def sample_batches(predictor, limit: int = 8) -> list[Sample]:
     batches = []
     for part in (inputs[:split], inputs[split:]):
         examples = Examples(list(part), None, "export sample", predictor.modality)
-        dataset = build_dataset(examples, None, predictor.model.backbone, predictor.preprocessing, False, "none", max_length)
+        dataset = build_dataset(examples, None, predictor.model.backbone, predictor.preprocessing, False, "none", max_length, predictor.task)
         (batch,) = list(build_loader(dataset, predictor.model.backbone, len(part), False, 0))
         order = batch.pop("index")  # text batches come sorted by length: put rows back in input order
         batch = {k: v[torch.argsort(order)] for k, v in batch.items()}
@@ -185,6 +188,8 @@ def _compare(expected: list[np.ndarray], got: list[np.ndarray], samples: list[Sa
             return any(differs(a[k], b[k]) for k in a)
         if isinstance(a, float) or (isinstance(a, list) and a and isinstance(a[0], float)):
             return False
+        if isinstance(a, np.ndarray):  # a mask: one decision per pixel
+            return bool((a != b).any())
         return a != b
 
     mismatches = sum(sum(differs(a, b) for a, b in zip(decided(e), decided(g), strict=True)) for e, g in zip(expected, got, strict=True))
@@ -430,6 +435,9 @@ def _task_loading_code(fmt: str, d: str, predictor) -> list[str]:
                       "one column per target in `task.json`'s `targets` order",
         "multilabel": "the outputs are one logit per label (`task.json`'s `labels` order); a label is predicted when "
                       "sigmoid(logit) reaches its threshold in `task.json` (`thresholds`, chosen on validation)",
+        "segmentation": "the outputs are the decoder's raw logits, (N, classes, H/s, W/s) at its stride s; upsample them "
+                        "bilinearly to `task.json`'s `input_size` [height, width] and take the argmax over the classes "
+                        "(`task.json`'s `classes` order); inputs are resized to that size first",
     }.get(task.type, "the outputs are the tasks' blocks side by side, in `task.json`'s `tasks` order")
     call = {
         "hf": [f'model = AutoModelForSequenceClassification.from_pretrained("{d}", trust_remote_code=True).eval()',

@@ -33,7 +33,7 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     task.check_run_files(run_dir, info, read)  # its files (labels.json) come from this run
     preprocessing = read_json(run_dir / "preprocessing.json")
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
-    model = FineTuneModel(backbone, task.build_head(backbone.num_features, float(info["head"].get("dropout", 0.0))))
+    model = FineTuneModel(backbone, task.head_for(backbone, float(info["head"].get("dropout", 0.0))))
     if info.get("adapter"):  # adapters saved unmerged: re-insert the layers the weights belong to
         from .strategies.lora import apply_adapter
 

@@ -3,7 +3,7 @@
 Example::
 
     task = TASKS.get("classification").from_data({}, train_examples)
-    model = FineTuneModel(backbone, task.build_head(backbone.num_features, dropout=0.1))
+    model = FineTuneModel(backbone, task.head_for(backbone, dropout=0.1))
 
 The model owns the head-swap contract (``reset_head``) and the rule that frozen parts keep their
 BatchNorm statistics: ``model.train()`` puts every normalisation layer whose parameters are all
@@ -28,10 +28,13 @@ class FineTuneModel(nn.Module):
         self.adapter: dict | None = None
         self.head = head
 
-    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled backbone features; a batch from the frozen-feature cache carries them already."""
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Pooled backbone features (a batch from the frozen-feature cache carries them already),
+        or the backbone's feature maps for a head of a dense task (``head.takes_feature_maps``)."""
         if "features" in batch:
             return batch["features"]
+        if getattr(self.head, "takes_feature_maps", False):
+            return self.backbone.feature_maps(batch)
         return self.backbone.forward_features(batch)
 
     def forward(self, batch: dict[str, torch.Tensor], return_features: bool = False):

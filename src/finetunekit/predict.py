@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .data import Examples, read_examples
+from .data.dense import task_reader
 from .data.pipeline import TextCollator, build_dataset, build_loader, image_transform
 from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS
 from .errors import DataError
@@ -85,18 +86,39 @@ class Predictor:
         examples = self._examples(inputs)
         if len(examples) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
+        return self._scores(examples, None)[0]
+
+    @torch.no_grad()
+    def _scores(self, examples: Examples, targets: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """The task's scores for ``examples`` and, given their encoded ``targets``, those targets as
+        the model sees them (a dense task's mask at the input size), in input order, in one pass."""
+        if len(examples) == 0:
+            return np.zeros((0, self.task.output_size), dtype=np.float32), None if targets is None else np.asarray(targets)
         max_length = int(self.preprocessing.get("max_length", 512))
-        dataset = build_dataset(examples, None, self.model.backbone, self.preprocessing, False, "none", max_length)
+        dataset = build_dataset(examples, targets, self.model.backbone, self.preprocessing, False, "none", max_length, self.task)
         loader = build_loader(dataset, self.model.backbone, self.batch_size, False, 0)
         self.model.eval()
-        probs = np.zeros((len(examples), self.task.output_size), dtype=np.float32)
+        probs: np.ndarray | None = None
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
         for batch in loader:
             index = batch.pop("index").numpy()
+            labels = batch.pop("labels", None)
+            if labels is not None:
+                seen.append((index, labels.numpy()))
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with self._autocast():
                 logits = self.model(batch)
-            probs[index] = self.task.scores(logits).cpu().numpy()
-        return probs
+            scores = self.task.scores(logits).cpu().numpy()
+            if probs is None:  # one row per input, of the task's score shape (a vector, a mask...)
+                probs = np.zeros((len(examples), *scores.shape[1:]), dtype=np.float32 if scores.dtype.kind == "f" else scores.dtype)
+            probs[index] = scores
+        assert probs is not None
+        labels_out = None
+        if seen:
+            labels_out = np.zeros((len(examples), *seen[0][1].shape[1:]), dtype=seen[0][1].dtype)
+            for index, values in seen:
+                labels_out[index] = values
+        return probs, labels_out
 
     def encode(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         """One model batch from inputs already in memory: texts, or decoded RGB ``PIL.Image``s.
@@ -110,7 +132,8 @@ class Predictor:
             batch.pop("index")
             return batch
         if not hasattr(self, "_transform"):
-            self._transform = image_transform(self.preprocessing, train=False)
+            joint = self.task.transform(self.preprocessing, False, "none")  # dense tasks: their own resize
+            self._transform = image_transform(self.preprocessing, train=False) if joint is None else (lambda image: joint(image, None)[0])
         return {"pixel_values": torch.stack([self._transform(image) for image in items])}
 
     def forward_proba(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
@@ -148,6 +171,25 @@ class Predictor:
         prints them, and as its plain-text line (without the input)."""
         return self.task.output_records(self.predict_proba(inputs))
 
+    def write_predictions(self, inputs: list[Any] | Examples, folder: str | Path) -> list[dict[str, str]]:
+        """Write the task's prediction files for ``inputs`` into ``folder`` (segmentation: an index
+        PNG at each image's size and a colour overlay), atomically; returns per input the paths
+        written, by file name."""
+        return self.records_and_files(inputs, folder)[1]
+
+    def records_and_files(self, inputs: list[Any] | Examples, folder: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """:meth:`records` and :meth:`write_predictions` from one forward pass."""
+        from .artifacts import atomic_write_bytes
+
+        examples = self._examples(inputs)
+        scores = self.predict_proba(examples)
+        written = []
+        for files in self.task.prediction_files(examples.inputs, scores):
+            for name, data in files.items():
+                atomic_write_bytes(Path(folder) / name, data)
+            written.append({name: str(Path(folder) / name) for name in files})
+        return self.task.output_records(scores), written
+
     def evaluate(
         self,
         data: str | Path,
@@ -163,12 +205,15 @@ class Predictor:
         if label_column is None:
             label_column = self.label_column
         columns = text_columns or self.text_columns
-        examples = read_examples(
-            data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column,
-            options=FLAG_COLUMN_OPTIONS, image_root=image_root,
-        )
-        targets = self.task.encode(examples).numpy()
-        scores = self.predict_proba(examples)
+        reader = task_reader(self.task.type)  # a task's own formats (segmentation's image/mask lists)
+        if reader is not None:
+            examples = reader(str(data))
+        else:
+            examples = read_examples(
+                data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column,
+                options=FLAG_COLUMN_OPTIONS, image_root=image_root,
+            )
+        scores, targets = self._scores(examples, self.task.encode(examples))
         loss = self.task.eval_loss(scores, targets)
         return {**self.task.metrics(scores, targets, loss), **self.task.confidence_intervals(scores, targets), "eval_set": examples.source}
 

@@ -152,11 +152,21 @@ class TaskSpec:
     separator: str | None = None
     pos_weight: Literal["none", "balanced"] | None = None
     threshold: float | None = None
+    # segmentation (finetunekit.tasks.segmentation): class names in mask-index order (null: 0..K-1
+    # from the training masks), the mask value that counts nowhere, the network's input size
+    # [height, width] (null: model.image_size, else the first training image's size), the decoder
+    # on the feature maps (lraspp, fpn) and the weight of a soft Dice term added to cross-entropy
+    classes: list[str] | None = None
+    ignore_index: int | None = None
+    input_size: int | list[int] | None = None
+    decoder: str | None = None
+    dice_weight: float | None = None
 
     SECTION: ClassVar[str] = "task"  # how its own checks name it; entries of tasks: are tasks[i]
     OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
         "regression": ("loss", "huber_delta", "standardize"),
         "multilabel": ("separator", "pos_weight", "threshold"),
+        "segmentation": ("classes", "ignore_index", "input_size", "decoder", "dice_weight"),
     }
 
     def __post_init__(self) -> None:
@@ -183,11 +193,12 @@ class TaskSpec:
     def check_type(self, type_: str, where: str = "task") -> None:
         """Options set for another task type are an error naming the field (``where``: ``task``,
         or ``tasks[i]`` for an entry of several tasks)."""
+        own = set(self.OPTIONS.get(type_, ()))  # an option several types share is allowed for each of them
         for other, names in self.OPTIONS.items():
             if other == type_:
                 continue
             for name in names:
-                if getattr(self, name) is not None:
+                if name not in own and getattr(self, name) is not None:
                     raise RecipeError(f"{where}.{name}: applies to {other} tasks only, and this task is {type_}; remove it")
 
 

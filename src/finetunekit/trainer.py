@@ -36,6 +36,7 @@ from .checkpoint import (
     truncate_logs,
 )
 from .data import Examples, resolve_splits
+from .data.dense import task_reader
 from .data.pipeline import build_dataset, build_loader
 from .data.readers import check_images
 from .defaults import resolve
@@ -283,9 +284,11 @@ def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Reci
     def strata(examples: Examples) -> list[Any] | None:
         return TASKS.get(task_type(examples.labels or [])).strata_for(examples, recipe.task)
 
+    # a task with data formats of its own (segmentation's image/mask lists) reads them itself
+    reader = task_reader(recipe.task.type) if not recipe.tasks else None
     train_ex, val_ex = resolve_splits(
         d.train, d.val, modality, d.val_fraction, seed, d.text_column, label_columns(recipe), d.text_columns, d.image_column, strata,
-        d.image_root,
+        d.image_root, reader,
     )
     if d.max_train_samples is not None and d.max_train_samples < len(train_ex):
         keep = list(range(len(train_ex)))
@@ -324,8 +327,9 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False)
     check_for_modality(recipe, backbone.modality)
     recipe, train_ex, val_ex, task, train_ids, val_ids = _read_data(recipe, backbone.modality, quiet or not accelerator.is_main_process)
     t, d = recipe.train, recipe.data
+    task.check_recipe(recipe, backbone.modality)  # dense tasks refuse mixup, balanced sampling, text backbones
 
-    model = FineTuneModel(backbone, task.build_head(backbone.num_features, spec.head_dropout))
+    model = FineTuneModel(backbone, task.head_for(backbone, spec.head_dropout))
     preprocessing = backbone.preprocessing()
     if backbone.modality == "text":
         preprocessing["max_length"] = d.max_length
@@ -339,8 +343,8 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False)
         groups = without_backbone_decay(groups)  # L2-SP pulls the backbone to w0, not to 0
     optimizer = build_optimizer(t, groups)
 
-    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length)
-    val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length)
+    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task)
+    val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length, task)
     train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers, d.sampler)
     val_loader = build_loader(val_ds, backbone, t.batch_size * 2, False, t.seed, d.num_workers)
     train_sampler = train_loader.batch_sampler
@@ -373,6 +377,8 @@ def _use_feature_cache(run: _Run) -> bool:
     """Cache features when some epoch trains on a frozen backbone and nothing needs the raw inputs."""
     t, d = run.recipe.train, run.recipe.data
     if not d.feature_cache or not any(run.strategy.backbone_frozen_at(e) for e in range(t.epochs)):
+        return False
+    if run.task.dense:  # the head reads feature maps and the targets move with the pixels: train on the images
         return False
     # mixing inputs (mixup/cutmix) needs the images themselves in every epoch
     return not (t.mixup_alpha or t.cutmix_alpha)
@@ -605,6 +611,8 @@ def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, t
     artifacts.save_model(run_dir, model, task, run.preprocessing, resolve_precision(run.recipe.train.precision))
     write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total, task)
     artifacts.save_predictions(run_dir, run.val_ex.inputs, task.prediction_records(preds.scores, preds.labels))
+    for name, data in task.run_files(run.val_ex.inputs, preds.scores, preds.labels).items():
+        artifacts.atomic_write_bytes(run_dir / name, data)
     artifacts.atomic_write_json(run_dir / "metrics.json", final)
 
 

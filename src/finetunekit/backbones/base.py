@@ -1,7 +1,8 @@
 """The backbone contract every source implements.
 
 A backbone turns a batch (a dict of tensors made by its own preprocessing) into one feature vector
-per example. It also knows how to rebuild its architecture without the pretrained weights (so a run
+per example; image backbones also give their multi-scale feature maps (``feature_maps``, with
+``feature_info``: channels and stride of each) for dense tasks (segmentation, detection). It also knows how to rebuild its architecture without the pretrained weights (so a run
 directory can be loaded offline from its own files), and how its parameters split into ordered layer
 groups, input side first, which freezing strategies and per-layer learning rates use.
 """
@@ -14,6 +15,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..errors import FinetuneError
+
 Modality = Literal["image", "text"]
 
 
@@ -24,6 +27,15 @@ class Backbone(nn.Module):
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # (B, num_features)
         raise NotImplementedError
+
+    def feature_maps(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Multi-scale feature maps ``(B, C_i, H_i, W_i)``, input side first (dense tasks); see
+        :meth:`feature_info` for each one's channels and stride."""
+        raise FinetuneError(f"a {self.modality} backbone ({self.kind}) gives no feature maps")
+
+    def feature_info(self) -> list[dict[str, int]]:
+        """``[{"channels": C_i, "stride": S_i}, ...]`` for :meth:`feature_maps`, input side first."""
+        raise FinetuneError(f"a {self.modality} backbone ({self.kind}) gives no feature maps")
 
     def layer_groups(self) -> list[list[str]]:
         """Parameter names (relative to this module), grouped and ordered from input to output."""

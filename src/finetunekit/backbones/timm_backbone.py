@@ -68,6 +68,21 @@ class TimmBackbone(Backbone):
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         return self.model(pixels)
 
+    def feature_info(self) -> list[dict[str, int]]:
+        """Channels and stride of each of :meth:`feature_maps` (timm's ``feature_info``)."""
+        return [{"channels": int(i["num_chs"]), "stride": int(i["reduction"])} for i in self.model.feature_info]
+
+    def feature_maps(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The stages' outputs, input side first (timm's ``forward_intermediates`` on the same
+        ``self.model``: state-dict names, bundled weights, layer groups and adapters are those of
+        :meth:`forward_features`)."""
+        pixels = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
+        try:
+            maps = self.model.forward_intermediates(pixels, intermediates_only=True)
+        except (AttributeError, NotImplementedError) as exc:
+            raise FinetuneError(f"timm:{self.arch} gives no feature maps ({exc})") from None
+        return list(maps)
+
     def layer_groups(self) -> list[list[str]]:
         from timm.models import group_parameters
 

@@ -57,6 +57,10 @@ class ImageDataset(Dataset):
     draws from its own generator seeded with ``seed`` and leaves the global RNG untouched. An
     example's augmentation is thus a function of (seed, epoch, index) alone, whatever the worker
     count or prefetching, which is what lets a run resumed mid-epoch replay the same batches.
+
+    With ``joint=True`` (dense tasks) ``labels`` are the examples' raw targets (a mask path, a
+    list of boxes) and ``transform(image, raw target)`` returns ``(pixels, target tensor)``: the
+    task's joint transform moves the target with the pixels, under the same seeding.
     """
 
     # Decoded images are kept in memory (per process) up to this many bytes, so later epochs skip
@@ -64,12 +68,15 @@ class ImageDataset(Dataset):
     # image is kept instead, which skips the resize too.
     memory_budget = 1 << 30
 
-    def __init__(self, paths: Sequence[str], labels: torch.Tensor | None, transform, max_pixels: int | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[str], labels: Any, transform, max_pixels: int | None = None, joint: bool = False
+    ) -> None:
         self.paths = list(paths)
         self.max_pixels = max_pixels
-        self.labels = _targets(labels)
+        self.joint = joint
+        self.labels = (None if labels is None else list(labels)) if joint else _targets(labels)
         self.transform = transform
-        self._prefix, self._rest = _deterministic_prefix(transform)
+        self._prefix, self._rest = (None, transform) if joint else _deterministic_prefix(transform)
         self._decoded: dict[int, Any] = {}
         self._bytes = 0
 
@@ -92,15 +99,20 @@ class ImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image = self._image(index)
         if seed is None:
-            pixels = self._rest(image)
+            pixels, target = self._apply(image, index)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                pixels = self._rest(image)
+                pixels, target = self._apply(image, index)
         item: dict[str, Any] = {"pixel_values": pixels, "index": index}
-        if self.labels is not None:
-            item["labels"] = self.labels[index]
+        if target is not None:
+            item["labels"] = target
         return item
+
+    def _apply(self, image, index: int) -> tuple[torch.Tensor, Any]:
+        if self.joint:
+            return self._rest(image, None if self.labels is None else self.labels[index])
+        return self._rest(image), None if self.labels is None else self.labels[index]
 
 
 def _deterministic_prefix(transform):
@@ -309,9 +321,15 @@ class SequentialBatchSampler(EvalBatchSampler):
 
 
 def build_dataset(
-    examples: Examples, label_ids: torch.Tensor | Sequence[int] | None, backbone, preprocessing: dict, train: bool, augment: str, max_length: int
+    examples: Examples, label_ids: torch.Tensor | Sequence[Any] | None, backbone, preprocessing: dict, train: bool, augment: str,
+    max_length: int, task: Any = None,
 ) -> Dataset:
+    """The examples as a Dataset; a ``task`` with a joint transform (``task.transform``, dense
+    tasks) transforms each image together with its raw target from ``label_ids``."""
     if backbone.modality == "image":
+        joint = task.transform(preprocessing, train, augment) if task is not None else None
+        if joint is not None:
+            return ImageDataset(examples.inputs, label_ids, joint, preprocessing.get("max_image_pixels"), joint=True)
         return ImageDataset(examples.inputs, label_ids, image_transform(preprocessing, train, augment), preprocessing.get("max_image_pixels"))
     return TextDataset(backbone.tokenize(examples.inputs, max_length), label_ids)
 
@@ -327,7 +345,7 @@ def build_loader(
         labels = getattr(dataset, "labels", None)
         if labels is None:
             raise DataError("data.sampler: balanced sampling needs labelled training data")
-        if labels.dim() != 1 or labels.is_floating_point():
+        if not torch.is_tensor(labels) or labels.dim() != 1 or labels.is_floating_point():
             raise DataError("data.sampler: balanced sampling needs one class per example (a single-label classification task)")
         sampler = BalancedBatchSampler(dataset.labels, batch_size, seed, item_seeds=isinstance(dataset, ImageDataset))
         collate: Any = TextCollator(backbone.pad_token_id) if isinstance(dataset, TextDataset) else collate_images

@@ -447,20 +447,25 @@ def resolve_splits(
     image_column: str | None = None,
     strata: Callable[[Examples], list[Any] | None] | None = None,
     image_root: str | None = None,
+    reader: Callable[[str], Examples] | None = None,
 ) -> tuple[Examples, Examples]:
     """(train, val) examples: an explicit val set, an image root's train/ and val/, or a seeded split,
     stratified on the keys ``strata(train examples)`` gives (the task's choice, which may also reject
-    bad label cells first; default: the label cells), or random when it gives None."""
+    bad label cells first; default: the label cells), or random when it gives None. ``reader``
+    (a task's own formats, ``Task.reader()``) reads each path instead of the generic readers."""
     root = Path(train_path)
-    if val_path is None and modality == "image" and (root / "train").is_dir():
+    if reader is None and val_path is None and modality == "image" and (root / "train").is_dir():
         for name in ("val", "valid", "validation", "test"):
             if (root / name).is_dir():
                 train_path, val_path = str(root / "train"), str(root / name)
                 break
     columns = {"text_columns": text_columns, "image_column": image_column, "image_root": image_root}
-    train = read_examples(train_path, modality, text_column, label_column, **columns)
+    if reader is None:
+        def reader(path: str) -> Examples:
+            return read_examples(path, modality, text_column, label_column, **columns)
+    train = reader(train_path)
     if val_path is not None:
-        val = read_examples(val_path, modality, text_column, label_column, **columns)
+        val = reader(val_path)
     else:
         keys = strata(train) if strata is not None else [str(x) for x in train.labels or []]
         if keys is None:

@@ -190,9 +190,11 @@ def evaluate_loader(
     chunks_probs, chunks_labels, chunks_index = [], [], []
     bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=quiet or not accelerator.is_main_process or not _interactive())
     for batch in loader:
-        logits = model(batch).float()
-        gathered = accelerator.gather_for_metrics((logits, batch["index"], batch.get("labels", batch["index"])))
-        chunks_probs.append(task.scores(gathered[0]).cpu())
+        # Scores are per example, so they are computed before the gather: what travels between
+        # processes is the (often smaller) scores, and outputs may be a tuple or dict of tensors.
+        scores = task.scores(model(batch))
+        gathered = accelerator.gather_for_metrics((scores, batch["index"], batch.get("labels", batch["index"])))
+        chunks_probs.append(gathered[0].cpu())
         chunks_index.append(gathered[1].cpu())
         chunks_labels.append(gathered[2].cpu())
         bar.update(1)

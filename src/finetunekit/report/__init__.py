@@ -275,6 +275,39 @@ def _label_errors(run: RunData) -> str:
     return html.section("errors", "Worst errors", body)
 
 
+# -- segmentation ----------------------------------------------------------------------------------
+
+
+def _per_class_iou(run: RunData) -> str:
+    per_class = run.metrics.get("per_class", {})
+    rows = [[name, html.fmt(r.get("iou")), f"{r.get('share', 0.0):.2%}"] for name, r in per_class.items()]
+    rows.append(["mean", html.fmt(run.metrics.get("mean_iou")), ""])
+    note = '<p class="note">IoU over the validation pixels (the ignore value left out); share: of the labelled validation pixels.</p>'
+    return html.section("per-class", "Per-class IoU", note + html.table(["class", "IoU", "share of pixels"], rows))
+
+
+def _worst_images(run: RunData) -> str:
+    """The pictures the task wrote at the end of training (worst_val.json: image, its mean IoU,
+    the file with image | ground truth | prediction side by side)."""
+    import base64
+
+    index_path = run.run_dir / "worst_val.json"
+    if not index_path.is_file():
+        return html.section("errors", "Worst validation images", '<p class="note">The run has no worst_val.json.</p>')
+    tiles = []
+    for row in artifacts.read_json(index_path):
+        picture = run.run_dir / row["file"]
+        if not picture.is_file():
+            continue
+        data = base64.b64encode(picture.read_bytes()).decode("ascii")
+        tiles.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
+                     f"<figcaption>{escape(Path(row['input']).name)}: mean IoU {html.fmt(row.get('mean_iou'))}, "
+                     f"pixel accuracy {html.fmt(row.get('pixel_accuracy'))}</figcaption></figure>")
+    note = ('<p class="note">The validation images with the lowest mean IoU; in each, left to right: the image, the ground '
+            "truth and the prediction (classes in colour, ignored pixels black).</p>")
+    return html.section("errors", "Worst validation images", note + "".join(tiles))
+
+
 # -- several tasks -----------------------------------------------------------------------------------
 
 
@@ -333,6 +366,13 @@ TASK_VIEWS: dict[str, TaskView] = {
         curves=[("val_micro_f1", "micro F1"), ("val_macro_f1", "macro F1"), ("val_map", "mAP")],
         sections=[lambda run, _: _per_label(run), lambda run, _: _label_errors(run)],
         compared=[("micro_f1", "max"), ("macro_f1", "max"), ("map", "max"), ("subset_accuracy", "max"), ("hamming_loss", "min"), ("loss", "min")],
+    ),
+    "segmentation": TaskView(
+        noun=lambda run: f"segmentation, {len(run.classes)} classes",
+        cards=[("mean IoU", "mean_iou"), ("pixel accuracy", "pixel_accuracy")],
+        curves=[("val_mean_iou", "mean IoU"), ("val_pixel_accuracy", "pixel accuracy")],
+        sections=[lambda run, _: _per_class_iou(run), lambda run, _: _worst_images(run)],
+        compared=[("mean_iou", "max"), ("pixel_accuracy", "max")],
     ),
     "multitask": TaskView(
         noun=lambda run: f"{len(_task_parts(run))} tasks ({', '.join(p['name'] for p in _task_parts(run))})",

@@ -82,7 +82,7 @@ def load_run(run_dir: str | Path) -> RunData:
             if len(row.get("probabilities", [])) != len(classes) or row.get("label") not in (None, *classes):
                 raise FinetuneError(f"{run_dir / artifacts.PREDICTIONS_FILE}:{number}: does not match labels.json's {len(classes)} classes")
     else:
-        classes = [str(c) for c in task.get("labels", task.get("targets", []))]
+        classes = [str(c) for c in task.get("labels", task.get("targets", task.get("classes", [])))]
         for number, row in enumerate(predictions, start=1):
             if "predicted" not in row:
                 raise FinetuneError(f"{run_dir / artifacts.PREDICTIONS_FILE}:{number}: has no predicted value")

@@ -37,6 +37,10 @@ class Task:
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
     # metrics shown in the epoch log line and stored per epoch as val_<name>
     epoch_metrics: ClassVar[tuple[str, ...]] = ()
+    # dense tasks (segmentation, detection) put their head on the backbone's feature maps, read
+    # their own data formats (finetunekit.data.dense) and transform each image together with its
+    # target (:meth:`transform`); see finetunekit.tasks.dense
+    dense: ClassVar[bool] = False
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -80,6 +84,9 @@ class Task:
         """A few words for the start-of-run log line, e.g. "2 classes"."""
         return self.type
 
+    def check_recipe(self, recipe: Any, modality: str) -> None:
+        """Refuse recipe settings this task cannot honour (raise RecipeError naming the field)."""
+
     # -- targets --------------------------------------------------------------------------------
     def encode(self, examples: Any) -> torch.Tensor:
         """The examples' targets as one tensor (first dimension: examples); errors name the row."""
@@ -111,6 +118,18 @@ class Task:
         from ..heads import LinearHead
 
         return LinearHead(in_features, self.output_size, dropout)
+
+    def head_for(self, backbone: Any, dropout: float = 0.0) -> nn.Module:
+        """The head for ``backbone`` (trainer and loader build it through this): on its pooled
+        features here; dense tasks build theirs from ``backbone.feature_info()``."""
+        return self.build_head(backbone.num_features, dropout)
+
+    def transform(self, preprocessing: dict[str, Any], train: bool, augment: str) -> Any:
+        """A joint transform ``(PIL image, raw target or None) -> (pixels, target tensor or None)``
+        for tasks whose targets move with the pixels (masks, boxes); None: the image transform of
+        the backbone's preprocessing applies to the image alone. Its random draws come from
+        torch's generator, which the dataset seeds per (seed, epoch, example)."""
+        return None
 
     def loss_names(self) -> list[str]:
         """The names of :meth:`loss`'s parts, in order."""
@@ -204,6 +223,19 @@ class Task:
         joined with ``_`` (``probabilities_joy``), lists joined with ``|``. The columns must not
         depend on the values, so the header can be written before the first prediction."""
         return flatten_answer(answer)
+
+    def run_files(self, inputs: Sequence[Any], scores: np.ndarray, targets: np.ndarray | None) -> dict[str, bytes]:
+        """Extra files the finished run keeps from its final validation, by path relative to the
+        run directory (dense tasks: pictures of the worst validation images, ground truth beside
+        prediction, which the report shows); the trainer writes them atomically."""
+        return {}
+
+    def prediction_files(self, inputs: Sequence[Any], scores: np.ndarray) -> list[dict[str, bytes]]:
+        """Per input, the prediction files to write (``predict --save-dir``), by file name
+        (dense tasks: masks, overlays, drawn boxes); names are unique across the inputs."""
+        from ..errors import FinetuneError
+
+        raise FinetuneError(f"a {self.type} model writes no prediction files; print its predictions instead")
 
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
         """Model card facts: pipeline_tag, metric_names, metrics (model-index entries), title,
