@@ -184,8 +184,8 @@ class Explainer:
                                              if isinstance(out, torch.Tensor) else None)
                      for m in self.model.backbone.modules() if m is not self.model.backbone]
             try:
-                with torch.inference_mode():
-                    self.model.backbone.forward_features({"pixel_values": torch.zeros(1, 3, size, size, device=self.predictor.device)})
+                with torch.inference_mode():  # the path the head reads: pooled features, or feature maps (dense tasks)
+                    self.model.features({"pixel_values": torch.zeros(1, 3, size, size, device=self.predictor.device)})
             finally:
                 for hook in hooks:
                     hook.remove()
@@ -198,7 +198,7 @@ class Explainer:
     def _gradcam(self, batch: dict[str, torch.Tensor], targets: Sequence[int]) -> torch.Tensor:
         attr = _captum()
         pixels = batch["pixel_values"].to(self.predictor.device).float().requires_grad_(True)
-        cam = attr.LayerGradCam(lambda x: self.model({"pixel_values": x}).float(), self.feature_layer())
+        cam = attr.LayerGradCam(lambda x: _per_output(self.model({"pixel_values": x}).float()), self.feature_layer())
         self.model.eval()
         with torch.enable_grad(), torch.autocast(self.predictor.device.type, enabled=False):
             maps = cam.attribute(pixels, target=torch.tensor(list(targets), device=pixels.device), relu_attributions=True)
@@ -210,6 +210,8 @@ class Explainer:
         from .data.pipeline import _deterministic_prefix, image_transform
 
         view, _ = _deterministic_prefix(image_transform(self.predictor.preprocessing, train=False))
+        if self.predictor.task.transform(self.predictor.preprocessing, False, "none") is not None:
+            view = None  # a dense task's input is the whole image, resized: the map spans the image as it is
         maps = self._gradcam(batch, targets).numpy()
         return [Explanation("grad-cam", names[t], grid=m, image=view(img) if view else img)
                 for img, m, t in zip(images, maps, targets, strict=True)]
@@ -255,6 +257,12 @@ class Explainer:
             out.append(Explanation("integrated-gradients", names[target],
                                    tokens=tokenizer.convert_ids_to_tokens(ids[:n].tolist()), attributions=row.tolist()))
         return out
+
+
+def _per_output(outputs: torch.Tensor) -> torch.Tensor:
+    """One number per output and example: a dense head's per-pixel logits (B, K, h, w) averaged
+    over the pixels, so Grad-CAM explains a class over the whole image."""
+    return outputs.flatten(2).mean(-1) if outputs.dim() > 2 else outputs
 
 
 # -- the report's worst errors ---------------------------------------------------------------------

@@ -325,9 +325,10 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False)
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
     recipe = resolve(recipe, backbone.modality)
     check_for_modality(recipe, backbone.modality)
+    if recipe.task.type is not None and not recipe.tasks:  # dense tasks refuse mixup, balanced sampling, text backbones
+        TASKS.get(recipe.task.type).check_recipe(recipe, backbone.modality)
     recipe, train_ex, val_ex, task, train_ids, val_ids = _read_data(recipe, backbone.modality, quiet or not accelerator.is_main_process)
     t, d = recipe.train, recipe.data
-    task.check_recipe(recipe, backbone.modality)  # dense tasks refuse mixup, balanced sampling, text backbones
 
     model = FineTuneModel(backbone, task.head_for(backbone, spec.head_dropout))
     preprocessing = backbone.preprocessing()

@@ -92,6 +92,10 @@ def fit_task(recipe: Any, train: Any, single_type: Callable[[list[Any]], str], s
             kind, why = infer_type(column_view(train, columns).labels or [])
             say(f"task {spec.name}: {kind} ({why}; set its type to choose)")
         spec.check_type(kind, f"tasks[{i}]")
+        if TASKS.get(kind).dense:
+            from ..errors import RecipeError
+
+            raise RecipeError(f"tasks[{i}].type: a {kind} task has a head of its own on the feature maps; train it alone (task: type: {kind})")
         options = TASKS.get(kind).check_options({**dataclasses.asdict(spec), "type": kind}, f"tasks[{i}]")
         specs.append({**options, "weight": 1.0 if spec.weight is None else spec.weight})
     return TASKS.get("multitask").from_data({"type": "multitask", "tasks": specs}, train, recipe), {"tasks": specs}

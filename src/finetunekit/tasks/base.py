@@ -84,8 +84,10 @@ class Task:
         """A few words for the start-of-run log line, e.g. "2 classes"."""
         return self.type
 
-    def check_recipe(self, recipe: Any, modality: str) -> None:
-        """Refuse recipe settings this task cannot honour (raise RecipeError naming the field)."""
+    @classmethod
+    def check_recipe(cls, recipe: Any, modality: str) -> None:
+        """Refuse recipe settings this task type cannot honour (raise RecipeError naming the field);
+        the trainer calls it once the backbone's modality is known, before reading any data."""
 
     # -- targets --------------------------------------------------------------------------------
     def encode(self, examples: Any) -> torch.Tensor:

@@ -37,8 +37,9 @@ from .base import Task
 class DenseTask(Task):
     dense = True
 
-    def check_recipe(self, recipe: Any, modality: str) -> None:
-        kind = self.type
+    @classmethod
+    def check_recipe(cls, recipe: Any, modality: str) -> None:
+        kind = cls.type
         if modality != "image":
             raise RecipeError(
                 f"task.type: {kind} needs an image backbone with feature maps; {recipe.model.backbone} is a {modality} backbone"

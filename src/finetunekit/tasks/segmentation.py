@@ -452,12 +452,22 @@ class SegmentationTask(DenseTask):
         return records
 
     def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        """Per image: every class's share of the predicted pixels (``shares``, in class order) and
+        the mask's size; the line lists the classes present, largest first."""
         records = []
         for mask in scores:
             shares = self._shares(mask)
             line = " ".join(f"{name}:{share:.3f}" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))
-            records.append({"json": {"shares": shares, "size": [int(mask.shape[0]), int(mask.shape[1])]}, "line": line})
+            every = {name: shares.get(name, 0.0) for name in self.classes}  # fixed keys: the columns of predict --output
+            records.append({"json": {"shares": every, "size": [int(n) for n in np.shape(mask)]}, "line": line})
         return records
+
+    def output_names(self) -> list[str]:
+        return list(self.classes)
+
+    def explain_targets(self, scores: np.ndarray) -> list[int]:
+        """The class covering most of each predicted mask."""
+        return [int(np.bincount(np.asarray(m, dtype=np.int64).reshape(-1), minlength=len(self.classes)).argmax()) for m in scores]
 
     def run_files(self, inputs: Sequence[Any], scores: np.ndarray, targets: np.ndarray | None, limit: int = 6) -> dict[str, bytes]:
         """``worst_val/NN_STEM.png`` for the ``limit`` validation images with the lowest mean IoU
