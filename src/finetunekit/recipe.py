@@ -70,6 +70,10 @@ class DataSpec:
     # image tables: the folder their file paths are relative to (None: the table's own folder)
     image_root: str | None = None
     label_column: str | list[str] = "label"  # several columns: several regression targets
+    # detection: text files naming the images (one file name a line) of the training and the
+    # validation split, when both splits share one annotation file (Penn-Fudan's train.txt / val.txt)
+    train_list: str | None = None
+    val_list: str | None = None
     max_length: int = 128  # tokens, text only
     max_train_samples: int | None = None  # keep the first N training rows (after shuffling by seed)
     # few-shot: keep K training examples of each class, drawn with train.seed (a class with fewer
@@ -161,12 +165,26 @@ class TaskSpec:
     input_size: int | list[int] | None = None
     decoder: str | None = None
     dice_weight: float | None = None
+    # detection (docs/detection-segmentation.md): the head on the feature pyramid (fcos or
+    # retinanet, torchvision's); classes: the class names in order (null: the training boxes' names,
+    # sorted; a box table without a label column is single-class and needs its one name here); detections
+    # scoring under score_threshold are not reported (metrics use every detection from 0.05 up);
+    # non-maximum suppression drops the weaker of two boxes of one class overlapping more than
+    # nms_iou; at most max_detections per image; images may hold at most max_boxes true boxes;
+    # fpn_channels: the width of the pyramid and the head (a multiple of 32)
+    head: Literal["fcos", "retinanet"] | None = None
+    score_threshold: float | None = None
+    nms_iou: float | None = None
+    max_detections: int | None = None
+    max_boxes: int | None = None
+    fpn_channels: int | None = None
 
     SECTION: ClassVar[str] = "task"  # how its own checks name it; entries of tasks: are tasks[i]
     OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
         "regression": ("loss", "huber_delta", "standardize"),
         "multilabel": ("separator", "pos_weight", "threshold"),
         "segmentation": ("classes", "ignore_index", "input_size", "decoder", "dice_weight"),
+        "detection": ("head", "classes", "score_threshold", "nms_iou", "max_detections", "max_boxes", "fpn_channels"),
     }
 
     def __post_init__(self) -> None:
@@ -185,6 +203,16 @@ class TaskSpec:
             _check_range("task.huber_delta", self.huber_delta, 0.0, 1e6, low_open=True)
         if self.threshold is not None:
             _check_range("task.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
+        if self.score_threshold is not None:
+            _check_range("task.score_threshold", self.score_threshold, 0.0, 1.0)
+        if self.nms_iou is not None:
+            _check_range("task.nms_iou", self.nms_iou, 0.0, 1.0, low_open=True)
+        if self.max_detections is not None:
+            _check_range("task.max_detections", self.max_detections, 1, 10_000)
+        if self.max_boxes is not None:
+            _check_range("task.max_boxes", self.max_boxes, 1, 10_000)
+        if self.fpn_channels is not None:
+            _check_range("task.fpn_channels", self.fpn_channels, 32, 1024)
         if self.separator is not None and (not self.separator or self.separator.strip() != self.separator):
             raise RecipeError(f"task.separator: {self.separator!r} must be one or more non-space characters, e.g. '|'")
         if self.type is not None:

@@ -17,7 +17,7 @@ from ..registry import Registry
 TASKS: Registry = Registry("task")
 
 from .base import Task  # noqa: E402
-from . import classification, multilabel, multitask, regression, segmentation  # noqa: E402, F401  (registers the task types)
+from . import classification, detection, multilabel, multitask, regression, segmentation  # noqa: E402, F401  (registers the task types)
 
 __all__ = ["TASKS", "Task", "build_task", "fit_task", "infer_type", "label_columns", "task_from_state"]
 

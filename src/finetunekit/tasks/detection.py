@@ -1,0 +1,436 @@
+"""Object detection: boxes and their classes, from a feature pyramid on the backbone's feature maps.
+
+The head is torchvision's FCOS (default) or RetinaNet head on an FPN over the backbone's maps at
+strides 8-32 (finetunekit.tasks.detection_head); its loss and post-processing are torchvision's.
+Every image is letterboxed to the run's square input size (``model.image_size``: the long side
+scaled to it, padding right and below), so batches stack and one set of anchors serves the run.
+
+Targets travel as padded ``(max_boxes, 5)`` rows ``[x1, y1, x2, y2, class]`` in the network-input
+frame (padding rows -1); scores as ``(max_detections, 6)`` rows ``[x1, y1, x2, y2, score, class]``
+by falling score (padding -1). Detections scoring under 0.05 are never kept (torchvision
+RetinaNet's own floor); ``task.score_threshold`` decides which are reported as predictions, and
+``task.nms_iou`` the overlap at which non-maximum suppression drops the weaker of two boxes of one
+class. Both can be changed when predicting.
+
+Metrics (torchmetrics ``MeanAveragePrecision``, pycocotools backend): COCO mAP (IoU 0.50:0.95),
+mAP@0.5, mAP@0.75, mean average recall (100 detections per image), and per class AP, AP@0.5 and
+recall. The primary metric is mAP@0.5: the bars people report for small single-class sets (and
+this project's) are VOC-style AP@0.5, and on a few dozen validation images it is the steadier of
+the two for choosing an epoch; COCO mAP is reported beside it.
+
+Example::
+
+    task = DetectionTask.from_data({"type": "detection"}, train_examples)   # classes from the boxes
+    head = task.head_for(backbone)                                          # FPN + FCOS head
+    transform = task.transform(backbone.preprocessing(), train=True, augment="light")
+    pixels, target = transform(pil_image, task.encode(train_examples)[0])   # (3, S, S), (100, 5)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DataError, RecipeError
+from . import TASKS
+from .base import Task
+
+# the score below which no detection is kept, whatever task.score_threshold says (mAP needs the
+# low-scoring ones: they add recall at the end of the precision-recall curve)
+SCORE_FLOOR = 0.05
+METRICS = ("map", "map_50", "map_75", "mar_100")
+METRIC_LABELS = {"map": "mAP@[.5:.95]", "map_50": "mAP@0.5", "map_75": "mAP@0.75", "mar_100": "mAR@100"}
+
+
+def letterbox_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) of an image scaled so that its long side is ``size``."""
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class DetectionTransform:
+    """An image and its boxes, moved together (torchvision.transforms.v2 with tv_tensors).
+
+    Evaluation: letterbox to ``size`` x ``size`` (scale the long side to ``size``, pad right and
+    below with the mean colour). Training, ``augment="light"``: horizontal flip, scale jitter
+    (the long side becomes 0.7-1.3 x ``size``), then a random ``size`` crop or placement: boxes cut
+    by the crop are clipped to it, and boxes left under 2 px wide or high are dropped
+    (SanitizeBoundingBoxes). ``"strong"`` adds a photometric distortion and, half the time, an
+    SSD-style IoU crop first. All draws come from torch's generator (the dataset seeds it per
+    example and epoch).
+
+    ``(PIL image, (n, 5) boxes in image pixels or None) -> (pixels, (max_boxes, 5) target or None)``.
+    """
+
+    def __init__(self, size: int, mean: list[float], std: list[float], train: bool, augment: str, max_boxes: int) -> None:
+        self.size = int(size)
+        self.mean, self.std = list(mean), list(std)
+        self.train = train and augment in ("light", "strong")
+        self.augment = augment
+        self.max_boxes = int(max_boxes)
+        self.fill = tuple(int(round(255 * m)) for m in self.mean)
+        self._random = self._random_steps() if self.train else None
+
+    def _fills(self) -> dict[Any, Any]:
+        """Padding: the mean colour for the image (0 after normalisation), 0 for anything else (masks)."""
+        from PIL import Image
+        from torchvision import tv_tensors
+
+        return {Image.Image: self.fill, tv_tensors.Image: self.fill, "others": 0}
+
+    def _random_steps(self) -> Any:
+        from torchvision.transforms import v2
+
+        steps: list[Any] = []
+        if self.augment == "strong":
+            steps += [v2.RandomPhotometricDistort(p=0.5), v2.RandomApply([v2.RandomIoUCrop()], p=0.5), v2.SanitizeBoundingBoxes(min_size=2)]
+        steps += [
+            v2.RandomHorizontalFlip(),
+            v2.ScaleJitter((self.size, self.size), scale_range=(0.7, 1.3), antialias=True),
+            v2.RandomCrop((self.size, self.size), pad_if_needed=True, fill=self._fills()),
+            v2.SanitizeBoundingBoxes(min_size=2),
+        ]
+        return v2.Compose(steps)
+
+    def apply(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """The geometric (and, training, photometric) steps on ``{"image", "boxes", "labels", ...}``
+        (any other tv_tensors, such as instance masks, move with them), before normalisation."""
+        from torchvision.transforms import v2
+
+        if self._random is not None:
+            return self._random(sample)
+        height, width = sample["boxes"].canvas_size
+        w, h = letterbox_size(width, height, self.size)
+        return v2.Compose([
+            v2.Resize((h, w), antialias=True),
+            v2.Pad([0, 0, self.size - w, self.size - h], fill=self._fills()),
+        ])(sample)
+
+    def __call__(self, image: Any, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2 import functional as F
+
+        width, height = image.size
+        raw = torch.zeros((0, 5)) if target is None else torch.as_tensor(target, dtype=torch.float32).reshape(-1, 5)
+        sample = {
+            "image": image,
+            "boxes": tv_tensors.BoundingBoxes(raw[:, :4], format="XYXY", canvas_size=(height, width)),
+            "labels": raw[:, 4].long(),
+        }
+        sample = self.apply(sample)
+        pixels = F.to_dtype(F.to_image(sample["image"]), torch.float32, scale=True)
+        pixels = F.normalize(pixels, self.mean, self.std)
+        if target is None:
+            return pixels, None
+        boxes, labels = sample["boxes"].as_subclass(torch.Tensor), sample["labels"]
+        out = torch.full((self.max_boxes, 5), -1.0)
+        k = min(len(labels), self.max_boxes)
+        out[:k, :4] = boxes[:k]
+        out[:k, 4] = labels[:k].float()
+        return pixels, out
+
+
+def targets_as_dicts(targets: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Padded ``(N, max_boxes, 5)`` rows -> torchvision's per-image ``{"boxes", "labels"}``."""
+    out = []
+    for rows in targets:
+        keep = rows[:, 4] >= 0
+        out.append({"boxes": rows[keep, :4].float(), "labels": rows[keep, 4].long()})
+    return out
+
+
+def detection_metrics(scores: np.ndarray, targets: np.ndarray, classes: list[str], loss: float | None = None) -> dict[str, Any]:
+    """COCO-style metrics of padded detections against padded targets (torchmetrics
+    MeanAveragePrecision, pycocotools backend); per class AP, AP@0.5 and recall."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    preds, gts = [], []
+    for det, tgt in zip(np.asarray(scores), np.asarray(targets), strict=True):
+        d = torch.as_tensor(det[det[:, 4] >= 0], dtype=torch.float32)
+        t = torch.as_tensor(tgt[tgt[:, 4] >= 0], dtype=torch.float32)
+        preds.append({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()})
+        gts.append({"boxes": t[:, :4], "labels": t[:, 4].long()})
+    coco = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+    at_50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5], class_metrics=True, backend="pycocotools")
+    coco.update(preds, gts)
+    at_50.update(preds, gts)
+    full, half = coco.compute(), at_50.compute()
+    result: dict[str, Any] = {k: _value(full[k]) for k in METRICS}
+    result["num_examples"] = len(gts)
+    result["num_boxes"] = int(sum(len(g["labels"]) for g in gts))
+    if loss is not None:
+        result["loss"] = float(loss)
+    counts = Counter(int(c) for g in gts for c in g["labels"].tolist())
+    ids = [int(c) for c in torch.atleast_1d(full["classes"]).tolist()]
+    ap, rec = torch.atleast_1d(full["map_per_class"]).tolist(), torch.atleast_1d(full["mar_100_per_class"]).tolist()
+    ids50 = [int(c) for c in torch.atleast_1d(half["classes"]).tolist()]
+    ap50 = dict(zip(ids50, torch.atleast_1d(half["map_per_class"]).tolist(), strict=True))
+    per_class = {}
+    for k, name in enumerate(classes):
+        row = {"ap": -1.0, "ap_50": -1.0, "recall": -1.0, "boxes": counts.get(k, 0)}
+        if k in ids:
+            j = ids.index(k)
+            row.update(ap=float(ap[j]), recall=float(rec[j]), ap_50=float(ap50.get(k, -1.0)))
+        per_class[name] = row
+    result["per_class"] = per_class
+    return result
+
+
+def _value(x: Any) -> float:
+    return float(torch.as_tensor(x).item())
+
+
+@TASKS.register("detection")
+class DetectionTask(Task):
+    """Boxes with classes; options (recipe ``task:``): ``head`` fcos | retinanet, ``classes``
+    (their order; null: the training boxes' names, sorted), ``score_threshold``, ``nms_iou``,
+    ``max_detections``, ``max_boxes``, ``fpn_channels``."""
+
+    type = "detection"
+    dense = True
+    primary_metric = "map_50"
+    epoch_metrics = METRICS
+
+    def __init__(
+        self, classes: list[str], head: str = "fcos", score_threshold: float = 0.3, nms_iou: float = 0.6,
+        max_detections: int = 100, max_boxes: int = 100, fpn_channels: int = 128, counts: dict[str, int] | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        self.classes = list(classes)
+        self.head_kind = head
+        self.score_threshold = float(score_threshold)
+        self.nms_iou = float(nms_iou)
+        self.max_detections = int(max_detections)
+        self.max_boxes = int(max_boxes)
+        self.fpn_channels = int(fpn_channels)
+        self.counts = dict(counts or {})
+        self.image_size = image_size
+        self._rules: Any = None
+
+    # -- construction
+    @classmethod
+    def check_options(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
+        filled = dict(options)
+        head = options.get("head") or "fcos"
+        if head not in ("fcos", "retinanet"):
+            raise RecipeError(f"{where}.head: {head!r} is not one of 'fcos', 'retinanet'")
+        filled["head"] = head
+        filled["score_threshold"] = 0.3 if options.get("score_threshold") is None else float(options["score_threshold"])
+        filled["nms_iou"] = 0.6 if options.get("nms_iou") is None else float(options["nms_iou"])
+        filled["max_detections"] = 100 if options.get("max_detections") is None else int(options["max_detections"])
+        filled["max_boxes"] = 100 if options.get("max_boxes") is None else int(options["max_boxes"])
+        filled["fpn_channels"] = 128 if options.get("fpn_channels") is None else int(options["fpn_channels"])
+        if filled["fpn_channels"] % 32:
+            raise RecipeError(f"{where}.fpn_channels: {filled['fpn_channels']} must be a multiple of 32 (the heads' GroupNorm has 32 groups)")
+        classes = options.get("classes")
+        if classes is not None and (not classes or len(set(classes)) != len(classes) or not all(str(c).strip() for c in classes)):
+            raise RecipeError(f"{where}.classes: {classes!r} must list distinct, non-empty class names")
+        return filled
+
+    @classmethod
+    def from_data(cls, options: dict[str, Any], train: Any, recipe: Any = None) -> DetectionTask:
+        options = cls.check_options(options, "task")
+        counts = Counter(box[4] for boxes in train.labels or [] for box in boxes)
+        if options.get("classes"):
+            classes = [str(c) for c in options["classes"]]
+        else:
+            classes = sorted(counts)
+        if not classes:
+            raise DataError(f"{train.source}: no boxes in the training images, so no classes to learn; give task.classes")
+        task = cls(classes, options["head"], options["score_threshold"], options["nms_iou"], options["max_detections"],
+                   options["max_boxes"], options["fpn_channels"], {c: counts.get(c, 0) for c in classes})
+        task.encode(train)  # unknown classes and overfull images: named before any training
+        return task
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], read: Any = None) -> DetectionTask:
+        return cls(state["classes"], state.get("head", "fcos"), state.get("score_threshold", 0.3), state.get("nms_iou", 0.6),
+                   state.get("max_detections", 100), state.get("max_boxes", 100), state.get("fpn_channels", 128),
+                   state.get("counts"), state.get("image_size"))
+
+    def state(self) -> dict[str, Any]:
+        return {"type": self.type, "classes": self.classes, "head": self.head_kind, "score_threshold": self.score_threshold,
+                "nms_iou": self.nms_iou, "max_detections": self.max_detections, "max_boxes": self.max_boxes,
+                "fpn_channels": self.fpn_channels, "counts": self.counts, "image_size": self.image_size}
+
+    def identity(self) -> Any:
+        return {"type": self.type, "classes": self.classes, "head": self.head_kind, "fpn_channels": self.fpn_channels}
+
+    def describe(self) -> str:
+        n = len(self.classes)
+        return f"{n} class{'es' if n != 1 else ''} ({', '.join(self.classes[:5])}{', ...' if n > 5 else ''}), {self.head_kind} head"
+
+    # -- targets
+    def encode(self, examples: Any) -> list[torch.Tensor]:
+        """Per image an ``(n, 5)`` tensor of its boxes in image pixels and their class ids."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        out = []
+        for i, boxes in enumerate(examples.labels or []):
+            if len(boxes) > self.max_boxes:
+                raise DataError(f"{examples.where(i)}: {len(boxes)} boxes in one image, more than task.max_boxes = {self.max_boxes}; raise it")
+            rows = []
+            for x1, y1, x2, y2, name, where in boxes:
+                if name not in index:
+                    from ..errors import did_you_mean
+
+                    raise DataError(f"{where}: unknown class {name!r}{did_you_mean(name, self.classes)} (classes: {', '.join(self.classes)})")
+                rows.append([x1, y1, x2, y2, float(index[name])])
+            out.append(torch.tensor(rows, dtype=torch.float32).reshape(-1, 5))
+        return out
+
+    def collate(self, values: Any) -> torch.Tensor:
+        return torch.stack(list(values))
+
+    def sampling_classes(self, targets: Any) -> torch.Tensor:
+        raise RecipeError("data.sampler: balanced sampling draws one class per image, and a detection image has many boxes; use shuffle")
+
+    # -- model
+    @property
+    def output_size(self) -> int:
+        return len(self.classes)
+
+    def rules(self) -> Any:
+        if self._rules is None:
+            from .detection_head import DetectionRules
+
+            if self.image_size is None:
+                raise RuntimeError("the detection task's input size is set when its head is built (head_for)")
+            self._rules = DetectionRules(self.head_kind, len(self.classes), self.image_size)
+        return self._rules
+
+    def head_for(self, backbone: Any, dropout: float = 0.0) -> nn.Module:
+        from .detection_head import DetectionHead
+
+        size = int(backbone.preprocessing()["input_size"])
+        if self.image_size != size:
+            self.image_size, self._rules = size, None
+        try:
+            info = backbone.feature_info()
+        except NotImplementedError as exc:
+            raise RecipeError(f"task.type: detection needs an image backbone with feature maps ({exc})") from None
+        return DetectionHead(info, len(self.classes), self.head_kind, self.fpn_channels)
+
+    def build_head(self, in_features: int, dropout: float = 0.0) -> nn.Module:
+        raise RecipeError("task.type: detection puts its head on the backbone's feature maps (head_for), not on pooled features")
+
+    def transform(self, preprocessing: dict[str, Any], train: bool, augment: str) -> DetectionTransform:
+        size = int(preprocessing["input_size"])
+        if self.image_size != size:
+            self.image_size, self._rules = size, None
+        return DetectionTransform(size, preprocessing["mean"], preprocessing["std"], train, augment, self.max_boxes)
+
+    def loss_names(self) -> list[str]:
+        return ["classification", "bbox_regression", *(["bbox_ctrness"] if self.head_kind == "fcos" else [])]
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.rules().loss(outputs, targets_as_dicts(targets))
+
+    def mixable(self, targets: torch.Tensor) -> torch.Tensor:
+        raise RecipeError("train.mixup_alpha / train.cutmix_alpha: mixing blends whole images, not boxes; set both to 0")
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Detections ``(N, max_detections, 6)``: boxes in the network-input frame, score, class."""
+        return self.rules().detections(outputs, SCORE_FLOOR, self.nms_iou, self.max_detections)
+
+    # -- judging
+    def metrics(self, scores: np.ndarray, targets: np.ndarray, loss: float | None = None) -> dict[str, Any]:
+        return detection_metrics(scores, targets, self.classes, loss)
+
+    def metric_names(self) -> list[str]:
+        return ["loss", *METRICS]
+
+    def format_epoch(self, metrics: dict[str, Any]) -> str:
+        return "  ".join(f"val_{k} {metrics[k]:.4f}" for k in self.epoch_metrics if metrics.get(k) is not None)
+
+    def format_metrics(self, metrics: dict[str, Any], title: str = "") -> str:
+        lines = [title] if title else []
+        lines.append("  ".join(f"{METRIC_LABELS[k]} {metrics[k]:.4f}" for k in METRICS if k in metrics)
+                     + f"  (n={metrics.get('num_examples', 0)} images, {metrics.get('num_boxes', 0)} boxes)")
+        per_class = metrics.get("per_class", {})
+        if per_class:
+            width = max(8, *(len(c) for c in per_class))
+            lines.append(f"  {'class':<{width}} {'AP':>8} {'AP@0.5':>8} {'recall':>8} {'boxes':>6}")
+            for name, r in per_class.items():
+                lines.append(f"  {name:<{width}} {r['ap']:>8.4f} {r['ap_50']:>8.4f} {r['recall']:>8.4f} {r['boxes']:>6}")
+        return "\n".join(lines)
+
+    # -- predictions
+    def detections(self, scores: np.ndarray, threshold: float | None = None) -> list[list[dict[str, Any]]]:
+        """Per image the detections at or above ``threshold`` (default ``task.score_threshold``):
+        ``{"label", "score", "box": [x1, y1, x2, y2]}``, in the frame the scores are in."""
+        threshold = self.score_threshold if threshold is None else float(threshold)
+        out = []
+        for rows in np.asarray(scores):
+            out.append([
+                {"label": self.classes[int(r[5])], "score": round(float(r[4]), 4), "box": [round(float(v), 1) for v in r[:4]]}
+                for r in rows if r[4] >= 0 and r[4] >= threshold
+            ])
+        return out
+
+    def decode(self, scores: np.ndarray) -> list[Any]:
+        return self.detections(scores)
+
+    def target_values(self, targets: np.ndarray) -> list[Any]:
+        return [
+            [{"label": self.classes[int(r[4])], "box": [round(float(v), 1) for v in r[:4]]} for r in rows if r[4] >= 0]
+            for rows in np.asarray(targets)
+        ]
+
+    def to_image_frame(self, scores: np.ndarray, sizes: list[tuple[int, int]]) -> np.ndarray:
+        """Detections moved from the letterboxed network input back to each image's own pixels
+        (``sizes``: (width, height) per image)."""
+        out = np.array(scores, dtype=np.float32, copy=True)
+        for i, (width, height) in enumerate(sizes):
+            w, h = letterbox_size(width, height, int(self.image_size or 0))
+            keep = out[i, :, 4] >= 0
+            boxes = out[i, keep, :4]
+            boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]] * (width / w), 0, width)
+            boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]] * (height / h), 0, height)
+            out[i, keep, :4] = boxes
+        return out
+
+    def prediction_records(self, scores: np.ndarray, targets: np.ndarray | None) -> list[dict[str, Any]]:
+        """``{"label": true boxes, "predicted": detections}`` in the network-input frame."""
+        predicted = self.detections(scores)
+        true = self.target_values(targets) if targets is not None else [None] * len(predicted)
+        return [{"label": t, "predicted": p} for t, p in zip(true, predicted, strict=True)]
+
+    def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        records = []
+        for found in self.detections(scores):
+            line = "; ".join(f"{d['label']} {d['score']:.2f} [{', '.join(f'{v:.0f}' for v in d['box'])}]" for d in found)
+            records.append({"json": {"detections": found}, "line": line or "(no detections)"})
+        return records
+
+    def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
+        values = [{"type": k, "value": round(float(metrics[k]), 4), "name": METRIC_LABELS[k]} for k in METRICS if k in metrics]
+        rows = ["| metric | value |", "| --- | --- |"]
+        rows += [f"| {METRIC_LABELS[k]} | {metrics[k]:.4f} |" for k in METRICS if k in metrics]
+        rows += ["", "| class | AP | AP@0.5 | recall (AR@100) | boxes |", "| --- | --- | --- | --- | --- |"]
+        for name, r in metrics.get("per_class", {}).items():
+            rows.append(f"| {name} | {r['ap']:.4f} | {r['ap_50']:.4f} | {r['recall']:.4f} | {r['boxes']} |")
+        n = len(self.classes)
+        return {
+            "pipeline_tag": "object-detection",
+            "metric_names": list(METRICS),
+            "metrics": values,
+            "title": f"object detector ({n} class{'es' if n != 1 else ''}, {self.head_kind.upper()} head)",
+            "summary": f"Finds {', '.join(f'`{c}`' for c in self.classes)} in images and draws a box around each.",
+            "use": (
+                f"Locating {', '.join(self.classes)} in photos like those in the training data, at a "
+                f"{self.image_size} px input (the long side of each image is scaled to it, so small objects in large "
+                f"images may be missed). It was fine-tuned on {len(train)} images: expect misses and false alarms on "
+                f"other scenes; detections under score {self.score_threshold} are not reported (set it when predicting)."
+            ),
+            "data": "(" + ", ".join(f"{c} {self.counts.get(c, 0)} boxes" for c in self.classes) + ")",
+            "table": "\n".join(rows),
+            "report": "Curves, the per-class table and the worst validation images with true and predicted boxes: `report.html`.",
+        }
+
+    def export_config(self) -> dict[str, Any]:
+        return {"id2label": dict(enumerate(self.classes)), "label2id": {c: i for i, c in enumerate(self.classes)},
+                "problem_type": "object_detection"}
