@@ -76,7 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     predictor = load(args.run_dir)
     metrics = predictor.evaluate(
         args.data, text_column=args.text_column, label_column=args.label_column, text_columns=args.text_columns,
-        image_column=args.image_column, image_root=args.image_root,
+        image_column=args.image_column, image_root=args.image_root, image_list=args.image_list,
     )
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentence pairs: the two text columns (default: the run's data.text_columns)")
     p.add_argument("--image-column", help="image tables: the column of image files (relative to the table)")
     p.add_argument("--image-root", help="image tables: the folder the image paths are relative to (default: the table's folder)")
+    p.add_argument("--image-list", help="a text file naming the images to evaluate, one file name a line (e.g. Penn-Fudan's val.txt)")
     p.add_argument("--label-column", default=None, help="default: the run's own label column(s)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 

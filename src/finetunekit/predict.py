@@ -25,7 +25,7 @@ import torch
 from .data import Examples, read_examples
 from .data.dense import task_reader
 from .data.pipeline import TextCollator, build_dataset, build_loader, image_transform
-from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS
+from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS, select_listed
 from .errors import DataError
 from .loading import load_model
 
@@ -198,14 +198,19 @@ class Predictor:
         text_columns: list[str] | None = None,
         image_column: str | None = None,
         image_root: str | None = None,
+        image_list: str | None = None,
     ) -> dict[str, Any]:
         """Metrics on a labelled set (an image folder or table, or a text table), with this run's
         preprocessing; a pair model reads its pairs from the run's ``text_columns`` unless given,
-        and the labels from the run's own label column(s) unless given."""
+        and the labels from the run's own label column(s) unless given. ``image_list``: a text
+        file naming the images to keep (one file name a line, as data.val_list)."""
         if label_column is None:
             label_column = self.label_column
         columns = text_columns or self.text_columns
-        reader = task_reader(self.task.type)  # a task's own formats (segmentation's image/mask lists)
+        # a task's own formats (segmentation's image/mask lists; detection's COCO, VOC, box tables,
+        # a single-class table's class being the run's one class)
+        single = self.classes if len(self.classes) == 1 else None
+        reader = task_reader(self.task.type, image_root=image_root, classes=single)
         if reader is not None:
             examples = reader(str(data))
         else:
@@ -213,6 +218,8 @@ class Predictor:
                 data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column,
                 options=FLAG_COLUMN_OPTIONS, image_root=image_root,
             )
+        if image_list is not None:
+            examples = select_listed(examples, image_list)
         scores, targets = self._scores(examples, self.task.encode(examples))
         loss = self.task.eval_loss(scores, targets)
         return {**self.task.metrics(scores, targets, loss), **self.task.confidence_intervals(scores, targets), "eval_set": examples.source}

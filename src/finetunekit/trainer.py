@@ -285,10 +285,11 @@ def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Reci
         return TASKS.get(task_type(examples.labels or [])).strata_for(examples, recipe.task)
 
     # a task with data formats of its own (segmentation's image/mask lists) reads them itself
-    reader = task_reader(recipe.task.type) if not recipe.tasks else None
+    # (detection: COCO, VOC or box tables, images under data.image_root, a single-class table's class)
+    reader = task_reader(recipe.task.type, image_root=d.image_root, classes=recipe.task.classes) if not recipe.tasks else None
     train_ex, val_ex = resolve_splits(
         d.train, d.val, modality, d.val_fraction, seed, d.text_column, label_columns(recipe), d.text_columns, d.image_column, strata,
-        d.image_root, reader,
+        d.image_root, reader, (d.train_list, d.val_list),
     )
     if d.max_train_samples is not None and d.max_train_samples < len(train_ex):
         keep = list(range(len(train_ex)))

@@ -14,8 +14,11 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..registry import Registry
@@ -24,9 +27,25 @@ from .readers import IMAGE_EXTENSIONS, Examples
 READERS: Registry[Callable[[str | Path], Examples]] = Registry("dense data reader")
 
 
-def task_reader(task_type: str | None) -> Callable[[str | Path], Examples] | None:
-    """The reader of ``task_type``'s own formats, or None when the generic readers apply."""
-    return READERS.get(task_type) if task_type is not None and task_type in READERS else None
+def task_reader(task_type: str | None, **options: Any) -> Callable[[str | Path], Examples] | None:
+    """The reader of ``task_type``'s own formats, or None when the generic readers apply.
+    ``options`` (``image_root``, ``classes``...) go to the readers that take them; None values
+    and options a reader does not take are left out."""
+    if task_type is None or task_type not in READERS:
+        return None
+    reader = READERS.get(task_type)
+    accepted = inspect.signature(reader).parameters
+    given = {k: v for k, v in options.items() if v is not None and k in accepted}
+    return functools.partial(reader, **given) if given else reader
+
+
+@READERS.register("detection")
+def read_detection_annotations(path: str | Path, image_root: str | Path | None = None, classes: list[str] | None = None) -> Examples:
+    """Images and their boxes from COCO JSON, a Pascal VOC folder or a box table
+    (finetunekit.data.detection)."""
+    from .detection import read_detection
+
+    return read_detection(path, image_root=image_root, classes=classes)
 
 
 @READERS.register("segmentation")

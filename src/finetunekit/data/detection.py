@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples
+from .readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
 
 BOX_COLUMNS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"))
 LABEL_COLUMN_GUESSES = ("label", "class", "category", "class_name", "name")
@@ -79,7 +79,7 @@ def read_detection(
     else:
         raise DataError(f"{p}: not detection annotations (a COCO .json file, a Pascal VOC folder or a .csv of boxes)")
     if image_list is not None:
-        examples = _select(examples, Path(image_list))
+        examples = select_listed(examples, image_list)
     if not len(examples):
         raise DataError(f"{p}: no images")
     return examples
@@ -317,33 +317,3 @@ def _read_box_table(path: Path, root: Path | None, classes: list[str] | None, re
         [str(found[n][0]) for n in order], [found[n][2] for n in order], str(path), "image",
         places=[found[n][1] for n in order],
     )
-
-
-# -- image lists -----------------------------------------------------------------------------------
-
-
-def _select(examples: Examples, list_file: Path) -> Examples:
-    """The examples whose image the list names (by file name or path relative to the images), in its order."""
-    try:
-        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{list_file}: cannot read the image list ({exc.__class__.__name__}: {exc})") from None
-    index: dict[str, int] = {}
-    for i, path in enumerate(examples.inputs):
-        p = Path(str(path))
-        index.setdefault(p.name, i)
-        index.setdefault(p.stem, i)
-    keep: list[int] = []
-    for number, line in enumerate(lines, start=1):
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
-        key = Path(name).name
-        if key not in index and Path(name).stem not in index:
-            raise DataError(f"{list_file}:{number}: image {name!r} is not in {examples.source}")
-        i = index.get(key, index.get(Path(name).stem))
-        if i not in keep:
-            keep.append(i)  # type: ignore[arg-type]
-    if not keep:
-        raise DataError(f"{list_file}: names no image")
-    return examples.subset(keep, f"{examples.source} ({list_file.name})")

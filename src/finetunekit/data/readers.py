@@ -448,11 +448,14 @@ def resolve_splits(
     strata: Callable[[Examples], list[Any] | None] | None = None,
     image_root: str | None = None,
     reader: Callable[[str], Examples] | None = None,
+    lists: tuple[str | None, str | None] = (None, None),
 ) -> tuple[Examples, Examples]:
     """(train, val) examples: an explicit val set, an image root's train/ and val/, or a seeded split,
     stratified on the keys ``strata(train examples)`` gives (the task's choice, which may also reject
     bad label cells first; default: the label cells), or random when it gives None. ``reader``
-    (a task's own formats, ``Task.reader()``) reads each path instead of the generic readers."""
+    (a task's own formats, ``Task.reader()``) reads each path instead of the generic readers.
+    ``lists``: text files naming the training and the validation images (:func:`select_listed`);
+    with a validation list and no ``val_path``, both splits come from ``train_path``."""
     root = Path(train_path)
     if reader is None and val_path is None and modality == "image" and (root / "train").is_dir():
         for name in ("val", "valid", "validation", "test"):
@@ -463,9 +466,16 @@ def resolve_splits(
     if reader is None:
         def reader(path: str) -> Examples:
             return read_examples(path, modality, text_column, label_column, **columns)
-    train = reader(train_path)
-    if val_path is not None:
+    train = full = reader(train_path)
+    train_list, val_list = lists
+    if train_list:
+        train = select_listed(full, train_list)
+    if val_path is None and val_list:  # both splits listed out of one annotation file
+        val = select_listed(full, val_list)
+    elif val_path is not None:
         val = reader(val_path)
+        if val_list:
+            val = select_listed(val, val_list)
     else:
         keys = strata(train) if strata is not None else [str(x) for x in train.labels or []]
         if keys is None:
@@ -487,3 +497,32 @@ def random_split(size: int, fraction: float, seed: int) -> tuple[list[int], list
     random.Random(seed).shuffle(order)
     n_val = min(size - 1, round(size * fraction))
     return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def select_listed(examples: Examples, list_file: str | Path) -> Examples:
+    """The examples whose image a text file names, one file name a line (data.train_list /
+    data.val_list; Penn-Fudan's train.txt), in its order; a name the examples lack is an error."""
+    list_file = Path(list_file)
+    try:
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{list_file}: cannot read the image list ({exc.__class__.__name__}: {exc})") from None
+    index: dict[str, int] = {}
+    for i, path in enumerate(examples.inputs):
+        p = Path(str(path))
+        index.setdefault(p.name, i)
+        index.setdefault(p.stem, i)
+    keep: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        key = Path(name).name
+        if key not in index and Path(name).stem not in index:
+            raise DataError(f"{list_file}:{number}: image {name!r} is not in {examples.source}")
+        i = index.get(key, index.get(Path(name).stem))
+        if i not in keep:
+            keep.append(i)  # type: ignore[arg-type]
+    if not keep:
+        raise DataError(f"{list_file}: names no image")
+    return examples.subset(keep, f"{examples.source} ({list_file.name})")

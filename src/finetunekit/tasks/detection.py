@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import DataError, RecipeError
 from . import TASKS
-from .base import Task
+from .dense import DenseTask
 
 # the score below which no detection is kept, whatever task.score_threshold says (mAP needs the
 # low-scoring ones: they add recall at the end of the precision-recall curve)
@@ -185,13 +185,12 @@ def _value(x: Any) -> float:
 
 
 @TASKS.register("detection")
-class DetectionTask(Task):
+class DetectionTask(DenseTask):
     """Boxes with classes; options (recipe ``task:``): ``head`` fcos | retinanet, ``classes``
     (their order; null: the training boxes' names, sorted), ``score_threshold``, ``nms_iou``,
     ``max_detections``, ``max_boxes``, ``fpn_channels``."""
 
     type = "detection"
-    dense = True
     primary_metric = "map_50"
     epoch_metrics = METRICS
 

@@ -48,6 +48,25 @@ def pick_levels(feature_info: list[dict[str, int]]) -> list[int]:
     return picked
 
 
+def _full_precision_p6p7() -> type:
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    class FullPrecisionP6P7(LastLevelP6P7):
+        """torchvision's P6/P7 block, run in float32 under autocast: on maps of one or two pixels
+        (small inputs) the CPU's bfloat16 convolution backward returned NaN weight gradients; the
+        maps are tiny, so float32 costs nothing measurable. Same parameters and names."""
+
+        def forward(self, p: list[torch.Tensor], c: list[torch.Tensor], names: list[str]) -> tuple[list[torch.Tensor], list[str]]:
+            with torch.autocast(p[-1].device.type, enabled=False):
+                return super().forward([t.float() for t in p], [t.float() for t in c], names)
+
+    return FullPrecisionP6P7
+
+
+def _FullPrecisionP6P7(in_channels: int, out_channels: int) -> nn.Module:  # noqa: N802  (a class made lazily: torchvision loads on first use)
+    return _full_precision_p6p7()(in_channels, out_channels)
+
+
 class DetectionHead(nn.Module):
     """FPN (P3-P5 from the backbone, P6/P7 from P5) + a torchvision FCOS or RetinaNet head."""
 
@@ -57,7 +76,7 @@ class DetectionHead(nn.Module):
         super().__init__()
         from torchvision.models.detection.fcos import FCOSHead
         from torchvision.models.detection.retinanet import RetinaNetHead
-        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
         self.kind = kind
         self.levels = pick_levels(feature_info)
@@ -65,7 +84,7 @@ class DetectionHead(nn.Module):
         self.num_classes = int(num_classes)
         self.channels = int(channels)
         self.convs = int(convs)
-        self.fpn = FeaturePyramidNetwork(self.in_channels, self.channels, extra_blocks=LastLevelP6P7(self.channels, self.channels))
+        self.fpn = FeaturePyramidNetwork(self.in_channels, self.channels, extra_blocks=_FullPrecisionP6P7(self.channels, self.channels))
         if kind == "fcos":
             self.head = FCOSHead(self.channels, 1, self.num_classes, num_convs=self.convs)
         else:
