@@ -92,7 +92,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.input or args.output:
         return _predict_to_file(args)
-    predictor = load(args.run_dir)
+    predictor = load(args.run_dir).set_options(score_threshold=args.score_threshold, nms_iou=args.nms_iou)
     if predictor.text_columns and args.inputs:
         raise FinetuneError(
             "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file"
@@ -328,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
     p.add_argument("--save-dir", help="also write the task's prediction files there (segmentation: an index PNG and a colour "
-                   "overlay per image)")
+                   "overlay per image; detection: each image with its boxes drawn, and detections.json in COCO result format)")
+    p.add_argument("--score-threshold", type=float, help="detection: report detections scoring at least this (default: the run's "
+                   "task.score_threshold)")
+    p.add_argument("--nms-iou", type=float, help="detection: non-maximum suppression drops the weaker of two boxes of one class "
+                   "overlapping by more than this IoU (default: the run's task.nms_iou)")
     p.add_argument("--input", help="batch mode: an image folder or a .csv/.tsv/.jsonl/.txt table (texts, or image paths)")
     p.add_argument("--output", "-o", help="batch mode: the CSV file to write (atomically; a rerun resumes)")
     p.add_argument("--batch-size", type=int, default=64, help="batch mode: inputs per forward pass (default 64)")

@@ -86,7 +86,17 @@ class Predictor:
         examples = self._examples(inputs)
         if len(examples) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
-        return self._scores(examples, None)[0]
+        scores = self._scores(examples, None)[0]
+        if self.task.dense:  # detection: boxes back in each image's own pixels
+            scores = self.task.to_input_frame(scores, [_image_size(p) for p in examples.inputs])
+        return scores
+
+    def set_options(self, score_threshold: float | None = None, nms_iou: float | None = None) -> Predictor:
+        """Detection: report detections scoring ``score_threshold`` or more, and let non-maximum
+        suppression drop the weaker of two boxes of one class overlapping by more than ``nms_iou``
+        (defaults: the run's task.score_threshold and task.nms_iou). Returns the predictor."""
+        self.task.set_prediction_options(score_threshold=score_threshold, nms_iou=nms_iou)
+        return self
 
     @torch.no_grad()
     def _scores(self, examples: Examples, targets: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -148,7 +158,10 @@ class Predictor:
         """:meth:`predict_proba` for in-memory inputs (texts or PIL images), one forward pass."""
         if len(items) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
-        return self.forward_proba(self.encode(items))
+        scores = self.forward_proba(self.encode(items))
+        if self.task.dense:
+            scores = self.task.to_input_frame(scores, [image.size for image in items])
+        return scores
 
     def answers(self, probs: np.ndarray) -> list[dict[str, Any]]:
         """The answer for each input, from the model's outputs: the predicted label, its score and
@@ -241,6 +254,14 @@ def _pair(item: Any) -> tuple[str, str]:
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
         return str(item[0]), str(item[1])
     raise DataError(f"this model takes sentence pairs (first, second), not {_shown(str(item))}")
+
+
+def _image_size(path: Any) -> tuple[int, int]:
+    """(width, height) from the image file's header."""
+    from .data.images import open_bounded
+
+    with open_bounded(str(path)) as image:
+        return image.size
 
 
 def _is_file(item: str) -> bool:

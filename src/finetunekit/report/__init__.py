@@ -308,6 +308,39 @@ def _worst_images(run: RunData) -> str:
     return html.section("errors", "Worst validation images", note + "".join(tiles))
 
 
+# -- detection -------------------------------------------------------------------------------------
+
+
+def _per_class_ap(run: RunData) -> str:
+    per_class = run.metrics.get("per_class", {})
+    rows = [[name, html.fmt(r.get("ap")), html.fmt(r.get("ap_50")), html.fmt(r.get("recall")), r.get("boxes", 0)] for name, r in per_class.items()]
+    rows.append(["all", html.fmt(run.metrics.get("map")), html.fmt(run.metrics.get("map_50")), html.fmt(run.metrics.get("mar_100")),
+                 run.metrics.get("num_boxes", "")])
+    note = ('<p class="note">COCO evaluation (torchmetrics, pycocotools): AP averaged over IoU 0.50:0.95, AP at IoU 0.5, '
+            "recall with up to 100 detections per image averaged over the same IoUs; -1: no true box of that class.</p>")
+    return html.section("per-class", "Per-class average precision", note + html.table(["class", "AP", "AP@0.5", "recall", "true boxes"], rows))
+
+
+def _worst_detections(run: RunData) -> str:
+    """The pictures the task wrote at the end of training (worst_val.json: image, its errors, the
+    file with the true boxes beside the detections)."""
+    import base64
+
+    index_path = run.run_dir / "worst_val.json"
+    if not index_path.is_file():
+        return html.section("errors", "Worst validation images", '<p class="note">The run has no worst_val.json.</p>')
+    tiles = []
+    for row in artifacts.read_json(index_path):
+        picture = run.run_dir / row["file"]
+        if picture.is_file():
+            data = base64.b64encode(picture.read_bytes()).decode("ascii")
+            tiles.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
+                         f"<figcaption>{escape(Path(row['input']).name)}: {escape(str(row.get('caption', '')))}</figcaption></figure>")
+    note = ('<p class="note">The validation images with the most errors at IoU 0.5 (true boxes missed plus detections at or above '
+            "the score threshold matching no true box); in each, left: the true boxes, right: the detections with their scores.</p>")
+    return html.section("errors", "Worst validation images", note + ("".join(tiles) or '<p class="note">No errors.</p>'))
+
+
 # -- several tasks -----------------------------------------------------------------------------------
 
 
@@ -373,6 +406,13 @@ TASK_VIEWS: dict[str, TaskView] = {
         curves=[("val_mean_iou", "mean IoU"), ("val_pixel_accuracy", "pixel accuracy")],
         sections=[lambda run, _: _per_class_iou(run), lambda run, _: _worst_images(run)],
         compared=[("mean_iou", "max"), ("pixel_accuracy", "max")],
+    ),
+    "detection": TaskView(
+        noun=lambda run: f"object detection, {len(run.classes)} class{'es' if len(run.classes) != 1 else ''}",
+        cards=[("mAP@0.5", "map_50"), ("mAP@[.5:.95]", "map"), ("mAP@0.75", "map_75"), ("mAR@100", "mar_100")],
+        curves=[("val_map_50", "mAP@0.5"), ("val_map", "mAP@[.5:.95]"), ("val_mar_100", "mAR@100")],
+        sections=[lambda run, _: _per_class_ap(run), lambda run, _: _worst_detections(run)],
+        compared=[("map_50", "max"), ("map", "max"), ("map_75", "max"), ("mar_100", "max")],
     ),
     "multitask": TaskView(
         noun=lambda run: f"{len(_task_parts(run))} tasks ({', '.join(p['name'] for p in _task_parts(run))})",

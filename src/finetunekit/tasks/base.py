@@ -232,6 +232,20 @@ class Task:
         prediction, which the report shows); the trainer writes them atomically."""
         return {}
 
+    def to_input_frame(self, scores: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Scores moved from the network's input to each input's own frame (``sizes``: (width,
+        height) per image): detection's boxes back to the image's pixels. Default: unchanged."""
+        return scores
+
+    def set_prediction_options(self, score_threshold: float | None = None, nms_iou: float | None = None) -> None:
+        """Options of the next predictions (``predict --score-threshold / --nms-iou``); tasks
+        without them refuse any being set."""
+        given = [name for name, value in (("--score-threshold", score_threshold), ("--nms-iou", nms_iou)) if value is not None]
+        if given:
+            from ..errors import FinetuneError
+
+            raise FinetuneError(f"{given[0]}: applies to detection models; this one is a {self.type} model")
+
     def prediction_files(self, inputs: Sequence[Any], scores: np.ndarray) -> list[dict[str, bytes]]:
         """Per input, the prediction files to write (``predict --save-dir``), by file name
         (dense tasks: masks, overlays, drawn boxes); names are unique across the inputs."""

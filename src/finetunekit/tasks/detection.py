@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -405,6 +406,74 @@ class DetectionTask(DenseTask):
             records.append({"json": {"detections": found}, "line": line or "(no detections)"})
         return records
 
+    def set_prediction_options(self, score_threshold: float | None = None, nms_iou: float | None = None) -> None:
+        """Change the reporting threshold and the NMS overlap for the next predictions."""
+        if score_threshold is not None:
+            if not 0.0 <= float(score_threshold) <= 1.0:
+                raise RecipeError(f"--score-threshold: {score_threshold} is out of range [0, 1]")
+            self.score_threshold = float(score_threshold)
+        if nms_iou is not None:
+            if not 0.0 < float(nms_iou) <= 1.0:
+                raise RecipeError(f"--nms-iou: {nms_iou} is out of range (0, 1]")
+            self.nms_iou = float(nms_iou)
+
+    def run_files(self, inputs: Any, scores: np.ndarray, targets: np.ndarray | None, limit: int = 6) -> dict[str, bytes]:
+        """``worst_val/NN_STEM.png`` for the ``limit`` validation images with the most errors at IoU
+        0.5 (true boxes missed + detections at or above the score threshold matching no true box;
+        ties: the lower mean IoU of the matches), the true boxes left and the detections right,
+        and ``worst_val.json`` listing them."""
+        import json
+
+        if targets is None or not len(scores):
+            return {}
+        ranked = []
+        for i in range(len(scores)):
+            missed, false, mean_iou = image_errors(scores[i], targets[i], self.score_threshold)
+            if missed + false:
+                ranked.append((-(missed + false), mean_iou, i, missed, false))
+        ranked.sort()
+        files: dict[str, bytes] = {}
+        rows = []
+        for rank, (_, mean_iou, i, missed, false) in enumerate(ranked[:limit], start=1):
+            image = _letterboxed(inputs[i], int(self.image_size or 0))
+            truth = [(r[:4], self.classes[int(r[4])], None) for r in np.asarray(targets[i]) if r[4] >= 0]
+            found = [(r[:4], self.classes[int(r[5])], float(r[4])) for r in np.asarray(scores[i]) if r[4] >= self.score_threshold]
+            strip = _side_by_side(draw_boxes(image, truth, self.classes), draw_boxes(image, found, self.classes))
+            name = f"worst_val/{rank:02d}_{Path(str(inputs[i])).stem}.png"
+            files[name] = _png(strip)
+            rows.append({"input": str(inputs[i]), "file": name, "missed": missed, "false_detections": false,
+                         "caption": f"{missed} true box{'es' if missed != 1 else ''} missed, {false} false detection{'s' if false != 1 else ''}"})
+        files["worst_val.json"] = json.dumps(rows, indent=1).encode("utf-8")
+        return files
+
+    def to_input_frame(self, scores: np.ndarray, sizes: list[tuple[int, int]]) -> np.ndarray:
+        return self.to_image_frame(scores, sizes)
+
+    def prediction_files(self, inputs: Any, scores: np.ndarray) -> list[dict[str, bytes]]:
+        """Per input ``STEM_boxes.png``: the image with its detections (at or above the score
+        threshold) drawn; with the first input, ``detections.json``: every input's detections as
+        COCO results (``image_id``: the input's position from 1, ``category_id``: the class's
+        position in ``classes`` from 1, ``bbox``: [x, y, width, height] in the image's pixels,
+        ``score``; ``file_name`` names the image). ``scores`` are in the images' own pixels
+        (:meth:`to_input_frame`)."""
+        import json
+
+        results, files, seen = [], [], set()
+        for n, (item, rows) in enumerate(zip(inputs, np.asarray(scores), strict=True), start=1):
+            kept = [r for r in rows if r[4] >= 0 and r[4] >= self.score_threshold]
+            for r in kept:
+                results.append({"image_id": n, "file_name": str(item), "category_id": int(r[5]) + 1, "category": self.classes[int(r[5])],
+                                "bbox": [round(float(r[0]), 2), round(float(r[1]), 2), round(float(r[2] - r[0]), 2), round(float(r[3] - r[1]), 2)],
+                                "score": round(float(r[4]), 5)})
+            stem = Path(str(item)).stem
+            name = f"{stem}_boxes.png" if stem not in seen else f"{stem}_{n}_boxes.png"
+            seen.add(stem)
+            drawn = draw_boxes(_open_rgb(item), [(r[:4], self.classes[int(r[5])], float(r[4])) for r in kept], self.classes)
+            files.append({name: _png(drawn)})
+        if files:
+            files[0]["detections.json"] = json.dumps(results, indent=1).encode("utf-8")
+        return files
+
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
         values = [{"type": k, "value": round(float(metrics[k]), 4), "name": METRIC_LABELS[k]} for k in METRICS if k in metrics]
         rows = ["| metric | value |", "| --- | --- |"]
@@ -433,3 +502,92 @@ class DetectionTask(DenseTask):
     def export_config(self) -> dict[str, Any]:
         return {"id2label": dict(enumerate(self.classes)), "label2id": {c: i for i, c in enumerate(self.classes)},
                 "problem_type": "object_detection"}
+
+
+# -- per-image errors and pictures ----------------------------------------------------------------
+
+
+def image_errors(detections: np.ndarray, targets: np.ndarray, threshold: float, iou: float = 0.5) -> tuple[int, int, float]:
+    """(true boxes missed, detections matching no true box, mean IoU of the matches) for one image:
+    detections at or above ``threshold`` matched greedily by falling score to the unmatched true
+    box of their class they overlap most, if by ``iou`` or more."""
+    from torchvision.ops import box_iou
+
+    det = np.asarray(detections)
+    det = det[(det[:, 4] >= 0) & (det[:, 4] >= threshold)]
+    truth = np.asarray(targets)
+    truth = truth[truth[:, 4] >= 0]
+    if not len(det) or not len(truth):
+        return len(truth), len(det), 0.0
+    overlaps = box_iou(torch.as_tensor(det[:, :4], dtype=torch.float32), torch.as_tensor(truth[:, :4], dtype=torch.float32)).numpy()
+    overlaps[det[:, 5][:, None] != truth[:, 4][None, :]] = 0.0  # only boxes of the same class match
+    taken: set[int] = set()
+    matched = []
+    for d in np.argsort(-det[:, 4], kind="stable"):
+        free = [t for t in np.argsort(-overlaps[d]) if t not in taken and overlaps[d, t] >= iou]
+        if free:
+            taken.add(int(free[0]))
+            matched.append(float(overlaps[d, free[0]]))
+    return len(truth) - len(taken), len(det) - len(matched), float(np.mean(matched)) if matched else 0.0
+
+
+def class_colour(k: int) -> tuple[int, int, int]:
+    """Distinct, saturated colours per class id (golden-ratio hues)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((0.13 + 0.618034 * k) % 1.0, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_boxes(image: Any, boxes: list[tuple[Any, str, float | None]], classes: list[str]) -> Any:
+    """A copy of the PIL ``image`` with ``(box, class name, score or None)`` drawn, each class in its colour."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 240))
+    for box, name, score in boxes:
+        colour = class_colour(classes.index(name) if name in classes else 0)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = name if score is None else f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text)
+        ty = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
+        draw.rectangle([x1, ty, x1 + (right - left) + 4, ty + (bottom - top) + 2], fill=colour)
+        draw.text((x1 + 2, ty), text, fill=(0, 0, 0))
+    return out
+
+
+def _open_rgb(path: Any) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # unreadable files were refused before prediction; say which one if not
+        raise DataError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+
+
+def _letterboxed(path: Any, size: int) -> Any:
+    """The image as the network saw it (long side ``size``), without the padding."""
+    from PIL import Image
+
+    image = _open_rgb(path)
+    return image.resize(letterbox_size(image.width, image.height, size), Image.BILINEAR)
+
+
+def _side_by_side(left: Any, right: Any, gap: int = 6) -> Any:
+    from PIL import Image
+
+    out = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), (255, 255, 255))
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width + gap, 0))
+    return out
+
+
+def _png(image: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
