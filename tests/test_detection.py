@@ -25,7 +25,7 @@ needs_detection_data = pytest.mark.skipif(
 COLOURS = {"red": (220, 40, 40), "blue": (40, 60, 220)}
 
 
-def make_boxes_set(root: Path, n: int = 8, seed: int = 0, sizes=((80, 64), (64, 80), (72, 72))) -> list[dict]:
+def make_boxes_set(root: Path, n: int = 8, seed: int = 0, sizes=((80, 64), (64, 80), (72, 72)), prefix: str = "") -> list[dict]:
     """``n`` images with 0-2 filled rectangles (red or blue) each; image 0 has none. Returns the
     annotations: ``[{"file", "width", "height", "boxes": [(x1, y1, x2, y2, label), ...]}]``."""
     from PIL import Image
@@ -44,7 +44,7 @@ def make_boxes_set(root: Path, n: int = 8, seed: int = 0, sizes=((80, 64), (64, 
             label = "red" if (i + k) % 2 == 0 else "blue"
             pixels[y1 : y1 + h, x1 : x1 + w] = COLOURS[label]
             boxes.append((x1, y1, x1 + w, y1 + h, label))
-        name = f"img_{i}.png"
+        name = f"{prefix}img_{i}.png"
         Image.fromarray(pixels).save(root / name)
         out.append({"file": name, "width": width, "height": height, "boxes": boxes})
     return out
@@ -333,3 +333,176 @@ def test_head_outputs_one_raw_tensor_and_torchvision_loss_and_decoding_run_on_it
     assert real.any() and ((found[..., :4] >= 0) & (found[..., :4] <= 64))[real].all()
     scores = found[0, :, 4][real[0]]
     assert (scores[:-1] >= scores[1:]).all()  # by falling score
+
+
+# -- training, resume, reload, predict, export ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def det_data(tmp_path_factory):
+    """8 training and 6 validation images of red and blue rectangles, as box tables."""
+    root = tmp_path_factory.mktemp("det")
+    write_csv(root / "train.csv", make_boxes_set(root / "images", n=8, seed=0))
+    write_csv(root / "val.csv", make_boxes_set(root / "images", n=6, seed=1, prefix="val_"))
+    return root
+
+
+def det_recipe(root: Path, **sections):
+    from finetunekit import Recipe
+
+    raw = {
+        "model": {"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 96},
+        "data": {"train": str(root / "train.csv"), "val": str(root / "val.csv"), "image_root": str(root / "images"), "augment": "light"},
+        "task": {"type": "detection", "fpn_channels": 32},
+        "strategy": {"name": "full"},
+        "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "head_lr": 1e-3, "seed": 0},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return Recipe.from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def det_run(det_data, tmp_path_factory):
+    from finetunekit import train
+
+    torch.set_num_threads(1)
+    # every detection from the 0.05 floor up is reported, so the records below compare boxes, not empty lists
+    return train(det_recipe(det_data, task={"score_threshold": 0.05}), output=tmp_path_factory.mktemp("det-run") / "run", quiet=True)
+
+
+def test_run_directory_report_card_and_reload_predict_identically(det_run, det_data):
+    import finetunekit
+
+    run = det_run.run_dir
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"map", "map_50", "map_75", "mar_100", "per_class", "best_epoch"}
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert "Per-class average precision" in report and "Worst validation images" in report
+    worst = json.loads((run / "worst_val.json").read_text())
+    assert worst and all((run / row["file"]).is_file() for row in worst)
+    card = (run / "README.md").read_text(encoding="utf-8")
+    assert "object-detection" in card and "| class | AP | AP@0.5 |" in card
+    # reloaded from the run directory alone: the same metrics and the same detections, box for box
+    model = finetunekit.load(run)
+    again = model.evaluate(str(det_data / "val.csv"), image_root=str(det_data / "images"))
+    assert {k: again[k] for k in ("map", "map_50", "per_class")} == {k: metrics[k] for k in ("map", "map_50", "per_class")}
+    saved = [json.loads(line) for line in (run / "val_predictions.jsonl").read_text().splitlines()]
+    from finetunekit.data.dense import task_reader
+
+    val = task_reader("detection", image_root=det_data / "images")(det_data / "val.csv")
+    scores, targets = model._scores(val, model.task.encode(val))
+    assert (scores[..., 4] >= 0.05).any()
+    assert [{k: r[k] for k in ("label", "predicted")} for r in saved] == model.task.prediction_records(scores, targets)
+    model.model = det_run.model  # the trained model still in memory: the same detections
+    # (the same to float rounding: the two copies of the weights may sit differently in memory)
+    assert np.allclose(model._scores(val, None)[0], scores, rtol=0, atol=1e-5)
+
+
+def test_predictions_in_image_pixels_files_and_options(det_run, det_data, tmp_path, capsys):
+    from finetunekit.cli import main
+
+    images = [str(det_data / "images" / f"val_img_{i}.png") for i in (1, 2)]
+    assert main(["predict", str(det_run.run_dir), *images, "--json", "--score-threshold", "0", "--save-dir", str(tmp_path / "out")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and all(r["detections"] for r in rows)
+    for row in rows:  # boxes in the image's own pixels (72 x 72 or 64 x 80 here), not the 96 px input
+        width, height = __import__("PIL.Image", fromlist=["Image"]).open(row["input"]).size
+        assert all(0 <= d["box"][0] <= d["box"][2] <= width and 0 <= d["box"][1] <= d["box"][3] <= height for d in row["detections"])
+    coco = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert {r["image_id"] for r in coco} == {1, 2} and all(set(r) >= {"bbox", "score", "category_id"} for r in coco)
+    assert (tmp_path / "out" / "val_img_1_boxes.png").is_file() and (tmp_path / "out" / "val_img_2_boxes.png").is_file()
+    assert main(["predict", str(det_run.run_dir), *images, "--json", "--score-threshold", "1"]) == 0
+    assert all(json.loads(line)["detections"] == [] for line in capsys.readouterr().out.splitlines())
+
+
+def test_onnx_export_matches_the_raw_head_outputs(det_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from finetunekit.export import export
+
+    exported = export(det_run.run_dir, "onnx", tmp_path / "onnx")
+    assert exported.max_abs_diff <= 1e-4
+
+
+def test_resume_mid_epoch_is_exact(det_data, tmp_path, monkeypatch):
+    from finetunekit import train
+    from finetunekit.checkpoint import read_checkpoint
+    from run_outputs import comparable, differences
+    from test_resume import interrupted
+
+    recipe = det_recipe(det_data, train={"checkpoint_every_steps": 1, "scheduler": "cosine", "warmup_ratio": 0.3})
+    train(recipe, output=tmp_path / "reference", quiet=True)
+    written = interrupted(monkeypatch, recipe, tmp_path / "run", 3)
+    assert read_checkpoint(written[-1]).state["position"] == {"epoch": 1, "batch": 1, "step": 3}  # part-way through epoch 2
+    result = train(recipe, output=tmp_path / "run", quiet=True, resume=True)
+    assert differences(comparable(result.run_dir), comparable(tmp_path / "reference")) == []
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [{"name": "linear_probe"}, {"name": "freeze_then_unfreeze", "freeze_epochs": 1}, {"name": "lora", "lora_rank": 2},
+     {"name": "full", "layer_decay": 0.7}],
+)
+def test_strategies_apply_unchanged(det_data, tmp_path, strategy):
+    import finetunekit
+    from finetunekit import train
+
+    result = train(det_recipe(det_data, strategy=strategy), output=tmp_path / "run", quiet=True)
+    assert 0.0 <= result.metrics["map_50"] <= 1.0
+    again = finetunekit.load(result.run_dir).evaluate(str(det_data / "val.csv"), image_root=str(det_data / "images"))
+    assert again["map_50"] == pytest.approx(result.metrics["map_50"])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": {"mixup_alpha": 0.2}}, "train.mixup_alpha: mixup and cutmix blend whole images"),
+        ({"data": {"sampler": "balanced"}}, "data.sampler: balanced sampling"),
+        ({"task": {"fpn_channels": 40}}, "task.fpn_channels: 40 must be a multiple of 32"),
+    ],
+)
+def test_settings_detection_cannot_honour_are_refused(det_data, tmp_path, change, message):
+    from finetunekit import train
+    from finetunekit.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=message):
+        train(det_recipe(det_data, **change), output=tmp_path / "run", quiet=True)
+
+
+def test_bad_annotations_stop_the_cli_with_one_line_and_status_2(det_data, tmp_path, capsys):
+    from finetunekit.cli import main
+
+    bad = tmp_path / "bad.csv"
+    lines = (det_data / "train.csv").read_text().splitlines()
+    fields = lines[2].split(",")
+    fields[3] = "500"  # x2 beyond the image's width
+    bad.write_text("\n".join([*lines[:2], ",".join(fields), *lines[3:]]) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(det_recipe(det_data, data={"train": str(bad)}).to_yaml())
+    assert main(["train", str(recipe), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.csv:3: field 'x2': 500 is outside the image img_1.png" in err[0]
+
+
+@needs_detection_data
+def test_detector_overfits_a_handful_of_raccoon_images(tmp_path):
+    """Four raccoon images, trained and validated on: mAP@0.5 close to 1. The pretrained
+    backbone's BatchNorm statistics stay as they were (frozen by default)."""
+    from finetunekit import Recipe, train
+
+    rows = (RACCOON / "labels_csv" / "train_labels.csv").read_text().splitlines()
+    (tmp_path / "four.csv").write_text("\n".join(rows[:5]) + "\n")
+    recipe = Recipe.from_dict({
+        "model": {"backbone": "bundled:efficientnet_lite0", "image_size": 160},
+        "data": {"train": str(tmp_path / "four.csv"), "val": str(tmp_path / "four.csv"), "image_root": str(RACCOON / "images"), "augment": "none"},
+        "task": {"type": "detection", "fpn_channels": 64},
+        "strategy": {"name": "full"},
+        "train": {"epochs": 12, "batch_size": 4, "lr": 3e-4, "head_lr": 3e-3, "warmup_ratio": 0.0, "scheduler": "constant", "seed": 0},
+    })
+    from finetunekit.backbones import create_backbone
+
+    before = {k: v.clone() for k, v in create_backbone("bundled:efficientnet_lite0", True, image_size=160).state_dict().items() if "running" in k}
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    assert result.metrics["map_50"] >= 0.95
+    after = {k.removeprefix("backbone."): v for k, v in result.model.state_dict().items() if "running" in k}
+    assert before and set(before) == set(after) and all(torch.equal(before[k], after[k]) for k in before)
