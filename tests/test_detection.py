@@ -441,13 +441,19 @@ def test_resume_mid_epoch_is_exact(det_data, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "strategy",
     [{"name": "linear_probe"}, {"name": "freeze_then_unfreeze", "freeze_epochs": 1}, {"name": "lora", "lora_rank": 2},
-     {"name": "full", "layer_decay": 0.7}],
+     {"name": "full", "layer_decay": 0.7}, {"name": None}],
 )
 def test_strategies_apply_unchanged(det_data, tmp_path, strategy):
+    """Each strategy as for classification (None: detection's default, the backbone's first
+    stages frozen); the last one with the RetinaNet head."""
     import finetunekit
     from finetunekit import train
 
-    result = train(det_recipe(det_data, strategy=strategy), output=tmp_path / "run", quiet=True)
+    task = {"head": "retinanet"} if strategy["name"] is None else {}
+    result = train(det_recipe(det_data, strategy=strategy, task=task), output=tmp_path / "run", quiet=True)
+    if strategy["name"] is None:
+        assert result.recipe.strategy.name == "last_n" and result.recipe.strategy.last_n == 5
+        assert 0 < result.trainable_params < result.total_params
     assert 0.0 <= result.metrics["map_50"] <= 1.0
     again = finetunekit.load(result.run_dir).evaluate(str(det_data / "val.csv"), image_root=str(det_data / "images"))
     assert again["map_50"] == pytest.approx(result.metrics["map_50"])

@@ -197,7 +197,7 @@ class DetectionTask(DenseTask):
 
     def __init__(
         self, classes: list[str], head: str = "fcos", score_threshold: float = 0.3, nms_iou: float = 0.6,
-        max_detections: int = 100, max_boxes: int = 100, fpn_channels: int = 128, counts: dict[str, int] | None = None,
+        max_detections: int = 100, max_boxes: int = 100, fpn_channels: int = 64, counts: dict[str, int] | None = None,
         image_size: int | None = None,
     ) -> None:
         self.classes = list(classes)
@@ -223,7 +223,7 @@ class DetectionTask(DenseTask):
         filled["nms_iou"] = 0.6 if options.get("nms_iou") is None else float(options["nms_iou"])
         filled["max_detections"] = 100 if options.get("max_detections") is None else int(options["max_detections"])
         filled["max_boxes"] = 100 if options.get("max_boxes") is None else int(options["max_boxes"])
-        filled["fpn_channels"] = 128 if options.get("fpn_channels") is None else int(options["fpn_channels"])
+        filled["fpn_channels"] = 64 if options.get("fpn_channels") is None else int(options["fpn_channels"])
         if filled["fpn_channels"] % 32:
             raise RecipeError(f"{where}.fpn_channels: {filled['fpn_channels']} must be a multiple of 32 (the heads' GroupNorm has 32 groups)")
         classes = options.get("classes")
@@ -249,7 +249,7 @@ class DetectionTask(DenseTask):
     @classmethod
     def from_state(cls, state: dict[str, Any], read: Any = None) -> DetectionTask:
         return cls(state["classes"], state.get("head", "fcos"), state.get("score_threshold", 0.3), state.get("nms_iou", 0.6),
-                   state.get("max_detections", 100), state.get("max_boxes", 100), state.get("fpn_channels", 128),
+                   state.get("max_detections", 100), state.get("max_boxes", 100), state.get("fpn_channels", 64),
                    state.get("counts"), state.get("image_size"))
 
     def state(self) -> dict[str, Any]:

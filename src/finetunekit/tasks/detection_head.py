@@ -72,7 +72,7 @@ class DetectionHead(nn.Module):
 
     takes_feature_maps = True  # FineTuneModel feeds backbone.feature_maps(batch), not pooled features
 
-    def __init__(self, feature_info: list[dict[str, int]], num_classes: int, kind: str = "fcos", channels: int = 128, convs: int = 2) -> None:
+    def __init__(self, feature_info: list[dict[str, int]], num_classes: int, kind: str = "fcos", channels: int = 64, convs: int = 2) -> None:
         super().__init__()
         from torchvision.models.detection.fcos import FCOSHead
         from torchvision.models.detection.retinanet import RetinaNetHead
