@@ -316,11 +316,11 @@ def test_head_outputs_one_raw_tensor_and_torchvision_loss_and_decoding_run_on_it
 
     torch.manual_seed(0)
     info = [{"channels": c, "stride": s} for c, s in ((8, 4), (16, 8), (24, 16), (32, 32))]
-    head = DetectionHead(info, 2, kind, channels=32)
+    head = DetectionHead(info, 2, kind, channels=64)
     rules = DetectionRules(kind, 2, 64)
     maps = [torch.randn(2, i["channels"], 64 // i["stride"], 64 // i["stride"]) for i in info]
     raw = head(maps)
-    assert raw.shape == (2, rules.num_anchors, rules.output_width)
+    assert raw.shape == (2, rules.output_width, rules.num_anchors)
     targets = [{"boxes": torch.tensor([[4.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long)}]  # an image without boxes
     parts = rules.loss(raw, targets)
@@ -353,7 +353,7 @@ def det_recipe(root: Path, **sections):
     raw = {
         "model": {"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 96},
         "data": {"train": str(root / "train.csv"), "val": str(root / "val.csv"), "image_root": str(root / "images"), "augment": "light"},
-        "task": {"type": "detection", "fpn_channels": 32},
+        "task": {"type": "detection", "fpn_channels": 64},
         "strategy": {"name": "full"},
         "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "head_lr": 1e-3, "seed": 0},
     }
@@ -393,7 +393,11 @@ def test_run_directory_report_card_and_reload_predict_identically(det_run, det_d
     val = task_reader("detection", image_root=det_data / "images")(det_data / "val.csv")
     scores, targets = model._scores(val, model.task.encode(val))
     assert (scores[..., 4] >= 0.05).any()
-    assert [{k: r[k] for k in ("label", "predicted")} for r in saved] == model.task.prediction_records(scores, targets)
+    # the saved records are in each image's own pixels, as predict gives them
+    sizes = [__import__("PIL.Image", fromlist=["Image"]).open(p).size for p in val.inputs]
+    mapped = model.task.prediction_records(model.task.to_input_frame(scores, sizes), model.task.to_input_frame(targets, sizes))
+    assert [{k: r[k] for k in ("label", "predicted")} for r in saved] == mapped
+    assert [r["predicted"] for r in mapped] == model.predict(val.inputs)
     model.model = det_run.model  # the trained model still in memory: the same detections
     # (the same to float rounding: the two copies of the weights may sit differently in memory)
     assert np.allclose(model._scores(val, None)[0], scores, rtol=0, atol=1e-5)
@@ -464,7 +468,7 @@ def test_strategies_apply_unchanged(det_data, tmp_path, strategy):
     [
         ({"train": {"mixup_alpha": 0.2}}, "train.mixup_alpha: mixup and cutmix blend whole images"),
         ({"data": {"sampler": "balanced"}}, "data.sampler: balanced sampling"),
-        ({"task": {"fpn_channels": 40}}, "task.fpn_channels: 40 must be a multiple of 32"),
+        ({"task": {"fpn_channels": 96 + 16}}, "task.fpn_channels: 112 must be a multiple of 32"),
     ],
 )
 def test_settings_detection_cannot_honour_are_refused(det_data, tmp_path, change, message):

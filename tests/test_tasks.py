@@ -81,8 +81,19 @@ def segmentation_task_data(root: Path) -> dict:
             "task": {"type": "segmentation", "input_size": [32, 32]}}
 
 
+def detection_task_data(root: Path) -> dict:
+    """Rectangles of two colours (tests/test_detection.py): 8 training and 12 validation images,
+    each table next to its images."""
+    from test_detection import make_boxes_set, write_csv
+
+    write_csv(root / "train" / "boxes.csv", make_boxes_set(root / "train", 8, 0))
+    write_csv(root / "val" / "boxes.csv", make_boxes_set(root / "val", 12, 1))
+    return {"train": str(root / "train" / "boxes.csv"), "val": str(root / "val" / "boxes.csv"),
+            "task": {"type": "detection", "fpn_channels": 64}}
+
+
 # dense task type -> folder -> the data section (and "task": the recipe's task section)
-DENSE_DATA = {"segmentation": segmentation_task_data}
+DENSE_DATA = {"segmentation": segmentation_task_data, "detection": detection_task_data}
 DATA = {"text": text_task_data, "image": image_task_data}
 
 

@@ -24,6 +24,7 @@ import torch
 
 from .data import Examples, read_examples
 from .data.dense import task_reader
+from .data.images import image_size
 from .data.pipeline import TextCollator, build_dataset, build_loader, image_transform
 from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS, select_listed
 from .errors import DataError
@@ -88,7 +89,7 @@ class Predictor:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
         scores = self._scores(examples, None)[0]
         if self.task.dense:  # detection: boxes back in each image's own pixels
-            scores = self.task.to_input_frame(scores, [_image_size(p) for p in examples.inputs])
+            scores = self.task.to_input_frame(scores, [image_size(p, self.preprocessing.get("max_image_pixels")) for p in examples.inputs])
         return scores
 
     def set_options(self, score_threshold: float | None = None, nms_iou: float | None = None) -> Predictor:
@@ -254,14 +255,6 @@ def _pair(item: Any) -> tuple[str, str]:
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
         return str(item[0]), str(item[1])
     raise DataError(f"this model takes sentence pairs (first, second), not {_shown(str(item))}")
-
-
-def _image_size(path: Any) -> tuple[int, int]:
-    """(width, height) from the image file's header."""
-    from .data.images import open_bounded
-
-    with open_bounded(str(path)) as image:
-        return image.size
 
 
 def _is_file(item: str) -> bool:

@@ -171,7 +171,7 @@ class TaskSpec:
     # scoring under score_threshold are not reported (metrics use every detection from 0.05 up);
     # non-maximum suppression drops the weaker of two boxes of one class overlapping more than
     # nms_iou; at most max_detections per image; images may hold at most max_boxes true boxes;
-    # fpn_channels: the width of the pyramid and the head (a multiple of 32)
+    # fpn_channels: the width of the pyramid and the head (a multiple of 32, at least 64)
     head: Literal["fcos", "retinanet"] | None = None
     score_threshold: float | None = None
     nms_iou: float | None = None
@@ -212,7 +212,7 @@ class TaskSpec:
         if self.max_boxes is not None:
             _check_range("task.max_boxes", self.max_boxes, 1, 10_000)
         if self.fpn_channels is not None:
-            _check_range("task.fpn_channels", self.fpn_channels, 32, 1024)
+            _check_range("task.fpn_channels", self.fpn_channels, 64, 1024)
         if self.separator is not None and (not self.separator or self.separator.strip() != self.separator):
             raise RecipeError(f"task.separator: {self.separator!r} must be one or more non-space characters, e.g. '|'")
         if self.type is not None:

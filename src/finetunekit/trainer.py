@@ -612,7 +612,13 @@ def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, t
     run_dir, task, preds = run.run_dir, run.task, run.preds
     artifacts.save_model(run_dir, model, task, run.preprocessing, resolve_precision(run.recipe.train.precision))
     write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total, task)
-    artifacts.save_predictions(run_dir, run.val_ex.inputs, task.prediction_records(preds.scores, preds.labels))
+    scores, labels = preds.scores, preds.labels
+    if task.dense:  # the saved predictions are in each image's own pixels, as `predict` gives them
+        from .data.images import image_size
+
+        sizes = [image_size(p, run.recipe.data.max_image_pixels) for p in run.val_ex.inputs]
+        scores, labels = task.to_input_frame(scores, sizes), None if labels is None else task.to_input_frame(labels, sizes)
+    artifacts.save_predictions(run_dir, run.val_ex.inputs, task.prediction_records(scores, labels))
     for name, data in task.run_files(run.val_ex.inputs, preds.scores, preds.labels).items():
         artifacts.atomic_write_bytes(run_dir / name, data)
     artifacts.atomic_write_json(run_dir / "metrics.json", final)

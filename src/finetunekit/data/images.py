@@ -47,3 +47,9 @@ def open_bounded(path: str, max_pixels: int | None = None) -> Any:
         image.close()
         raise ImageTooLarge(str(path), image.width, image.height, limit)
     return image
+
+
+def image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from an image file's header (nothing decoded)."""
+    with open_bounded(str(path), max_pixels) as image:
+        return image.size

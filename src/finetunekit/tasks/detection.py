@@ -224,8 +224,10 @@ class DetectionTask(DenseTask):
         filled["max_detections"] = 100 if options.get("max_detections") is None else int(options["max_detections"])
         filled["max_boxes"] = 100 if options.get("max_boxes") is None else int(options["max_boxes"])
         filled["fpn_channels"] = 64 if options.get("fpn_channels") is None else int(options["fpn_channels"])
-        if filled["fpn_channels"] % 32:
-            raise RecipeError(f"{where}.fpn_channels: {filled['fpn_channels']} must be a multiple of 32 (the heads' GroupNorm has 32 groups)")
+        if filled["fpn_channels"] % 32 or filled["fpn_channels"] < 64:
+            # the heads' GroupNorm has 32 groups; 32 channels would leave one value per group on the
+            # one-pixel P7 map of a small input, which GroupNorm refuses
+            raise RecipeError(f"{where}.fpn_channels: {filled['fpn_channels']} must be a multiple of 32, at least 64 (the heads' GroupNorm has 32 groups)")
         classes = options.get("classes")
         if classes is not None and (not classes or len(set(classes)) != len(classes) or not all(str(c).strip() for c in classes)):
             raise RecipeError(f"{where}.classes: {classes!r} must list distinct, non-empty class names")
@@ -363,8 +365,11 @@ class DetectionTask(DenseTask):
         """Per image the detections at or above ``threshold`` (default ``task.score_threshold``):
         ``{"label", "score", "box": [x1, y1, x2, y2]}``, in the frame the scores are in."""
         threshold = self.score_threshold if threshold is None else float(threshold)
+        scores = np.asarray(scores)
+        if scores.ndim != 3:  # not detection rows (batch prediction's header probe): nothing found
+            scores = np.zeros((len(scores), 0, 6), np.float32)
         out = []
-        for rows in np.asarray(scores):
+        for rows in scores:
             out.append([
                 {"label": self.classes[int(r[5])], "score": round(float(r[4]), 4), "box": [round(float(v), 1) for v in r[:4]]}
                 for r in rows if r[4] >= 0 and r[4] >= threshold
@@ -381,8 +386,9 @@ class DetectionTask(DenseTask):
         ]
 
     def to_image_frame(self, scores: np.ndarray, sizes: list[tuple[int, int]]) -> np.ndarray:
-        """Detections moved from the letterboxed network input back to each image's own pixels
-        (``sizes``: (width, height) per image)."""
+        """Detections (or padded targets: rows whose column 4 is -1 are padding either way) moved
+        from the letterboxed network input back to each image's own pixels (``sizes``: (width,
+        height) per image)."""
         out = np.array(scores, dtype=np.float32, copy=True)
         for i, (width, height) in enumerate(sizes):
             w, h = letterbox_size(width, height, int(self.image_size or 0))
@@ -394,7 +400,8 @@ class DetectionTask(DenseTask):
         return out
 
     def prediction_records(self, scores: np.ndarray, targets: np.ndarray | None) -> list[dict[str, Any]]:
-        """``{"label": true boxes, "predicted": detections}`` in the network-input frame."""
+        """``{"label": true boxes, "predicted": detections}`` in the frame of ``scores`` and
+        ``targets`` (the trainer and the predictor give them in each image's pixels)."""
         predicted = self.detections(scores)
         true = self.target_values(targets) if targets is not None else [None] * len(predicted)
         return [{"label": t, "predicted": p} for t, p in zip(true, predicted, strict=True)]
@@ -416,6 +423,21 @@ class DetectionTask(DenseTask):
             if not 0.0 < float(nms_iou) <= 1.0:
                 raise RecipeError(f"--nms-iou: {nms_iou} is out of range (0, 1]")
             self.nms_iou = float(nms_iou)
+
+    def output_names(self) -> list[str]:
+        """The raw output's rows: the class logits, the box regression, the centre-ness (FCOS)."""
+        return [*self.classes, "box_left", "box_top", "box_right", "box_bottom", *(["centerness"] if self.head_kind == "fcos" else [])]
+
+    def explain_targets(self, scores: np.ndarray) -> list[int]:
+        """The class of each image's best detection (class 0 when there is none)."""
+        return [int(rows[0, 5]) if rows[0, 4] >= 0 else 0 for rows in np.asarray(scores)]
+
+    def table_row(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """``predict --output`` cells: the number of detections and all of them as JSON."""
+        import json
+
+        found = answer.get("detections", [])
+        return {"count": len(found), "detections": json.dumps(found, separators=(",", ":"))}
 
     def run_files(self, inputs: Any, scores: np.ndarray, targets: np.ndarray | None, limit: int = 6) -> dict[str, bytes]:
         """``worst_val/NN_STEM.png`` for the ``limit`` validation images with the most errors at IoU

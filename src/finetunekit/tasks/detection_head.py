@@ -1,9 +1,9 @@
 """Detection heads on a backbone's feature maps: a feature pyramid and torchvision's FCOS or
 RetinaNet head, with torchvision's own losses, anchors and post-processing.
 
-The head module returns ONE raw tensor per batch, ``(N, anchors, K)``: per anchor the class
-logits, then the box regression (4), then (FCOS) the centre-ness logit. That is what the loss, the
-exporters and ONNX parity checks see; :class:`DetectionRules` turns it back into torchvision's
+The head module returns ONE raw tensor per batch, ``(N, K, anchors)`` (channels first, as
+single-stage detectors export): per anchor the class logits, then the box regression (4), then
+(FCOS) the centre-ness logit. That is what the loss, the exporters and ONNX parity checks see; :class:`DetectionRules` turns it back into torchvision's
 ``head_outputs`` dict to call ``FCOS.compute_loss`` / ``RetinaNet.compute_loss`` (matching,
 focal loss, GIoU) and ``postprocess_detections`` (box decoding, score threshold, top-k,
 ``batched_nms``) unchanged, on anchors made by torchvision's ``AnchorGenerator`` for the run's
@@ -12,7 +12,7 @@ fixed input size.
 Example::
 
     head = DetectionHead(backbone.feature_info(), num_classes=1, kind="fcos")
-    raw = head(backbone.feature_maps(batch))                  # (N, A, 1 + 4 + 1)
+    raw = head(backbone.feature_maps(batch))                  # (N, 1 + 4 + 1, A)
     rules = DetectionRules("fcos", num_classes=1, image_size=320)
     rules.loss(raw, [{"boxes": ..., "labels": ...}, ...])     # {"classification": ..., ...}
     rules.detections(raw, score_threshold=0.05, nms_iou=0.6, max_detections=100)
@@ -98,7 +98,9 @@ class DetectionHead(nn.Module):
         parts = [out["cls_logits"], out["bbox_regression"]]
         if "bbox_ctrness" in out:
             parts.append(out["bbox_ctrness"])
-        return torch.cat(parts, dim=-1)
+        # (N, K, A): one row per output channel, so a per-output mean over the anchors (what
+        # Grad-CAM explains for dense heads) is a class's evidence over the whole image
+        return torch.cat(parts, dim=-1).transpose(1, 2)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": f"detection-{self.kind}", "levels": self.levels, "in_channels": self.in_channels,
@@ -217,12 +219,13 @@ class DetectionRules:
         return self._anchors[key]
 
     def split(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The raw tensor back as torchvision's head_outputs."""
-        if raw.dim() != 3 or raw.shape[1] != self.num_anchors or raw.shape[2] != self.output_width:
+        """The raw ``(N, K, A)`` tensor back as torchvision's head_outputs (``(N, A, ...)`` each)."""
+        if raw.dim() != 3 or raw.shape[2] != self.num_anchors or raw.shape[1] != self.output_width:
             raise ValueError(
-                f"detection head output {tuple(raw.shape)} does not match {self.num_anchors} anchors x {self.output_width} "
+                f"detection head output {tuple(raw.shape)} does not match {self.output_width} x {self.num_anchors} anchors "
                 f"for a {self.image_size} px input (feature map sides {self.grid_sizes})"
             )
+        raw = raw.transpose(1, 2)
         c = self.num_classes
         out = {"cls_logits": raw[..., :c], "bbox_regression": raw[..., c : c + 4]}
         if self.kind == "fcos":
