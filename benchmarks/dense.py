@@ -27,6 +27,9 @@ tutorial's loop does not apply to it.
     nice -n 5 python benchmarks/dense.py --write          # everything, one run at a time
     python benchmarks/dense.py --only raccoon             # one set
     python benchmarks/dense.py --reference raccoon --epochs 1   # the reference loop alone
+    # on a shared machine: both loops at the same time, so they meet the same load
+    nice -n 5 python benchmarks/dense.py --only raccoon pennfudan --no-reference &
+    nice -n 5 python benchmarks/dense.py --reference raccoon --save; nice -n 5 python benchmarks/dense.py --reference pennfudan --save
 """
 
 from __future__ import annotations
@@ -256,7 +259,9 @@ def table(rows: dict) -> str:
              "| set | loop | metrics (last epoch) | bar | epochs | training s | training images/s | speed-up |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows.items():
-        ours = r["finetunekit"]
+        ours = r.get("finetunekit")
+        if ours is None:
+            continue
         bar = ours["bar"]
         shown = f"{bar['metric']} {bar['op']} {bar['value']}: {'met' if bar['met'] else 'missed'} ({bar['got']:.4f})"
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in ours["metrics"].items() if isinstance(v, (int, float)))
@@ -277,20 +282,30 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="recipe overrides for both loops")
     parser.add_argument("--reference", choices=[n for n, r in RUNS.items() if r[3]], help="run the reference loop of this set only")
     parser.add_argument("--epochs", type=int, help="with --reference: epochs (default: the recipe's)")
-    parser.add_argument("--no-reference", action="store_true", help="finetunekit runs only")
+    parser.add_argument("--no-reference", action="store_true", help="finetunekit runs only (run the reference loops alongside, "
+                        "with --reference NAME --save, so both meet the same load on a shared machine)")
+    parser.add_argument("--save", action="store_true", help="with --reference: store the result in the results file")
     parser.add_argument("--write", action="store_true", help="write the table into docs/detection-segmentation.md")
     parser.add_argument("--summarise", action="store_true", help="only rebuild the table from the results file")
     args = parser.parse_args()
     if args.reference:
-        print(json.dumps(run_reference(args.reference, args.overrides, args.epochs)))
+        row = run_reference(args.reference, args.overrides, args.epochs)
+        print(json.dumps(row), flush=True)
+        if args.save:  # read, update, write back at the end: the finetunekit run of the same set may run alongside
+            saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+            saved.setdefault(args.reference, {})["reference"] = row
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
         return
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if not args.summarise:
         with tempfile.TemporaryDirectory(prefix="fk-dense-") as work:
             for name in args.only or list(RUNS):
+                ours = run_finetunekit(name, Path(work), args.overrides)
+                print(json.dumps({name: ours}), flush=True)
+                saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # a reference run alongside may have written
                 row = saved.get(name, {})
-                row["finetunekit"] = run_finetunekit(name, Path(work), args.overrides)
-                print(json.dumps({name: row["finetunekit"]}), flush=True)
+                row["finetunekit"] = ours
                 if RUNS[name][3] and not args.no_reference:
                     # a fresh process, as the finetunekit run had
                     printed = subprocess.run([sys.executable, __file__, "--reference", name, *sum((["--set", o] for o in args.overrides), [])],

@@ -45,7 +45,7 @@ STRATEGY_DEFAULTS_OVERRIDES = {
 # at full rate). docs/detection-segmentation.md has the measurements.
 TASK_DEFAULTS: dict[str, tuple[dict, dict]] = {
     "detection": ({"name": "last_n", "last_n": 5},
-                  {"epochs": 8, "batch_size": 8, "lr": 2e-4, "head_lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_ratio": 0.1}),
+                  {"epochs": 6, "batch_size": 8, "lr": 2e-4, "head_lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_ratio": 0.1}),
 }
 
 
