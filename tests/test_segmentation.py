@@ -92,6 +92,20 @@ def test_feature_maps_of_the_bundled_backbone_match_their_info():
     assert [tuple(m.shape[-2:]) for m in maps] == [(64 // s, 96 // s) for s in (2, 4, 8, 16, 32)]
 
 
+@pytest.mark.parametrize(("decoder", "stride"), [("lraspp", 8), ("fpn", 4)])
+def test_each_decoder_gives_logits_at_its_stride(decoder, stride):
+    from finetunekit.backbones import create_backbone
+    from finetunekit.model import FineTuneModel
+    from finetunekit.tasks.segmentation import SegmentationTask
+
+    backbone = create_backbone("timm:test_efficientnet", pretrained=False)
+    task = SegmentationTask(["a", "b", "c"], 255, (64, 96), decoder)
+    model = FineTuneModel(backbone, task.head_for(backbone)).eval()
+    logits = model({"pixel_values": torch.zeros(2, 3, 64, 96)})
+    assert model.head.describe()["stride"] == stride and logits.shape == (2, 3, 64 // stride, 96 // stride)
+    assert task.scores(logits).shape == (2, 64, 96)
+
+
 def test_training_learns_the_masks_and_writes_the_run(seg_run):
     m = seg_run.metrics
     assert m["mean_iou"] > 0.6 and m["pixel_accuracy"] > 0.85  # chance: about 0.33 / 0.68
@@ -262,11 +276,11 @@ def test_onnx_export_matches_the_raw_head_outputs(seg_run, tmp_path):
 
     result = export(seg_run.run_dir, "onnx", output=tmp_path / "onnx")
     assert result.max_abs_diff < 1e-4 and result.details["label_mismatches"] == 0
-    # the raw decoder logits at its stride (8 for LR-ASPP), not upsampled masks
+    # the raw decoder logits at its stride (4 for the FPN decoder, the default), not upsampled masks
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"pixel_values": np.zeros((1, 3, 48, 64), np.float32)})
-    assert logits.shape == (1, 3, 6, 8)
+    assert logits.shape == (1, 3, 12, 16)
     with pytest.raises(Exception, match="export it with --format onnx"):
         export(seg_run.run_dir, "timm", output=tmp_path / "timm")
