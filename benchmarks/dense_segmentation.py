@@ -50,6 +50,7 @@ def run_finetunekit(recipe_path: Path, output: Path, epochs: int | None = None) 
         "train_images_per_second": round(images / train_seconds, 3), "mean_iou": round(result.metrics["mean_iou"], 4),
         "pixel_accuracy": round(result.metrics["pixel_accuracy"], 4),
         "per_class_iou": {k: v["iou"] for k, v in result.metrics["per_class"].items()}, "run_dir": str(output),
+        "eval_set": str(recipe.data.val),
     }
 
 
@@ -151,7 +152,7 @@ def run_reference(recipe_path: Path, epochs: int | None = None) -> dict[str, Any
         "name": "reference loop", "epochs": epochs, "wall_seconds": round(time.perf_counter() - started, 1),
         "train_seconds": round(train_seconds, 1), "train_images_per_second": round(images / train_seconds, 3),
         "mean_iou": round(metrics["mean_iou"], 4), "pixel_accuracy": round(metrics["pixel_accuracy"], 4),
-        "per_class_iou": {k: v["iou"] for k, v in metrics["per_class"].items()},
+        "per_class_iou": {k: v["iou"] for k, v in metrics["per_class"].items()}, "eval_set": str(recipe.data.val),
     }
 
 
@@ -177,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = segmentation_rows(args.only, args.epochs, args.run_dir, args.recipe)
     for row in rows:
-        print(f"{row['name']:<15} epochs {row['epochs']}  test mean IoU {row['mean_iou']:.4f}  pixel accuracy {row['pixel_accuracy']:.4f}  "
+        print(f"{row['name']:<15} epochs {row['epochs']}  mean IoU {row['mean_iou']:.4f} on {row['eval_set']}  pixel accuracy {row['pixel_accuracy']:.4f}  "
               f"train {row['train_images_per_second']:.2f} images/s  wall {row['wall_seconds']:.0f}s"
               + (f"  speed-up {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else ""))
     if args.out:
