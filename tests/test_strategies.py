@@ -191,3 +191,23 @@ def test_strategy_state_round_trips_mid_schedule():
     strategy2.load_state_dict(saved_strategy, model2, optimizer2)
     assert all(p.requires_grad for p in model2.backbone.parameters())
     assert [g["base_lr"] for g in optimizer2.param_groups] == [1e-4, 1e-2]
+
+
+def test_pretrained_token_embeddings_are_frozen_unless_asked(tiny_bert):
+    """The word-embedding table of a pretrained text backbone stays frozen by default (its dense
+    update every step is costly and bought no accuracy); strategy.train_token_embeddings trains it,
+    and a backbone trained from scratch always trains it."""
+    for spec, pretrained, trains in ((StrategySpec(name="full"), True, False),
+                                     (StrategySpec(name="full", train_token_embeddings=True), True, True),
+                                     (StrategySpec(name="full"), False, True)):
+        model, batch = _tiny_model("text", tiny_bert)
+        table = model.backbone.model.get_input_embeddings().weight
+        before = table.detach().clone()
+        strategy = STRATEGIES.get("full")(spec)
+        optimizer = torch.optim.SGD(strategy.setup(model, 1e-1, 1e-1, pretrained=pretrained), lr=1e-1)
+        assert model.backbone.token_embedding_names() == ["model.embeddings.word_embeddings.weight"]
+        F.cross_entropy(model(batch), batch["labels"]).backward()
+        optimizer.step()
+        assert table.requires_grad is trains and (not torch.equal(before, table)) is trains
+        # the rest of the embeddings module (positions, norm) trains either way
+        assert model.backbone.model.embeddings.LayerNorm.weight.requires_grad

@@ -487,13 +487,11 @@ def _fingerprint(examples: Any) -> dict[str, Any]:
         digest.update(f"{item}\t{label}\n".encode())
     found = {"examples": len(examples), "sha256": digest.hexdigest()}
     if examples.modality == "image":
+        from .data.images import file_sha256
+
         content = hashlib.sha256()
         for path in examples.inputs:
-            one = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    one.update(chunk)
-            content.update(one.digest())
+            content.update(file_sha256(path))
         found["content"] = content.hexdigest()
     return found
 

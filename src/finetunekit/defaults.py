@@ -18,8 +18,10 @@ STRATEGY_DEFAULTS = {"image": "linear_probe", "text": "full"}
 
 
 DEFAULTS = {
-    "image": {"epochs": 5, "batch_size": 16, "lr": 1e-5, "head_lr": 1e-2, "weight_decay": 0.01, "scheduler": "cosine", "warmup_ratio": 0.0},
-    "text": {"epochs": 3, "batch_size": 16, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "scheduler": "linear", "warmup_ratio": 0.1},
+    "image": {"epochs": 5, "batch_size": 16, "lr": 1e-5, "head_lr": 1e-2, "weight_decay": 0.01, "scheduler": "cosine", "warmup_ratio": 0.0,
+              "progressive_resize": 1.0},
+    "text": {"epochs": 3, "batch_size": 16, "lr": 1e-4, "head_lr": 1e-3, "weight_decay": 0.01, "scheduler": "linear", "warmup_ratio": 0.1,
+             "progressive_resize": 1.0},
 }
 
 # Per-strategy changes to those defaults. LoRA adapters start as a zero update scaled by

@@ -61,12 +61,11 @@ def examples_digest(inputs: Sequence[Any], modality: str, encodings: dict[str, l
     """Content hash of the examples in order: image file bytes, or the token ids of texts."""
     h = hashlib.sha256()
     if modality == "image":
+        from .data.images import file_sha256  # the same per-file hashes the resume fingerprint uses
+
+        h.update(b"sha256 of each file\0")
         for path in inputs:
-            h.update(str(len(str(path))).encode())
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            h.update(b"\0")
+            h.update(file_sha256(str(path)))
     else:
         h.update(json.dumps(encodings, separators=(",", ":")).encode())
     return h.hexdigest()
@@ -157,11 +156,16 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def compute_features(model: torch.nn.Module, loader: Any, size: int, accelerator: Any, description: str = "features") -> torch.Tensor:
+def compute_features(
+    model: torch.nn.Module, loader: Any, size: int, accelerator: Any, description: str = "features", overlap: bool = False
+) -> torch.Tensor:
     """Pooled backbone features (float32, dataset order) for every example ``loader`` yields.
 
     Runs in eval mode under the accelerator's autocast, so the features match what the frozen
     backbone produces inside training. Every process computes the whole set (no gathering needed).
+    ``overlap``: the next batches are read (decoded, resized) in a background thread while the
+    backbone runs, for loaders whose items draw no random numbers (decoding and the torch
+    operations release the GIL; the global RNG would be shared).
     """
     from tqdm.auto import tqdm
 
@@ -173,7 +177,7 @@ def compute_features(model: torch.nn.Module, loader: Any, size: int, accelerator
     out: torch.Tensor | None = None
     bar = tqdm(total=len(loader), desc=description, leave=False, dynamic_ncols=True, disable=not _interactive())
     try:
-        for batch in loader:
+        for batch in background(loader) if overlap else loader:
             batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with accelerator.autocast():
                 feats = backbone.forward_features(batch).float().cpu()
@@ -187,6 +191,46 @@ def compute_features(model: torch.nn.Module, loader: Any, size: int, accelerator
     if out is None:
         raise RuntimeError("no examples to compute features for")
     return out
+
+
+def background(batches: Any, depth: int = 2) -> Any:
+    """Iterate ``batches`` in a thread, up to ``depth`` batches ahead of the consumer; an exception
+    raised while reading is raised here, and stopping early stops the thread."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not offer(batch):
+                    return
+            offer(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(exc)
+
+    thread = threading.Thread(target=produce, name="finetunekit-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 class CachedFeatureDataset(Dataset):
@@ -280,7 +324,10 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
             keys = [(i, augment_seed(seed, view, i)) for i in range(len(ds))]
             batches = [keys[i : i + eval_bs] for i in range(0, len(keys), eval_bs)]
             loader = DataLoader(ds, batch_sampler=batches, collate_fn=loader.collate_fn, num_workers=d.num_workers)
-        return _shared(accelerator, cache, key, lambda: compute_features(model, loader, len(ds), accelerator, desc), len(ds))
+        # un-augmented images draw no random numbers: they are read while the backbone runs
+        overlap = view is None and d.num_workers == 0
+        compute = lambda: compute_features(model, loader, len(ds), accelerator, desc, overlap=overlap)  # noqa: E731
+        return _shared(accelerator, cache, key, compute, len(ds))
 
     def digest(examples: Any, ds: Dataset) -> str:
         return examples_digest(examples.inputs, run.modality, getattr(ds, "encodings", None))

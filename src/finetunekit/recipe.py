@@ -275,6 +275,11 @@ class StrategySpec:
     unfreeze_every: int = 1  # gradual_unfreeze: epochs between two unfreezings
     unfreeze_milestones: list[int] | None = None  # gradual_unfreeze: unfreeze after these epoch counts instead
     layer_decay: float | None = None  # any strategy: per-layer-group lr factor, input end slowest
+    # text backbones: whether the pretrained input token-embedding table trains when its layer group
+    # does. false (the default) keeps it frozen: its dense update every step was a fifth of a
+    # MiniLM-L6 training step, and SST-2 accuracy was the same without it (docs/performance.md).
+    # A backbone trained from scratch (model.pretrained: false) always trains it.
+    train_token_embeddings: bool = False
     # Regularisers towards the pretrained model (finetunekit.strategies.regularizers), each 0 = off.
     # L2-SP (Li et al. 2018): l2sp_alpha/2 * ||w - w0||^2 over the backbone parameters that train
     # (w0: the pretrained weights) + l2sp_beta/2 * ||W_head||^2 over the head's weight matrix. With
@@ -408,6 +413,11 @@ class TrainSpec:
     # torch.compile the model (TorchInductor, dynamic shapes). Pays off on long runs with fixed
     # shapes; compiling costs tens of seconds up front (docs/performance.md has measurements)
     compile: bool = False
+    # images: progressive resizing. Training epoch e of E crops its images to the input size times
+    # s + (1 - s) * e / (E - 1), rounded to a multiple of 16, with s = progressive_resize: early
+    # epochs see smaller images and cost less; the last epoch and every evaluation use the full
+    # size. 1.0 turns it off; null takes the modality's default (finetunekit.defaults).
+    progressive_resize: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -425,6 +435,8 @@ class TrainSpec:
             _check_range("train.warmup_ratio", self.warmup_ratio, 0.0, 1.0, high_open=True)
         _check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         _check_range("train.mixup_alpha", self.mixup_alpha, 0.0, 100.0)
+        if self.progressive_resize is not None:
+            _check_range("train.progressive_resize", self.progressive_resize, 0.25, 1.0)
         _check_range("train.cutmix_alpha", self.cutmix_alpha, 0.0, 100.0)
         if self.ema_decay is not None:
             _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)

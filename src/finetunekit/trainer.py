@@ -37,7 +37,7 @@ from .checkpoint import (
 )
 from .data import Examples, resolve_splits
 from .data.dense import task_reader
-from .data.pipeline import build_dataset, build_loader
+from .data.pipeline import build_dataset, build_loader, progressive_sizes
 from .data.readers import check_images
 from .defaults import resolve
 from .engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
@@ -347,7 +347,8 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False)
 
     train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task)
     val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length, task)
-    train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers, d.sampler)
+    sizes = progressive_sizes(int(preprocessing["input_size"]), t.epochs, t.progressive_resize) if backbone.modality == "image" else None
+    train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers, d.sampler, sizes)
     val_loader = build_loader(val_ds, backbone, t.batch_size * 2, False, t.seed, d.num_workers)
     train_sampler = train_loader.batch_sampler
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)

@@ -41,6 +41,11 @@ class Backbone(nn.Module):
         """Parameter names (relative to this module), grouped and ordered from input to output."""
         raise NotImplementedError
 
+    def token_embedding_names(self) -> list[str]:
+        """Names (relative to this module) of the input token-embedding tables: text backbones only.
+        They are frozen by default when fine-tuning a pretrained model (``strategy.train_token_embeddings``)."""
+        return []
+
     def preprocessing(self) -> dict[str, Any]:
         """JSON-serialisable description of the input pipeline (image sizes and norms, text length)."""
         raise NotImplementedError

@@ -91,6 +91,11 @@ class HFTextBackbone(Backbone):
                 groups[0].append(name)
         return [g for g in groups if g]
 
+    def token_embedding_names(self) -> list[str]:
+        table = self.model.get_input_embeddings()
+        weight = getattr(table, "weight", None)
+        return [n for n, p in self.named_parameters() if weight is not None and p is weight]
+
     def tokenize(self, texts: list[str] | list[tuple[str, str]], max_length: int) -> dict[str, list[list[int]]]:
         """Token ids of texts, or of sentence pairs ``(first, second)`` encoded the way the tokenizer
         encodes pairs: both texts with the separator between them, segment ids (``token_type_ids``)

@@ -10,6 +10,8 @@ exception of its own past twice its built-in limit, is replaced by this one.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from typing import Any
 
@@ -53,3 +55,22 @@ def image_size(path: str, max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) from an image file's header (nothing decoded)."""
     with open_bounded(str(path), max_pixels) as image:
         return image.size
+
+
+_DIGESTS: dict[tuple[str, int, int], bytes] = {}
+
+
+def file_sha256(path: str) -> bytes:
+    """SHA-256 of a file's bytes, remembered per process while the file is unchanged (same size and
+    modification time): the feature cache's key and the resume fingerprint both hash the image
+    files, and a run reads them for that once."""
+    stat = os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    found = _DIGESTS.get(key)
+    if found is None:
+        one = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                one.update(chunk)
+        found = _DIGESTS[key] = one.digest()
+    return found

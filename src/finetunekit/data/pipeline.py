@@ -95,24 +95,47 @@ class ImageDataset(Dataset):
                 self._bytes += size
         return image
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
+    def __getitem__(self, key: int | tuple[int, int] | tuple[int, int, int]) -> dict[str, Any]:
+        index, seed, size = (*key, None)[:3] if isinstance(key, tuple) else (key, None, None)
         image = self._image(index)
+        transform = self._rest if size is None else self._at_size(size)
         if seed is None:
-            pixels, target = self._apply(image, index)
+            pixels, target = self._apply(transform, image, index)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                pixels, target = self._apply(image, index)
+                pixels, target = self._apply(transform, image, index)
         item: dict[str, Any] = {"pixel_values": pixels, "index": index}
         if target is not None:
             item["labels"] = target
         return item
 
-    def _apply(self, image, index: int) -> tuple[torch.Tensor, Any]:
+    def _apply(self, transform, image, index: int) -> tuple[torch.Tensor, Any]:
         if self.joint:
-            return self._rest(image, None if self.labels is None else self.labels[index])
-        return self._rest(image), None if self.labels is None else self.labels[index]
+            return transform(image, None if self.labels is None else self.labels[index])
+        return transform(image), None if self.labels is None else self.labels[index]
+
+    def _at_size(self, size: int):
+        """The training transform with its random resized crop producing ``size`` pixels (a key of
+        a progressive-resizing epoch); transforms without such a crop are used as they are."""
+        from torchvision import transforms as T
+
+        steps = list(getattr(self._rest, "transforms", []))
+        if self.joint or not steps or not isinstance(steps[0], T.RandomResizedCrop) or steps[0].size == (size, size):
+            return self._rest
+        crop = steps[0]
+        return T.Compose([T.RandomResizedCrop(size, scale=crop.scale, ratio=crop.ratio, interpolation=crop.interpolation), *steps[1:]])
+
+
+def progressive_sizes(input_size: int, epochs: int, start: float) -> list[int] | None:
+    """Training image size of each epoch for ``train.progressive_resize`` = ``start``: from
+    ``start`` x the input size up to the full size in the last epoch, in multiples of 16; None when
+    every epoch would use the full size."""
+    if start >= 1.0 or epochs < 2:
+        return None
+    sizes = [min(input_size, max(16, int(round(input_size * (start + (1 - start) * e / (epochs - 1)) / 16)) * 16)) for e in range(epochs)]
+    sizes[-1] = input_size
+    return None if all(s == input_size for s in sizes) else sizes
 
 
 def _deterministic_prefix(transform):
@@ -213,6 +236,20 @@ class ResumableBatchSampler(Sampler[list[Any]]):
     def batches(self) -> list[list[Any]]:
         raise NotImplementedError
 
+    item_seeds = False
+    sizes: Sequence[int] | None = None  # progressive resizing: the image size of each epoch
+
+    def keys(self, indices: list[int]) -> list[Any]:
+        """Dataset keys of ``indices`` in this epoch: the index alone, or with ``item_seeds``
+        ``(index, seed of its augmentation)``, plus the epoch's image size under progressive
+        resizing (see :class:`ImageDataset`)."""
+        if not self.item_seeds:
+            return list(indices)
+        if self.sizes:
+            size = self.sizes[min(self.epoch, len(self.sizes) - 1)]
+            return [(i, augment_seed(self.seed, self.epoch, i), size) for i in indices]
+        return [(i, augment_seed(self.seed, self.epoch, i)) for i in indices]
+
     def __len__(self) -> int:
         return max(0, self.num_batches - self._start())
 
@@ -272,9 +309,7 @@ class ShuffledBatchSampler(ResumableBatchSampler):
     def batches(self) -> list[list[Any]]:
         epoch_seed = self.seed * 100_003 + self.epoch
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
-        keys: list[Any] = order
-        if self.item_seeds:
-            keys = [(i, augment_seed(self.seed, self.epoch, i)) for i in order]
+        keys = self.keys(order)
         return [keys[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
 
 
@@ -305,9 +340,7 @@ class BalancedBatchSampler(ResumableBatchSampler):
     def batches(self) -> list[list[Any]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         drawn = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=generator).tolist()
-        keys: list[Any] = drawn
-        if self.item_seeds:
-            keys = [(i, augment_seed(self.seed, self.epoch, i)) for i in drawn]
+        keys = self.keys(drawn)
         return [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
 
 
@@ -335,11 +368,13 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: Dataset, backbone, batch_size: int, train: bool, seed: int, num_workers: int = 0, sampler_kind: str = "shuffle"
+    dataset: Dataset, backbone, batch_size: int, train: bool, seed: int, num_workers: int = 0, sampler_kind: str = "shuffle",
+    sizes: Sequence[int] | None = None,
 ) -> DataLoader:
     """A DataLoader whose batch order is a function of (seed, epoch) only; call
     ``loader.batch_sampler.set_epoch(epoch)`` before each training epoch. ``sampler_kind``
-    (``data.sampler``) "balanced" draws class-balanced training batches."""
+    (``data.sampler``) "balanced" draws class-balanced training batches. ``sizes``: the training
+    image size of each epoch (:func:`progressive_sizes`)."""
     sampler: Sampler[list[int]]
     if train and sampler_kind == "balanced":
         labels = getattr(dataset, "labels", None)
@@ -355,6 +390,8 @@ def build_loader(
     else:
         sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, item_seeds=True) if train else SequentialBatchSampler(len(dataset), batch_size)
         collate = collate_images
+    if train and isinstance(dataset, ImageDataset) and isinstance(sampler, ResumableBatchSampler):
+        sampler.sizes = sizes
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0
     )

@@ -172,12 +172,21 @@ def _check_gradients(accelerator: Any, model: torch.nn.Module, max_grad_norm: fl
     if max_grad_norm is not None:
         norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     elif getattr(accelerator, "scaler", None) is None:
-        grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) if grads else None
+        grads = [p.grad.detach().float() for p in model.parameters() if p.grad is not None]
+        norm = _total_norm(grads) if grads else None
     else:
         return
     if getattr(accelerator, "scaler", None) is None and norm is not None and not torch.isfinite(torch.as_tensor(norm)):
         raise DivergenceError(f"training diverged: the gradient norm became {float(norm)} at optimizer step {step}")
+
+
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    # One multi-tensor kernel (torch >= 2.6) instead of a norm per parameter: about 100 small ops a
+    # step fewer for a BERT-sized model.
+    total = getattr(torch.nn.utils, "get_total_norm", None)
+    if total is not None:
+        return total(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in tensors]))
 
 
 @torch.no_grad()

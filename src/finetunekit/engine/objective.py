@@ -108,6 +108,10 @@ def check_for_modality(recipe: Any, modality: str) -> None:
                 f"train.{name}: mixup and cutmix blend images, and {recipe.model.backbone} is a {modality} "
                 f"backbone; set train.{name}=0"
             )
+    if modality != "image" and t.progressive_resize not in (None, 1.0):
+        raise RecipeError(
+            f"train.progressive_resize: resizes images, and {recipe.model.backbone} is a {modality} backbone; set train.progressive_resize=1"
+        )
 
 
 def build_objective(recipe: Any, task: Any, terms: Sequence[Any]) -> Objective:
