@@ -117,3 +117,22 @@ def test_unwritable_cache_warns_and_trains(image_data, tmp_path, monkeypatch, ca
     result = train(tiny_image_recipe(image_data, strategy={"name": "linear_probe"}), output=tmp_path / "run", quiet=True)
     assert "warning: feature cache: could not write" in capsys.readouterr().err
     assert (result.run_dir / "model.safetensors").is_file()
+
+
+def test_background_reads_ahead_and_passes_errors_on():
+    from finetunekit.errors import DataError
+
+    assert list(features.background(iter(range(7)))) == list(range(7))
+
+    def failing():
+        yield 1
+        raise DataError("x.jpg: cannot read image")
+
+    seen = []
+    with pytest.raises(DataError, match="x.jpg"):
+        for item in features.background(failing()):
+            seen.append(item)
+    assert seen == [1]
+    consumer = features.background(iter(range(1000)), depth=2)
+    assert next(consumer) == 0
+    consumer.close()  # stopping early ends the reading thread
