@@ -73,3 +73,29 @@ def test_two_processes_match_one(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     lines = (run / "val_predictions.jsonl").read_text().splitlines()
     assert len(lines) == 6 and metrics["accuracy"] == json.loads((one / "run" / "metrics.json").read_text())["accuracy"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="torch.distributed with gloo is not available")
+def test_two_processes_train_a_detector(tmp_path):
+    """A dense head leaves the backbone's last layers without gradients; the processes still sync
+    (DistributedDataParallel told to look for unused parameters) and end with the same weights and
+    one run directory whose metrics cover the whole validation set."""
+    from test_detection import make_boxes_set, write_csv
+
+    write_csv(tmp_path / "boxes.csv", make_boxes_set(tmp_path / "images", n=8))
+    recipe = {
+        "model": {"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 96},
+        "data": {"train": str(tmp_path / "boxes.csv"), "val": str(tmp_path / "boxes.csv"), "image_root": str(tmp_path / "images"), "augment": "none"},
+        "task": {"type": "detection"},
+        "strategy": {"name": "full", "batchnorm": "frozen"},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 1e-3, "head_lr": 1e-3, "seed": 0, "precision": "fp32"},
+    }
+    # the children import finetunekit from where this process does
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    env.pop("WORLD_SIZE", None)
+    two = tmp_path / "two"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+          str(HERE / "dist_train.py"), json.dumps(recipe), str(two)], env)
+    rank0, rank1 = load_file(str(two / "rank0.safetensors")), load_file(str(two / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert json.loads((two / "run" / "metrics.json").read_text())["num_examples"] == 8

@@ -74,11 +74,16 @@ class RunResult:
 
 
 def make_accelerator(
-    precision: str, grad_accum_steps: int, log_with: list[str] | None = None, run_dir: Path | None = None, compile: bool = False
+    precision: str, grad_accum_steps: int, log_with: list[str] | None = None, run_dir: Path | None = None, compile: bool = False,
+    unused_parameters: bool = False,
 ):
+    """``unused_parameters``: some trainable parameters may get no gradient in a step (a dense
+    task's head reads the backbone's stage outputs, so the backbone's last layers before pooling
+    stay unused): multi-process runs then tell DistributedDataParallel to look for them, which it
+    otherwise refuses on the second step."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(precision)]
     # Accelerate keeps process-wide singletons; several runs in one process (the demo, tests,
@@ -93,6 +98,7 @@ def make_accelerator(
     return Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=grad_accum_steps, log_with=log_with, project_config=project,
         cpu=not torch.cuda.is_available(), dynamo_plugin=_dynamo_plugin() if compile else None,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else None,
     )
 
 
@@ -157,7 +163,8 @@ def _train(
     if "auto" in (recipe.train.lr, recipe.train.head_lr):  # a range test picks them, then the run starts afresh
         recipe, found = find_lr(recipe, quiet=quiet)
     log_with = trackers.check_trackers(recipe.train.report_to)
-    accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile)
+    dense = not recipe.tasks and recipe.task.type is not None and TASKS.get(recipe.task.type).dense
+    accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile, dense)
     _seed_everything(recipe.train.seed)
     run = _build(recipe, accelerator, run_dir, quiet)
     run.started, run.callbacks, run.report = started, list(callbacks), report
