@@ -21,8 +21,7 @@ Tutorial; references/detection/engine.py ``train_one_epoch``):
 
 Reported per set: the metrics of each (finetunekit: the run's final metrics, on the set's test or
 val split), training wall time (epochs only, no evaluation, for the throughput) and training
-images per second, and the ratio. Segmentation (CamVid) runs its recipe only: the detection
-tutorial's loop does not apply to it.
+images per second, and the ratio. Segmentation (CamVid) has its own script, benchmarks/dense_segmentation.py.
 
     nice -n 5 python benchmarks/dense.py --write          # everything, one run at a time
     python benchmarks/dense.py --only raccoon             # one set
@@ -55,7 +54,6 @@ BEGIN, END = "<!-- benchmark:dense:begin -->", "<!-- benchmark:dense:end -->"
 RUNS = {
     "raccoon": ("examples/raccoon.yaml", ["map_50", "map", "map_75", "mar_100"], ("map_50", ">=", 0.60), True),
     "pennfudan": ("examples/pennfudan.yaml", ["map_50", "map", "map_75", "mar_100"], ("map_50", ">=", 0.70), True),
-    "camvid": ("examples/camvid.yaml", ["mean_iou", "pixel_accuracy"], ("mean_iou", ">=", 0.45), False),
 }
 
 
@@ -250,12 +248,103 @@ def run_reference(name: str, overrides: list[str], epochs: int | None = None) ->
             "epochs": epochs, "per_epoch": per_epoch, "eval_set": split}
 
 
+def data_seconds(name: str, overrides: list[str], epochs: int = 2) -> dict:
+    """Seconds per epoch that each loop spends producing its training batches, without the model:
+    finetunekit's dataset (decoded images kept in memory after the first epoch, the joint
+    transform, stacked letterboxed batches) against the tutorial's Dataset (files read and parsed on
+    every access, lists of images)."""
+    import torch
+
+    from finetunekit.data.dense import task_reader
+    from finetunekit.data.pipeline import build_dataset, build_loader
+    from finetunekit.data.readers import resolve_splits
+    from finetunekit.backbones import create_backbone
+    from finetunekit.tasks import TASKS
+
+    recipe = _recipe(name, overrides)
+    d, t = recipe.data, recipe.train
+    reader = task_reader("detection", image_root=d.image_root, classes=recipe.task.classes)
+    train, _ = resolve_splits(d.train, d.val, "image", d.val_fraction, t.seed, reader=reader, lists=(d.train_list, d.val_list))
+    task = TASKS.get("detection").from_data(TASKS.get("detection").check_options({**recipe.to_dict()["task"]}, "task"), train)
+    backbone = create_backbone(recipe.model.backbone, False, image_size=recipe.model.image_size)
+    ours = build_loader(build_dataset(train, task.encode(train), backbone, backbone.preprocessing(), True, d.augment, 0, task),
+                        backbone, t.batch_size, True, t.seed)
+    theirs = torch.utils.data.DataLoader(TutorialDataset(name, "train", True), batch_size=t.batch_size, shuffle=True,
+                                         collate_fn=lambda batch: tuple(zip(*batch)))
+    out: dict = {"finetunekit": [], "reference": []}
+    for epoch in range(epochs):
+        ours.batch_sampler.set_epoch(epoch)
+        for key, loader in (("finetunekit", ours), ("reference", theirs)):
+            started = time.perf_counter()
+            for _ in loader:
+                pass
+            out[key].append(round(time.perf_counter() - started, 2))
+    return out
+
+
+def step_seconds(name: str, overrides: list[str], repeats: int = 3) -> dict:
+    """Seconds of one training step (forward, loss, backward) on the same 8 training images, for
+    finetunekit's path (letterboxed batch, the task's loss) and the tutorial's (a list of images
+    through torchvision's FCOS), each in float32 and under bfloat16 autocast; interleaved, so a
+    shared machine's load falls on all four alike."""
+    import torch
+
+    from finetunekit.data.pipeline import open_image
+    from finetunekit.model import FineTuneModel
+    from finetunekit.strategies import STRATEGIES
+    from finetunekit.tasks import TASKS
+
+    recipe = _recipe(name, overrides)
+    model, backbone, head = build_reference_model(recipe, 1)
+    STRATEGIES.get(recipe.strategy.name)(recipe.strategy).setup(FineTuneModel(backbone, head), 1e-4, 1e-3, True)
+    ds = TutorialDataset(name, "train", True)
+    images, targets = zip(*(ds[i] for i in range(8)))
+    from finetunekit.data.detection import read_detection
+
+    d = recipe.data
+    train = read_detection(d.train, image_root=d.image_root, classes=recipe.task.classes)
+    names = [p.name for p in ds.images[:8]]
+    train = train.subset([[__import__("pathlib").Path(p).name for p in train.inputs].index(n) for n in names])
+    task = TASKS.get("detection").from_data(TASKS.get("detection").check_options({**recipe.to_dict()["task"]}, "task"), train)
+    ours = FineTuneModel(backbone, head)
+    ours.freeze_batchnorm_stats = True
+    task.head_for(backbone)
+    transform = task.transform(backbone.preprocessing(), True, d.augment)
+    pairs = [transform(open_image(p), raw) for p, raw in zip(train.inputs, task.encode(train), strict=True)]
+    x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def finetunekit_step(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = ours({"pixel_values": x})
+        sum(task.loss(out.float(), y).values()).backward()
+
+    def reference_step(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            losses = model(list(images), [dict(t) for t in targets])
+        sum(losses.values()).backward()
+
+    ours.train()
+    model.train()
+    out: dict = {}
+    for _ in range(repeats):
+        for key, step, bf16 in (("finetunekit fp32", finetunekit_step, False), ("finetunekit bf16", finetunekit_step, True),
+                                ("reference fp32", reference_step, False), ("reference bf16", reference_step, True)):
+            started = time.perf_counter()
+            step(bf16)
+            out.setdefault(key, []).append(round(time.perf_counter() - started, 2))
+            model.zero_grad(set_to_none=True)
+    return out
+
+
 # -- results -----------------------------------------------------------------------------------------
 
 
 def table(rows: dict) -> str:
     env = f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other work while it ran: wall times are upper bounds)"
-    lines = [f"Measured with `nice -n 5 python benchmarks/dense.py --write` on {env}.", "",
+    lines = [f"Measured on {env}, the two loops side by side, one thread each: `OMP_NUM_THREADS=1 nice -n 5 python "
+             "benchmarks/dense.py --only raccoon pennfudan --no-reference` and, at the same time, `OMP_NUM_THREADS=1 nice -n 5 "
+             "python benchmarks/dense.py --reference raccoon --save` then `--reference pennfudan --save`; this table: "
+             "`python benchmarks/dense.py --summarise --write`.", "",
              "| set | loop | metrics (last epoch) | bar | epochs | training s | training images/s | speed-up |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in rows.items():
@@ -284,10 +373,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="with --reference: epochs (default: the recipe's)")
     parser.add_argument("--no-reference", action="store_true", help="finetunekit runs only (run the reference loops alongside, "
                         "with --reference NAME --save, so both meet the same load on a shared machine)")
+    parser.add_argument("--data-only", choices=[n for n, r in RUNS.items() if r[3]],
+                        help="only time producing the training batches of both loops (two epochs, no model)")
+    parser.add_argument("--step-only", choices=[n for n, r in RUNS.items() if r[3]],
+                        help="only time one training step on 8 images, both loops, float32 and bfloat16 autocast")
     parser.add_argument("--save", action="store_true", help="with --reference: store the result in the results file")
     parser.add_argument("--write", action="store_true", help="write the table into docs/detection-segmentation.md")
     parser.add_argument("--summarise", action="store_true", help="only rebuild the table from the results file")
     args = parser.parse_args()
+    if args.step_only:
+        print(json.dumps({"step_seconds_8_images": step_seconds(args.step_only, args.overrides)}))
+        return
+    if args.data_only:
+        print(json.dumps({"data_seconds_per_epoch": data_seconds(args.data_only, args.overrides)}))
+        return
     if args.reference:
         row = run_reference(args.reference, args.overrides, args.epochs)
         print(json.dumps(row), flush=True)
