@@ -62,3 +62,28 @@ def test_progressive_resizing_keys_give_smaller_crops_of_the_same_draw(image_dat
     assert sampler.batches() == first
     index, seed, _ = first[0][0]
     assert torch.equal(ds[(index, seed, 24)]["pixel_values"], ds[(index, seed)]["pixel_values"])
+
+
+def test_crop_scale_bounds_the_random_crop(tmp_path, image_data):
+    """data.crop_scale is the smallest share of the area the training crop keeps; 1.0 keeps the
+    whole image (only its aspect ratio may change), and the recipe checks the range."""
+    import pytest
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from finetunekit import Recipe
+    from finetunekit.errors import RecipeError
+
+    pre = {"input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    crops = [t for t in image_transform(pre, True, "light", 0.8).transforms if isinstance(t, T.RandomResizedCrop)]
+    assert len(crops) == 1 and crops[0].scale == (0.8, 1.0)
+    assert [t for t in image_transform(pre, True, "strong").transforms if isinstance(t, T.RandomResizedCrop)][0].scale == (0.25, 1.0)
+    # a crop of the whole area of a square image is the image itself, resized
+    square = Image.new("RGB", (64, 64))
+    square.paste((255, 0, 0), (0, 0, 32, 64))
+    whole = T.RandomResizedCrop(32, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.manual_seed(0)
+    assert whole.get_params(square, whole.scale, whole.ratio) == (0, 0, 64, 64)
+    with pytest.raises(RecipeError, match=r"^data\.crop_scale: 0\.0 is out of range \(0\.0, 1\.0\]"):
+        Recipe.from_dict({"data": {"crop_scale": 0}})
+    assert Recipe.from_dict({"data": {"crop_scale": 0.7}}).data.crop_scale == 0.7

@@ -318,7 +318,10 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
     eval_bs = max(64, recipe.train.batch_size * 2)
 
     def features_of(ds: Dataset, digest: str, view: int | None, desc: str) -> tuple[torch.Tensor, bool]:
-        key = cache_key({**base, "data": digest, "view": None if view is None else {"augment": d.augment, "seed": seed, "view": view}})
+        augmentation = {"augment": d.augment, "seed": seed, "view": view}
+        if d.crop_scale != 0.25:  # keys of the default stay those of earlier versions
+            augmentation["crop_scale"] = d.crop_scale
+        key = cache_key({**base, "data": digest, "view": None if view is None else augmentation})
         loader = build_loader(ds, backbone, eval_bs, False, seed, d.num_workers)
         if view is not None:  # every example with the augmentation an uncached run draws in epoch `view`
             keys = [(i, augment_seed(seed, view, i)) for i in range(len(ds))]

@@ -83,6 +83,10 @@ class DataSpec:
     # "strong" adds TrivialAugmentWide (one random photometric or geometric operation per image)
     # and RandomErasing (p=0.25). Either is a function of (train.seed, epoch, example) alone.
     augment: Literal["none", "light", "strong"] = "light"
+    # the smallest share of an image's area the random resized crop keeps (light and strong, tasks
+    # on whole images): 0.25 suits photos of objects; images whose subject fills a fixed frame
+    # (aligned face crops, centred documents) lose what they are about below about 0.7
+    crop_scale: float = 0.25
     # training batches: "shuffle" visits every example once per epoch; "balanced" draws the same
     # number of examples with replacement, each class equally likely (rare classes repeat, common
     # ones are subsampled). Either order is a function of (train.seed, epoch) and resumes exactly.
@@ -109,6 +113,7 @@ class DataSpec:
         _check_range("data.max_length", self.max_length, 2, 100_000)
         _check_range("data.num_workers", self.num_workers, 0, 256)
         _check_range("data.cache_views", self.cache_views, 0, 1000)
+        _check_range("data.crop_scale", self.crop_scale, 0.0, 1.0, low_open=True)
         _check_range("data.max_image_pixels", self.max_image_pixels, 1, 10**12)
         if self.max_train_samples is not None:
             _check_range("data.max_train_samples", self.max_train_samples, 1, 10**12)

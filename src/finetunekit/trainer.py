@@ -352,7 +352,7 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False)
         groups = without_backbone_decay(groups)  # L2-SP pulls the backbone to w0, not to 0
     optimizer = build_optimizer(t, groups)
 
-    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task)
+    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task, d.crop_scale)
     val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length, task)
     sizes = progressive_sizes(int(preprocessing["input_size"]), t.epochs, t.progressive_resize) if backbone.modality == "image" else None
     train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers, d.sampler, sizes)

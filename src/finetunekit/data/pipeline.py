@@ -16,10 +16,11 @@ from .readers import Examples
 # -- images --------------------------------------------------------------------------------------
 
 
-def image_transform(preprocessing: dict[str, Any], train: bool, augment: str = "light"):
+def image_transform(preprocessing: dict[str, Any], train: bool, augment: str = "light", crop_scale: float = 0.25):
     """torchvision transform built from a backbone's preprocessing dict.
 
-    ``augment`` (training only): "light" = random resized crop + horizontal flip; "strong" adds
+    ``augment`` (training only): "light" = random resized crop (keeping ``crop_scale`` to all of
+    the image's area) + horizontal flip; "strong" adds
     TrivialAugmentWide (Mueller & Hutter 2021: one operation of random kind and strength per image,
     no policy to tune) before and RandomErasing (p=0.25) after normalisation. Every draw comes
     from torch's generator, which :class:`ImageDataset` seeds per (seed, epoch, example).
@@ -30,7 +31,7 @@ def image_transform(preprocessing: dict[str, Any], train: bool, augment: str = "
     interpolation = T.InterpolationMode(preprocessing.get("interpolation", "bilinear"))
     normalize = [T.ToTensor(), T.Normalize(preprocessing["mean"], preprocessing["std"])]
     if train and augment in ("light", "strong"):
-        crop = [T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interpolation), T.RandomHorizontalFlip()]
+        crop = [T.RandomResizedCrop(size, scale=(float(crop_scale), 1.0), interpolation=interpolation), T.RandomHorizontalFlip()]
         if augment == "light":
             return T.Compose([*crop, *normalize])
         return T.Compose([*crop, T.TrivialAugmentWide(interpolation=interpolation), *normalize, T.RandomErasing(p=0.25)])
@@ -355,15 +356,17 @@ class SequentialBatchSampler(EvalBatchSampler):
 
 def build_dataset(
     examples: Examples, label_ids: torch.Tensor | Sequence[Any] | None, backbone, preprocessing: dict, train: bool, augment: str,
-    max_length: int, task: Any = None,
+    max_length: int, task: Any = None, crop_scale: float = 0.25,
 ) -> Dataset:
     """The examples as a Dataset; a ``task`` with a joint transform (``task.transform``, dense
-    tasks) transforms each image together with its raw target from ``label_ids``."""
+    tasks) transforms each image together with its raw target from ``label_ids``; ``crop_scale``:
+    see :func:`image_transform`."""
     if backbone.modality == "image":
         joint = task.transform(preprocessing, train, augment) if task is not None else None
         if joint is not None:
             return ImageDataset(examples.inputs, label_ids, joint, preprocessing.get("max_image_pixels"), joint=True)
-        return ImageDataset(examples.inputs, label_ids, image_transform(preprocessing, train, augment), preprocessing.get("max_image_pixels"))
+        transform = image_transform(preprocessing, train, augment, crop_scale)
+        return ImageDataset(examples.inputs, label_ids, transform, preprocessing.get("max_image_pixels"))
     return TextDataset(backbone.tokenize(examples.inputs, max_length), label_ids)
 
 
