@@ -286,23 +286,30 @@ def _per_class_iou(run: RunData) -> str:
     return html.section("per-class", "Per-class IoU", note + html.table(["class", "IoU", "share of pixels"], rows))
 
 
-def _worst_images(run: RunData) -> str:
-    """The pictures the task wrote at the end of training (worst_val.json: image, its mean IoU,
-    the file with image | ground truth | prediction side by side)."""
+def _worst_tiles(run: RunData, caption) -> list[str] | None:
+    """The pictures a dense task wrote at the end of training (worst_val.json: per image its
+    input, the picture file and its numbers), as figures captioned by ``caption(row)``; None
+    when the run has no worst_val.json."""
     import base64
 
     index_path = run.run_dir / "worst_val.json"
     if not index_path.is_file():
-        return html.section("errors", "Worst validation images", '<p class="note">The run has no worst_val.json.</p>')
+        return None
     tiles = []
     for row in artifacts.read_json(index_path):
         picture = run.run_dir / row["file"]
-        if not picture.is_file():
-            continue
-        data = base64.b64encode(picture.read_bytes()).decode("ascii")
-        tiles.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
-                     f"<figcaption>{escape(Path(row['input']).name)}: mean IoU {html.fmt(row.get('mean_iou'))}, "
-                     f"pixel accuracy {html.fmt(row.get('pixel_accuracy'))}</figcaption></figure>")
+        if picture.is_file():
+            data = base64.b64encode(picture.read_bytes()).decode("ascii")
+            tiles.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
+                         f"<figcaption>{escape(Path(row['input']).name)}: {caption(row)}</figcaption></figure>")
+    return tiles
+
+
+def _worst_images(run: RunData) -> str:
+    """Segmentation: the validation images with the lowest mean IoU, image | truth | prediction."""
+    tiles = _worst_tiles(run, lambda row: f"mean IoU {html.fmt(row.get('mean_iou'))}, pixel accuracy {html.fmt(row.get('pixel_accuracy'))}")
+    if tiles is None:
+        return html.section("errors", "Worst validation images", '<p class="note">The run has no worst_val.json.</p>')
     note = ('<p class="note">The validation images with the lowest mean IoU; in each, left to right: the image, the ground '
             "truth and the prediction (classes in colour, ignored pixels black).</p>")
     return html.section("errors", "Worst validation images", note + "".join(tiles))
@@ -322,20 +329,10 @@ def _per_class_ap(run: RunData) -> str:
 
 
 def _worst_detections(run: RunData) -> str:
-    """The pictures the task wrote at the end of training (worst_val.json: image, its errors, the
-    file with the true boxes beside the detections)."""
-    import base64
-
-    index_path = run.run_dir / "worst_val.json"
-    if not index_path.is_file():
+    """Detection: the validation images with the most errors, true boxes beside the detections."""
+    tiles = _worst_tiles(run, lambda row: escape(str(row.get("caption", ""))))
+    if tiles is None:
         return html.section("errors", "Worst validation images", '<p class="note">The run has no worst_val.json.</p>')
-    tiles = []
-    for row in artifacts.read_json(index_path):
-        picture = run.run_dir / row["file"]
-        if picture.is_file():
-            data = base64.b64encode(picture.read_bytes()).decode("ascii")
-            tiles.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%">'
-                         f"<figcaption>{escape(Path(row['input']).name)}: {escape(str(row.get('caption', '')))}</figcaption></figure>")
     note = ('<p class="note">The validation images with the most errors at IoU 0.5 (true boxes missed plus detections at or above '
             "the score threshold matching no true box); in each, left: the true boxes, right: the detections with their scores.</p>")
     return html.section("errors", "Worst validation images", note + ("".join(tiles) or '<p class="note">No errors.</p>'))

@@ -58,3 +58,16 @@ class DenseTask(Task):
     # targets: raw per example; the joint transform makes the tensors
     def encode(self, examples: Any) -> list[Any]:
         return list(examples.labels or [])
+
+
+def open_rgb(path: Any) -> Any:
+    """An input image as RGB, for the pictures dense tasks draw (prediction files, worst images)."""
+    from PIL import Image
+
+    from ..errors import DataError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as exc:  # unreadable files were refused before prediction; say which one if not
+        raise DataError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None

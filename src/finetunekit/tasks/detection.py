@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import DataError, RecipeError
 from . import TASKS
-from .dense import DenseTask
+from .dense import DenseTask, open_rgb
 
 # the score below which no detection is kept, whatever task.score_threshold says (mAP needs the
 # low-scoring ones: they add recall at the end of the precision-recall curve)
@@ -490,7 +490,7 @@ class DetectionTask(DenseTask):
             stem = Path(str(item)).stem
             name = f"{stem}_boxes.png" if stem not in seen else f"{stem}_{n}_boxes.png"
             seen.add(stem)
-            drawn = draw_boxes(_open_rgb(item), [(r[:4], self.classes[int(r[5])], float(r[4])) for r in kept], self.classes)
+            drawn = draw_boxes(open_rgb(item), [(r[:4], self.classes[int(r[5])], float(r[4])) for r in kept], self.classes)
             files.append({name: _png(drawn)})
         if files:
             files[0]["detections.json"] = json.dumps(results, indent=1).encode("utf-8")
@@ -580,21 +580,11 @@ def draw_boxes(image: Any, boxes: list[tuple[Any, str, float | None]], classes: 
     return out
 
 
-def _open_rgb(path: Any) -> Any:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as exc:  # unreadable files were refused before prediction; say which one if not
-        raise DataError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
-
-
 def _letterboxed(path: Any, size: int) -> Any:
     """The image as the network saw it (long side ``size``), without the padding."""
     from PIL import Image
 
-    image = _open_rgb(path)
+    image = open_rgb(path)
     return image.resize(letterbox_size(image.width, image.height, size), Image.BILINEAR)
 
 

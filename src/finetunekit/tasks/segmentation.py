@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import DataError, RecipeError
 from . import TASKS
-from .dense import DenseTask
+from .dense import DenseTask, open_rgb
 
 DECODERS = ("lraspp", "fpn")
 DEFAULT_DECODER = "fpn"
@@ -490,7 +490,7 @@ class SegmentationTask(DenseTask):
         h, w = self.input_size
         files, rows = {}, []
         for rank, (miou, accuracy, i) in enumerate(ranked[:limit], start=1):
-            image = _open_rgb(inputs[i]).resize((w, h), Image.BILINEAR)
+            image = open_rgb(inputs[i]).resize((w, h), Image.BILINEAR)
             truth = np.asarray(targets[i]).astype(np.int64)
             truth = np.where(truth == self.ignore_index, len(self.classes), np.clip(truth, 0, len(self.classes)))
             gap = np.full((h, 4, 3), 255, np.uint8)
@@ -510,7 +510,7 @@ class SegmentationTask(DenseTask):
         flat = colours.reshape(-1).tolist() + [0] * (768 - colours.size)
         files, seen = [], set()
         for item, ids in zip(inputs, scores, strict=True):
-            image = _open_rgb(item)
+            image = open_rgb(item)
             stem = Path(str(item)).stem
             name, n = stem, 1
             while name in seen:  # two inputs with one file name (from different folders)
@@ -566,16 +566,6 @@ def soft_dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
     intersection = (probs * onehot).sum(dims)
     denominator = probs.sum(dims) + onehot.sum(dims)
     return 1.0 - ((2 * intersection + 1.0) / (denominator + 1.0)).mean()
-
-
-def _open_rgb(path: Any) -> Any:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as exc:  # unreadable files were refused before prediction; say which one if not
-        raise DataError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 
 def _png(image: Any) -> bytes:
