@@ -417,9 +417,9 @@ def main() -> None:
     text = table({n: saved[n] for n in RUNS if n in saved})
     print(text)
     if args.write:
-        doc = DOC.read_text()
-        start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+        from tasks import write_between  # benchmarks/tasks.py, beside this script
+
+        write_between(DOC, BEGIN, END, text)
 
 
 if __name__ == "__main__":

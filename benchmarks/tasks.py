@@ -132,9 +132,14 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.write:
-        doc = DOC.read_text()
-        start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+        write_between(DOC, BEGIN, END, text)
+
+
+def write_between(doc: Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of ``doc`` with ``text``."""
+    content = doc.read_text()
+    start, stop = content.index(begin) + len(begin), content.index(end)
+    doc.write_text(content[:start] + "\n" + text + "\n" + content[stop:])
 
 
 if __name__ == "__main__":
