@@ -70,7 +70,7 @@ def device_name() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+        return f"{torch.cuda.get_device_name()} ({os.cpu_count()} CPU cores for data loading), torch {torch.__version__}"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{platform.machine()} CPU, {usable} of {os.cpu_count()} cores usable, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
@@ -194,7 +194,9 @@ def text_matmul_flops(result, recipe) -> float:
         batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(TEXT_BATCH, dtype=torch.long)}
         if "token_type_ids" in ds.encodings:
             batch["token_type_ids"] = torch.zeros_like(ids)
-        with FlopCounterMode(display=False) as counter, torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with FlopCounterMode(display=False) as counter, torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
             loss = sum(dict(task.loss(model(batch), batch["labels"])).values())
             loss.backward()
         model.zero_grad(set_to_none=True)
@@ -216,17 +218,24 @@ def text_matmul_flops(result, recipe) -> float:
 def row_matmul_rate(tmp: Path) -> dict:
     import torch
 
-    n = 4096
-    x, y = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    for _ in range(2):
+    cuda = torch.cuda.is_available()
+    n = 8192 if cuda else 4096
+    device = "cuda" if cuda else "cpu"
+    x, y = torch.randn(n, n, dtype=torch.bfloat16, device=device), torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(3):
         x @ y
+    sync()
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()
-        x @ y
-        best = min(best, time.perf_counter() - started)
+        for _ in range(10 if cuda else 1):
+            x @ y
+        sync()
+        best = min(best, (time.perf_counter() - started) / (10 if cuda else 1))
+    where = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} thread(s)"
     return {"train_seconds": best, "samples_per_second": 0.0, "accuracy": float("nan"), "gflops": 2 * n**3 / best / 1e9,
-            "settings": f"{n} x {n} x {n} bf16 product, best of 5, {torch.get_num_threads()} thread(s)"}
+            "settings": f"{n} x {n} x {n} bf16 product, best of 5{' (each the mean of 10)' if cuda else ''}, {where}"}
 
 
 # -- vision: the PyTorch transfer-learning tutorial ---------------------------------------------------
@@ -371,10 +380,22 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=["text", "vision", "frozen"])
     parser.add_argument("--json", help="write the raw rows here (default benchmarks/results/vs_baselines.json)")
     parser.add_argument("--write", action="store_true", help="put the table and ratios into docs/performance.md")
+    parser.add_argument("--from-json", nargs="+", type=Path, metavar="JSON",
+                        help="do not run: print (and with --write, write) the rows stored in these files (for example rows taken on a GPU machine)")
+    parser.add_argument("--section", default="", help="with --write: the docs/performance.md section to fill "
+                        "(between <!-- results-SECTION:begin/end -->; default the main CPU table)")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
         return run_row(args.row)
+    if args.from_json:
+        results = [row for path in args.from_json for row in json.loads(path.read_text(encoding="utf-8"))]
+        order = ["text", "matmul", "vision full", "vision frozen"]
+        results.sort(key=lambda r: order.index(r["task"]) if r["task"] in order else len(order))
+        ratios = print_ratios(results)
+        if args.write:
+            write_doc(markdown(results, ratios, " ".join(sys.argv[1:])), args.section)
+        return None
     if not SST2.is_dir() or not ANTS.is_dir():
         sys.exit(f"data not found under {DATA} (set FINETUNEKIT_SHARED_DATA to the shared/data folder)")
     results = []
@@ -397,10 +418,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if args.write:
-        write_doc(markdown(results, ratios))
+        write_doc(markdown(results, ratios, " ".join(sys.argv[1:])), args.section)
 
 
-def markdown(results: list[dict], ratios: list[str]) -> str:
+def markdown(results: list[dict], ratios: list[str], command: str = "--write") -> str:
     rows = ["| task | run | seconds | samples/s | accuracy | peak memory (MiB) |", "| --- | --- | --- | --- | --- | --- |"]
     settings = []
     for r in results:
@@ -413,18 +434,20 @@ def markdown(results: list[dict], ratios: list[str]) -> str:
         if r.get("settings"):
             settings.append(f"- {r['task']}, {r['name']}: {r['settings']}")
     device = results[0]["device"] if results else "?"
-    return "\n".join([f"Measured with `nice -n 5 python benchmarks/vs_baselines.py --write` on {device}.", "", *rows, "",
+    return "\n".join([f"Measured with `python benchmarks/vs_baselines.py {command}` on {device}.", "", *rows, "",
                       "Settings of every row:", "", *settings, "", "Ratios (each against the fastest baseline row of its task in this run):", "",
                       *[f"- {line}" for line in ratios], ""])
 
 
-def write_doc(text: str) -> None:
+def write_doc(text: str, section: str = "") -> None:
     doc = REPO / "docs" / "performance.md"
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    name = f"results-{section}" if section else "results"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     body = doc.read_text(encoding="utf-8")
-    if begin in body and end in body:
-        body = body[: body.index(begin) + len(begin)] + "\n" + text + body[body.index(end) :]
-        doc.write_text(body, encoding="utf-8")
+    if begin not in body or end not in body:
+        sys.exit(f"{doc}: the markers {begin} and {end} are missing")
+    body = body[: body.index(begin) + len(begin)] + "\n" + text + body[body.index(end) :]
+    doc.write_text(body, encoding="utf-8")
 
 
 def print_ratios(results: list[dict]) -> list[str]:
