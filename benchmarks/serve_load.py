@@ -53,11 +53,11 @@ def sentences(data: Path) -> list[str]:
 
 
 class Service:
-    def __init__(self, run: Path, threads: int, max_batch_size: int) -> None:
+    def __init__(self, run: Path, threads: int, max_batch_size: int, max_wait_ms: float = 5.0) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "finetunekit", "serve", str(run), "--port", "0", "--threads", str(threads),
-             "--max-batch-size", str(max_batch_size), "--log-level", "warning"],
+             "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), "--log-level", "warning"],
             stdout=subprocess.PIPE, text=True, env=env,
         )
         line = self.process.stdout.readline()
@@ -73,6 +73,15 @@ class Service:
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+def http_stack() -> str:
+    """What uvicorn's ``http="auto"`` and ``loop="auto"`` pick: httptools and uvloop when installed."""
+    import importlib.util
+
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn with {parser} and {loop}"
 
 
 def client(port: int, texts: list[str], offset: int, start: float, warm_until: float, stop: float, out: list[float], errors: list[str]) -> None:
@@ -127,13 +136,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2, help="the service's torch threads")
     parser.add_argument("--clients", type=int, nargs="+", default=CLIENTS)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched service's --max-wait-ms")
+    parser.add_argument("--json", help="write the results here (default benchmarks/results/serve_load.json)")
     args = parser.parse_args()
     data = Path(args.data)
     run = ensure_run(args.run, data)
     texts = sentences(data)
     results = {}
     for mode, max_batch in (("batched", 32), ("per_request", 1)):
-        service = Service(run, args.threads, max_batch)
+        service = Service(run, args.threads, max_batch, args.max_wait_ms)
         try:
             run_level(service.port, texts, 4, 2.0, warmup=1.0)  # load, first-call allocations
             rows = []
@@ -153,10 +164,11 @@ def main() -> None:
     print(f"\n{'clients':>7} {'batched req/s':>14} {'per-request req/s':>18} {'ratio':>6} {'batched p99 ms':>15} {'per-request p99 ms':>19}")
     for b, p in zip(results["batched"], results["per_request"], strict=True):
         print(f"{b['clients']:>7} {b['rps']:>14.1f} {p['rps']:>18.1f} {b['rps'] / p['rps']:>6.2f} {b['p99_ms']:>15.0f} {p['p99_ms']:>19.0f}")
-    out = REPO / "benchmarks" / "results" / "serve_load.json"
+    out = Path(args.json) if args.json else REPO / "benchmarks" / "results" / "serve_load.json"
     out.write_text(json.dumps({"run": str(run), "seconds": args.seconds, "threads": args.threads, "cpus": os.cpu_count(),
+                               "max_wait_ms": args.max_wait_ms, "http": http_stack(),
                                "results": results}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(REPO)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

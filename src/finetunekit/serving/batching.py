@@ -7,6 +7,10 @@ thread (so the event loop keeps accepting connections while the model runs). Whi
 new requests queue up; the next batch takes them at once, so under load batches fill without
 waiting and throughput grows with the number of clients.
 
+The wait is only spent under load: a request that finds no other request queued, after a batch
+of one, runs at once (a lone client never pays ``max_wait_ms``); once requests overlap (the
+queue holds more, or the last batch had several inputs) the gatherer waits for more again.
+
 Example::
 
     batcher = DynamicBatcher(predictor.predict_items, max_batch_size=32, max_wait_ms=5)
@@ -68,6 +72,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         self._carry: _Job | None = None
+        self._last_size = 0  # inputs in the last batch: more than one means requests overlap
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -97,7 +102,8 @@ class DynamicBatcher:
         first = self._carry or await self._queue.get()
         self._carry = None
         jobs, size = [first], len(first.items)
-        deadline = asyncio.get_running_loop().time() + self.max_wait
+        alone = self._queue.empty() and self._last_size <= 1  # no sign of concurrent requests: do not wait
+        deadline = asyncio.get_running_loop().time() + (0.0 if alone else self.max_wait)
         while size < self.max_batch_size:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
@@ -127,6 +133,7 @@ class DynamicBatcher:
             if not live:
                 continue
             items = [item for job in live for item in job.items]
+            self._last_size = len(items)
             try:
                 rows = await loop.run_in_executor(self.executor, self._run, items)
             except Exception as exc:  # noqa: BLE001 - the model's error goes to every waiting request
