@@ -105,3 +105,32 @@ def test_unknown_backbones_explain(name, message):
     with pytest.raises(FinetuneError, match=None) as info:
         create_backbone(name)
     assert message in str(info.value)
+
+
+def test_depthwise_convolutions_train_in_fp32_under_cpu_bf16_autocast(monkeypatch):
+    from torch import nn
+
+    from finetunekit.backbones import create_backbone
+    from finetunekit.backbones import timm_backbone
+
+    monkeypatch.setattr(timm_backbone, "_AMX", [False])  # the CPUs this is for (no AMX tiles)
+    backbone = create_backbone("timm:test_efficientnet", pretrained=False)
+    depthwise = [m for m in backbone.modules() if isinstance(m, timm_backbone.DepthwiseConv2d)]
+    assert depthwise and all(isinstance(m, nn.Conv2d) and m.groups == m.in_channels for m in depthwise)
+    plain = create_backbone("timm:test_efficientnet", pretrained=False)
+    assert list(backbone.state_dict()) == list(plain.state_dict())  # same parameters, same names
+    conv = depthwise[0]
+    x = torch.randn(2, conv.in_channels, 8, 8)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert conv(x.requires_grad_()).dtype == torch.float32  # trains in fp32
+        with torch.no_grad():
+            assert conv(x).dtype == torch.bfloat16  # inference keeps bf16
+    monkeypatch.setattr(timm_backbone, "_AMX", [True])
+    with torch.autocast("cpu", torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16  # AMX CPUs keep bf16
+    # a bf16 training step through the whole backbone gives finite gradients
+    monkeypatch.setattr(timm_backbone, "_AMX", [False])
+    with torch.autocast("cpu", torch.bfloat16):
+        out = backbone.forward_features({"pixel_values": torch.randn(2, 3, 32, 32)})
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in backbone.parameters() if p.grad is not None)

@@ -18,15 +18,24 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def _cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return []
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with AMX or AVX512-BF16 matrix units (bf16 matmuls several times faster than
     fp32); without them bf16 autocast on a CPU is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles (bf16 matrix units that also serve oneDNN's convolutions)."""
+    return "amx_bf16" in _cpu_flags()
 
 
 def distributed() -> bool:
