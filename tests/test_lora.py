@@ -203,7 +203,7 @@ def test_explicit_targets_and_their_errors(image_data, text_data, tiny_bert):
         _lora_setup(_recipe("text", image_data, text_data, tiny_bert, lora_targets=["value", "qury"]))
     with pytest.raises(RecipeError, match=r"^strategy\.lora_targets: 'LayerNorm' matches only layers LoRA cannot adapt"):
         _lora_setup(_recipe("text", image_data, text_data, tiny_bert, lora_targets=["LayerNorm"]))
-    with pytest.raises(RecipeError, match=r"'conv_dw' matches only layers LoRA cannot adapt \(blocks\.3\.0\.conv_dw: Conv2d with groups=128\)"):
+    with pytest.raises(RecipeError, match=r"'conv_dw' matches only layers LoRA cannot adapt \(blocks\.3\.0\.conv_dw: DepthwiseConv2d with groups=128\)"):
         _lora_setup(_recipe("image", image_data, text_data, tiny_bert, lora_targets=["conv_dw"]))
 
 
