@@ -77,23 +77,24 @@ def test_crash_leaves_no_output_and_rerun_resumes(text_run, tmp_path, monkeypatc
 
     out = tmp_path / "predictions.csv"
     predictor = load(text_run)
-    original = predictor.predict_items
+    original = predictor.predict_proba
     seen = []
 
-    def crash_on_third_batch(items):
+    def crash_on_third_batch(items, batch_size=None):
         seen.append(len(items))
         if len(seen) == 3:
             raise KeyboardInterrupt
-        return original(items)
+        return original(items, batch_size)
 
-    monkeypatch.setattr(predictor, "predict_items", crash_on_third_batch)
+    monkeypatch.setattr(bulk, "SORT_WINDOW", 1)  # one batch per window, so the crash comes after 16 rows
+    monkeypatch.setattr(predictor, "predict_proba", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         bulk.predict_to_csv(text_run, table, out, batch_size=8, quiet=True, predictor=predictor)
     assert not out.exists()  # atomic: no half-written predictions.csv
     partial = tmp_path / ".predictions.csv.partial"
     with partial.open("ab") as handle:
         handle.write(b"torn half line,without newl")  # a write cut short by the crash
-    monkeypatch.setattr(predictor, "predict_items", original)
+    monkeypatch.setattr(predictor, "predict_proba", original)
     result = bulk.predict_to_csv(text_run, table, out, batch_size=8, quiet=True, predictor=predictor)
     assert result["resumed"] == 16 and result["predicted"] == 24
     assert out.read_bytes() == clean.read_bytes()
@@ -104,17 +105,37 @@ def test_resume_refuses_a_changed_input(text_run, tmp_path, monkeypatch):
     table = write_tsv(tmp_path / "in.tsv", make_text_rows(24, seed=1))
     out = tmp_path / "p.csv"
     predictor = load(text_run)
-    original = predictor.predict_items
-    monkeypatch.setattr(predictor, "predict_items", lambda items: (_ for _ in ()).throw(KeyboardInterrupt) if calls.append(1) or len(calls) > 1 else original(items))
+    original = predictor.predict_proba
+    monkeypatch.setattr(bulk, "SORT_WINDOW", 1)
+    monkeypatch.setattr(predictor, "predict_proba", lambda items, batch_size=None: (_ for _ in ()).throw(KeyboardInterrupt) if calls.append(1) or len(calls) > 1 else original(items, batch_size))
     calls: list[int] = []
     with pytest.raises(KeyboardInterrupt):
         bulk.predict_to_csv(text_run, table, out, batch_size=8, quiet=True, predictor=predictor)
     write_tsv(table, make_text_rows(24, seed=2))  # the input file changed meanwhile
-    monkeypatch.setattr(predictor, "predict_items", original)
+    monkeypatch.setattr(predictor, "predict_proba", original)
     with pytest.raises(Exception, match="the input changed since it was written; rerun with --restart"):
         bulk.predict_to_csv(text_run, table, out, batch_size=8, quiet=True, predictor=predictor)
     result = bulk.predict_to_csv(text_run, table, out, batch_size=8, quiet=True, predictor=predictor, restart=True)
     assert result["resumed"] == 0 and len(_read(out)) == 24
+
+
+def test_text_batches_are_grouped_by_length_and_rows_keep_input_order(text_run, tmp_path):
+    """Short and long texts alternate in the table: within a window the forward passes get batches
+    of similar length (half of them short), and the CSV still lists the inputs in their order."""
+    short, long = "good", " ".join(["a long and rather tedious film"] * 6)
+    texts = [short if i % 2 == 0 else f"{long} {i}" for i in range(16)]
+    table = write_tsv(tmp_path / "in.tsv", [(t, "pos") for t in texts])
+    predictor = load(text_run)
+    widths: list[int] = []
+    hook = predictor.model.register_forward_pre_hook(lambda module, args: widths.append(args[0]["input_ids"].shape[1]))
+    try:
+        bulk.predict_to_csv(text_run, table, tmp_path / "p.csv", batch_size=2, quiet=True, predictor=predictor)
+    finally:
+        hook.remove()
+    assert len(widths) == 8 and sum(w == min(widths) for w in widths) == 4, widths  # input order: every batch as wide as a long text
+    got = _read(tmp_path / "p.csv")
+    assert [r["input"] for r in got] == texts
+    assert [r["label"] for r in got] == predictor.predict(texts)
 
 
 def test_memory_does_not_grow_with_input_count(text_run, tmp_path):

@@ -98,6 +98,24 @@ def test_hf_export_loads_with_transformers_alone(exports, text_run, text_data):
     assert np.allclose(got["probs"], predictor.predict_proba(texts), atol=1e-5)
 
 
+def test_hf_export_loads_in_bfloat16(exports, text_run, text_data):
+    """from_pretrained(dtype=torch.bfloat16) casts the encoder and the head alike (as the transformers
+    pipeline's dtype does), and predicts the labels finetunekit predicts in bf16 autocast."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = exports["hf"].path
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    texts = list(read_examples(text_data[1], "text").inputs)[:8]
+    with torch.inference_mode():
+        logits = model(**tokenizer(texts, padding=True, truncation=True, return_tensors="pt")).logits
+    expected = load(text_run, precision="bf16").predict_proba(texts)
+    assert logits.dtype == torch.bfloat16
+    np.testing.assert_allclose(logits.float().softmax(-1).numpy(), expected, atol=0.05)
+
+
 def test_hf_export_refuses_to_load_without_remote_code(exports):
     from transformers import AutoModelForSequenceClassification
 

@@ -1,5 +1,6 @@
 """The image pipeline decodes each file once and gives the same tensors as decoding every time."""
 
+import pytest
 import torch
 
 from finetunekit.data import pipeline
@@ -87,3 +88,18 @@ def test_crop_scale_bounds_the_random_crop(tmp_path, image_data):
     with pytest.raises(RecipeError, match=r"^data\.crop_scale: 0\.0 is out of range \(0\.0, 1\.0\]"):
         Recipe.from_dict({"data": {"crop_scale": 0}})
     assert Recipe.from_dict({"data": {"crop_scale": 0.7}}).data.crop_scale == 0.7
+
+
+def test_threaded_batches_keep_order_and_raise_the_readers_errors():
+    from finetunekit.data.pipeline import threaded_batches
+
+    class Items:
+        def __getitem__(self, key):
+            if key == 7:
+                raise ValueError("item 7 is unreadable")
+            return key * 10
+
+    batches = [[0, 1, 2], [3, 4], [5], [6]]
+    assert list(threaded_batches(Items(), batches, list, workers=3, ahead=1)) == [[0, 10, 20], [30, 40], [50], [60]]
+    with pytest.raises(ValueError, match="item 7 is unreadable"):
+        list(threaded_batches(Items(), [[0], [7], [1]], list, workers=2))

@@ -50,6 +50,10 @@ class FinetunekitForSequenceClassification(PreTrainedModel):
     def __init__(self, config: FinetunekitTextConfig) -> None:
         super().__init__(config)
         encoder_config = AutoConfig.for_model(**config.encoder_config)
+        # The saved encoder config names its own dtype (float32); from_pretrained(dtype=...) sets only
+        # this config's, and an encoder left in float32 under a bfloat16 head fails in the head.
+        if getattr(config, "dtype", None) is not None:
+            encoder_config.dtype = config.dtype
         try:  # BERT-like encoders: the pooler layer is unused (pooling happens below)
             self.encoder = AutoModel.from_config(encoder_config, add_pooling_layer=False)
         except TypeError:

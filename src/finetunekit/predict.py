@@ -25,7 +25,7 @@ import torch
 from .data import Examples, read_examples
 from .data.dense import task_reader
 from .data.images import image_size
-from .data.pipeline import TextCollator, build_dataset, build_loader, image_transform
+from .data.pipeline import ImageDataset, TextCollator, build_dataset, build_loader, image_transform, reader_threads, threaded_batches
 from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS, select_listed
 from .errors import DataError
 from .loading import load_model
@@ -79,15 +79,17 @@ class Predictor:
                 raise DataError(f"{item}: is an image file, but this model takes text")
         return Examples(inputs, None, "inputs", self.modality)
 
-    @torch.no_grad()
-    def predict_proba(self, inputs: list[Any] | Examples) -> np.ndarray:
+    @torch.inference_mode()
+    def predict_proba(self, inputs: list[Any] | Examples, batch_size: int | None = None) -> np.ndarray:
         """The task's scores, one row per input: class probabilities (columns in ``self.classes``
         order) for classification and multi-label, predicted values in target units for regression.
-        ``inputs``: image paths, texts, or for a pair model ``(first, second)`` pairs."""
+        ``inputs``: image paths, texts, or for a pair model ``(first, second)`` pairs. Texts are
+        batched by length (less padding), images read in threads ahead of the model; the rows come
+        back in input order. ``batch_size``: inputs per forward pass (default ``self.batch_size``)."""
         examples = self._examples(inputs)
         if len(examples) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
-        scores = self._scores(examples, None)[0]
+        scores = self._scores(examples, None, batch_size)[0]
         if self.task.dense:  # detection: boxes back in each image's own pixels
             scores = self.task.to_input_frame(scores, [image_size(p, self.preprocessing.get("max_image_pixels")) for p in examples.inputs])
         return scores
@@ -99,19 +101,22 @@ class Predictor:
         self.task.set_prediction_options(score_threshold=score_threshold, nms_iou=nms_iou)
         return self
 
-    @torch.no_grad()
-    def _scores(self, examples: Examples, targets: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    @torch.inference_mode()
+    def _scores(self, examples: Examples, targets: Any, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """The task's scores for ``examples`` and, given their encoded ``targets``, those targets as
         the model sees them (a dense task's mask at the input size), in input order, in one pass."""
         if len(examples) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32), None if targets is None else np.asarray(targets)
         max_length = int(self.preprocessing.get("max_length", 512))
         dataset = build_dataset(examples, targets, self.model.backbone, self.preprocessing, False, "none", max_length, self.task)
-        loader = build_loader(dataset, self.model.backbone, self.batch_size, False, 0)
+        loader = build_loader(dataset, self.model.backbone, batch_size or self.batch_size, False, 0)
+        batches: Any = loader
+        if isinstance(dataset, ImageDataset):  # decode and resize the next batches while the model runs
+            batches = threaded_batches(dataset, loader.batch_sampler, loader.collate_fn, reader_threads())
         self.model.eval()
         probs: np.ndarray | None = None
         seen: list[tuple[np.ndarray, np.ndarray]] = []
-        for batch in loader:
+        for batch in batches:
             index = batch.pop("index").numpy()
             labels = batch.pop("labels", None)
             if labels is not None:
@@ -142,10 +147,25 @@ class Predictor:
             batch = TextCollator(self.model.backbone.pad_token_id)(rows)
             batch.pop("index")
             return batch
+        return {"pixel_values": torch.stack([self.image_tensor(image) for image in items])}
+
+    def image_tensor(self, image: Any) -> torch.Tensor:
+        """One decoded RGB ``PIL.Image`` preprocessed as the model takes it (the run's resize, crop
+        and normalisation; a dense task's own resize). Draws no random numbers: safe in threads."""
         if not hasattr(self, "_transform"):
             joint = self.task.transform(self.preprocessing, False, "none")  # dense tasks: their own resize
             self._transform = image_transform(self.preprocessing, train=False) if joint is None else (lambda image: joint(image, None)[0])
-        return {"pixel_values": torch.stack([self._transform(image) for image in items])}
+        return self._transform(image)
+
+    def predict_pixels(self, pixels: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+        """:meth:`predict_items` for images already preprocessed by :meth:`image_tensor` (``sizes``:
+        each image's own (width, height), where a dense task's outputs go back to)."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.task.output_size), dtype=np.float32)
+        scores = self.forward_proba({"pixel_values": torch.stack(list(pixels))})
+        if self.task.dense:
+            scores = self.task.to_input_frame(scores, list(sizes))
+        return scores
 
     def forward_proba(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """The task's scores (class probabilities...) of one encoded batch, in the run's precision,

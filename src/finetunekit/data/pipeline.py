@@ -398,3 +398,33 @@ def build_loader(
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0
     )
+
+
+def reader_threads() -> int:
+    """Threads that read images for evaluation and prediction: the usable cores, at most 8."""
+    import os
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, usable))
+
+
+def threaded_batches(dataset: Dataset, batches: Any, collate: Any, workers: int, ahead: int = 2) -> Iterator[Any]:
+    """The batches of ``dataset`` (one list of keys each), read by ``workers`` threads up to
+    ``ahead`` batches beyond the one the caller holds. JPEG decoding and resizing release the GIL,
+    so the next batches are read in parallel while the model runs on this one, without the start-up
+    and pickling of worker processes. Only for items that draw no random numbers (evaluation and
+    prediction: the threads would share torch's generator)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="finetunekit-read")
+    pending: deque[list[Any]] = deque()
+    try:
+        for keys in batches:
+            pending.append([pool.submit(dataset.__getitem__, key) for key in keys])
+            if len(pending) > ahead:
+                yield collate([future.result() for future in pending.popleft()])
+        while pending:
+            yield collate([future.result() for future in pending.popleft()])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
