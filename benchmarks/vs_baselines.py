@@ -28,9 +28,21 @@ Rows (each runs in its own fresh Python process, so peak memory is that row's al
   included, on both sides; finetunekit's includes building the model, its image checks and feature
   cache too, but not writing the run directory). Library imports (torch, torchvision, timm) happen
   before the clock starts on both sides.
+* inference (``--rows inference``, not in the default run): ``predict`` (the batch path, input
+  table or folder to a CSV) and ``evaluate`` throughput in samples per second, on a run trained
+  inside the rows first (text: MiniLM-L6, 256 SST-2 rows, one epoch; images: a Lite0 linear probe
+  on ants/bees, 3 epochs; training not counted), over the SST-2 dev set (872 sentences) and the
+  ants/bees val folder (153 images). Baselines load the run's own exports (``export --format hf``,
+  ``--format timm``), so they hold the same weights: the transformers ``pipeline`` and a plain
+  tokenizer + model loop for text, a plain timm loop (its own transform, a DataLoader with
+  workers) for images; all batched (64), in the run's precision, on cuda when there is one. Model
+  load and one warm-up batch are outside the clock on every side. Each row's predictions are
+  compared with finetunekit's batch predict (the table's "same label" column).
+  ``BENCH_INFER_LIMIT=N`` predicts only the first N inputs (per class for images), for smoke runs.
 
     python benchmarks/vs_baselines.py                 # text, vision, frozen (about 20 minutes on 2 quiet CPU cores)
-    python benchmarks/vs_baselines.py --rows text     # a subset: text, text_extra, vision, frozen
+    python benchmarks/vs_baselines.py --rows text     # a subset: text, text_extra, vision, frozen, inference
+    python benchmarks/vs_baselines.py --rows inference --write   # inference rows into docs/performance.md (a table per device kind)
     python benchmarks/vs_baselines.py --json out.json # also write the raw rows
 """
 
@@ -331,6 +343,276 @@ def row_vision_finetunekit(strategy: str, epochs: int, batch_size: int, tmp: Pat
     return rows[-1] if runs == 1 else {**rows[-1], "cold_seconds": rows[0]["train_seconds"], "cold_accuracy": rows[0]["accuracy"]}
 
 
+
+# -- inference: predict and evaluate against the transformers pipeline and a plain timm loop --------
+
+INFER_BATCH = int(os.environ.get("BENCH_INFER_BATCH", 64))  # finetunekit predict's default --batch-size
+# smoke runs: only the first N inputs of each set (0: all of them)
+INFER_LIMIT = int(os.environ.get("BENCH_INFER_LIMIT", 0))
+
+
+def infer_repeats() -> int:
+    """Timed passes per row, the fastest kept: a GPU pass over 872 sentences takes well under a
+    second, so one pass would mostly measure noise (BENCH_INFER_REPEATS overrides)."""
+    import torch
+
+    return int(os.environ.get("BENCH_INFER_REPEATS") or (5 if torch.cuda.is_available() else 1))
+
+
+def best_of(fn):
+    """(seconds of the fastest of ``infer_repeats()`` calls of ``fn``, the last call's result)."""
+    best, out = float("inf"), None
+    for _ in range(infer_repeats()):
+        started = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def repeats_note() -> str:
+    n = infer_repeats()
+    return "one timed pass" if n == 1 else f"fastest of {n} timed passes"
+
+
+def infer_work(tmp: Path) -> Path:
+    """Where the inference rows keep the run they share: trained once by the first row that needs it
+    (the parent process passes one folder to every row), not counted in any row's time."""
+    work = Path(os.environ.get("BENCH_INFER_WORK") or tmp)
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def infer_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def text_run(tmp: Path) -> tuple[Path, Path, list[str], list[str]]:
+    """A finetunekit run of the bundled MiniLM-L6 on 512 SST-2 rows (one epoch), its transformers
+    export, and the dev set the rows predict: (run dir, dev table, sentences, labels)."""
+    from finetunekit import Recipe, train
+    from finetunekit.data.readers import read_examples
+    from finetunekit.export import export
+
+    work = infer_work(tmp)
+    run = work / "sst2_run"
+    if not (run / "export" / "hf").is_dir():
+        recipe = Recipe.from_yaml(REPO / "examples" / "sst2.yaml").with_overrides([
+            f"data.train={SST2 / 'train.tsv'}", f"data.val={SST2 / 'dev.tsv'}", "train.epochs=1", "data.max_train_samples=512",
+        ])
+        train(recipe, output=run, quiet=True)
+        export(run, "hf")
+    dev = SST2 / "dev.tsv"
+    ex = read_examples(str(dev), "text", "sentence", "label")
+    texts, labels = list(ex.inputs), [str(y) for y in ex.labels]
+    if INFER_LIMIT:
+        texts, labels = texts[:INFER_LIMIT], labels[:INFER_LIMIT]
+        dev = work / f"dev_{INFER_LIMIT}.tsv"
+        dev.write_text("\n".join(["sentence\tlabel", *(f"{t}\t{y}" for t, y in zip(texts, labels))]) + "\n", encoding="utf-8")
+    return run, dev, texts, labels
+
+
+def image_run(tmp: Path) -> tuple[Path, Path, list[str]]:
+    """A finetunekit linear probe of the bundled EfficientNet-Lite0 on ants/bees (3 epochs), its
+    timm export, and the val folder the rows predict: (run dir, folder, true label per image in
+    the folder's sorted order)."""
+    from finetunekit import Recipe, train
+    from finetunekit.export import export
+
+    work = infer_work(tmp)
+    run = work / "ants_run"
+    if not (run / "export" / "timm").is_dir():
+        os.environ.setdefault("FINETUNEKIT_CACHE_DIR", str(work / "cache"))
+        recipe = Recipe.from_yaml(REPO / "examples" / "hymenoptera.yaml").with_overrides([
+            f"data.train={ANTS}", "strategy.name=linear_probe", "train.epochs=3",
+        ])
+        train(recipe, output=run, quiet=True)
+        export(run, "timm")
+    val = ANTS / "val"
+    if INFER_LIMIT:  # the first N images of each class, as links in a folder of the same layout
+        sliced = work / f"val_{INFER_LIMIT}"
+        for cls in sorted(d.name for d in val.iterdir() if d.is_dir()):
+            (sliced / cls).mkdir(parents=True, exist_ok=True)
+            for f in sorted((val / cls).iterdir())[:INFER_LIMIT]:
+                if not (sliced / cls / f.name).exists():
+                    (sliced / cls / f.name).symlink_to(f)
+        val = sliced
+    from finetunekit.serving.bulk import _walk_images
+
+    labels = [Path(p).parent.name for p in _walk_images(val)]
+    return run, val, labels
+
+
+def timed_predict_to_csv(run: Path, source: Path, tmp: Path, warm: list) -> tuple[float, list[str], object]:
+    """``finetunekit predict RUN --input SOURCE --output preds.csv`` through its Python function,
+    the model loaded (and one batch predicted to warm up) before the clock starts."""
+    import csv
+
+    from finetunekit import load
+    from finetunekit.serving.bulk import predict_to_csv
+
+    predictor = load(run)
+    predictor.predict(warm[:INFER_BATCH])
+    out = tmp / "preds.csv"
+    seconds, _ = best_of(lambda: predict_to_csv(run, source, out, batch_size=INFER_BATCH, quiet=True, predictor=predictor, overwrite=True))
+    with out.open(encoding="utf-8", newline="") as handle:
+        predicted = [row["label"] for row in csv.DictReader(handle)]
+    return seconds, predicted, predictor
+
+
+def infer_result(seconds: float, n: int, predicted: list[str] | None, labels: list[str], settings: str, accuracy: float | None = None) -> dict:
+    if accuracy is None:
+        accuracy = sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(labels)
+    row = {"train_seconds": seconds, "samples_per_second": n / seconds, "accuracy": accuracy, "inputs": n, "settings": settings}
+    if predicted is not None:
+        row["predictions"] = predicted
+    return row
+
+
+def threads() -> str:
+    import torch
+
+    return f"{torch.get_num_threads()} torch thread(s)"
+
+
+def row_infer_text_ours(mode: str, tmp: Path) -> dict:
+    run, dev, texts, labels = text_run(tmp)
+    if mode == "predict":
+        seconds, predicted, predictor = timed_predict_to_csv(run, dev, tmp, texts)
+        what = "`predict RUN --input dev.tsv --output preds.csv`: reading the table, tokenizing, forward passes, writing the CSV"
+    else:
+        from finetunekit import load
+
+        predictor = load(run)
+        predictor.batch_size = INFER_BATCH
+        predictor.predict(texts[:INFER_BATCH])
+        seconds, metrics = best_of(lambda: predictor.evaluate(dev))
+        what = "`evaluate RUN dev.tsv`: reading the table, tokenizing, forward passes, metrics and their confidence intervals"
+        return infer_result(seconds, len(texts), None, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
+                            f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}", metrics["accuracy"])
+    return infer_result(seconds, len(texts), predicted, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
+                        f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}")
+
+
+def run_precision(run: Path) -> str:
+    from finetunekit.artifacts import MARKER, read_json
+
+    return str(read_json(run / MARKER).get("precision", "fp32"))
+
+
+def row_infer_text_pipeline(tmp: Path) -> dict:
+    """transformers' text-classification pipeline on the run's transformers export (the same
+    weights and pooling), weights cast to the run's precision, batched."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+    from transformers.utils import logging as hf_logging
+
+    run, _, texts, labels = text_run(tmp)
+    precision, device = run_precision(run), infer_device()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if device == "cuda" else torch.float32}.get(precision, torch.float32)
+    path = run / "export" / "hf"
+    hf_logging.set_verbosity_error()  # the pipeline lists its stock classes when given a custom one
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    pipe = pipeline("text-classification", model=model, tokenizer=tok, device=device)
+    pipe(texts[:INFER_BATCH], batch_size=INFER_BATCH, truncation=True)
+    seconds, out = best_of(lambda: pipe(texts, batch_size=INFER_BATCH, truncation=True))
+    predicted = [o["label"] for o in out]
+    return infer_result(seconds, len(texts), predicted, labels,
+                        f"pipeline('text-classification') on the run's `export --format hf`, batch {INFER_BATCH}, weights in {dtype}, "
+                        f"{device}, {threads()}, texts in memory, labels out; model load and one warm-up batch excluded, {repeats_note()}")
+
+
+def row_infer_text_loop(tmp: Path) -> dict:
+    """The plain in-order loop: tokenizer, padded batches, the model under inference_mode and
+    autocast in the run's precision, argmax."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run, _, texts, labels = text_run(tmp)
+    precision, device = run_precision(run), infer_device()
+    path = run / "export" / "hf"
+    model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    names = model.config.id2label
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    enabled = amp is not None and not (device == "cpu" and amp == torch.float16)
+
+    def run_all(items: list[str]) -> list[str]:
+        predicted = []
+        with torch.inference_mode(), torch.autocast(device, dtype=amp or torch.bfloat16, enabled=enabled):
+            for i in range(0, len(items), INFER_BATCH):
+                batch = tok(items[i : i + INFER_BATCH], padding=True, truncation=True, return_tensors="pt").to(device)
+                predicted += [names[int(k)] for k in model(**batch).logits.argmax(-1).tolist()]
+        return predicted
+
+    run_all(texts[:INFER_BATCH])
+    seconds, predicted = best_of(lambda: run_all(texts))
+    return infer_result(seconds, len(texts), predicted, labels,
+                        f"plain loop: tokenizer + model on the run's `export --format hf`, batches of {INFER_BATCH} in input order, "
+                        f"inference_mode, {precision if enabled else 'fp32'} (autocast), {device}, {threads()}, texts in memory; "
+                        f"model load and one warm-up batch excluded, {repeats_note()}")
+
+
+def row_infer_image_ours(mode: str, tmp: Path) -> dict:
+    from finetunekit.serving.bulk import _walk_images
+
+    run, val, labels = image_run(tmp)
+    images = list(_walk_images(val))
+    if mode == "predict":
+        seconds, predicted, predictor = timed_predict_to_csv(run, val, tmp, images)
+        what = "`predict RUN --input val/ --output preds.csv`: walking the folder, decoding, preprocessing, forward passes, writing the CSV"
+        return infer_result(seconds, len(images), predicted, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
+                            f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}")
+    from finetunekit import load
+
+    predictor = load(run)
+    predictor.batch_size = INFER_BATCH
+    predictor.predict(images[:INFER_BATCH])
+    seconds, metrics = best_of(lambda: predictor.evaluate(val))
+    what = "`evaluate RUN val/`: reading the folder, decoding, preprocessing, forward passes, metrics and their confidence intervals"
+    return infer_result(seconds, len(images), None, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
+                        f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}", metrics["accuracy"])
+
+
+def row_infer_image_timm(tmp: Path) -> dict:
+    """A plain timm loop on the run's timm export: timm's own transform from the model's data
+    config, an ImageFolder and a DataLoader with workers, batched, inference_mode and autocast."""
+    import json as _json
+
+    import timm
+    import torch
+    from torchvision import datasets
+
+    run, val, labels = image_run(tmp)
+    precision, device = run_precision(run), infer_device()
+    path = run / "export" / "timm"
+    model = timm.create_model(f"local-dir:{path}", pretrained=True).to(device).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    classes = _json.loads((path / "labels.json").read_text(encoding="utf-8"))["classes"]
+    workers = min(8, len(os.sched_getaffinity(0)))
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    enabled = amp is not None and not (device == "cpu" and amp == torch.float16)
+
+    def run_all(folder: Path, limit: int | None = None) -> list[str]:
+        data = datasets.ImageFolder(folder, transform)
+        if limit:
+            data = torch.utils.data.Subset(data, range(min(limit, len(data))))
+        loader = torch.utils.data.DataLoader(data, batch_size=INFER_BATCH, num_workers=workers, pin_memory=device == "cuda")
+        predicted = []
+        with torch.inference_mode(), torch.autocast(device, dtype=amp or torch.bfloat16, enabled=enabled):
+            for x, _ in loader:
+                predicted += [classes[int(k)] for k in model(x.to(device, non_blocking=True)).argmax(-1).tolist()]
+        return predicted
+
+    run_all(val, INFER_BATCH)
+    seconds, predicted = best_of(lambda: run_all(val))  # the DataLoader's workers start inside the clock
+    return infer_result(seconds, len(predicted), predicted, labels,
+                        f"plain loop: timm.create_model('local-dir:' + the run's `export --format timm`), timm's create_transform from "
+                        f"its data config, ImageFolder + DataLoader ({workers} workers), batch {INFER_BATCH}, inference_mode, "
+                        f"{precision if enabled else 'fp32'} (autocast), {device}, {threads()}; model load and one warm-up batch excluded, {repeats_note()}")
+
 ROWS = {
     "text": [
         ("text", "Trainer fp32, length-grouped", "baseline", lambda t: row_text_trainer("fp32", True, t)),
@@ -354,6 +636,16 @@ ROWS = {
         ("vision frozen", f"finetunekit linear probe bs {IMAGE_BATCH} (cold, then warm cache)", "ours",
          lambda t: row_vision_finetunekit("linear_probe", 10, IMAGE_BATCH, t, cache_dir=t / "cache", runs=2)),
     ],
+    # predict and evaluate throughput (--rows inference; not in the default run)
+    "inference": [
+        ("text inference", "finetunekit predict (batch, to CSV)", "ours", lambda t: row_infer_text_ours("predict", t)),
+        ("text inference", "finetunekit evaluate", "ours", lambda t: row_infer_text_ours("evaluate", t)),
+        ("text inference", "transformers pipeline", "baseline", row_infer_text_pipeline),
+        ("text inference", "plain transformers loop", "baseline", row_infer_text_loop),
+        ("image inference", "finetunekit predict (batch, to CSV)", "ours", lambda t: row_infer_image_ours("predict", t)),
+        ("image inference", "finetunekit evaluate", "ours", lambda t: row_infer_image_ours("evaluate", t)),
+        ("image inference", "plain timm loop", "baseline", row_infer_image_timm),
+    ],
 }
 
 # The targets of issue 16, as (task, our row, ratio at least, baseline row the target names or None
@@ -371,7 +663,10 @@ def run_row(key: str) -> None:
     task, name, role, fn = ROWS[group][int(index)]
     with tempfile.TemporaryDirectory() as tmp:
         out = fn(Path(tmp))
-    out.update(task=task, name=name, role=role, peak_memory_mib=round(peak_memory_mib(), 1), device=device_name())
+    import torch
+
+    out.update(task=task, name=name, role=role, peak_memory_mib=round(peak_memory_mib(), 1), device=device_name(),
+               device_type="cuda" if torch.cuda.is_available() else "cpu")
     print("ROW " + json.dumps(out), flush=True)
 
 
@@ -383,42 +678,80 @@ def main() -> None:
     parser.add_argument("--from-json", nargs="+", type=Path, metavar="JSON",
                         help="do not run: print (and with --write, write) the rows stored in these files (for example rows taken on a GPU machine)")
     parser.add_argument("--section", default="", help="with --write: the docs/performance.md section to fill "
-                        "(between <!-- results-SECTION:begin/end -->; default the main CPU table)")
+                        "(between <!-- results-SECTION:begin/end -->; default the main CPU table); inference rows go to "
+                        "results-inference-cpu or results-inference-cuda, by the device they ran on")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
         return run_row(args.row)
     if args.from_json:
         results = [row for path in args.from_json for row in json.loads(path.read_text(encoding="utf-8"))]
-        order = ["text", "matmul", "vision full", "vision frozen"]
-        results.sort(key=lambda r: order.index(r["task"]) if r["task"] in order else len(order))
-        ratios = print_ratios(results)
+        results.sort(key=lambda r: ORDER.index(r["task"]) if r["task"] in ORDER else len(ORDER))
+        ratios, inference_ratios = split_ratios(results)
         if args.write:
-            write_doc(markdown(results, ratios, " ".join(sys.argv[1:])), args.section)
+            write_tables(results, ratios, inference_ratios, args.section)
         return None
     if not SST2.is_dir() or not ANTS.is_dir():
         sys.exit(f"data not found under {DATA} (set FINETUNEKIT_SHARED_DATA to the shared/data folder)")
     results = []
-    for group in args.rows:
-        for i in range(len(ROWS[group])):
-            started = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "--row", f"{group}:{i}"], capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
-            if proc.returncode or not lines:
-                print(f"row {ROWS[group][i][1]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", flush=True)
-                continue
-            row = json.loads(lines[-1][4:])
-            results.append(row)
-            print(f"{row['task']:<14} {row['name']:<58} {row['train_seconds']:8.1f}s  {row['samples_per_second']:7.1f}/s  acc {row['accuracy']:.4f}  "
-                  f"peak {row['peak_memory_mib']:7.0f} MiB  ({time.perf_counter() - started:.0f}s with start-up)", flush=True)
-    order = ["text", "matmul", "vision full", "vision frozen"]  # the table's order, whatever order the rows ran in
-    results.sort(key=lambda r: order.index(r["task"]) if r["task"] in order else len(order))
-    ratios = print_ratios(results)
+    with tempfile.TemporaryDirectory() as work:
+        # the inference rows share one trained run per modality (trained by the first row needing it)
+        env = {**os.environ, "BENCH_INFER_WORK": os.environ.get("BENCH_INFER_WORK") or work}
+        for group in args.rows:
+            for i in range(len(ROWS[group])):
+                started = time.perf_counter()
+                proc = subprocess.run([sys.executable, __file__, "--row", f"{group}:{i}"], capture_output=True, text=True, env=env)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+                if proc.returncode or not lines:
+                    print(f"row {ROWS[group][i][1]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", flush=True)
+                    continue
+                row = json.loads(lines[-1][4:])
+                results.append(row)
+                print(f"{row['task']:<15} {row['name']:<58} {row['train_seconds']:8.1f}s  {row['samples_per_second']:7.1f}/s  acc {row['accuracy']:.4f}  "
+                      f"peak {row['peak_memory_mib']:7.0f} MiB  ({time.perf_counter() - started:.0f}s with start-up)", flush=True)
+    results.sort(key=lambda r: ORDER.index(r["task"]) if r["task"] in ORDER else len(ORDER))
+    add_agreement(results)
+    ratios, inference_ratios = split_ratios(results)
     out = Path(args.json) if args.json else REPO / "benchmarks" / "results" / "vs_baselines.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     if args.write:
-        write_doc(markdown(results, ratios, " ".join(sys.argv[1:])), args.section)
+        write_tables(results, ratios, inference_ratios, args.section)
+
+
+def write_tables(results: list[dict], ratios: list[str], inference_ratios: list[str], section: str) -> None:
+    """The training rows into the section ``--section`` names; the inference rows into
+    ``results-inference-cpu`` or ``results-inference-cuda``, by the device they ran on."""
+    command = " ".join(sys.argv[1:])
+    training = [r for r in results if r["task"] not in INFERENCE_TASKS]
+    inference = [r for r in results if r["task"] in INFERENCE_TASKS]
+    if training:
+        write_doc(markdown(training, ratios, command), section)
+    if inference:
+        write_doc(inference_markdown(inference, inference_ratios, command), f"inference-{inference[0].get('device_type', 'cpu')}")
+
+
+INFERENCE_TASKS = ("text inference", "image inference")
+ORDER = ["text", "matmul", "vision full", "vision frozen", *INFERENCE_TASKS]  # the tables' order, whatever order the rows ran in
+OURS_PREDICT = "finetunekit predict (batch, to CSV)"
+
+
+def split_ratios(results: list[dict]) -> tuple[list[str], list[str]]:
+    """The printed ratio lines of the training rows and of the inference rows."""
+    training = [r for r in results if r["task"] not in INFERENCE_TASKS]
+    inference = [r for r in results if r["task"] in INFERENCE_TASKS]
+    return (print_ratios(training) if training else []), (print_ratios(inference) if inference else [])
+
+
+def add_agreement(results: list[dict]) -> None:
+    """Each inference row's predictions against those of finetunekit's batch predict of the same
+    task (``agrees``: how many of the inputs got the same label); the predictions themselves are
+    dropped from the rows."""
+    ours = {r["task"]: r.get("predictions") for r in results if r["name"] == OURS_PREDICT}
+    for r in results:
+        predicted, reference = r.pop("predictions", None), ours.get(r["task"])
+        if predicted is not None and reference is not None and len(predicted) == len(reference):
+            r["agrees"] = f"{sum(a == b for a, b in zip(predicted, reference))}/{len(reference)}"
 
 
 def markdown(results: list[dict], ratios: list[str], command: str = "--write") -> str:
@@ -439,6 +772,20 @@ def markdown(results: list[dict], ratios: list[str], command: str = "--write") -
                       *[f"- {line}" for line in ratios], ""])
 
 
+def inference_markdown(results: list[dict], ratios: list[str], command: str = "--rows inference --write") -> str:
+    """The inference rows' table: throughput, accuracy and agreement with finetunekit's batch predict."""
+    rows = ["| task | run | inputs | seconds | samples/s | accuracy | same label as `predict` | peak memory (MiB) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        rows.append(f"| {r['task']} | {r['name']} | {r['inputs']} | {r['train_seconds']:.2f} | {r['samples_per_second']:.1f} | "
+                    f"{r['accuracy']:.4f} | {r.get('agrees', '-')} | {r['peak_memory_mib']:.0f} |")
+    settings = [f"- {r['task']}, {r['name']}: {r['settings']}" for r in results]
+    device = results[0]["device"] if results else "?"
+    return "\n".join([f"Measured with `python benchmarks/vs_baselines.py {command}` on {device}.", "", *rows, "",
+                      "Settings of every row:", "", *settings, "", "Ratios (each against the fastest baseline row of its task in this run):", "",
+                      *[f"- {line}" for line in ratios], ""])
+
+
 def write_doc(text: str, section: str = "") -> None:
     doc = REPO / "docs" / "performance.md"
     name = f"results-{section}" if section else "results"
@@ -447,7 +794,9 @@ def write_doc(text: str, section: str = "") -> None:
     if begin not in body or end not in body:
         sys.exit(f"{doc}: the markers {begin} and {end} are missing")
     body = body[: body.index(begin) + len(begin)] + "\n" + text + body[body.index(end) :]
-    doc.write_text(body, encoding="utf-8")
+    partial = doc.with_name(f".{doc.name}.partial")
+    partial.write_text(body, encoding="utf-8")
+    os.replace(partial, doc)
 
 
 def print_ratios(results: list[dict]) -> list[str]:
