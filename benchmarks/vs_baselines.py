@@ -34,8 +34,8 @@ Rows (each runs in its own fresh Python process, so peak memory is that row's al
   on ants/bees, 3 epochs; training not counted), over the SST-2 dev set (872 sentences) and the
   ants/bees val folder (153 images). Baselines load the run's own exports (``export --format hf``,
   ``--format timm``), so they hold the same weights: the transformers ``pipeline`` and a plain
-  tokenizer + model loop for text, a plain timm loop (its own transform, a DataLoader with
-  workers) for images; all batched (64), in the run's precision, on cuda when there is one. Model
+  tokenizer + model loop (in input order, and batched by length) for text, a plain timm loop (its
+  own transform, a DataLoader with workers, channels-last) for images; all batched (64), in the run's precision, on cuda when there is one. Model
   load and one warm-up batch are outside the clock on every side. Each row's predictions are
   compared with finetunekit's batch predict (the table's "same label" column).
   ``BENCH_INFER_LIMIT=N`` predicts only the first N inputs (per class for images), for smoke runs.
