@@ -23,8 +23,13 @@ class DepthwiseConv2d(nn.Conv2d):
     parameters, so state dicts, exports and adapters see no difference.
     """
 
+    # True on a frozen copy that must compute its features as the trained copy does (the teacher of
+    # feature distillation runs without gradients)
+    fp32_without_grad = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad) and _cpu_bf16_autocast():
+        training = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if x.device.type == "cpu" and (training or self.fp32_without_grad) and _cpu_bf16_autocast():
             with torch.autocast("cpu", enabled=False):
                 return super().forward(x.float())
         return super().forward(x)

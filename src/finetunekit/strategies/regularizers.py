@@ -93,6 +93,9 @@ class FeatureDistillation:
         self.autocast = accelerator.autocast
         self.device = accelerator.device
         self.teacher = copy.deepcopy(model.backbone).to(accelerator.device).eval().requires_grad_(False)
+        for module in self.teacher.modules():  # layers whose numerics differ in training (backbones' DepthwiseConv2d)
+            if hasattr(module, "fp32_without_grad"):
+                module.fp32_without_grad = True
 
     def __call__(self, batch: dict[str, torch.Tensor], features: torch.Tensor | None) -> torch.Tensor:
         if features is None or "features" in batch or not any(p.requires_grad for p in self.model.backbone.parameters()):
