@@ -1,23 +1,36 @@
 """Zero-config runs: ``finetunekit train DATA_PATH`` with no recipe.
 
-The data path alone decides the recipe: an image folder (class sub-folders, with train/ and val/
-when present) or a table of image files is image classification with the bundled EfficientNet-Lite0,
-a table of texts (.csv/.tsv/.jsonl/.parquet) text classification with the bundled MiniLM-L6; the
-label column and the text (or pair, or image file) columns are recognised by name. The strategy and
-the number of epochs follow from the amount of training data per class, by rules measured with
-benchmarks/zero_config.py (docs/automation.md). Every choice is returned with its reason::
+The data path alone decides the recipe, and every choice is returned with its reason:
 
-    inferred = infer_recipe("photos/")
+* **modality and columns**: an image folder (class sub-folders, with train/ and val/ when present)
+  or a table of image files is an image task on the bundled EfficientNet-Lite0, a table of texts
+  (.csv/.tsv/.jsonl/.parquet, one text column or a sentence pair) a text task on the bundled
+  MiniLM-L6; the label, text, pair and image columns are recognised by name;
+* **task** (a table's label cells, :func:`infer_task`): lists or ``a|b`` cells are multi-label;
+  numbers with a non-integer among them, or more than ``MAX_INTEGER_CLASSES`` distinct integers
+  that are not class codes (0..K-1 or 1..K), are regression; anything else single-label
+  classification. A folder with ``images/`` and ``masks/`` is semantic segmentation; a COCO
+  ``.json``, a Pascal VOC folder (``Annotations/``) or a table of boxes is object detection;
+* **strategy and epochs** from the amount of training data per class, by rules measured with
+  benchmarks/zero_config.py (docs/automation.md);
+* **validation**: a ``dev``/``val``/``validation`` table beside a ``train`` table, else the readers'
+  seeded held-out split.
+
+The user's ``--set`` overrides of the fields that steer the inference (``data.label_column``,
+``task.type``, ...) are taken into account before anything is guessed::
+
+    inferred = infer_recipe("faces.csv", ["data.label_column=age"])
     print("\\n".join(inferred.reasons))
-    train(inferred.recipe, output="runs/photos")
+    train(inferred.recipe, output="runs/faces")
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .data.readers import IMAGE_EXTENSIONS, detect_modality, is_table
 from .errors import DataError
@@ -29,10 +42,19 @@ from .recipe import Recipe
 TARGET_STEPS = 100
 MIN_EPOCHS, MAX_EPOCHS = 5, 50
 BATCH_SIZE = 16
+# Integer labels: up to this many distinct values are classes; more are a quantity (ages, counts,
+# scores) unless they are exactly the codes 0..K-1 or 1..K, the way class indices are written.
+MAX_INTEGER_CLASSES = 20
 
-LABEL_GUESSES = ("label", "labels", "class", "category", "target", "sentiment", "y")
+LABEL_GUESSES = ("label", "labels", "class", "category", "target", "score", "sentiment", "y")
 PAIR_GUESSES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text_a", "text_b"))
+VAL_NAMES = ("dev", "val", "valid", "validation")
+TASK_NAMES = {"classification": "single-label classification", "multilabel": "multi-label classification", "regression": "regression"}
 BACKBONES = {"image": "bundled:efficientnet_lite0", "text": "bundled:minilm_l6"}
+# the --set fields that steer the inference itself (the others apply to the recipe afterwards)
+HINTS = ("data.label_column", "data.text_column", "data.text_columns", "data.image_column", "data.image_root", "data.val", "task.type")
+COVERED = ("zero-config reads class folders, images/ + masks/ folders (segmentation), COCO or Pascal VOC "
+           "annotations and box tables (detection), and tables for classification, multi-label and regression")
 
 
 def epochs_for(n_train: int, batch_size: int = BATCH_SIZE, target_steps: int = TARGET_STEPS) -> int:
@@ -41,73 +63,200 @@ def epochs_for(n_train: int, batch_size: int = BATCH_SIZE, target_steps: int = T
     return max(MIN_EPOCHS, min(MAX_EPOCHS, math.ceil(target_steps / steps_per_epoch)))
 
 
+def infer_task(labels: Sequence[Any]) -> tuple[str, str]:
+    """(task type, why) from a label column: the recipe's inference (finetunekit.tasks.infer_type),
+    and integers with more than MAX_INTEGER_CLASSES distinct values that are not class codes read
+    as a quantity (a recipe leaves those to ``task.type``)."""
+    from .tasks import infer_type
+
+    kind, why = infer_type(labels)
+    if kind != "classification":
+        return kind, why
+    try:
+        values = sorted({float(str(x)) for x in labels})
+    except ValueError:
+        return kind, why  # names
+    if len(values) <= MAX_INTEGER_CLASSES:
+        return kind, f"{len(values)} distinct integers, at most {MAX_INTEGER_CLASSES}: classes"
+    ints = [int(v) for v in values]
+    if ints in (list(range(len(ints))), list(range(1, len(ints) + 1))):
+        return kind, f"{len(ints)} distinct integers, exactly {ints[0]}..{ints[-1]}: class codes"
+    return "regression", (f"{len(ints)} distinct integers from {ints[0]} to {ints[-1]}, more than {MAX_INTEGER_CLASSES} "
+                          "and not class codes 0..K-1 or 1..K: a quantity")
+
+
 @dataclass
 class Inferred:
     recipe: Recipe
     reasons: list[str]  # one line per choice, printed before training
 
 
-def infer_recipe(path: str | Path) -> Inferred:
-    """A full recipe for the data at ``path``, and why each field was chosen."""
+def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
+    """A full recipe for the data at ``path``, and why each field was chosen. ``overrides``
+    (``section.field=value``) that name a field in HINTS are used instead of guessing it."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data path not found: {path}")
+    given = Recipe().with_overrides(list(overrides))  # validated here, applied again by the caller
+    keys = {o.partition("=")[0].strip() for o in overrides}
+    hints = {k: getattr(getattr(given, k.split(".")[0]), k.split(".")[1]) for k in HINTS if k in keys}
+    dense = _dense_layout(path, hints.get("task.type"))
+    if dense is not None:
+        return _dense_recipe(path, *dense, hints)
     modality = detect_modality(path)
     data: dict = {"train": str(path)}
+    data.update({k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")})
     reasons: list[str] = []
     if is_table(path):
-        columns = _columns(path)
-        label = next((c for c in LABEL_GUESSES if c in columns), None)
-        if label is None:
-            raise DataError(f"{path}: no label column found among {', '.join(columns)} (looked for {', '.join(LABEL_GUESSES)}); "
-                            "write a recipe with data.label_column")
-        data["label_column"] = label
-        image_column = _image_column(path, columns, label)
-        if image_column is not None:
-            modality = "image"
-            data["image_column"] = image_column
-            reasons.append(f"modality: image (column {image_column!r} holds image files), labels in column {label!r}")
-        else:
-            pair = next((p for p in PAIR_GUESSES if all(c in columns for c in p)), None)
-            if pair:
-                data["text_columns"] = list(pair)
-                reasons.append(f"modality: text pairs (columns {pair[0]!r} and {pair[1]!r}), labels in column {label!r}")
-            else:
-                reasons.append(f"modality: text (a {path.suffix} table), labels in column {label!r}")
+        modality, why = _table_columns(path, data)
+        reasons.append(why)
+        val = data.get("val") or _sibling_val(path)
+        if val is not None:
+            data["val"] = str(val)
     else:
         layout = "train/ and val/ sub-folders" if (path / "train").is_dir() else "class sub-folders"
         reasons.append(f"modality: image (a folder with {layout})")
     recipe = Recipe.from_dict({"model": {"backbone": BACKBONES[modality]}, "data": data})
-    examples = _training_examples(recipe, modality)
-    counts = Counter(examples.labels or [])
-    if len(counts) < 2:
-        raise DataError(f"{path}: needs at least two classes to train a classifier, found {len(counts)}")
-    smallest = min(counts.values())
-    reasons.append(f"task: single-label classification, {len(counts)} classes, {len(examples)} training examples "
-                   f"({smallest} to {max(counts.values())} per class)")
-    reasons.append(f"backbone: {BACKBONES[modality]} (bundled, no download)")
-    strategy, why = _strategy(modality, smallest)
-    reasons.append(f"strategy: {strategy} ({why})")
-    train: dict = {"batch_size": BATCH_SIZE}
-    if modality == "image":
-        train["epochs"] = epochs = epochs_for(len(examples))
-        reasons.append(
-            f"epochs: {epochs} (about {TARGET_STEPS} optimizer steps at batch {BATCH_SIZE}: "
-            f"{math.ceil(len(examples) / BATCH_SIZE)} steps per epoch, within {MIN_EPOCHS}..{MAX_EPOCHS})"
-        )
+    examples, kind, why = _training_examples(recipe, modality, hints.get("task.type"))
+    task = _fit_task(kind, examples, recipe)
+    per_class = task.examples_per_class(examples)
+    if per_class is not None:
+        counts = f"{min(per_class.values())} to {max(per_class.values())} per {'label' if kind == 'multilabel' else 'class'}"
+        reasons.append(f"task: {TASK_NAMES[kind]} ({why}), {task.describe()}, {len(examples)} training examples ({counts})")
     else:
-        reasons.append("epochs: 3 (the text default, measured on SST-2 with 2,000 rows; not measured by size)")
-    recipe = recipe.replace(strategy={"name": strategy}, train=train)
+        reasons.append(f"task: {TASK_NAMES[kind]} ({why}), {task.describe()}, {len(examples)} training examples")
+    reasons.append(f"validation: {data['val']}" if data.get("val") else
+                   "validation: " + ("the val/ folder" if modality == "image" and not is_table(path) and (path / "val").is_dir()
+                                     else f"{recipe.data.val_fraction:.0%} of the training data, held out with the seed"))
+    reasons.append(f"backbone: {BACKBONES[modality]} (bundled, no download)")
+    strategy, epochs, why_strategy, why_epochs = _strategy(modality, kind, per_class, len(examples))
+    reasons.append(f"strategy: {strategy} ({why_strategy})")
+    reasons.append(f"epochs: {epochs if epochs is not None else 'the default'} ({why_epochs})")
+    train: dict = {"batch_size": BATCH_SIZE}
+    if epochs is not None:
+        train["epochs"] = epochs
+    recipe = recipe.replace(strategy={"name": strategy}, train=train, task={"type": kind})
     return Inferred(recipe, reasons)
 
 
-def _strategy(modality: str, per_class: int) -> tuple[str, str]:
+def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_train: int) -> tuple[str, int | None, str, str]:
+    """(strategy, epochs or None for the default, why the strategy, why the epochs)."""
     if modality == "image":
-        return "linear_probe", (
-            f"{per_class} images in the smallest class; on ants/bees the linear probe did at least as well as full "
-            "fine-tuning at 8 and 32 images per class (benchmarks/zero_config.py) and at all 124 (docs/strategies.md)"
-        )
-    return "full", "the text default, chosen on SST-2 with 2,000 rows (docs/strategies.md); not measured by size"
+        epochs = epochs_for(n_train)
+        why_epochs = (f"about {TARGET_STEPS} optimizer steps at batch {BATCH_SIZE}: {math.ceil(n_train / BATCH_SIZE)} steps "
+                      f"per epoch, within {MIN_EPOCHS}..{MAX_EPOCHS}")
+        if kind == "classification":
+            smallest = min(per_class.values()) if per_class else n_train
+            return "linear_probe", epochs, (
+                f"{smallest} images in the smallest class; on ants/bees the linear probe did at least as well as full "
+                "fine-tuning at 8 and 32 images per class (benchmarks/zero_config.py) and at all 124 (docs/strategies.md)"
+            ), why_epochs
+        return "linear_probe", epochs, (
+            f"the image default, measured for classification; for {kind} not measured by size (on UTKFace age, full "
+            "fine-tuning reached a test MAE of 7.1 against the probe's 10.0 at about 18x the time: examples/utkface.yaml)"
+        ), why_epochs
+    if kind == "classification":
+        return "full", None, ("the text default, chosen on SST-2 with 2,000 rows (docs/strategies.md); not measured by "
+                              "size"), "the text default, 3, measured on SST-2 with 2,000 rows; not measured by size"
+    example = {"regression": "examples/stsb.yaml trains STS-B with it to dev Spearman 0.857",
+               "multilabel": "examples/goemotions.yaml trains GoEmotions with it to test macro F1 0.412"}[kind]
+    return "full", None, f"the text default; {example} (docs/tasks.md); not measured by size", "3, the text default, as in that example"
+
+
+def _table_columns(path: Path, data: dict) -> tuple[str, str]:
+    """Fill ``data``'s columns for a table; (modality, the reason line)."""
+    columns = _columns(path)
+    label = data.get("label_column") or next((c for c in LABEL_GUESSES if c in columns), None)
+    if label is None:
+        raise DataError(f"{path}: no label column found among {', '.join(columns)} (looked for {', '.join(LABEL_GUESSES)}); "
+                        "name it with --set data.label_column=COLUMN")
+    if isinstance(label, str) and label not in columns:
+        raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(columns)}); set data.label_column")
+    data["label_column"] = label
+    image_column = data.get("image_column") or _image_column(path, columns, label)
+    if image_column is not None:
+        data["image_column"] = image_column
+        where = ""
+        if not data.get("image_root"):
+            root = _image_root(path, image_column)
+            if root is not None:
+                data["image_root"] = str(root)
+                where = f", found in {root.name}/ beside the table"
+        return "image", f"modality: image (column {image_column!r} holds image files{where}), labels in column {label!r}"
+    if data.get("text_columns") or data.get("text_column"):
+        return "text", f"modality: text (columns as set), labels in column {label!r}"
+    pair = next((p for p in PAIR_GUESSES if all(c in columns for c in p)), None)
+    if pair:
+        data["text_columns"] = list(pair)
+        return "text", f"modality: text pairs (columns {pair[0]!r} and {pair[1]!r}), labels in column {label!r}"
+    return "text", f"modality: text (a {path.suffix} table), labels in column {label!r}"
+
+
+def _sibling_val(path: Path) -> Path | None:
+    """``dev.tsv`` (or val / valid / validation) beside ``train.tsv`` (``train_x.csv``: ``dev_x.csv``...)."""
+    if "train" not in path.stem.lower():
+        return None
+    at = path.stem.lower().index("train")
+    for name in VAL_NAMES:
+        candidate = path.with_name(path.stem[:at] + name + path.stem[at + len("train"):] + path.suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
+    """(task type, why) for data a dense task's reader reads (finetunekit.data.dense), else None."""
+    from .data.detection import BOX_COLUMNS
+
+    if task_type not in (None, "segmentation", "detection"):
+        return None
+    if path.is_dir() and (path / "images").is_dir() and (path / "masks").is_dir():
+        return "segmentation", "a folder with images/ and masks/"
+    if path.is_dir() and any((path / n).is_dir() for n in ("Annotations", "annotations")):
+        return "detection", "a Pascal VOC folder (Annotations/)"
+    if path.is_file() and path.suffix.lower() == ".json":
+        return "detection", "a .json file, read as COCO annotations"
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        columns = _columns(path)
+        box = next((names for names in BOX_COLUMNS if all(n in columns for n in names)), None)
+        if box is not None:
+            return "detection", f"a table of boxes (columns {', '.join(box)})"
+    if task_type is not None:
+        raise DataError(f"{path}: task.type {task_type}: {COVERED}; write a recipe (docs/detection-segmentation.md)")
+    return None
+
+
+def _dense_recipe(path: Path, kind: str, why: str, hints: dict) -> Inferred:
+    from .data.dense import task_reader
+    from .defaults import resolve
+
+    data = {"train": str(path), **{k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")}}
+    val = data.get("val") or (_sibling_val(path) if path.is_file() else None)
+    if val is not None:
+        data["val"] = str(val)
+    recipe = Recipe.from_dict({"model": {"backbone": BACKBONES["image"]}, "data": data, "task": {"type": kind}})
+    reader = task_reader(kind, image_root=recipe.data.image_root)
+    examples = reader(path)  # type: ignore[misc]
+    reasons = [f"modality: image ({why})", f"task: {kind}, {len(examples)} images"]
+    reasons.append(f"validation: {data['val']}" if data.get("val") else
+                   f"validation: {recipe.data.val_fraction:.0%} of the images, held out with the seed")
+    reasons.append(f"backbone: {BACKBONES['image']} (bundled, no download)")
+    resolved = resolve(recipe, "image")
+    reasons.append(f"strategy: {resolved.strategy.name} (the {kind} task's defaults, as a recipe with only task.type: "
+                   f"{kind}; not measured by size)")
+    reasons.append(f"epochs: {resolved.train.epochs} (the {kind} task's default)")
+    return Inferred(recipe, reasons)
+
+
+def _fit_task(kind: str, examples: Any, recipe: Recipe) -> Any:
+    from .tasks import TASKS, build_task
+
+    return build_task(TASKS.get(kind).check_options({"type": kind}, "task"), examples, recipe)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in TASK_NAMES:
+        raise DataError(f"task.type {kind}: {COVERED}; this data is a table or class folders, so write a recipe for {kind}")
 
 
 def _columns(path: Path) -> list[str]:
@@ -116,7 +265,7 @@ def _columns(path: Path) -> list[str]:
     return _table(path)[1]
 
 
-def _image_column(path: Path, columns: list[str], label: str) -> str | None:
+def _image_column(path: Path, columns: list[str], label: str | list[str]) -> str | None:
     """The column whose first row names an image file, if any."""
     from .data.readers import _table
 
@@ -124,12 +273,38 @@ def _image_column(path: Path, columns: list[str], label: str) -> str | None:
     return next((c for c in columns if c != label and Path(str(first.get(c, "")).strip()).suffix.lower() in IMAGE_EXTENSIONS), None)
 
 
-def _training_examples(recipe: Recipe, modality: str):
+def _image_root(path: Path, column: str) -> Path | None:
+    """``images/`` beside the table when the first row's file is there and not beside the table."""
+    from .data.readers import _table
+
+    name = str(_table(path)[0][0][1].get(column, "")).strip()
+    if (path.parent / name).is_file() or Path(name).is_absolute():
+        return None
+    candidate = path.parent / "images"
+    return candidate if (candidate / name).is_file() else None
+
+
+def _training_examples(recipe: Recipe, modality: str, kind: str | None) -> tuple[Any, str, str]:
+    """(training examples, task type, why): the type decides how a validation split is held out
+    (classes stratified, other tasks at random), as in the trainer."""
     from .data import resolve_splits
+    from .tasks import TASKS
+
+    chosen: dict[str, str] = {}
+
+    def choose(examples: Any) -> None:
+        if not chosen:
+            chosen["kind"], chosen["why"] = (kind, "set with --set task.type") if kind else infer_task(examples.labels or [])
+            _check_kind(chosen["kind"])
+
+    def strata(examples: Any) -> list[Any] | None:
+        choose(examples)
+        return TASKS.get(chosen["kind"]).strata_for(examples, None)
 
     d = recipe.data
     train, _ = resolve_splits(
-        d.train, d.val, modality, d.val_fraction, recipe.train.seed, d.text_column, d.label_column, d.text_columns, d.image_column
+        d.train, d.val, modality, d.val_fraction, recipe.train.seed, d.text_column, d.label_column, d.text_columns, d.image_column,
+        strata, d.image_root,
     )
-    return train
-
+    choose(train)  # an explicit validation set: no split, the training labels decide
+    return train, chosen["kind"], chosen["why"]

@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.recipe and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
         from .autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
 
-        inferred = infer_recipe(args.recipe)
+        inferred = infer_recipe(args.recipe, args.set or [])
         recipe, reasons = inferred.recipe, inferred.reasons
         print("no recipe: chose from the data\n  " + "\n  ".join(reasons), flush=True)
     else:

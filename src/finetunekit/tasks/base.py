@@ -104,6 +104,11 @@ class Task:
         seeded random split); may reject bad label cells first."""
         return None
 
+    def examples_per_class(self, examples: Any) -> dict[str, int] | None:
+        """How many of ``examples`` carry each class (multi-label: each label), for rules that go by
+        the amount of data per class (finetunekit.autoconfig); None: a task without classes."""
+        return None
+
     def sampling_classes(self, targets: torch.Tensor) -> torch.Tensor:
         """Class ids for class-balanced sampling (data.sampler: balanced)."""
         from ..errors import RecipeError

@@ -264,6 +264,10 @@ class ClassificationTask(Task):
     def strata_for(cls, examples: Any, spec: Any = None) -> list[Any] | None:
         return _names(examples)
 
+    def examples_per_class(self, examples: Any) -> dict[str, int] | None:
+        counts = Counter(_names(examples))
+        return {c: counts.get(c, 0) for c in self.classes}
+
     def sampling_classes(self, targets: torch.Tensor) -> torch.Tensor:
         return targets
 

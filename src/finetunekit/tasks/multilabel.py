@@ -181,6 +181,10 @@ class MultiLabelTask(Task):
                 y[i, index[name]] = 1.0
         return y
 
+    def examples_per_class(self, examples: Any) -> dict[str, int] | None:
+        positives = self.encode(examples).sum(0).tolist()
+        return {name: int(n) for name, n in zip(self.labels, positives, strict=True)}
+
     # -- model
     @property
     def output_size(self) -> int:
