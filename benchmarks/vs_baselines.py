@@ -476,23 +476,29 @@ def threads() -> str:
     return f"{torch.get_num_threads()} torch thread(s)"
 
 
-def row_infer_text_ours(mode: str, tmp: Path) -> dict:
-    run, dev, texts, labels = text_run(tmp)
+def row_infer_ours(mode: str, run: Path, source: Path, items: list, labels: list[str], tmp: Path, what: str) -> dict:
+    """finetunekit's side of an inference row: batch ``predict`` to a CSV, or ``evaluate``, over
+    ``source`` (whose inputs are ``items``), described by ``what``."""
     if mode == "predict":
-        seconds, predicted, predictor = timed_predict_to_csv(run, dev, tmp, texts)
-        what = "`predict RUN --input dev.tsv --output preds.csv`: reading the table, tokenizing, forward passes, writing the CSV"
+        seconds, predicted, predictor = timed_predict_to_csv(run, source, tmp, items)
+        accuracy = None
     else:
         from finetunekit import load
 
         predictor = load(run)
         predictor.batch_size = INFER_BATCH
-        predictor.predict(texts[:INFER_BATCH])
-        seconds, metrics = best_of(lambda: predictor.evaluate(dev))
-        what = "`evaluate RUN dev.tsv`: reading the table, tokenizing, forward passes, metrics and their confidence intervals"
-        return infer_result(seconds, len(texts), None, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
-                            f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}", metrics["accuracy"])
-    return infer_result(seconds, len(texts), predicted, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
-                        f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}")
+        predictor.predict(items[:INFER_BATCH])
+        seconds, metrics = best_of(lambda: predictor.evaluate(source))
+        predicted, accuracy = None, metrics["accuracy"]
+    return infer_result(seconds, len(items), predicted, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
+                        f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}", accuracy)
+
+
+def row_infer_text_ours(mode: str, tmp: Path) -> dict:
+    run, dev, texts, labels = text_run(tmp)
+    what = ("`predict RUN --input dev.tsv --output preds.csv`: reading the table, tokenizing, forward passes, writing the CSV" if mode == "predict"
+            else "`evaluate RUN dev.tsv`: reading the table, tokenizing, forward passes, metrics and their confidence intervals")
+    return row_infer_ours(mode, run, dev, texts, labels, tmp, what)
 
 
 def run_precision(run: Path) -> str:
@@ -575,21 +581,10 @@ def row_infer_image_ours(mode: str, tmp: Path) -> dict:
     from finetunekit.serving.bulk import _walk_images
 
     run, val, labels = image_run(tmp)
-    images = list(_walk_images(val))
-    if mode == "predict":
-        seconds, predicted, predictor = timed_predict_to_csv(run, val, tmp, images)
-        what = "`predict RUN --input val/ --output preds.csv`: walking the folder, decoding, preprocessing, forward passes, writing the CSV"
-        return infer_result(seconds, len(images), predicted, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
-                            f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}")
-    from finetunekit import load
-
-    predictor = load(run)
-    predictor.batch_size = INFER_BATCH
-    predictor.predict(images[:INFER_BATCH])
-    seconds, metrics = best_of(lambda: predictor.evaluate(val))
-    what = "`evaluate RUN val/`: reading the folder, decoding, preprocessing, forward passes, metrics and their confidence intervals"
-    return infer_result(seconds, len(images), None, labels, f"{what}; batch {INFER_BATCH}, {predictor.precision} (autocast), "
-                        f"{predictor.device.type}, {threads()}, model load and one warm-up batch excluded, {repeats_note()}", metrics["accuracy"])
+    what = ("`predict RUN --input val/ --output preds.csv`: walking the folder, decoding, preprocessing, forward passes, writing the CSV"
+            if mode == "predict" else
+            "`evaluate RUN val/`: reading the folder, decoding, preprocessing, forward passes, metrics and their confidence intervals")
+    return row_infer_ours(mode, run, val, list(_walk_images(val)), labels, tmp, what)
 
 
 def row_infer_image_timm(tmp: Path) -> dict:
