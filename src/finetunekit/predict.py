@@ -177,12 +177,11 @@ class Predictor:
 
     def predict_items(self, items: Sequence[Any]) -> np.ndarray:
         """:meth:`predict_proba` for in-memory inputs (texts or PIL images), one forward pass."""
+        if self.modality == "image":
+            return self.predict_pixels([self.image_tensor(image) for image in items], [image.size for image in items])
         if len(items) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
-        scores = self.forward_proba(self.encode(items))
-        if self.task.dense:
-            scores = self.task.to_input_frame(scores, [image.size for image in items])
-        return scores
+        return self.forward_proba(self.encode(items))
 
     def answers(self, probs: np.ndarray) -> list[dict[str, Any]]:
         """The answer for each input, from the model's outputs: the predicted label, its score and

@@ -38,6 +38,11 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in _cpu_flags()
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def distributed() -> bool:
     """True in a process started by a multi-process launcher (torchrun, accelerate launch)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

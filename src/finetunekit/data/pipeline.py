@@ -402,10 +402,9 @@ def build_loader(
 
 def reader_threads() -> int:
     """Threads that read images for evaluation and prediction: the usable cores, at most 8."""
-    import os
+    from ..runtime import usable_cores
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, usable))
+    return max(1, min(8, usable_cores()))
 
 
 def threaded_batches(dataset: Dataset, batches: Any, collate: Any, workers: int, ahead: int = 2) -> Iterator[Any]:

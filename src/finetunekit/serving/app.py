@@ -27,7 +27,6 @@ import binascii
 import io
 import json
 import logging
-import os
 import socket
 import uuid
 from contextlib import asynccontextmanager
@@ -458,10 +457,10 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, option
     import torch
 
     from ..predict import load
+    from ..runtime import usable_cores
 
     # Intra-op threads: every core by default; the one inference thread uses them all per batch.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(threads or cores)
+    torch.set_num_threads(threads or usable_cores())
     predictor = load(run_dir, device=device)
     app = create_app(predictor, options)
     sock = bind(host, port)
