@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import random
 import sys
@@ -63,9 +64,14 @@ def derive_utk(root: Path, name: str, n_train: int, n_val: int, seed: int = 0) -
 
 
 def kendall(xs: list[float], ys: list[float]) -> float:
+    """Kendall's tau-b; NaN when either side is constant (every score or every accuracy tied)."""
     from scipy.stats import kendalltau
 
     return float(kendalltau(xs, ys).statistic)
+
+
+def shown_tau(value: float) -> str:
+    return "n/a (all tied)" if math.isnan(value) else f"{value:+.2f}"
 
 
 def run_set(name: str, path: Path) -> list[dict]:
@@ -120,11 +126,15 @@ def summarise(rows: list[dict]) -> str:
         for key, value in vals.items():
             taus[key].append(value)
         last = (all(control["logme"] < r["logme"] for r in pre), all(control["knn"] < r["knn"] for r in pre))
-        out.append(f"| {data} | {vals['l4']:+.2f} | {vals['k4']:+.2f} | {vals['l3']:+.2f} | {vals['k3']:+.2f} | "
+        out.append(f"| {data} | {' | '.join(shown_tau(vals[k]) for k in ('l4', 'k4', 'l3', 'k3'))} | "
                    f"{'yes' if last[0] else 'no'} / {'yes' if last[1] else 'no'} |")
-    mean = {k: sum(v) / len(v) for k, v in taus.items() if v}
-    if mean:
-        out.append(f"| mean | {mean['l4']:+.2f} | {mean['k4']:+.2f} | {mean['l3']:+.2f} | {mean['k3']:+.2f} | |")
+    if taus["l4"]:  # the mean over the sets where tau is defined; how many, when some are not
+        cells = []
+        for key in ("l4", "k4", "l3", "k3"):
+            defined = [v for v in taus[key] if not math.isnan(v)]
+            cell = f"{sum(defined) / len(defined):+.2f}" if defined else "n/a"
+            cells.append(cell if len(defined) == len(taus[key]) else f"{cell} ({len(defined)} sets)")
+        out.append(f"| mean | {' | '.join(cells)} | |")
     return "\n".join(out)
 
 

@@ -60,3 +60,21 @@ def test_setfit_refuses_images(image_data, tmp_path):
     recipe = tiny_image_recipe(image_data, strategy={"name": "setfit"}, train={"epochs": 1})
     with pytest.raises(FinetuneError, match="setfit: is for text backbones"):
         train(recipe, output=tmp_path / "run", quiet=True)
+
+
+def test_setfit_without_pair_rounds_fits_only_the_head(text_data, tiny_bert, tmp_path):
+    """setfit_iterations 0: the encoder keeps its pretrained weights; the head is the logistic
+    regression on its embeddings, and the run saves and reloads like any other."""
+    from finetunekit.backbones import create_backbone
+
+    recipe = tiny_text_recipe(text_data, tiny_bert, strategy={"name": "setfit", "setfit_iterations": 0},
+                              data={"shots_per_class": 8}, train={"epochs": None, "lr": None, "head_lr": None, "batch_size": None})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    assert result.history[0]["step"] == 0
+    pretrained = create_backbone(recipe.model.backbone).state_dict()
+    tuned = result.model.backbone.state_dict()
+    assert set(pretrained) == set(tuned) and all(torch.equal(pretrained[k], tuned[k]) for k in pretrained)
+    fc = result.model.head.fc
+    assert fc.weight.abs().sum() > 0 and torch.allclose(fc.weight[0], -fc.weight[1])  # binary: rows -w/2, w/2
+    predictor = load(tmp_path / "run", precision="fp32")
+    assert predictor.evaluate(text_data[1])["accuracy"] == pytest.approx(json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy"])

@@ -306,7 +306,8 @@ class StrategySpec:
     lora_targets: list[str] | None = None
     lora_merge_on_save: bool = True
     # setfit (finetunekit.strategies.setfit): rounds of pair generation, each pairing every training
-    # example once with its own class and once with another (2 x rounds x examples pairs an epoch)
+    # example once with its own class and once with another (2 x rounds x examples pairs an epoch);
+    # 0: no pair stage, only the logistic-regression head on the pretrained encoder's embeddings
     setfit_iterations: int = 20
 
     def __post_init__(self) -> None:
@@ -335,7 +336,7 @@ class StrategySpec:
                 raise RecipeError("strategy.layer_decay: has no effect with strategy lora; leave it null")
         for name in ("l2sp_alpha", "l2sp_beta", "distill_weight"):
             _check_range(f"strategy.{name}", getattr(self, name), 0.0, 1e6)
-        _check_range("strategy.setfit_iterations", self.setfit_iterations, 1, 100_000)
+        _check_range("strategy.setfit_iterations", self.setfit_iterations, 0, 100_000)
         _check_range("strategy.lora_rank", self.lora_rank, 1, 4096)
         _check_range("strategy.lora_alpha", self.lora_alpha, 0.0, 1e6, low_open=True)
         _check_range("strategy.lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)

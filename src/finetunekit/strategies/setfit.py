@@ -14,6 +14,10 @@ Tunstall et al., "Efficient Few-Shot Learning Without Prompts" (2022). Two stage
    reloaded and predicted like any other (a binary model's single weight vector w becomes the two
    rows -w/2 and w/2: the same softmax probabilities).
 
+``strategy.setfit_iterations: 0`` skips stage 1: the head alone on the pretrained encoder's
+embeddings, the fastest few-shot baseline (seconds), and the ablation that says how much the pair
+stage adds (docs/selection-and-few-shot.md).
+
 Pairs are a function of (train.seed, epoch) alone.
 """
 
@@ -70,7 +74,9 @@ class SetFit(Strategy):
         started = time.perf_counter()
         seed, batch_size, epoch = int(context.get("seed", 0)), int(context.get("batch_size", 16)), int(context.get("epoch", 0))
         pairs = generate_pairs(list(dataset.labels), self.spec.setfit_iterations, seed)
-        loss, steps, trace = self._contrastive(model, dataset, loader.collate_fn, pairs, batch_size, accelerator, epoch)
+        loss, steps, trace = 0.0, 0, []
+        if pairs:  # setfit_iterations 0: the head alone, on the encoder as it is
+            loss, steps, trace = self._contrastive(model, dataset, loader.collate_fn, pairs, batch_size, accelerator, epoch)
         self._fit_head(model, dataset, loader.collate_fn, accelerator, seed)
         return {"loss": loss, "samples": len(pairs), "seconds": time.perf_counter() - started, "steps": steps, "trace": trace}
 
