@@ -113,7 +113,7 @@ def paired_p(row_a: dict, row_b: dict) -> float | None:
 
 
 def summarise(rows: list[dict]) -> str:
-    lines = ["| data | K per class | method | accuracy (mean ± sd) | seeds | gain over plain | seeds where the difference is significant (McNemar, two-sided p < 0.05) | seconds a run |",
+    lines = ["| data | K per class | method | accuracy (mean ± sd) | seeds | gain over plain | seeds where it is significantly better / worse than plain (McNemar, two-sided p < 0.05) | seconds a run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for data in METHODS:
         for shots in sorted({r["shots"] for r in rows if r["data"] == data}):
@@ -130,8 +130,9 @@ def summarise(rows: list[dict]) -> str:
                     paired = [(r, base[r["seed"]]) for r in mine if r["seed"] in base]
                     if paired:
                         gain = f"{100 * statistics.mean(a['accuracy'] - b['accuracy'] for a, b in paired):+.1f} points"
-                        ps = [r.get("p_vs_plain") for r, _ in paired]
-                        sig = f"{sum(p is not None and p < 0.05 for p in ps)} of {len(paired)}"
+                        significant = [(a, b) for a, b in paired if a.get("p_vs_plain") is not None and a["p_vs_plain"] < 0.05]
+                        better = sum(a["accuracy"] > b["accuracy"] for a, b in significant)
+                        sig = f"{better} better, {len(significant) - better} worse, of {len(paired)}"
                 lines.append(f"| {data} | {shots} | {method} | {statistics.mean(accs):.3f} ± {sd:.3f} | {len(accs)} | {gain} | {sig} | "
                              f"{statistics.mean(r['seconds'] for r in mine):.0f} |")
     return "\n".join(lines)

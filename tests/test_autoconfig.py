@@ -30,7 +30,7 @@ def test_image_folder(image_data):
 
 
 def test_text_table_columns_are_recognised(tmp_path):
-    rows = make_text_rows(40)
+    rows = make_text_rows(60)  # 48 training rows after the held-out 20%: more than 16 per class
     path = write_tsv(tmp_path / "reviews.tsv", rows, header=("review", "sentiment"))
     inferred = infer_recipe(path)
     assert inferred.recipe.data.label_column == "sentiment"
@@ -170,14 +170,15 @@ def test_a_dense_task_type_on_class_folders_names_what_zero_config_reads(image_d
     assert err.count("\n") == 0 and "task.type segmentation: zero-config reads class folders, images/ + masks/ folders" in err
 
 
-def test_few_texts_per_class_take_setfit_more_take_full_fine_tuning(tmp_path):
-    train = write_tsv(tmp_path / "train.tsv", make_text_rows(16))  # 8 per class, dev.tsv beside it validates
+def test_few_texts_per_class_take_the_setfit_head_more_take_full_fine_tuning(tmp_path):
+    train = write_tsv(tmp_path / "train.tsv", make_text_rows(32))  # 16 per class, dev.tsv beside it validates
     write_tsv(tmp_path / "dev.tsv", make_text_rows(8, 1))
     inferred = infer_recipe(train)
-    assert inferred.recipe.strategy.name == "setfit" and inferred.recipe.train.epochs is None  # SetFit's 1
-    assert "8 examples in the smallest class, at most 8" in "\n".join(inferred.reasons)
-    write_tsv(train, make_text_rows(18))  # 9 per class
+    strategy = inferred.recipe.strategy
+    assert (strategy.name, strategy.setfit_iterations, inferred.recipe.train.epochs) == ("setfit", 0, None)  # SetFit's 1
+    assert "strategy: setfit, setfit_iterations 0 (16 examples in the smallest class, at most 16" in "\n".join(inferred.reasons)
+    write_tsv(train, make_text_rows(34))  # 17 per class
     assert infer_recipe(train).recipe.strategy.name == "full"
-    pairs = tmp_path / "pairs.tsv"  # SetFit was measured on single texts: pairs keep full fine-tuning
+    pairs = tmp_path / "pairs.tsv"  # the rule was measured on single texts: pairs keep full fine-tuning
     pairs.write_text("sentence1\tsentence2\tlabel\n" + "".join(f"{t}\t{t}\t{lab}\n" for t, lab in make_text_rows(10)), encoding="utf-8")
     assert infer_recipe(pairs).recipe.strategy.name == "full"
