@@ -340,10 +340,9 @@ def step_seconds(name: str, overrides: list[str], repeats: int = 3) -> dict:
 
 
 def table(rows: dict) -> str:
-    env = f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other work while it ran: wall times are upper bounds)"
-    lines = [f"Measured on {env}, the two loops side by side, one thread each: `OMP_NUM_THREADS=1 nice -n 5 python "
-             "benchmarks/dense.py --only raccoon pennfudan --no-reference` and, at the same time, `OMP_NUM_THREADS=1 nice -n 5 "
-             "python benchmarks/dense.py --reference raccoon --save` then `--reference pennfudan --save`; this table: "
+    env = f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    lines = [f"Measured on {env}, nothing else running: `python benchmarks/dense.py --only raccoon pennfudan` (finetunekit, "
+             "then the reference loop in a fresh process, each with every core); this table: "
              "`python benchmarks/dense.py --summarise --write`.", "",
              "| set | loop | metrics (last epoch) | bar | epochs | training s | training images/s | speed-up |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
