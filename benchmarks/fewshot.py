@@ -212,7 +212,7 @@ def main() -> int:
         rows += [r for r in load_rows(extra) if r not in rows]
     table = summarise(rows)
     print(table)
-    if rows:
+    if rows and (args.write or args.results == RESULTS):  # a side file of a parallel run leaves the docs' plot alone
         plot(rows)
     if args.write:
         write_doc(table)
