@@ -113,7 +113,7 @@ def test_depthwise_convolutions_train_in_fp32_under_cpu_bf16_autocast(monkeypatc
     from finetunekit.backbones import create_backbone
     from finetunekit.backbones import timm_backbone
 
-    monkeypatch.setattr(timm_backbone, "_AMX", [False])  # the CPUs this is for (no AMX tiles)
+    monkeypatch.setattr(timm_backbone, "cpu_has_amx", lambda: False)  # the CPUs this is for (no AMX tiles)
     backbone = create_backbone("timm:test_efficientnet", pretrained=False)
     depthwise = [m for m in backbone.modules() if isinstance(m, timm_backbone.DepthwiseConv2d)]
     assert depthwise and all(isinstance(m, nn.Conv2d) and m.groups == m.in_channels for m in depthwise)
@@ -125,11 +125,11 @@ def test_depthwise_convolutions_train_in_fp32_under_cpu_bf16_autocast(monkeypatc
         assert conv(x.requires_grad_()).dtype == torch.float32  # trains in fp32
         with torch.no_grad():
             assert conv(x).dtype == torch.bfloat16  # inference keeps bf16
-    monkeypatch.setattr(timm_backbone, "_AMX", [True])
+    monkeypatch.setattr(timm_backbone, "cpu_has_amx", lambda: True)
     with torch.autocast("cpu", torch.bfloat16):
         assert conv(x).dtype == torch.bfloat16  # AMX CPUs keep bf16
     # a bf16 training step through the whole backbone gives finite gradients
-    monkeypatch.setattr(timm_backbone, "_AMX", [False])
+    monkeypatch.setattr(timm_backbone, "cpu_has_amx", lambda: False)
     with torch.autocast("cpu", torch.bfloat16):
         out = backbone.forward_features({"pixel_values": torch.randn(2, 3, 32, 32)})
     out.float().sum().backward()

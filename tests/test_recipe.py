@@ -41,6 +41,7 @@ def test_overrides_parse_values_and_leave_original_untouched():
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction: 1.5 is out of range (0.0, 1.0)"),
         ({"train": 3}, "train: expected a mapping of fields, got int"),
         ({"model": {"head_dropout": float("nan")}}, "model.head_dropout: must be a finite number, got nan"),
+        ({"strategy": {"setfit_iterations": -1}}, "strategy.setfit_iterations: -1 is out of range [0, 100000]"),
     ],
 )
 def test_errors_name_the_field(raw, message):

@@ -135,8 +135,6 @@ def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
                                      else f"{recipe.data.val_fraction:.0%} of the training data, held out with the seed"))
     reasons.append(f"backbone: {BACKBONES[modality]} (bundled, no download)")
     strategy, epochs, why_strategy, why_epochs = _strategy(modality, kind, per_class, len(examples), bool(recipe.data.text_columns))
-    if isinstance(strategy, str):
-        strategy = {"name": strategy}
     shown_fields = ", ".join(f"{k} {v}" for k, v in strategy.items() if k != "name")
     reasons.append(f"strategy: {strategy['name']}{', ' + shown_fields if shown_fields else ''} ({why_strategy})")
     reasons.append(f"epochs: {epochs if epochs is not None else 'the default'} ({why_epochs})")
@@ -148,38 +146,37 @@ def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
 
 
 def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_train: int,
-              pairs: bool = False) -> tuple[str | dict, int | None, str, str]:
-    """(strategy name or strategy fields, epochs or None for the default, why the strategy, why the epochs)."""
+              pairs: bool = False) -> tuple[dict[str, Any], int | None, str, str]:
+    """(strategy fields, epochs or None for the default, why the strategy, why the epochs)."""
+    smallest = min(per_class.values()) if per_class else n_train
     if modality == "image":
         epochs = epochs_for(n_train)
         why_epochs = (f"about {TARGET_STEPS} optimizer steps at batch {BATCH_SIZE}: {math.ceil(n_train / BATCH_SIZE)} steps "
                       f"per epoch, within {MIN_EPOCHS}..{MAX_EPOCHS}")
         if kind == "classification":
-            smallest = min(per_class.values()) if per_class else n_train
-            return "linear_probe", epochs, (
+            return {"name": "linear_probe"}, epochs, (
                 f"{smallest} images in the smallest class; on ants/bees the linear probe did at least as well as full "
                 "fine-tuning at 8 and 32 images per class (benchmarks/zero_config.py) and at all 124 (docs/strategies.md)"
             ), why_epochs
-        return "linear_probe", epochs, (
+        return {"name": "linear_probe"}, epochs, (
             f"the image default, measured for classification; for {kind} not measured by size (on UTKFace age, full "
             "fine-tuning reached a test MAE of 7.35 (three seeds) against the probe's 10.0: examples/utkface.yaml)"
         ), why_epochs
     if kind == "classification":
-        smallest = min(per_class.values()) if per_class else n_train
         if smallest <= FEW_SHOT_UP_TO and not pairs:
             return {"name": "setfit", "setfit_iterations": 0}, None, (
                 f"{smallest} examples in the smallest class, at most {FEW_SHOT_UP_TO}: SetFit's head alone, without its pair "
                 "stage, on the pretrained MiniLM-L6; at 8 and 16 per class on SST-2 and TREC-6 (5 seeds) it beat full "
-                "fine-tuning by 4 to 14 points and came within 1.6 points of full SetFit, in seconds instead of minutes "
+                "fine-tuning by 4 to 14 points and came within 1.7 points of full SetFit, in seconds instead of minutes "
                 "(docs/automation.md)"
             ), "1, SetFit's default (a logistic regression on the embeddings)"
         why = ("sentence pairs: the few-shot rule was measured on single texts only" if pairs else
                f"{smallest} examples in the smallest class, more than {FEW_SHOT_UP_TO}")
-        return "full", None, (f"{why}; the text default, chosen on SST-2 with 2,000 rows (docs/strategies.md)"), \
+        return {"name": "full"}, None, (f"{why}; the text default, chosen on SST-2 with 2,000 rows (docs/strategies.md)"), \
             "the text default, 3, measured on SST-2 with 2,000 rows"
     example = {"regression": "examples/stsb.yaml trains STS-B with it to dev Spearman 0.857",
                "multilabel": "examples/goemotions.yaml trains GoEmotions with it to test macro F1 0.412"}[kind]
-    return "full", None, f"the text default; {example} (docs/tasks.md); not measured by size", "3, the text default, as in that example"
+    return {"name": "full"}, None, f"the text default; {example} (docs/tasks.md); not measured by size", "3, the text default, as in that example"
 
 
 def _table_columns(path: Path, data: dict) -> tuple[str, str]:

@@ -4,6 +4,7 @@ they live below all three."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 
@@ -18,12 +19,14 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
-def _cpu_flags() -> list[str]:
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo), read once per process."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith("flags")), "").split()
+            return frozenset(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return []
+        return frozenset()
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import FinetuneError
+from ..runtime import cpu_has_amx
 from .base import Backbone
 
 
@@ -40,18 +41,7 @@ def _cpu_bf16_autocast() -> bool:
         enabled, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
     except (TypeError, AttributeError):  # torch < 2.4
         enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-    return enabled and dtype == torch.bfloat16 and not _amx()
-
-
-_AMX: list[bool] = []
-
-
-def _amx() -> bool:
-    if not _AMX:
-        from ..runtime import cpu_has_amx
-
-        _AMX.append(cpu_has_amx())
-    return _AMX[0]
+    return enabled and dtype == torch.bfloat16 and not cpu_has_amx()
 
 
 def use_fp32_depthwise_training(model: nn.Module) -> int:
