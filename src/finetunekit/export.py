@@ -70,12 +70,13 @@ def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, over
     """Export ``run_dir`` as ``fmt`` (``hf``, ``timm`` or ``onnx``) and check it; see the module doc."""
     from contextlib import nullcontext
 
-    from .outputs import RunDirLock, check_writable, in_run_dir
+    from .outputs import RunDirLock, check_output, check_writable, in_run_dir
 
     if fmt not in FORMATS:
         raise FinetuneError(f"export: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     target = Path(output) if output is not None else run_dir / "export" / fmt
+    check_output(target, [run_dir])  # never the run itself, a folder holding it, or one of its files
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise FinetuneError(f"export: {target} already exists; pass --overwrite or choose another --output")
     if not run_dir.is_dir():

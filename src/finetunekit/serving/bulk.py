@@ -156,11 +156,13 @@ def predict_to_csv(
     from tqdm.auto import tqdm
 
     from ..data.pipeline import reader_threads
+    from ..outputs import check_output
     from ..predict import load
 
     source, output = Path(source), Path(output)
     if output.is_dir():
         raise FinetuneError(f"--output {output} is a directory; give a file name such as {output / 'predictions.csv'}")
+    check_output(output, [run_dir, source])  # never the table it reads, nor a run's weights
     if output.exists() and not overwrite:
         raise FinetuneError(f"--output {output} exists; pass --overwrite to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
