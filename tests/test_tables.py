@@ -16,6 +16,7 @@ from finetunekit.data.detection import read_detection
 from finetunekit.data.readers import read_examples
 from finetunekit.errors import DataError
 
+
 def table(tmp_path: Path, name: str, text: str | bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
