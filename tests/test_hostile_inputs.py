@@ -196,7 +196,8 @@ def compare_onto_a_runs_weights(root, env):
     shutil.copytree(env.image_run, root / "run")
     target = root / "run" / "model.safetensors"
     return (["compare", str(env.image_run), str(env.text_run), "--output", str(target), "--overwrite"],
-            f"{target}: expected a file name ending in .html or .htm")
+            f"--output {target} is model.safetensors of the run directory {root / 'run'}; --overwrite replaces earlier "
+            "outputs, never a run's own files: choose another --output")
 
 
 @case
