@@ -85,6 +85,7 @@ RUN_OUTPUT_SUFFIXES = (".html", ".htm", ".csv")
 
 
 def is_finished_or_stopped_run(path: Path) -> bool:
+    """Whether ``path`` is a run directory for :func:`check_output` (see RUN_MARKER)."""
     path = Path(path)
     if (path / RUN_MARKER).is_file():
         return True
