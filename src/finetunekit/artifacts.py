@@ -203,7 +203,7 @@ def save_model(run_dir: Path, model: torch.nn.Module, task: Any, preprocessing: 
     from .version import __version__
 
     backbone = model.backbone
-    if backbone.modality == "text":
+    if backbone.saves_assets:
         atomic_replace_dir(run_dir / "backbone", backbone.save_assets)
     adapter = getattr(model, "adapter", None)  # LoRA kept separate (strategy.lora_merge_on_save: false)
     if adapter is not None:

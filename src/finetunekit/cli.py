@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data import read_examples
+    from .modalities import read_examples
     from .data.readers import FLAG_COLUMN_OPTIONS
     from .predict import load
 
@@ -155,7 +155,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     inputs = list(args.inputs)
     if args.file:
-        from .data import read_examples
+        from .modalities import read_examples
         from .predict import _modality
 
         inputs += read_examples(args.file, _modality(args.run_dir), args.text_column, require_labels=False).inputs

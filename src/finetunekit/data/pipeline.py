@@ -354,22 +354,6 @@ class SequentialBatchSampler(EvalBatchSampler):
 # -- loaders -------------------------------------------------------------------------------------
 
 
-def build_dataset(
-    examples: Examples, label_ids: torch.Tensor | Sequence[Any] | None, backbone, preprocessing: dict, train: bool, augment: str,
-    max_length: int, task: Any = None, crop_scale: float = 0.25,
-) -> Dataset:
-    """The examples as a Dataset; a ``task`` with a joint transform (``task.transform``, dense
-    tasks) transforms each image together with its raw target from ``label_ids``; ``crop_scale``:
-    see :func:`image_transform`."""
-    if backbone.modality == "image":
-        joint = task.transform(preprocessing, train, augment) if task is not None else None
-        if joint is not None:
-            return ImageDataset(examples.inputs, label_ids, joint, preprocessing.get("max_image_pixels"), joint=True)
-        transform = image_transform(preprocessing, train, augment, crop_scale)
-        return ImageDataset(examples.inputs, label_ids, transform, preprocessing.get("max_image_pixels"))
-    return TextDataset(backbone.tokenize(examples.inputs, max_length), label_ids)
-
-
 def build_loader(
     dataset: Dataset, backbone, batch_size: int, train: bool, seed: int, num_workers: int = 0, sampler_kind: str = "shuffle",
     sizes: Sequence[int] | None = None,

@@ -146,7 +146,7 @@ class Service:
 
     @property
     def input_field(self) -> str:
-        return "texts" if self.predictor.modality == "text" else "images"
+        return self.predictor.kind.request_field  # the JSON field that carries this modality's inputs
 
     def metadata(self) -> dict[str, Any]:
         keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "loss", "ece", "eval_set", "num_examples", "best_epoch")
@@ -209,9 +209,8 @@ class Service:
             raise RequestError(413, f"{given}: {len(inputs)} inputs, more than the {self.options.max_inputs} per request this service accepts")
         if explain and len(inputs) > self.options.max_explain_inputs:
             raise RequestError(413, f"explain: at most {self.options.max_explain_inputs} inputs per request, got {len(inputs)}")
-        if given == "texts":
-            return [self._check_text(i, t) for i, t in enumerate(inputs)], explain
-        return [self._image(f"images[{i}]", data) for i, data in enumerate(inputs)], explain
+        decode = self._check_text if given == "texts" else (lambda i, data: self._image(f"images[{i}]", data))
+        return [decode(i, item) for i, item in enumerate(inputs)], explain
 
     async def _json_fields(self, request: Request) -> dict[str, Any]:
         body = await request.body()
