@@ -35,6 +35,10 @@ from .label_values import SpellingLog, label_text
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TABLE_EXTENSIONS = {".csv", ".tsv", ".jsonl", ".txt", ".parquet"}
 TEXT_EXTENSIONS = TABLE_EXTENSIONS  # texts come in tables
+# The columns tried, in order, when none is named: the one list each, which the modalities
+# (Modality.column_guesses) and the tasks' own image tables use, training and batch predict alike.
+TEXT_COLUMN_GUESSES = ("text", "sentence", "sentence1", "review", "content", "question", "document")
+IMAGE_COLUMN_GUESSES = ("file", "image", "path", "filename", "file_name", "image_path", "filepath")
 # How the user sets the text and label columns, named in error messages: recipe fields when
 # training, command-line flags for evaluate and predict.
 RECIPE_COLUMN_OPTIONS = ("data.text_column", "data.label_column")

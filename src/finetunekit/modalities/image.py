@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, _read_image_folder, _read_image_table, check_images, is_table
+from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, _read_image_folder, _read_image_table, check_images, is_table
 from ..errors import DataError
 from . import MODALITIES
 from .base import InputSchema, Modality, is_file, shown, singles
@@ -23,7 +23,7 @@ from .base import InputSchema, Modality, is_file, shown, singles
 @MODALITIES.register("image")
 class Image(Modality):
     name = "image"
-    column_guesses = ("file", "image", "path", "filename", "file_name", "image_path", "filepath")
+    column_guesses = IMAGE_COLUMN_GUESSES
     file_extensions = frozenset(IMAGE_EXTENSIONS)
     request_field = "images"
     augments = blends = resizes = True

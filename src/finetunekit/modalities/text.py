@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, TEXT_EXTENSIONS, _read_text_table
+from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, TEXT_COLUMN_GUESSES, TEXT_EXTENSIONS, _read_text_table
 from ..errors import DataError
 from . import MODALITIES
 from .base import InputSchema, Modality, is_file, shown, singles
@@ -41,7 +41,7 @@ SAMPLE_PAIRS = [
 @MODALITIES.register("text")
 class Text(Modality):
     name = "text"
-    column_guesses = ("text", "sentence", "sentence1", "review", "content", "question", "document")
+    column_guesses = TEXT_COLUMN_GUESSES
     request_field = "texts"
     backbone_needs = ("tokenize", "pad_token_id")
     # Fine-tunes everything at lr 1e-4 with the new head at 1e-3, batch 16, warmup then linear
