@@ -363,6 +363,7 @@ def build_loader(
     (``data.sampler``) "balanced" draws class-balanced training batches. ``sizes``: the training
     image size of each epoch (:func:`progressive_sizes`)."""
     sampler: Sampler[list[int]]
+    own = getattr(dataset, "collate", None)  # a modality's own dataset says how its items batch
     if train and sampler_kind == "balanced":
         labels = getattr(dataset, "labels", None)
         if labels is None:
@@ -370,13 +371,13 @@ def build_loader(
         if not torch.is_tensor(labels) or labels.dim() != 1 or labels.is_floating_point():
             raise DataError("data.sampler: balanced sampling needs one class per example (a single-label classification task)")
         sampler = BalancedBatchSampler(dataset.labels, batch_size, seed, item_seeds=isinstance(dataset, ImageDataset))
-        collate: Any = TextCollator(backbone.pad_token_id) if isinstance(dataset, TextDataset) else collate_images
+        collate: Any = TextCollator(backbone.pad_token_id) if isinstance(dataset, TextDataset) else own or collate_images
     elif isinstance(dataset, TextDataset):
         sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, seed) if train else EvalBatchSampler(dataset.lengths, batch_size)
         collate = TextCollator(backbone.pad_token_id)
     else:
         sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, item_seeds=True) if train else SequentialBatchSampler(len(dataset), batch_size)
-        collate = collate_images
+        collate = own or collate_images
     if train and isinstance(dataset, ImageDataset) and isinstance(sampler, ResumableBatchSampler):
         sampler.sizes = sizes
     return DataLoader(

@@ -76,7 +76,6 @@ class Modality:
     # the model card's Hugging Face dataset type and its example input
     card_dataset_type: ClassVar[str] = "table"
     card_example: ClassVar[str] = '["an input"]'
-    predict_noun: ClassVar[str] = "input"  # "this model takes {predict_noun}s"
 
     # -- finding examples ---------------------------------------------------------------------
 
@@ -171,6 +170,12 @@ class Modality:
     def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:
         """``predict``'s inputs checked (one clear error for the first bad one) and normalised."""
         return singles(inputs)
+
+    def decode_request(self, where: str, value: Any) -> Any:
+        """One input as a JSON request carries it in ``request_field`` -> as :meth:`encode` takes it;
+        a DataError naming ``where`` for a bad one. (Texts and images are decoded by the service,
+        under its own size limits.)"""
+        raise DataError(f"{where}: this service cannot decode {self.name} inputs")
 
     # -- showing an input -----------------------------------------------------------------------
 
