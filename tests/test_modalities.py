@@ -50,14 +50,14 @@ def test_modality_contract(name):
         assert section == "train" and field in train_fields, key
         (low,) = [v[0] for v in spec.values()]
         Recipe().with_overrides([f"{key}={low}"])
-    assert "onnx" in kind.export_formats and set(kind.export_formats) <= set(FORMATS)
+    assert "onnx" in kind.export_formats and set(kind.export_formats) <= set(FORMATS) and kind.onnx_axes
     assert kind.input_view in ("gallery", "table") and kind.report_errors > 0 and kind.explained_errors > 0
     assert kind.card_dataset_type and kind.card_example and kind.zero_config_backbone
 
 
 @pytest.mark.parametrize("name", MODALITIES.names())
 def test_modality_reads_its_data_and_refuses_the_others(name, samples):
-    assert set(samples) == set(MODALITIES.names()), "give every registered modality a sample in samples()"
+    assert name in samples, "give every modality registered in the package a sample in samples()"
     path, _ = samples[name]
     assert detect(path) == name
     examples = read_examples(path, name)

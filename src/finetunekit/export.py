@@ -324,8 +324,9 @@ def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
         import onnxruntime
     except ImportError:
         raise FinetuneError("export onnx: needs the packages 'onnx' and 'onnxruntime' (pip install 'finetunekit[export]')") from None
-    names = [k for k in ("pixel_values", "input_ids", "attention_mask", "token_type_ids") if k in batches[0].batch]
-    dynamic = {name: {0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"} for name in names}
+    axes = predictor.kind.onnx_axes  # the modality's input tensors, in order, and their dynamic axes
+    names = [k for k in axes if k in batches[0].batch]
+    dynamic: dict[str, dict[int, str]] = {name: dict(axes[name]) for name in names}
     dynamic["logits"] = {0: "batch"}
     wrapper = _OnnxWrapper(predictor.model.eval(), names, predictor.task).eval()
     path = tmp / "model.onnx"

@@ -66,6 +66,8 @@ class Modality:
     search_space: ClassVar[dict[str, dict[str, list[Any]]]]
     # `finetunekit export` formats, the native one (the card's how-to-load) first; onnx is generic
     export_formats: ClassVar[tuple[str, ...]] = ("onnx",)
+    # the model's input tensors in an ONNX export, in order, with their dynamic axes
+    onnx_axes: ClassVar[dict[str, dict[int, str]]] = {}
     # the backbone `finetunekit init` (zero-config) picks
     zero_config_backbone: ClassVar[str]
     # the report: at most this many errors shown, as a picture gallery or a text table

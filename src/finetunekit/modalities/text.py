@@ -68,6 +68,7 @@ class Text(Modality):
         "train.warmup_ratio": {"uniform": [0.0, 0.2]},
     }
     export_formats = ("hf", "onnx")
+    onnx_axes = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids")}
     zero_config_backbone = "bundled:minilm_l6"
     report_errors = 50
     explained_errors = 20  # integrated gradients costs 32 passes per text
