@@ -19,8 +19,6 @@ from typing import Any
 
 import torch
 
-from ..errors import RecipeError
-
 
 class Mixer:
     """mixup (Zhang et al. 2018) and cutmix (Yun et al. 2019) on a batch of images.
