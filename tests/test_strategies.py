@@ -185,6 +185,27 @@ def test_strategy_round_trip(name, options, text_data, tiny_bert, tmp_path):
         torch.testing.assert_close(rebuilt[key], value, atol=1e-6, rtol=0)
 
 
+def test_a_strategy_registered_after_the_recipe_module_names_the_problem(monkeypatch):
+    """The recipe's strategy: section is built from the strategies registered when finetunekit.recipe
+    is imported; a strategy with options registered later is refused with the reason, and leaves
+    every other recipe alone."""
+    from finetunekit.strategies import Strategy
+
+    @dataclasses.dataclass
+    class LateOptions:
+        width: int = 3
+
+    class Late(Strategy):
+        """A plug-in registered late."""
+
+        Options = LateOptions
+
+    monkeypatch.setitem(STRATEGIES._items, "late_plugin", Late)
+    assert Recipe.from_dict({"strategy": {"name": "full"}}).strategy.name == "full"
+    with pytest.raises(RecipeError, match=r"^strategy.name: strategy 'late_plugin' was registered after finetunekit.recipe"):
+        Recipe.from_dict({"strategy": {"name": "late_plugin"}})
+
+
 # -- particular strategies' claims ---------------------------------------------------------------------
 
 

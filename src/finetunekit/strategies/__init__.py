@@ -333,7 +333,17 @@ def check_options(spec: Any) -> None:
     """Every options dataclass checks its fields' values in ``spec``; then the named strategy
     checks the section as a whole. Raises RecipeError naming the field."""
     for options in option_classes():
-        options(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(options)})
+        names = [f.name for f in dataclasses.fields(options)]
+        if not all(hasattr(spec, n) for n in names):
+            # the recipe's section was built before this strategy registered (a plug-in imported
+            # after finetunekit.recipe): its options cannot be recipe fields in this process
+            if spec.name is not None and STRATEGIES.get(spec.name).Options is options:
+                raise RecipeError(
+                    f"strategy.name: strategy {spec.name!r} was registered after finetunekit.recipe was imported, so its "
+                    f"options ({', '.join(names)}) are not recipe fields; import the module that registers it first"
+                )
+            continue
+        options(**{n: getattr(spec, n) for n in names})
     if spec.name is not None:
         STRATEGIES.get(spec.name).check(spec)
 
