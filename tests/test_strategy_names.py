@@ -1,5 +1,5 @@
 """Outside ``strategies/`` no code compares a strategy by name: what differs between strategies is a
-method or a declared property of the strategy (``Strategy.sets_linear_head``, ``Strategy.layer_decay``,
+method or a declared property of the strategy (``Strategy.sets_linear_head``, ``Strategy.supports_layer_decay``,
 ``Strategy.restore``, ...), so a new strategy is one module, not a hunt for ``== "lora"``.
 
 The check walks the syntax tree of every module (like tests/test_layering.py) and finds comparisons

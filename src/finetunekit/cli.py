@@ -255,7 +255,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     names = STRATEGIES.names()
     for name in names:
         print(f"  {name.ljust(max(map(len, names)))}  {STRATEGIES.get(name).describe()}")
-    without = [n for n in names if not STRATEGIES.get(n).layer_decay]
+    without = [n for n in names if not STRATEGIES.get(n).supports_layer_decay]
     print(f"with any strategy but {', '.join(without)}: strategy.layer_decay=d trains backbone layer group i of n at train.lr * d**(n-1-i)")
     from .tasks import TASKS
 

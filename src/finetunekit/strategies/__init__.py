@@ -19,7 +19,7 @@ A strategy owns its whole surface, in its own module:
   ``StrategySpec`` is the union of these dataclasses (:func:`option_fields`);
 * what it declares about itself: :attr:`Strategy.sets_linear_head` (the head is computed from
   pooled features, so a task whose head reads feature maps cannot use it),
-  :attr:`Strategy.layer_decay`;
+  :attr:`Strategy.supports_layer_decay`;
 * what it adds to the model (adapters): ``model.adapter`` describes it as ``{"kind": <strategy
   name>, ...}``, saved in ``finetunekit.json``; :meth:`Strategy.save_extra`,
   :meth:`Strategy.restore` and :meth:`Strategy.merge` write, re-insert and fold it, reached
@@ -61,7 +61,7 @@ class CommonOptions:
     batchnorm: Literal["auto", "frozen", "train"] = "auto"
     # backbone layer group i of n (0 is the input end) trains at train.lr * layer_decay ** (n - 1 - i),
     # the head at train.head_lr; the optimizer then has one group per layer group
-    # (backbone.0 ... backbone.{n-1}, head). Strategies with Strategy.layer_decay False refuse it.
+    # (backbone.0 ... backbone.{n-1}, head). Strategies with Strategy.supports_layer_decay False refuse it.
     layer_decay: float | None = None
     # text backbones: whether the pretrained input token-embedding table trains when its layer group
     # does. false (the default) keeps it frozen: its dense update every step was a fifth of a
@@ -84,14 +84,14 @@ class Strategy:
     # (prototype, setfit), so a task whose head reads feature maps (segmentation, detection) cannot use it
     sets_linear_head: ClassVar[bool] = False
     # False: strategy.layer_decay has no effect (the original layers do not train in groups)
-    layer_decay: ClassVar[bool] = True
+    supports_layer_decay: ClassVar[bool] = True
 
     # -- options -------------------------------------------------------------------------------
     @classmethod
     def check(cls, spec: Any) -> None:
         """Checks of the whole ``strategy:`` section once ``strategy.name`` is this strategy (each
         options dataclass has already checked its own fields). Raises RecipeError naming a field."""
-        if not cls.layer_decay and spec.layer_decay is not None:
+        if not cls.supports_layer_decay and spec.layer_decay is not None:
             raise RecipeError(f"strategy.layer_decay: has no effect with strategy {spec.name}; leave it null")
 
     @classmethod
@@ -308,7 +308,7 @@ def option_classes() -> list[type]:
     from .regularizers import RegularizerOptions
 
     own = [STRATEGIES.get(n).Options for n in STRATEGIES.names()]
-    return [CommonOptions, RegularizerOptions, *(o for o in own if o is not None)]
+    return list(dict.fromkeys([CommonOptions, RegularizerOptions, *(o for o in own if o is not None)]))  # each once
 
 
 def option_fields() -> list[tuple[str, Any, Any]]:

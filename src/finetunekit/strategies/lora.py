@@ -229,7 +229,7 @@ class Lora(Strategy):
     """
 
     Options = LoraOptions
-    layer_decay = False  # the adapters train as one group; the original layers are frozen
+    supports_layer_decay = False  # the adapters train as one group; the original layers are frozen
 
     @classmethod
     def card_lines(cls, spec: Any) -> list[str]:
