@@ -13,8 +13,8 @@ import pytest
 
 from finetunekit.cli import main
 from finetunekit.data.detection import read_detection
-from finetunekit.data.readers import read_examples
 from finetunekit.errors import DataError
+from finetunekit.modalities import read_examples
 
 
 def table(tmp_path: Path, name: str, text: str | bytes) -> Path:
