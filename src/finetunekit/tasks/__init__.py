@@ -74,15 +74,12 @@ def fit_task(recipe: Any, train: Any, single_type: Callable[[list[Any]], str], s
     task section(s) (``{"task": {...}}`` or ``{"tasks": [...]}``) with every type filled in.
     ``single_type(labels)`` gives the single task's type (inferring it when the recipe has none);
     each entry of ``tasks:`` without a type is inferred from its own column and reported by ``say``."""
-    import dataclasses
-
     from .multitask import column_view
 
     if not recipe.tasks:
         kind = single_type(train.labels or [])
-        recipe.task.check_type(kind)
         cls = TASKS.get(kind)
-        options = cls.check_options(dataclasses.asdict(recipe.task) | {"type": kind}, "task")
+        options = cls.check_options(recipe.task.check_type(kind).to_dict(), "task")
         return cls.from_data(options, train, recipe), {"task": options}
     specs = []
     for i, spec in enumerate(recipe.tasks):
@@ -91,11 +88,11 @@ def fit_task(recipe: Any, train: Any, single_type: Callable[[list[Any]], str], s
         if kind is None:
             kind, why = infer_type(column_view(train, columns).labels or [])
             say(f"task {spec.name}: {kind} ({why}; set its type to choose)")
-        spec.check_type(kind, f"tasks[{i}]")
+        typed = spec.check_type(kind, f"tasks[{i}]")
         if TASKS.get(kind).dense:
             from ..errors import RecipeError
 
             raise RecipeError(f"tasks[{i}].type: a {kind} task has a head of its own on the feature maps; train it alone (task: type: {kind})")
-        options = TASKS.get(kind).check_options({**dataclasses.asdict(spec), "type": kind}, f"tasks[{i}]")
+        options = TASKS.get(kind).check_options(typed.to_dict(), f"tasks[{i}]")
         specs.append({**options, "weight": 1.0 if spec.weight is None else spec.weight})
     return TASKS.get("multitask").from_data({"type": "multitask", "tasks": specs}, train, recipe), {"tasks": specs}

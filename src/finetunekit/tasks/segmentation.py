@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ from torch import nn
 
 from ..errors import DataError, RecipeError
 from . import TASKS
+from .base import ReportView
 from .dense import DenseTask, open_rgb
+from .options import TaskOptions
 
 DECODERS = ("lraspp", "fpn")
 DEFAULT_DECODER = "fpn"
@@ -249,6 +252,20 @@ def palette(num_classes: int) -> np.ndarray:
 # -- the task --------------------------------------------------------------------------------------
 
 
+@dataclass
+class SegmentationOptions(TaskOptions):
+    """``task:`` options of segmentation: class names in mask-index order (null: 0..K-1 from the
+    training masks), the mask value that counts nowhere, the network's input size [height, width]
+    (null: model.image_size, else the first training image's size), the decoder on the feature maps
+    (lraspp, fpn) and the weight of a soft Dice term added to cross-entropy."""
+
+    classes: list[str] | None = None
+    ignore_index: int | None = None
+    input_size: int | list[int] | None = None
+    decoder: str | None = None
+    dice_weight: float | None = None
+
+
 @TASKS.register("segmentation")
 class SegmentationTask(DenseTask):
     """One class per pixel: see the module docstring. Options (the recipe's task section):
@@ -258,9 +275,17 @@ class SegmentationTask(DenseTask):
     (lraspp, fpn) and ``dice_weight`` (0: cross-entropy alone)."""
 
     type = "segmentation"
+    Options = SegmentationOptions
     primary_metric = "mean_iou"
     lower_is_better = frozenset({"loss"})
     epoch_metrics = ("mean_iou", "pixel_accuracy")
+    report = ReportView(
+        noun="segmentation, {count} classes",
+        cards=(("mean IoU", "mean_iou"), ("pixel accuracy", "pixel_accuracy")),
+        curves=(("val_mean_iou", "mean IoU"), ("val_pixel_accuracy", "pixel accuracy")),
+        sections=("per_class_iou", "worst_images"),
+        compared=("mean_iou", "pixel_accuracy"),
+    )
 
     def __init__(
         self, classes: Sequence[str], ignore_index: int = DEFAULT_IGNORE, input_size: Sequence[int] = (256, 256),
