@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from .data import Examples, read_examples
-from .data.dense import task_reader
 from .data.images import image_size
 from .data.pipeline import ImageDataset, TextCollator, build_dataset, build_loader, image_transform, reader_threads, threaded_batches
 from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS, select_listed
 from .errors import DataError
 from .loading import load_model
+from .tasks import task_reader
 
 
 class Predictor:

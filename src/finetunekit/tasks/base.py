@@ -62,7 +62,7 @@ class Task:
     # metrics shown in the epoch log line and stored per epoch as val_<name>
     epoch_metrics: ClassVar[tuple[str, ...]] = ()
     # dense tasks (segmentation, detection) put their head on the backbone's feature maps, read
-    # their own data formats (finetunekit.data.dense) and transform each image together with its
+    # their own data formats (``Task.reader``) and transform each image together with its
     # target (:meth:`transform`); see finetunekit.tasks.dense
     dense: ClassVar[bool] = False
     # one class per example, decoded as its name: runs compare by right/wrong per example

@@ -264,6 +264,27 @@ class DetectionTask(DenseTask):
 
     # -- construction
     @classmethod
+    def reader(cls, options: dict[str, Any], image_root: str | None = None) -> Any:
+        """COCO JSON, a Pascal VOC folder or a box table (finetunekit.tasks.detection_data), images
+        under ``image_root``; a single-class table's class is ``options["classes"]``."""
+        import functools
+
+        from .detection_data import read_detection
+
+        return functools.partial(read_detection, image_root=image_root, classes=options.get("classes"))
+
+    @classmethod
+    def find_layout(cls, path: Path) -> str | None:
+        from .detection_data import box_columns
+
+        if path.is_dir() and any((path / n).is_dir() for n in ("Annotations", "annotations")):
+            return "a Pascal VOC folder (Annotations/)"
+        if path.is_file() and path.suffix.lower() == ".json":
+            return "a .json file, read as COCO annotations"
+        box = box_columns(path) if path.is_file() and path.suffix.lower() in (".csv", ".tsv") else None
+        return f"a table of boxes (columns {', '.join(box)})" if box else None
+
+    @classmethod
     def check_options(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
         filled = dict(options)
         head = options.get("head") or "fcos"

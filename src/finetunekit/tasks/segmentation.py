@@ -301,6 +301,20 @@ class SegmentationTask(DenseTask):
 
     # -- construction
     @classmethod
+    def reader(cls, options: dict[str, Any], image_root: str | None = None) -> Any:
+        """A list file of ``IMAGE MASK`` lines or a folder with images/ and masks/
+        (finetunekit.tasks.segmentation_data)."""
+        from .segmentation_data import read_segmentation
+
+        return read_segmentation
+
+    @classmethod
+    def find_layout(cls, path: Path) -> str | None:
+        if path.is_dir() and (path / "images").is_dir() and (path / "masks").is_dir():
+            return "a folder with images/ and masks/"
+        return None
+
+    @classmethod
     def check_options(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
         out = dict(options)
         classes = out.get("classes")
