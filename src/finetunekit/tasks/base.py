@@ -79,6 +79,8 @@ class Task:
     # zero-config's name of the task type ("single-label classification"); None: zero-config
     # infers it from no table or class folder (it is found by :meth:`find_layout`, or never)
     title: ClassVar[str | None] = None
+    # what an exported model's outputs mean, for the export's README (None: a generic note)
+    export_note: ClassVar[str | None] = None
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod

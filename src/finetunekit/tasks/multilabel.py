@@ -139,6 +139,11 @@ class MultiLabelTask(Task):
     lower_is_better = frozenset({"loss", "hamming_loss"})
     epoch_metrics = ("micro_f1", "macro_f1", "map")
     title = "multi-label classification"
+    # what an export's outputs mean (its README's loading notes)
+    export_note = (
+        "the outputs are one logit per label (`task.json`'s `labels` order); a label is predicted when "
+        "sigmoid(logit) reaches its threshold in `task.json` (`thresholds`, chosen on validation)"
+    )
     report = ReportView(
         noun="{count} labels (multi-label)",
         cards=(("micro F1", "micro_f1"), ("macro F1", "macro_f1"), ("mAP", "map"), ("subset accuracy", "subset_accuracy"),

@@ -104,6 +104,11 @@ class RegressionTask(Task):
     lower_is_better = frozenset({"loss", "rmse", "mae"})
     epoch_metrics = ("rmse", "mae", "r2", "spearman")
     title = "regression"
+    # what an export's outputs mean (its README's loading notes)
+    export_note = (
+        "the outputs are predictions in target units (the target statistics are folded into the last layer), "
+        "one column per target in `task.json`'s `targets` order"
+    )
     report = ReportView(
         noun="regression of {names}",
         cards=(("RMSE", "rmse"), ("MAE", "mae"), ("R²", "r2"), ("Pearson", "pearson"), ("Spearman", "spearman"), ("loss", "loss")),

@@ -279,6 +279,12 @@ class SegmentationTask(DenseTask):
     primary_metric = "mean_iou"
     lower_is_better = frozenset({"loss"})
     epoch_metrics = ("mean_iou", "pixel_accuracy")
+    # what an export's outputs mean (its README's loading notes)
+    export_note = (
+        "the outputs are the decoder's raw logits, (N, classes, H/s, W/s) at its stride s; upsample them "
+        "bilinearly to `task.json`'s `input_size` [height, width] and take the argmax over the classes "
+        "(`task.json`'s `classes` order); inputs are resized to that size first"
+    )
     report = ReportView(
         noun="segmentation, {count} classes",
         cards=(("mean IoU", "mean_iou"), ("pixel accuracy", "pixel_accuracy")),
