@@ -11,7 +11,7 @@ Example::
     recipe.to_dict()  # plain dict, ready for YAML
 
 Fields left as ``None`` (``train.lr``, ``train.epochs``, ...) are filled per modality by
-:func:`finetunekit.defaults.resolve`, and the resolved recipe is saved in the run directory.
+the resolve step (:func:`finetunekit.plan.resolve`), and the resolved recipe is saved in the run directory.
 """
 
 from __future__ import annotations
