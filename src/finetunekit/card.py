@@ -55,7 +55,7 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         + (f" (dropout {m.head_dropout:g})" if m.head_dropout else ""),
         f"- Fine-tuning strategy: `{recipe.strategy.name}`; {trainable:,} of {total:,} parameters trained"
         + (f" at the start; then {_schedule(recipe.strategy)}" if _schedule(recipe.strategy) else ""),
-        *_lora_lines(recipe.strategy),
+        *recipe.strategy.strategy_class.card_lines(recipe.strategy),  # what the strategy added (adapters)
         f"- Input: {_input_summary(recipe, modality)}",
         "",
         "## Intended uses and limitations",
@@ -109,35 +109,12 @@ def _extras(recipe) -> str:
 
 def _schedule(strategy) -> str:
     """How the trainable set changed during training, for the strategies whose phase changes."""
-    name = strategy.name
-    if name == "freeze_then_unfreeze" and strategy.freeze_epochs > 0:
-        return f"the whole backbone joined after {_epochs(strategy.freeze_epochs)} (the head kept its rate)"
-    if name == "lp_ft":
-        return f"after {_epochs(strategy.lp_epochs)} of linear probe, every parameter at the backbone's rate"
-    if name == "gradual_unfreeze":
-        milestones, every = strategy.unfreeze_milestones, strategy.unfreeze_every
-        when = f"after epochs {', '.join(map(str, milestones))}" if milestones else "every " + ("epoch" if every == 1 else f"{every} epochs")
-        return f"one more backbone layer group, output end first, {when}"
-    return ""
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
+    return strategy.strategy_class.card_schedule(strategy)
 
 
 def _layer_decay(strategy) -> str:
     decay = getattr(strategy, "layer_decay", None)
     return f"; layer-wise decay {decay:g} per backbone layer group towards the input" if decay is not None else ""
-
-
-def _lora_lines(strategy) -> list[str]:
-    if strategy.name != "lora":
-        return []
-    layers = ", ".join(f"`{t}`" for t in strategy.lora_targets) if strategy.lora_targets else "every Linear and 1x1 convolution layer"
-    saved = ("merged into the saved weights (a plain model)" if strategy.lora_merge_on_save
-             else "kept separate (`adapter/` is a peft adapter directory, with the head in `head.safetensors`)")
-    return [f"- LoRA adapters: rank {strategy.lora_rank}, alpha {strategy.lora_alpha:g}, dropout {strategy.lora_dropout:g}, "
-            f"on {layers} of the frozen backbone; {saved}"]
 
 
 def _saved_pooling(run_dir: Path, fallback: str) -> str:

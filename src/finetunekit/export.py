@@ -94,12 +94,11 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
         raise FinetuneError(f"export {fmt}: {run_dir} is a {predictor.task.type} run, whose head has no {fmt} form; export it with --format onnx")
     if fmt != "onnx" and not hasattr(predictor.model.head, "fc"):
         raise FinetuneError(f"export {fmt}: {run_dir} has one head per task (tasks:); export it with --format onnx")
-    if predictor.model.adapter is not None:
-        # LoRA kept unmerged: exports hold plain weights. The merged model differs from the
-        # adapter one by float rounding only, far inside the parity tolerance.
-        from .strategies.lora import merge_adapters
+    # Adapters kept unmerged: exports hold plain weights. The merged model differs from the
+    # adapter one by float rounding only, far inside the parity tolerance.
+    from .strategies import merge_added
 
-        merge_adapters(predictor.model)
+    merge_added(predictor.model)
     exporter = {"hf": _export_hf, "timm": _export_timm, "onnx": _export_onnx}[fmt]
     batches = sample_batches(predictor)
     result: dict[str, Any] = {}

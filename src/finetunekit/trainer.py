@@ -400,7 +400,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
                 run.checkpointer.save(Position(epoch, progress.batches, step), _checkpoint_extra(run, progress))
 
         own = run.strategy.fit_epoch(model, train_loader, run.accelerator, epoch=epoch, seed=t.seed * 1000 + epoch,
-                                     batch_size=t.batch_size, quiet=quiet)
+                                     batch_size=t.batch_size, quiet=quiet, task=run.task)
         if own is not None:  # a strategy with its own procedure (prototype, setfit)
             stats = EpochStats(own["loss"], own["samples"], own["seconds"], own["steps"], own.get("trace", []))
             run.step += own["steps"]
@@ -520,7 +520,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     if restore:
         unwrapped.load_state_dict(stopper.best_state)
         _log(accelerator, quiet, f"restored the best epoch ({stopper.best_epoch + 1}, val {t.metric} {stopper.best:.4f})")
-    # The strategy's last word on the weights (LoRA merges its adapters): the final metrics and
+    # The strategy's last word on the weights (an adapter strategy merges them): the final metrics and
     # predictions are then those of exactly the model that is saved.
     finalized = run.strategy.finalize(unwrapped)
     if restore or finalized or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train
