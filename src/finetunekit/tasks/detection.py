@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError, RecipeError
+from ..errors import DataError, RecipeError, check_range
 from . import TASKS
 from .base import ReportView
 from .dense import DenseTask, open_rgb
-from .options import TaskOptions, check_range
+from .options import TaskOptions
 
 # the score below which no detection is kept, whatever task.score_threshold says (mAP needs the
 # low-scoring ones: they add recall at the end of the precision-recall curve)

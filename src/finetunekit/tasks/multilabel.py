@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError, RecipeError
+from ..errors import DataError, RecipeError, check_range
 from . import TASKS
 from .base import ReportView, Task
-from .options import TaskOptions, check_range
+from .options import TaskOptions
 
 # characters that separate labels in other people's files; a cell holding one of them (and not the
 # configured separator) is an error rather than one odd label name

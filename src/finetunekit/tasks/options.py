@@ -4,7 +4,8 @@ The recipe keeps one ``task:`` section with the fields every task has (``type``,
 ``tasks:`` their ``name``, ``label_column`` and ``weight``); whatever else the section holds belongs
 to the task type and is read by the type's :attr:`Task.Options <finetunekit.tasks.base.Task.Options>`.
 Every field is ``None`` until set, so a recipe shows only what its author chose, and
-``Task.check_options`` fills the defaults. ``__post_init__`` checks the values and names the field.
+``Task.check_options`` fills the defaults. ``__post_init__`` checks the values and names the field
+(:func:`finetunekit.errors.check_range`).
 
 Example::
 
@@ -20,11 +21,8 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
-
-from ..errors import RecipeError
 
 
 @dataclass
@@ -33,13 +31,3 @@ class TaskOptions:
 
     # errors name fields ``task.<field>``; the recipe renames them for entries of ``tasks:``
     SECTION: ClassVar[str] = "task"
-
-
-def check_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
-    """Raise a RecipeError naming ``name`` unless ``low <= value <= high`` (open ends excluded)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RecipeError(f"{name}: must be a finite number, got {value}")
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if too_low or too_high:
-        raise RecipeError(f"{name}: {value} is out of range {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..errors import DataError, check_range
 from . import TASKS
 from .base import ReportView, Task
-from .options import TaskOptions, check_range
+from .options import TaskOptions
 
 METRICS = ("rmse", "mae", "r2", "pearson", "spearman")
 
