@@ -166,13 +166,13 @@ class TaskSpec:
     def __post_init__(self) -> None:
         from .tasks import TASKS  # local import: tasks import torch
 
-        if self.type == "multitask":
-            raise RecipeError("task.type: multitask is built from a `tasks:` list of named tasks; write that instead")
         if self.type is not None and self.type not in TASKS:
             raise RecipeError(
                 f"task.type: unknown task type {self.type!r}{did_you_mean(self.type, TASKS.names())}; "
                 f"choose one of: {', '.join(TASKS.names())}"
             )
+        if self.type is not None and TASKS.get(self.type).composite:
+            raise RecipeError(f"task.type: {self.type} is built from a `tasks:` list of named tasks; write that instead")
         if self.weight is not None:
             _check_range("task.weight", self.weight, 0.0, 1e6, low_open=True)
         if self.options == {}:

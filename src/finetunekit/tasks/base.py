@@ -68,6 +68,8 @@ class Task:
     # one class per example, decoded as its name: runs compare by right/wrong per example
     # (McNemar's test in ``finetunekit compare``)
     single_class: ClassVar[bool] = False
+    # built from the recipe's `tasks:` list (several tasks on one backbone), never named by task.type
+    composite: ClassVar[bool] = False
     # the task type's own fields of the recipe's `task:` section (finetunekit.tasks.options)
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     # where this task type trains differently from its modality (finetunekit.defaults.resolve):

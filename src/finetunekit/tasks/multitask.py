@@ -56,6 +56,7 @@ class MultiTask(Task):
     """Built from the recipe's ``tasks:`` list (see the module docstring)."""
 
     type = "multitask"
+    composite = True
 
     @classmethod
     def view(cls, state: dict[str, Any]) -> ReportView:
