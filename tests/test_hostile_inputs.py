@@ -196,7 +196,8 @@ def compare_onto_a_runs_weights(root, env):
     shutil.copytree(env.image_run, root / "run")
     target = root / "run" / "model.safetensors"
     return (["compare", str(env.image_run), str(env.text_run), "--output", str(target), "--overwrite"],
-            f"{target}: expected a file name ending in .html or .htm")
+            f"--output {target} is model.safetensors of the run directory {root / 'run'}; --overwrite replaces earlier "
+            "outputs, never a run's own files: choose another --output")
 
 
 @case
@@ -401,7 +402,7 @@ def test_hostile_input_is_one_exact_line_and_changes_nothing(name, env, tmp_path
 
 
 def test_labels_written_differently_in_jsonl_are_one_class_and_said_so(tmp_path, env, capsys):
-    from finetunekit.data import read_examples
+    from finetunekit.modalities import read_examples
 
     rows = [("good film", 1), ("bad film", 0), ("great plot", "1"), ("dull plot", 0.0), ("fine story", 1.0), ("grim story", "0")]
     path = tmp_path / "train.jsonl"
@@ -416,7 +417,7 @@ def test_labels_written_differently_in_jsonl_are_one_class_and_said_so(tmp_path,
 
 
 def test_byte_order_mark_is_not_part_of_a_column_name(tmp_path):
-    from finetunekit.data import read_examples
+    from finetunekit.modalities import read_examples
 
     for suffix in (".tsv", ".csv", ".jsonl"):
         path = tmp_path / f"train{suffix}"

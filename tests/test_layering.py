@@ -24,7 +24,10 @@ LAYERS: list[set[str]] = [
     # against both registries
     {"strategies", "tasks"},
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
-    {"defaults", "backbones"},
+    {"backbones"},
+    # what an input is: finding examples (with data's readers), preprocessing, what it needs from a backbone
+    {"modalities"},
+    {"defaults"},  # the recipe's unset fields: the modality's, the task's
     {"model", "engine"},
     {"plan"},  # the resolve step: recipe + data -> one plan (types, options, defaults, fitted task)
     {"autoconfig"},  # autoconfig: a recipe chosen from the data

@@ -204,7 +204,7 @@ def save_model(run_dir: Path, model: torch.nn.Module, task: Any, preprocessing: 
     from .version import __version__
 
     backbone = model.backbone
-    if backbone.modality == "text":
+    if backbone.saves_assets:
         atomic_replace_dir(run_dir / "backbone", backbone.save_assets)
     # what a strategy added to the model and kept separate (adapters), described in finetunekit.json
     adapter = getattr(model, "adapter", None)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .artifacts import atomic_write_text
+from .modalities import modality_of
 
 HUB_IDS = {"bundled:minilm_l6": "sentence-transformers/all-MiniLM-L6-v2"}
 DESCRIPTIONS = {
@@ -51,12 +52,12 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         "",
         "## Model details",
         f"- Base model: `{m.backbone}` ({'pretrained weights' if m.pretrained else 'randomly initialised, trained from scratch'})",
-        f"- Head: a new linear layer on the backbone's {'pooled features' if modality == 'image' else pooling + '-pooled token states'}"
+        f"- Head: a new linear layer on the backbone's {modality_of(modality).card_head(pooling)}"
         + (f" (dropout {m.head_dropout:g})" if m.head_dropout else ""),
         f"- Fine-tuning strategy: `{recipe.strategy.name}`; {trainable:,} of {total:,} parameters trained"
         + (f" at the start; then {_schedule(recipe.strategy)}" if _schedule(recipe.strategy) else ""),
         *recipe.strategy.strategy_class.card_lines(recipe.strategy),  # what the strategy added (adapters)
-        f"- Input: {_input_summary(recipe, modality)}",
+        f"- Input: {modality_of(modality).card_input(recipe)}",
         "",
         "## Intended uses and limitations",
         facts["use"],
@@ -128,17 +129,6 @@ def _saved_pooling(run_dir: Path, fallback: str) -> str:
         return fallback
 
 
-def _input_summary(recipe, modality: str) -> str:
-    if modality == "image":
-        size = recipe.model.image_size
-        return "RGB images, resized and centre-cropped" + (f" to {size} px" if size else " to the backbone's input size") + " (`preprocessing.json`)"
-    if recipe.data.text_columns:
-        first, second = recipe.data.text_columns
-        return (f"sentence pairs (`{first}`, `{second}`), tokenized together with segment ids and truncated to "
-                f"{recipe.data.max_length} tokens, the longer text first (`preprocessing.json`)")
-    return f"texts, tokenized and truncated to {recipe.data.max_length} tokens (`preprocessing.json`)"
-
-
 def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
     task = facts["pipeline_tag"]
     eval_set = str(metrics.get("eval_set", "validation"))
@@ -154,7 +144,7 @@ def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, An
             "name": Path(run_dir).resolve().name,
             "results": [{
                 "task": {"type": task, "name": task.replace("-", " ").capitalize()},
-                "dataset": {"name": eval_set, "type": "imagefolder" if modality == "image" else "text-table", "split": "validation"},
+                "dataset": {"name": eval_set, "type": modality_of(modality).card_dataset_type, "split": "validation"},
                 "metrics": facts["metrics"],
             }],
         }],
@@ -167,10 +157,9 @@ def _front_matter(meta: dict[str, Any]) -> str:
 
 
 def how_to_load(run_dir: Path, modality: str, pairs: bool = False) -> list[str]:
-    example = '["path/to/image.jpg"]' if modality == "image" else '["a sentence to classify"]'
-    if pairs:
-        example = '[("the first text", "the second text")]'
-    native = "timm" if modality == "image" else "hf"
+    kind = modality_of(modality)
+    example = '[("the first text", "the second text")]' if pairs else kind.card_example
+    native = kind.export_formats[0]  # the modality's own library format
     return [
         "## How to load",
         "With finetunekit (the run directory is all it needs):",

@@ -27,6 +27,30 @@ import sys
 from collections.abc import Callable
 
 from .errors import FinetuneError
+from .outputs import check_output
+
+
+def recipe_reads(recipe) -> list[str]:
+    """Every path a recipe names (data files and folders, a local backbone or run directory), for
+    :func:`check_output`: the strings of the recipe, and each with a ``source:`` prefix removed
+    (``run:runs/x``, ``hf:/models/bert``); the ones that do not exist are skipped there."""
+    found: list[str] = []
+
+    def walk(value, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k != "cache_dir":  # written to, not read, and shared by every run on purpose
+                    walk(v, k)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and value and "://" not in value:
+            found.append(value)
+            if ":" in value:
+                found.append(value.split(":", 1)[1].split("?", 1)[0])
+
+    walk(recipe.to_dict())
+    return found
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,6 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = recipe.with_overrides(args.set or [])
     if args.resume and not args.output:
         raise FinetuneError("--resume needs --output RUN_DIR: the run directory to continue")
+    if args.output:
+        check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=not args.resume, own_run=True)
     result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
     if reasons is not None:
         from .artifacts import atomic_write_text
@@ -66,7 +92,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise FinetuneError(f"run directory not found: {run_dir}")
     if not (run_dir / "recipe.yaml").is_file():
         raise FinetuneError(f"{run_dir / 'recipe.yaml'} is missing: {run_dir} is not a finetunekit run directory")
-    train(Recipe.from_yaml(run_dir / "recipe.yaml"), output=run_dir, quiet=args.quiet, resume=True)
+    recipe = Recipe.from_yaml(run_dir / "recipe.yaml")
+    check_output(run_dir, recipe_reads(recipe), replaces=False, own_run=True, flag="RUN_DIR")
+    train(recipe, output=run_dir, quiet=args.quiet, resume=True)
     return 0
 
 
@@ -86,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data import read_examples
+    from .modalities import read_examples
     from .data.readers import FLAG_COLUMN_OPTIONS
     from .predict import load
 
@@ -109,6 +137,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise FinetuneError("predict: give inputs (image paths or texts) or --file")
     if args.save_dir:
+        check_output(args.save_dir, [args.run_dir, args.file, *args.inputs], replaces=False, flag="--save-dir")
         records, written = predictor.records_and_files(inputs, args.save_dir)
         print(f"prediction files: {args.save_dir} ({sum(len(w) - 1 for w in written)} files)", file=sys.stderr)
     else:
@@ -155,20 +184,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     inputs = list(args.inputs)
     if args.file:
-        from .data import read_examples
+        from .modalities import read_examples
         from .predict import _modality
 
         inputs += read_examples(args.file, _modality(args.run_dir), args.text_column, require_labels=False).inputs
     if not inputs:
         raise FinetuneError("explain: give inputs (image paths or texts) or --file")
+    check_output(args.output, [args.run_dir, args.file, *args.inputs], replaces=False)
     print(f"explanations: {write_explanations(args.run_dir, inputs, args.output)}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .explain import error_explanations
     from .report import load_run, write_report
 
+    check_output(args.output or Path(args.run_dir) / "report.html", [args.run_dir])
     load_run(args.run_dir)  # a missing or broken run directory is its one-line error, before any explaining
     report = write_report(args.run_dir, args.output, overwrite=args.overwrite, explanations=error_explanations(args.run_dir))
     print(f"report: {report}")
@@ -178,6 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import significance_lines, write_comparison
 
+    check_output(args.output, args.run_dirs)
     print(f"comparison: {write_comparison(args.run_dirs, args.output, overwrite=args.overwrite)}")
     for line in significance_lines(args.run_dirs, args.metric):
         print(line)
@@ -215,6 +249,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from .tune import tune
 
     recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
+    check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=False)
     tune(recipe, args.output, trials=args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study_name,
          keep_weights=args.keep_weights, heartbeat=args.heartbeat, quiet=args.quiet)
     return 0
@@ -227,6 +262,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from .trainer import find_lr, save_lr_find
 
     recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
+    check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=False)
     if not 0 < args.start < args.end:
         raise FinetuneError(f"lr-find: --start {args.start:g} must be above 0 and below --end {args.end:g}")
     if args.steps < 20:
@@ -241,6 +277,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    check_output(args.output)
     run_demo(args.output, overwrite=args.overwrite, quick=args.quick)
     return 0
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .data import Examples, resolve_splits
-from .data.readers import check_images, sample_per_class
+from .data.readers import sample_per_class
 from .defaults import resolve as fill_defaults
-from .engine.objective import check_for_modality
 from .errors import RecipeError, did_you_mean, warn
+from .modalities import modality_of
 from .recipe import Recipe
 from .tasks import TASKS, Task, fit_task, infer_type, label_columns, resolve_types, task_reader
 
@@ -92,8 +92,7 @@ def resolve(recipe: Recipe, modality: str, say: Callable[[str], None] | None = N
     recipe = fill_defaults(Recipe.from_dict(raw), modality)  # the resolved type's own defaults included
     if kind != written:  # an inferred type is checked against the recipe as well
         _check(recipe, modality, kind)
-    if modality == "image":
-        train_ex, val_ex = (check_images(ex, d.bad_images, d.max_image_pixels) for ex in (train_ex, val_ex))
+    train_ex, val_ex = (modality_of(modality).check_examples(ex, d) for ex in (train_ex, val_ex))  # images: opened up front
     for note in dict.fromkeys((*train_ex.notes, *val_ex.notes)):  # a held-out split shares its file's notes
         warn(note)
     task = fit_task(recipe, train_ex)
@@ -109,7 +108,7 @@ def resolve(recipe: Recipe, modality: str, say: Callable[[str], None] | None = N
 def _check(recipe: Recipe, modality: str, kind: str | None) -> None:
     """Refuse what the backbone's modality or the task type cannot honour (``kind``: the type, or
     None while it is left to inference)."""
-    check_for_modality(recipe, modality)
+    modality_of(modality).check_recipe(recipe)
     if kind is not None:
         TASKS.get(kind).check_recipe(recipe, modality)  # dense tasks refuse mixup, balanced sampling, text backbones
 
@@ -142,7 +141,7 @@ def _read(recipe: Recipe, modality: str, say: Callable[[str], None]) -> tuple[Ex
     options = single.to_dict() if single is not None else {}
     reader = task_reader(single.type if single is not None else None, d.image_root, **options)
     train_ex, val_ex = resolve_splits(
-        d.train, d.val, modality, d.val_fraction, recipe.train.seed, d.text_column, label_columns(recipe), d.text_columns,
+        d.train, d.val, modality_of(modality), d.val_fraction, recipe.train.seed, d.text_column, label_columns(recipe), d.text_columns,
         d.image_column, strata, d.image_root, reader, (d.train_list, d.val_list),
     )
     return train_ex, val_ex, fix_type(train_ex)  # an explicit validation set: no split, the training labels decide

@@ -36,13 +36,14 @@ from .checkpoint import (
     truncate_logs,
 )
 from .data import Examples
-from .data.pipeline import build_dataset, build_loader, progressive_sizes
+from .data.pipeline import build_loader, progressive_sizes
 from .engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
 from .engine.ema import ModelEMA
 from .engine.loop import EpochProgress, EpochStats
 from .engine.objective import build_objective
 from .engine.optim import format_param_groups, param_group_rows
 from .errors import DivergenceError, FinetuneError, RecipeError
+from .modalities import modality_of
 from .model import FineTuneModel
 from .plan import Plan, resolve
 from .recipe import Recipe
@@ -269,6 +270,7 @@ def _plan(recipe: Recipe, quiet: bool = False) -> tuple[Any, Plan]:
 
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
+    modality_of(backbone.modality).check_backbone(backbone)
     main = int(os.environ.get("RANK", "0")) == 0  # what was inferred is said once, by the main process
     say = (lambda message: print(message, flush=True)) if main and not quiet else None
     return backbone, resolve(recipe, backbone.modality, say)
@@ -278,24 +280,19 @@ def _build(plan: Plan, backbone: Any, accelerator: Any, run_dir: Path) -> _Run:
     recipe, train_ex, val_ex, task = plan.recipe, plan.train, plan.val, plan.task
     train_ids, val_ids = task.encode(train_ex), task.encode(val_ex)
     t, d, spec = recipe.train, recipe.data, recipe.model
+    kind = modality_of(plan.modality)
 
     model = FineTuneModel(backbone, task.head_for(backbone, spec.head_dropout))
-    preprocessing = backbone.preprocessing()
-    if backbone.modality == "text":
-        preprocessing["max_length"] = d.max_length
-        if d.text_columns:  # a pair model: predict and evaluate take pairs, read from these columns
-            preprocessing["text_columns"] = list(d.text_columns)
-    else:  # predict and evaluate open images under the run's own limit
-        preprocessing["max_image_pixels"] = d.max_image_pixels
+    preprocessing = kind.run_preprocessing(backbone, d)  # what predict needs: text length and pair columns, image limits
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
     groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
     if recipe.strategy.l2sp_alpha:
         groups = without_backbone_decay(groups)  # L2-SP pulls the backbone to w0, not to 0
     optimizer = build_optimizer(t, groups)
 
-    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task, d.crop_scale)
-    val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length, task)
-    sizes = progressive_sizes(int(preprocessing["input_size"]), t.epochs, t.progressive_resize) if backbone.modality == "image" else None
+    train_ds = kind.build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task, d.crop_scale)
+    val_ds = kind.build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length, task)
+    sizes = progressive_sizes(int(preprocessing["input_size"]), t.epochs, t.progressive_resize) if kind.resizes else None
     train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers, d.sampler, sizes)
     val_loader = build_loader(val_ds, backbone, t.batch_size * 2, False, t.seed, d.num_workers)
     train_sampler = train_loader.batch_sampler
