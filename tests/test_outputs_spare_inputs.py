@@ -128,6 +128,18 @@ def test_outputs_that_belong_are_allowed(tmp_path, image_run):
     check_output(run / "predictions.csv", [run, tmp_path / "missing.csv"])  # an earlier output beside the run's files
     check_output(run, [tmp_path / "recipe.yaml"], own_run=True)  # train --overwrite replaces its own earlier run
     check_output(tmp_path / "fresh", [run])
+    # an earlier explain / lr-find folder inside the run is replaced on a second run; the run's own
+    # folders and any folder holding weights are not
+    (run / "explanations").mkdir()
+    (run / "explanations" / "ant.png").write_bytes(b"png")
+    check_output(run / "explanations", [run / "model.safetensors"])
+    (run / "checkpoints").mkdir(exist_ok=True)
+    with pytest.raises(FinetuneError, match="checkpoints of the run directory"):
+        check_output(run / "checkpoints", [])
+    (run / "copy").mkdir()
+    (run / "copy" / "model.safetensors").write_bytes(b"w")
+    with pytest.raises(FinetuneError, match="copy of the run directory"):
+        check_output(run / "copy", [])
     # A folder that merely holds a recipe.yaml (a project folder) is not a run directory.
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "recipe.yaml").write_text("train: {}\n")

@@ -82,6 +82,17 @@ RUN_MARKER = "finetunekit.json"
 # run's own (weights, recipe, labels, checkpoints, the backbone's files, ...).
 RUN_OUTPUT_FOLDERS = ("export",)
 RUN_OUTPUT_SUFFIXES = (".html", ".htm", ".csv")
+# A run's own sub-folders (the backbone's files, checkpoints, adapters, trackers). Any other folder
+# inside a run that holds no weights is an earlier command's output (explain, lr-find) and may be
+# replaced with --overwrite, so running `explain --output runs/x/explanations` twice works.
+RUN_OWN_FOLDERS = ("backbone", "checkpoints", "adapter", "tensorboard", "mlruns")
+
+
+def _earlier_output_folder(run: Path, inside: Path) -> bool:
+    folder = run / inside.parts[0]
+    if not folder.is_dir() or folder.is_symlink() or inside.parts[0] in RUN_OWN_FOLDERS:
+        return False
+    return not any(p.suffix == ".safetensors" or p.name == RUN_MARKER for p in folder.rglob("*"))
 
 
 def is_finished_or_stopped_run(path: Path) -> bool:
@@ -139,7 +150,7 @@ def check_output(
         inside = target.relative_to(run)
         if os.path.lexists(target) and inside.parts[0] not in RUN_OUTPUT_FOLDERS and not (
             target.suffix.lower() in RUN_OUTPUT_SUFFIXES and target.is_file()
-        ) and not (own_run and is_finished_or_stopped_run(target)):
+        ) and not _earlier_output_folder(run, inside) and not (own_run and is_finished_or_stopped_run(target)):
             raise FinetuneError(
                 f"{flag} {output} is {inside} of the run directory {run}; --overwrite replaces earlier outputs, never a "
                 f"run's own files: choose another {flag}")
