@@ -93,14 +93,12 @@ def device_name() -> str:
 def sst2_subset(tmp: Path) -> tuple[Path, Path]:
     """The same 2,000 training rows finetunekit's data.max_train_samples=2000 (seed 0) picks."""
     from finetunekit import Recipe
-    from finetunekit.trainer import _read_data
+    from finetunekit.plan import resolve
 
     recipe = Recipe.from_yaml(REPO / "examples" / "sst2.yaml").with_overrides(
         [f"data.train={SST2 / 'train.tsv'}", f"data.val={SST2 / 'dev.tsv'}"]
     )
-    from finetunekit.defaults import resolve
-
-    _, train_ex, *_ = _read_data(resolve(recipe, "text"), "text", quiet=True)
+    train_ex = resolve(recipe, "text").train
     out = tmp / "sst2_2000.tsv"
     rows = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in zip(train_ex.inputs, train_ex.labels)]
     out.write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -191,13 +189,13 @@ def text_matmul_flops(result, recipe) -> float:
 
     from finetunekit.data.pipeline import build_loader
     from finetunekit.modalities import build_dataset
-    from finetunekit.defaults import resolve
-    from finetunekit.trainer import _read_data
+    from finetunekit.plan import resolve
 
     model = result.model.train()
     backbone = model.backbone
-    resolved = resolve(recipe, "text")
-    _, train_ex, _, task, train_ids, _ = _read_data(resolved, "text", quiet=True)
+    plan = resolve(recipe, "text")
+    resolved, train_ex, task = plan.recipe, plan.train, plan.task
+    train_ids = task.encode(train_ex)
     ds = build_dataset(train_ex, train_ids, backbone, {}, True, "none", resolved.data.max_length)
     loader = build_loader(ds, backbone, TEXT_BATCH, True, resolved.train.seed)
     precision = result.recipe.train.precision

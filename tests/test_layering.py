@@ -17,16 +17,20 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 LAYERS: list[set[str]] = [
     {"errors", "version", "stats"},  # stats: bootstrap intervals and paired tests, plain numpy
     {"registry", "runtime", "heads", "hf_modeling", "trackers", "safe_yaml", "outputs"},
+    {"data"},  # readers (folders, tables), Examples, splits, transforms and batching
     # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
-    # targets, losses, metrics; tasks read Examples by their fields, never import data); the recipe
-    # validates names against both registries
+    # targets, losses, metrics, and a task type's own data formats: detection's and segmentation's
+    # readers build Examples); the recipe reads each task type's options and validates names
+    # against both registries
     {"strategies", "tasks"},
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
-    {"data", "backbones"},
+    {"backbones"},
     # what an input is: finding examples (with data's readers), preprocessing, what it needs from a backbone
     {"modalities"},
     {"defaults"},  # the recipe's unset fields: the modality's, the task's
-    {"model", "engine", "autoconfig"},  # autoconfig: a recipe chosen from the data
+    {"model", "engine"},
+    {"plan"},  # the resolve step: recipe + data -> one plan (types, options, defaults, fitted task)
+    {"autoconfig"},  # autoconfig: a recipe chosen from the data
     {"checkpoint", "features", "card", "report", "loading"},
     {"predict"},
     {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors

@@ -290,7 +290,7 @@ def test_checkpoint_round_trips_optimizer_groups_strategy_schedule_and_rng(tmp_p
         model = FineTuneModel(backbone, LinearHead(backbone.num_features, 3))
         strategy = STRATEGIES.get("freeze_then_unfreeze")(StrategySpec(name="freeze_then_unfreeze", freeze_epochs=1))
         optimizer = build_optimizer(TrainSpec(lr=1e-4, weight_decay=0.01), strategy.setup(model, lr=1e-4, head_lr=1e-2))
-        return TrainingParts(Accelerator(cpu=True), model, optimizer, LRSchedule("cosine", 10), strategy, EarlyStopping("loss", 2))
+        return TrainingParts(Accelerator(cpu=True), model, optimizer, LRSchedule("cosine", 10), strategy, EarlyStopping("loss", 2, higher_is_better=False))
 
     a = parts()
     a.strategy.on_epoch_start(1, a.model, a.optimizer)  # unfreezes the backbone; the head keeps its rate

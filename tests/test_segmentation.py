@@ -140,7 +140,7 @@ def test_a_reloaded_run_predicts_identically_and_writes_masks(seg_run, seg_data,
 
 
 def test_the_folder_and_list_readers_agree(seg_data):
-    from finetunekit.data.dense import read_segmentation
+    from finetunekit.tasks.segmentation_data import read_segmentation
 
     folders = read_segmentation(seg_data / "val")
     listed = read_segmentation(seg_data / "val" / "list.txt")
@@ -244,7 +244,7 @@ def test_bad_masks_are_one_line_errors_naming_the_file(seg_data, tmp_path, capsy
 
 
 def test_a_list_line_without_two_paths_names_the_line(tmp_path):
-    from finetunekit.data.dense import read_segmentation
+    from finetunekit.tasks.segmentation_data import read_segmentation
 
     (tmp_path / "list.txt").write_text("a.png\n")
     with pytest.raises(DataError, match=r"list\.txt:1: expected 'IMAGE MASK'"):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from finetunekit.cli import main
-from finetunekit.data.detection import read_detection
 from finetunekit.errors import DataError
 from finetunekit.modalities import read_examples
+from finetunekit.tasks.detection_data import read_detection
 
 
 def table(tmp_path: Path, name: str, text: str | bytes) -> Path:

@@ -527,6 +527,8 @@ def check_same_recipe(run_dir: Path, current: dict[str, Any], loaded: Loaded | N
             f"resume with the same recipe (finetunekit resume {run_dir}) or start a new run"
         )
     started = loaded.state.get("recipe") if loaded is not None else None
+    if started:  # read as recipe.yaml is: a checkpoint of an older version lists every task type's options
+        started = Recipe.from_dict(started).to_dict()
     diffs = _recipe_diffs(started, saved, "when the run started", "in recipe.yaml") if started else []
     if diffs:
         raise FinetuneError(

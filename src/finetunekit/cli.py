@@ -296,7 +296,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"with any strategy but {', '.join(without)}: strategy.layer_decay=d trains backbone layer group i of n at train.lr * d**(n-1-i)")
     from .tasks import TASKS
 
-    print("task types (task.type; several tasks: tasks:): " + ", ".join(n for n in TASKS.names() if n != "multitask"))
+    print("task types (task.type; several tasks: tasks:): " + ", ".join(n for n in TASKS.names() if not TASKS.get(n).composite))
     return 0
 
 

@@ -8,24 +8,13 @@ from __future__ import annotations
 from .modalities import modality_of
 from .recipe import Recipe
 
-# Task types whose training differs from their modality's: (strategy settings used when the
-# recipe names no strategy, train fields). Detection: the new pyramid and head start from random
-# weights and the pretrained features were made for whole-image classes, so the backbone trains
-# too, except its three highest-resolution stages (stem to stride 4: as torchvision's detection
-# fine-tuning keeps the first stages of its backbones frozen; the most expensive layers to run
-# backwards, and the most generic features), BatchNorm statistics frozen (batches of 8); the
-# head 10x faster than the backbone, after a warmup (focal-loss heads diverge from a cold start
-# at full rate). docs/detection-segmentation.md has the measurements.
-TASK_DEFAULTS: dict[str, tuple[dict, dict]] = {
-    "detection": ({"name": "last_n", "last_n": 5},
-                  {"epochs": 6, "batch_size": 8, "lr": 2e-4, "head_lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_ratio": 0.1}),
-}
-
 
 def resolve(recipe: Recipe, modality: str) -> Recipe:
     """A copy of ``recipe`` with every ``None`` train field filled for ``modality`` (and strategy,
-    and the task type where it has defaults of its own)."""
-    task_strategy, task_train = TASK_DEFAULTS.get(recipe.task.type or "", ({}, {}))
+    and the task type where it has defaults of its own: ``Task.strategy_defaults`` and
+    ``Task.train_defaults``, e.g. detection's). The task type must be resolved first
+    (finetunekit.plan.resolve does both); a recipe whose type is still unset gets the modality's."""
+    task_strategy, task_train = _task_defaults(recipe)
     kind = modality_of(modality)
     strategy = recipe.strategy.name or task_strategy.get("name") or kind.default_strategy
     defaults = {**kind.train_defaults, **task_train, **kind.strategy_train_defaults.get(strategy, {})}
@@ -36,3 +25,14 @@ def resolve(recipe: Recipe, modality: str) -> Recipe:
     if recipe.strategy.name is None:
         updates["strategy"] = {**task_strategy, "name": strategy}
     return recipe.replace(**updates)
+
+
+def _task_defaults(recipe: Recipe) -> tuple[dict, dict]:
+    """(strategy settings, train fields) of the recipe's task type (none for several tasks, or
+    for a type not resolved yet)."""
+    if recipe.tasks or recipe.task.type is None:
+        return {}, {}
+    from .tasks import TASKS  # local import: tasks import torch
+
+    cls = TASKS.get(recipe.task.type)
+    return dict(cls.strategy_defaults), dict(cls.train_defaults)

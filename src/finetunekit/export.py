@@ -355,7 +355,7 @@ def read_export_record(path: Path) -> dict[str, Any]:
 def loading_code(fmt: str, target: Path, predictor) -> list[str]:
     """Markdown: how to load and run this export with its own library alone."""
     d = str(target)
-    if predictor.task.type != "classification":
+    if not predictor.task.single_class:
         return _task_loading_code(fmt, d, predictor)
     if fmt == "hf":
         return [
@@ -417,15 +417,7 @@ def _task_loading_code(fmt: str, d: str, predictor) -> list[str]:
     """Loading notes for the task types other than single-label classification: what the outputs
     mean (task.json holds the task: label names and thresholds, or target names)."""
     task = predictor.task
-    meaning = {
-        "regression": "the outputs are predictions in target units (the target statistics are folded into the last layer), "
-                      "one column per target in `task.json`'s `targets` order",
-        "multilabel": "the outputs are one logit per label (`task.json`'s `labels` order); a label is predicted when "
-                      "sigmoid(logit) reaches its threshold in `task.json` (`thresholds`, chosen on validation)",
-        "segmentation": "the outputs are the decoder's raw logits, (N, classes, H/s, W/s) at its stride s; upsample them "
-                        "bilinearly to `task.json`'s `input_size` [height, width] and take the argmax over the classes "
-                        "(`task.json`'s `classes` order); inputs are resized to that size first",
-    }.get(task.type, "the outputs are the tasks' blocks side by side, in `task.json`'s `tasks` order")
+    meaning = task.export_note or "the outputs are the tasks' blocks side by side, in `task.json`'s `tasks` order"
     call = {
         "hf": [f'model = AutoModelForSequenceClassification.from_pretrained("{d}", trust_remote_code=True).eval()',
                f'tokenizer = AutoTokenizer.from_pretrained("{d}", trust_remote_code=True)',

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from .data import Examples
-from .data.dense import task_reader
 from .data.images import image_size
 from .data.pipeline import ImageDataset, build_loader, image_transform, reader_threads, threaded_batches
 from .data.readers import FLAG_COLUMN_OPTIONS, select_listed
 from .errors import DataError
 from .loading import load_model
 from .modalities import modality_of, read_examples
+from .tasks import task_reader
 
 
 class Predictor:

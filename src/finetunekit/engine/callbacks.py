@@ -30,10 +30,9 @@ class EarlyStopping:
     """Track the best value of a validation metric; ``patience=None`` never stops but still keeps
     the best weights so they can be restored at the end."""
 
-    def __init__(self, metric: str, patience: int | None, higher_is_better: bool | None = None) -> None:
+    def __init__(self, metric: str, patience: int | None, higher_is_better: bool) -> None:
+        """``higher_is_better``: the task's direction for ``metric`` (``Task.higher_is_better``)."""
         self.metric = metric
-        if higher_is_better is None:  # the task knows (task.higher_is_better); a loss goes down
-            higher_is_better = metric != "loss"
         self.mode = "max" if higher_is_better else "min"
         self.patience = patience
         self.best: float | None = None

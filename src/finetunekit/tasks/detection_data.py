@@ -34,15 +34,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
+from ..data.tables import csv_rows, inside_root
 from ..errors import DataError
-from .readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
-from .tables import csv_rows, inside_root
 
 BOX_COLUMNS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"))
 LABEL_COLUMN_GUESSES = ("label", "class", "category", "class_name", "name")
 
 # (x1, y1, x2, y2, class name, where)
 Box = tuple[float, float, float, float, str, str]
+
+
+def box_columns(path: Path) -> tuple[str, ...] | None:
+    """The corner columns of a table of boxes (``xmin, ymin, xmax, ymax``...), or None."""
+    from ..data.readers import _table
+
+    columns = _table(path)[1]
+    return next((names for names in BOX_COLUMNS if all(n in columns for n in names)), None)
 
 
 def is_detection_source(path: str | Path) -> bool:
