@@ -1,0 +1,190 @@
+"""Data held in memory (pandas DataFrame, pyarrow Table, datasets.Dataset / DatasetDict): read by
+the same readers as files, recorded by content, and giving the same run as the equivalent file."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_image_folder, make_text_rows, tiny_image_recipe, tiny_text_recipe, write_tsv
+
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+
+from finetunekit.data.memory import memory_splits, memory_table  # noqa: E402
+from finetunekit.errors import DataError  # noqa: E402
+from finetunekit.modalities import read_examples  # noqa: E402
+
+
+def _frame(rows):
+    return pd.DataFrame({"sentence": [t for t, _ in rows], "label": [lab for _, lab in rows]})
+
+
+def _dataset(rows, class_names=("neg", "pos")):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=list(class_names))})
+    return datasets.Dataset.from_dict(
+        {"sentence": [t for t, _ in rows], "label": [list(class_names).index(lab) for _, lab in rows]}, features=features
+    )
+
+
+# -- reading: every container gives the Examples a file gives ----------------------------------------
+
+
+@pytest.mark.parametrize("container", ["pandas", "arrow", "datasets"])
+def test_text_containers_read_like_the_tsv(tmp_path, container):
+    rows = make_text_rows(12)
+    from_file = read_examples(write_tsv(tmp_path / "t.tsv", rows), "text")
+    frame = _frame(rows)
+    data = {"pandas": frame, "arrow": pa.Table.from_pandas(frame, preserve_index=False), "datasets": None}[container]
+    if data is None:
+        data = _dataset(rows)
+    examples = read_examples(data, "text")
+    assert examples.inputs == from_file.inputs
+    assert examples.labels == from_file.labels
+    assert examples.places[3].endswith(": row 3")
+
+
+def test_label_kinds_lists_numbers_and_pairs():
+    multi = read_examples(pd.DataFrame({"text": ["a b", "c"], "label": [["x", "y"], ["y"]]}), "text")
+    assert multi.labels == [["x", "y"], ["y"]]
+    numbers = read_examples(pa.table({"text": ["a", "b"], "score": [0.5, 2]}), "text", label_column="score")
+    assert numbers.labels == ["0.5", "2"]
+    ints = read_examples(pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}), "text")
+    assert ints.labels == ["0", "1"]
+    pairs = read_examples(pd.DataFrame({"s1": ["a", "b"], "s2": ["c", "d"], "label": ["y", "n"]}), "text", text_columns=["s1", "s2"])
+    assert pairs.inputs == [("a", "c"), ("b", "d")]
+
+
+def test_datasets_classlabel_lists_map_to_names():
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Sequence(datasets.ClassLabel(names=["a", "b", "c"]))})
+    ds = datasets.Dataset.from_dict({"text": ["x", "y"], "label": [[0, 2], [1]]}, features=features)
+    assert read_examples(ds, "text").labels == [["a", "c"], ["b"]]
+
+
+def test_bad_inputs_name_the_column_and_the_row_index():
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "y": ["p", "n", "p"]}, index=[10, 11, 12])
+    with pytest.raises(DataError, match=r"DataFrame data \(memory:pandas:[0-9a-f]{12}\): no label column 'label'.*columns: text, y"):
+        read_examples(frame, "text")
+    with pytest.raises(DataError, match=r"row 10: empty text in column 'text'"):
+        read_examples(pd.DataFrame({"text": [None, None], "label": ["a", "b"]}, index=[10, 11]), "text")
+    with pytest.raises(DataError, match=r"row 1: column 'label': 'b' is a single label, but 2 other rows hold lists"):
+        read_examples(pd.DataFrame({"text": ["a", "b", "c"], "label": [["x"], "b", ["y"]]}), "text")
+    with pytest.raises(DataError, match=r"pyarrow Table data \(memory:arrow:[0-9a-f]{12}\): row 0: empty image path in column 'image'"):
+        read_examples(pa.table({"image": pa.array([None, None], pa.string()), "label": ["a", "b"]}), "image")
+    with pytest.raises(DataError, match="column 'label' appears twice"):
+        read_examples(pd.DataFrame([["a", "x", "y"]], columns=["text", "label", "label"]), "text")
+    with pytest.raises(DataError, match=r"row 1: column 'image': 5 bytes that are not an image"):
+        read_examples(pd.DataFrame({"image": [_png(), b"hello"], "label": ["a", "b"]}), "image")
+
+
+def test_classlabel_names_must_agree_between_train_and_validation():
+    rows = make_text_rows(6)
+    with pytest.raises(DataError, match=r"column 'label': its ClassLabel names \['pos', 'neg'\] differ from those of"):
+        memory_splits(_dataset(rows), _dataset(rows, ("pos", "neg")))
+
+
+def test_datasetdict_splits_are_used_as_such():
+    datasets = pytest.importorskip("datasets")
+    whole = datasets.DatasetDict({"train": _dataset(make_text_rows(6)), "validation": _dataset(make_text_rows(4, 1))})
+    train, val = memory_splits(whole)
+    assert (len(train), len(val), train.role, val.role) == (6, 4, "train", "val")
+
+
+def _png(color=(200, 20, 20)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_cells_paths_bytes_pictures_and_dicts_are_files_named_by_content(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(tmp_path / "blue.png")
+    picture = Image.new("RGB", (8, 8), (0, 200, 0))
+    frame = pd.DataFrame({"image": ["blue.png", _png(), picture, {"bytes": _png((1, 2, 3)), "path": None}], "label": list("abab")})
+    examples = read_examples(frame, "image")
+    assert examples.inputs[0] == str(tmp_path / "blue.png")
+    for path in examples.inputs[1:]:
+        assert Path(path).is_file() and re.fullmatch(r"[0-9a-f]{64}\.png", Path(path).name)
+    assert Image.open(examples.inputs[2]).getpixel((0, 0)) == (0, 200, 0)
+    # the same pixels give the same token; another picture another
+    assert memory_table(frame).token == memory_table(frame.copy()).token
+    other = frame.copy()
+    other.loc[2, "image"] = Image.new("RGB", (8, 8), (0, 201, 0))
+    assert memory_table(other).token != memory_table(frame).token
+
+
+# -- runs: train, reload, predict, evaluate, resume -------------------------------------------------
+
+
+def test_same_rows_same_metrics_from_tsv_dataframe_and_dataset(text_data, tiny_bert, tmp_path):
+    import finetunekit
+
+    train_rows, val_rows = make_text_rows(48, 0), make_text_rows(16, 1)
+    recipe = tiny_text_recipe(text_data, tiny_bert)
+    from_file = finetunekit.train(recipe, output=tmp_path / "file", quiet=True, report=False)
+    from_frame = finetunekit.train(recipe, output=tmp_path / "frame", quiet=True, report=False,
+                                   train=_frame(train_rows), val=_frame(val_rows))
+    from_dataset = finetunekit.train(recipe, output=tmp_path / "ds", quiet=True, report=False,
+                                     train=_dataset(train_rows), val=_dataset(val_rows))
+    assert from_frame.metrics["accuracy"] == from_file.metrics["accuracy"] == from_dataset.metrics["accuracy"]
+    assert from_frame.metrics["loss"] == pytest.approx(from_file.metrics["loss"], abs=1e-6)
+    assert from_dataset.metrics["loss"] == pytest.approx(from_file.metrics["loss"], abs=1e-6)
+
+    saved = yaml.safe_load((tmp_path / "frame" / "recipe.yaml").read_text())["data"]
+    assert re.fullmatch(r"memory:pandas:[0-9a-f]{64}", saved["train"]) and saved["val"].startswith("memory:pandas:")
+    assert yaml.safe_load((tmp_path / "ds" / "recipe.yaml").read_text())["data"]["train"].startswith("memory:datasets:")
+
+    model = finetunekit.load(tmp_path / "frame")
+    assert model.predict(_frame(val_rows)) == finetunekit.load(tmp_path / "file").predict([t for t, _ in val_rows])
+    evaluated = finetunekit.evaluate(str(tmp_path / "frame"), pa.Table.from_pandas(_frame(val_rows), preserve_index=False))
+    assert evaluated["accuracy"] == from_file.metrics["accuracy"]
+    assert evaluated["eval_set"].startswith("pyarrow Table data (memory:arrow:")
+
+
+def test_resume_refuses_other_rows_and_a_recipe_naming_data_not_given(text_data, tiny_bert, tmp_path):
+    import finetunekit
+    from finetunekit.errors import FinetuneError
+
+    recipe = tiny_text_recipe(text_data, tiny_bert, train={"epochs": 1})
+    rows = make_text_rows(24)
+    finetunekit.train(recipe, output=tmp_path / "run", quiet=True, report=False, train=_frame(rows), val=_frame(make_text_rows(8, 1)))
+    changed = _frame(rows)
+    changed.loc[0, "label"] = "neg" if changed.loc[0, "label"] == "pos" else "pos"
+    with pytest.raises(FinetuneError, match=r"data.train is 'memory:pandas:[0-9a-f]+' in the run"):
+        finetunekit.train(recipe, output=tmp_path / "run", quiet=True, resume=True, train=changed, val=_frame(make_text_rows(8, 1)))
+    saved = finetunekit.Recipe.from_yaml(tmp_path / "run" / "recipe.yaml")
+    with pytest.raises(DataError, match="in-memory data .* that was not given: pass it again"):
+        finetunekit.train(saved, output=tmp_path / "again", quiet=True)
+
+
+def test_image_run_from_a_datasets_image_column(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import finetunekit
+
+    root = make_image_folder(tmp_path / "imgs", per_class=6, classes=("circle", "square"))
+    files = sorted(root.rglob("*.png"))
+    classes = ["circle", "square"]
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    ds = datasets.Dataset.from_dict(
+        {"img": [str(p) for p in files], "label": [classes.index(p.parent.name) for p in files]}, features=features
+    ).cast_column("img", datasets.Image(decode=True))
+    ds = ds.map(lambda row: {"img": row["img"]}, features=features)  # the images embedded as bytes, as a downloaded set holds them
+    whole = datasets.DatasetDict({"train": ds, "test": ds.select(range(0, 12, 3))})
+    recipe = tiny_image_recipe(tmp_path, train={"epochs": 1}, data={"image_column": "img", "val_fraction": 0.25})
+    result = finetunekit.train(recipe, output=tmp_path / "run", quiet=True, train=whole)
+    assert (tmp_path / "run" / "report.html").is_file()
+    model = finetunekit.load(tmp_path / "run")
+    assert set(model.predict(whole["test"])) <= set(classes)
+    metrics = model.evaluate(whole)
+    assert metrics["eval_set"].startswith("datasets.Dataset data (memory:datasets:") and 0 <= metrics["accuracy"] <= 1
+    assert "memory:datasets:" in (tmp_path / "run" / "README.md").read_text() or result.metrics
