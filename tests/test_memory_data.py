@@ -4,6 +4,7 @@ the same readers as files, recorded by content, and giving the same run as the e
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -143,6 +144,9 @@ def test_same_rows_same_metrics_from_tsv_dataframe_and_dataset(text_data, tiny_b
     saved = yaml.safe_load((tmp_path / "frame" / "recipe.yaml").read_text())["data"]
     assert re.fullmatch(r"memory:pandas:[0-9a-f]{64}", saved["train"]) and saved["val"].startswith("memory:pandas:")
     assert yaml.safe_load((tmp_path / "ds" / "recipe.yaml").read_text())["data"]["train"].startswith("memory:datasets:")
+    sources = json.loads((tmp_path / "frame" / "data_sources.json").read_text())
+    assert sources["train"] == {"source": saved["train"], "rows": 48, "columns": ["sentence", "label"], "container": "DataFrame"}
+    assert sources["val"]["source"] == saved["val"] and sources["val"]["rows"] == 16
 
     model = finetunekit.load(tmp_path / "frame")
     assert model.predict(_frame(val_rows)) == finetunekit.load(tmp_path / "file").predict([t for t, _ in val_rows])
@@ -151,20 +155,38 @@ def test_same_rows_same_metrics_from_tsv_dataframe_and_dataset(text_data, tiny_b
     assert evaluated["eval_set"].startswith("pyarrow Table data (memory:arrow:")
 
 
-def test_resume_refuses_other_rows_and_a_recipe_naming_data_not_given(text_data, tiny_bert, tmp_path):
+class _Killed(BaseException):
+    """Stands for the process being killed mid-run."""
+
+
+def test_resume_refuses_other_rows_and_a_recipe_naming_data_not_given(text_data, tiny_bert, tmp_path, monkeypatch):
     import finetunekit
+    from finetunekit.checkpoint import Checkpointer
     from finetunekit.errors import FinetuneError
 
-    recipe = tiny_text_recipe(text_data, tiny_bert, train={"epochs": 1})
-    rows = make_text_rows(24)
-    finetunekit.train(recipe, output=tmp_path / "run", quiet=True, report=False, train=_frame(rows), val=_frame(make_text_rows(8, 1)))
+    recipe = tiny_text_recipe(text_data, tiny_bert, train={"epochs": 2, "checkpoint_every_steps": 1})
+    rows, val = make_text_rows(24), _frame(make_text_rows(8, 1))
+    original, written = Checkpointer.save, []
+
+    def save(self, *args, **kwargs):
+        written.append(original(self, *args, **kwargs))
+        if len(written) == 2:
+            raise _Killed
+        return written[-1]
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    with pytest.raises(_Killed):
+        finetunekit.train(recipe, output=tmp_path / "run", quiet=True, report=False, train=_frame(rows), val=val)
+    monkeypatch.undo()
     changed = _frame(rows)
     changed.loc[0, "label"] = "neg" if changed.loc[0, "label"] == "pos" else "pos"
-    with pytest.raises(FinetuneError, match=r"data.train is 'memory:pandas:[0-9a-f]+' in the run"):
-        finetunekit.train(recipe, output=tmp_path / "run", quiet=True, resume=True, train=changed, val=_frame(make_text_rows(8, 1)))
+    with pytest.raises(FinetuneError, match=r"data.train is 'memory:pandas:[0-9a-f]+' in the run, 'memory:pandas:[0-9a-f]+' now"):
+        finetunekit.train(recipe, output=tmp_path / "run", quiet=True, resume=True, train=changed, val=val)
     saved = finetunekit.Recipe.from_yaml(tmp_path / "run" / "recipe.yaml")
     with pytest.raises(DataError, match="in-memory data .* that was not given: pass it again"):
         finetunekit.train(saved, output=tmp_path / "again", quiet=True)
+    resumed = finetunekit.train(recipe, output=tmp_path / "run", quiet=True, resume=True, report=False, train=_frame(rows), val=val)
+    assert 0 <= resumed.metrics["accuracy"] <= 1
 
 
 def test_image_run_from_a_datasets_image_column(tmp_path):
@@ -187,4 +209,9 @@ def test_image_run_from_a_datasets_image_column(tmp_path):
     assert set(model.predict(whole["test"])) <= set(classes)
     metrics = model.evaluate(whole)
     assert metrics["eval_set"].startswith("datasets.Dataset data (memory:datasets:") and 0 <= metrics["accuracy"] <= 1
-    assert "memory:datasets:" in (tmp_path / "run" / "README.md").read_text() or result.metrics
+    # the card and the report name the source, and recipe.yaml the content it was trained on
+    assert "`datasets.Dataset train (memory:datasets:" in (tmp_path / "run" / "README.md").read_text()
+    assert "datasets.Dataset train (memory:datasets:" in (tmp_path / "run" / "report.html").read_text()
+    assert result.metrics["eval_set"].startswith("datasets.Dataset train (memory:datasets:")
+    token = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["data"]["train"]
+    assert token.startswith("memory:datasets:") and token[len("memory:datasets:"):12 + len("memory:datasets:")] in result.metrics["eval_set"]

@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -146,7 +148,11 @@ def train(
     if given or paths:
         recipe = recipe.replace(data={**paths, **given})
     with holding(*tables):  # the readers find the in-memory tables by their tokens
-        return _train_locked(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
+        result = _train_locked(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
+    if given and int(os.environ.get("RANK", "0")) == 0:  # what the tokens in recipe.yaml stand for
+        described = {k: t.describe() for k, t in zip(("train", "val"), tables, strict=True) if t is not None}
+        artifacts.atomic_write_text(run_dir / "data_sources.json", json.dumps(described, indent=2) + "\n")
+    return result
 
 
 def _train_locked(
