@@ -26,7 +26,7 @@ refused as resuming with an edited file is.
 
 Example::
 
-    table = memory_table(pandas.DataFrame({"text": ["good", "bad"], "label": ["pos", "neg"]}), "train")
+    table = memory_table(pandas.DataFrame({"sentence": ["good", "bad"], "label": ["pos", "neg"]}), "train")
     table.token            # 'memory:pandas:5b0c...'
     with holding(table):   # readers find it by its token while it is held
         read_examples(table.token, "text").labels   # ['pos', 'neg']
