@@ -215,3 +215,50 @@ def test_image_run_from_a_datasets_image_column(tmp_path):
     assert result.metrics["eval_set"].startswith("datasets.Dataset train (memory:datasets:")
     token = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["data"]["train"]
     assert token.startswith("memory:datasets:") and token[len("memory:datasets:"):12 + len("memory:datasets:")] in result.metrics["eval_set"]
+
+
+# -- recipes naming a Hugging Face dataset: data.train: hf:NAME?config=C&split=S ------------------
+
+
+def test_hf_source_from_a_saved_dataset_is_pinned_and_refused_when_changed(text_data, tiny_bert, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import finetunekit
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": _dataset(make_text_rows(24)), "validation": _dataset(make_text_rows(8, 1))}).save_to_disk(str(folder))
+    recipe = tiny_text_recipe(text_data, tiny_bert, train={"epochs": 1}, data={"train": f"hf:{folder}", "val": f"hf:{folder}"})
+    result = finetunekit.train(recipe, output=tmp_path / "run", quiet=True, report=False)
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["data"]
+    assert re.fullmatch(rf"hf:{re.escape(str(folder))}\?split=train&sha256=[0-9a-f]{{64}}", saved["train"])
+    assert re.fullmatch(rf"hf:{re.escape(str(folder))}\?split=validation&sha256=[0-9a-f]{{64}}", saved["val"])
+    assert result.metrics["eval_set"].startswith(f"hf:{folder}?split=validation (sha256 ")
+    assert finetunekit.load(tmp_path / "run").evaluate(saved["val"])["accuracy"] == result.metrics["accuracy"]
+
+    # other rows under the same name: the pinned recipe (recipe.yaml, resume) refuses them
+    datasets.DatasetDict({"train": _dataset(make_text_rows(24, 5)), "validation": _dataset(make_text_rows(8, 1))}).save_to_disk(str(folder))
+    with pytest.raises(DataError, match=r"split=train&sha256=.*: the dataset's rows changed since the run recorded them"):
+        finetunekit.train(finetunekit.Recipe.from_yaml(tmp_path / "run" / "recipe.yaml"), output=tmp_path / "again", quiet=True)
+
+
+def test_hf_source_loaded_by_name_or_path_offline(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from finetunekit.data.memory import hf_table, pin_hf_sources
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    _frame(make_text_rows(10)).to_parquet(folder / "train.parquet")
+    _frame(make_text_rows(4, 1)).to_parquet(folder / "validation.parquet")
+    table = hf_table(f"hf:{folder}?split=validation")
+    assert len(table) == 4 and table.columns == ["sentence", "label"]
+    examples = read_examples(f"hf:{folder}", "text")  # split: train by default
+    assert examples.inputs == [t for t, _ in make_text_rows(10)]
+    with pytest.raises(DataError, match=r"hf:nowhere/none: cannot load the dataset \(ConnectionError: .*OfflineModeIsEnabled"):
+        pin_hf_sources("hf:nowhere/none", None)
+    with pytest.raises(DataError, match="unknown field 'splt'"):
+        hf_table(f"hf:{folder}?splt=train")
+    with pytest.raises(DataError, match="ClassLabel names"):
+        saved = tmp_path / "saved"
+        datasets.DatasetDict({"train": _dataset(make_text_rows(4)), "validation": _dataset(make_text_rows(4), ("pos", "neg"))}).save_to_disk(str(saved))
+        pin_hf_sources(f"hf:{saved}", f"hf:{saved}")

@@ -24,6 +24,13 @@ its column names and of every cell in order (an image by its bytes). ``finetunek
 the token as ``data.train`` / ``data.val`` in the run's recipe.yaml, so resuming with other rows is
 refused as resuming with an edited file is.
 
+A recipe may name a Hugging Face dataset instead of a file: ``data.train: hf:NAME?config=C&split=S``
+(NAME: a Hub dataset, loaded by ``datasets.load_dataset``, from its local cache when offline; or a
+folder written by ``save_to_disk``). The resolved recipe pins it: the split (default ``train``
+for data.train, ``validation`` for data.val) and the SHA-256 of its rows are added
+(``hf:nyu-mll/glue?config=sst2&split=train&sha256=...``), and a pinned dataset whose rows changed
+is refused.
+
 Example::
 
     table = memory_table(pandas.DataFrame({"sentence": ["good", "bad"], "label": ["pos", "neg"]}), "train")
@@ -92,12 +99,15 @@ class MemoryTable:
     index: list[Any]  # each row's index label (a DataFrame's index; else its position)
     class_names: dict[str, list[str]] = field(default_factory=dict)  # ClassLabel names per column
     sha256: str = ""
+    name: str | None = None  # where it came from, when it has a name (an hf: dataset)
 
     @property
     def token(self) -> str:
         return f"{PREFIX}{self.kind}:{self.sha256}"
 
     def __str__(self) -> str:
+        if self.name:
+            return f"{self.name} (sha256 {self.sha256[:12]})"
         return f"{NAMES[self.kind]} {self.role} ({PREFIX}{self.kind}:{self.sha256[:12]})"
 
     def __len__(self) -> int:
@@ -370,3 +380,97 @@ def _unlabelled(dataset: Any) -> bool:
     """A split whose ClassLabel columns are all -1 (GLUE's test splits hide their labels)."""
     names = class_label_names(dataset)
     return bool(names) and all(set(dataset[c]) <= {-1} for c in names if not isinstance(dataset[c][0], list))
+
+
+# -- Hugging Face datasets named in a recipe: data.train: hf:NAME?config=C&split=S ------------------
+
+HF = "hf:"
+DEFAULT_SPLITS = {"train": "train", "val": "validation"}
+_LOADED: dict[tuple[str, str], MemoryTable] = {}  # by (spec without sha256, datasets' fingerprint)
+
+
+def is_hf(path: Any) -> bool:
+    return isinstance(path, str) and path.startswith(HF)
+
+
+def parse_hf(spec: str) -> tuple[str, str | None, str | None, str | None]:
+    """(name or path, config, split, sha256) of ``hf:NAME?config=C&split=S&sha256=H`` (all but the
+    name optional)."""
+    from urllib.parse import parse_qs
+
+    name, _, query = spec[len(HF):].partition("?")
+    fields = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = sorted(set(fields) - {"config", "split", "sha256"})
+    if not name or unknown:
+        raise DataError(f"{spec}: expected hf:NAME?config=CONFIG&split=SPLIT (NAME: a Hub dataset or a folder written by "
+                        f"save_to_disk; config and split optional){f'; unknown field {unknown[0]!r}' if unknown else ''}")
+    return name, fields.get("config") or None, fields.get("split") or None, fields.get("sha256") or None
+
+
+def _spec(name: str, config: str | None, split: str | None, sha256: str | None = None) -> str:
+    from urllib.parse import urlencode
+
+    fields = {k: v for k, v in (("config", config), ("split", split), ("sha256", sha256)) if v}
+    return f"{HF}{name}" + (f"?{urlencode(fields)}" if fields else "")
+
+
+def pin_hf(spec: str | None, role: str) -> str | None:
+    """``spec`` with its split (default: ``train`` for data.train, ``validation`` for data.val) and
+    the SHA-256 of the rows loaded, as the run's recipe.yaml records it; a spec pinned already is
+    checked against the rows loaded now (a changed dataset is refused). Other paths unchanged."""
+    if not is_hf(spec):
+        return spec
+    name, config, split, _ = parse_hf(spec)
+    table = hf_table(spec, DEFAULT_SPLITS.get(role, "train"))
+    return _spec(name, config, split or DEFAULT_SPLITS.get(role, "train"), table.sha256)
+
+
+def pin_hf_sources(train: str, val: str | None) -> dict[str, str | None]:
+    """``{"train": ..., "val": ...}`` with each ``hf:`` source pinned (:func:`pin_hf`); two hf:
+    splits must agree on their ClassLabel names."""
+    pinned = {"train": pin_hf(train, "train"), "val": pin_hf(val, "val")}
+    if is_hf(pinned["train"]) and is_hf(pinned["val"]):
+        check_same_classes(hf_table(str(pinned["train"])), hf_table(str(pinned["val"])))
+    return pinned
+
+
+def hf_table(spec: str, default_split: str = "train") -> MemoryTable:
+    """The rows of a Hugging Face dataset named by ``spec``: a folder written by ``save_to_disk``
+    (read with ``load_from_disk``), else ``datasets.load_dataset(NAME, CONFIG, split=SPLIT)``,
+    which reads the local cache when ``HF_DATASETS_OFFLINE=1`` (nothing is downloaded then)."""
+    name, config, split, sha = parse_hf(spec)
+    split = split or default_split
+    key = _spec(name, config, split)
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{spec}: reading Hugging Face datasets needs the package 'datasets' (pip install datasets)") from None
+    folder = Path(name).expanduser()
+    try:
+        if folder.is_dir() and any((folder / f).is_file() for f in ("dataset_dict.json", "state.json")):
+            found = datasets.load_from_disk(str(folder))
+            if container_kind(found) == "datasetdict":
+                if split not in found:
+                    raise DataError(f"{spec}: no split {split!r} (splits: {', '.join(found)}); add ?split=NAME")
+                found = found[split]
+        else:
+            found = datasets.load_dataset(name, config, split=split)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises many kinds: not found, offline and not cached, bad config
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DataError(f"{spec}: cannot load the dataset ({type(exc).__name__}: {first})") from None
+    # loading is memory-mapped and cheap; the rows are converted once per version of the files
+    # (datasets' fingerprint changes with them)
+    version = (key, str(getattr(found, "_fingerprint", "")))
+    table = _LOADED.get(version)
+    if table is None:
+        table = memory_table(found, "train" if split == "train" else "val")
+        table.name = key
+        _LOADED[version] = table
+    if sha is not None and sha != table.sha256:
+        raise DataError(
+            f"{spec}: the dataset's rows changed since the run recorded them (sha256 {sha[:12]}... then, "
+            f"{table.sha256[:12]}... now); resume needs the data the run started with"
+        )
+    return table

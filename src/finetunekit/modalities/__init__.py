@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data.memory import held, is_memory, is_token, memory_table
+from ..data.memory import held, hf_table, is_hf, is_memory, is_token, memory_table
 from ..data.readers import RECIPE_COLUMN_OPTIONS, Examples
 from ..errors import DataError
 from ..registry import Registry
@@ -70,8 +70,8 @@ def read_examples(
     the token of one held by ``finetunekit.data.memory.holding`` (read as a table: see that module)."""
     kind = modality_of(modality)
     found: Any = None
-    if is_memory(path) or is_token(path):  # a DataFrame, Arrow table or datasets.Dataset, read as a table
-        path, found = held(path) if is_token(path) else memory_table(path), kind.name
+    if is_memory(path) or is_token(path) or is_hf(path):  # a DataFrame, Arrow table or datasets.Dataset, read as a table
+        path, found = held(path) if is_token(path) else hf_table(path) if is_hf(path) else memory_table(path), kind.name
     else:
         path = Path(path)
         if not path.exists():
