@@ -134,9 +134,8 @@ def train(
     is run again instead) and ``report=False`` no report.html (``finetunekit report`` writes it
     later): both are per-epoch and per-run costs a search pays many times.
     """
-    import os
 
-    from .outputs import RunDirLock, WriteError, check_writable
+    from .outputs import check_writable
 
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if run_dir.exists() and not run_dir.is_dir():
@@ -159,7 +158,6 @@ def _train_locked(
     recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool, callbacks: Sequence[Callback], checkpoints: bool,
     report: bool,
 ) -> RunResult:
-    import os
 
     from .outputs import RunDirLock, WriteError
 
@@ -295,7 +293,6 @@ def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
 
 def _plan(recipe: Recipe, quiet: bool = False) -> tuple[Any, Plan]:
     """The backbone (its modality decides how the data is read) and the run's :class:`Plan`."""
-    import os
 
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
