@@ -134,7 +134,6 @@ def train(
     is run again instead) and ``report=False`` no report.html (``finetunekit report`` writes it
     later): both are per-epoch and per-run costs a search pays many times.
     """
-
     from .outputs import check_writable
 
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -158,7 +157,6 @@ def _train_locked(
     recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool, callbacks: Sequence[Callback], checkpoints: bool,
     report: bool,
 ) -> RunResult:
-
     from .outputs import RunDirLock, WriteError
 
     try:
@@ -293,7 +291,6 @@ def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
 
 def _plan(recipe: Recipe, quiet: bool = False) -> tuple[Any, Plan]:
     """The backbone (its modality decides how the data is read) and the run's :class:`Plan`."""
-
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
     modality_of(backbone.modality).check_backbone(backbone)
