@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
 LAYERS: list[set[str]] = [
     {"errors", "version", "stats"},  # stats: bootstrap intervals and paired tests, plain numpy
-    {"registry", "runtime", "heads", "hf_modeling", "trackers", "safe_yaml", "outputs"},
+    {"registry", "runtime", "hf_modeling", "trackers", "safe_yaml", "outputs"},
     {"data"},  # readers (folders, tables), Examples, splits, transforms and batching
     # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
     # targets, losses, metrics, and a task type's own data formats: detection's and segmentation's
