@@ -21,8 +21,8 @@ from typing import Any
 
 from ..data.memory import held, hf_table, is_hf, is_memory, is_token, memory_table
 from ..data.readers import RECIPE_COLUMN_OPTIONS, Examples
-from ..errors import DataError
-from ..registry import Registry
+from ..core.errors import DataError
+from ..core.registry import Registry
 
 MODALITIES: Registry = Registry("modality")
 
