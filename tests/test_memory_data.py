@@ -220,7 +220,7 @@ def test_image_run_from_a_datasets_image_column(tmp_path):
 # -- recipes naming a Hugging Face dataset: data.train: hf:NAME?config=C&split=S ------------------
 
 
-def test_hf_source_from_a_saved_dataset_is_pinned_and_refused_when_changed(text_data, tiny_bert, tmp_path):
+def test_hf_source_from_a_saved_dataset_is_pinned_and_refused_when_changed(text_data, tiny_bert, tmp_path, capsys):
     datasets = pytest.importorskip("datasets")
     import finetunekit
 
@@ -233,6 +233,11 @@ def test_hf_source_from_a_saved_dataset_is_pinned_and_refused_when_changed(text_
     assert re.fullmatch(rf"hf:{re.escape(str(folder))}\?split=validation&sha256=[0-9a-f]{{64}}", saved["val"])
     assert result.metrics["eval_set"].startswith(f"hf:{folder}?split=validation (sha256 ")
     assert finetunekit.load(tmp_path / "run").evaluate(saved["val"])["accuracy"] == result.metrics["accuracy"]
+    from finetunekit.cli import main
+
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), f"hf:{folder}?split=validation", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == result.metrics["accuracy"]
 
     # other rows under the same name: the pinned recipe (recipe.yaml, resume) refuses them
     datasets.DatasetDict({"train": _dataset(make_text_rows(24, 5)), "validation": _dataset(make_text_rows(8, 1))}).save_to_disk(str(folder))
