@@ -267,3 +267,48 @@ def test_hf_source_loaded_by_name_or_path_offline(tmp_path, monkeypatch):
         saved = tmp_path / "saved"
         datasets.DatasetDict({"train": _dataset(make_text_rows(4)), "validation": _dataset(make_text_rows(4), ("pos", "neg"))}).save_to_disk(str(saved))
         pin_hf_sources(f"hf:{saved}", f"hf:{saved}")
+
+
+@pytest.mark.parametrize("container", ["pandas", "arrow", "datasets"])
+def test_image_bytes_column_per_container(tmp_path, container):
+    cells = [_png((200, 0, 0)), _png((0, 0, 200))]
+    if container == "pandas":
+        data = pd.DataFrame({"image": cells, "label": ["red", "blue"]})
+    elif container == "arrow":
+        data = pa.table({"image": pa.array(cells, pa.binary()), "label": ["red", "blue"]})
+    else:
+        datasets = pytest.importorskip("datasets")
+        data = datasets.Dataset.from_dict({"image": [{"bytes": c, "path": None} for c in cells], "label": ["red", "blue"]},
+                                          features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}))
+    examples = read_examples(data, "image")
+    assert examples.labels == ["red", "blue"] and all(Path(p).suffix == ".png" and Path(p).is_file() for p in examples.inputs)
+
+
+def test_pair_regression_run_from_an_arrow_table(tiny_bert, tmp_path):
+    import finetunekit
+
+    rows = make_text_rows(32)
+    table = pa.table({"s1": [t for t, _ in rows], "s2": [t[::-1] for t, _ in rows], "score": [(i % 5) * 0.7 + 0.1 for i in range(32)]})
+    recipe = tiny_text_recipe((tmp_path / "unused.tsv", None), tiny_bert, train={"epochs": 1},
+                              data={"text_columns": ["s1", "s2"], "label_column": "score", "val": None})
+    result = finetunekit.train(recipe, output=tmp_path / "run", quiet=True, report=False, train=table)
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["task"]["type"] == "regression"
+    model = finetunekit.load(tmp_path / "run")
+    assert len(model.predict(table.slice(0, 3))) == 3 and "rmse" in result.metrics
+
+
+def test_multilabel_run_from_a_dataset_of_classlabel_lists(tiny_bert, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import finetunekit
+
+    rows = make_text_rows(32)
+    names = ["pos", "neg", "long"]
+    labels = [[names.index(lab)] + ([2] if len(t) > 30 else []) for t, lab in rows]
+    features = datasets.Features({"text": datasets.Value("string"), "tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    ds = datasets.Dataset.from_dict({"text": [t for t, _ in rows], "tags": labels}, features=features)
+    recipe = tiny_text_recipe((tmp_path / "unused.tsv", None), tiny_bert, train={"epochs": 1},
+                              data={"label_column": "tags", "val": None})
+    finetunekit.train(recipe, output=tmp_path / "run", quiet=True, report=False, train=ds)
+    model = finetunekit.load(tmp_path / "run")
+    assert model.task.type == "multilabel" and sorted(model.classes) == sorted(names)
+    assert all(set(p) <= set(names) for p in model.predict(ds.select(range(4))))
