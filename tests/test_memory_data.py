@@ -16,8 +16,8 @@ from conftest import make_image_folder, make_text_rows, tiny_image_recipe, tiny_
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")
 
-from finetunekit.data.memory import memory_splits, memory_table  # noqa: E402
 from finetunekit.core.errors import DataError  # noqa: E402
+from finetunekit.data.memory import memory_splits, memory_table  # noqa: E402
 from finetunekit.modalities import read_examples  # noqa: E402
 
 
@@ -161,8 +161,8 @@ class _Killed(BaseException):
 
 def test_resume_refuses_other_rows_and_a_recipe_naming_data_not_given(text_data, tiny_bert, tmp_path, monkeypatch):
     import finetunekit
-    from finetunekit.run.checkpoint import Checkpointer
     from finetunekit.core.errors import FinetuneError
+    from finetunekit.run.checkpoint import Checkpointer
 
     recipe = tiny_text_recipe(text_data, tiny_bert, train={"epochs": 2, "checkpoint_every_steps": 1})
     rows, val = make_text_rows(24), _frame(make_text_rows(8, 1))
