@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -125,7 +124,7 @@ class MemoryTable:
         out = []
         for i, row in zip(self.index, self.rows, strict=True):
             where = f"{self}: row {i}"
-            out.append((where, {c: _image_file(v, where, c) if _image_like(v) else v for c, v in row.items()}))
+            out.append((where, {c: v if isinstance(v, str) or not _image_like(v) else _image_file(v, where, c) for c, v in row.items()}))
         return out, list(self.columns)
 
 
@@ -230,6 +229,8 @@ def held(token: str) -> MemoryTable:
 
 def _plain(value: Any) -> Any:
     """A pandas cell as a plain Python value (numpy scalars and arrays included)."""
+    if value is None or isinstance(value, (str, int, float, bytes)):
+        return value
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         return value.tolist()
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
@@ -308,78 +309,20 @@ def _image_file(value: Any, where: str, column: str) -> str:
 
 
 def _content_sha256(table: MemoryTable) -> str:
-    """SHA-256 of the column names and every cell in order; an image by its bytes."""
-    h = hashlib.sha256()
-    h.update(json.dumps(table.columns).encode())
-    for row in table.rows:
-        for column in table.columns:
-            h.update(b"\0")
-            _feed(h, row.get(column))
-        h.update(b"\n")
-    return h.hexdigest()
+    """SHA-256 of the column names and every cell in order (one JSON document: [columns, rows]);
+    an image by its bytes."""
+    columns = table.columns
+    document = json.dumps([columns, [[row.get(c) for c in columns] for row in table.rows]], default=_json_default)
+    return hashlib.sha256(document.encode()).hexdigest()
 
 
-def _feed(h: Any, value: Any) -> None:
+def _json_default(value: Any) -> Any:
+    """What JSON cannot write: bytes and pictures by the hash of their content, others as text."""
     if isinstance(value, (bytes, bytearray)):
-        h.update(b"b" + hashlib.sha256(value).digest())
-    elif isinstance(value, dict):
-        h.update(b"{")
-        for key in sorted(value):
-            h.update(json.dumps(str(key)).encode())
-            _feed(h, value[key])
-        h.update(b"}")
-    elif isinstance(value, (list, tuple)):
-        h.update(b"[")
-        for item in value:
-            _feed(h, item)
-            h.update(b",")
-        h.update(b"]")
-    elif type(value).__module__.split(".")[0] == "PIL":
-        h.update(f"PIL {value.mode} {value.size}".encode() + hashlib.sha256(value.tobytes()).digest())
-    elif isinstance(value, float) and math.isnan(value):
-        h.update(b"nan")
-    else:
-        h.update(json.dumps(value, default=str).encode())
-
-
-def memory_splits(train: Any, val: Any = None) -> tuple[MemoryTable | None, MemoryTable | None]:
-    """(train, val) tables of ``finetunekit.train``'s ``train=`` and ``val=`` (None where a path or
-    nothing was given): a DatasetDict gives its ``train`` split, and its ``validation`` split
-    unless ``val`` is given; ClassLabel names must agree between the two."""
-    if container_kind(train) == "datasetdict":
-        whole = train
-        train = split_of(whole, "train")
-        if train is None:
-            raise DataError(f"train: the DatasetDict has no train split (splits: {', '.join(whole)})")
-        if val is None:
-            val = split_of(whole, "val")
-    if container_kind(val) == "datasetdict":
-        whole, val = val, split_of(val, "val")
-        if val is None:
-            raise DataError(f"val: the DatasetDict has no validation split (splits: {', '.join(whole)})")
-    train_t = memory_table(train, "train") if is_memory(train) else None
-    val_t = memory_table(val, "val") if is_memory(val) else None
-    if train_t is not None and val_t is not None:
-        check_same_classes(train_t, val_t)
-    return train_t, val_t
-
-
-def evaluation_split(data: Any) -> Any:
-    """The split ``evaluate`` and ``predict`` read from a DatasetDict: ``test``, else ``validation``."""
-    if container_kind(data) != "datasetdict":
-        return data
-    found = split_of(data, "test")
-    if found is None or _unlabelled(found):
-        found = split_of(data, "val") or found
-    if found is None:
-        raise DataError(f"the DatasetDict has no test or validation split (splits: {', '.join(data)})")
-    return found
-
-
-def _unlabelled(dataset: Any) -> bool:
-    """A split whose ClassLabel columns are all -1 (GLUE's test splits hide their labels)."""
-    names = class_label_names(dataset)
-    return bool(names) and all(set(dataset[c]) <= {-1} for c in names if not isinstance(dataset[c][0], list))
+        return "bytes sha256:" + hashlib.sha256(value).hexdigest()
+    if type(value).__module__.split(".")[0] == "PIL":
+        return f"PIL {value.mode} {value.size} sha256:" + hashlib.sha256(value.tobytes()).hexdigest()
+    return f"{type(value).__name__} {value}"
 
 
 # -- Hugging Face datasets named in a recipe: data.train: hf:NAME?config=C&split=S ------------------
