@@ -325,6 +325,49 @@ def _json_default(value: Any) -> Any:
     return f"{type(value).__name__} {value}"
 
 
+# -- the splits of finetunekit.train, evaluate and predict ------------------------------------------
+
+
+def memory_splits(train: Any, val: Any = None) -> tuple[MemoryTable | None, MemoryTable | None]:
+    """(train, val) tables of ``finetunekit.train``'s ``train=`` and ``val=`` (None where a path or
+    nothing was given): a DatasetDict gives its ``train`` split, and its ``validation`` split
+    unless ``val`` is given; ClassLabel names must agree between the two."""
+    if container_kind(train) == "datasetdict":
+        whole = train
+        train = split_of(whole, "train")
+        if train is None:
+            raise DataError(f"train: the DatasetDict has no train split (splits: {', '.join(whole)})")
+        if val is None:
+            val = split_of(whole, "val")
+    if container_kind(val) == "datasetdict":
+        whole, val = val, split_of(val, "val")
+        if val is None:
+            raise DataError(f"val: the DatasetDict has no validation split (splits: {', '.join(whole)})")
+    train_t = memory_table(train, "train") if is_memory(train) else None
+    val_t = memory_table(val, "val") if is_memory(val) else None
+    if train_t is not None and val_t is not None:
+        check_same_classes(train_t, val_t)
+    return train_t, val_t
+
+
+def evaluation_split(data: Any) -> Any:
+    """The split ``evaluate`` and ``predict`` read from a DatasetDict: ``test``, else ``validation``."""
+    if container_kind(data) != "datasetdict":
+        return data
+    found = split_of(data, "test")
+    if found is None or _unlabelled(found):
+        found = split_of(data, "val") or found
+    if found is None:
+        raise DataError(f"the DatasetDict has no test or validation split (splits: {', '.join(data)})")
+    return found
+
+
+def _unlabelled(dataset: Any) -> bool:
+    """A split whose ClassLabel columns are all -1 (GLUE's test splits hide their labels)."""
+    names = class_label_names(dataset)
+    return bool(names) and all(set(dataset[c]) <= {-1} for c in names if not isinstance(dataset[c][0], list))
+
+
 # -- Hugging Face datasets named in a recipe: data.train: hf:NAME?config=C&split=S ------------------
 
 HF = "hf:"
