@@ -513,3 +513,44 @@ def test_a_task_type_from_outside_the_package_trains_resumes_predicts_serves_exp
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     values = [t.value for t in study.trials]
     assert len(values) == 2 and study.best_value == min(values)
+
+
+def _count_texts(path: Path, n: int, seed: int) -> Path:
+    """Sentences of filler words with 0 to 3 glad words among them; the count is how many."""
+    from conftest import FILLER, WORDS, write_tsv
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = i % 4
+        words = [str(w) for w in rng.choice(FILLER, size=6 - k)] + [str(w) for w in rng.choice(WORDS["pos"], size=k)]
+        rows.append((" ".join(rng.permutation(words)), str(k)))
+    return write_tsv(path, rows, ("sentence", "glad"))
+
+
+def test_the_count_task_runs_on_a_text_backbone_too(tiny_bert, tmp_path, capsys):
+    """The task knows nothing of its inputs: on the tiny BERT it trains, predicts from the CLI,
+    exports to ONNX with the parity check and writes its model card."""
+    from conftest import tiny_text_recipe
+
+    from finetunekit.cli import main
+    from finetunekit.use.export import export
+
+    data = (_count_texts(tmp_path / "train.tsv", 64, 0), _count_texts(tmp_path / "dev.tsv", 32, 1))
+    recipe = tiny_text_recipe(data, tiny_bert, data={"label_column": "glad"}, task={"type": "count"},
+                              strategy={"name": "full"}, train={"epochs": 3, "lr": 3e-3, "head_lr": 3e-3})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    counts = np.array([float(line.split("\t")[1]) for line in data[1].read_text().splitlines()[1:]])
+    constant = poisson_deviance(np.full_like(counts, 1.5), counts).mean()  # the training mean, 1.5
+    assert result.metrics["deviance"] < 0.95 * constant, (result.metrics, constant)  # it learnt something of the count
+
+    capsys.readouterr()
+    assert main(["predict", str(result.run_dir), "good great happy film was it", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert isinstance(answer["count"], int) and answer["rate"] > 0
+
+    pytest.importorskip("onnxruntime")
+    exported = export(result.run_dir, "onnx", tmp_path / "onnx")
+    assert exported.max_abs_diff < 1e-4 and exported.examples > 0
+    card = (result.run_dir / "README.md").read_text()
+    assert "Mean Poisson deviance" in card and "count model (glad)" in card
