@@ -31,7 +31,7 @@ from finetunekit import Recipe, train
 from finetunekit.backbones import BACKBONE_KINDS, SOURCES
 from finetunekit.backbones.base import Backbone
 from finetunekit.data import Examples
-from finetunekit.core.errors import DataError, check_range
+from finetunekit.core.errors import DataError, FinetuneError, check_range
 from finetunekit.report import SECTIONS as REPORT_SECTIONS
 from finetunekit.modalities import MODALITIES, InputSchema, Modality
 from finetunekit.tasks import TASKS
@@ -262,6 +262,7 @@ class CountTask(Task):
     lower_is_better = frozenset({"loss", "deviance", "mae"})
     epoch_metrics = ("deviance", "mae")
     export_note = "the output is the expected count (the rate of a Poisson distribution), one column"
+    head_folds_outputs = False  # the rate is the exp of the head's output: ONNX only
     report = ReportView(
         noun="counts of {names}",
         cards=(("deviance", "deviance"), ("MAE", "mae"), ("loss", "loss")),
@@ -552,5 +553,8 @@ def test_the_count_task_runs_on_a_text_backbone_too(tiny_bert, tmp_path, capsys)
     pytest.importorskip("onnxruntime")
     exported = export(result.run_dir, "onnx", tmp_path / "onnx")
     assert exported.max_abs_diff < 1e-4 and exported.examples > 0
+    # a transformers export keeps the head's linear layer alone, which cannot hold the exp of the rate
+    with pytest.raises(FinetuneError, match="export hf: .* is a count run, whose outputs are no linear layer's; export it with --format onnx"):
+        export(result.run_dir, "hf", tmp_path / "hf")
     card = (result.run_dir / "README.md").read_text()
     assert "Mean Poisson deviance" in card and "count model (glad)" in card
