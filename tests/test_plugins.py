@@ -513,7 +513,9 @@ def test_a_task_type_from_outside_the_package_trains_resumes_predicts_serves_exp
     study = optuna.load_study(study_name="finetunekit", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     values = [t.value for t in study.trials]
-    assert len(values) == 2 and study.best_value == min(values)
+    assert len(values) == 2 and len(set(values)) == 2 and study.best_value == min(values)
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    assert summary["metric"] == "deviance" and summary["best_score"] == pytest.approx(min(values))
 
 
 def _count_texts(path: Path, n: int, seed: int) -> Path:
