@@ -30,10 +30,10 @@ from torch import nn
 from finetunekit import Recipe, train
 from finetunekit.backbones import BACKBONE_KINDS, SOURCES
 from finetunekit.backbones.base import Backbone
-from finetunekit.data import Examples
 from finetunekit.core.errors import DataError, FinetuneError, check_range
-from finetunekit.report import SECTIONS as REPORT_SECTIONS
+from finetunekit.data import Examples
 from finetunekit.modalities import MODALITIES, InputSchema, Modality
+from finetunekit.report import SECTIONS as REPORT_SECTIONS
 from finetunekit.tasks import TASKS
 from finetunekit.tasks.base import ReportView, Task
 from finetunekit.tasks.options import TaskOptions
@@ -174,9 +174,9 @@ def _recipe(rows, **train_fields) -> Recipe:
 
 def test_a_modality_from_outside_the_package_trains_resumes_predicts_serves_exports_and_reports(rows, tmp_path, monkeypatch):
     from finetunekit import evaluate
+    from finetunekit.report import write_report
     from finetunekit.use.export import export
     from finetunekit.use.predict import load
-    from finetunekit.report import write_report
 
     recipe = _recipe(rows, checkpoint_every_steps=4)
     reference = train(recipe, output=tmp_path / "reference", quiet=True)
@@ -240,6 +240,20 @@ def poisson_deviance(rate: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return 2.0 * (ratio - (counts - rate))
 
 
+def read_counts(examples: Any, column: str, max_count: int) -> np.ndarray:
+    """The label cells as counts; a cell that is no whole number in [0, max_count] names its row."""
+    out = []
+    for i, cell in enumerate(examples.labels or []):
+        try:
+            value = float(cell)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value.is_integer() and 0 <= value <= max_count):
+            raise DataError(f"{examples.where(i, column)}: count {cell!r} is not a whole number in [0, {max_count}]")
+        out.append(value)
+    return np.array(out, dtype=np.float64)
+
+
 def poisson_median(rate: np.ndarray) -> np.ndarray:
     """The median count of Poisson(rate): the smallest k with P(X <= k) >= 1/2. It lies in
     [rate - ln 2, rate + 1/3) (Choi, 1994), so at most two candidates are tested, each with
@@ -284,8 +298,7 @@ class CountTask(Task):
     def from_data(cls, options: dict[str, Any], train: Any, recipe: Any = None) -> CountTask:
         options = cls.check_options(options, "task")
         name = train.label_columns[0] if train.label_columns else "count"
-        task = cls(name, 1.0, options["max_count"])
-        return cls(name, float(task._counts(train).mean()), options["max_count"])
+        return cls(name, float(read_counts(train, name, options["max_count"]).mean()), options["max_count"])
 
     @classmethod
     def from_state(cls, state: dict[str, Any], read: Any = None) -> CountTask:
@@ -297,21 +310,9 @@ class CountTask(Task):
     def describe(self) -> str:
         return f"counts of {self.name} (training mean {self.mean:.3g})"
 
-    def _counts(self, examples: Any) -> np.ndarray:
-        out = []
-        for i, cell in enumerate(examples.labels or []):
-            try:
-                value = float(cell)
-            except (TypeError, ValueError):
-                value = math.nan
-            if not (math.isfinite(value) and value.is_integer() and 0 <= value <= self.max_count):
-                raise DataError(f"{examples.where(i, self.name)}: count {cell!r} is not a whole number in [0, {self.max_count}]")
-            out.append(value)
-        return np.array(out, dtype=np.float64)
-
     # -- targets and model
     def encode(self, examples: Any) -> torch.Tensor:
-        return torch.tensor(self._counts(examples), dtype=torch.float32).view(-1, 1)
+        return torch.tensor(read_counts(examples, self.name, self.max_count), dtype=torch.float32).view(-1, 1)
 
     @property
     def output_size(self) -> int:
@@ -447,9 +448,9 @@ def _count_recipe(counts, **train_fields) -> dict[str, Any]:
 
 def test_a_task_type_from_outside_the_package_trains_resumes_predicts_serves_exports_reports_and_tunes(counts, tmp_path, monkeypatch):
     from finetunekit import evaluate
+    from finetunekit.report import write_report
     from finetunekit.use.export import export
     from finetunekit.use.predict import load
-    from finetunekit.report import write_report
 
     recipe = Recipe.from_dict(_count_recipe(counts, checkpoint_every_steps=3))
     reference = train(recipe, output=tmp_path / "reference", quiet=True)
@@ -535,7 +536,6 @@ def test_the_count_task_runs_on_a_text_backbone_too(tiny_bert, tmp_path, capsys)
     """The task knows nothing of its inputs: on the tiny BERT it trains, predicts from the CLI,
     exports to ONNX with the parity check and writes its model card."""
     from conftest import tiny_text_recipe
-
     from finetunekit.cli import main
     from finetunekit.use.export import export
 
