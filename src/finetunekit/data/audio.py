@@ -104,7 +104,8 @@ def read_audio_native(path: str | Path, max_seconds: float = DEFAULT_MAX_SECONDS
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).any(axis=1).sum())
         first = int(np.argmax(~np.isfinite(data).all(axis=1)))
-        raise AudioError(f"{path}: {bad} samples are NaN or infinite (the first at {first / rate:.3f} s)")
+        what = "1 sample is" if bad == 1 else f"{bad} samples are"
+        raise AudioError(f"{path}: {what} NaN or infinite (the first at {first / rate:.3f} s)")
     return np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)), int(rate)
 
 
