@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     # validates names against both registries
     {"strategies", "tasks"},
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
-    {"defaults", "data", "backbones"},
+    {"defaults", "data", "backbones"},  # data.audio: audio files; backbones.whisper_ct2: Whisper from CTranslate2 files
     {"model", "engine", "autoconfig"},  # autoconfig: a recipe chosen from the data
     {"checkpoint", "features", "card", "report", "loading"},
     {"predict"},

