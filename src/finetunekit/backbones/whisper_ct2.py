@@ -542,8 +542,10 @@ class WhisperEncoderBackbone(Backbone):
         if not bool(mask.all()):
             attn = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
             attn = attn.masked_fill(~mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        # transformers 4.x encoder layers also take a (required) head mask and return a tuple
+        extra = {"layer_head_mask": None} if "layer_head_mask" in inspect.signature(enc.layers[0].forward).parameters else {}
         for layer in enc.layers:
-            hidden = layer(hidden, attn)
+            hidden = layer(hidden, attn, **extra)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         return enc.layer_norm(hidden), mask
 
