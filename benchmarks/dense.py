@@ -256,7 +256,8 @@ def data_seconds(name: str, overrides: list[str], epochs: int = 2) -> dict:
     import torch
 
     from finetunekit.data.dense import task_reader
-    from finetunekit.data.pipeline import build_dataset, build_loader
+    from finetunekit.data.pipeline import build_loader
+    from finetunekit.modalities import build_dataset
     from finetunekit.data.readers import resolve_splits
     from finetunekit.backbones import create_backbone
     from finetunekit.tasks import TASKS

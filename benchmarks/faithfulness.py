@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from finetunekit import Recipe, train
-from finetunekit.data import read_examples
+from finetunekit.modalities import read_examples
 from finetunekit.explain import Explainer
 from finetunekit.predict import load
 

@@ -113,7 +113,7 @@ def row_text_trainer(precision: str, grouped: bool, tmp: Path) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
     from finetunekit.backbones.bundled import minilm_l6_path
-    from finetunekit.data.readers import read_examples
+    from finetunekit.modalities import read_examples
 
     train_path, dev_path = sst2_subset(tmp)
     path = str(minilm_l6_path())
@@ -189,7 +189,8 @@ def text_matmul_flops(result, recipe) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from finetunekit.data.pipeline import build_dataset, build_loader
+    from finetunekit.data.pipeline import build_loader
+    from finetunekit.modalities import build_dataset
     from finetunekit.defaults import resolve
     from finetunekit.trainer import _read_data
 
@@ -392,7 +393,7 @@ def text_run(tmp: Path) -> tuple[Path, Path, list[str], list[str]]:
     """A finetunekit run of the bundled MiniLM-L6 on 512 SST-2 rows (one epoch), its transformers
     export, and the dev set the rows predict: (run dir, dev table, sentences, labels)."""
     from finetunekit import Recipe, train
-    from finetunekit.data.readers import read_examples
+    from finetunekit.modalities import read_examples
     from finetunekit.export import export
 
     work = infer_work(tmp)

@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_text_recipe
 from finetunekit import load, train
 from finetunekit.cli import main
-from finetunekit.data import read_examples
+from finetunekit.modalities import read_examples
 from finetunekit.errors import FinetuneError
 from finetunekit.export import export
 
@@ -31,7 +31,8 @@ def _logits(predictor, inputs):
     import torch
 
     from finetunekit.data import Examples
-    from finetunekit.data.pipeline import build_dataset, build_loader
+    from finetunekit.data.pipeline import build_loader
+    from finetunekit.modalities import build_dataset
 
     examples = Examples(list(inputs), None, "test", predictor.modality)
     max_length = int(predictor.preprocessing.get("max_length", 512))

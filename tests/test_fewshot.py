@@ -48,7 +48,8 @@ def test_prototypes_are_normalised_class_means():
 
 def _features(predictor, paths):
     from finetunekit.data import Examples
-    from finetunekit.data.pipeline import build_dataset, build_loader
+    from finetunekit.data.pipeline import build_loader
+    from finetunekit.modalities import build_dataset
 
     model = predictor.model.eval()
     ds = build_dataset(Examples(paths, None, "x", "image"), None, model.backbone, predictor.preprocessing, False, "none", 0)
@@ -57,7 +58,7 @@ def _features(predictor, paths):
 
 
 def test_prototype_run_is_nearest_class_mean_and_reloads(image_data, tmp_path):
-    from finetunekit.data import read_examples
+    from finetunekit.modalities import read_examples
 
     recipe = tiny_image_recipe(image_data, strategy={"name": "prototype"}, data={"shots_per_class": 3}, train={"epochs": None})
     result = train(recipe, output=tmp_path / "run", quiet=True)

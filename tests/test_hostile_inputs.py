@@ -401,7 +401,7 @@ def test_hostile_input_is_one_exact_line_and_changes_nothing(name, env, tmp_path
 
 
 def test_labels_written_differently_in_jsonl_are_one_class_and_said_so(tmp_path, env, capsys):
-    from finetunekit.data import read_examples
+    from finetunekit.modalities import read_examples
 
     rows = [("good film", 1), ("bad film", 0), ("great plot", "1"), ("dull plot", 0.0), ("fine story", 1.0), ("grim story", "0")]
     path = tmp_path / "train.jsonl"
@@ -416,7 +416,7 @@ def test_labels_written_differently_in_jsonl_are_one_class_and_said_so(tmp_path,
 
 
 def test_byte_order_mark_is_not_part_of_a_column_name(tmp_path):
-    from finetunekit.data import read_examples
+    from finetunekit.modalities import read_examples
 
     for suffix in (".tsv", ".csv", ".jsonl"):
         path = tmp_path / f"train{suffix}"

@@ -14,7 +14,7 @@ from conftest import FILLER, WORDS, make_image_folder, tiny_image_recipe, tiny_t
 from finetunekit import train
 from finetunekit.backbones import create_backbone
 from finetunekit.cli import main
-from finetunekit.data import read_examples
+from finetunekit.modalities import read_examples
 from finetunekit.errors import DataError, RecipeError
 from finetunekit.predict import load
 from finetunekit.recipe import DataSpec

@@ -22,7 +22,10 @@ LAYERS: list[set[str]] = [
     # validates names against both registries
     {"strategies", "tasks"},
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
-    {"defaults", "data", "backbones"},  # data.audio: audio files; backbones.whisper_ct2: Whisper from CTranslate2 files
+    {"data", "backbones"},  # data.audio: audio files; backbones.whisper_ct2: Whisper from CTranslate2 files
+    # what an input is: finding examples (with data's readers), preprocessing, what it needs from a backbone
+    {"modalities"},
+    {"defaults"},  # the recipe's unset fields: the modality's, the task's
     {"model", "engine", "autoconfig"},  # autoconfig: a recipe chosen from the data
     {"checkpoint", "features", "card", "report", "loading"},
     {"predict"},

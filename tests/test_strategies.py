@@ -5,19 +5,26 @@ it with no new test code; the tests below it check the claims of particular stra
 """
 
 import copy
+import dataclasses
+import json
+import types
+import typing
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from conftest import tiny_image_recipe, tiny_text_recipe
-from finetunekit import train
+from finetunekit import load, train
 from finetunekit.loading import load_model
 from finetunekit.backbones import create_backbone
 from finetunekit.heads import LinearHead
 from finetunekit.model import FineTuneModel
-from finetunekit.recipe import StrategySpec
-from finetunekit.strategies import STRATEGIES
+from finetunekit.errors import RecipeError
+from finetunekit.recipe import Recipe, StrategySpec
+from finetunekit.strategies import STRATEGIES, merge_added
 
 
 # -- the contract every registered strategy keeps ------------------------------------------------------
@@ -90,6 +97,113 @@ def test_strategy_contract(name, modality, tiny_bert):
         plain.load_state_dict(model.state_dict())
         with torch.no_grad():
             torch.testing.assert_close(plain.eval()(batch), outputs, atol=1e-4, rtol=1e-4)
+
+
+def _plain(hint):
+    """``X`` of ``X | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
+def _out_of_range(hint):
+    """A value no option of this type accepts (None: no such value for the type)."""
+    hint = _plain(hint)
+    if hint is bool:
+        return None
+    if hint in (int, float):
+        return 10**13
+    if typing.get_origin(hint) is list:
+        return []
+    if typing.get_origin(hint) is typing.Literal:
+        return "not-a-choice"
+    return None
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_strategy_options_contract(name):
+    """A strategy's own options (``Strategy.Options``, a dataclass in its module) are fields of the
+    recipe's ``strategy:`` section with the same defaults; each is checked, and a bad value is named
+    by its field; a recipe with the strategy round-trips through its saved form (recipe.yaml)."""
+    recipe = Recipe.from_dict({"strategy": {"name": name}, "train": {"epochs": 3}})
+    assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml())) == recipe
+    assert recipe.strategy.strategy_class is STRATEGIES.get(name)
+    options = STRATEGIES.get(name).Options
+    if options is None:
+        return
+    assert dataclasses.is_dataclass(options), f"{name}.Options must be a dataclass"
+    section = {f.name: f for f in dataclasses.fields(StrategySpec)}
+    defaults = options()
+    hints = typing.get_type_hints(options)
+    for f in dataclasses.fields(options):
+        assert f.name in section, f"strategy.{f.name} is not a field of the strategy: section"
+        assert typing.get_type_hints(StrategySpec)[f.name] == hints[f.name]
+        assert getattr(recipe.strategy, f.name) == getattr(defaults, f.name), f"strategy.{f.name}: another default in the recipe"
+        bad = _out_of_range(hints[f.name])
+        if bad is not None:
+            with pytest.raises(RecipeError, match=rf"^strategy\.{f.name}\b"):
+                Recipe.from_dict({"strategy": {"name": name, f.name: bad}, "train": {"epochs": 3}})
+
+
+def _option_variants(name: str) -> list[dict]:
+    """The defaults, and each boolean option of the strategy's own with its other value (LoRA's
+    adapters merged on save, or kept separate)."""
+    options = STRATEGIES.get(name).Options
+    if options is None:
+        return [{}]
+    hints = typing.get_type_hints(options)
+    return [{}, *({f.name: not f.default} for f in dataclasses.fields(options) if hints[f.name] is bool)]
+
+
+ROUND_TRIPS = [(name, variant) for name in STRATEGIES.names() for variant in _option_variants(name)]
+
+
+@pytest.mark.parametrize(("name", "options"), ROUND_TRIPS, ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in ROUND_TRIPS])
+def test_strategy_round_trip(name, options, text_data, tiny_bert, tmp_path):
+    """Train -> run directory -> reload: the reloaded model predicts exactly like the model training
+    left in memory (whatever the strategy added, restored through ``Strategy.restore``), the run's
+    saved validation predictions are the reloaded model's, and the run used as a backbone
+    (``run:`` source, additions merged) holds the same backbone weights as the reloaded one merged."""
+    strategy = {"name": name, "last_n": 1, "freeze_epochs": 1, "lp_epochs": 1, "unfreeze_every": 1,
+                "setfit_iterations": 1, "lora_rank": 4, **options}
+    recipe = tiny_text_recipe(text_data, tiny_bert, strategy=strategy, train={"restore_best": False})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    info = json.loads((result.run_dir / "finetunekit.json").read_text())
+    predictor = load(result.run_dir)
+    assert predictor.model.adapter == info.get("adapter") == result.model.adapter
+    lines = [json.loads(line) for line in (result.run_dir / "val_predictions.jsonl").read_text().splitlines()]
+    inputs = [line["input"] for line in lines]
+    loaded = predictor.predict_proba(inputs)
+    assert np.allclose(loaded, [line["probabilities"] for line in lines], atol=2e-6)
+    in_memory = predictor.model
+    predictor.model = result.model
+    assert np.array_equal(loaded, predictor.predict_proba(inputs))
+    merge_added(in_memory)
+    as_backbone = create_backbone(str(result.run_dir))
+    merged, rebuilt = in_memory.backbone.state_dict(), as_backbone.state_dict()
+    assert sorted(merged) == sorted(rebuilt)
+    for key, value in merged.items():
+        torch.testing.assert_close(rebuilt[key], value, atol=1e-6, rtol=0)
+
+
+def test_a_strategy_registered_after_the_recipe_module_names_the_problem(monkeypatch):
+    """The recipe's strategy: section is built from the strategies registered when finetunekit.recipe
+    is imported; a strategy with options registered later is refused with the reason, and leaves
+    every other recipe alone."""
+    from finetunekit.strategies import Strategy
+
+    @dataclasses.dataclass
+    class LateOptions:
+        width: int = 3
+
+    class Late(Strategy):
+        """A plug-in registered late."""
+
+        Options = LateOptions
+
+    monkeypatch.setitem(STRATEGIES._items, "late_plugin", Late)
+    assert Recipe.from_dict({"strategy": {"name": "full"}}).strategy.name == "full"
+    with pytest.raises(RecipeError, match=r"^strategy.name: strategy 'late_plugin' was registered after finetunekit.recipe"):
+        Recipe.from_dict({"strategy": {"name": "late_plugin"}})
 
 
 # -- particular strategies' claims ---------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_text_run_learns_and_predicts(text_data, tiny_bert, tmp_path):
     result = train(recipe, output=tmp_path / "run", quiet=True)
     assert result.metrics["accuracy"] >= 0.75, result.history
     model = load(result.run_dir)
-    from finetunekit.data import read_examples
+    from finetunekit.modalities import read_examples
 
     dev = read_examples(text_data[1], "text")
     predicted = model.predict(dev.inputs)

@@ -11,7 +11,8 @@ executes code on load.
       preprocessing.json   image sizes and normalisation, or text pooling and max length
       backbone/            tokenizer and config files (text backbones)
       model.safetensors    backbone + head weights
-      adapter/             LoRA kept unmerged only: a peft adapter directory and the head
+      adapter/             adapters a strategy kept unmerged: its own files and the head
+                           (finetunekit.strategies: Strategy.save_extra)
       metrics.json         final validation metrics
       metrics.jsonl        one line per epoch
       steps.jsonl          one line per optimizer step (training loss, learning rate per group)
@@ -203,13 +204,14 @@ def save_model(run_dir: Path, model: torch.nn.Module, task: Any, preprocessing: 
     from .version import __version__
 
     backbone = model.backbone
-    if backbone.modality == "text":
+    if backbone.saves_assets:
         atomic_replace_dir(run_dir / "backbone", backbone.save_assets)
-    adapter = getattr(model, "adapter", None)  # LoRA kept separate (strategy.lora_merge_on_save: false)
-    if adapter is not None:
-        from .strategies.lora import save_adapter
+    # what a strategy added to the model and kept separate (adapters), described in finetunekit.json
+    adapter = getattr(model, "adapter", None)
+    from .strategies import saved_extras
 
-        atomic_replace_dir(run_dir / adapter["directory"], lambda tmp: save_adapter(model, tmp))
+    for name, fill in saved_extras(model).items():
+        atomic_replace_dir(run_dir / name, fill)
     weights_sha256 = atomic_save_safetensors(run_dir / "model.safetensors", model.state_dict(), {"format": "pt"})
     for name, content in task.files().items():
         atomic_write_json(run_dir / name, content)

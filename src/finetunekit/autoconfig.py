@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.readers import IMAGE_EXTENSIONS, detect_modality, is_table
+from .data.readers import IMAGE_EXTENSIONS, is_table
+from .modalities import detect, modality_of
 from .errors import DataError
 from .recipe import Recipe
 
@@ -55,7 +56,6 @@ LABEL_GUESSES = ("label", "labels", "class", "category", "target", "score", "sen
 PAIR_GUESSES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text_a", "text_b"))
 VAL_NAMES = ("dev", "val", "valid", "validation")
 TASK_NAMES = {"classification": "single-label classification", "multilabel": "multi-label classification", "regression": "regression"}
-BACKBONES = {"image": "bundled:efficientnet_lite0", "text": "bundled:minilm_l6"}
 # the --set fields that steer the inference itself (the others apply to the recipe afterwards)
 HINTS = ("data.label_column", "data.text_column", "data.text_columns", "data.image_column", "data.image_root", "data.val", "task.type")
 COVERED = ("zero-config reads class folders, images/ + masks/ folders (segmentation), COCO or Pascal VOC "
@@ -108,7 +108,7 @@ def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
     dense = _dense_layout(path, hints.get("task.type"))
     if dense is not None:
         return _dense_recipe(path, *dense, hints)
-    modality = detect_modality(path)
+    modality = detect(path)
     data: dict = {"train": str(path)}
     data.update({k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")})
     reasons: list[str] = []
@@ -121,7 +121,8 @@ def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
     else:
         layout = "train/ and val/ sub-folders" if (path / "train").is_dir() else "class sub-folders"
         reasons.append(f"modality: image (a folder with {layout})")
-    recipe = Recipe.from_dict({"model": {"backbone": BACKBONES[modality]}, "data": data})
+    backbone = modality_of(modality).zero_config_backbone
+    recipe = Recipe.from_dict({"model": {"backbone": backbone}, "data": data})
     examples, kind, why = _training_examples(recipe, modality, hints.get("task.type"))
     task = _fit_task(kind, examples, recipe)
     per_class = task.examples_per_class(examples)
@@ -131,9 +132,9 @@ def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
     else:
         reasons.append(f"task: {TASK_NAMES[kind]} ({why}), {task.describe()}, {len(examples)} training examples")
     reasons.append(f"validation: {data['val']}" if data.get("val") else
-                   "validation: " + ("the val/ folder" if modality == "image" and not is_table(path) and (path / "val").is_dir()
+                   "validation: " + ("the val/ folder" if not is_table(path) and (path / "val").is_dir()
                                      else f"{recipe.data.val_fraction:.0%} of the training data, held out with the seed"))
-    reasons.append(f"backbone: {BACKBONES[modality]} (bundled, no download)")
+    reasons.append(f"backbone: {backbone} (bundled, no download)")
     strategy, epochs, why_strategy, why_epochs = _strategy(modality, kind, per_class, len(examples), bool(recipe.data.text_columns))
     shown_fields = ", ".join(f"{k} {v}" for k, v in strategy.items() if k != "name")
     reasons.append(f"strategy: {strategy['name']}{', ' + shown_fields if shown_fields else ''} ({why_strategy})")
@@ -250,13 +251,14 @@ def _dense_recipe(path: Path, kind: str, why: str, hints: dict) -> Inferred:
     val = data.get("val") or (_sibling_val(path) if path.is_file() else None)
     if val is not None:
         data["val"] = str(val)
-    recipe = Recipe.from_dict({"model": {"backbone": BACKBONES["image"]}, "data": data, "task": {"type": kind}})
+    backbone = modality_of("image").zero_config_backbone  # detection and segmentation layouts are of images
+    recipe = Recipe.from_dict({"model": {"backbone": backbone}, "data": data, "task": {"type": kind}})
     reader = task_reader(kind, image_root=recipe.data.image_root)
     examples = reader(path)  # type: ignore[misc]
     reasons = [f"modality: image ({why})", f"task: {kind}, {len(examples)} images"]
     reasons.append(f"validation: {data['val']}" if data.get("val") else
                    f"validation: {recipe.data.val_fraction:.0%} of the images, held out with the seed")
-    reasons.append(f"backbone: {BACKBONES['image']} (bundled, no download)")
+    reasons.append(f"backbone: {backbone} (bundled, no download)")
     resolved = resolve(recipe, "image")
     reasons.append(f"strategy: {resolved.strategy.name} (the {kind} task's defaults, as a recipe with only task.type: "
                    f"{kind}; not measured by size)")
@@ -319,7 +321,7 @@ def _training_examples(recipe: Recipe, modality: str, kind: str | None) -> tuple
 
     d = recipe.data
     train, _ = resolve_splits(
-        d.train, d.val, modality, d.val_fraction, recipe.train.seed, d.text_column, d.label_column, d.text_columns, d.image_column,
+        d.train, d.val, modality_of(modality), d.val_fraction, recipe.train.seed, d.text_column, d.label_column, d.text_columns, d.image_column,
         strata, d.image_root,
     )
     choose(train)  # an explicit validation set: no split, the training labels decide

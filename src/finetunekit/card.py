@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .artifacts import atomic_write_text
+from .modalities import modality_of
 
 HUB_IDS = {"bundled:minilm_l6": "sentence-transformers/all-MiniLM-L6-v2"}
 DESCRIPTIONS = {
@@ -51,12 +52,12 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
         "",
         "## Model details",
         f"- Base model: `{m.backbone}` ({'pretrained weights' if m.pretrained else 'randomly initialised, trained from scratch'})",
-        f"- Head: a new linear layer on the backbone's {'pooled features' if modality == 'image' else pooling + '-pooled token states'}"
+        f"- Head: a new linear layer on the backbone's {modality_of(modality).card_head(pooling)}"
         + (f" (dropout {m.head_dropout:g})" if m.head_dropout else ""),
         f"- Fine-tuning strategy: `{recipe.strategy.name}`; {trainable:,} of {total:,} parameters trained"
         + (f" at the start; then {_schedule(recipe.strategy)}" if _schedule(recipe.strategy) else ""),
-        *_lora_lines(recipe.strategy),
-        f"- Input: {_input_summary(recipe, modality)}",
+        *recipe.strategy.strategy_class.card_lines(recipe.strategy),  # what the strategy added (adapters)
+        f"- Input: {modality_of(modality).card_input(recipe)}",
         "",
         "## Intended uses and limitations",
         facts["use"],
@@ -109,35 +110,12 @@ def _extras(recipe) -> str:
 
 def _schedule(strategy) -> str:
     """How the trainable set changed during training, for the strategies whose phase changes."""
-    name = strategy.name
-    if name == "freeze_then_unfreeze" and strategy.freeze_epochs > 0:
-        return f"the whole backbone joined after {_epochs(strategy.freeze_epochs)} (the head kept its rate)"
-    if name == "lp_ft":
-        return f"after {_epochs(strategy.lp_epochs)} of linear probe, every parameter at the backbone's rate"
-    if name == "gradual_unfreeze":
-        milestones, every = strategy.unfreeze_milestones, strategy.unfreeze_every
-        when = f"after epochs {', '.join(map(str, milestones))}" if milestones else "every " + ("epoch" if every == 1 else f"{every} epochs")
-        return f"one more backbone layer group, output end first, {when}"
-    return ""
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
+    return strategy.strategy_class.card_schedule(strategy)
 
 
 def _layer_decay(strategy) -> str:
     decay = getattr(strategy, "layer_decay", None)
     return f"; layer-wise decay {decay:g} per backbone layer group towards the input" if decay is not None else ""
-
-
-def _lora_lines(strategy) -> list[str]:
-    if strategy.name != "lora":
-        return []
-    layers = ", ".join(f"`{t}`" for t in strategy.lora_targets) if strategy.lora_targets else "every Linear and 1x1 convolution layer"
-    saved = ("merged into the saved weights (a plain model)" if strategy.lora_merge_on_save
-             else "kept separate (`adapter/` is a peft adapter directory, with the head in `head.safetensors`)")
-    return [f"- LoRA adapters: rank {strategy.lora_rank}, alpha {strategy.lora_alpha:g}, dropout {strategy.lora_dropout:g}, "
-            f"on {layers} of the frozen backbone; {saved}"]
 
 
 def _saved_pooling(run_dir: Path, fallback: str) -> str:
@@ -149,17 +127,6 @@ def _saved_pooling(run_dir: Path, fallback: str) -> str:
         return str(json.loads(path.read_text(encoding="utf-8")).get("pooling", fallback))
     except (OSError, ValueError):
         return fallback
-
-
-def _input_summary(recipe, modality: str) -> str:
-    if modality == "image":
-        size = recipe.model.image_size
-        return "RGB images, resized and centre-cropped" + (f" to {size} px" if size else " to the backbone's input size") + " (`preprocessing.json`)"
-    if recipe.data.text_columns:
-        first, second = recipe.data.text_columns
-        return (f"sentence pairs (`{first}`, `{second}`), tokenized together with segment ids and truncated to "
-                f"{recipe.data.max_length} tokens, the longer text first (`preprocessing.json`)")
-    return f"texts, tokenized and truncated to {recipe.data.max_length} tokens (`preprocessing.json`)"
 
 
 def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +144,7 @@ def _metadata(run_dir: Path, backbone: str, modality: str, metrics: dict[str, An
             "name": Path(run_dir).resolve().name,
             "results": [{
                 "task": {"type": task, "name": task.replace("-", " ").capitalize()},
-                "dataset": {"name": eval_set, "type": "imagefolder" if modality == "image" else "text-table", "split": "validation"},
+                "dataset": {"name": eval_set, "type": modality_of(modality).card_dataset_type, "split": "validation"},
                 "metrics": facts["metrics"],
             }],
         }],
@@ -190,10 +157,9 @@ def _front_matter(meta: dict[str, Any]) -> str:
 
 
 def how_to_load(run_dir: Path, modality: str, pairs: bool = False) -> list[str]:
-    example = '["path/to/image.jpg"]' if modality == "image" else '["a sentence to classify"]'
-    if pairs:
-        example = '[("the first text", "the second text")]'
-    native = "timm" if modality == "image" else "hf"
+    kind = modality_of(modality)
+    example = '[("the first text", "the second text")]' if pairs else kind.card_example
+    native = kind.export_formats[0]  # the modality's own library format
     return [
         "## How to load",
         "With finetunekit (the run directory is all it needs):",

@@ -486,13 +486,11 @@ def _fingerprint(examples: Any) -> dict[str, Any]:
     for item, label in zip(examples.inputs, examples.labels or [None] * len(examples), strict=True):
         digest.update(f"{item}\t{label}\n".encode())
     found = {"examples": len(examples), "sha256": digest.hexdigest()}
-    if examples.modality == "image":
-        from .data.images import file_sha256
+    from .modalities import modality_of
 
-        content = hashlib.sha256()
-        for path in examples.inputs:
-            content.update(file_sha256(path))
-        found["content"] = content.hexdigest()
+    content = modality_of(examples.modality).content_digest(examples.inputs)  # images: the files' bytes
+    if content is not None:
+        found["content"] = content
     return found
 
 

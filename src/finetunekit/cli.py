@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data import read_examples
+    from .modalities import read_examples
     from .data.readers import FLAG_COLUMN_OPTIONS
     from .predict import load
 
@@ -155,7 +155,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     inputs = list(args.inputs)
     if args.file:
-        from .data import read_examples
+        from .modalities import read_examples
         from .predict import _modality
 
         inputs += read_examples(args.file, _modality(args.run_dir), args.text_column, require_labels=False).inputs
@@ -255,7 +255,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     names = STRATEGIES.names()
     for name in names:
         print(f"  {name.ljust(max(map(len, names)))}  {STRATEGIES.get(name).describe()}")
-    print("with any strategy but lora: strategy.layer_decay=d trains backbone layer group i of n at train.lr * d**(n-1-i)")
+    without = [n for n in names if not STRATEGIES.get(n).supports_layer_decay]
+    print(f"with any strategy but {', '.join(without)}: strategy.layer_decay=d trains backbone layer group i of n at train.lr * d**(n-1-i)")
     from .tasks import TASKS
 
     print("task types (task.type; several tasks: tasks:): " + ", ".join(n for n in TASKS.names() if n != "multitask"))

@@ -74,3 +74,21 @@ def utf8_position(data: bytes) -> str:
 def os_reason(exc: OSError) -> str:
     """The operating system's words for an OSError ('No space left on device')."""
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def check_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    """Raise a RecipeError naming ``name`` unless ``low <= value <= high`` (open ends excluded);
+    for the options dataclasses of components below the recipe (strategies), which cannot import it.
+
+    Example::
+
+        check_range("strategy.last_n", 2, 0, 10_000)  # passes; -1 raises "strategy.last_n: -1 is out of range [0, 10000]"
+    """
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{name}: must be a finite number, got {value}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        raise RecipeError(f"{name}: {value} is out of range {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")

@@ -51,12 +51,9 @@ def _captum():
 
 
 def explanation_method(predictor) -> dict[str, Any]:
-    """Which method explains this run's predictions, or why none does."""
-    if predictor.modality == "text":
-        return {"method": "integrated-gradients", "over": "token embeddings"}
-    if any(isinstance(m, torch.nn.Conv2d) for m in predictor.model.backbone.modules()):
-        return {"method": "grad-cam", "over": "the last feature map"}
-    return {"method": None, "reason": "Grad-CAM needs a convolutional backbone (feature maps); this one has none"}
+    """Which method explains this run's predictions, or why none does: the modality's choice
+    (``Modality.explanation``; the methods are this module's)."""
+    return predictor.kind.explanation(predictor.model.backbone)
 
 
 @dataclass
@@ -155,21 +152,17 @@ class Explainer:
         if targets is None:
             targets = task.explain_targets(self.predictor.forward_proba(batch))
         targets = [int(t) for t in targets]
-        if self.predictor.modality == "text":
+        if self.method["method"] == "integrated-gradients":
             return self._explain_texts(batch, targets, names)
         return self._explain_images(items, batch, targets, names)
 
     def explain_paths(self, inputs: Sequence[str], targets: Sequence[int] | None = None) -> list[Explanation]:
         """Explain image paths or texts, as ``finetunekit predict`` takes them."""
-        if self.predictor.modality == "image":
-            from .data.pipeline import open_image
-
-            return self.explain_items([open_image(p) for p in inputs], targets)
-        return self.explain_items(list(inputs), targets)
+        return self.explain_items([self.predictor.kind.load_item(p) for p in inputs], targets)
 
     def attributions(self, batch: dict[str, torch.Tensor], targets: Sequence[int]) -> torch.Tensor:
         """Raw attributions of an encoded batch: (B, T) per token, or (B, h, w) Grad-CAM maps."""
-        if self.predictor.modality == "text":
+        if self.method["method"] == "integrated-gradients":
             return self._token_attributions(batch, targets)
         return self._gradcam(batch, targets)
 
@@ -267,7 +260,6 @@ def _per_output(outputs: torch.Tensor) -> torch.Tensor:
 
 # -- the report's worst errors ---------------------------------------------------------------------
 
-MAX_EXPLAINED_TEXT_ERRORS = 20  # integrated gradients costs 32 passes per text
 
 
 def error_explanations(run_dir: str | Path) -> dict[int, str]:
@@ -276,14 +268,15 @@ def error_explanations(run_dir: str | Path) -> dict[int, str]:
     report without explanations is better than none (the reason goes to a warning)."""
     import warnings
 
-    from .report import MAX_IMAGE_ERRORS, load_run
+    from .modalities import modality_of
+    from .report import load_run
     from .report.run_data import worst_errors
 
     try:
         run = load_run(run_dir)
         if not run.predictions or "confidence" not in run.predictions[0]:
             return {}  # explanations are of a predicted class (the report's other task views show no class errors)
-        limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_EXPLAINED_TEXT_ERRORS
+        limit = modality_of(run.modality).explained_errors
         errors = worst_errors(run, limit)
         if not errors:
             return {}
@@ -294,19 +287,14 @@ def error_explanations(run_dir: str | Path) -> dict[int, str]:
         if explainer.method["method"] is None:
             return {}
         rows = errors
-        if predictor.modality == "image":
+        if predictor.kind.file_extensions:  # inputs that are files: only those still there
             rows = [r for r in errors if Path(r["input"]).is_file()]
         out: dict[int, str] = {}
         for start in range(0, len(rows), 8):
             chunk = rows[start : start + 8]
             inputs = [tuple(r["input"]) if isinstance(r["input"], list) else r["input"] for r in chunk]
             targets = [predictor.classes.index(r["predicted"]) for r in chunk]
-            if predictor.modality == "image":
-                from .data.pipeline import open_image
-
-                explained = explainer.explain_items([open_image(p) for p in inputs], targets)
-            else:
-                explained = explainer.explain_items(inputs, targets)
+            explained = explainer.explain_items([predictor.kind.load_item(p) for p in inputs], targets)
             for row, explanation in zip(chunk, explained, strict=True):
                 out[int(row["index"])] = _thumbnail_uri(explanation.overlay()) if explanation.grid is not None else explanation.html()
         return out
@@ -342,11 +330,7 @@ def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str |
     lines, blocks = [], []
     for start in range(0, len(inputs), batch_size):
         chunk = list(inputs[start : start + batch_size])
-        items = chunk
-        if predictor.modality == "image":
-            from .data.pipeline import open_image
-
-            items = [open_image(p) for p in chunk]
+        items = [predictor.kind.load_item(p) for p in chunk]
         scores = predictor.predict_items(items)
         answers, shown = predictor.answers(scores), predictor.task.output_records(scores)
         for i, (item, answer, line, explanation) in enumerate(

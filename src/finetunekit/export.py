@@ -35,18 +35,6 @@ from .errors import FinetuneError
 
 FORMATS = ("hf", "timm", "onnx")
 LIBRARIES = {"hf": "transformers", "timm": "timm", "onnx": "onnx"}
-SAMPLE_TEXTS = [
-    "a gripping, beautifully made film",
-    "dull",
-    "the plot never comes together, and the acting is flat from start to finish",
-    "not bad at all",
-]
-SAMPLE_PAIRS = [
-    ("A man is playing a guitar on stage.", "Someone is making music."),
-    ("The cat sleeps.", "A dog is running through a field of tall grass near the river."),
-    ("Prices rose sharply last year, according to the report released on Monday.", "Prices fell."),
-    ("She won.", "She lost."),
-]
 
 
 @dataclass
@@ -94,12 +82,11 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
         raise FinetuneError(f"export {fmt}: {run_dir} is a {predictor.task.type} run, whose head has no {fmt} form; export it with --format onnx")
     if fmt != "onnx" and not hasattr(predictor.model.head, "fc"):
         raise FinetuneError(f"export {fmt}: {run_dir} has one head per task (tasks:); export it with --format onnx")
-    if predictor.model.adapter is not None:
-        # LoRA kept unmerged: exports hold plain weights. The merged model differs from the
-        # adapter one by float rounding only, far inside the parity tolerance.
-        from .strategies.lora import merge_adapters
+    # Adapters kept unmerged: exports hold plain weights. The merged model differs from the
+    # adapter one by float rounding only, far inside the parity tolerance.
+    from .strategies import merge_added
 
-        merge_adapters(predictor.model)
+    merge_added(predictor.model)
     exporter = {"hf": _export_hf, "timm": _export_timm, "onnx": _export_onnx}[fmt]
     batches = sample_batches(predictor)
     result: dict[str, Any] = {}
@@ -137,28 +124,22 @@ def sample_batches(predictor, limit: int = 8) -> list[Sample]:
     """Two batches of different sizes (and, for text, different lengths), made by the run's own
     preprocessing from its validation inputs when they are still there; synthetic inputs otherwise."""
     from .data import Examples
-    from .data.pipeline import build_dataset, build_loader
+    from .data.pipeline import build_loader
 
     saved = [r["input"] for r in artifacts.read_jsonl(predictor.run_dir / artifacts.PREDICTIONS_FILE)]
-    if predictor.modality == "image":
-        inputs = [p for p in saved if Path(p).is_file()][:limit]
-        if len(inputs) < 3:
-            generator = torch.Generator().manual_seed(0)
-            size = int(predictor.preprocessing["input_size"])
-            height, width = getattr(predictor.task, "input_size", (size, size))  # dense tasks: their own input size
-            pixels = torch.randn(5, 3, height, width, generator=generator)
-            return [Sample(None, {"pixel_values": pixels[:2]}), Sample(None, {"pixel_values": pixels[2:]})]
-    elif predictor.text_columns:  # a pair model: pairs saved as [first, second]
-        pairs = [tuple(p) for p in saved[:limit]]
-        inputs = pairs + SAMPLE_PAIRS
-    else:
-        inputs = (saved[:limit] + SAMPLE_TEXTS) if saved else SAMPLE_TEXTS
+    inputs = predictor.kind.export_samples(saved, predictor.schema, limit)  # the modality's choice (texts: built-in ones too)
+    if inputs is None:  # images gone: random pixels at the input size
+        generator = torch.Generator().manual_seed(0)
+        size = int(predictor.preprocessing["input_size"])
+        height, width = getattr(predictor.task, "input_size", (size, size))  # dense tasks: their own input size
+        pixels = torch.randn(5, 3, height, width, generator=generator)
+        return [Sample(None, {"pixel_values": pixels[:2]}), Sample(None, {"pixel_values": pixels[2:]})]
     max_length = int(predictor.preprocessing.get("max_length", 512))
     split = max(1, len(inputs) // 3)
     batches = []
     for part in (inputs[:split], inputs[split:]):
         examples = Examples(list(part), None, "export sample", predictor.modality)
-        dataset = build_dataset(examples, None, predictor.model.backbone, predictor.preprocessing, False, "none", max_length, predictor.task)
+        dataset = predictor.kind.build_dataset(examples, None, predictor.model.backbone, predictor.preprocessing, False, "none", max_length, predictor.task)
         (batch,) = list(build_loader(dataset, predictor.model.backbone, len(part), False, 0))
         order = batch.pop("index")  # text batches come sorted by length: put rows back in input order
         batch = {k: v[torch.argsort(order)] for k, v in batch.items()}
@@ -204,12 +185,20 @@ def _copy_run_metadata(predictor, tmp: Path) -> None:
     artifacts.atomic_write_json(tmp / "task.json", predictor.task.state())
 
 
+def _check_format(predictor, fmt: str) -> None:
+    """A library format is the modality's own (``Modality.export_formats``) on its backbone kind."""
+    formats = predictor.kind.export_formats
+    if fmt not in formats or predictor.model.backbone.kind != fmt:
+        others = " or ".join(f for f in FORMATS if f in formats or f == "onnx")
+        raise FinetuneError(f"export {fmt}: {predictor.run_dir} is {'an' if predictor.modality[0] in 'aeiou' else 'a'} "
+                            f"{predictor.modality} run; export it with --format {others}")
+
+
 # -- transformers ------------------------------------------------------------------------------------
 
 
 def _export_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
-    if predictor.modality != "text" or predictor.model.backbone.kind != "hf":
-        raise FinetuneError(f"export hf: {predictor.run_dir} is an image run; export it with --format timm or onnx")
+    _check_format(predictor, "hf")
     with _quiet_transformers():
         return _write_and_check_hf(predictor, tmp, batches)
 
@@ -279,8 +268,7 @@ def _save_tokenizer(predictor, directory: Path) -> None:
 
 
 def _export_timm(predictor, tmp: Path, batches) -> dict[str, Any]:
-    if predictor.modality != "image" or predictor.model.backbone.kind != "timm":
-        raise FinetuneError(f"export timm: {predictor.run_dir} is a text run; export it with --format hf or onnx")
+    _check_format(predictor, "timm")
     import timm
     from timm.models import save_for_hf
 
@@ -335,8 +323,9 @@ def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
         import onnxruntime
     except ImportError:
         raise FinetuneError("export onnx: needs the packages 'onnx' and 'onnxruntime' (pip install 'finetunekit[export]')") from None
-    names = [k for k in ("pixel_values", "input_ids", "attention_mask", "token_type_ids") if k in batches[0].batch]
-    dynamic = {name: {0: "batch"} if name == "pixel_values" else {0: "batch", 1: "sequence"} for name in names}
+    axes = predictor.kind.onnx_axes  # the modality's input tensors, in order, and their dynamic axes
+    names = [k for k in axes if k in batches[0].batch]
+    dynamic: dict[str, dict[int, str]] = {name: dict(axes[name]) for name in names}
     dynamic["logits"] = {0: "batch"}
     wrapper = _OnnxWrapper(predictor.model.eval(), names, predictor.task).eval()
     path = tmp / "model.onnx"
@@ -348,7 +337,7 @@ def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
                           output_names=["logits"], dynamic_axes=dynamic, opset_version=17, do_constant_folding=True)
     onnx.checker.check_model(str(path))
     _copy_run_metadata(predictor, tmp)
-    if predictor.modality == "text":
+    if predictor.model.backbone.saves_assets:  # a tokenizer: the ONNX model's inputs are its token ids
         _save_tokenizer(predictor, tmp / "tokenizer")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = [session.run(["logits"], {n: s.batch[n].numpy() for n in names})[0] for s in batches]
@@ -409,10 +398,7 @@ def loading_code(fmt: str, target: Path, predictor) -> list[str]:
             "`model.safetensors` is a plain timm state dict (`timm.create_model(arch, num_classes=K).load_state_dict(...)`); "
             "`preprocessing.json` is finetunekit's exact input pipeline (resize to input_size / crop_pct, centre crop, normalise).",
         ]
-    inputs = "pixel_values (N, 3, H, W) float32, normalised as in preprocessing.json" if predictor.modality == "image" else (
-        "input_ids, attention_mask" + (", token_type_ids" if "token_type_ids" in predictor.model.backbone.tokenizer.model_input_names else "")
-        + " (N, L) int64, from the tokenizer in tokenizer/"
-        + (" called on both texts of each pair, tokenizer(firsts, seconds, padding=True, truncation=True)" if predictor.text_columns else ""))
+    inputs = predictor.kind.onnx_inputs(predictor)
     return [
         "```python",
         "import json, onnxruntime",

@@ -58,16 +58,12 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def examples_digest(inputs: Sequence[Any], modality: str, encodings: dict[str, list[list[int]]] | None = None) -> str:
-    """Content hash of the examples in order: image file bytes, or the token ids of texts."""
-    h = hashlib.sha256()
-    if modality == "image":
-        from .data.images import file_sha256  # the same per-file hashes the resume fingerprint uses
+    """Content hash of the examples in order, as their modality identifies them (image file bytes,
+    the token ids of texts: ``Modality.examples_digest``)."""
+    from .modalities import modality_of
 
-        h.update(b"sha256 of each file\0")
-        for path in inputs:
-            h.update(file_sha256(str(path)))
-    else:
-        h.update(json.dumps(encodings, separators=(",", ":")).encode())
+    h = hashlib.sha256()
+    modality_of(modality).examples_digest(h, inputs, encodings)
     return h.hexdigest()
 
 
@@ -303,7 +299,8 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
 
     from torch.utils.data import DataLoader
 
-    from .data.pipeline import SequentialBatchSampler, augment_seed, build_dataset, build_loader
+    from .data.pipeline import SequentialBatchSampler, augment_seed, build_loader
+    from .modalities import modality_of
     from .runtime import resolve_precision
 
     started = time.perf_counter()
@@ -335,12 +332,15 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
     def digest(examples: Any, ds: Dataset) -> str:
         return examples_digest(examples.inputs, run.modality, getattr(ds, "encodings", None))
 
-    views = d.cache_views if run.modality == "image" and d.augment != "none" else 0
+    kind = modality_of(run.modality)
+    views = d.cache_views if kind.augments and d.augment != "none" else 0
     train_digest = digest(run.train_ex, train_ds)  # read once, whatever the number of views
     if views:
         parts = [features_of(train_ds, train_digest, v, "features (train)") for v in range(views)]
     else:
-        plain = train_ds if run.modality == "text" else build_dataset(run.train_ex, train_ids, backbone, run.preprocessing, False, "none", d.max_length)
+        # without augmentation the training dataset is already the plain one
+        plain = train_ds if not kind.augments else kind.build_dataset(run.train_ex, train_ids, backbone, run.preprocessing, False, "none",
+                                                                      d.max_length)
         parts = [features_of(plain, train_digest, None, "features (train)")]
     val, val_hit = features_of(val_ds, digest(run.val_ex, val_ds), None, "features (val)")
     cached_train = CachedFeatureDataset(torch.stack([f for f, _ in parts]), train_ids)

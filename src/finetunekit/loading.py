@@ -35,9 +35,9 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
     model = FineTuneModel(backbone, task.head_for(backbone, float(info["head"].get("dropout", 0.0))))
     if info.get("adapter"):  # adapters saved unmerged: re-insert the layers the weights belong to
-        from .strategies.lora import apply_adapter
+        from .strategies import restore_added
 
-        apply_adapter(model, info["adapter"])
+        restore_added(model, info["adapter"])
     state = read_weights(run_dir, verify=False)  # the shapes first: they say more than a checksum
     _check_weights(run_dir, model, state)
     load_weights(model, state, run_dir / "model.safetensors")

@@ -23,8 +23,9 @@ class FineTuneModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.freeze_batchnorm_stats = False  # set by the strategy (StrategySpec.batchnorm)
-        # set while adapter layers (LoRA) sit inside the backbone: their description, saved in the
-        # run directory so the loader can re-insert them (finetunekit.strategies.lora)
+        # set while layers a strategy added (adapters) sit inside the backbone: their description,
+        # {"kind": <strategy name>, ...}, saved in the run directory so the loader can re-insert
+        # them (finetunekit.strategies: restore_added, merge_added)
         self.adapter: dict | None = None
         self.head = head
 

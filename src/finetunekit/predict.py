@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Examples, read_examples
+from .data import Examples
 from .data.dense import task_reader
 from .data.images import image_size
-from .data.pipeline import ImageDataset, TextCollator, build_dataset, build_loader, image_transform, reader_threads, threaded_batches
-from .data.readers import FLAG_COLUMN_OPTIONS, IMAGE_EXTENSIONS, select_listed
+from .data.pipeline import ImageDataset, build_loader, image_transform, reader_threads, threaded_batches
+from .data.readers import FLAG_COLUMN_OPTIONS, select_listed
 from .errors import DataError
 from .loading import load_model
+from .modalities import modality_of, read_examples
 
 
 class Predictor:
@@ -40,8 +41,10 @@ class Predictor:
         self.task = info["task"]
         self.preprocessing: dict[str, Any] = info["preprocessing"]
         self.modality: str = info["modality"]
-        # a sentence-pair model (data.text_columns): inputs are (first, second) pairs
-        self.text_columns: list[str] | None = self.preprocessing.get("text_columns")
+        self.kind = modality_of(self.modality)  # what differs between kinds of input
+        # what one input is: a sentence-pair model (data.text_columns) takes (first, second) pairs
+        self.schema = self.kind.schema(self.preprocessing)
+        self.text_columns: list[str] | None = list(self.schema.columns) if self.schema.columns else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.batch_size = batch_size
@@ -62,22 +65,7 @@ class Predictor:
     def _examples(self, inputs: list[Any] | Examples) -> Examples:
         if isinstance(inputs, Examples):
             return inputs
-        if self.text_columns:
-            return Examples([_pair(item) for item in inputs], None, "inputs", self.modality)
-        for item in inputs:
-            if isinstance(item, (tuple, list)):
-                raise DataError(f"this model takes single texts, not pairs (it was not trained with data.text_columns): {_shown(str(item))}")
-        inputs = [str(x) for x in inputs]
-        for number, item in enumerate(inputs, start=1):
-            if self.modality == "text" and not item.strip():  # as training refuses an empty text
-                raise DataError(f"input {number}: empty text")
-            suffix = Path(item).suffix.lower() if _is_file(item) else None
-            if self.modality == "image" and suffix is None:
-                hint = " (this model takes image files, not text)" if Path(item).suffix.lower() not in IMAGE_EXTENSIONS else ""
-                raise DataError(f"image not found: {_shown(item)}{hint}")
-            if self.modality == "text" and suffix in IMAGE_EXTENSIONS:
-                raise DataError(f"{item}: is an image file, but this model takes text")
-        return Examples(inputs, None, "inputs", self.modality)
+        return Examples(self.kind.check_inputs(list(inputs), self.schema), None, "inputs", self.modality)
 
     @torch.inference_mode()
     def predict_proba(self, inputs: list[Any] | Examples, batch_size: int | None = None) -> np.ndarray:
@@ -108,7 +96,7 @@ class Predictor:
         if len(examples) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32), None if targets is None else np.asarray(targets)
         max_length = int(self.preprocessing.get("max_length", 512))
-        dataset = build_dataset(examples, targets, self.model.backbone, self.preprocessing, False, "none", max_length, self.task)
+        dataset = self.kind.build_dataset(examples, targets, self.model.backbone, self.preprocessing, False, "none", max_length, self.task)
         loader = build_loader(dataset, self.model.backbone, batch_size or self.batch_size, False, 0)
         batches: Any = loader
         if isinstance(dataset, ImageDataset):  # decode and resize the next batches while the model runs
@@ -140,14 +128,7 @@ class Predictor:
         """One model batch from inputs already in memory: texts, or decoded RGB ``PIL.Image``s.
         The same preprocessing as :meth:`predict_proba` (the run's tokenizer and length, or its
         resize, crop and normalisation), so the same input gets the same answer either way."""
-        if self.modality == "text":
-            max_length = int(self.preprocessing.get("max_length", 512))
-            encoded = self.model.backbone.tokenize(list(items), max_length)
-            rows = [{**{k: v[i] for k, v in encoded.items()}, "index": i} for i in range(len(items))]
-            batch = TextCollator(self.model.backbone.pad_token_id)(rows)
-            batch.pop("index")
-            return batch
-        return {"pixel_values": torch.stack([self.image_tensor(image) for image in items])}
+        return self.kind.encode(self, items)
 
     def image_tensor(self, image: Any) -> torch.Tensor:
         """One decoded RGB ``PIL.Image`` preprocessed as the model takes it (the run's resize, crop
@@ -177,11 +158,12 @@ class Predictor:
 
     def predict_items(self, items: Sequence[Any]) -> np.ndarray:
         """:meth:`predict_proba` for in-memory inputs (texts or PIL images), one forward pass."""
-        if self.modality == "image":
-            return self.predict_pixels([self.image_tensor(image) for image in items], [image.size for image in items])
         if len(items) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
-        return self.forward_proba(self.encode(items))
+        scores = self.forward_proba(self.encode(items))
+        if self.task.dense:  # detection: boxes back in each image's own pixels
+            scores = self.task.to_input_frame(scores, self.kind.item_sizes(items))
+        return scores
 
     def answers(self, probs: np.ndarray) -> list[dict[str, Any]]:
         """The answer for each input, from the model's outputs: the predicted label, its score and
@@ -248,7 +230,7 @@ class Predictor:
             examples = reader(str(data))
         else:
             examples = read_examples(
-                data, self.modality, text_column, label_column, text_columns=columns, image_column=image_column,
+                data, self.kind, text_column, label_column, text_columns=columns, image_column=image_column,
                 options=FLAG_COLUMN_OPTIONS, image_root=image_root,
             )
         if image_list is not None:
@@ -267,25 +249,6 @@ class Predictor:
         if recipe.is_file():
             column = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data", {}).get("label_column") or column
         return self.task.label_columns(column)
-
-
-def _pair(item: Any) -> tuple[str, str]:
-    """One input of a pair model: a (first, second) tuple, or a two-item list (as JSON gives it)."""
-    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
-        return str(item[0]), str(item[1])
-    raise DataError(f"this model takes sentence pairs (first, second), not {_shown(str(item))}")
-
-
-def _is_file(item: str) -> bool:
-    try:
-        return Path(item).is_file()
-    except (OSError, ValueError):  # a long text or one with NUL bytes is no path at all
-        return False
-
-
-def _shown(item: str) -> str:
-    """An input as it fits in a one-line error message."""
-    return item if len(item) <= 200 and item.isprintable() else repr(item[:80]) + "..."
 
 
 def load(run_dir: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:

@@ -236,135 +236,62 @@ class TaskSpec:
 
 
 @dataclass
-class StrategySpec:
-    """Which parameters train, and when.
-
-    * ``full``: everything trains.
-    * ``linear_probe``: backbone frozen (BatchNorm statistics too), only the head trains.
-    * ``last_n``: the last ``last_n`` layer groups of the backbone and the head train.
-    * ``freeze_then_unfreeze``: the head alone for ``freeze_epochs`` epochs, then the whole
-      backbone joins at ``train.lr`` while the head keeps ``train.head_lr`` (discriminative rates),
-      with the learning-rate schedule restarted.
-    * ``lp_ft`` (Kumar et al. 2022): a linear probe for ``lp_epochs`` epochs (head at
-      ``train.head_lr``), then every parameter, the head included, at the low ``train.lr``, with
-      the schedule restarted (warmup again). Unlike ``freeze_then_unfreeze`` the head slows down
-      too: the probed head is already good, and a fast head would distort the features it feeds on.
-    * ``lora``: only low-rank adapters (peft) on the frozen backbone's layers and the head train, the
-      adapters at ``train.lr``, the head at ``train.head_lr``; see ``lora_*`` below.
-    * ``prototype``: no gradient steps; the head is the nearest class mean of the normalised frozen
-      features (finetunekit.strategies.prototype), for few-shot image sets.
-    * ``setfit`` (Tunstall et al. 2022): contrastive sentence-pair fine-tuning of the encoder, then a
-      logistic-regression head (finetunekit.strategies.setfit), for few-shot text.
-    * ``gradual_unfreeze`` (ULMFiT): the head alone, then one more backbone layer group, from the
-      output end, every ``unfreeze_every`` epochs, or after each epoch count in
-      ``unfreeze_milestones``. One schedule over the whole run (no restart).
-
-    ``layer_decay`` works with every strategy: backbone layer group ``i`` of ``n`` (0 is the input
-    end) trains at ``train.lr * layer_decay ** (n - 1 - i)``, the head at ``train.head_lr``; the
-    optimizer then has one group per layer group (``backbone.0`` ... ``backbone.{n-1}``, ``head``).
-
-    Epoch counts (``freeze_epochs``, ``lp_epochs``, milestones) count epochs already trained: 1
-    means the change happens at the start of the second epoch.
-
-    ``name: null`` picks the modality's default (finetunekit.defaults).
-    """
+class _StrategyName:
+    """The field the recipe itself reads: which strategy. ``name: null`` picks the modality's default
+    (finetunekit.defaults)."""
 
     name: str | None = None
-    last_n: int = 2
-    freeze_epochs: int = 1
-    # BatchNorm running statistics while training: "frozen" keeps the pretrained ones (small
-    # batches of a small data set make poor estimates), "train" updates them, "auto" freezes them
-    # for pretrained backbones and trains them from scratch. Frozen layers always keep theirs.
-    batchnorm: Literal["auto", "frozen", "train"] = "auto"
-    lp_epochs: int = 1  # lp_ft: linear-probe epochs, counted within train.epochs
-    unfreeze_every: int = 1  # gradual_unfreeze: epochs between two unfreezings
-    unfreeze_milestones: list[int] | None = None  # gradual_unfreeze: unfreeze after these epoch counts instead
-    layer_decay: float | None = None  # any strategy: per-layer-group lr factor, input end slowest
-    # text backbones: whether the pretrained input token-embedding table trains when its layer group
-    # does. false (the default) keeps it frozen: its dense update every step was a fifth of a
-    # MiniLM-L6 training step, and SST-2 accuracy was the same without it (docs/performance.md).
-    # A backbone trained from scratch (model.pretrained: false) always trains it.
-    train_token_embeddings: bool = False
-    # Regularisers towards the pretrained model (finetunekit.strategies.regularizers), each 0 = off.
-    # L2-SP (Li et al. 2018): l2sp_alpha/2 * ||w - w0||^2 over the backbone parameters that train
-    # (w0: the pretrained weights) + l2sp_beta/2 * ||W_head||^2 over the head's weight matrix. With
-    # l2sp_alpha > 0 the backbone groups get no weight decay (it would pull them to 0, not to w0).
-    # Li et al. use alpha 0.1, beta 0.01 (tune per task).
-    l2sp_alpha: float = 0.0
-    l2sp_beta: float = 0.0
-    # feature distillation from a frozen copy of the pretrained backbone (Learning without
-    # Forgetting at feature level): distill_weight * mean over examples and feature dimensions of
-    # (f(x) - f0(x))^2; zero while the backbone is frozen.
-    distill_weight: float = 0.0
-    # lora (finetunekit.strategies.lora): rank-``lora_rank`` adapters scaled by alpha/rank on the
-    # ``lora_targets`` layers (names or dotted suffixes; null: every Linear and 1x1 convolution);
-    # lora_merge_on_save folds them into the saved weights (a plain model), false keeps them
-    # separate (and writes a peft adapter directory).
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_targets: list[str] | None = None
-    lora_merge_on_save: bool = True
-    # setfit (finetunekit.strategies.setfit): rounds of pair generation, each pairing every training
-    # example once with its own class and once with another (2 x rounds x examples pairs an epoch);
-    # 0: no pair stage, only the logistic-regression head on the pretrained encoder's embeddings
-    setfit_iterations: int = 20
 
     def __post_init__(self) -> None:
-        from .strategies import STRATEGIES  # local import: strategies import torch
+        from .strategies import STRATEGIES, check_options
 
         if self.name is not None and self.name not in STRATEGIES:
             raise RecipeError(
                 f"strategy.name: unknown strategy {shown(self.name)}{did_you_mean(self.name, STRATEGIES.names())}; "
                 f"choose one of: {', '.join(STRATEGIES.names())}"
             )
-        _check_range("strategy.last_n", self.last_n, 0, 10_000)
-        _check_range("strategy.freeze_epochs", self.freeze_epochs, 0, 10_000)
-        _check_range("strategy.lp_epochs", self.lp_epochs, 1, 10_000)
-        _check_range("strategy.unfreeze_every", self.unfreeze_every, 1, 10_000)
-        if self.unfreeze_milestones is not None:
-            milestones = self.unfreeze_milestones
-            if not milestones:
-                raise RecipeError("strategy.unfreeze_milestones: give at least one epoch count, or null to use unfreeze_every")
-            for i, m in enumerate(milestones):
-                _check_range(f"strategy.unfreeze_milestones[{i}]", m, 1, 100_000)
-            if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
-                raise RecipeError(f"strategy.unfreeze_milestones: {shown(milestones)} must be strictly increasing")
-        if self.layer_decay is not None:
-            _check_range("strategy.layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
-            if self.name == "lora":  # the adapters train as one group; the original layers are frozen
-                raise RecipeError("strategy.layer_decay: has no effect with strategy lora; leave it null")
-        for name in ("l2sp_alpha", "l2sp_beta", "distill_weight"):
-            _check_range(f"strategy.{name}", getattr(self, name), 0.0, 1e6)
-        _check_range("strategy.setfit_iterations", self.setfit_iterations, 0, 100_000)
-        _check_range("strategy.lora_rank", self.lora_rank, 1, 4096)
-        _check_range("strategy.lora_alpha", self.lora_alpha, 0.0, 1e6, low_open=True)
-        _check_range("strategy.lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
-        if self.lora_targets is not None:
-            if not self.lora_targets:
-                raise RecipeError("strategy.lora_targets: give at least one layer name, or null for the default layers")
-            for i, target in enumerate(self.lora_targets):
-                if not target.strip() or target != target.strip() or target.startswith(".") or target.endswith("."):
-                    raise RecipeError(f"strategy.lora_targets[{i}]: {shown(target)} is not a layer name (e.g. 'query' or 'attn.qkv')")
+        check_options(self)
+
+    @property
+    def strategy_class(self) -> Any:
+        """The registered :class:`finetunekit.strategies.Strategy` subclass ``name`` picks (None
+        while ``name`` is null): what it declares about itself (``sets_linear_head``, ...)."""
+        from .strategies import STRATEGIES
+
+        return STRATEGIES.get(self.name) if self.name is not None else None
 
     def check_epochs(self, epochs: int) -> None:
-        """Cross-field check, run once ``train.epochs`` is known (at parse or resolve time): a
-        schedule whose change falls after the last epoch would silently be another strategy. The
-        error names ``train.epochs`` (removing it defers the check to the modality's default)."""
-        if self.name == "lp_ft" and self.lp_epochs >= epochs:
-            raise RecipeError(
-                f"train.epochs: {epochs} leaves no fine-tuning epoch after strategy.lp_epochs={self.lp_epochs} "
-                "linear-probe epochs (strategy lp_ft); raise train.epochs or lower strategy.lp_epochs"
-            )
-        if self.name == "gradual_unfreeze":
-            late = [m for m in self.unfreeze_milestones or [self.unfreeze_every] if m >= epochs]
-            if late:
-                field_name = "unfreeze_milestones" if self.unfreeze_milestones else "unfreeze_every"
-                raise RecipeError(
-                    f"train.epochs: {epochs} epochs end before strategy.{field_name} = {', '.join(map(str, late))}, "
-                    f"so no layer group would unfreeze then (strategy gradual_unfreeze); raise train.epochs or "
-                    f"use epoch counts below {epochs}"
-                )
+        """Cross-field check, run once ``train.epochs`` is known (at parse or resolve time), by the
+        named strategy (:meth:`finetunekit.strategies.Strategy.check_epochs`). The error names
+        ``train.epochs`` (removing it defers the check to the modality's default)."""
+        if self.name is not None:
+            self.strategy_class.check_epochs(self, epochs)
+
+
+def _strategy_spec() -> type:
+    from .strategies import option_fields
+
+    return dataclasses.make_dataclass(
+        "StrategySpec", option_fields(), bases=(_StrategyName,),
+        namespace={"__module__": __name__, "__doc__": _STRATEGY_DOC},
+    )
+
+
+_STRATEGY_DOC = """Which parameters train, and when: ``name`` (a registered strategy; ``finetunekit list``
+    shows them) and every strategy's options, one flat section (``strategy: {name: last_n, last_n:
+    4}``). Each strategy declares its options as a dataclass in its own module
+    (finetunekit.strategies: ``Strategy.Options``, with ``CommonOptions`` and ``RegularizerOptions``
+    for every strategy) and checks them there, naming the field; this class is their union, so a
+    saved recipe holds every field and loads whatever strategy it names.
+
+    Example::
+
+        StrategySpec(name="last_n", last_n=4).last_n  # 4
+    """
+
+# Built from the registered strategies' options when the recipe module is imported (this imports
+# the strategies, and with them torch; building any recipe did so already).
+StrategySpec = _strategy_spec()
 
 
 @dataclass

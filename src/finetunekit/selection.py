@@ -195,20 +195,18 @@ def candidate_features(
     un-augmented training features, so a later linear probe on the same data reads them back."""
     from types import SimpleNamespace
 
-    from .data.pipeline import build_dataset, build_loader
+    from .data.pipeline import build_loader
     from .features import FeatureCache, cache_key, compute_features, examples_digest, weights_digest
     from .runtime import resolve_precision
     from .trainer import make_accelerator
 
+    from .modalities import modality_of
     from .recipe import DataSpec
 
     # the preprocessing dict exactly as the trainer builds it (it is part of the cache key)
-    preprocessing = backbone.preprocessing()
-    if backbone.modality == "text":
-        preprocessing["max_length"] = max_length
-    else:
-        preprocessing["max_image_pixels"] = DataSpec().max_image_pixels
-    dataset = build_dataset(examples, label_ids, backbone, preprocessing, False, "none", max_length)
+    kind = modality_of(backbone.modality)
+    preprocessing = kind.run_preprocessing(backbone, DataSpec(max_length=max_length))
+    dataset = kind.build_dataset(examples, label_ids, backbone, preprocessing, False, "none", max_length)
     digest = examples_digest(examples.inputs, backbone.modality, getattr(dataset, "encodings", None))
     key = cache_key({
         "version": 1, "backbone": backbone.describe(), "weights": weights_digest(backbone), "preprocessing": preprocessing,
@@ -235,8 +233,9 @@ def select(
 
     from .backbones import create_backbone
     from .data import resolve_splits
+    from .modalities import modality_of
+    from .recipe import DataSpec
     from .tasks.classification import LabelMap
-    from .data.readers import check_images
 
     cands = [c if isinstance(c, Candidate) else Candidate(c) for c in candidates]
     read: dict[str, tuple[Any, list[int]]] = {}
@@ -254,13 +253,10 @@ def select(
         row.seconds["load"] = time.perf_counter() - started
         modality = backbone.modality
         if modality not in read:
-            train, _ = resolve_splits(data, None, modality, 0.2, seed, text_column, label_column)
+            train, _ = resolve_splits(data, None, modality_of(modality), 0.2, seed, text_column, label_column)
             if max_samples is not None and max_samples < len(train):
                 train = train.subset(_stratified_subset(train.labels or [], max_samples, seed))
-            if modality == "image":
-                from .recipe import DataSpec
-
-                train = check_images(train, "fail", DataSpec().max_image_pixels)
+            train = modality_of(modality).check_examples(train, DataSpec(bad_images="fail"))  # images: opened up front
             label_map = LabelMap.from_labels(train.labels or [])
             read[modality] = (train, label_map.encode(train.labels or [], train.source))
         examples, label_ids = read[modality]

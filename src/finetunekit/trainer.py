@@ -37,13 +37,13 @@ from .checkpoint import (
 )
 from .data import Examples, resolve_splits
 from .data.dense import task_reader
-from .data.pipeline import build_dataset, build_loader, progressive_sizes
-from .data.readers import check_images
+from .data.pipeline import build_loader, progressive_sizes
 from .defaults import resolve
+from .modalities import modality_of
 from .engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
 from .engine.ema import ModelEMA
 from .engine.loop import EpochProgress, EpochStats
-from .engine.objective import build_objective, check_for_modality
+from .engine.objective import build_objective
 from .engine.optim import format_param_groups, param_group_rows
 from .errors import DivergenceError, FinetuneError, RecipeError, did_you_mean, warn
 from .model import FineTuneModel
@@ -295,7 +295,7 @@ def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Reci
     # (detection: COCO, VOC or box tables, images under data.image_root, a single-class table's class)
     reader = task_reader(recipe.task.type, image_root=d.image_root, classes=recipe.task.classes) if not recipe.tasks else None
     train_ex, val_ex = resolve_splits(
-        d.train, d.val, modality, d.val_fraction, seed, d.text_column, label_columns(recipe), d.text_columns, d.image_column, strata,
+        d.train, d.val, modality_of(modality), d.val_fraction, seed, d.text_column, label_columns(recipe), d.text_columns, d.image_column, strata,
         d.image_root, reader, (d.train_list, d.val_list),
     )
     if d.max_train_samples is not None and d.max_train_samples < len(train_ex):
@@ -310,8 +310,7 @@ def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Reci
             raise RecipeError(f"data.shots_per_class: draws examples per class; a {task_type(train_ex.labels or [])} task has no classes")
         train_ex = train_ex.subset(sample_per_class([str(c) for c in classes], d.shots_per_class, seed),
                                    f"{train_ex.source} ({d.shots_per_class} per class, seed {seed})")
-    if modality == "image":
-        train_ex, val_ex = (check_images(ex, d.bad_images, d.max_image_pixels) for ex in (train_ex, val_ex))
+    train_ex, val_ex = (modality_of(modality).check_examples(ex, d) for ex in (train_ex, val_ex))  # images: opened up front
     for note in dict.fromkeys((*train_ex.notes, *val_ex.notes)):  # a held-out split shares its file's notes
         warn(note)
     task, resolved = fit_task(recipe, train_ex, task_type, say)
@@ -331,30 +330,26 @@ def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Reci
 def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False) -> _Run:
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
+    kind = modality_of(backbone.modality)
+    kind.check_backbone(backbone)
     recipe = resolve(recipe, backbone.modality)
-    check_for_modality(recipe, backbone.modality)
+    kind.check_recipe(recipe)
     if recipe.task.type is not None and not recipe.tasks:  # dense tasks refuse mixup, balanced sampling, text backbones
         TASKS.get(recipe.task.type).check_recipe(recipe, backbone.modality)
     recipe, train_ex, val_ex, task, train_ids, val_ids = _read_data(recipe, backbone.modality, quiet or not accelerator.is_main_process)
     t, d = recipe.train, recipe.data
 
     model = FineTuneModel(backbone, task.head_for(backbone, spec.head_dropout))
-    preprocessing = backbone.preprocessing()
-    if backbone.modality == "text":
-        preprocessing["max_length"] = d.max_length
-        if d.text_columns:  # a pair model: predict and evaluate take pairs, read from these columns
-            preprocessing["text_columns"] = list(d.text_columns)
-    else:  # predict and evaluate open images under the run's own limit
-        preprocessing["max_image_pixels"] = d.max_image_pixels
+    preprocessing = kind.run_preprocessing(backbone, d)  # what predict needs: text length and pair columns, image limits
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
     groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
     if recipe.strategy.l2sp_alpha:
         groups = without_backbone_decay(groups)  # L2-SP pulls the backbone to w0, not to 0
     optimizer = build_optimizer(t, groups)
 
-    train_ds = build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task, d.crop_scale)
-    val_ds = build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length, task)
-    sizes = progressive_sizes(int(preprocessing["input_size"]), t.epochs, t.progressive_resize) if backbone.modality == "image" else None
+    train_ds = kind.build_dataset(train_ex, train_ids, backbone, preprocessing, True, d.augment, d.max_length, task, d.crop_scale)
+    val_ds = kind.build_dataset(val_ex, val_ids, backbone, preprocessing, False, "none", d.max_length, task)
+    sizes = progressive_sizes(int(preprocessing["input_size"]), t.epochs, t.progressive_resize) if kind.resizes else None
     train_loader = build_loader(train_ds, backbone, t.batch_size, True, t.seed, d.num_workers, d.sampler, sizes)
     val_loader = build_loader(val_ds, backbone, t.batch_size * 2, False, t.seed, d.num_workers)
     train_sampler = train_loader.batch_sampler
@@ -459,7 +454,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
                 run.checkpointer.save(Position(epoch, progress.batches, step), _checkpoint_extra(run, progress))
 
         own = run.strategy.fit_epoch(model, train_loader, run.accelerator, epoch=epoch, seed=t.seed * 1000 + epoch,
-                                     batch_size=t.batch_size, quiet=quiet)
+                                     batch_size=t.batch_size, quiet=quiet, task=run.task)
         if own is not None:  # a strategy with its own procedure (prototype, setfit)
             stats = EpochStats(own["loss"], own["samples"], own["seconds"], own["steps"], own.get("trace", []))
             run.step += own["steps"]
@@ -579,7 +574,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     if restore:
         unwrapped.load_state_dict(stopper.best_state)
         _log(accelerator, quiet, f"restored the best epoch ({stopper.best_epoch + 1}, val {t.metric} {stopper.best:.4f})")
-    # The strategy's last word on the weights (LoRA merges its adapters): the final metrics and
+    # The strategy's last word on the weights (an adapter strategy merges them): the final metrics and
     # predictions are then those of exactly the model that is saved.
     finalized = run.strategy.finalize(unwrapped)
     if restore or finalized or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train

@@ -44,28 +44,6 @@ STUDY_NAME = "finetunekit"
 STUDY_FILE = "study.json"  # marks a study directory; names the storage (never its password)
 MAX_RETRY = 2  # a trial whose worker died is run again at most this many times
 
-# Without a `search.space`: per modality, around the defaults that benchmarks/strategies.py chose
-# (docs/strategies.md). Images keep the default linear probe, so every trial reads the feature
-# cache and costs seconds; its head rate, regularisation, length and batch size are searched.
-# Text searches the rates and length of the default full fine-tuning.
-DEFAULT_SPACES: dict[str, dict[str, dict[str, list[Any]]]] = {
-    "image": {
-        "train.head_lr": {"log_uniform": [1e-3, 1e-1]},
-        "train.weight_decay": {"log_uniform": [1e-4, 1e-1]},
-        "train.epochs": {"int": [3, 12]},
-        "train.label_smoothing": {"uniform": [0.0, 0.2]},
-        "train.batch_size": {"choice": [8, 16, 32]},
-    },
-    "text": {
-        "train.lr": {"log_uniform": [1e-5, 3e-4]},
-        "train.head_lr": {"log_uniform": [1e-4, 1e-2]},
-        "train.epochs": {"int": [2, 5]},
-        "train.batch_size": {"choice": [16, 32]},
-        "train.warmup_ratio": {"uniform": [0.0, 0.2]},
-    },
-}
-
-
 def primary_metric(record: dict[str, Any], recipe: Recipe) -> tuple[float, bool]:
     """The validation metric that ranks a run's epochs (and so the trials), from one epoch's
     metrics.jsonl record, and whether higher is better."""
@@ -91,8 +69,10 @@ def _optuna() -> Any:
 
 
 def search_space(recipe: Recipe, modality: str) -> dict[str, dict[str, list[Any]]]:
-    """``search.space`` of the recipe, or the modality's default space."""
-    return dict(recipe.search.space) if recipe.search.space else dict(DEFAULT_SPACES[modality])
+    """``search.space`` of the recipe, or the modality's default space (``Modality.search_space``)."""
+    from .modalities import modality_of
+
+    return dict(recipe.search.space) if recipe.search.space else dict(modality_of(modality).search_space)
 
 
 def suggest(trial: Any, space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:

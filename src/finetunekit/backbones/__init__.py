@@ -116,17 +116,16 @@ def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> B
     info = read_run_info(run_dir)
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
     adapter = info.get("adapter")
-    if adapter:  # a LoRA run saved unmerged: continue from its adapted weights, merged
-        from ..strategies.lora import inject_adapter
+    if adapter:  # a run that kept its adapters unmerged: continue from its adapted weights, merged
+        from ..strategies import adding_strategy
 
-        inject_adapter(backbone, adapter)
+        strategy = adding_strategy(adapter)
+        strategy.restore(backbone, adapter)
     prefix = "backbone."
     state = {k[len(prefix):]: v for k, v in read_weights(run_dir).items() if k.startswith(prefix)}
     load_weights(backbone, state, run_dir / "model.safetensors")
     if adapter:
-        from ..strategies.lora import merge_into_backbone
-
-        merge_into_backbone(backbone)
+        strategy.merge(backbone)
     return backbone
 
 

@@ -5,24 +5,27 @@ per example; image backbones also give their multi-scale feature maps (``feature
 ``feature_info``: channels and stride of each) for dense tasks (segmentation, detection). It also knows how to rebuild its architecture without the pretrained weights (so a run
 directory can be loaded offline from its own files), and how its parameters split into ordered layer
 groups, input side first, which freezing strategies and per-layer learning rates use.
+
+A backbone serves one modality (``modality``, a name in ``finetunekit.modalities.MODALITIES``),
+and provides what that modality needs of it (``Modality.backbone_needs``): text needs
+:meth:`Backbone.tokenize` and :attr:`Backbone.pad_token_id`, which the base class declares and
+refuses; ``Modality.check_backbone`` says when a backbone lacks one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import FinetuneError
 
-Modality = Literal["image", "text"]
-
-
 class Backbone(nn.Module):
-    modality: ClassVar[Modality]
+    modality: ClassVar[str]  # the modality it serves (finetunekit.modalities)
     kind: ClassVar[str]  # the key that rebuilds it: BACKBONE_KINDS[kind].from_description(...)
+    saves_assets: ClassVar[bool] = False  # True: save_assets writes files a run directory keeps (backbone/)
     num_features: int
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # (B, num_features)
@@ -40,6 +43,15 @@ class Backbone(nn.Module):
     def layer_groups(self) -> list[list[str]]:
         """Parameter names (relative to this module), grouped and ordered from input to output."""
         raise NotImplementedError
+
+    def tokenize(self, texts: list[Any], max_length: int) -> dict[str, list[list[int]]]:
+        """Text modalities: token ids (``input_ids``, ``attention_mask``...) of texts or pairs."""
+        raise FinetuneError(f"a {self.modality} backbone ({self.kind}) does not tokenize")
+
+    @property
+    def pad_token_id(self) -> int:
+        """Text modalities: the id that pads token batches."""
+        raise FinetuneError(f"a {self.modality} backbone ({self.kind}) has no padding token")
 
     def token_embedding_names(self) -> list[str]:
         """Names (relative to this module) of the input token-embedding tables: text backbones only.

@@ -31,6 +31,7 @@ def _load_quietly(fn, *args, **kwargs):
 class HFTextBackbone(Backbone):
     modality = "text"
     kind = "hf"
+    saves_assets = True  # the tokenizer and the config: the run directory's backbone/
 
     def __init__(self, model: nn.Module, tokenizer: Any, pooling: str, max_length: int = 512) -> None:
         super().__init__()

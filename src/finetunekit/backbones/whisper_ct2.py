@@ -36,7 +36,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -457,8 +457,9 @@ class WhisperEncoderBackbone(Backbone):
     masked out of attention and of the mean, so a clip's features do not depend on its batch.
     """
 
-    modality: ClassVar[str] = "audio"  # type: ignore[assignment]  # the audio modality widens base.Modality
+    modality = "audio"
     kind = "whisper"
+    saves_assets = True  # the config and the feature extractor's settings: the run directory's backbone/
 
     def __init__(self, encoder: nn.Module, feature_extractor: Any, config: Any) -> None:
         super().__init__()

@@ -354,22 +354,6 @@ class SequentialBatchSampler(EvalBatchSampler):
 # -- loaders -------------------------------------------------------------------------------------
 
 
-def build_dataset(
-    examples: Examples, label_ids: torch.Tensor | Sequence[Any] | None, backbone, preprocessing: dict, train: bool, augment: str,
-    max_length: int, task: Any = None, crop_scale: float = 0.25,
-) -> Dataset:
-    """The examples as a Dataset; a ``task`` with a joint transform (``task.transform``, dense
-    tasks) transforms each image together with its raw target from ``label_ids``; ``crop_scale``:
-    see :func:`image_transform`."""
-    if backbone.modality == "image":
-        joint = task.transform(preprocessing, train, augment) if task is not None else None
-        if joint is not None:
-            return ImageDataset(examples.inputs, label_ids, joint, preprocessing.get("max_image_pixels"), joint=True)
-        transform = image_transform(preprocessing, train, augment, crop_scale)
-        return ImageDataset(examples.inputs, label_ids, transform, preprocessing.get("max_image_pixels"))
-    return TextDataset(backbone.tokenize(examples.inputs, max_length), label_ids)
-
-
 def build_loader(
     dataset: Dataset, backbone, batch_size: int, train: bool, seed: int, num_workers: int = 0, sampler_kind: str = "shuffle",
     sizes: Sequence[int] | None = None,
@@ -379,6 +363,7 @@ def build_loader(
     (``data.sampler``) "balanced" draws class-balanced training batches. ``sizes``: the training
     image size of each epoch (:func:`progressive_sizes`)."""
     sampler: Sampler[list[int]]
+    own = getattr(dataset, "collate", None)  # a modality's own dataset says how its items batch
     if train and sampler_kind == "balanced":
         labels = getattr(dataset, "labels", None)
         if labels is None:
@@ -386,13 +371,13 @@ def build_loader(
         if not torch.is_tensor(labels) or labels.dim() != 1 or labels.is_floating_point():
             raise DataError("data.sampler: balanced sampling needs one class per example (a single-label classification task)")
         sampler = BalancedBatchSampler(dataset.labels, batch_size, seed, item_seeds=isinstance(dataset, ImageDataset))
-        collate: Any = TextCollator(backbone.pad_token_id) if isinstance(dataset, TextDataset) else collate_images
+        collate: Any = TextCollator(backbone.pad_token_id) if isinstance(dataset, TextDataset) else own or collate_images
     elif isinstance(dataset, TextDataset):
         sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, seed) if train else EvalBatchSampler(dataset.lengths, batch_size)
         collate = TextCollator(backbone.pad_token_id)
     else:
         sampler = ShuffledBatchSampler(len(dataset), batch_size, seed, item_seeds=True) if train else SequentialBatchSampler(len(dataset), batch_size)
-        collate = collate_images
+        collate = own or collate_images
     if train and isinstance(dataset, ImageDataset) and isinstance(sampler, ResumableBatchSampler):
         sampler.sizes = sizes
     return DataLoader(

@@ -9,9 +9,11 @@ relative to the table's folder (absolute paths are kept).
 
 Example::
 
-    read_examples("train.tsv", "text", text_columns=["sentence1", "sentence2"]).inputs[0]
+    _read_text_table(Path("train.tsv"), None, "label", True, ["sentence1", "sentence2"]).inputs[0]
     # ('A man is playing a guitar.', 'Someone plays an instrument.')
-    read_examples("photos.csv", "image").inputs[0]   # 'photos/img_001.jpg' (the 'file' column)
+
+Which reader a path gets, and the column guesses, belong to its modality (finetunekit.modalities:
+``read_examples(path, "image")``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from .label_values import SpellingLog, label_text
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TABLE_EXTENSIONS = {".csv", ".tsv", ".jsonl", ".txt", ".parquet"}
 TEXT_EXTENSIONS = TABLE_EXTENSIONS  # texts come in tables
+# The columns tried, in order, when none is named: the one list each, which the modalities
+# (Modality.column_guesses) and the tasks' own image tables use, training and batch predict alike.
 TEXT_COLUMN_GUESSES = ("text", "sentence", "sentence1", "review", "content", "question", "document")
 IMAGE_COLUMN_GUESSES = ("file", "image", "path", "filename", "file_name", "image_path", "filepath")
 # How the user sets the text and label columns, named in error messages: recipe fields when
@@ -74,46 +78,8 @@ class Examples:
         return f"{place}: column {column!r}" if column else place
 
 
-def detect_modality(path: Path) -> str:
-    if path.is_dir():
-        return "image"
-    if path.suffix.lower() in TEXT_EXTENSIONS:
-        return "text"
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return "image"
-    raise DataError(f"{path}: not an image folder nor a .csv/.tsv/.jsonl/.txt/.parquet file")
-
-
 def is_table(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in TABLE_EXTENSIONS
-
-
-def read_examples(
-    path: str | Path,
-    modality: str,
-    text_column: str | None = None,
-    label_column: str | list[str] = "label",
-    require_labels: bool = True,
-    text_columns: list[str] | None = None,
-    image_column: str | None = None,
-    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS,
-    image_root: str | Path | None = None,
-) -> Examples:
-    """Read a labelled data set: an ImageFolder-style directory, a table of image files (relative
-    to ``image_root``, default the table's folder), or a table of texts (``text_columns``: two
-    columns read as sentence pairs). ``label_column``: one column, or a list (a tuple of cells per
-    row). ``options`` name the settings of the text and label columns in error messages."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data path not found: {path}")
-    found = detect_modality(path)
-    if modality == "image" and is_table(path):
-        return _read_image_table(path, image_column, label_column, require_labels, options, image_root)
-    if found != modality:
-        raise DataError(f"{path}: is {found} data, but the model's backbone takes {modality}")
-    if modality == "image":
-        return _read_image_folder(path)
-    return _read_text_table(path, text_column, label_column, require_labels, text_columns, options)
 
 
 def _read_image_folder(root: Path) -> Examples:
@@ -205,8 +171,10 @@ def check_images(examples: Examples, policy: str = "fail", max_pixels: int | Non
 
 def _read_text_table(
     path: Path, text_column: str | None, label_column: str | list[str], require_labels: bool, text_columns: list[str] | None = None,
-    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS,
+    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS, guesses: tuple[str, ...] = (),
 ) -> Examples:
+    """A table of texts (or, with ``text_columns``, sentence pairs); without a text column named,
+    the first of ``guesses`` (the modality's) the table has, else its first non-label column."""
     rows, columns = _table(path)
     listed = ", ".join(map(_column_name, columns))
     if text_columns:
@@ -216,7 +184,7 @@ def _read_text_table(
         wanted = list(text_columns)
     else:
         if text_column is None:
-            text_column = next((c for c in TEXT_COLUMN_GUESSES if c in columns), None)
+            text_column = next((c for c in guesses if c in columns), None)
             if text_column is None:
                 text_column = next((c for c in columns if c not in _columns(label_column)), None)
         if text_column not in columns:
@@ -261,17 +229,18 @@ def _column_name(name: str) -> str:
 
 def _read_image_table(
     path: Path, image_column: str | None, label_column: str | list[str], require_labels: bool,
-    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS, image_root: str | Path | None = None,
+    options: tuple[str, str] = RECIPE_COLUMN_OPTIONS, image_root: str | Path | None = None, guesses: tuple[str, ...] = (),
 ) -> Examples:
     """A table with one image file per row; relative paths are relative to ``image_root``
-    (data.image_root), by default the table's folder."""
+    (data.image_root), by default the table's folder; the file column is the first of ``guesses``
+    (the modality's) the table has unless named."""
     base = Path(image_root) if image_root is not None else path.parent
     relative_to = f"data.image_root {base}" if image_root is not None else "the table's folder"
     if image_root is not None and not base.is_dir():
         raise DataError(f"data.image_root: {base} is not a folder")
     rows, columns = _table(path)
     if image_column is None:
-        image_column = next((c for c in IMAGE_COLUMN_GUESSES if c in columns), None)
+        image_column = next((c for c in guesses if c in columns), None)
         if image_column is None:
             image_column = next((c for c in columns if c not in _columns(label_column)), None)
             first = str(rows[0][1].get(image_column, "")).strip()
@@ -438,7 +407,7 @@ def sample_per_class(labels: list[str], shots: int, seed: int) -> list[int]:
 def resolve_splits(
     train_path: str,
     val_path: str | None,
-    modality: str,
+    modality: Any,
     val_fraction: float,
     seed: int,
     text_column: str | None = None,
@@ -455,17 +424,16 @@ def resolve_splits(
     bad label cells first; default: the label cells), or random when it gives None. ``reader``
     (a task's own formats, ``Task.reader()``) reads each path instead of the generic readers.
     ``lists``: text files naming the training and the validation images (:func:`select_listed`);
-    with a validation list and no ``val_path``, both splits come from ``train_path``."""
-    root = Path(train_path)
-    if reader is None and val_path is None and modality == "image" and (root / "train").is_dir():
-        for name in ("val", "valid", "validation", "test"):
-            if (root / name).is_dir():
-                train_path, val_path = str(root / "train"), str(root / name)
-                break
-    columns = {"text_columns": text_columns, "image_column": image_column, "image_root": image_root}
+    with a validation list and no ``val_path``, both splits come from ``train_path``. ``modality``:
+    the examples' (a ``finetunekit.modalities.Modality``), which reads each path and may find a
+    data root split already (an image root's train/ and val/)."""
+    if reader is None and val_path is None:
+        train_path, val_path = modality.split_folders(Path(train_path)) or (train_path, val_path)
+    columns = {"text_column": text_column, "label_column": label_column, "text_columns": text_columns, "image_column": image_column,
+               "image_root": image_root}
     if reader is None:
         def reader(path: str) -> Examples:
-            return read_examples(path, modality, text_column, label_column, **columns)
+            return modality.read(path, **columns)
     train = full = reader(train_path)
     train_list, val_list = lists
     if train_list:

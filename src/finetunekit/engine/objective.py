@@ -19,8 +19,6 @@ from typing import Any
 
 import torch
 
-from ..errors import RecipeError
-
 
 class Mixer:
     """mixup (Zhang et al. 2018) and cutmix (Yun et al. 2019) on a batch of images.
@@ -97,21 +95,6 @@ class Objective:
         for value in values:
             total = total + value
         return total, parts
-
-
-def check_for_modality(recipe: Any, modality: str) -> None:
-    """Fields that only make sense for images; raised once the backbone's modality is known."""
-    t = recipe.train
-    for name in ("mixup_alpha", "cutmix_alpha"):
-        if modality != "image" and getattr(t, name):
-            raise RecipeError(
-                f"train.{name}: mixup and cutmix blend images, and {recipe.model.backbone} is a {modality} "
-                f"backbone; set train.{name}=0"
-            )
-    if modality != "image" and t.progressive_resize not in (None, 1.0):
-        raise RecipeError(
-            f"train.progressive_resize: resizes images, and {recipe.model.backbone} is a {modality} backbone; set train.progressive_resize=1"
-        )
 
 
 def build_objective(recipe: Any, task: Any, terms: Sequence[Any]) -> Objective:

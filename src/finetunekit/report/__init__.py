@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import artifacts
 from ..errors import FinetuneError
+from ..modalities import modality_of
 from . import html, plots
 from .run_data import RunData, load_run, worst_errors
 
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["load_run", "significance", "significance_lines", "write_comparison", "write_report"]
 
 REPORT_FILE = "report.html"
-MAX_IMAGE_ERRORS = 24
-MAX_TEXT_ERRORS = 50
 
 
 def write_report(
@@ -159,22 +158,19 @@ def _calibration(run: RunData) -> str:
 def _errors(run: RunData, explanations: dict[int, str]) -> str:
     if not run.predictions:
         return html.section("errors", "Worst errors", f'<p class="note">The run has no {artifacts.PREDICTIONS_FILE}.</p>')
-    limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_TEXT_ERRORS
-    errors = worst_errors(run, limit)
+    kind = modality_of(run.modality)
+    errors = worst_errors(run, kind.report_errors)
     total = sum(1 for r in run.predictions if r.get("label") is not None and r["predicted"] != r["label"])
     intro = f'<p class="note">{total} of {len(run.predictions)} validation examples are misclassified'
     intro += f"; the {len(errors)} most confident mistakes:</p>" if errors else ".</p>"
     explained = [r for r in errors if r.get("index") in explanations]
     if explained:
-        intro += ('<p class="note">Under each image, Grad-CAM of the predicted class: red is where the model found '
-                  "its evidence.</p>" if run.modality == "image" else
-                  '<p class="note">Words coloured by integrated gradients of the predicted class: green pushed towards '
-                  "it, red away from it (hover for the value).</p>")
+        intro += kind.explanation_note
         if len(explained) < len(errors):
             intro += f'<p class="note">The {len(explained)} most confident mistakes are explained.</p>'
     if not errors:
         body = intro
-    elif run.modality == "image":
+    elif kind.input_view == "gallery":
         body = intro + '<div class="gallery">' + "".join(html.image_tile(r, explanations.get(r.get("index"))) for r in errors) + "</div>"
     else:
         # a sentence pair is saved as [first, second]: shown as both texts, one after the other
@@ -224,10 +220,10 @@ def _largest_errors(run: RunData) -> str:
             return max(abs(p - t) for p, t in zip(pred, true, strict=True))
         return abs(pred - true)
 
-    limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_TEXT_ERRORS
-    worst = sorted(rows, key=lambda r: -error(r))[:limit]
+    kind = modality_of(run.modality)
+    worst = sorted(rows, key=lambda r: -error(r))[: kind.report_errors]
     intro = f'<p class="note">The {len(worst)} validation examples with the largest absolute error:</p>'
-    if run.modality == "image":
+    if kind.input_view == "gallery":
         tiles = [{**r, "label": _shown(r["label"]), "predicted": _shown(r["predicted"]), "confidence": error(r)} for r in worst]
         body = intro + '<div class="gallery">' + "".join(html.image_tile(t, detail="error") for t in tiles) + "</div>"
     else:
@@ -261,11 +257,11 @@ def _label_errors(run: RunData) -> str:
     def wrong(r: dict) -> int:
         return len(set(r["label"]) ^ set(r["predicted"]))
 
-    limit = MAX_IMAGE_ERRORS if run.modality == "image" else MAX_TEXT_ERRORS
-    worst = [r for r in sorted(rows, key=lambda r: -wrong(r)) if wrong(r)][:limit]
+    kind = modality_of(run.modality)
+    worst = [r for r in sorted(rows, key=lambda r: -wrong(r)) if wrong(r)][: kind.report_errors]
     total = sum(1 for r in rows if wrong(r))
     intro = f'<p class="note">{total} of {len(rows)} validation examples have a wrong label set; the {len(worst)} with the most wrong labels:</p>'
-    if run.modality == "image":
+    if kind.input_view == "gallery":
         tiles = [{**r, "label": ", ".join(r["label"]) or "(none)", "predicted": ", ".join(r["predicted"]) or "(none)",
                   "confidence": float(wrong(r))} for r in worst]
         body = intro + '<div class="gallery">' + "".join(html.image_tile(t, detail="wrong labels") for t in tiles) + "</div>"

@@ -35,7 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import FinetuneError, did_you_mean
+from ..errors import DataError, FinetuneError, did_you_mean
 
 try:  # the one place the web stack is imported (the 'serve' extra)
     import python_multipart  # noqa: F401  (FastAPI's form parser)
@@ -146,7 +146,7 @@ class Service:
 
     @property
     def input_field(self) -> str:
-        return "texts" if self.predictor.modality == "text" else "images"
+        return self.predictor.kind.request_field  # the JSON field that carries this modality's inputs
 
     def metadata(self) -> dict[str, Any]:
         keep = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "loss", "ece", "eval_set", "num_examples", "best_epoch")
@@ -192,15 +192,15 @@ class Service:
         if task is not None and task not in self.tasks:
             raise RequestError(422, f"task {str(task)[:60]!r}: this run has only {', '.join(self.tasks)}")
         explain = _flag(fields.get("explain", request.query_params.get("explain", False)))
-        texts, images = fields.get("texts"), fields.get("images")
-        if texts is None and images is None:
+        sent = [name for name in self.json_fields[:-2] if fields.get(name) is not None]  # the input fields given
+        if not sent:
             raise RequestError(422, f"no inputs: send {self.input_field!r} (this run takes {self.predictor.modality})")
-        if texts is not None and images is not None:
+        if len(sent) > 1:
             raise RequestError(422, "send either 'texts' or images, not both")
-        given = "texts" if texts is not None else "images"
+        given = sent[0]
         if given != self.input_field:
             raise RequestError(422, f"this run's model takes {self.predictor.modality} ({self.input_field!r}), not {given}")
-        inputs = texts if texts is not None else images
+        inputs = fields[given]
         if not isinstance(inputs, list):
             raise RequestError(422, f"{given}: expected a list, got {type(inputs).__name__}")
         if not inputs:
@@ -209,9 +209,23 @@ class Service:
             raise RequestError(413, f"{given}: {len(inputs)} inputs, more than the {self.options.max_inputs} per request this service accepts")
         if explain and len(inputs) > self.options.max_explain_inputs:
             raise RequestError(413, f"explain: at most {self.options.max_explain_inputs} inputs per request, got {len(inputs)}")
-        if given == "texts":
-            return [self._check_text(i, t) for i, t in enumerate(inputs)], explain
-        return [self._image(f"images[{i}]", data) for i, data in enumerate(inputs)], explain
+        return [self._decode(given, i, item) for i, item in enumerate(inputs)], explain
+
+    @property
+    def json_fields(self) -> tuple[str, ...]:
+        """The JSON body's fields: the input fields (a modality's own after texts and images), then explain and task."""
+        return (*JSON_FIELDS[:2], *([self.input_field] if self.input_field not in JSON_FIELDS else []), *JSON_FIELDS[2:])
+
+    def _decode(self, field: str, index: int, item: Any) -> Any:
+        """One input of a request, checked and decoded as the model takes it."""
+        if field == "texts":
+            return self._check_text(index, item)
+        if field == "images":
+            return self._image(f"images[{index}]", item)
+        try:  # another modality decodes what its own field carries (Modality.decode_request)
+            return self.predictor.kind.decode_request(f"{field}[{index}]", item)
+        except DataError as exc:
+            raise RequestError(422, str(exc)) from None
 
     async def _json_fields(self, request: Request) -> dict[str, Any]:
         body = await request.body()
@@ -222,9 +236,9 @@ class Service:
         if not isinstance(fields, dict):
             raise RequestError(422, f"body: expected a JSON object like {{{self.input_field!r}: [...]}}, got {type(fields).__name__}")
         for name in fields:
-            if name not in JSON_FIELDS:
-                raise RequestError(422, f"unknown field {str(name)[:60]!r}{did_you_mean(str(name), JSON_FIELDS)}; "
-                                   f"fields: {', '.join(JSON_FIELDS)}")
+            if name not in self.json_fields:
+                raise RequestError(422, f"unknown field {str(name)[:60]!r}{did_you_mean(str(name), self.json_fields)}; "
+                                   f"fields: {', '.join(self.json_fields)}")
         images = fields.get("images")
         if isinstance(images, list):
             fields["images"] = [_b64(i, item) for i, item in enumerate(images)]

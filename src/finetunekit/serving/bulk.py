@@ -36,10 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.readers import IMAGE_EXTENSIONS, TEXT_COLUMN_GUESSES, TEXT_EXTENSIONS, _iter_rows
+from ..data.readers import TEXT_EXTENSIONS, _iter_rows
 from ..errors import DataError, FinetuneError
-
-IMAGE_COLUMN_GUESSES = ("file", "path", "image", "filename")
+from ..modalities import modality_of
 # Texts: batches of similar length are formed within windows of this many batches (SST-2 dev at
 # batch 64: 25,136 token positions instead of 44,448 in input order); a crash loses at most one
 # window's work.
@@ -61,28 +60,29 @@ def iter_inputs(
         return
     if not source.exists():
         raise DataError(f"--input: not found: {source}")
+    kind = modality_of(modality)
     if source.is_dir():
-        if modality != "image":
-            raise DataError(f"--input {source}: a folder of images, but this run's model takes text (give a table)")
-        yield from ((p, None) for p in _walk_images(source))
+        if not kind.file_extensions:  # inputs that are table cells (texts) cannot come from a folder
+            raise DataError(f"--input {source}: a folder of images, but this run's model takes {kind.name} (give a table)")
+        yield from ((p, None) for p in _walk_files(source, kind.file_extensions))
         return
     if source.suffix.lower() not in TEXT_EXTENSIONS:
         raise DataError(f"--input {source}: expected an image folder or a .csv/.tsv/.jsonl/.txt table")
     if source.stat().st_size == 0:
         raise DataError(f"{source}: file is empty")
-    guesses = TEXT_COLUMN_GUESSES if modality == "text" else IMAGE_COLUMN_GUESSES
+    guesses = kind.column_guesses
     for where, row in _iter_rows(source):
         if column is None:
             column = next((c for c in guesses if c in row), None)
             if column is None:
-                if modality == "image":
-                    raise DataError(f"{source}: no image path column ({', '.join(guesses)}); name it with --column")
+                if kind.file_extensions:  # a file column is never guessed from its position
+                    raise DataError(f"{source}: no {kind.name} path column ({', '.join(guesses)}); name it with --column")
                 column = next(iter(row))
         if column not in row:
             raise DataError(f"{where}: no column {column!r} (columns: {', '.join(row)}); name it with --column")
         value = row.get(column)
         text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip()
-        if modality == "image" and text:
+        if kind.file_extensions and text:  # file paths are relative to the table
             text = str((source.parent / text) if not Path(text).is_absolute() else Path(text))
         yield text, (f"{where}: empty {column!r}" if not text else None)
 
@@ -108,16 +108,16 @@ def _iter_pairs(source: Path, columns: list[str]) -> Iterator[tuple[Any, str | N
         yield (first, second), (f"{where}: empty {empty[0]!r}" if empty else None)
 
 
-def _walk_images(root: Path) -> Iterator[str]:
-    """Image files under ``root``, depth first, each directory's entries sorted; only one directory
-    listing is held at a time."""
+def _walk_files(root: Path, extensions: frozenset[str]) -> Iterator[str]:
+    """Files with one of ``extensions`` (the modality's: images) under ``root``, depth first, each
+    directory's entries sorted; only one directory listing is held at a time."""
     entries = sorted(os.scandir(root), key=lambda e: e.name)
     for entry in entries:
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            yield from _walk_images(Path(entry.path))
-        elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            yield from _walk_files(Path(entry.path), extensions)
+        elif Path(entry.name).suffix.lower() in extensions:
             yield entry.path
 
 
@@ -191,7 +191,8 @@ def predict_to_csv(
             raise FinetuneError(f"cannot resume {partial}: the input changed since it was written; rerun with --restart")
     counts = {"total": total, "resumed": done, "predicted": 0, "errors": 0}
     bar = tqdm(total=total, initial=done, unit=predictor.modality, desc="predict", disable=quiet, dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=reader_threads()) if predictor.modality == "image" else None
+    # files (images) are read and decoded in threads ahead of the model; texts are batched by length
+    pool = ThreadPoolExecutor(max_workers=reader_threads()) if predictor.kind.file_extensions else None
     window = batch_size * (SORT_WINDOW if pool is None else 1)
     batches = 0
 

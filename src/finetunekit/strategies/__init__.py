@@ -9,6 +9,24 @@ rates (:meth:`Strategy.group_lrs`); both are functions of the epoch alone, so a 
 re-enters exactly the phase it was in. Strategies whose phase changes (freeze_then_unfreeze, lp_ft,
 gradual_unfreeze) live in :mod:`finetunekit.strategies.schedules`.
 
+A strategy owns its whole surface, in its own module:
+
+* its options: ``Options``, a dataclass whose fields sit in the recipe's ``strategy:`` section
+  (``strategy: {name: lora, lora_rank: 4}``) and whose ``__post_init__`` checks them, naming the
+  field; :meth:`Strategy.check` and :meth:`Strategy.check_epochs` hold the checks that need
+  ``strategy.name`` or ``train.epochs``. The options every strategy reads are :class:`CommonOptions`
+  and :class:`finetunekit.strategies.regularizers.RegularizerOptions`. The recipe's
+  ``StrategySpec`` is the union of these dataclasses (:func:`option_fields`);
+* what it declares about itself: :attr:`Strategy.sets_linear_head` (the head is computed from
+  pooled features, so a task whose head reads feature maps cannot use it),
+  :attr:`Strategy.supports_layer_decay`;
+* what it adds to the model (adapters): ``model.adapter`` describes it as ``{"kind": <strategy
+  name>, ...}``, saved in ``finetunekit.json``; :meth:`Strategy.save_extra`,
+  :meth:`Strategy.restore` and :meth:`Strategy.merge` write, re-insert and fold it, reached
+  through :func:`saved_extras`, :func:`restore_added` and :func:`merge_added` by the run
+  directory, the loader, the ``run:`` backbone source and export, which never name a strategy;
+* how the model card describes it: :meth:`Strategy.card_schedule`, :meth:`Strategy.card_lines`.
+
 Example::
 
     strategy = STRATEGIES.get("linear_probe")(StrategySpec(name="linear_probe"))
@@ -18,19 +36,96 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
+from ..errors import FinetuneError, RecipeError, check_range
 from ..registry import Registry
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+
+@dataclass
+class CommonOptions:
+    """``strategy:`` options that every strategy reads (the base :class:`Strategy` applies them)."""
+
+    # BatchNorm running statistics while training: "frozen" keeps the pretrained ones (small
+    # batches of a small data set make poor estimates), "train" updates them, "auto" freezes them
+    # for pretrained backbones and trains them from scratch. Frozen layers always keep theirs.
+    batchnorm: Literal["auto", "frozen", "train"] = "auto"
+    # backbone layer group i of n (0 is the input end) trains at train.lr * layer_decay ** (n - 1 - i),
+    # the head at train.head_lr; the optimizer then has one group per layer group
+    # (backbone.0 ... backbone.{n-1}, head). Strategies with Strategy.supports_layer_decay False refuse it.
+    layer_decay: float | None = None
+    # text backbones: whether the pretrained input token-embedding table trains when its layer group
+    # does. false (the default) keeps it frozen: its dense update every step was a fifth of a
+    # MiniLM-L6 training step, and SST-2 accuracy was the same without it (docs/performance.md).
+    # A backbone trained from scratch (model.pretrained: false) always trains it.
+    train_token_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layer_decay is not None:
+            check_range("strategy.layer_decay", self.layer_decay, 0.0, 1.0, low_open=True)
 
 
 class Strategy:
     """Base: everything trains in two groups, backbone and head."""
 
     summary: str = ""  # one line for `finetunekit list`; empty: the docstring's first line
+    # this strategy's own options: a dataclass whose fields join the recipe's strategy: section
+    Options: ClassVar[type | None] = None
+    # True: the strategy computes a linear classifier head from pooled backbone features itself
+    # (prototype, setfit), so a task whose head reads feature maps (segmentation, detection) cannot use it
+    sets_linear_head: ClassVar[bool] = False
+    # False: strategy.layer_decay has no effect (the original layers do not train in groups)
+    supports_layer_decay: ClassVar[bool] = True
+
+    # -- options -------------------------------------------------------------------------------
+    @classmethod
+    def check(cls, spec: Any) -> None:
+        """Checks of the whole ``strategy:`` section once ``strategy.name`` is this strategy (each
+        options dataclass has already checked its own fields). Raises RecipeError naming a field."""
+        if not cls.supports_layer_decay and spec.layer_decay is not None:
+            raise RecipeError(f"strategy.layer_decay: has no effect with strategy {spec.name}; leave it null")
+
+    @classmethod
+    def check_epochs(cls, spec: Any, epochs: int) -> None:
+        """Cross-field check once ``train.epochs`` is known: a schedule whose change falls after the
+        last epoch would silently be another strategy. The error names ``train.epochs``."""
+
+    @classmethod
+    def card_schedule(cls, spec: Any) -> str:
+        """How the trainable set changed during training, for the model card ('' when it did not)."""
+        return ""
+
+    @classmethod
+    def card_lines(cls, spec: Any) -> list[str]:
+        """Extra '- ...' lines of the model card's details (what the strategy added, how it is saved)."""
+        return []
+
+    # -- what the strategy adds to the model (adapters), saved with the run ---------------------
+    @classmethod
+    def save_extra(cls, model: nn.Module) -> dict[str, Callable[[Path], None]]:
+        """Folders of the run directory, beside ``model.safetensors``, for what this strategy added
+        to ``model`` (described by ``model.adapter``): folder name -> a function that fills a fresh
+        folder (the run directory writes each atomically). Default: none."""
+        return {}
+
+    @classmethod
+    def restore(cls, backbone: nn.Module, description: dict[str, Any]) -> None:
+        """Re-insert what ``description`` (a saved ``model.adapter``) describes into a freshly
+        built ``backbone``, in place, so the run's saved weights fit it."""
+        raise FinetuneError(f"strategy {description.get('kind')!r} adds nothing to the model that a run directory could restore")
+
+    @classmethod
+    def merge(cls, backbone: nn.Module) -> None:
+        """Fold what the strategy added into ``backbone``'s plain layers (same function, plain weights)."""
 
     @classmethod
     def describe(cls) -> str:
@@ -141,7 +236,8 @@ class Strategy:
         """A strategy that trains without the shared gradient loop (prototype: class means;
         setfit: contrastive pairs, then the head) does its epoch here and returns
         ``{"loss", "samples", "seconds", "steps"}`` (optionally ``"trace"``); None (the default)
-        means the trainer's loop runs. ``context``: epoch, seed, batch_size, quiet."""
+        means the trainer's loop runs. ``context``: epoch, seed, batch_size, quiet, and task (the
+        run's :class:`finetunekit.tasks.Task`: a strategy that reports a loss asks ``task.loss``)."""
         return None
 
     def finalize(self, model: nn.Module) -> bool:
@@ -191,9 +287,99 @@ class LinearProbe(Strategy):
 class LastN(Strategy):
     """The last ``spec.last_n`` backbone layer groups and the head train."""
 
+    @dataclass
+    class Options:
+        last_n: int = 2  # backbone layer groups that train, counted from the output end
+
+        def __post_init__(self) -> None:
+            check_range("strategy.last_n", self.last_n, 0, 10_000)
+
     def trainable_groups(self, model: nn.Module) -> set[int]:
         n = len(model.backbone.layer_groups())
         return set(range(max(0, n - self.spec.last_n), n))
+
+
+# -- the recipe's strategy: section, from every strategy's options ---------------------------------
+
+
+def option_classes() -> list[type]:
+    """The options dataclasses behind the ``strategy:`` section: the common ones, then each
+    registered strategy's own, by strategy name."""
+    from .regularizers import RegularizerOptions
+
+    own = [STRATEGIES.get(n).Options for n in STRATEGIES.names()]
+    return list(dict.fromkeys([CommonOptions, RegularizerOptions, *(o for o in own if o is not None)]))  # each once
+
+
+def option_fields() -> list[tuple[str, Any, Any]]:
+    """``(name, type, dataclasses.field)`` of every option, for ``dataclasses.make_dataclass``.
+
+    Every field is accepted whatever ``strategy.name`` says (a search space may set
+    ``strategy.lp_epochs`` while it chooses the strategy, ``name: null`` is resolved later, and
+    saved recipes hold every field), so two strategies may share a field only with one type and
+    default."""
+    fields: dict[str, tuple[str, Any, Any]] = {}
+    for options in option_classes():
+        hints = typing.get_type_hints(options)
+        for f in dataclasses.fields(options):
+            entry = (f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory))
+            if f.name in fields and (fields[f.name][1], fields[f.name][2].default) != (entry[1], f.default):
+                raise TypeError(f"strategy option {f.name!r} is declared twice with different types or defaults ({options.__qualname__})")
+            fields.setdefault(f.name, entry)
+    return list(fields.values())
+
+
+def check_options(spec: Any) -> None:
+    """Every options dataclass checks its fields' values in ``spec``; then the named strategy
+    checks the section as a whole. Raises RecipeError naming the field."""
+    for options in option_classes():
+        names = [f.name for f in dataclasses.fields(options)]
+        if not all(hasattr(spec, n) for n in names):
+            # the recipe's section was built before this strategy registered (a plug-in imported
+            # after finetunekit.recipe): its options cannot be recipe fields in this process
+            if spec.name is not None and STRATEGIES.get(spec.name).Options is options:
+                raise RecipeError(
+                    f"strategy.name: strategy {spec.name!r} was registered after finetunekit.recipe was imported, so its "
+                    f"options ({', '.join(names)}) are not recipe fields; import the module that registers it first"
+                )
+            continue
+        options(**{n: getattr(spec, n) for n in names})
+    if spec.name is not None:
+        STRATEGIES.get(spec.name).check(spec)
+
+
+# -- what a strategy added to a model, through the run directory -----------------------------------
+
+
+def adding_strategy(description: dict[str, Any]) -> type[Strategy]:
+    """The strategy that added what ``description`` (``model.adapter``; ``finetunekit.json``'s
+    ``adapter``) describes: its ``kind`` is the strategy's name."""
+    kind = description.get("kind") if isinstance(description, dict) else None
+    if not isinstance(kind, str) or kind not in STRATEGIES:
+        raise FinetuneError(f"unknown adapter kind {kind!r} in the run directory")
+    return STRATEGIES.get(kind)
+
+
+def saved_extras(model: nn.Module) -> dict[str, Callable[[Path], None]]:
+    """Folders the run directory gets for what a strategy added to ``model`` (none for a plain model)."""
+    added = getattr(model, "adapter", None)
+    return adding_strategy(added).save_extra(model) if added is not None else {}
+
+
+def restore_added(model: nn.Module, description: dict[str, Any]) -> None:
+    """Re-insert the described additions into ``model.backbone`` and record them on the model."""
+    adding_strategy(description).restore(model.backbone, description)
+    model.adapter = dict(description)
+
+
+def merge_added(model: nn.Module) -> bool:
+    """Fold what a strategy added into ``model.backbone``'s plain layers; True when there was any."""
+    added = getattr(model, "adapter", None)
+    if added is None:
+        return False
+    adding_strategy(added).merge(model.backbone)
+    model.adapter = None
+    return True
 
 
 # Registers the strategies defined in submodules, once Strategy exists: LoRA through peft (peft

@@ -30,13 +30,15 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..errors import FinetuneError, RecipeError, did_you_mean, warn
-from . import STRATEGIES, Strategy
+from ..errors import FinetuneError, RecipeError, check_range, did_you_mean, shown, warn
+from . import STRATEGIES, Strategy, merge_added, restore_added
 
 ADAPTER_DIR = "adapter"
 # LoRA parameters are named <layer>.lora_A.<adapter>.weight (lora_embedding_A for embeddings).
@@ -152,12 +154,6 @@ def inject_adapter(backbone: nn.Module, description: dict[str, Any]) -> None:
     peft.inject_adapter_in_model(lora_config(description), adapted_root(backbone))
 
 
-def apply_adapter(model: nn.Module, description: dict[str, Any]) -> None:
-    """Insert the described LoRA layers into ``model.backbone`` and record them on the model."""
-    inject_adapter(model.backbone, description)
-    model.adapter = dict(description)
-
-
 def merge_into_backbone(backbone: nn.Module) -> None:
     """Fold every adapter layer of ``backbone`` into its weights and put the plain layer back
     (peft's merge_and_unload, for adapters injected in place)."""
@@ -176,11 +172,7 @@ def merge_into_backbone(backbone: nn.Module) -> None:
 
 def merge_adapters(model: nn.Module) -> bool:
     """Merge the model's adapters into its backbone. Returns whether anything was merged."""
-    if getattr(model, "adapter", None) is None:
-        return False
-    merge_into_backbone(model.backbone)
-    model.adapter = None
-    return True
+    return merge_added(model)
 
 
 def save_adapter(model: nn.Module, directory: Path) -> None:
@@ -202,6 +194,31 @@ def save_adapter(model: nn.Module, directory: Path) -> None:
 # -- the strategy ----------------------------------------------------------------------------------
 
 
+@dataclass
+class LoraOptions:
+    """``strategy:`` options of lora: rank-``lora_rank`` adapters scaled by alpha/rank on the
+    ``lora_targets`` layers (names or dotted suffixes; null: every Linear and 1x1 convolution);
+    ``lora_merge_on_save`` folds them into the saved weights (a plain model), false keeps them
+    separate (and writes a peft adapter directory)."""
+
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] | None = None
+    lora_merge_on_save: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("strategy.lora_rank", self.lora_rank, 1, 4096)
+        check_range("strategy.lora_alpha", self.lora_alpha, 0.0, 1e6, low_open=True)
+        check_range("strategy.lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
+        if self.lora_targets is not None:
+            if not self.lora_targets:
+                raise RecipeError("strategy.lora_targets: give at least one layer name, or null for the default layers")
+            for i, target in enumerate(self.lora_targets):
+                if not target.strip() or target != target.strip() or target.startswith(".") or target.endswith("."):
+                    raise RecipeError(f"strategy.lora_targets[{i}]: {shown(target)} is not a layer name (e.g. 'query' or 'attn.qkv')")
+
+
 @STRATEGIES.register("lora")
 class Lora(Strategy):
     """LoRA adapters (``strategy.lora_*``) and the head train; the original backbone is frozen.
@@ -210,6 +227,30 @@ class Lora(Strategy):
     start as a zero update and need a larger rate than full fine-tuning; the per-strategy defaults
     are in finetunekit.defaults.
     """
+
+    Options = LoraOptions
+    supports_layer_decay = False  # the adapters train as one group; the original layers are frozen
+
+    @classmethod
+    def card_lines(cls, spec: Any) -> list[str]:
+        layers = ", ".join(f"`{t}`" for t in spec.lora_targets) if spec.lora_targets else "every Linear and 1x1 convolution layer"
+        saved = ("merged into the saved weights (a plain model)" if spec.lora_merge_on_save
+                 else f"kept separate (`{ADAPTER_DIR}/` is a peft adapter directory, with the head in `head.safetensors`)")
+        return [f"- LoRA adapters: rank {spec.lora_rank}, alpha {spec.lora_alpha:g}, dropout {spec.lora_dropout:g}, "
+                f"on {layers} of the frozen backbone; {saved}"]
+
+    # -- the adapters in the run directory (kept unmerged: strategy.lora_merge_on_save false) ------
+    @classmethod
+    def save_extra(cls, model: nn.Module) -> dict[str, Callable[[Path], None]]:
+        return {model.adapter.get("directory", ADAPTER_DIR): lambda tmp: save_adapter(model, tmp)}
+
+    @classmethod
+    def restore(cls, backbone: nn.Module, description: dict[str, Any]) -> None:
+        inject_adapter(backbone, description)
+
+    @classmethod
+    def merge(cls, backbone: nn.Module) -> None:
+        merge_into_backbone(backbone)
 
     # One phase for the whole run: what trains and the group rates never change with the epoch.
     def trainable_groups(self, model: nn.Module) -> set[int]:
@@ -231,7 +272,7 @@ class Lora(Strategy):
         if not pretrained:
             warn("strategy lora on a backbone with model.pretrained=false: only low-rank updates of random weights will train")
         self.lr, self.head_lr = lr, head_lr or lr
-        apply_adapter(model, description)
+        restore_added(model, description)  # records the description as model.adapter
         self._apply_trainable(model, set())
         # The backbone's BatchNorm layers are frozen layers, so FineTuneModel.train() keeps them in
         # eval mode: the pretrained running statistics normalise the adapted activations in training
@@ -245,5 +286,5 @@ class Lora(Strategy):
 
     def finalize(self, model: nn.Module) -> bool:
         if self.spec.lora_merge_on_save:
-            return merge_adapters(model)
+            return merge_added(model)
         return False

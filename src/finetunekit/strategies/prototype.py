@@ -54,15 +54,18 @@ def prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -
 class Prototype(Strategy):
     """Nearest class mean on normalised frozen features: no gradient steps (few-shot images)."""
 
+    sets_linear_head = True  # the head is the class means of pooled features
+
     def trainable_groups(self, model: nn.Module) -> set[int]:
         return set()
 
     def backbone_frozen_at(self, epoch: int) -> bool:
         return True
 
-    def fit_epoch(self, model: nn.Module, loader: Any, accelerator: Any, **_: Any) -> dict[str, Any]:
+    def fit_epoch(self, model: nn.Module, loader: Any, accelerator: Any, **context: Any) -> dict[str, Any]:
         """Set the head from the class means of the training features; returns the epoch's stats
-        (the loss is the cross-entropy of the fitted head on the training features)."""
+        (the loss is the task's loss, ``context["task"].loss``, of the fitted head on the training
+        features)."""
         started = time.perf_counter()
         feats, labels = collect_features(model, loader, accelerator)
         fc = model.head.fc
@@ -72,5 +75,5 @@ class Prototype(Strategy):
             fc.weight.copy_(protos * scale)
             fc.bias.zero_()
             logits = feats @ fc.weight.T.float() + fc.bias.float()
-            loss = nn.functional.cross_entropy(logits, labels).item()
+            loss = sum(context["task"].loss(logits, labels).values()).item()
         return {"loss": loss, "samples": len(labels), "seconds": time.perf_counter() - started, "steps": 0}

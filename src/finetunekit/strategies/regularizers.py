@@ -20,11 +20,36 @@ Example::
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import check_range
+
+
+@dataclass
+class RegularizerOptions:
+    """``strategy:`` options of the regularisers, for any strategy; each 0 = off.
+
+    L2-SP (Li et al. 2018): ``l2sp_alpha/2 * ||w - w0||^2`` over the backbone parameters that train
+    (w0: the pretrained weights) + ``l2sp_beta/2 * ||W_head||^2`` over the head's weight matrix.
+    With l2sp_alpha > 0 the backbone groups get no weight decay (it would pull them to 0, not to
+    w0). Li et al. use alpha 0.1, beta 0.01 (tune per task). Feature distillation from a frozen
+    copy of the pretrained backbone (Learning without Forgetting at feature level):
+    ``distill_weight`` * mean over examples and feature dimensions of ``(f(x) - f0(x))^2``; zero
+    while the backbone is frozen.
+    """
+
+    l2sp_alpha: float = 0.0
+    l2sp_beta: float = 0.0
+    distill_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("l2sp_alpha", "l2sp_beta", "distill_weight"):
+            check_range(f"strategy.{name}", getattr(self, name), 0.0, 1e6)
 
 
 class LossTerm(Protocol):

@@ -25,12 +25,17 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from ..errors import RecipeError
+from ..errors import RecipeError, check_range, shown
 from . import STRATEGIES, Strategy
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def _all(model: nn.Module) -> set[int]:
@@ -50,6 +55,19 @@ class FreezeThenUnfreeze(Strategy):
     while the head keeps ``train.head_lr`` (discriminative rates); the schedule restarts."""
 
     summary = "The head alone for strategy.freeze_epochs epochs, then the whole backbone at train.lr; the head keeps train.head_lr."
+
+    @dataclass
+    class Options:
+        freeze_epochs: int = 1  # epochs of the head alone before the backbone joins
+
+        def __post_init__(self) -> None:
+            check_range("strategy.freeze_epochs", self.freeze_epochs, 0, 10_000)
+
+    @classmethod
+    def card_schedule(cls, spec: Any) -> str:
+        if spec.freeze_epochs > 0:
+            return f"the whole backbone joined after {_epochs(spec.freeze_epochs)} (the head kept its rate)"
+        return ""
 
     def trainable_at(self, model: nn.Module, epoch: int) -> set[int]:
         return _all(model) if epoch >= self.spec.freeze_epochs else set()
@@ -73,6 +91,25 @@ class LinearProbeThenFineTune(Strategy):
     pretrained features are distorted less than by fine-tuning under a random head."""
 
     summary = "LP-FT: a linear probe for strategy.lp_epochs epochs, then every parameter, the head too, at train.lr."
+
+    @dataclass
+    class Options:
+        lp_epochs: int = 1  # linear-probe epochs, counted within train.epochs
+
+        def __post_init__(self) -> None:
+            check_range("strategy.lp_epochs", self.lp_epochs, 1, 10_000)
+
+    @classmethod
+    def check_epochs(cls, spec: Any, epochs: int) -> None:
+        if spec.lp_epochs >= epochs:
+            raise RecipeError(
+                f"train.epochs: {epochs} leaves no fine-tuning epoch after strategy.lp_epochs={spec.lp_epochs} "
+                "linear-probe epochs (strategy lp_ft); raise train.epochs or lower strategy.lp_epochs"
+            )
+
+    @classmethod
+    def card_schedule(cls, spec: Any) -> str:
+        return f"after {_epochs(spec.lp_epochs)} of linear probe, every parameter at the backbone's rate"
 
     def trainable_at(self, model: nn.Module, epoch: int) -> set[int]:
         return _all(model) if epoch >= self.spec.lp_epochs else set()
@@ -103,6 +140,39 @@ class GradualUnfreeze(Strategy):
     decayed by ``spec.layer_decay``); the head keeps ``train.head_lr``; one schedule throughout."""
 
     summary = "The head alone, then one more backbone layer group (output end first) every strategy.unfreeze_every epochs."
+
+    @dataclass
+    class Options:
+        unfreeze_every: int = 1  # epochs between two unfreezings
+        unfreeze_milestones: list[int] | None = None  # unfreeze after these epoch counts instead
+
+        def __post_init__(self) -> None:
+            check_range("strategy.unfreeze_every", self.unfreeze_every, 1, 10_000)
+            milestones = self.unfreeze_milestones
+            if milestones is not None:
+                if not milestones:
+                    raise RecipeError("strategy.unfreeze_milestones: give at least one epoch count, or null to use unfreeze_every")
+                for i, m in enumerate(milestones):
+                    check_range(f"strategy.unfreeze_milestones[{i}]", m, 1, 100_000)
+                if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
+                    raise RecipeError(f"strategy.unfreeze_milestones: {shown(milestones)} must be strictly increasing")
+
+    @classmethod
+    def check_epochs(cls, spec: Any, epochs: int) -> None:
+        late = [m for m in spec.unfreeze_milestones or [spec.unfreeze_every] if m >= epochs]
+        if late:
+            field_name = "unfreeze_milestones" if spec.unfreeze_milestones else "unfreeze_every"
+            raise RecipeError(
+                f"train.epochs: {epochs} epochs end before strategy.{field_name} = {', '.join(map(str, late))}, "
+                f"so no layer group would unfreeze then (strategy gradual_unfreeze); raise train.epochs or "
+                f"use epoch counts below {epochs}"
+            )
+
+    @classmethod
+    def card_schedule(cls, spec: Any) -> str:
+        milestones, every = spec.unfreeze_milestones, spec.unfreeze_every
+        when = f"after epochs {', '.join(map(str, milestones))}" if milestones else "every " + ("epoch" if every == 1 else f"{every} epochs")
+        return f"one more backbone layer group, output end first, {when}"
 
     def unfrozen_count(self, epoch: int) -> int:
         """How many backbone layer groups (from the output end) train during ``epoch``."""

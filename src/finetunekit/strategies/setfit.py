@@ -26,12 +26,13 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import FinetuneError
+from ..errors import FinetuneError, check_range
 from . import STRATEGIES, Strategy
 
 
@@ -64,6 +65,18 @@ def cosine_pair_loss(u: torch.Tensor, v: torch.Tensor, target: torch.Tensor) -> 
 @STRATEGIES.register("setfit")
 class SetFit(Strategy):
     """Contrastive sentence-pair fine-tuning of the encoder, then a logistic-regression head (few-shot text)."""
+
+    @dataclass
+    class Options:
+        # rounds of pair generation, each pairing every training example once with its own class
+        # and once with another (2 x rounds x examples pairs an epoch); 0: no pair stage, only the
+        # logistic-regression head on the pretrained encoder's embeddings
+        setfit_iterations: int = 20
+
+        def __post_init__(self) -> None:
+            check_range("strategy.setfit_iterations", self.setfit_iterations, 0, 100_000)
+
+    sets_linear_head = True  # the head is a logistic regression on pooled embeddings
 
     def fit_epoch(self, model: nn.Module, loader: Any, accelerator: Any, **context: Any) -> dict[str, Any]:
         if accelerator.num_processes > 1:

@@ -12,7 +12,8 @@ batching, ``gather_for_metrics`` and checkpoints work unchanged. What differs:
   ``takes_feature_maps = True``, so :class:`finetunekit.model.FineTuneModel` feeds it
   ``backbone.feature_maps(batch)``;
 * ``check_recipe`` refuses the frozen-feature cache's mixing companions (mixup, cutmix),
-  class-balanced sampling, few-shot sampling by class, the prototype / SetFit strategies,
+  class-balanced sampling, few-shot sampling by class, strategies that compute a linear head
+  from pooled features themselves (``Strategy.sets_linear_head``: prototype, SetFit),
   feature distillation and text backbones, each naming the field. The trainer trains dense tasks
   on the images, never on cached features.
 
@@ -50,7 +51,7 @@ class DenseTask(Task):
                 raise RecipeError(f"train.{name}: mixup and cutmix blend whole images, not {kind} targets; set train.{name}=0")
         if d.sampler == "balanced":
             raise RecipeError(f"data.sampler: balanced sampling draws one class per image, and a {kind} image has many; use shuffle")
-        if s.name in ("prototype", "setfit"):
+        if getattr(s.strategy_class, "sets_linear_head", False):
             raise RecipeError(f"strategy.name: {s.name} builds a classifier on pooled features; a {kind} task needs a trained head")
         if s.distill_weight:
             raise RecipeError(f"strategy.distill_weight: distillation compares pooled features; a {kind} head reads feature maps; set it to 0")
