@@ -57,6 +57,10 @@ def test_label_kinds_lists_numbers_and_pairs():
     assert numbers.labels == ["0.5", "2"]
     ints = read_examples(pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}), "text")
     assert ints.labels == ["0", "1"]
+    nullable = read_examples(pd.DataFrame({"text": ["a", "b"], "label": pd.array([3, None], dtype="Int64")}), "text")
+    assert nullable.labels == ["3", ""]  # pandas' <NA> is an empty cell, as a blank one in a file
+    with pytest.raises(DataError, match="row 1: empty text in column 'text'"):
+        read_examples(pd.DataFrame({"text": pd.array(["a", None], dtype="string"), "label": ["x", "y"]}), "text")
     pairs = read_examples(pd.DataFrame({"s1": ["a", "b"], "s2": ["c", "d"], "label": ["y", "n"]}), "text", text_columns=["s1", "s2"])
     assert pairs.inputs == [("a", "c"), ("b", "d")]
 

@@ -231,6 +231,8 @@ def _plain(value: Any) -> Any:
     """A pandas cell as a plain Python value (numpy scalars and arrays included)."""
     if value is None or isinstance(value, (str, int, float, bytes)):
         return value
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values of nullable columns: an empty cell
+        return None
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         return value.tolist()
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
