@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     # validates names against both registries
     {"strategies", "tasks"},
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
-    {"data", "backbones"},
+    {"data", "backbones"},  # data.audio: audio files; backbones.whisper_ct2: Whisper from CTranslate2 files
     # what an input is: finding examples (with data's readers), preprocessing, what it needs from a backbone
     {"modalities"},
     {"defaults"},  # the recipe's unset fields: the modality's, the task's
