@@ -459,6 +459,7 @@ class WhisperEncoderBackbone(Backbone):
 
     modality: ClassVar[str] = "audio"  # type: ignore[assignment]  # the audio modality widens base.Modality
     kind = "whisper"
+    saves_assets: ClassVar[bool] = True  # config and feature extractor settings: the run rebuilds the encoder from them
 
     def __init__(self, encoder: nn.Module, feature_extractor: Any, config: Any) -> None:
         super().__init__()
