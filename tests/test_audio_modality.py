@@ -154,3 +154,13 @@ def test_speech_commands_slice_with_the_bundled_tiny_en(tmp_path):
     result = train(recipe, output=tmp_path / "run", quiet=True)
     assert result.recipe.strategy.name == "linear_probe"
     assert result.metrics["accuracy"] >= 0.6  # 12 classes (chance 0.08) from 96 clips
+
+
+def test_zero_config_picks_audio_and_a_whisper_backbone(audio_data):
+    from finetunekit.autoconfig import infer_recipe
+
+    inferred = infer_recipe(audio_data)
+    assert inferred.recipe.model.backbone == "bundled:whisper_tiny_en"
+    assert inferred.recipe.strategy.name == modality_of("audio").default_strategy
+    assert inferred.reasons[0] == "modality: audio (a folder with train/ and val/ sub-folders)"
+    assert any(r.startswith("strategy: linear_probe (the audio default") for r in inferred.reasons)

@@ -215,6 +215,8 @@ class Audio(Modality):
     export_formats = ("onnx",)
     onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"}}
     zero_config_backbone = "bundled:whisper_tiny_en"
+    zero_config_reason = ("the audio default: a linear probe on Whisper tiny.en's encoder, on the feature cache; "
+                          "measured on Speech Commands V2-12 (docs/audio.md)")
     report_errors = 50
     explained_errors = 20
     input_view = "table"
