@@ -164,3 +164,15 @@ def test_zero_config_picks_audio_and_a_whisper_backbone(audio_data):
     assert inferred.recipe.strategy.name == modality_of("audio").default_strategy
     assert inferred.reasons[0] == "modality: audio (a folder with train/ and val/ sub-folders)"
     assert any(r.startswith("strategy: linear_probe (the audio default") for r in inferred.reasons)
+
+
+def test_a_bad_clip_in_a_training_folder_stops_the_run_before_it_starts(audio_data, tiny_whisper, tmp_path):
+    import shutil
+
+    shutil.copytree(audio_data / "train", tmp_path / "train")
+    (tmp_path / "train" / "low" / "broken.wav").write_text("these are my notes, not a recording")
+    recipe = Recipe.from_dict({"model": {"backbone": f"whisper:{tiny_whisper}"},
+                               "data": {"train": str(tmp_path / "train"), "val": str(audio_data / "val")}, "train": {"epochs": 1}})
+    with pytest.raises(DataError, match=r"broken.wav: a text file, not audio"):
+        train(recipe, output=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "model.safetensors").exists()

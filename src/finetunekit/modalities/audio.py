@@ -250,6 +250,24 @@ class Audio(Modality):
                 return str(root / "train"), str(root / name)
         return None
 
+    def check_examples(self, examples: Any, data: Any) -> Any:
+        """Every clip's header read before training (about a millisecond a file), so a file that is
+        empty, not audio, of a broken rate or too long stops the run before it starts, with its
+        one-line reason; a file corrupt past its header fails when it is decoded, as clearly."""
+        import soundfile as sf
+
+        from ..data.audio import MIN_SAMPLE_RATE, read_audio_native
+
+        for path in examples.inputs:
+            try:
+                info = sf.info(str(path))
+                ok = info.frames > 0 and MIN_SAMPLE_RATE <= info.samplerate and info.frames / info.samplerate <= DEFAULT_MAX_SECONDS
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                ok = False
+            if not ok:
+                read_audio_native(path)  # raises the reason, naming the file
+        return examples
+
     # -- preprocessing ------------------------------------------------------------------------------
 
     def run_preprocessing(self, backbone: Any, data: Any) -> dict[str, Any]:
