@@ -198,25 +198,31 @@ class Audio(Modality):
     request_field = "audio"
     backbone_needs = ("featurize", "sampling_rate")
     augments = True
-    # Chosen with benchmarks/audio.py on Speech Commands V2-12 (docs/audio.md).
-    default_strategy = "linear_probe"
-    train_defaults = {"epochs": 10, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-2, "weight_decay": 0.01, "scheduler": "cosine",
-                      "warmup_ratio": 0.0, "progressive_resize": 1.0}
-    strategy_train_defaults = {"lora": {"lr": 1e-3, "head_lr": 1e-2}, "full": {"lr": 5e-5, "head_lr": 1e-3, "warmup_ratio": 0.1},
-                               "prototype": {"epochs": 1}}
-    # The linear probe reads the feature cache: each trial costs seconds.
+    # Chosen by measurement on Speech Commands V2-12 (benchmarks/audio.py, docs/audio.md): full
+    # fine-tuning of Whisper tiny.en for 4 epochs reached 0.981 test accuracy against 0.932 for the
+    # linear probe on its features (0.946 on Whisper base's), in about 5 minutes on two CPU cores.
+    default_strategy = "full"
+    train_defaults = {"epochs": 4, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "weight_decay": 0.01, "scheduler": "cosine",
+                      "warmup_ratio": 0.1, "progressive_resize": 1.0}
+    strategy_train_defaults = {
+        # the probe reads the feature cache: more epochs cost seconds, and the new head alone takes a larger rate
+        "linear_probe": {"epochs": 10, "head_lr": 1e-2, "warmup_ratio": 0.0},
+        "lora": {"lr": 1e-3, "head_lr": 1e-3},  # adapters start as a zero update and need a larger rate than full
+        "prototype": {"epochs": 1},
+    }
+    # the rates and length of the default full fine-tuning
     search_space = {
-        "train.head_lr": {"log_uniform": [1e-3, 1e-1]},
-        "train.weight_decay": {"log_uniform": [1e-4, 1e-1]},
-        "train.epochs": {"int": [5, 30]},
-        "train.label_smoothing": {"uniform": [0.0, 0.2]},
-        "train.batch_size": {"choice": [16, 32, 64]},
+        "train.lr": {"log_uniform": [1e-5, 3e-4]},
+        "train.head_lr": {"log_uniform": [1e-4, 1e-2]},
+        "train.epochs": {"int": [2, 6]},
+        "train.batch_size": {"choice": [16, 32]},
+        "train.warmup_ratio": {"uniform": [0.0, 0.2]},
     }
     export_formats = ("onnx",)
     onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"}}
     zero_config_backbone = "bundled:whisper_tiny_en"
-    zero_config_reason = ("the audio default: a linear probe on Whisper tiny.en's encoder, on the feature cache; "
-                          "measured on Speech Commands V2-12 (docs/audio.md)")
+    zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
+                          "Speech Commands V2-12 against 0.932 for the linear probe (docs/audio.md)")
     report_errors = 50
     explained_errors = 20
     input_view = "table"
