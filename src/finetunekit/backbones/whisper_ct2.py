@@ -36,7 +36,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -457,9 +457,9 @@ class WhisperEncoderBackbone(Backbone):
     masked out of attention and of the mean, so a clip's features do not depend on its batch.
     """
 
-    modality: ClassVar[str] = "audio"  # type: ignore[assignment]  # the audio modality widens base.Modality
+    modality = "audio"
     kind = "whisper"
-    saves_assets: ClassVar[bool] = True  # config and feature extractor settings: the run rebuilds the encoder from them
+    saves_assets = True  # the config and the feature extractor's settings: the run directory's backbone/
 
     def __init__(self, encoder: nn.Module, feature_extractor: Any, config: Any) -> None:
         super().__init__()
@@ -543,8 +543,10 @@ class WhisperEncoderBackbone(Backbone):
         if not bool(mask.all()):
             attn = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
             attn = attn.masked_fill(~mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        # transformers 4.x encoder layers also take a (required) head mask and return a tuple
+        extra = {"layer_head_mask": None} if "layer_head_mask" in inspect.signature(enc.layers[0].forward).parameters else {}
         for layer in enc.layers:
-            hidden = layer(hidden, attn)
+            hidden = layer(hidden, attn, **extra)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         return enc.layer_norm(hidden), mask
 
