@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, write_tone_clips
 
+from conftest import SHARED_DATA
 from finetunekit import Recipe, evaluate, train
 from finetunekit.backbones import create_backbone
 from finetunekit.errors import DataError
@@ -113,9 +112,8 @@ def test_bad_clips_are_one_line_errors_naming_the_file(tmp_path, audio_data):
 
 def test_the_service_takes_base64_clips_and_uploads(audio_run, audio_data):
     pytest.importorskip("fastapi")
-    from service_client import post_form, post_json, running
-
     from finetunekit.predict import load
+    from service_client import post_form, post_json, running
 
     clip = (audio_data / "val" / "high" / "clip_1.wav").read_bytes()
     with running(load(audio_run.run_dir)) as (url, _):
