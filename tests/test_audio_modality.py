@@ -94,6 +94,27 @@ def test_a_run_trains_evaluates_and_predicts_files(audio_run, audio_data):
         predictor.predict([str(run_dir / "preprocessing.json")])
 
 
+def test_a_stopped_run_resumes_to_the_same_weights(audio_data, tiny_whisper, tmp_path, monkeypatch):
+    # augmented clips are drawn from (seed, epoch, clip) alone: the resumed run replays the same batches
+    from test_resume import interrupted
+
+    from finetunekit.artifacts import read_weights
+
+    recipe = Recipe.from_dict({
+        "model": {"backbone": f"whisper:{tiny_whisper}"},
+        "data": {"train": str(audio_data / "train"), "val": str(audio_data / "val"), "augment": "strong"},
+        "strategy": {"name": "full"},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "seed": 0, "checkpoint_every_steps": 2},
+    })
+    reference = train(recipe, output=tmp_path / "reference", quiet=True)
+    interrupted(monkeypatch, recipe, tmp_path / "run", 2)
+    resumed = train(recipe, output=tmp_path / "run", quiet=True, resume=True)
+    assert resumed.metrics["accuracy"] == pytest.approx(reference.metrics["accuracy"])
+    got = read_weights(resumed.run_dir)
+    for name, value in read_weights(reference.run_dir).items():
+        torch.testing.assert_close(got[name], value)
+
+
 def test_bad_clips_are_one_line_errors_naming_the_file(tmp_path, audio_data):
     audio = modality_of("audio")
     (tmp_path / "empty.wav").write_bytes(b"")
