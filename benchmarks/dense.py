@@ -88,7 +88,7 @@ def run_finetunekit(name: str, work: Path, overrides: list[str]) -> dict:
 def _recipe(name: str, overrides: list[str]):
     sys.path.insert(0, str(REPO / "src"))
     from finetunekit import Recipe
-    from finetunekit.defaults import resolve
+    from finetunekit.run.defaults import resolve
 
     recipe = Recipe.from_yaml(REPO / RUNS[name][0]).with_overrides(overrides)
     return resolve(recipe, "image")
@@ -154,7 +154,7 @@ def build_reference_model(recipe, num_classes: int):
 
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
-    head = DetectionHead(backbone.feature_info(), num_classes, recipe.task.head or "fcos", recipe.task.fpn_channels or 64)
+    head = DetectionHead(backbone.feature_info(), num_classes, recipe.task.option("head") or "fcos", recipe.task.option("fpn_channels") or 64)
 
     class Features(nn.Module):
         """backbone maps -> the pyramid, as torchvision's BackboneWithFPN returns it."""
@@ -201,7 +201,7 @@ def run_reference(name: str, overrides: list[str], epochs: int | None = None) ->
     # the recipe's strategy decides what trains and at which rate (finetunekit's own code, on the
     # same modules), and the recipe's optimiser: both loops train the same parameters the same way
     from finetunekit.engine import build_optimizer
-    from finetunekit.model import FineTuneModel
+    from finetunekit.run.model import FineTuneModel
     from finetunekit.strategies import STRATEGIES
 
     groups = STRATEGIES.get(recipe.strategy.name)(recipe.strategy).setup(FineTuneModel(backbone, head), t.lr, t.head_lr, recipe.model.pretrained)
@@ -255,16 +255,15 @@ def data_seconds(name: str, overrides: list[str], epochs: int = 2) -> dict:
     every access, lists of images)."""
     import torch
 
-    from finetunekit.data.dense import task_reader
-    from finetunekit.data.pipeline import build_loader
-    from finetunekit.modalities import build_dataset
-    from finetunekit.data.readers import resolve_splits
     from finetunekit.backbones import create_backbone
-    from finetunekit.tasks import TASKS
+    from finetunekit.data.pipeline import build_loader
+    from finetunekit.data.readers import resolve_splits
+    from finetunekit.modalities import build_dataset
+    from finetunekit.tasks import TASKS, task_reader
 
     recipe = _recipe(name, overrides)
     d, t = recipe.data, recipe.train
-    reader = task_reader("detection", image_root=d.image_root, classes=recipe.task.classes)
+    reader = task_reader("detection", image_root=d.image_root, classes=recipe.task.option("classes"))
     train, _ = resolve_splits(d.train, d.val, "image", d.val_fraction, t.seed, reader=reader, lists=(d.train_list, d.val_list))
     task = TASKS.get("detection").from_data(TASKS.get("detection").check_options({**recipe.to_dict()["task"]}, "task"), train)
     backbone = create_backbone(recipe.model.backbone, False, image_size=recipe.model.image_size)
@@ -291,7 +290,7 @@ def step_seconds(name: str, overrides: list[str], repeats: int = 3) -> dict:
     import torch
 
     from finetunekit.data.pipeline import open_image
-    from finetunekit.model import FineTuneModel
+    from finetunekit.run.model import FineTuneModel
     from finetunekit.strategies import STRATEGIES
     from finetunekit.tasks import TASKS
 
@@ -300,10 +299,10 @@ def step_seconds(name: str, overrides: list[str], repeats: int = 3) -> dict:
     STRATEGIES.get(recipe.strategy.name)(recipe.strategy).setup(FineTuneModel(backbone, head), 1e-4, 1e-3, True)
     ds = TutorialDataset(name, "train", True)
     images, targets = zip(*(ds[i] for i in range(8)))
-    from finetunekit.data.detection import read_detection
+    from finetunekit.tasks.detection_data import read_detection
 
     d = recipe.data
-    train = read_detection(d.train, image_root=d.image_root, classes=recipe.task.classes)
+    train = read_detection(d.train, image_root=d.image_root, classes=recipe.task.option("classes"))
     names = [p.name for p in ds.images[:8]]
     train = train.subset([[__import__("pathlib").Path(p).name for p in train.inputs].index(n) for n in names])
     task = TASKS.get("detection").from_data(TASKS.get("detection").check_options({**recipe.to_dict()["task"]}, "task"), train)

@@ -66,7 +66,7 @@ def run_reference(recipe_path: Path, epochs: int | None = None) -> dict[str, Any
 
     from finetunekit import Recipe
     from finetunekit.backbones import create_backbone
-    from finetunekit.data.dense import read_segmentation
+    from finetunekit.tasks.segmentation_data import read_segmentation
     from finetunekit.tasks.segmentation import LRASPPSegHead, FPNSegHead, segmentation_metrics
 
     recipe = Recipe.from_yaml(recipe_path)

@@ -37,7 +37,7 @@ TIMEOUT = 300
 FULL_DISK = """
 import errno, sys
 from pathlib import Path
-import finetunekit.artifacts as artifacts
+import finetunekit.run.artifacts as artifacts
 target, write = sys.argv.pop(1), artifacts._atomic_write_bytes
 def full(path, data):
     if Path(path).name == target:
@@ -51,7 +51,7 @@ sys.exit(main(sys.argv[1:]))
 # A training killed (as by SIGKILL: no clean-up) right after its first checkpoint.
 KILLED_AFTER_FIRST_CHECKPOINT = """
 import os, sys
-import finetunekit.checkpoint as checkpoint
+import finetunekit.run.checkpoint as checkpoint
 save = checkpoint.Checkpointer.save
 def save_then_die(self, *args, **kwargs):
     save(self, *args, **kwargs)
@@ -61,10 +61,42 @@ from finetunekit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+# One hostile request to a running service (the real app on a free loopback port), then a good one
+# and /health: exits 0 when the hostile request got the expected 4xx status and the service still
+# answers; prints the status and the error line either way.
+SERVICE_REQUEST = r"""
+import base64, http.client, json, sys, threading, time
+import uvicorn
+from finetunekit.use.predict import load
+from finetunekit.use.serving.app import ServeOptions, bind, create_app
+run_dir, expected, body, good = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read(), sys.argv[4]
+app = create_app(load(run_dir), ServeOptions(max_body_bytes=8 * 1024 * 1024))
+sock = bind("127.0.0.1", 0)
+server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
+threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+while not server.started:
+    time.sleep(0.02)
+def post(data, kind="application/json", path="/predict", method="POST"):
+    conn = http.client.HTTPConnection("127.0.0.1", sock.getsockname()[1], timeout=120)
+    conn.request(method, path, body=data, headers={"content-type": kind})
+    response = conn.getresponse()
+    return response.status, response.read().decode("utf-8", "replace")
+kind = "application/json"
+if body.startswith(b"\x89PNG"):
+    body, kind = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"bomb.png\"\r\n"
+                  b"Content-Type: image/png\r\n\r\n" + body + b"\r\n--b--\r\n"), "multipart/form-data; boundary=b"
+status, answer = post(body, kind)
+print(f"status {status}: {answer}"[:400], flush=True)
+healthy = post(None, path="/health", method="GET")[0] == 200 and post(good.encode())[0] == 200
+print("the service answers afterwards" if healthy else "the service no longer answers", flush=True)
+server.should_exit = True
+sys.exit(0 if status == expected and healthy else 1)
+"""
+
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from finetunekit.outputs import RunDirLock
+from finetunekit.core.outputs import RunDirLock
 RunDirLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -432,7 +464,6 @@ def evaluate_hint_names_the_flag(w, d):
 
 @case
 def damaged_feature_cache_entries(w, d):
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -444,6 +475,167 @@ def damaged_feature_cache_entries(w, d):
             meta, features = handle.metadata(), handle.get_tensor("features")
         save_file({"features": features * 0.5}, str(entry), metadata=meta)
     return 0, cli(*args, "--output", str(d / "second"))
+
+
+# -- outputs never destroy inputs (issue 27, cluster 1) ----------------------------------------------
+
+
+@case
+def export_onto_the_run_it_exports(w, d):
+    run = w.copy_run(w.image_run, d)
+    return 2, cli("export", str(run), "--format", "onnx", "--output", str(run), "--overwrite")
+
+
+@case
+def export_onto_a_folder_holding_the_run(w, d):
+    run = w.copy_run(w.image_run, d)
+    return 2, cli("export", str(run), "--format", "timm", "--output", str(d), "--overwrite")
+
+
+@case
+def predict_onto_the_runs_weights(w, d):
+    run = w.copy_run(w.text_run, d)
+    return 2, cli("predict", str(run), "--input", str(w.texts), "--output", str(run / "model.safetensors"), "--overwrite")
+
+
+@case
+def predict_onto_its_input_table(w, d):
+    table = Path(shutil.copy(w.texts, d / "dev.tsv"))
+    return 2, cli("predict", str(w.text_run), "--input", str(table), "--output", str(table), "--overwrite")
+
+
+@case
+def train_onto_its_own_data(w, d):
+    data = Path(shutil.copytree(w.images, d / "images"))
+    return 2, cli("train", str(w.image_recipe), "--set", f"data.train={data}", "--output", str(data), "--overwrite")
+
+
+@case
+def train_onto_the_run_it_starts_from(w, d):
+    run = w.copy_run(w.image_run, d)
+    return 2, cli("train", str(w.image_recipe), "--set", f"model.backbone=run:{run}", "--output", str(run), "--overwrite")
+
+
+@case
+def report_through_a_symlink_onto_the_recipe(w, d):
+    run = w.copy_run(w.image_run, d)
+    (d / "page.html").symlink_to(run / "recipe.yaml")
+    return 2, cli("report", str(run), "--output", str(d / "page.html"), "--overwrite")
+
+
+@case
+def compare_onto_a_runs_labels_through_dotdot(w, d):
+    run = w.copy_run(w.image_run, d)
+    return 2, cli("compare", str(run), str(w.text_run), "--output", str(d / "x" / ".." / "run" / "labels.json"), "--overwrite")
+
+
+@case
+def explain_into_the_run(w, d):
+    run = w.copy_run(w.text_run, d)
+    return 2, cli("explain", str(run), "good film", "--output", str(run))
+
+
+@case
+def tune_into_a_run(w, d):
+    run = w.copy_run(w.image_run, d)
+    return 2, cli("tune", str(w.image_recipe), "--output", str(run), "--trials", "1")
+
+
+@case
+def lr_find_into_a_run(w, d):
+    run = w.copy_run(w.image_run, d)
+    return 2, cli("lr-find", str(w.image_recipe), "--output", str(run))
+
+
+# -- a table is read as written, or refused (cluster 3) -------------------------------------------------
+
+
+def text_table_case(w, d, name: str, text: str) -> subprocess.CompletedProcess:
+    path = d / name
+    path.write_text(text, encoding="utf-8")
+    return cli("train", str(w.text_recipe), "--set", f"data.train={path}", "--set", f"data.val={path}",
+               "--output", str(d / "run"), "--quiet")
+
+
+GOOD_ROWS = [("good film", "pos"), ("bad film", "neg"), ("great plot", "pos"), ("dull plot", "neg")] * 4
+
+
+@case
+def repeated_label_column_in_the_header(w, d):
+    return 2, text_table_case(w, d, "t.csv", "label,sentence,label\n" + "".join(f"{y},{t},{y}\n" for t, y in GOOD_ROWS))
+
+
+@case
+def unclosed_quote_swallowing_a_row(w, d):
+    rows = "".join(f"{t},{y}\n" for t, y in GOOD_ROWS)
+    return 2, text_table_case(w, d, "t.csv", 'sentence,label\n"good film,pos\nbad film",neg\n' + rows)
+
+
+@case
+def unclosed_quote_to_the_end_of_the_file(w, d):
+    rows = "".join(f"{t},{y}\n" for t, y in GOOD_ROWS)
+    return 2, text_table_case(w, d, "t.csv", "sentence,label\n" + rows + '"bad film,neg\ngreat plot,pos\n')
+
+
+@case
+def one_list_label_among_63_single_labels(w, d):
+    rows = [{"text": t, "label": y} for t, y in (GOOD_ROWS * 4)[:63]] + [{"text": "good plot", "label": ["pos"]}]
+    return 2, text_table_case(w, d, "t.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@case
+def cell_of_50_mb(w, d):
+    rows = "".join(f"{t},{y}\n" for t, y in GOOD_ROWS)
+    return 2, text_table_case(w, d, "t.csv", "sentence,label\n" + rows + "x" * 50_000_000 + ",pos\n")
+
+
+@case
+def detection_box_row_leaving_the_image_folder(w, d):
+    from PIL import Image
+
+    (d / "images").mkdir()
+    (d / "labels").mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 48), (200, 40, 40)).save(d / "images" / f"img_{i}.png")
+    rows = [f"img_{i}.png,4,4,40,30,cat\n" for i in range(4)]
+    rows.insert(1, "../../../../etc/hostname,4,4,40,30,cat\n")
+    (d / "labels" / "boxes.csv").write_text("file,x1,y1,x2,y2,label\n" + "".join(rows), encoding="utf-8")
+    recipe = write_yaml(d / "recipe.yaml", {
+        "model": {"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 64},
+        "data": {"train": str(d / "labels" / "boxes.csv"), "augment": "none"}, "task": {"type": "detection", "fpn_channels": 64},
+        "train": {"epochs": 1, "batch_size": 2}})
+    return 2, cli("train", str(recipe), "--output", str(d / "run"), "--quiet")
+
+
+# -- the service answers every bad request with a 4xx (cluster 4) -----------------------------------------
+
+
+def service_case(run: Path, d: Path, expected: int, body: bytes, good: dict) -> subprocess.CompletedProcess:
+    (d / "body").write_bytes(body)
+    return cli(str(run), str(expected), str(d / "body"), json.dumps(good), code=SERVICE_REQUEST)
+
+
+@case
+def service_lone_surrogate(w, d):
+    return 0, service_case(w.text_run, d, 400, b'{"texts": ["\\ud800 bad"]}', {"texts": ["good film"]})
+
+
+@case
+def service_json_200000_deep(w, d):
+    return 0, service_case(w.text_run, d, 400, b'{"texts": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", {"texts": ["good film"]})
+
+
+@case
+def service_png_of_20000_by_20000(w, d):
+    import base64
+    import io
+
+    from PIL import Image
+
+    good = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(good, format="PNG")
+    bomb = png_bomb(d / "bomb.png").read_bytes()
+    return 0, service_case(w.image_run, d, 413, bomb, {"images": [base64.b64encode(good.getvalue()).decode()]})
 
 
 # -- the sweep --------------------------------------------------------------------------------------
@@ -459,7 +651,7 @@ def first_line(done: subprocess.CompletedProcess, root: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="run the cases whose name contains this")
+    parser.add_argument("--only", help="run the cases whose name contains this (several: comma-separated)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="finetunekit-hostile-"))
@@ -469,7 +661,7 @@ def main() -> int:
         print(f"setup (data, a tiny BERT, two runs): {time.perf_counter() - started:.0f} s", file=sys.stderr)
         results = []
         for name, fn in CASES.items():
-            if args.only and args.only not in name:
+            if args.only and not any(part in name for part in args.only.split(",")):
                 continue
             started = time.perf_counter()
             expected, done = fn(world, world.case_dir(name))

@@ -25,7 +25,7 @@ from finetunekit.data.audio import (  # noqa: E402
     time_shift,
     windows,
 )
-from finetunekit.errors import DataError  # noqa: E402
+from finetunekit.core.errors import DataError  # noqa: E402
 
 RATE = 16_000
 

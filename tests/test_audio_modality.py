@@ -14,7 +14,7 @@ import torch
 from conftest import SHARED_DATA
 from finetunekit import Recipe, evaluate, train
 from finetunekit.backbones import create_backbone
-from finetunekit.errors import DataError
+from finetunekit.core.errors import DataError
 from finetunekit.modalities import InputSchema, detect, modality_of, read_examples
 
 pytest.importorskip("soundfile")
@@ -80,7 +80,7 @@ def test_a_run_trains_evaluates_and_predicts_files(audio_run, audio_data):
     run_dir = audio_run.run_dir
     assert json.loads((run_dir / "preprocessing.json").read_text())["clip_seconds"] == 0.5
     assert evaluate(str(run_dir), str(audio_data / "val"))["accuracy"] == pytest.approx(audio_run.metrics["accuracy"])
-    from finetunekit.predict import load
+    from finetunekit.use.predict import load
 
     predictor = load(run_dir)
     files = [str(audio_data / "val" / name / "clip_0.wav") for name in ("high", "low", "noise")]
@@ -98,7 +98,7 @@ def test_a_stopped_run_resumes_to_the_same_weights(audio_data, tiny_whisper, tmp
     # augmented clips are drawn from (seed, epoch, clip) alone: the resumed run replays the same batches
     from test_resume import interrupted
 
-    from finetunekit.artifacts import read_weights
+    from finetunekit.run.artifacts import read_weights
 
     recipe = Recipe.from_dict({
         "model": {"backbone": f"whisper:{tiny_whisper}"},
@@ -133,7 +133,7 @@ def test_bad_clips_are_one_line_errors_naming_the_file(tmp_path, audio_data):
 
 def test_the_service_takes_base64_clips_and_uploads(audio_run, audio_data):
     pytest.importorskip("fastapi")
-    from finetunekit.predict import load
+    from finetunekit.use.predict import load
     from service_client import post_form, post_json, running
 
     clip = (audio_data / "val" / "high" / "clip_1.wav").read_bytes()
@@ -151,7 +151,7 @@ def test_the_service_takes_base64_clips_and_uploads(audio_run, audio_data):
 
 def test_onnx_export_passes_its_parity_check(audio_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     result = export(audio_run.run_dir, "onnx", tmp_path / "onnx")
     assert result.examples >= 3 and result.max_abs_diff < 1e-4
@@ -176,7 +176,7 @@ def test_speech_commands_slice_with_the_bundled_tiny_en(tmp_path):
 
 
 def test_zero_config_picks_audio_and_a_whisper_backbone(audio_data):
-    from finetunekit.autoconfig import infer_recipe
+    from finetunekit.choose.autoconfig import infer_recipe
 
     inferred = infer_recipe(audio_data)
     assert inferred.recipe.model.backbone == "bundled:whisper_tiny_en"

@@ -8,7 +8,7 @@ import re
 import yaml
 
 from conftest import make_text_rows, write_tsv
-from finetunekit.autoconfig import epochs_for, infer_recipe, infer_task
+from finetunekit.choose.autoconfig import epochs_for, infer_recipe, infer_task
 from finetunekit.cli import main
 
 
@@ -85,7 +85,7 @@ def test_the_task_rule_reads_the_label_cells():
 def test_text_pairs_with_a_score_are_regression_validated_on_the_dev_table_beside(tmp_path):
     rows = "".join(f"a man plays {i}\tsomeone plays {i}\t{i % 5 + 0.25 * (i % 4)}\n" for i in range(30))
     (tmp_path / "train.tsv").write_text("sentence1\tsentence2\tscore\n" + rows, encoding="utf-8")
-    (tmp_path / "dev.tsv").write_text("sentence1\tsentence2\tscore\n" + rows[:200], encoding="utf-8")
+    (tmp_path / "dev.tsv").write_text("sentence1\tsentence2\tscore\n" + "".join(rows.splitlines(keepends=True)[:10]), encoding="utf-8")
     inferred = infer_recipe(tmp_path / "train.tsv")
     r, text = inferred.recipe, "\n".join(inferred.reasons)
     assert r.task.type == "regression" and r.data.label_column == "score"

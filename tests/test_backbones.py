@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from finetunekit.backbones import BACKBONE_KINDS, BUNDLED, SOURCES, Backbone, check_layer_groups, create_backbone, rebuild_backbone
-from finetunekit.errors import FinetuneError
+from finetunekit.core.errors import FinetuneError
 
 # source -> the smallest backbone of that source, from the test fixtures. Bundled backbones are the
 # real (small) models: there is nothing smaller to bundle.

@@ -101,7 +101,7 @@ def _plain(examples):
 
 
 def test_coco_voc_and_csv_readers_give_the_same_boxes(boxes_set, tmp_path):
-    from finetunekit.data.detection import read_detection
+    from finetunekit.tasks.detection_data import read_detection
 
     root, annotations = boxes_set
     images = root / "images"
@@ -119,8 +119,8 @@ def test_coco_voc_and_csv_readers_give_the_same_boxes(boxes_set, tmp_path):
 
 
 def test_image_list_selects_a_split_in_its_order(boxes_set, tmp_path):
-    from finetunekit.data.detection import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.tasks.detection_data import read_detection
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     table = write_csv(tmp_path / "boxes.csv", annotations)
@@ -133,8 +133,8 @@ def test_image_list_selects_a_split_in_its_order(boxes_set, tmp_path):
 
 
 def test_single_class_table_takes_its_class_from_task_classes(boxes_set, tmp_path):
-    from finetunekit.data.detection import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.tasks.detection_data import read_detection
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     table = write_csv(tmp_path / "nolabel.csv", annotations, ("file", "x1", "y1", "x2", "y2"))
@@ -153,8 +153,8 @@ def test_single_class_table_takes_its_class_from_task_classes(boxes_set, tmp_pat
     ],
 )
 def test_box_outside_the_image_names_file_row_and_field(boxes_set, tmp_path, fmt, pattern):
-    from finetunekit.data.detection import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.tasks.detection_data import read_detection
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     bad = [dict(a) for a in annotations]
@@ -167,8 +167,8 @@ def test_box_outside_the_image_names_file_row_and_field(boxes_set, tmp_path, fmt
 
 
 def test_unreadable_annotation_files_are_named(tmp_path, boxes_set):
-    from finetunekit.data.detection import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.tasks.detection_data import read_detection
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
@@ -181,8 +181,8 @@ def test_unreadable_annotation_files_are_named(tmp_path, boxes_set):
 
 
 def test_unknown_class_in_validation_names_its_row(boxes_set, tmp_path):
-    from finetunekit.data.detection import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.tasks.detection_data import read_detection
+    from finetunekit.core.errors import DataError
     from finetunekit.tasks.detection import DetectionTask
 
     root, annotations = boxes_set
@@ -198,7 +198,7 @@ def test_unknown_class_in_validation_names_its_row(boxes_set, tmp_path):
 
 @needs_detection_data
 def test_raccoon_voc_folder_and_csv_agree():
-    from finetunekit.data.detection import read_detection
+    from finetunekit.tasks.detection_data import read_detection
 
     voc = _plain(read_detection(RACCOON))
     for name in ("train_labels.csv", "test_labels.csv"):
@@ -388,7 +388,7 @@ def test_run_directory_report_card_and_reload_predict_identically(det_run, det_d
     again = model.evaluate(str(det_data / "val.csv"), image_root=str(det_data / "images"))
     assert {k: again[k] for k in ("map", "map_50", "per_class")} == {k: metrics[k] for k in ("map", "map_50", "per_class")}
     saved = [json.loads(line) for line in (run / "val_predictions.jsonl").read_text().splitlines()]
-    from finetunekit.data.dense import task_reader
+    from finetunekit.tasks import task_reader
 
     val = task_reader("detection", image_root=det_data / "images")(det_data / "val.csv")
     scores, targets = model._scores(val, model.task.encode(val))
@@ -422,7 +422,7 @@ def test_predictions_in_image_pixels_files_and_options(det_run, det_data, tmp_pa
 
 def test_onnx_export_matches_the_raw_head_outputs(det_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     exported = export(det_run.run_dir, "onnx", tmp_path / "onnx")
     assert exported.max_abs_diff <= 1e-4
@@ -430,7 +430,7 @@ def test_onnx_export_matches_the_raw_head_outputs(det_run, tmp_path):
 
 def test_resume_mid_epoch_is_exact(det_data, tmp_path, monkeypatch):
     from finetunekit import train
-    from finetunekit.checkpoint import read_checkpoint
+    from finetunekit.run.checkpoint import read_checkpoint
     from run_outputs import comparable, differences
     from test_resume import interrupted
 
@@ -473,7 +473,7 @@ def test_strategies_apply_unchanged(det_data, tmp_path, strategy):
 )
 def test_settings_detection_cannot_honour_are_refused(det_data, tmp_path, change, message):
     from finetunekit import train
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     with pytest.raises(RecipeError, match=message):
         train(det_recipe(det_data, **change), output=tmp_path / "run", quiet=True)

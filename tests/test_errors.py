@@ -19,9 +19,9 @@ import yaml
 
 from conftest import make_image_folder, make_text_rows, tiny_image_recipe, write_tsv
 from finetunekit import train
-from finetunekit.checkpoint import Checkpointer, list_checkpoints
+from finetunekit.run.checkpoint import Checkpointer, list_checkpoints
 from finetunekit.cli import main
-from finetunekit.recipe import TrainSpec
+from finetunekit.run.recipe import TrainSpec
 
 CASES: dict[str, Callable] = {}
 
@@ -220,11 +220,18 @@ def lora_target_matches_nothing(root, env):
 # -- backbones -----------------------------------------------------------------------------------
 
 
+def _sources() -> str:
+    """The registered backbone sources as the errors list them (a plug-in test may add its own)."""
+    from finetunekit.backbones import SOURCES
+
+    return ", ".join(SOURCES.names())
+
+
 @case
 def unknown_backbone_source(root, env):
     images(root, "a", "b")
     return (["train", str(image_recipe(root)), "--set", "model.backbone=timmm:resnet18"],
-            "unknown backbone source 'timmm' (did you mean 'timm'?); choose one of: bundled, hf, run, timm")
+            f"unknown backbone source 'timmm' (did you mean 'timm'?); choose one of: {_sources()}")
 
 
 @case
@@ -245,7 +252,7 @@ def unknown_bundled_backbone(root, env):
 @case
 def backbone_not_source_and_name(root, env):
     return (["train", str(image_recipe(root)), "--set", "model.backbone=resnet50"],
-            "model.backbone: 'resnet50' is not 'source:name' (sources: bundled, hf, run, timm), nor a finetunekit run directory")
+            f"model.backbone: 'resnet50' is not 'source:name' (sources: {_sources()}), nor a finetunekit run directory")
 
 
 # -- data: paths and image folders ----------------------------------------------------------------

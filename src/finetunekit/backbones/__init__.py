@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import FinetuneError
-from ..registry import Registry
+from ..core.errors import FinetuneError
+from ..core.registry import Registry
 from .base import Backbone, check_layer_groups
 from .hf_backbone import HFTextBackbone
 from .timm_backbone import TimmBackbone
@@ -117,7 +117,7 @@ def _whisper_dir(name: str, pretrained: bool, pooling: str, image_size: int | No
 def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
     """The fine-tuned backbone of a finetunekit run (its head is left behind). Built here from the
     run directory's files, not through the model loader, which sits above the backbones."""
-    from ..artifacts import load_weights, read_run_info, read_weights
+    from ..run.artifacts import load_weights, read_run_info, read_weights
 
     run_dir = Path(name)
     info = read_run_info(run_dir)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FinetuneError
+from ..core.errors import FinetuneError
 from .timm_backbone import TimmBackbone
 from .whisper_ct2 import WhisperSource
 
@@ -79,7 +79,7 @@ def efficientnet_lite_imagenet(variant: int = 0) -> torch.nn.Module:
     import timm
 
     model = timm.create_model(f"efficientnet_lite{variant}", pretrained=False)
-    from ..artifacts import safe_torch_load
+    from ..run.artifacts import safe_torch_load
 
     state = safe_torch_load(efficientnet_lite_weights_path(variant))
     model.load_state_dict(map_lite0_state_dict(state, model.state_dict()))

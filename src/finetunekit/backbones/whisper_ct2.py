@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FinetuneError
+from ..core.errors import FinetuneError
 from .base import Backbone
 
 # CTranslate2's DataType enum, as stored in the file
@@ -316,7 +316,7 @@ def prompt_ids(tokenizer: Any, english_only: bool) -> list[int]:
 
 def converted_whisper_dir(source: WhisperSource) -> Path:
     """The cached transformers directory of a CTranslate2 Whisper, converting it on first use."""
-    from ..artifacts import atomic_replace_dir
+    from ..run.artifacts import atomic_replace_dir
 
     target = whisper_cache_dir() / f"{source.name}-{_source_key(source)}"
     if (target / "model.safetensors").is_file():

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 # Below this no speech survives (telephone audio is 8 kHz); a rate this low is a broken header.

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, did_you_mean, utf8_position
+from ..core.errors import DataError, did_you_mean, utf8_position
 from .label_values import SpellingLog, label_text
+from .tables import check_header, check_label_kinds, csv_rows, json_object
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 TABLE_EXTENSIONS = {".csv", ".tsv", ".jsonl", ".txt", ".parquet"}
@@ -217,6 +218,8 @@ def _read_text_table(
             labels.append(_label(row, label_column, where))
             if isinstance(label_column, str):
                 spellings.add(row.get(label_column), labels[-1])
+    if has_labels:
+        check_label_kinds(labels, places, _columns(label_column))  # one odd row never turns the task multi-label
     note = spellings.note(str(path), label_column) if isinstance(label_column, str) else None
     return Examples(inputs, labels if has_labels else None, str(path), "text", [note] if note else [],
                     places=places, label_columns=_columns(label_column))
@@ -265,6 +268,8 @@ def _read_image_table(
         inputs.append(str(file))
         if has_labels:
             labels.append(_label(row, label_column, where))
+    if has_labels:
+        check_label_kinds(labels, places, _columns(label_column))
     return Examples(inputs, labels if has_labels else None, str(path), "image", places=places, label_columns=_columns(label_column))
 
 
@@ -306,6 +311,8 @@ def _label(row: dict, label_column: str | list[str], where: str) -> Any:
 
 
 def _cell(label: Any) -> Any:
+    if isinstance(label, dict):
+        return label  # refused by check_label_kinds, naming the row
     if isinstance(label, list):
         return [str(label_text(x)).strip() for x in label]
     if hasattr(label, "tolist") and not isinstance(label, str):  # a list cell from Parquet (numpy array)
@@ -331,7 +338,7 @@ def _iter_rows(path: Path):
                     if not line.strip():
                         continue
                     try:
-                        row = json.loads(line)
+                        row = json_object(line, f"{path}:{number}")  # a key named twice is refused
                     except json.JSONDecodeError as exc:
                         raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
                     if not isinstance(row, dict):
@@ -340,17 +347,9 @@ def _iter_rows(path: Path):
                 return
             # TSV files like GLUE's contain bare quotes inside sentences: no quoting for tabs.
             if suffix in (".tsv", ".txt"):
-                reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                yield from csv_rows(path, handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             else:
-                reader = csv.DictReader(handle)
-            if not reader.fieldnames:
-                raise DataError(f"{path}: no header row")
-            for row in reader:
-                if None in row:
-                    raise DataError(f"{path}:{reader.line_num}: more fields than the header's {len(reader.fieldnames)}")
-                if all(v is None or not str(v).strip() for v in row.values()):
-                    continue
-                yield f"{path}:{reader.line_num}", row
+                yield from csv_rows(path, handle)  # strict: repeated columns, unclosed quotes, ragged rows
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text at {utf8_position(path.read_bytes())}") from None
 
@@ -361,12 +360,20 @@ def _parquet_rows(path: Path):
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs the package 'pyarrow' (pip install pyarrow)") from None
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for files it cannot read
+    def unreadable(exc: Exception) -> DataError:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         first = first.split(f"{path}': ", 1)[-1][:200]  # pyarrow repeats the path: it is named once already
-        raise DataError(f"{path}: not a readable Parquet file ({first})") from None
+        return DataError(f"{path}: not a readable Parquet file ({first})")
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for files it cannot read
+        raise unreadable(exc) from None
+    check_header(path, names, f"{path}: the schema")  # before pyarrow's own, obscure refusal
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise unreadable(exc) from None
     for number, row in enumerate(table.to_pylist(), start=1):
         if all(_blank(v) for v in row.values()):
             continue

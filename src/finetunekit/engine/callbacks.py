@@ -1,7 +1,7 @@
 """Hooks around the loop: early stopping with a best-state snapshot, and user callbacks.
 
 A callback sees every epoch's record (the line written to metrics.jsonl) and may end the run by
-raising; ``finetunekit.tune`` uses one to report to Optuna and prune::
+raising; ``finetunekit.choose.tune`` uses one to report to Optuna and prune::
 
     class Print(Callback):
         def on_epoch_end(self, epoch, record):
@@ -30,10 +30,9 @@ class EarlyStopping:
     """Track the best value of a validation metric; ``patience=None`` never stops but still keeps
     the best weights so they can be restored at the end."""
 
-    def __init__(self, metric: str, patience: int | None, higher_is_better: bool | None = None) -> None:
+    def __init__(self, metric: str, patience: int | None, higher_is_better: bool) -> None:
+        """``higher_is_better``: the task's direction for ``metric`` (``Task.higher_is_better``)."""
         self.metric = metric
-        if higher_is_better is None:  # the task knows (task.higher_is_better); a loss goes down
-            higher_is_better = metric != "loss"
         self.mode = "max" if higher_is_better else "min"
         self.patience = patience
         self.best: float | None = None

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..data.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError
 from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, Examples, is_table
-from ..errors import DataError
+from ..core.errors import DataError
 from . import MODALITIES
 from .base import InputSchema, Modality, is_file, shown, singles
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import DataError, FinetuneError, RecipeError
+from ..core.errors import DataError, FinetuneError, RecipeError
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Modality:
     augments: ClassVar[bool] = False  # random augmentation presets (data.augment, cached views)
     blends: ClassVar[bool] = False  # mixup and cutmix
     resizes: ClassVar[bool] = False  # progressive resizing
-    # training defaults for the recipe fields left as None (finetunekit.defaults), the default
+    # training defaults for the recipe fields left as None (finetunekit.run.defaults), the default
     # strategy, and per-strategy changes to those defaults
     default_strategy: ClassVar[str]
     train_defaults: ClassVar[dict[str, Any]]
@@ -197,7 +197,7 @@ class Modality:
 
     def export_samples(self, saved: list[Any], schema: InputSchema, limit: int) -> list[Any] | None:
         """Inputs for the export parity check: the run's saved validation inputs, else built-in
-        examples; None: synthetic tensors (``finetunekit.export``)."""
+        examples; None: synthetic tensors (``finetunekit.use.export``)."""
         return saved[:limit] or None
 
     def onnx_inputs(self, predictor: Any) -> str:

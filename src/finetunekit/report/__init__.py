@@ -13,7 +13,7 @@ or from Python::
 
 A run page has: headline metrics, training and validation curves (loss per step and epoch,
 validation metrics, learning rate per parameter group), then the task's sections
-(:data:`TASK_VIEWS`). Classification: the confusion matrix, per-class precision/recall/F1,
+(each task type's ``ReportView``, rendered by :data:`SECTIONS`). Classification: the confusion matrix, per-class precision/recall/F1,
 calibration (reliability diagram and ECE), and the worst errors (the most confidently misclassified
 validation images as a gallery, or texts as a table). Regression: predicted against true values,
 the residuals, and the largest errors. Multi-label: the per-label table with its thresholds and the
@@ -25,21 +25,21 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import artifacts
-from ..errors import FinetuneError
+from ..run import artifacts
+from ..core.errors import FinetuneError
 from ..modalities import modality_of
 from . import html, plots
 from .run_data import RunData, load_run, worst_errors
 
 if TYPE_CHECKING:
-    from ..stats import Comparison
+    from ..core.stats import Comparison
+    from ..tasks.base import ReportView
 
 __all__ = ["load_run", "significance", "significance_lines", "write_comparison", "write_report"]
 
@@ -52,8 +52,8 @@ def write_report(
     """Render the run's report page (default ``RUN_DIR/report.html``, which it always replaces;
     another existing ``output`` only with ``overwrite``); returns its path. ``explanations``: per
     validation index, the explanation of that error (a Grad-CAM overlay's data URI, or highlighted
-    text HTML), as :func:`finetunekit.explain.error_explanations` makes them."""
-    from ..outputs import check_new_file
+    text HTML), as :func:`finetunekit.use.explain.error_explanations` makes them."""
+    from ..core.outputs import check_new_file
 
     if output is not None:
         check_new_file(Path(output), overwrite)
@@ -77,47 +77,49 @@ def write_report_after_training(run_dir: Path, quiet: bool, explain: Callable[[P
         print(f"report: {path}", flush=True)
 
 
-@dataclass
-class TaskView:
-    """What a report shows for one task type: the headline cards (label, metrics.json key), the
-    per-epoch curves (metrics.jsonl key, label) and whether they lie in [0, 1], the sections after
-    the curves, and the metrics a comparison lines up (key, "max" or "min")."""
+def task_view(run: RunData) -> ReportView:
+    """The run's report view, as its task type describes it (finetunekit.tasks.base.ReportView)."""
+    from ..tasks import TASKS
 
-    noun: Callable[[RunData], str]
-    cards: list[tuple[str, str]] | Callable[[RunData], list[tuple[str, str]]]
-    curves: list[tuple[str, str]] | Callable[[RunData], list[tuple[str, str]]]
-    sections: list[Callable[[RunData, dict[int, str]], str]] = field(default_factory=list)  # (run, explanations)
-    compared: list[tuple[str, str]] = field(default_factory=list)
-    bounded: bool = True
+    return TASKS.get(run.task_type).view(run.task)
+
+
+def _noun(run: RunData, view: ReportView) -> str:
+    """The view's subtitle template filled from the run."""
+    parts = _task_parts(run)
+    return view.noun.format(
+        count=len(run.classes), names=", ".join(run.classes) or "one target", plural="es" if len(run.classes) != 1 else "",
+        tasks=len(parts), task_names=", ".join(p["name"] for p in parts),
+    )
 
 
 def render_report(run: RunData, explanations: dict[int, str] | None = None) -> str:
     m = run.metrics
-    view = TASK_VIEWS[run.task_type]
+    view = task_view(run)
     header = (
         f"<h1>{escape(run.name)}</h1>"
         f"<p>{escape(run.backbone)} &middot; {escape(run.modality)} &middot; strategy {escape(run.strategy)} "
-        f"&middot; {escape(view.noun(run))} &middot; best epoch {escape(str(m.get('best_epoch', '?')))} of "
+        f"&middot; {escape(_noun(run, view))} &middot; best epoch {escape(str(m.get('best_epoch', '?')))} of "
         f"{escape(str(m.get('epochs_run', len(run.epochs))))}</p>"
         f"<p>evaluated on {escape(str(m.get('eval_set', '?')))} ({m.get('num_examples', '?')} examples)</p>"
-        + html.cards([(_with_ci(label, m, key), html.fmt(m.get(key))) for label, key in _listed(view.cards, run)])
+        + html.cards([(_with_ci(label, m, key), html.fmt(m.get(key))) for label, key in view.cards])
     )
-    sections = [_curves(run, view), *(section(run, explanations or {}) for section in view.sections)]
+    sections = [_curves(run, view), *(SECTIONS[name](run, explanations or {}) for name in view.sections)]
     return html.page(f"finetunekit report: {run.name}", header, sections)
 
 
 def _with_ci(label: str, metrics: dict, key: str | None = None) -> str:
     """A card's label with the metric's bootstrap interval (metrics.json ``<key>_ci``) when there is one."""
-    from ..stats import format_ci
+    from ..core.stats import format_ci
 
     ci = format_ci(metrics.get(f"{key or label}_ci"))
     return f"{label} (95% CI {ci})" if ci else label
 
 
-def _curves(run: RunData, view: TaskView) -> str:
+def _curves(run: RunData, view: ReportView) -> str:
     if not run.epochs:
         return html.section("curves", "Training curves", '<p class="note">metrics.jsonl has no epochs.</p>')
-    curves = _listed(view.curves, run)
+    curves = list(view.curves)
     names = " and ".join(label for _, label in curves)
     body = '<div class="plots">' + "".join([
         html.figure(plots.loss_curves(run), "Training loss per optimizer step (faint) and per epoch; validation loss after each epoch."),
@@ -341,80 +343,35 @@ def _task_parts(run: RunData) -> list[dict]:
     return list(run.task.get("tasks", []))
 
 
-def _multi_cards(run: RunData) -> list[tuple[str, str]]:
-    cards = []
-    for part in _task_parts(run):
-        view = TASK_VIEWS[part["state"]["type"]]
-        cards += [(f"{part['name']} {label}", f"{part['name']}/{key}") for label, key in _listed(view.cards, run)[:2]]
-    return [*cards, ("weighted loss", "loss")]
-
-
-def _multi_curves(run: RunData) -> list[tuple[str, str]]:
-    return [(f"val_{p['name']}/{key[4:]}", f"{p['name']} {label}") for p in _task_parts(run)
-            for key, label in _listed(TASK_VIEWS[p["state"]["type"]].curves, run)[:1]]
-
-
 def _per_task(run: RunData) -> str:
+    from ..tasks import TASKS
+
     body = ""
     for part in _task_parts(run):
         name, kind = part["name"], part["state"]["type"]
         metrics = run.metrics.get("tasks", {}).get(name, {})
-        rows = [[label, html.fmt(metrics.get(key))] for label, key in _listed(TASK_VIEWS[kind].cards, run)]
+        rows = [[label, html.fmt(metrics.get(key))] for label, key in TASKS.get(kind).view(part["state"]).cards]
         body += f"<h3>{escape(name)} ({escape(kind)}, loss weight {part['weight']:g})</h3>" + html.table(["metric", "value"], rows)
     return html.section("per-task", "Per-task metrics", body)
 
 
-def _listed(value, run: RunData) -> list[tuple[str, str]]:
-    return value(run) if callable(value) else value
-
-
-TASK_VIEWS: dict[str, TaskView] = {
-    "classification": TaskView(
-        noun=lambda run: f"{len(run.classes)} classes",
-        cards=[("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro precision", "macro_precision"),
-               ("macro recall", "macro_recall"), ("loss", "loss"), ("ECE", "ece")],
-        curves=[("val_accuracy", "accuracy"), ("val_macro_f1", "macro F1")],
-        sections=[lambda run, _: _confusion(run), lambda run, _: _per_class(run), lambda run, _: _calibration(run), _errors],
-        compared=[("accuracy", "max"), ("macro_f1", "max"), ("macro_precision", "max"), ("macro_recall", "max"), ("loss", "min"), ("ece", "min")],
-    ),
-    "regression": TaskView(
-        noun=lambda run: f"regression of {', '.join(run.classes) or 'one target'}",
-        cards=[("RMSE", "rmse"), ("MAE", "mae"), ("R²", "r2"), ("Pearson", "pearson"), ("Spearman", "spearman"), ("loss", "loss")],
-        curves=[("val_r2", "R²"), ("val_spearman", "Spearman")],
-        sections=[lambda run, _: _predicted_vs_true(run), lambda run, _: _residuals(run), lambda run, _: _largest_errors(run)],
-        compared=[("rmse", "min"), ("mae", "min"), ("r2", "max"), ("pearson", "max"), ("spearman", "max"), ("loss", "min")],
-        bounded=False,
-    ),
-    "multilabel": TaskView(
-        noun=lambda run: f"{len(run.classes)} labels (multi-label)",
-        cards=[("micro F1", "micro_f1"), ("macro F1", "macro_f1"), ("mAP", "map"), ("subset accuracy", "subset_accuracy"),
-               ("Hamming loss", "hamming_loss"), ("loss", "loss")],
-        curves=[("val_micro_f1", "micro F1"), ("val_macro_f1", "macro F1"), ("val_map", "mAP")],
-        sections=[lambda run, _: _per_label(run), lambda run, _: _label_errors(run)],
-        compared=[("micro_f1", "max"), ("macro_f1", "max"), ("map", "max"), ("subset_accuracy", "max"), ("hamming_loss", "min"), ("loss", "min")],
-    ),
-    "segmentation": TaskView(
-        noun=lambda run: f"segmentation, {len(run.classes)} classes",
-        cards=[("mean IoU", "mean_iou"), ("pixel accuracy", "pixel_accuracy")],
-        curves=[("val_mean_iou", "mean IoU"), ("val_pixel_accuracy", "pixel accuracy")],
-        sections=[lambda run, _: _per_class_iou(run), lambda run, _: _worst_images(run)],
-        compared=[("mean_iou", "max"), ("pixel_accuracy", "max")],
-    ),
-    "detection": TaskView(
-        noun=lambda run: f"object detection, {len(run.classes)} class{'es' if len(run.classes) != 1 else ''}",
-        cards=[("mAP@0.5", "map_50"), ("mAP@[.5:.95]", "map"), ("mAP@0.75", "map_75"), ("mAR@100", "mar_100")],
-        curves=[("val_map_50", "mAP@0.5"), ("val_map", "mAP@[.5:.95]"), ("val_mar_100", "mAR@100")],
-        sections=[lambda run, _: _per_class_ap(run), lambda run, _: _worst_detections(run)],
-        compared=[("map_50", "max"), ("map", "max"), ("map_75", "max"), ("mar_100", "max")],
-    ),
-    "multitask": TaskView(
-        noun=lambda run: f"{len(_task_parts(run))} tasks ({', '.join(p['name'] for p in _task_parts(run))})",
-        cards=_multi_cards,
-        curves=_multi_curves,
-        sections=[lambda run, _: _per_task(run)],
-        compared=[("loss", "min")],
-        bounded=False,
-    ),
+# The sections a task's view names (ReportView.sections), in the order it names them; a task type
+# added outside the package may register renderers of its own here.
+SECTIONS: dict[str, Callable[[RunData, dict[int, str]], str]] = {
+    "confusion": lambda run, _: _confusion(run),
+    "per_class": lambda run, _: _per_class(run),
+    "calibration": lambda run, _: _calibration(run),
+    "errors": _errors,
+    "predicted_vs_true": lambda run, _: _predicted_vs_true(run),
+    "residuals": lambda run, _: _residuals(run),
+    "largest_errors": lambda run, _: _largest_errors(run),
+    "per_label": lambda run, _: _per_label(run),
+    "label_errors": lambda run, _: _label_errors(run),
+    "per_class_iou": lambda run, _: _per_class_iou(run),
+    "worst_images": lambda run, _: _worst_images(run),
+    "per_class_ap": lambda run, _: _per_class_ap(run),
+    "worst_detections": lambda run, _: _worst_detections(run),
+    "per_task": lambda run, _: _per_task(run),
 }
 
 
@@ -424,7 +381,7 @@ TASK_VIEWS: dict[str, TaskView] = {
 def write_comparison(run_dirs: list[str | Path], output: str | Path, overwrite: bool = False) -> Path:
     """One page comparing runs: per-epoch curves overlaid and final metrics side by side. An
     existing ``output`` is replaced only with ``overwrite``, and only by a page (``.html``)."""
-    from ..outputs import check_new_file
+    from ..core.outputs import check_new_file
 
     if len(run_dirs) < 2:
         raise FinetuneError("compare: give at least two run directories")
@@ -438,10 +395,12 @@ def render_comparison(runs: list[RunData]) -> str:
     names = _unique_names(runs)
     headers = ["metric", *names]
     rows, css = [], []
-    view = TASK_VIEWS[runs[0].task_type]
-    compared = []
-    for run in runs:  # runs of different task types: each type's metrics, once
-        compared += [c for c in TASK_VIEWS[run.task_type].compared if c not in compared]
+    view = task_view(runs[0])
+    compared: list[tuple[str, str]] = []
+    for run in runs:  # runs of different task types: each type's metrics, once, in the task's direction
+        task = _task_of(run)
+        compared += [(k, "max" if task.higher_is_better(k) else "min") for k in task_view(run).compared
+                     if k not in (c[0] for c in compared)]
     for key, better in compared:
         values = [r.metrics.get(key) for r in runs]
         known = [v for v in values if isinstance(v, (int, float))]
@@ -462,7 +421,7 @@ def render_comparison(runs: list[RunData]) -> str:
         html.section("metrics", "Final validation metrics", warning + html.table(headers, rows, css)),
         _significance_section(runs, names),
         html.section("curves", "Curves", html.figure(
-            plots.comparison_curves(runs, names, [(k, f"Validation {label}") for k, label in _listed(view.curves, runs[0])]),
+            plots.comparison_curves(runs, names, [(k, f"Validation {label}") for k, label in view.curves]),
             "Per-epoch curves, one colour per run.")),
         html.section("setup", "Setup", html.table(["", *names], setup)),
     ]
@@ -470,8 +429,18 @@ def render_comparison(runs: list[RunData]) -> str:
     return html.page("finetunekit comparison", header, sections)
 
 
-def _all_classification(runs: list[RunData]) -> bool:
-    return all(r.task_type == "classification" for r in runs)
+def _task_of(run: RunData):
+    """The run's task, rebuilt from its files (it knows each metric's direction)."""
+    from ..tasks import task_from_state
+
+    return task_from_state(run.task, lambda name: artifacts.read_json(run.run_dir / name))
+
+
+def _paired_by_class(runs: list[RunData]) -> bool:
+    """Whether every run predicts one class per example (McNemar's test on right/wrong applies)."""
+    from ..tasks import TASKS
+
+    return all(TASKS.get(r.task_type).single_class for r in runs)
 
 
 def paired_predictions(a: RunData, b: RunData) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | str:
@@ -509,14 +478,14 @@ def paired_rows(a: RunData, b: RunData) -> tuple[list[dict], list[dict]] | str:
 
 def significance(runs: list[RunData], metric: str = "accuracy") -> list[tuple[int, Comparison | str]]:
     """Each run after the first against the first, on their shared validation examples:
-    (run position, :class:`finetunekit.stats.Comparison`, or why there is none). Classification
+    (run position, :class:`finetunekit.core.stats.Comparison`, or why there is none). Classification
     runs are compared on ``metric`` (accuracy or macro_f1); runs of other tasks on each metric
     their task's ``example_values`` gives (MAE, sample F1, one per task of several...)."""
-    from ..stats import compare_predictions
+    from ..core.stats import compare_predictions
 
     out: list[tuple[int, Comparison | str]] = []
     for i, run in enumerate(runs[1:], start=1):
-        if not _all_classification([runs[0], run]):
+        if not _paired_by_class([runs[0], run]):
             out.extend((i, c) for c in _graded_comparisons(runs[0], run))
             continue
         paired = paired_predictions(runs[0], run)
@@ -530,7 +499,7 @@ def significance(runs: list[RunData], metric: str = "accuracy") -> list[tuple[in
 
 def _graded_comparisons(first: RunData, run: RunData) -> list[Comparison | str]:
     """``run`` against ``first`` through their task's per-example values (not classification)."""
-    from ..stats import compare_values
+    from ..core.stats import compare_values
     from ..tasks import task_from_state
 
     if first.task_type != run.task_type:

@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 TASKS: Registry = Registry("task")
 
 from .base import Task  # noqa: E402
 from . import classification, detection, multilabel, multitask, regression, segmentation  # noqa: E402, F401  (registers the task types)
 
-__all__ = ["TASKS", "Task", "build_task", "fit_task", "infer_type", "label_columns", "task_from_state"]
+__all__ = ["TASKS", "Task", "build_task", "infer_type", "label_columns", "fit_task", "resolve_types", "task_from_state", "task_reader"]
 
 
 def infer_type(labels: Sequence[Any]) -> tuple[str, str]:
@@ -57,6 +57,20 @@ def task_from_state(state: Any, read: Callable[[str], Any] | None = None) -> Tas
     return TASKS.get(state["type"]).from_state(state, read)
 
 
+def task_reader(task_type: str | None, image_root: str | None = None, **options: Any) -> Callable[[Any], Any] | None:
+    """The reader of ``task_type``'s own data formats (``path -> Examples``: detection's COCO, VOC
+    and box tables, segmentation's image/mask lists), or None when the generic readers (class
+    folders, tables) apply: a task type without formats of its own, or none given.
+
+    Example::
+
+        val = task_reader("detection", image_root="raccoon/images")("raccoon/val.csv")
+    """
+    if task_type is None:
+        return None
+    return TASKS.get(task_type).reader(options, image_root)
+
+
 def label_columns(recipe: Any) -> str | list[str]:
     """The label column(s) to read: ``data.label_column``, or every column of ``tasks:`` in order."""
     if not recipe.tasks:
@@ -69,21 +83,15 @@ def label_columns(recipe: Any) -> str | list[str]:
     return columns
 
 
-def fit_task(recipe: Any, train: Any, single_type: Callable[[list[Any]], str], say: Callable[[str], None]) -> tuple[Task, dict[str, Any]]:
-    """The task the recipe asks for, fitted to the training examples, and the recipe's resolved
-    task section(s) (``{"task": {...}}`` or ``{"tasks": [...]}``) with every type filled in.
-    ``single_type(labels)`` gives the single task's type (inferring it when the recipe has none);
-    each entry of ``tasks:`` without a type is inferred from its own column and reported by ``say``."""
-    import dataclasses
-
+def resolve_types(recipe: Any, train: Any, single_type: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """The recipe's task section(s) with every type fixed and every option filled
+    (``{"task": {...}}`` or ``{"tasks": [...]}``, as recipe.yaml writes them). ``single_type``: the
+    single task's type (written, or inferred from the training labels); each entry of ``tasks:``
+    without a type is inferred from its own column and reported by ``say``."""
     from .multitask import column_view
 
     if not recipe.tasks:
-        kind = single_type(train.labels or [])
-        recipe.task.check_type(kind)
-        cls = TASKS.get(kind)
-        options = cls.check_options(dataclasses.asdict(recipe.task) | {"type": kind}, "task")
-        return cls.from_data(options, train, recipe), {"task": options}
+        return {"task": TASKS.get(single_type).check_options(recipe.task.check_type(single_type).to_dict(), "task")}
     specs = []
     for i, spec in enumerate(recipe.tasks):
         columns = [spec.label_column] if isinstance(spec.label_column, str) else list(spec.label_column)
@@ -91,11 +99,21 @@ def fit_task(recipe: Any, train: Any, single_type: Callable[[list[Any]], str], s
         if kind is None:
             kind, why = infer_type(column_view(train, columns).labels or [])
             say(f"task {spec.name}: {kind} ({why}; set its type to choose)")
-        spec.check_type(kind, f"tasks[{i}]")
+        typed = spec.check_type(kind, f"tasks[{i}]")
         if TASKS.get(kind).dense:
-            from ..errors import RecipeError
+            from ..core.errors import RecipeError
 
             raise RecipeError(f"tasks[{i}].type: a {kind} task has a head of its own on the feature maps; train it alone (task: type: {kind})")
-        options = TASKS.get(kind).check_options({**dataclasses.asdict(spec), "type": kind}, f"tasks[{i}]")
+        options = TASKS.get(kind).check_options(typed.to_dict(), f"tasks[{i}]")
         specs.append({**options, "weight": 1.0 if spec.weight is None else spec.weight})
-    return TASKS.get("multitask").from_data({"type": "multitask", "tasks": specs}, train, recipe), {"tasks": specs}
+    return {"tasks": specs}
+
+
+def fit_task(recipe: Any, train: Any) -> Task:
+    """The task of a resolved recipe (every type fixed: :func:`resolve_types`), fitted to the
+    training examples."""
+    if not recipe.tasks:
+        options = recipe.task.to_dict()
+        return TASKS.get(options["type"]).from_data(TASKS.get(options["type"]).check_options(options, "task"), train, recipe)
+    specs = [spec.to_dict() for spec in recipe.tasks]
+    return TASKS.get("multitask").from_data({"type": "multitask", "tasks": specs}, train, recipe)

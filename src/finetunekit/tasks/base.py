@@ -19,12 +19,36 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from .options import TaskOptions
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """How ``report.html`` shows a task, as data that :mod:`finetunekit.report` renders.
+
+    ``noun`` is a template of the page's subtitle, filled with ``{count}`` (classes, labels or
+    targets), ``{names}`` (their names, joined), ``{plural}`` ("es" unless there is one class) and
+    ``{tasks}`` / ``{task_names}`` for several tasks; ``cards`` are (label, metric) pairs shown as
+    headline numbers; ``curves`` (metrics.jsonl key, label) pairs plotted per epoch; ``sections`` name
+    the report's section renderers (``finetunekit.report.SECTIONS``) in order; ``compared`` the
+    metrics ``finetunekit compare`` puts side by side (their directions come from the task);
+    ``bounded``: every compared metric lies in [0, 1]."""
+
+    noun: str = "{count} outputs"
+    cards: tuple[tuple[str, str], ...] = (("loss", "loss"),)
+    curves: tuple[tuple[str, str], ...] = ()
+    sections: tuple[str, ...] = ()
+    compared: tuple[str, ...] = ("loss",)
+    bounded: bool = True
 
 
 class Task:
@@ -38,9 +62,27 @@ class Task:
     # metrics shown in the epoch log line and stored per epoch as val_<name>
     epoch_metrics: ClassVar[tuple[str, ...]] = ()
     # dense tasks (segmentation, detection) put their head on the backbone's feature maps, read
-    # their own data formats (finetunekit.data.dense) and transform each image together with its
+    # their own data formats (``Task.reader``) and transform each image together with its
     # target (:meth:`transform`); see finetunekit.tasks.dense
     dense: ClassVar[bool] = False
+    # one class per example, decoded as its name: runs compare by right/wrong per example
+    # (McNemar's test in ``finetunekit compare``)
+    single_class: ClassVar[bool] = False
+    # built from the recipe's `tasks:` list (several tasks on one backbone), never named by task.type
+    composite: ClassVar[bool] = False
+    # the task type's own fields of the recipe's `task:` section (finetunekit.tasks.options)
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    # where this task type trains differently from its modality (finetunekit.run.defaults.resolve):
+    # strategy settings used when the recipe names no strategy, and train fields
+    strategy_defaults: ClassVar[dict[str, Any]] = {}
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    # how report.html shows it (a :class:`ReportView`; several tasks build theirs from the parts)
+    report: ClassVar[ReportView] = ReportView()
+    # zero-config's name of the task type ("single-label classification"); None: zero-config
+    # infers it from no table or class folder (it is found by :meth:`find_layout`, or never)
+    title: ClassVar[str | None] = None
+    # what an exported model's outputs mean, for the export's README (None: a generic note)
+    export_note: ClassVar[str | None] = None
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -87,7 +129,29 @@ class Task:
     @classmethod
     def check_recipe(cls, recipe: Any, modality: str) -> None:
         """Refuse recipe settings this task type cannot honour (raise RecipeError naming the field);
-        the trainer calls it once the backbone's modality is known, before reading any data."""
+        :func:`finetunekit.run.defaults.resolve` calls it once the type and every default are fixed."""
+
+    @classmethod
+    def reader(cls, options: dict[str, Any], image_root: str | None = None) -> Callable[[str | Path], Any] | None:
+        """The reader of this task type's own data formats (``path -> Examples``; detection's COCO,
+        VOC and box tables, segmentation's image/mask lists), or None when the generic readers
+        (class folders, tables) apply. ``options``: the task section's options."""
+        return None
+
+    @classmethod
+    def find_layout(cls, path: Path) -> str | None:
+        """Zero-config: why the data at ``path`` is this task type's own format ("a folder with
+        images/ and masks/"), or None when it is not."""
+        return None
+
+    @classmethod
+    def view(cls, state: dict[str, Any]) -> ReportView:
+        """The report view of a stored task (``state``: finetunekit.json's ``task``)."""
+        return cls.report
+
+    def direction(self, metric: str) -> str:
+        """``"maximize"`` or ``"minimize"``: which way ``metric`` gets better (Optuna's words)."""
+        return "maximize" if self.higher_is_better(metric) else "minimize"
 
     # -- targets --------------------------------------------------------------------------------
     def encode(self, examples: Any) -> torch.Tensor:
@@ -106,12 +170,12 @@ class Task:
 
     def examples_per_class(self, examples: Any) -> dict[str, int] | None:
         """How many of ``examples`` carry each class (multi-label: each label), for rules that go by
-        the amount of data per class (finetunekit.autoconfig); None: a task without classes."""
+        the amount of data per class (finetunekit.choose.autoconfig); None: a task without classes."""
         return None
 
     def sampling_classes(self, targets: torch.Tensor) -> torch.Tensor:
         """Class ids for class-balanced sampling (data.sampler: balanced)."""
-        from ..errors import RecipeError
+        from ..core.errors import RecipeError
 
         raise RecipeError(f"data.sampler: balanced sampling needs one class per example; task {self.type} has none")
 
@@ -122,7 +186,7 @@ class Task:
 
     def build_head(self, in_features: int, dropout: float = 0.0) -> nn.Module:
         """The head on the backbone's pooled features."""
-        from ..heads import LinearHead
+        from .heads import LinearHead
 
         return LinearHead(in_features, self.output_size, dropout)
 
@@ -247,14 +311,14 @@ class Task:
         without them refuse any being set."""
         given = [name for name, value in (("--score-threshold", score_threshold), ("--nms-iou", nms_iou)) if value is not None]
         if given:
-            from ..errors import FinetuneError
+            from ..core.errors import FinetuneError
 
             raise FinetuneError(f"{given[0]}: applies to detection models; this one is a {self.type} model")
 
     def prediction_files(self, inputs: Sequence[Any], scores: np.ndarray) -> list[dict[str, bytes]]:
         """Per input, the prediction files to write (``predict --save-dir``), by file name
         (dense tasks: masks, overlays, drawn boxes); names are unique across the inputs."""
-        from ..errors import FinetuneError
+        from ..core.errors import FinetuneError
 
         raise FinetuneError(f"a {self.type} model writes no prediction files; print its predictions instead")
 

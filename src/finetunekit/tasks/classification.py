@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
-from ..stats import confidence_intervals, format_ci
+from ..core.errors import DataError
+from ..core.stats import confidence_intervals, format_ci
 from . import TASKS
-from .base import Task
+from .base import ReportView, Task
 
 # -- label maps ------------------------------------------------------------------------------------
 
@@ -192,6 +192,16 @@ class ClassificationTask(Task):
     primary_metric = "accuracy"
     lower_is_better = frozenset({"loss", "ece"})
     epoch_metrics = ("accuracy", "macro_f1")
+    title = "single-label classification"
+    single_class = True
+    report = ReportView(
+        noun="{count} classes",
+        cards=(("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("macro precision", "macro_precision"),
+               ("macro recall", "macro_recall"), ("loss", "loss"), ("ECE", "ece")),
+        curves=(("val_accuracy", "accuracy"), ("val_macro_f1", "macro F1")),
+        sections=("confusion", "per_class", "calibration", "errors"),
+        compared=("accuracy", "macro_f1", "macro_precision", "macro_recall", "loss", "ece"),
+    )
 
     def __init__(self, labels: LabelMap, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None) -> None:
         self.labels = labels
@@ -230,7 +240,7 @@ class ClassificationTask(Task):
     def check_run_files(self, run_dir: Any, info: dict[str, Any], read: Any) -> None:
         """labels.json's class names, checked against the head finetunekit.json describes (and the
         classes it stores)."""
-        from ..errors import FinetuneError
+        from ..core.errors import FinetuneError
 
         path = f"{run_dir}/labels.json"
         raw = read("labels.json")

@@ -29,16 +29,19 @@ Example::
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError, RecipeError
+from ..core.errors import DataError, RecipeError, check_range
 from . import TASKS
+from .base import ReportView
 from .dense import DenseTask, open_rgb
+from .options import TaskOptions
 
 # the score below which no detection is kept, whatever task.score_threshold says (mAP needs the
 # low-scoring ones: they add recall at the end of the precision-recall curve)
@@ -185,6 +188,37 @@ def _value(x: Any) -> float:
     return float(torch.as_tensor(x).item())
 
 
+@dataclass
+class DetectionOptions(TaskOptions):
+    """``task:`` options of detection (docs/detection-segmentation.md): the head on the feature
+    pyramid (fcos or retinanet, torchvision's); classes: the class names in order (null: the training
+    boxes' names, sorted; a box table without a label column is single-class and needs its one name
+    here); detections scoring under score_threshold are not reported (metrics use every detection
+    from 0.05 up); non-maximum suppression drops the weaker of two boxes of one class overlapping more
+    than nms_iou; at most max_detections per image; images may hold at most max_boxes true boxes;
+    fpn_channels: the width of the pyramid and the head (a multiple of 32, at least 64)."""
+
+    head: Literal["fcos", "retinanet"] | None = None
+    classes: list[str] | None = None
+    score_threshold: float | None = None
+    nms_iou: float | None = None
+    max_detections: int | None = None
+    max_boxes: int | None = None
+    fpn_channels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.score_threshold is not None:
+            check_range("task.score_threshold", self.score_threshold, 0.0, 1.0)
+        if self.nms_iou is not None:
+            check_range("task.nms_iou", self.nms_iou, 0.0, 1.0, low_open=True)
+        if self.max_detections is not None:
+            check_range("task.max_detections", self.max_detections, 1, 10_000)
+        if self.max_boxes is not None:
+            check_range("task.max_boxes", self.max_boxes, 1, 10_000)
+        if self.fpn_channels is not None:
+            check_range("task.fpn_channels", self.fpn_channels, 64, 1024)
+
+
 @TASKS.register("detection")
 class DetectionTask(DenseTask):
     """Boxes with classes; options (recipe ``task:``): ``head`` fcos | retinanet, ``classes``
@@ -192,8 +226,25 @@ class DetectionTask(DenseTask):
     ``max_detections``, ``max_boxes``, ``fpn_channels``."""
 
     type = "detection"
+    Options = DetectionOptions
     primary_metric = "map_50"
     epoch_metrics = METRICS
+    report = ReportView(
+        noun="object detection, {count} class{plural}",
+        cards=(("mAP@0.5", "map_50"), ("mAP@[.5:.95]", "map"), ("mAP@0.75", "map_75"), ("mAR@100", "mar_100")),
+        curves=(("val_map_50", "mAP@0.5"), ("val_map", "mAP@[.5:.95]"), ("val_mar_100", "mAR@100")),
+        sections=("per_class_ap", "worst_detections"),
+        compared=("map_50", "map", "map_75", "mar_100"),
+    )
+    # The new pyramid and head start from random weights and the pretrained features were made for
+    # whole-image classes, so the backbone trains too, except its three highest-resolution stages
+    # (stem to stride 4: as torchvision's detection fine-tuning keeps the first stages of its
+    # backbones frozen; the most expensive layers to run backwards, and the most generic features),
+    # BatchNorm statistics frozen (batches of 8); the head 10x faster than the backbone, after a
+    # warmup (focal-loss heads diverge from a cold start at full rate).
+    # docs/detection-segmentation.md has the measurements.
+    strategy_defaults = {"name": "last_n", "last_n": 5}
+    train_defaults = {"epochs": 6, "batch_size": 8, "lr": 2e-4, "head_lr": 2e-3, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_ratio": 0.1}
 
     def __init__(
         self, classes: list[str], head: str = "fcos", score_threshold: float = 0.3, nms_iou: float = 0.6,
@@ -212,6 +263,27 @@ class DetectionTask(DenseTask):
         self._rules: Any = None
 
     # -- construction
+    @classmethod
+    def reader(cls, options: dict[str, Any], image_root: str | None = None) -> Any:
+        """COCO JSON, a Pascal VOC folder or a box table (finetunekit.tasks.detection_data), images
+        under ``image_root``; a single-class table's class is ``options["classes"]``."""
+        import functools
+
+        from .detection_data import read_detection
+
+        return functools.partial(read_detection, image_root=image_root, classes=options.get("classes"))
+
+    @classmethod
+    def find_layout(cls, path: Path) -> str | None:
+        from .detection_data import box_columns
+
+        if path.is_dir() and any((path / n).is_dir() for n in ("Annotations", "annotations")):
+            return "a Pascal VOC folder (Annotations/)"
+        if path.is_file() and path.suffix.lower() == ".json":
+            return "a .json file, read as COCO annotations"
+        box = box_columns(path) if path.is_file() and path.suffix.lower() in (".csv", ".tsv") else None
+        return f"a table of boxes (columns {', '.join(box)})" if box else None
+
     @classmethod
     def check_options(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
         filled = dict(options)
@@ -277,7 +349,7 @@ class DetectionTask(DenseTask):
             rows = []
             for x1, y1, x2, y2, name, where in boxes:
                 if name not in index:
-                    from ..errors import did_you_mean
+                    from ..core.errors import did_you_mean
 
                     raise DataError(f"{where}: unknown class {name!r}{did_you_mean(name, self.classes)} (classes: {', '.join(self.classes)})")
                 rows.append([x1, y1, x2, y2, float(index[name])])

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..core.errors import DataError, RecipeError, check_range
 from . import TASKS
-from .base import Task
+from .base import ReportView, Task
+from .options import TaskOptions
 
 # characters that separate labels in other people's files; a cell holding one of them (and not the
 # configured separator) is an error rather than one odd label name
@@ -108,15 +110,48 @@ def format_multilabel_metrics(metrics: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class MultiLabelOptions(TaskOptions):
+    """``task:`` options of multi-label tasks: the separator inside a label cell (JSON lists need
+    none); positive weights (``balanced``: negatives / positives per label, capped at 100) in the
+    binary cross-entropy; the decision threshold (null: one per label chosen on the validation set,
+    best F1; a number: that one for every label)."""
+
+    separator: str | None = None
+    pos_weight: Literal["none", "balanced"] | None = None
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None:
+            check_range("task.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
+        if self.separator is not None and (not self.separator or self.separator.strip() != self.separator):
+            raise RecipeError(f"task.separator: {self.separator!r} must be one or more non-space characters, e.g. '|'")
+
+
 @TASKS.register("multilabel")
 class MultiLabelTask(Task):
     """Options (recipe ``task:``): ``separator`` (default ``|``), ``pos_weight`` none | balanced,
     ``threshold`` (null: per label, tuned on validation)."""
 
     type = "multilabel"
+    Options = MultiLabelOptions
     primary_metric = "map"
     lower_is_better = frozenset({"loss", "hamming_loss"})
     epoch_metrics = ("micro_f1", "macro_f1", "map")
+    title = "multi-label classification"
+    # what an export's outputs mean (its README's loading notes)
+    export_note = (
+        "the outputs are one logit per label (`task.json`'s `labels` order); a label is predicted when "
+        "sigmoid(logit) reaches its threshold in `task.json` (`thresholds`, chosen on validation)"
+    )
+    report = ReportView(
+        noun="{count} labels (multi-label)",
+        cards=(("micro F1", "micro_f1"), ("macro F1", "macro_f1"), ("mAP", "map"), ("subset accuracy", "subset_accuracy"),
+               ("Hamming loss", "hamming_loss"), ("loss", "loss")),
+        curves=(("val_micro_f1", "micro F1"), ("val_macro_f1", "macro F1"), ("val_map", "mAP")),
+        sections=("per_label", "label_errors"),
+        compared=("micro_f1", "macro_f1", "map", "subset_accuracy", "hamming_loss", "loss"),
+    )
 
     def __init__(self, labels: Sequence[str], separator: str = "|", thresholds: Sequence[float] | None = None,
                  fixed_threshold: float | None = None, pos_weight: torch.Tensor | None = None) -> None:

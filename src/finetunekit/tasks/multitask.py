@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import RecipeError
+from ..core.errors import RecipeError
 from . import TASKS
-from .base import Task
+from .base import ReportView, Task
 
 
 class MultiHead(nn.Module):
@@ -56,6 +56,18 @@ class MultiTask(Task):
     """Built from the recipe's ``tasks:`` list (see the module docstring)."""
 
     type = "multitask"
+    composite = True
+
+    @classmethod
+    def view(cls, state: dict[str, Any]) -> ReportView:
+        """Each part's first two cards and first curve, under the part's name; the weighted loss."""
+        parts = [(p["name"], TASKS.get(p["state"]["type"]).view(p["state"])) for p in state.get("tasks", [])]
+        cards = [(f"{name} {label}", f"{name}/{key}") for name, view in parts for label, key in view.cards[:2]]
+        curves = [(f"val_{name}/{key[4:]}", f"{name} {label}") for name, view in parts for key, label in view.curves[:1]]
+        return ReportView(
+            noun="{tasks} tasks ({task_names})", cards=(*cards, ("weighted loss", "loss")), curves=tuple(curves),
+            sections=("per_task",), compared=("loss",), bounded=False,
+        )
 
     def __init__(self, parts: list[Part]) -> None:
         self.parts = parts

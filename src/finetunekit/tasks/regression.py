@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..core.errors import DataError, check_range
 from . import TASKS
-from .base import Task
+from .base import ReportView, Task
+from .options import TaskOptions
 
 METRICS = ("rmse", "mae", "r2", "pearson", "spearman")
 
@@ -76,15 +78,45 @@ def format_regression_metrics(metrics: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class RegressionOptions(TaskOptions):
+    """``task:`` options of regression: the loss on standardised targets (``huber`` with delta
+    ``huber_delta``); targets are standardised with the training set's mean and standard deviation
+    (kept in the run) unless ``standardize`` is false; data.label_column may list several targets."""
+
+    loss: Literal["mse", "huber", "l1"] | None = None
+    huber_delta: float | None = None
+    standardize: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.huber_delta is not None:
+            check_range("task.huber_delta", self.huber_delta, 0.0, 1e6, low_open=True)
+
+
 @TASKS.register("regression")
 class RegressionTask(Task):
     """Numeric targets; options (recipe ``task:``): ``loss`` mse | huber | l1, ``huber_delta``
     (in standard deviations), ``standardize``."""
 
     type = "regression"
+    Options = RegressionOptions
     primary_metric = "rmse"
     lower_is_better = frozenset({"loss", "rmse", "mae"})
     epoch_metrics = ("rmse", "mae", "r2", "spearman")
+    title = "regression"
+    # what an export's outputs mean (its README's loading notes)
+    export_note = (
+        "the outputs are predictions in target units (the target statistics are folded into the last layer), "
+        "one column per target in `task.json`'s `targets` order"
+    )
+    report = ReportView(
+        noun="regression of {names}",
+        cards=(("RMSE", "rmse"), ("MAE", "mae"), ("R²", "r2"), ("Pearson", "pearson"), ("Spearman", "spearman"), ("loss", "loss")),
+        curves=(("val_r2", "R²"), ("val_spearman", "Spearman")),
+        sections=("predicted_vs_true", "residuals", "largest_errors"),
+        compared=("rmse", "mae", "r2", "pearson", "spearman", "loss"),
+        bounded=False,
+    )
 
     def __init__(self, names: Sequence[str], mean: Sequence[float], std: Sequence[float], loss: str = "mse", huber_delta: float = 1.0) -> None:
         self.names = list(names)

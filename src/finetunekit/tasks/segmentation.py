@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, RecipeError
+from ..core.errors import DataError, RecipeError
 from . import TASKS
+from .base import ReportView
 from .dense import DenseTask, open_rgb
+from .options import TaskOptions
 
 DECODERS = ("lraspp", "fpn")
 DEFAULT_DECODER = "fpn"
@@ -249,6 +252,20 @@ def palette(num_classes: int) -> np.ndarray:
 # -- the task --------------------------------------------------------------------------------------
 
 
+@dataclass
+class SegmentationOptions(TaskOptions):
+    """``task:`` options of segmentation: class names in mask-index order (null: 0..K-1 from the
+    training masks), the mask value that counts nowhere, the network's input size [height, width]
+    (null: model.image_size, else the first training image's size), the decoder on the feature maps
+    (lraspp, fpn) and the weight of a soft Dice term added to cross-entropy."""
+
+    classes: list[str] | None = None
+    ignore_index: int | None = None
+    input_size: int | list[int] | None = None
+    decoder: str | None = None
+    dice_weight: float | None = None
+
+
 @TASKS.register("segmentation")
 class SegmentationTask(DenseTask):
     """One class per pixel: see the module docstring. Options (the recipe's task section):
@@ -258,9 +275,23 @@ class SegmentationTask(DenseTask):
     (lraspp, fpn) and ``dice_weight`` (0: cross-entropy alone)."""
 
     type = "segmentation"
+    Options = SegmentationOptions
     primary_metric = "mean_iou"
     lower_is_better = frozenset({"loss"})
     epoch_metrics = ("mean_iou", "pixel_accuracy")
+    # what an export's outputs mean (its README's loading notes)
+    export_note = (
+        "the outputs are the decoder's raw logits, (N, classes, H/s, W/s) at its stride s; upsample them "
+        "bilinearly to `task.json`'s `input_size` [height, width] and take the argmax over the classes "
+        "(`task.json`'s `classes` order); inputs are resized to that size first"
+    )
+    report = ReportView(
+        noun="segmentation, {count} classes",
+        cards=(("mean IoU", "mean_iou"), ("pixel accuracy", "pixel_accuracy")),
+        curves=(("val_mean_iou", "mean IoU"), ("val_pixel_accuracy", "pixel accuracy")),
+        sections=("per_class_iou", "worst_images"),
+        compared=("mean_iou", "pixel_accuracy"),
+    )
 
     def __init__(
         self, classes: Sequence[str], ignore_index: int = DEFAULT_IGNORE, input_size: Sequence[int] = (256, 256),
@@ -275,6 +306,20 @@ class SegmentationTask(DenseTask):
         self._checked: set[str] = set()
 
     # -- construction
+    @classmethod
+    def reader(cls, options: dict[str, Any], image_root: str | None = None) -> Any:
+        """A list file of ``IMAGE MASK`` lines or a folder with images/ and masks/
+        (finetunekit.tasks.segmentation_data)."""
+        from .segmentation_data import read_segmentation
+
+        return read_segmentation
+
+    @classmethod
+    def find_layout(cls, path: Path) -> str | None:
+        if path.is_dir() and (path / "images").is_dir() and (path / "masks").is_dir():
+            return "a folder with images/ and masks/"
+        return None
+
     @classmethod
     def check_options(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
         out = dict(options)
@@ -298,7 +343,7 @@ class SegmentationTask(DenseTask):
             out["input_size"] = size
         decoder = out.get("decoder") or DEFAULT_DECODER
         if decoder not in DECODERS:
-            from ..errors import did_you_mean
+            from ..core.errors import did_you_mean
 
             raise RecipeError(f"{where}.decoder: unknown decoder {decoder!r}{did_you_mean(str(decoder), DECODERS)}; choose one of: {', '.join(DECODERS)}")
         out["decoder"] = decoder

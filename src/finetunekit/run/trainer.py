@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import artifacts, trackers
-from .backbones import create_backbone
+from ..backbones import create_backbone
 from .checkpoint import (
     Checkpointer,
     Position,
@@ -35,23 +35,22 @@ from .checkpoint import (
     list_checkpoints,
     truncate_logs,
 )
-from .data import Examples, resolve_splits
-from .data.dense import task_reader
-from .data.pipeline import build_loader, progressive_sizes
-from .defaults import resolve
-from .modalities import modality_of
-from .engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
-from .engine.ema import ModelEMA
-from .engine.loop import EpochProgress, EpochStats
-from .engine.objective import build_objective
-from .engine.optim import format_param_groups, param_group_rows
-from .errors import DivergenceError, FinetuneError, RecipeError, did_you_mean, warn
+from ..data import Examples
+from ..data.pipeline import build_loader, progressive_sizes
+from ..engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
+from ..engine.ema import ModelEMA
+from ..engine.loop import EpochProgress, EpochStats
+from ..engine.objective import build_objective
+from ..engine.optim import format_param_groups, param_group_rows
+from ..core.errors import DivergenceError, FinetuneError, RecipeError
+from ..modalities import modality_of
 from .model import FineTuneModel
+from .plan import Plan, resolve
 from .recipe import Recipe
-from .runtime import distributed, resolve_precision
-from .strategies import STRATEGIES
-from .strategies.regularizers import without_backbone_decay
-from .tasks import TASKS, Task, fit_task, infer_type, label_columns
+from ..core.runtime import distributed, resolve_precision
+from ..strategies import STRATEGIES
+from ..strategies.regularizers import without_backbone_decay
+from ..tasks import Task
 
 
 @dataclass
@@ -129,7 +128,7 @@ def train(
     """
     import os
 
-    from .outputs import RunDirLock, WriteError, check_writable
+    from ..core.outputs import RunDirLock, WriteError, check_writable
 
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if run_dir.exists() and not run_dir.is_dir():
@@ -163,10 +162,11 @@ def _train(
     if "auto" in (recipe.train.lr, recipe.train.head_lr):  # a range test picks them, then the run starts afresh
         recipe, found = find_lr(recipe, quiet=quiet)
     log_with = trackers.check_trackers(recipe.train.report_to)
-    dense = not recipe.tasks and recipe.task.type is not None and TASKS.get(recipe.task.type).dense
-    accelerator = make_accelerator(recipe.train.precision, recipe.train.grad_accum_steps, log_with, run_dir, recipe.train.compile, dense)
     _seed_everything(recipe.train.seed)
-    run = _build(recipe, accelerator, run_dir, quiet)
+    backbone, plan = _plan(recipe, quiet)  # the resolved recipe, data and task; nothing reads the raw recipe after this
+    t = plan.recipe.train
+    accelerator = make_accelerator(t.precision, t.grad_accum_steps, log_with, run_dir, t.compile, plan.task.dense)
+    run = _build(plan, backbone, accelerator, run_dir)
     run.started, run.callbacks, run.report = started, list(callbacks), report
     run.checkpointer.write = checkpoints
     recipe, t = run.recipe, run.recipe.train
@@ -264,80 +264,23 @@ def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
     return False  # killed before its first checkpoint, or never started: start from the beginning
 
 
-def _read_data(recipe: Recipe, modality: str, quiet: bool = False) -> tuple[Recipe, Examples, Examples, Task, Any, Any]:
-    """Training and validation examples, checked (images opened up front), the task resolved
-    (its type inferred from the training labels when the recipe leaves it out) and fitted, and
-    the targets encoded. Returns the recipe with the task's type and metric filled in."""
-    d, seed = recipe.data, recipe.train.seed
-    if not d.train:
-        raise RecipeError("data.train: no training data given (a folder of images or a .csv/.tsv/.jsonl file)")
-    chosen: dict[str, str] = {}
+def _plan(recipe: Recipe, quiet: bool = False) -> tuple[Any, Plan]:
+    """The backbone (its modality decides how the data is read) and the run's :class:`Plan`."""
+    import os
 
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, flush=True)
-
-    def task_type(labels: list[Any]) -> str:
-        if "type" not in chosen:
-            if recipe.tasks:
-                chosen["type"] = "multitask"
-            elif recipe.task.type is not None:
-                chosen["type"] = recipe.task.type
-            else:
-                chosen["type"], why = infer_type(labels)
-                say(f"task: {chosen['type']} ({why}; set task.type to choose)")
-        return chosen["type"]
-
-    def strata(examples: Examples) -> list[Any] | None:
-        return TASKS.get(task_type(examples.labels or [])).strata_for(examples, recipe.task)
-
-    # a task with data formats of its own (segmentation's image/mask lists) reads them itself
-    # (detection: COCO, VOC or box tables, images under data.image_root, a single-class table's class)
-    reader = task_reader(recipe.task.type, image_root=d.image_root, classes=recipe.task.classes) if not recipe.tasks else None
-    train_ex, val_ex = resolve_splits(
-        d.train, d.val, modality_of(modality), d.val_fraction, seed, d.text_column, label_columns(recipe), d.text_columns, d.image_column, strata,
-        d.image_root, reader, (d.train_list, d.val_list),
-    )
-    if d.max_train_samples is not None and d.max_train_samples < len(train_ex):
-        keep = list(range(len(train_ex)))
-        random.Random(seed).shuffle(keep)
-        train_ex = train_ex.subset(sorted(keep[: d.max_train_samples]))
-    if d.shots_per_class is not None:
-        from .data.readers import sample_per_class
-
-        classes = strata(train_ex)  # the task's class of each example (None: a task without classes)
-        if classes is None:
-            raise RecipeError(f"data.shots_per_class: draws examples per class; a {task_type(train_ex.labels or [])} task has no classes")
-        train_ex = train_ex.subset(sample_per_class([str(c) for c in classes], d.shots_per_class, seed),
-                                   f"{train_ex.source} ({d.shots_per_class} per class, seed {seed})")
-    train_ex, val_ex = (modality_of(modality).check_examples(ex, d) for ex in (train_ex, val_ex))  # images: opened up front
-    for note in dict.fromkeys((*train_ex.notes, *val_ex.notes)):  # a held-out split shares its file's notes
-        warn(note)
-    task, resolved = fit_task(recipe, train_ex, task_type, say)
-    metric = recipe.train.metric or task.primary_metric
-    if metric not in task.metric_names():
-        raise RecipeError(
-            f"train.metric: {metric!r} is not a metric of a {task.type} task{did_you_mean(metric, task.metric_names())}; "
-            f"choose one of: {', '.join(task.metric_names())}"
-        )
-    raw = recipe.to_dict()
-    raw.update(resolved)
-    raw["train"]["metric"] = metric
-    recipe = Recipe.from_dict(raw)
-    return recipe, train_ex, val_ex, task, task.encode(train_ex), task.encode(val_ex)
-
-
-def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False) -> _Run:
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
-    kind = modality_of(backbone.modality)
-    kind.check_backbone(backbone)
-    recipe = resolve(recipe, backbone.modality)
-    kind.check_recipe(recipe)
-    if recipe.task.type is not None and not recipe.tasks:  # dense tasks refuse mixup, balanced sampling, text backbones
-        TASKS.get(recipe.task.type).check_recipe(recipe, backbone.modality)
-    recipe, train_ex, val_ex, task, train_ids, val_ids = _read_data(recipe, backbone.modality, quiet or not accelerator.is_main_process)
-    t, d = recipe.train, recipe.data
+    modality_of(backbone.modality).check_backbone(backbone)
+    main = int(os.environ.get("RANK", "0")) == 0  # what was inferred is said once, by the main process
+    say = (lambda message: print(message, flush=True)) if main and not quiet else None
+    return backbone, resolve(recipe, backbone.modality, say)
+
+
+def _build(plan: Plan, backbone: Any, accelerator: Any, run_dir: Path) -> _Run:
+    recipe, train_ex, val_ex, task = plan.recipe, plan.train, plan.val, plan.task
+    train_ids, val_ids = task.encode(train_ex), task.encode(val_ex)
+    t, d, spec = recipe.train, recipe.data, recipe.model
+    kind = modality_of(plan.modality)
 
     model = FineTuneModel(backbone, task.head_for(backbone, spec.head_dropout))
     preprocessing = kind.run_preprocessing(backbone, d)  # what predict needs: text length and pair columns, image limits
@@ -357,7 +300,7 @@ def _build(recipe: Recipe, accelerator: Any, run_dir: Path, quiet: bool = False)
     batches_per_epoch = len(train_loader)
     steps_per_epoch = max(1, batches_per_epoch // t.grad_accum_steps)
     schedule = LRSchedule(t.scheduler, _phase_steps(strategy, 0, t.epochs, steps_per_epoch), t.warmup_ratio)
-    stopper = EarlyStopping(t.metric, t.early_stopping_patience, task.higher_is_better(t.metric))
+    stopper = EarlyStopping(plan.metric, t.early_stopping_patience, plan.higher_is_better)
     # The regularisers' reference (w0, the frozen copy) and the average start from the set-up,
     # pretrained model: built here, before _resume loads a checkpoint into the model.
     unwrapped = accelerator.unwrap_model(model)
@@ -591,8 +534,8 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
         _write_final(run, unwrapped, final, trainable, total)
-        from .explain import error_explanations
-        from .report import write_report_after_training
+        from ..use.explain import error_explanations
+        from ..report import write_report_after_training
 
         if run.report:
             write_report_after_training(run_dir, quiet, explain=error_explanations)
@@ -617,7 +560,7 @@ def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, t
     write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total, task)
     scores, labels = preds.scores, preds.labels
     if task.dense:  # the saved predictions are in each image's own pixels, as `predict` gives them
-        from .data.images import image_size
+        from ..data.images import image_size
 
         sizes = [image_size(p, run.recipe.data.max_image_pixels) for p in run.val_ex.inputs]
         scores, labels = task.to_input_frame(scores, sizes), None if labels is None else task.to_input_frame(labels, sizes)
@@ -666,7 +609,7 @@ def find_lr(
     rates it found in place of ``auto`` (with none, ``lr`` and ``head_lr`` are swept together)."""
     import tempfile
 
-    from .engine.lr_find import lr_sweep
+    from ..engine.lr_find import lr_sweep
 
     t = recipe.train
     auto = {f for f in ("lr", "head_lr") if getattr(t, f) == "auto"} or {"lr", "head_lr"}
@@ -678,7 +621,8 @@ def find_lr(
     accelerator = make_accelerator(t.precision, t.grad_accum_steps)
     _seed_everything(t.seed)
     with tempfile.TemporaryDirectory(prefix="finetunekit-lr-find-") as scratch:
-        run = _build(base, accelerator, Path(scratch))  # checkpoints are never written here
+        backbone, plan = _plan(base, quiet=True)
+        run = _build(plan, backbone, accelerator, Path(scratch))  # checkpoints are never written here
         model = accelerator.unwrap_model(run.model)
         epoch = 0
         if auto == {"lr"}:  # the backbone's rate alone: sweep the first epoch in which the backbone trains
@@ -712,7 +656,7 @@ def find_lr(
 
 def save_lr_find(found: LRFound, folder: Path) -> tuple[Path, Path]:
     """``lr_find.png`` (the smoothed loss against the rate, the suggestions marked) and ``lr_find.json``."""
-    from .report.plots import lr_find_plot
+    from ..report.plots import lr_find_plot
 
     folder.mkdir(parents=True, exist_ok=True)
     png, data = folder / "lr_find.png", folder / "lr_find.json"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import logging
 import socket
@@ -35,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, FinetuneError, did_you_mean
+from ...core.errors import DataError, FinetuneError, did_you_mean
 
 try:  # the one place the web stack is imported (the 'serve' extra)
     import python_multipart  # noqa: F401  (FastAPI's form parser)
@@ -49,6 +48,7 @@ except ImportError as exc:
     ) from None
 
 from .batching import DynamicBatcher
+from .validation import RequestError, json_body, open_image
 
 log = logging.getLogger("finetunekit.serve")
 
@@ -72,15 +72,6 @@ class ServeOptions:
                 raise FinetuneError(f"{name.replace('_', '-')}: expected at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
             raise FinetuneError(f"max-wait-ms: expected 0 or more, got {self.max_wait_ms}")
-
-
-class RequestError(Exception):
-    """An answer other than 200: its status and one line saying why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -228,11 +219,7 @@ class Service:
             raise RequestError(422, str(exc)) from None
 
     async def _json_fields(self, request: Request) -> dict[str, Any]:
-        body = await request.body()
-        try:
-            fields = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(400, f"body is not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})") from None
+        fields = json_body(await request.body())  # JSON, no deeper than a request, every string Unicode
         if not isinstance(fields, dict):
             raise RequestError(422, f"body: expected a JSON object like {{{self.input_field!r}: [...]}}, got {type(fields).__name__}")
         for name in fields:
@@ -299,7 +286,7 @@ class Service:
         if not data:
             raise RequestError(422, f"{where}: empty file")
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with open_image(data) as image:  # the header only; Pillow's own bomb guard would answer 422
                 if image.width * image.height > self.options.max_image_pixels:
                     raise RequestError(413, f"{where}: {image.width}x{image.height} pixels, more than the "
                                        f"{self.options.max_image_pixels} this service accepts")
@@ -394,7 +381,7 @@ PREDICT_OPENAPI = {
 
 
 def create_app(predictor, options: ServeOptions | None = None) -> FastAPI:
-    """The ASGI application for a loaded :class:`finetunekit.predict.Predictor`."""
+    """The ASGI application for a loaded :class:`finetunekit.use.predict.Predictor`."""
     service = Service(predictor, options or ServeOptions())
 
     @asynccontextmanager
@@ -446,7 +433,7 @@ def create_app(predictor, options: ServeOptions | None = None) -> FastAPI:
 
 
 def _version() -> str:
-    from ..version import __version__
+    from ...version import __version__
 
     return __version__
 
@@ -472,7 +459,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, option
     import torch
 
     from ..predict import load
-    from ..runtime import usable_cores
+    from ...core.runtime import usable_cores
 
     # Intra-op threads: every core by default; the one inference thread uses them all per batch.
     torch.set_num_threads(threads or usable_cores())

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.readers import IMAGE_EXTENSIONS, is_table
-from .modalities import detect, modality_of
-from .errors import DataError
-from .recipe import Recipe
+from ..data.readers import IMAGE_EXTENSIONS, is_table
+from ..modalities import detect, modality_of
+from ..core.errors import DataError
+from ..run.recipe import Recipe
 
 # Epochs: enough for about TARGET_STEPS optimizer steps at the default batch size, within
 # [MIN_EPOCHS, MAX_EPOCHS]. A 5-epoch default gives 16 images 5 steps, far too few; the linear
@@ -55,7 +55,6 @@ FEW_SHOT_UP_TO = 16
 LABEL_GUESSES = ("label", "labels", "class", "category", "target", "score", "sentiment", "y")
 PAIR_GUESSES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text_a", "text_b"))
 VAL_NAMES = ("dev", "val", "valid", "validation")
-TASK_NAMES = {"classification": "single-label classification", "multilabel": "multi-label classification", "regression": "regression"}
 # the --set fields that steer the inference itself (the others apply to the recipe afterwards)
 HINTS = ("data.label_column", "data.text_column", "data.text_columns", "data.image_column", "data.image_root", "data.val", "task.type")
 COVERED = ("zero-config reads class folders, images/ + masks/ folders (segmentation), COCO or Pascal VOC "
@@ -72,7 +71,7 @@ def infer_task(labels: Sequence[Any]) -> tuple[str, str]:
     """(task type, why) from a label column: the recipe's inference (finetunekit.tasks.infer_type),
     and integers with more than MAX_INTEGER_CLASSES distinct values that are not class codes read
     as a quantity (a recipe leaves those to ``task.type``)."""
-    from .tasks import infer_type
+    from ..tasks import infer_type
 
     kind, why = infer_type(labels)
     if kind != "classification":
@@ -128,9 +127,9 @@ def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
     per_class = task.examples_per_class(examples)
     if per_class is not None:
         counts = f"{min(per_class.values())} to {max(per_class.values())} per {'label' if kind == 'multilabel' else 'class'}"
-        reasons.append(f"task: {TASK_NAMES[kind]} ({why}), {task.describe()}, {len(examples)} training examples ({counts})")
+        reasons.append(f"task: {_title(kind)} ({why}), {task.describe()}, {len(examples)} training examples ({counts})")
     else:
-        reasons.append(f"task: {TASK_NAMES[kind]} ({why}), {task.describe()}, {len(examples)} training examples")
+        reasons.append(f"task: {_title(kind)} ({why}), {task.describe()}, {len(examples)} training examples")
     reasons.append(f"validation: {data['val']}" if data.get("val") else
                    "validation: " + ("the val/ folder" if not is_table(path) and (path / "val").is_dir()
                                      else f"{recipe.data.val_fraction:.0%} of the training data, held out with the seed"))
@@ -225,30 +224,25 @@ def _sibling_val(path: Path) -> Path | None:
 
 
 def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
-    """(task type, why) for data a dense task's reader reads (finetunekit.data.dense), else None."""
-    from .data.detection import BOX_COLUMNS
+    """(task type, why) for data in a task type's own format (``Task.find_layout``: segmentation's
+    images/ + masks/, detection's COCO, VOC and box tables), else None."""
+    from ..tasks import TASKS
 
-    if task_type not in (None, "segmentation", "detection"):
-        return None
-    if path.is_dir() and (path / "images").is_dir() and (path / "masks").is_dir():
-        return "segmentation", "a folder with images/ and masks/"
-    if path.is_dir() and any((path / n).is_dir() for n in ("Annotations", "annotations")):
-        return "detection", "a Pascal VOC folder (Annotations/)"
-    if path.is_file() and path.suffix.lower() == ".json":
-        return "detection", "a .json file, read as COCO annotations"
-    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-        columns = _columns(path)
-        box = next((names for names in BOX_COLUMNS if all(n in columns for n in names)), None)
-        if box is not None:
-            return "detection", f"a table of boxes (columns {', '.join(box)})"
-    if task_type is not None:
+    kinds = [task_type] if task_type is not None else TASKS.names()
+    if task_type is not None and task_type not in TASKS:
+        return None  # the recipe's own check names an unknown type
+    for kind in kinds:
+        why = TASKS.get(kind).find_layout(path)
+        if why is not None:
+            return kind, why
+    if task_type is not None and TASKS.get(task_type).title is None:
         raise DataError(f"{path}: task.type {task_type}: {COVERED}; write a recipe (docs/detection-segmentation.md)")
     return None
 
 
 def _dense_recipe(path: Path, kind: str, why: str, hints: dict) -> Inferred:
-    from .data.dense import task_reader
-    from .defaults import resolve
+    from ..run.defaults import resolve
+    from ..tasks import task_reader
 
     data = {"train": str(path), **{k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")}}
     val = data.get("val") or (_sibling_val(path) if path.is_file() else None)
@@ -270,25 +264,34 @@ def _dense_recipe(path: Path, kind: str, why: str, hints: dict) -> Inferred:
 
 
 def _fit_task(kind: str, examples: Any, recipe: Recipe) -> Any:
-    from .tasks import TASKS, build_task
+    from ..tasks import TASKS, build_task
 
     return build_task(TASKS.get(kind).check_options({"type": kind}, "task"), examples, recipe)
 
 
+def _title(kind: str) -> str:
+    """The task type's name in zero-config's reasons ("single-label classification")."""
+    from ..tasks import TASKS
+
+    return str(TASKS.get(kind).title)
+
+
 def _check_kind(kind: str) -> None:
-    if kind not in TASK_NAMES:
+    from ..tasks import TASKS
+
+    if kind not in TASKS or TASKS.get(kind).title is None:
         raise DataError(f"task.type {kind}: {COVERED}; this data is a table or class folders, so write a recipe for {kind}")
 
 
 def _columns(path: Path) -> list[str]:
-    from .data.readers import _table
+    from ..data.readers import _table
 
     return _table(path)[1]
 
 
 def _image_column(path: Path, columns: list[str], label: str | list[str]) -> str | None:
     """The column whose first row names an image file, if any."""
-    from .data.readers import _table
+    from ..data.readers import _table
 
     first = _table(path)[0][0][1]
     return next((c for c in columns if c != label and Path(str(first.get(c, "")).strip()).suffix.lower() in IMAGE_EXTENSIONS), None)
@@ -296,7 +299,7 @@ def _image_column(path: Path, columns: list[str], label: str | list[str]) -> str
 
 def _image_root(path: Path, column: str) -> Path | None:
     """``images/`` beside the table when the first row's file is there and not beside the table."""
-    from .data.readers import _table
+    from ..data.readers import _table
 
     name = str(_table(path)[0][0][1].get(column, "")).strip()
     if (path.parent / name).is_file() or Path(name).is_absolute():
@@ -308,8 +311,8 @@ def _image_root(path: Path, column: str) -> Path | None:
 def _training_examples(recipe: Recipe, modality: str, kind: str | None) -> tuple[Any, str, str]:
     """(training examples, task type, why): the type decides how a validation split is held out
     (classes stratified, other tasks at random), as in the trainer."""
-    from .data import resolve_splits
-    from .tasks import TASKS
+    from ..data import resolve_splits
+    from ..tasks import TASKS
 
     chosen: dict[str, str] = {}
 

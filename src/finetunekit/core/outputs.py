@@ -9,6 +9,8 @@ that are not replaced unless asked, one process per run directory, and OS errors
   ``resume`` or an export into the run directory runs; a second process gets a one-line error
   naming the holder's pid. The kernel releases the lock when its process dies, however it dies, so
   a lock left by a killed process never blocks the next one;
+* :func:`check_output`: an output never lands on what its command reads, on a folder holding it,
+  or on a run directory's own files, ``--overwrite`` or not (symlinks and ``..`` resolved first);
 * :class:`WriteError`: an OS error while writing, naming the file and the system's reason.
 
 Example::
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import FinetuneError, os_reason
@@ -67,6 +70,90 @@ def check_new_file(path: Path, overwrite: bool, suffixes: tuple[str, ...] = (".h
     if path.exists() and not overwrite:
         raise FinetuneError(f"{path} already exists; pass --overwrite to replace it, or choose another --output")
     check_writable(path.parent)
+
+
+# What makes a folder a run directory for :func:`check_output`: finetunekit.json (a finished run), or
+# a recipe.yaml with the per-epoch log or checkpoints beside it (a run stopped part-way). Stricter
+# than recipe.yaml alone, since every ancestor of an output is asked and a project folder holding
+# its recipe is not a run.
+RUN_MARKER = "finetunekit.json"
+# Inside a run directory, the places other commands write into on purpose: export's default
+# folder, and pages and tables (report.html, predictions). Anything else there that exists is the
+# run's own (weights, recipe, labels, checkpoints, the backbone's files, ...).
+RUN_OUTPUT_FOLDERS = ("export",)
+RUN_OUTPUT_SUFFIXES = (".html", ".htm", ".csv")
+# A run's own sub-folders (the backbone's files, checkpoints, adapters, trackers). Any other folder
+# inside a run that holds no weights is an earlier command's output (explain, lr-find) and may be
+# replaced with --overwrite, so running `explain --output runs/x/explanations` twice works.
+RUN_OWN_FOLDERS = ("backbone", "checkpoints", "adapter", "tensorboard", "mlruns")
+
+
+def _earlier_output_folder(run: Path, inside: Path) -> bool:
+    folder = run / inside.parts[0]
+    if not folder.is_dir() or folder.is_symlink() or inside.parts[0] in RUN_OWN_FOLDERS:
+        return False
+    return not any(p.suffix == ".safetensors" or p.name == RUN_MARKER for p in folder.rglob("*"))
+
+
+def is_finished_or_stopped_run(path: Path) -> bool:
+    """Whether ``path`` is a run directory for :func:`check_output` (see RUN_MARKER)."""
+    path = Path(path)
+    if (path / RUN_MARKER).is_file():
+        return True
+    return (path / "recipe.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir())
+
+
+def _real(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+
+
+def check_output(
+    output: str | os.PathLike, reads: Iterable[str | os.PathLike | None] = (), *, replaces: bool = True,
+    own_run: bool = False, flag: str = "--output",
+) -> None:
+    """Refuse an ``output`` that would destroy an input, before anything is written; ``--overwrite``
+    means "replace my earlier output", never "replace what this command reads".
+
+    * ``output`` is one of ``reads`` (a file or folder the command reads), or, when the command
+      ``replaces`` the output as a whole (a file; a folder emptied first), a folder holding one;
+    * ``output`` is a run directory, unless it is the run this command trains (``own_run``);
+    * ``output`` already exists inside a run directory and is not one of the places other
+      commands write there (``export/``, ``.html`` and ``.csv`` files): it is the run's own file.
+
+    Paths are compared after resolving symlinks and ``..``; ``reads`` that do not exist are skipped
+    (their own command reports them). The error names both paths.
+
+    Example::
+
+        check_output("runs/x", reads=["runs/x"])  # FinetuneError: --output runs/x is the run directory ...
+    """
+    target = _real(output)
+    for read in reads:
+        if read is None or str(read) == "" or not os.path.lexists(read):
+            continue
+        source = _real(read)
+        what = "run directory" if source.is_dir() and is_finished_or_stopped_run(source) else (
+            "folder" if source.is_dir() else "file")
+        if target == source:
+            raise FinetuneError(
+                f"{flag} {output} is the {what} this command reads ({read}); choose another {flag}")
+        if replaces and source.is_relative_to(target):
+            raise FinetuneError(
+                f"{flag} {output} holds the {what} {read} that this command reads; replacing it would delete "
+                f"that {what}: choose another {flag}")
+    if is_finished_or_stopped_run(target) and not own_run:
+        real = "" if str(target) == os.path.abspath(output) else f" ({target})"
+        raise FinetuneError(f"{flag} {output} is a run directory{real}; an output never replaces a run: choose another {flag}")
+    for run in target.parents:
+        if not is_finished_or_stopped_run(run):
+            continue
+        inside = target.relative_to(run)
+        if os.path.lexists(target) and inside.parts[0] not in RUN_OUTPUT_FOLDERS and not (
+            target.suffix.lower() in RUN_OUTPUT_SUFFIXES and target.is_file()
+        ) and not _earlier_output_folder(run, inside) and not (own_run and is_finished_or_stopped_run(target)):
+            raise FinetuneError(
+                f"{flag} {output} is {inside} of the run directory {run}; --overwrite replaces earlier outputs, never a "
+                f"run's own files: choose another {flag}")
 
 
 def in_run_dir(path: Path, run_dir: Path) -> bool:

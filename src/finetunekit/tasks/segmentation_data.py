@@ -1,54 +1,23 @@
-"""Readers of the data formats of dense tasks (finetunekit.tasks.dense), found by task type.
+"""Reading segmentation data: image/mask pairs from a list file or from ``images/`` and ``masks/``.
 
-Each gives :class:`Examples` whose inputs are image paths and whose labels are the raw per-image
-targets the task checks and its joint transform reads (segmentation: mask paths). The trainer and
-``evaluate`` read a dense task's data through :func:`task_reader`; the generic readers (image
-folders, tables) serve every other task.
+The segmentation task reads its data through here (``SegmentationTask.reader``); each example's
+input is an image path and its label the path of its index mask, which the task checks and its
+joint transform reads.
 
 Example::
 
-    read = task_reader("segmentation")
-    train = read("camvid/train.txt")     # lines "train/0001.png trainannot/0001.png"
+    train = read_segmentation("camvid/train.txt")     # lines "train/0001.png trainannot/0001.png"
     train.inputs[0], train.labels[0]
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ..errors import DataError
-from ..registry import Registry
-from .readers import IMAGE_EXTENSIONS, Examples
-
-READERS: Registry[Callable[[str | Path], Examples]] = Registry("dense data reader")
+from ..data.readers import IMAGE_EXTENSIONS, Examples
+from ..core.errors import DataError
 
 
-def task_reader(task_type: str | None, **options: Any) -> Callable[[str | Path], Examples] | None:
-    """The reader of ``task_type``'s own formats, or None when the generic readers apply.
-    ``options`` (``image_root``, ``classes``...) go to the readers that take them; None values
-    and options a reader does not take are left out."""
-    if task_type is None or task_type not in READERS:
-        return None
-    reader = READERS.get(task_type)
-    accepted = inspect.signature(reader).parameters
-    given = {k: v for k, v in options.items() if v is not None and k in accepted}
-    return functools.partial(reader, **given) if given else reader
-
-
-@READERS.register("detection")
-def read_detection_annotations(path: str | Path, image_root: str | Path | None = None, classes: list[str] | None = None) -> Examples:
-    """Images and their boxes from COCO JSON, a Pascal VOC folder or a box table
-    (finetunekit.data.detection)."""
-    from .detection import read_detection
-
-    return read_detection(path, image_root=image_root, classes=classes)
-
-
-@READERS.register("segmentation")
 def read_segmentation(path: str | Path) -> Examples:
     """Examples (inputs: image paths, labels: mask paths) from a list file of ``image mask`` lines
     (paths relative to the list file; ``#`` starts a comment) or a folder with ``images/`` and

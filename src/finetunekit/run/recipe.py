@@ -11,7 +11,7 @@ Example::
     recipe.to_dict()  # plain dict, ready for YAML
 
 Fields left as ``None`` (``train.lr``, ``train.epochs``, ...) are filled per modality by
-:func:`finetunekit.defaults.resolve`, and the resolved recipe is saved in the run directory.
+the resolve step (:func:`finetunekit.run.plan.resolve`), and the resolved recipe is saved in the run directory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 
-from .errors import RecipeError, did_you_mean, shown
+from ..core.errors import RecipeError, did_you_mean, shown
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["constant", "cosine", "linear"]
@@ -96,7 +96,7 @@ class DataSpec:
     # features computed once and cached on disk (cache_dir; default $FINETUNEKIT_CACHE_DIR or
     # ~/.cache/finetunekit/features). cache_views: 0 caches un-augmented images (one pass; no
     # augmentation in the frozen epochs); K > 0 caches K augmented views, epoch e using view e mod K
-    # (K >= frozen epochs gives exactly the uncached run). See finetunekit.features.
+    # (K >= frozen epochs gives exactly the uncached run). See finetunekit.run.features.
     feature_cache: bool = True
     cache_views: int = 0
     cache_dir: str | None = None
@@ -139,7 +139,15 @@ class TaskSpec:
     ``type: null`` infers it from the training labels (and prints what it chose): lists (JSONL) or
     ``a|b`` cells mean ``multilabel``; numbers with a non-integer among them ``regression``;
     anything else ``classification``. The run directory's recipe.yaml keeps the resolved type.
-    Options of one type may not be set for another.
+
+    Every other field of the section belongs to the task type, which declares it in its own
+    options dataclass (``Task.Options``: ``RegressionOptions`` in finetunekit.tasks.regression, ...)
+    and is written beside ``type`` (``task: {type: regression, loss: huber}``). Options of one type
+    may not be set for another. Example::
+
+        spec = Recipe.from_dict({"task": {"type": "regression", "loss": "huber"}}).task
+        spec.options              # RegressionOptions(loss='huber', huber_delta=None, standardize=None)
+        spec.option("loss")       # 'huber'
     """
 
     type: str | None = None
@@ -148,102 +156,125 @@ class TaskSpec:
     name: str | None = None
     label_column: str | list[str] | None = None
     weight: float | None = None
-    # regression: the loss on standardised targets (huber with delta huber_delta); targets are
-    # standardised with the training set's mean and standard deviation (kept in the run) unless
-    # standardize is false; data.label_column may list several target columns
-    loss: Literal["mse", "huber", "l1"] | None = None
-    huber_delta: float | None = None
-    standardize: bool | None = None
-    # multilabel: the separator inside a label cell (JSON lists need none); positive weights
-    # ("balanced": negatives / positives per label, capped at 100) in the binary cross-entropy;
-    # decision threshold: null chooses one per label on the validation set (best F1), a number
-    # uses it for every label
-    separator: str | None = None
-    pos_weight: Literal["none", "balanced"] | None = None
-    threshold: float | None = None
-    # segmentation (finetunekit.tasks.segmentation): class names in mask-index order (null: 0..K-1
-    # from the training masks), the mask value that counts nowhere, the network's input size
-    # [height, width] (null: model.image_size, else the first training image's size), the decoder
-    # on the feature maps (lraspp, fpn) and the weight of a soft Dice term added to cross-entropy
-    classes: list[str] | None = None
-    ignore_index: int | None = None
-    input_size: int | list[int] | None = None
-    decoder: str | None = None
-    dice_weight: float | None = None
-    # detection (docs/detection-segmentation.md): the head on the feature pyramid (fcos or
-    # retinanet, torchvision's); classes: the class names in order (null: the training boxes' names,
-    # sorted; a box table without a label column is single-class and needs its one name here); detections
-    # scoring under score_threshold are not reported (metrics use every detection from 0.05 up);
-    # non-maximum suppression drops the weaker of two boxes of one class overlapping more than
-    # nms_iou; at most max_detections per image; images may hold at most max_boxes true boxes;
-    # fpn_channels: the width of the pyramid and the head (a multiple of 32, at least 64)
-    head: Literal["fcos", "retinanet"] | None = None
-    score_threshold: float | None = None
-    nms_iou: float | None = None
-    max_detections: int | None = None
-    max_boxes: int | None = None
-    fpn_channels: int | None = None
+    # the type's options dataclass; while the type is left to inference, a dict of the options
+    # given (each checked by a task type that declares it), made typed by :meth:`check_type`
+    options: Any = None
 
     SECTION: ClassVar[str] = "task"  # how its own checks name it; entries of tasks: are tasks[i]
-    OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "regression": ("loss", "huber_delta", "standardize"),
-        "multilabel": ("separator", "pos_weight", "threshold"),
-        "segmentation": ("classes", "ignore_index", "input_size", "decoder", "dice_weight"),
-        "detection": ("head", "classes", "score_threshold", "nms_iou", "max_detections", "max_boxes", "fpn_channels"),
-    }
+    COMMON: ClassVar[tuple[str, ...]] = ("type", "name", "label_column", "weight")
 
     def __post_init__(self) -> None:
-        from .tasks import TASKS  # local import: tasks import torch
+        from ..tasks import TASKS  # local import: tasks import torch
 
-        if self.type == "multitask":
-            raise RecipeError("task.type: multitask is built from a `tasks:` list of named tasks; write that instead")
         if self.type is not None and self.type not in TASKS:
             raise RecipeError(
                 f"task.type: unknown task type {self.type!r}{did_you_mean(self.type, TASKS.names())}; "
                 f"choose one of: {', '.join(TASKS.names())}"
             )
+        if self.type is not None and TASKS.get(self.type).composite:
+            raise RecipeError(f"task.type: {self.type} is built from a `tasks:` list of named tasks; write that instead")
         if self.weight is not None:
             _check_range("task.weight", self.weight, 0.0, 1e6, low_open=True)
-        if self.huber_delta is not None:
-            _check_range("task.huber_delta", self.huber_delta, 0.0, 1e6, low_open=True)
-        if self.threshold is not None:
-            _check_range("task.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
-        if self.score_threshold is not None:
-            _check_range("task.score_threshold", self.score_threshold, 0.0, 1.0)
-        if self.nms_iou is not None:
-            _check_range("task.nms_iou", self.nms_iou, 0.0, 1.0, low_open=True)
-        if self.max_detections is not None:
-            _check_range("task.max_detections", self.max_detections, 1, 10_000)
-        if self.max_boxes is not None:
-            _check_range("task.max_boxes", self.max_boxes, 1, 10_000)
-        if self.fpn_channels is not None:
-            _check_range("task.fpn_channels", self.fpn_channels, 64, 1024)
-        if self.separator is not None and (not self.separator or self.separator.strip() != self.separator):
-            raise RecipeError(f"task.separator: {self.separator!r} must be one or more non-space characters, e.g. '|'")
-        if self.type is not None:
-            self.check_type(self.type)
+        if self.options == {}:
+            self.options = None
+        if self.type is not None and not dataclasses.is_dataclass(self.options):
+            self.options = self._typed(self.type, dict(self.options or {}), "task.")
 
-    def check_type(self, type_: str, where: str = "task") -> None:
-        """Options set for another task type are an error naming the field (``where``: ``task``,
-        or ``tasks[i]`` for an entry of several tasks)."""
-        own = set(self.OPTIONS.get(type_, ()))  # an option several types share is allowed for each of them
-        for other, names in self.OPTIONS.items():
-            if other == type_:
-                continue
-            for name in names:
-                if name not in own and getattr(self, name) is not None:
-                    raise RecipeError(f"{where}.{name}: applies to {other} tasks only, and this task is {type_}; remove it")
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], prefix: str) -> TaskSpec:
+        """The section as YAML writes it (``{type: regression, loss: huber}``); ``prefix`` names
+        it in errors (``task.``, ``tasks[1].``)."""
+        hints = typing.get_type_hints(cls)
+        common = {k: _coerce(f"{prefix}{k}", v, hints[k]) for k, v in raw.items() if k in cls.COMMON}
+        given = {k: v for k, v in raw.items() if k not in cls.COMMON}
+        try:
+            spec = cls(**common)  # the type is checked before its options
+            if spec.type is not None:
+                return dataclasses.replace(spec, options=cls._typed(spec.type, given, prefix))
+            return dataclasses.replace(spec, options=cls._untyped(given, prefix) or None)
+        except RecipeError as exc:
+            if prefix != "task." and str(exc).startswith("task."):
+                raise RecipeError(prefix + str(exc)[len("task.") :]) from None
+            raise
+
+    @staticmethod
+    def _owners() -> dict[str, list[str]]:
+        """Each task option's name -> the task types that declare it."""
+        from ..tasks import TASKS
+
+        owners: dict[str, list[str]] = {}
+        for kind in TASKS.names():
+            for f in dataclasses.fields(TASKS.get(kind).Options):
+                owners.setdefault(f.name, []).append(kind)
+        return owners
+
+    @classmethod
+    def _unknown(cls, key: Any, prefix: str, names: list[str]) -> RecipeError:
+        return RecipeError(f"unknown field {shown(f'{prefix}{key}')}{did_you_mean(str(key), names)}; known: {', '.join(names)}")
+
+    @classmethod
+    def _typed(cls, kind: str, given: dict[str, Any], prefix: str) -> Any:
+        """``given`` read by task type ``kind``'s options dataclass; another type's option is an
+        error naming the field, unless it is null (recipe.yaml files of older runs list every
+        type's options, null)."""
+        from ..tasks import TASKS
+
+        options_cls = TASKS.get(kind).Options
+        own = [f.name for f in dataclasses.fields(options_cls)]
+        owners = cls._owners()
+        kept = {}
+        for key, value in given.items():
+            if key in own:
+                kept[key] = value
+            elif key in owners:
+                if value is not None:
+                    raise RecipeError(f"{prefix}{key}: applies to {owners[key][0]} tasks only, and this task is {kind}; remove it")
+            else:
+                raise cls._unknown(key, prefix, [*cls.COMMON, *own])
+        return _build(options_cls, kept, prefix)
+
+    @classmethod
+    def _untyped(cls, given: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """Options given while the type is left to inference, each checked by a type declaring it."""
+        from ..tasks import TASKS
+
+        owners = cls._owners()
+        kept = {}
+        for key, value in given.items():
+            if key not in owners:
+                raise cls._unknown(key, prefix, [*cls.COMMON, *owners])
+            if value is not None:
+                kept[key] = getattr(_build(TASKS.get(owners[key][0]).Options, {key: value}, prefix), key)
+        return kept
+
+    def check_type(self, type_: str, where: str = "task") -> TaskSpec:
+        """This section for task type ``type_`` (inferred, or written): its options read by the
+        type's own dataclass; options of another type are an error naming the field (``where``:
+        ``task``, or ``tasks[i]`` for an entry of several tasks)."""
+        given = dataclasses.asdict(self.options) if dataclasses.is_dataclass(self.options) else dict(self.options or {})
+        return dataclasses.replace(self, type=type_, options=self._typed(type_, given, f"{where}."))
+
+    def option(self, name: str) -> Any:
+        """One option's value (None: not set, or not an option of this type)."""
+        if isinstance(self.options, dict):
+            return self.options.get(name)
+        return getattr(self.options, name, None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as YAML writes it: the common fields, then the type's options."""
+        given = dataclasses.asdict(self.options) if dataclasses.is_dataclass(self.options) else dict(self.options or {})
+        return {"type": self.type, "name": self.name, "label_column": self.label_column, "weight": self.weight, **given}
 
 
 @dataclass
 class _StrategyName:
     """The field the recipe itself reads: which strategy. ``name: null`` picks the modality's default
-    (finetunekit.defaults)."""
+    (finetunekit.run.defaults)."""
 
     name: str | None = None
 
     def __post_init__(self) -> None:
-        from .strategies import STRATEGIES, check_options
+        from ..strategies import STRATEGIES, check_options
 
         if self.name is not None and self.name not in STRATEGIES:
             raise RecipeError(
@@ -256,7 +287,7 @@ class _StrategyName:
     def strategy_class(self) -> Any:
         """The registered :class:`finetunekit.strategies.Strategy` subclass ``name`` picks (None
         while ``name`` is null): what it declares about itself (``sets_linear_head``, ...)."""
-        from .strategies import STRATEGIES
+        from ..strategies import STRATEGIES
 
         return STRATEGIES.get(self.name) if self.name is not None else None
 
@@ -269,7 +300,7 @@ class _StrategyName:
 
 
 def _strategy_spec() -> type:
-    from .strategies import option_fields
+    from ..strategies import option_fields
 
     return dataclasses.make_dataclass(
         "StrategySpec", option_fields(), bases=(_StrategyName,),
@@ -296,7 +327,7 @@ StrategySpec = _strategy_spec()
 
 @dataclass
 class TrainSpec:
-    """The optimisation loop. ``None`` means: the modality's default (see finetunekit.defaults)."""
+    """The optimisation loop. ``None`` means: the modality's default (see finetunekit.run.defaults)."""
 
     epochs: int | None = None
     batch_size: int | None = None
@@ -325,7 +356,7 @@ class TrainSpec:
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     # "auto": bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AMX or
-    # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.runtime.resolve_precision
+    # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.core.runtime.resolve_precision
     precision: Precision = "auto"
     early_stopping_patience: int | None = None  # epochs without improvement; None: off
     # chooses the best epoch: "loss" or one of the task's metrics (classification: accuracy,
@@ -349,7 +380,7 @@ class TrainSpec:
     # images: progressive resizing. Training epoch e of E crops its images to the input size times
     # s + (1 - s) * e / (E - 1), rounded to a multiple of 16, with s = progressive_resize: early
     # epochs see smaller images and cost less; the last epoch and every evaluation use the full
-    # size. 1.0 turns it off; null takes the modality's default (finetunekit.defaults).
+    # size. 1.0 turns it off; null takes the modality's default (finetunekit.run.defaults).
     progressive_resize: float | None = None
 
     def __post_init__(self) -> None:
@@ -395,7 +426,7 @@ class SearchSpec:
 
     ``space`` maps a recipe field to a distribution, one of ``log_uniform: [low, high]``,
     ``uniform: [low, high]``, ``int: [low, high]``, ``log_int: [low, high]`` or
-    ``choice: [a, b, ...]``; null: the modality's default space (finetunekit.tune). ``pruner`` stops
+    ``choice: [a, b, ...]``; null: the modality's default space (finetunekit.choose.tune). ``pruner`` stops
     trials whose per-epoch validation metric lags: ``median`` (below the median of earlier trials at
     the same epoch), ``asha`` (successive halving), ``hyperband``, or ``none``.
 
@@ -502,7 +533,7 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
-        from .safe_yaml import read_yaml_file
+        from ..core.safe_yaml import read_yaml_file
 
         path = Path(path)
         raw = read_yaml_file(path)  # duplicate keys, alias bombs and oversized files refused
@@ -514,7 +545,7 @@ class Recipe:
     def with_overrides(self, overrides: list[str]) -> Recipe:
         """Apply ``section.field=value`` strings (values parsed as YAML scalars)."""
         raw = self.to_dict()
-        from .safe_yaml import parse_override_value
+        from ..core.safe_yaml import parse_override_value
 
         for item in overrides:
             key, sep, value = item.partition("=")
@@ -528,7 +559,10 @@ class Recipe:
         return Recipe.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        raw["task"] = self.task.to_dict()  # a task's options sit beside its type, as YAML writes them
+        raw["tasks"] = None if self.tasks is None else [spec.to_dict() for spec in self.tasks]
+        return raw
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -539,7 +573,10 @@ class Recipe:
         for section, updates in sections.items():
             if section not in raw:
                 raise RecipeError(f"unknown recipe section {section!r}{did_you_mean(section, raw)}")
-            raw[section] = dataclasses.asdict(updates) if dataclasses.is_dataclass(updates) else {**raw[section], **updates}
+            if isinstance(updates, TaskSpec):
+                raw[section] = updates.to_dict()
+            else:
+                raw[section] = dataclasses.asdict(updates) if dataclasses.is_dataclass(updates) else {**raw[section], **updates}
         return Recipe.from_dict(raw)
 
 
@@ -560,6 +597,8 @@ def _check_range(
 
 
 def _build(cls: type, raw: dict, prefix: str) -> Any:
+    if hasattr(cls, "from_raw"):  # a section that reads its own fields (task: its type's options)
+        return cls.from_raw(raw, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}

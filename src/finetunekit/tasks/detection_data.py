@@ -6,7 +6,7 @@ image's pixel coordinates (``where`` names the file and row or object, for error
 image with no boxes has an empty list: it is a valid example (it teaches the detector what is not
 an object). Boxes are checked against the image's real size (read from the file's header): a box
 outside the image, a box with no area, an unreadable annotation file or a missing image is a
-:class:`~finetunekit.errors.DataError` naming the file, the row and the field.
+:class:`~finetunekit.core.errors.DataError` naming the file, the row and the field.
 
 Formats (chosen from the path):
 
@@ -30,19 +30,27 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
-from .readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
+from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
+from ..data.tables import csv_rows, inside_root
+from ..core.errors import DataError
 
 BOX_COLUMNS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"))
 LABEL_COLUMN_GUESSES = ("label", "class", "category", "class_name", "name")
 
 # (x1, y1, x2, y2, class name, where)
 Box = tuple[float, float, float, float, str, str]
+
+
+def box_columns(path: Path) -> tuple[str, ...] | None:
+    """The corner columns of a table of boxes (``xmin, ymin, xmax, ymax``...), or None."""
+    from ..data.readers import _table
+
+    columns = _table(path)[1]
+    return next((names for names in BOX_COLUMNS if all(n in columns for n in names)), None)
 
 
 def is_detection_source(path: str | Path) -> bool:
@@ -150,7 +158,7 @@ def _read_coco(path: Path, root: Path | None) -> Examples:
         where = f"{path}: images[{i}]"
         if not isinstance(image, dict) or "id" not in image or not str(image.get("file_name", "")).strip():
             raise DataError(f"{where}: needs 'id' and 'file_name'")
-        file = base / str(image["file_name"])
+        file = inside_root(base, str(image["file_name"]), f"{where} (file_name)")
         if root is None and not file.is_file() and (path.parent / "images" / str(image["file_name"])).is_file():
             file = path.parent / "images" / str(image["file_name"])
         size = _image_size(file, f"{where} (file_name)")
@@ -216,7 +224,7 @@ def _read_voc_file(xml: Path, root: Path) -> tuple[Path, list[Box]]:
     name = (node.findtext("filename") or "").strip()
     if not name:
         raise DataError(f"{xml}: field 'filename': missing or empty")
-    file = root / name
+    file = inside_root(root, name, f"{xml}: field 'filename'")
     if not file.is_file() and not Path(name).suffix:  # some tools leave the extension out
         file = next((root / f"{name}{ext}" for ext in (".jpg", ".jpeg", ".png") if (root / f"{name}{ext}").is_file()), file)
     size = _image_size(file, f"{xml}: field 'filename'")
@@ -252,13 +260,12 @@ def _natural(path: Path) -> list[Any]:
 def _read_box_table(path: Path, root: Path | None, classes: list[str] | None, require_labels: bool) -> Examples:
     try:
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() in (".tsv", ".txt") else ",")
-            columns = list(reader.fieldnames or [])
-            rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            rows = list(csv_rows(path, handle, delimiter="\t" if path.suffix.lower() in (".tsv", ".txt") else ","))
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the box table ({exc.__class__.__name__}: {exc})") from None
-    if not columns:
-        raise DataError(f"{path}: no header row")
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    columns = list(rows[0][1])
     image_column = next((c for c in IMAGE_COLUMN_GUESSES if c in columns), None)
     if image_column is None:
         raise DataError(f"{path}: no image column (one of {', '.join(IMAGE_COLUMN_GUESSES)}; columns: {', '.join(columns)})")
@@ -276,6 +283,8 @@ def _read_box_table(path: Path, root: Path | None, classes: list[str] | None, re
                 "for a single-class table name its class in task.classes, e.g. [pedestrian]"
             )
     base = root if root is not None else path.parent
+    for where, row in rows:  # before the image folder is chosen: a row must not choose it by climbing out
+        inside_root(base, str(row.get(image_column) or "").strip(), f"{where}: field {image_column!r}")
     if root is None and not any((base / str(row.get(image_column, "")).strip()).is_file() for _, row in rows[:5]):
         for name in ("images", "PNGImages", "JPEGImages"):  # raccoon: labels_csv/ next to images/
             for candidate in (path.parent / name, path.parent.parent / name):
@@ -287,10 +296,7 @@ def _read_box_table(path: Path, root: Path | None, classes: list[str] | None, re
     order: list[str] = []
     found: dict[str, tuple[Path, str, list[Box]]] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for line, row in rows:
-        where = f"{path}:{line}"
-        if None in row:
-            raise DataError(f"{where}: more fields than the header's {len(columns)}")
+    for where, row in rows:
         name = str(row.get(image_column) or "").strip()
         if not name:
             raise DataError(f"{where}: field {image_column!r}: empty image name")

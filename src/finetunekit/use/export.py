@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import artifacts
-from .card import write_export_card
-from .errors import FinetuneError
+from ..run import artifacts
+from ..run.card import write_export_card
+from ..core.errors import FinetuneError
 
 FORMATS = ("hf", "timm", "onnx")
 LIBRARIES = {"hf": "transformers", "timm": "timm", "onnx": "onnx"}
@@ -58,12 +58,13 @@ def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, over
     """Export ``run_dir`` as ``fmt`` (``hf``, ``timm`` or ``onnx``) and check it; see the module doc."""
     from contextlib import nullcontext
 
-    from .outputs import RunDirLock, check_writable, in_run_dir
+    from ..core.outputs import RunDirLock, check_output, check_writable, in_run_dir
 
     if fmt not in FORMATS:
         raise FinetuneError(f"export: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     target = Path(output) if output is not None else run_dir / "export" / fmt
+    check_output(target, [run_dir])  # never the run itself, a folder holding it, or one of its files
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise FinetuneError(f"export: {target} already exists; pass --overwrite or choose another --output")
     if not run_dir.is_dir():
@@ -84,7 +85,7 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
         raise FinetuneError(f"export {fmt}: {run_dir} has one head per task (tasks:); export it with --format onnx")
     # Adapters kept unmerged: exports hold plain weights. The merged model differs from the
     # adapter one by float rounding only, far inside the parity tolerance.
-    from .strategies import merge_added
+    from ..strategies import merge_added
 
     merge_added(predictor.model)
     exporter = {"hf": _export_hf, "timm": _export_timm, "onnx": _export_onnx}[fmt]
@@ -123,8 +124,8 @@ class Sample:
 def sample_batches(predictor, limit: int = 8) -> list[Sample]:
     """Two batches of different sizes (and, for text, different lengths), made by the run's own
     preprocessing from its validation inputs when they are still there; synthetic inputs otherwise."""
-    from .data import Examples
-    from .data.pipeline import build_loader
+    from ..data import Examples
+    from ..data.pipeline import build_loader
 
     saved = [r["input"] for r in artifacts.read_jsonl(predictor.run_dir / artifacts.PREDICTIONS_FILE)]
     inputs = predictor.kind.export_samples(saved, predictor.schema, limit)  # the modality's choice (texts: built-in ones too)
@@ -357,7 +358,7 @@ def read_export_record(path: Path) -> dict[str, Any]:
 def loading_code(fmt: str, target: Path, predictor) -> list[str]:
     """Markdown: how to load and run this export with its own library alone."""
     d = str(target)
-    if predictor.task.type != "classification":
+    if not predictor.task.single_class:
         return _task_loading_code(fmt, d, predictor)
     if fmt == "hf":
         return [
@@ -419,15 +420,7 @@ def _task_loading_code(fmt: str, d: str, predictor) -> list[str]:
     """Loading notes for the task types other than single-label classification: what the outputs
     mean (task.json holds the task: label names and thresholds, or target names)."""
     task = predictor.task
-    meaning = {
-        "regression": "the outputs are predictions in target units (the target statistics are folded into the last layer), "
-                      "one column per target in `task.json`'s `targets` order",
-        "multilabel": "the outputs are one logit per label (`task.json`'s `labels` order); a label is predicted when "
-                      "sigmoid(logit) reaches its threshold in `task.json` (`thresholds`, chosen on validation)",
-        "segmentation": "the outputs are the decoder's raw logits, (N, classes, H/s, W/s) at its stride s; upsample them "
-                        "bilinearly to `task.json`'s `input_size` [height, width] and take the argmax over the classes "
-                        "(`task.json`'s `classes` order); inputs are resized to that size first",
-    }.get(task.type, "the outputs are the tasks' blocks side by side, in `task.json`'s `tasks` order")
+    meaning = task.export_note or "the outputs are the tasks' blocks side by side, in `task.json`'s `tasks` order"
     call = {
         "hf": [f'model = AutoModelForSequenceClassification.from_pretrained("{d}", trust_remote_code=True).eval()',
                f'tokenizer = AutoTokenizer.from_pretrained("{d}", trust_remote_code=True)',

@@ -11,7 +11,7 @@ interrupted study resumes with the same command.
 Example::
 
     from finetunekit import Recipe
-    from finetunekit.tune import tune
+    from finetunekit.choose.tune import tune
     result = tune(Recipe.from_yaml("examples/hymenoptera.yaml"), "studies/ants", trials=20)
     result.best_score, result.best_dir
 
@@ -35,20 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
-from .engine.callbacks import Callback
-from .errors import DivergenceError, FinetuneError, RecipeError
-from .recipe import Recipe
+from ..run import artifacts
+from ..engine.callbacks import Callback
+from ..core.errors import DivergenceError, FinetuneError, RecipeError
+from ..run.recipe import Recipe
 
 STUDY_NAME = "finetunekit"
 STUDY_FILE = "study.json"  # marks a study directory; names the storage (never its password)
 MAX_RETRY = 2  # a trial whose worker died is run again at most this many times
 
-def primary_metric(record: dict[str, Any], recipe: Recipe) -> tuple[float, bool]:
+def metric_value(record: dict[str, Any], metric: str) -> float:
     """The validation metric that ranks a run's epochs (and so the trials), from one epoch's
-    metrics.jsonl record, and whether higher is better."""
-    metric = recipe.train.metric or "accuracy"
-    return float(record[f"val_{metric}"]), metric != "loss"
+    metrics.jsonl record."""
+    return float(record[f"val_{metric}"])
 
 
 def _optuna() -> Any:
@@ -70,7 +69,7 @@ def _optuna() -> Any:
 
 def search_space(recipe: Recipe, modality: str) -> dict[str, dict[str, list[Any]]]:
     """``search.space`` of the recipe, or the modality's default space (``Modality.search_space``)."""
-    from .modalities import modality_of
+    from ..modalities import modality_of
 
     return dict(recipe.search.space) if recipe.search.space else dict(modality_of(modality).search_space)
 
@@ -110,12 +109,10 @@ def _check_space(recipe: Recipe, space: dict[str, dict[str, list[Any]]]) -> None
                 raise RecipeError(f"search.space.{name}: {value!r} does not make a valid recipe: {exc}") from None
 
 
-def _default_point(recipe: Recipe, modality: str, space: dict[str, dict[str, list[Any]]]) -> dict[str, Any] | None:
-    """The resolved recipe's own values, when they lie in the space: trial 0 runs them, so the
-    search never ends below the defaults it started from."""
-    from .defaults import resolve
-
-    resolved = resolve(recipe, modality).to_dict()
+def _default_point(resolved_recipe: Recipe, space: dict[str, dict[str, list[Any]]]) -> dict[str, Any] | None:
+    """The resolved recipe's own values (finetunekit.run.plan), when they lie in the space: trial 0
+    runs them, so the search never ends below the defaults it started from."""
+    resolved = resolved_recipe.to_dict()
     point: dict[str, Any] = {}
     for name, dist in space.items():
         section, _, field_name = name.partition(".")
@@ -136,22 +133,20 @@ def _default_point(recipe: Recipe, modality: str, space: dict[str, dict[str, lis
 class _Pruning(Callback):
     """Reports each epoch's validation metric to the trial; raises TrialPruned when the pruner says so."""
 
-    def __init__(self, trial: Any, recipe: Recipe) -> None:
-        self.trial, self.recipe = trial, recipe
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
 
     def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
-        value, _ = primary_metric(record, self.recipe)
+        value = metric_value(record, self.metric)
         self.trial.report(value, epoch)
         if self.trial.should_prune():
-            raise _optuna().TrialPruned(f"epoch {epoch + 1}: val {self.recipe.train.metric} {value:.4f}")
+            raise _optuna().TrialPruned(f"epoch {epoch + 1}: val {self.metric} {value:.4f}")
 
 
-def best_epoch_score(history: list[dict[str, Any]], recipe: Recipe) -> tuple[float, int]:
-    """(score, 1-based epoch) of a run's best epoch by the primary metric."""
-    scored = [primary_metric(record, recipe) for record in history]
-    higher = scored[0][1]
-    values = [v for v, _ in scored]
-    best = max(values) if higher else min(values)
+def best_epoch_score(history: list[dict[str, Any]], metric: str, higher_is_better: bool) -> tuple[float, int]:
+    """(score, 1-based epoch) of a run's best epoch by ``metric``."""
+    values = [metric_value(record, metric) for record in history]
+    best = max(values) if higher_is_better else min(values)
     return best, values.index(best) + 1
 
 
@@ -163,9 +158,16 @@ def _worker_tag(trial_number: int) -> str:
 
 @dataclass
 class _TrainObjective:
+    """One trial: a training run of the recipe with the trial's values, scored on its best epoch
+    by ``metric`` (the task's direction: ``higher_is_better``); ``shown``: the final metrics a
+    trial keeps for the study page."""
+
     recipe: Recipe
     space: dict[str, dict[str, list[Any]]]
     study_dir: Path
+    metric: str
+    higher_is_better: bool
+    shown: tuple[str, ...] = ("loss",)
 
     def __call__(self, trial: Any) -> float:
         trial.set_user_attr("worker", _worker_tag(trial.number))
@@ -173,7 +175,7 @@ class _TrainObjective:
         run_dir = self.study_dir / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.relative_to(self.study_dir)))
         recipe = apply_params(self.recipe, params)
-        from .trainer import train
+        from ..run.trainer import train
 
         started = time.perf_counter()
         log = io.StringIO()
@@ -182,7 +184,7 @@ class _TrainObjective:
             with contextlib.redirect_stdout(log):
                 # a killed trial is run again from the start, so it needs no checkpoints; the
                 # report is written for the best trial alone
-                result = train(recipe, output=run_dir, overwrite=True, quiet=True, callbacks=[_Pruning(trial, recipe)],
+                result = train(recipe, output=run_dir, overwrite=True, quiet=True, callbacks=[_Pruning(trial, self.metric)],
                                checkpoints=False, report=False)
         except _optuna().TrialPruned:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -195,12 +197,12 @@ class _TrainObjective:
             if run_dir.is_dir():
                 artifacts.atomic_write_text(run_dir / "train.log", log.getvalue())
             _release_memory()
-        score, epoch = best_epoch_score(result.history, recipe)
+        score, epoch = best_epoch_score(result.history, self.metric, self.higher_is_better)
         trial.set_user_attr("best_epoch", epoch)
         trial.set_user_attr("epochs_run", len(result.history))
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
         trial.set_user_attr("feature_cache", result.feature_cache)
-        trial.set_user_attr("metrics", {k: result.metrics[k] for k in ("accuracy", "macro_f1", "loss") if k in result.metrics})
+        trial.set_user_attr("metrics", {k: result.metrics[k] for k in self.shown if k in result.metrics})
         return score
 
 
@@ -461,26 +463,24 @@ def tune(
     if heartbeat < 1:
         raise FinetuneError(f"--heartbeat: must be at least 1 second, got {heartbeat}")
     started = time.perf_counter()
-    if recipe.train.metric is None:  # trials rank by accuracy unless the recipe names a metric
-        recipe = recipe.replace(train={"metric": "accuracy"})
     study_dir = Path(output)
     _check_study_dir(study_dir)
     _optuna()  # a one-line error before anything is written when Optuna is missing
-    from .backbones import create_backbone
-
-    spec = recipe.model
-    modality = create_backbone(spec.backbone, False, spec.pooling, spec.image_size).modality
-    space = search_space(recipe, modality)
+    plan = _plan(recipe)  # data and task checked, metric and direction known, before anything is written
+    # trials rank by the recipe's train.metric, else the task's primary metric, in the task's direction;
+    # each trial resolves its own recipe (a searched strategy takes that strategy's defaults)
+    recipe = recipe.replace(train={"metric": plan.metric})
+    space = search_space(recipe, plan.modality)
     _check_space(recipe, space)
     study_dir.mkdir(parents=True, exist_ok=True)
     artifacts.atomic_write_json(study_dir / STUDY_FILE, {"storage": _redact(storage) if storage else "sqlite:study.db", "study_name": study_name})
     store = open_storage(storage, study_dir, heartbeat)
-    direction = "maximize" if recipe.train.metric != "loss" else "minimize"
+    direction = plan.direction
     study = create_study(store, direction, recipe.search, study_name)
     with _locked(study_dir / ".best.lock"):  # one process of many seeds the default point
         _check_same_study(study, recipe, space, study_dir)
         if not study.user_attrs.get("seeded"):
-            point = _default_point(recipe, modality, space)
+            point = _default_point(plan.recipe, space)
             if point is not None:
                 study.enqueue_trial(point, skip_if_exists=True)
             study.set_user_attr("seeded", True)
@@ -495,8 +495,20 @@ def tune(
         ran[0] += 1
         say(_trial_line(study, t, recipe.train.metric))
 
-    run_workers(study, _TrainObjective(recipe, space, study_dir), trials, timeout, [_KeepBest(study_dir, keep_weights)], on_trial=on_trial)
+    shown = tuple(dict.fromkeys((plan.metric, *plan.task.epoch_metrics, "loss")))
+    objective = _TrainObjective(recipe, space, study_dir, plan.metric, plan.higher_is_better, shown)
+    run_workers(study, objective, trials, timeout, [_KeepBest(study_dir, keep_weights)], on_trial=on_trial)
     return _finish(study, study_dir, recipe, time.perf_counter() - started, ran[0], say)
+
+
+def _plan(recipe: Recipe) -> Any:
+    """The recipe resolved on its data (finetunekit.run.plan) without pretrained weights: the backbone
+    is only asked its modality, and each trial loads its own."""
+    from ..backbones import create_backbone
+    from ..run.plan import resolve
+
+    spec = recipe.model
+    return resolve(recipe, create_backbone(spec.backbone, False, spec.pooling, spec.image_size).modality)
 
 
 def _trial_line(study: Any, t: Any, metric: str) -> str:
@@ -523,7 +535,7 @@ def _fmt(value: Any) -> str:
 
 def study_rows(study: Any) -> list[Any]:
     """The study's trials as plain rows for the page."""
-    from .report.study import TrialRow
+    from ..report.study import TrialRow
 
     counts_as = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
     retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False) if "failed_trial" in t.system_attrs}
@@ -540,7 +552,7 @@ def study_rows(study: Any) -> list[Any]:
 
 def write_study_page(study: Any, study_dir: Path, recipe: Recipe) -> Path:
     """STUDY_DIR/study.html from the study as it stands."""
-    from .report.study import write_study_report
+    from ..report.study import write_study_report
 
     optuna = _optuna()
     try:
@@ -575,7 +587,7 @@ def _finish(study: Any, study_dir: Path, recipe: Recipe, seconds: float, ran: in
         counts, seconds, recipe.train.metric, ran,
     )
     if best_dir is not None and not (best_dir / "report.html").is_file():
-        from .report import write_report
+        from ..report import write_report
 
         with _locked(study_dir / ".best.lock"):  # trials skip their report; the kept run gets one
             write_report(best_dir)
