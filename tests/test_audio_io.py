@@ -12,6 +12,7 @@ import pytest
 sf = pytest.importorskip("soundfile", reason="audio tests need soundfile (pip install 'finetunekit[speech]')")
 pytest.importorskip("soxr", reason="audio tests need soxr (pip install 'finetunekit[speech]')")
 
+from finetunekit.core.errors import DataError  # noqa: E402
 from finetunekit.data.audio import (  # noqa: E402
     AudioError,
     fit_length,
@@ -25,7 +26,6 @@ from finetunekit.data.audio import (  # noqa: E402
     time_shift,
     windows,
 )
-from finetunekit.core.errors import DataError  # noqa: E402
 
 RATE = 16_000
 

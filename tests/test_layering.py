@@ -17,14 +17,14 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 LAYERS: list[set[str]] = [
     {"errors", "version", "stats"},  # stats: bootstrap intervals and paired tests, plain numpy
     {"registry", "runtime", "hf_modeling", "trackers", "safe_yaml", "outputs"},
-    {"data"},  # readers (folders, tables), Examples, splits, transforms and batching
+    {"data"},  # readers (folders, tables, audio files), Examples, splits, transforms and batching
     # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
     # targets, losses, metrics, and a task type's own data formats: detection's and segmentation's
     # readers build Examples); the recipe reads each task type's options and validates names
     # against both registries
     {"strategies", "tasks"},
     {"recipe", "artifacts"},  # the typed configuration; the run directory's files (atomic writes, formats)
-    {"backbones"},
+    {"backbones"},  # backbones.whisper_ct2: Whisper from CTranslate2 files
     # what an input is: finding examples (with data's readers), preprocessing, what it needs from a backbone
     {"modalities"},
     {"defaults"},  # the recipe's unset fields: the modality's, the task's
