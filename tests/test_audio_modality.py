@@ -96,9 +96,8 @@ def test_a_run_trains_evaluates_and_predicts_files(audio_run, audio_data):
 
 def test_a_stopped_run_resumes_to_the_same_weights(audio_data, tiny_whisper, tmp_path, monkeypatch):
     # augmented clips are drawn from (seed, epoch, clip) alone: the resumed run replays the same batches
-    from test_resume import interrupted
-
     from finetunekit.run.artifacts import read_weights
+    from test_resume import interrupted
 
     recipe = Recipe.from_dict({
         "model": {"backbone": f"whisper:{tiny_whisper}"},

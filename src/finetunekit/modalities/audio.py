@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import DataError
 from ..data.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError
 from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, Examples, is_table
-from ..core.errors import DataError
 from . import MODALITIES
 from .base import InputSchema, Modality, is_file, shown, singles
 
