@@ -477,7 +477,7 @@ def damaged_feature_cache_entries(w, d):
     return 0, cli(*args, "--output", str(d / "second"))
 
 
-# -- outputs never destroy inputs (issue 27, cluster 1) ----------------------------------------------
+# -- outputs never destroy inputs ----------------------------------------------
 
 
 @case
@@ -547,7 +547,7 @@ def lr_find_into_a_run(w, d):
     return 2, cli("lr-find", str(w.image_recipe), "--output", str(run))
 
 
-# -- a table is read as written, or refused (cluster 3) -------------------------------------------------
+# -- a table is read as written, or refused -------------------------------------------------
 
 
 def text_table_case(w, d, name: str, text: str) -> subprocess.CompletedProcess:
@@ -607,7 +607,7 @@ def detection_box_row_leaving_the_image_folder(w, d):
     return 2, cli("train", str(recipe), "--output", str(d / "run"), "--quiet")
 
 
-# -- the service answers every bad request with a 4xx (cluster 4) -----------------------------------------
+# -- the service answers every bad request with a 4xx -----------------------------------------
 
 
 def service_case(run: Path, d: Path, expected: int, body: bytes, good: dict) -> subprocess.CompletedProcess:
