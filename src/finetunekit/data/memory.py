@@ -15,6 +15,14 @@ Conventions:
   named by the SHA-256 of their bytes, under ``$FINETUNEKIT_CACHE_DIR/images`` (default
   ``~/.cache/finetunekit/images``), so the rest of the toolkit reads files as usual and a run's
   report and predictions can show them later;
+* an audio column holds file paths (relative ones as for images), encoded audio bytes (WAV, FLAC,
+  OGG Vorbis/Opus, MP3; told by their first bytes), dicts ``{"path", "bytes"}`` as the ``datasets``
+  ``Audio`` feature stores them, or decoded clips ``{"array", "sampling_rate"}`` (a ``"path"`` key
+  beside them is ignored): ``array`` holds float samples in [-1, 1], 1-D (mono) or 2-D (frames x
+  channels, or channels x frames when it has at most 8 rows and more columns), mixed to mono when
+  read. Clips given as bytes are written as they are, with the suffix of their format; arrays as
+  float32 WAV named by the SHA-256 of their samples and rate; both once, under
+  ``$FINETUNEKIT_CACHE_DIR/audio`` (default ``~/.cache/finetunekit/audio``);
 * label columns hold names, integers, lists of names (multi-label) or numbers (regression); an
   integer column of a ``datasets`` ``ClassLabel`` feature holds the index of a name, and reads as
   that name (``-1``, the feature's "no label", as an empty cell).
@@ -44,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -124,7 +133,7 @@ class MemoryTable:
         out = []
         for i, row in zip(self.index, self.rows, strict=True):
             where = f"{self}: row {i}"
-            out.append((where, {c: v if isinstance(v, str) or not _image_like(v) else _image_file(v, where, c) for c, v in row.items()}))
+            out.append((where, {c: _media_cell(v, where, c) for c, v in row.items()}))
         return out, list(self.columns)
 
 
@@ -250,6 +259,17 @@ def _class_name(value: Any, classes: list[str], where: str, column: str) -> Any:
     return classes[value]
 
 
+def _media_cell(value: Any, where: str, column: str) -> Any:
+    """A cell as the readers take it: an in-memory clip or image becomes the path of its file."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if _audio_like(value):
+        return _audio_file(value, where, column)
+    if _image_like(value):
+        return _image_file(value, where, column)
+    return value
+
+
 def _image_like(value: Any) -> bool:
     if isinstance(value, (bytes, bytearray)):
         return True
@@ -280,7 +300,8 @@ def _image_bytes(value: Any, where: str, column: str) -> tuple[bytes, str] | str
             with Image.open(io.BytesIO(value)) as image:
                 suffix = "." + (image.format or "png").lower().replace("jpeg", "jpg")
         except (UnidentifiedImageError, OSError):
-            raise DataError(f"{where}: column {column!r}: {len(value)} bytes that are not an image PIL can read") from None
+            raise DataError(f"{where}: column {column!r}: {len(value)} bytes that are not an image PIL can read, "
+                            "nor audio (WAV, FLAC, OGG, MP3)") from None
         return bytes(value), suffix
     buffer = io.BytesIO()  # a PIL image: written losslessly
     try:
@@ -296,7 +317,117 @@ def _image_file(value: Any, where: str, column: str) -> str:
     if isinstance(found, str):
         return found
     data, suffix = found
-    path = image_dir() / f"{hashlib.sha256(data).hexdigest()}{suffix}"
+    return _write_once(image_dir(), data, suffix)
+
+
+# -- audio cells --------------------------------------------------------------------------------
+
+_ARRAY_KEYS = {"array", "sampling_rate"}
+# a 2-D array with at most this many rows (and more columns) is read as channels x frames, as
+# torchaudio and datasets' decoders give it; otherwise as frames x channels, as soundfile does
+MAX_CHANNELS = 8
+
+
+def audio_dir() -> Path:
+    """Where clips given as bytes or arrays are written (see the module doc)."""
+    return image_dir().parent / "audio"
+
+
+def _audio_suffix(data: bytes) -> str | None:
+    """The suffix of encoded audio told by its first bytes, or None when they are not audio."""
+    head = bytes(data[:64])
+    if head[:4] in (b"RIFF", b"RIFX", b"RF64") and head[8:12] == b"WAVE":
+        return ".wav"
+    if head[:4] == b"fLaC":
+        return ".flac"
+    if head[:4] == b"OggS":
+        return ".opus" if b"OpusHead" in head else ".ogg"
+    if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return ".mp3"
+    return None
+
+
+def _audio_like(value: Any) -> bool:
+    if isinstance(value, (bytes, bytearray)):
+        return _audio_suffix(value) is not None
+    if not isinstance(value, dict) or not value:
+        return False
+    if value.keys() & _ARRAY_KEYS and set(value) <= _ARRAY_KEYS | {"path", "bytes"}:
+        return True
+    if set(value) <= {"bytes", "path"}:
+        if isinstance(value.get("bytes"), (bytes, bytearray)):
+            return _audio_suffix(value["bytes"]) is not None
+        from .audio import AUDIO_EXTENSIONS
+
+        return value.get("bytes") is None and Path(str(value.get("path") or "")).suffix.lower() in AUDIO_EXTENSIONS
+    return False
+
+
+def _audio_file(value: Any, where: str, column: str) -> str:
+    """The path of a file holding an in-memory clip (written once, named by its content); a dict
+    naming a path and holding nothing else gives that path."""
+    if isinstance(value, (bytes, bytearray)):
+        return _write_once(audio_dir(), bytes(value), str(_audio_suffix(value)))
+    if value.get("array") is None and "sampling_rate" not in value:  # {"bytes", "path"}
+        if value.get("bytes") is not None:
+            return _audio_file(value["bytes"], where, column)
+        return str(value["path"])
+    wave, rate = _audio_array(value, where, column)
+    import soundfile
+
+    name = hashlib.sha256(wave.tobytes() + f"|{wave.shape}|{rate}".encode()).hexdigest()
+    path = audio_dir() / f"{name}.wav"
+    if not path.is_file():
+        buffer = io.BytesIO()
+        soundfile.write(buffer, wave, rate, format="WAV", subtype="FLOAT")
+        _write_once(audio_dir(), buffer.getvalue(), ".wav", name)
+    return str(path)
+
+
+def _audio_array(value: dict, where: str, column: str) -> tuple[Any, int]:
+    """(float32 samples as frames or frames x channels, rate) of a ``{"array", "sampling_rate"}``
+    cell, checked: a missing rate or array, a shape other than 1-D or 2-D, no samples, NaN."""
+    import numpy as np
+
+    from .audio import MIN_SAMPLE_RATE
+
+    what = f"{where}: column {column!r}: an audio array"
+    rate = value.get("sampling_rate")
+    if value.get("array") is None:
+        raise DataError(f"{what} cell without its 'array' (keys: {', '.join(sorted(value))})")
+    if rate is None:
+        raise DataError(f"{what} without a 'sampling_rate' (give {{'array': samples, 'sampling_rate': hertz}})")
+    try:
+        hertz = float(rate) if not isinstance(rate, (bool, str, bytes)) else math.nan
+    except (TypeError, ValueError):
+        hertz = math.nan
+    if not math.isfinite(hertz) or hertz != int(hertz):
+        raise DataError(f"{what}: sampling_rate {rate!r} is not a whole number of hertz")
+    rate = int(hertz)
+    if rate < MIN_SAMPLE_RATE:
+        raise DataError(f"{what}: sampling_rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz")
+    try:
+        wave = np.asarray(value["array"])
+    except ValueError:  # ragged lists
+        raise DataError(f"{what} whose rows differ in length") from None
+    if wave.dtype.kind not in "fiu":
+        raise DataError(f"{what} of {wave.dtype} values; expected float samples")
+    if wave.ndim not in (1, 2):
+        raise DataError(f"{what} of shape {wave.shape}; expected 1-D (mono) or 2-D (frames x channels)")
+    if wave.ndim == 2 and wave.shape[0] <= MAX_CHANNELS and wave.shape[1] > wave.shape[0]:
+        wave = wave.T
+    if wave.size == 0:
+        raise DataError(f"{what} with no samples")
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
+    if not np.isfinite(wave).all():
+        bad = int((~np.isfinite(wave)).sum())
+        raise DataError(f"{what} with {bad} NaN or infinite sample(s)")
+    return wave, int(rate)
+
+
+def _write_once(folder: Path, data: bytes, suffix: str, name: str | None = None) -> str:
+    """``folder/<name or sha256 of data><suffix>`` holding ``data``, written atomically unless there."""
+    path = folder / f"{name or hashlib.sha256(data).hexdigest()}{suffix}"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -324,6 +455,8 @@ def _json_default(value: Any) -> Any:
         return "bytes sha256:" + hashlib.sha256(value).hexdigest()
     if type(value).__module__.split(".")[0] == "PIL":
         return f"PIL {value.mode} {value.size} sha256:" + hashlib.sha256(value.tobytes()).hexdigest()
+    if type(value).__name__ == "ndarray":  # an audio array in a DataFrame cell: str() would elide its middle
+        return f"ndarray {value.dtype} {value.shape} sha256:" + hashlib.sha256(value.tobytes()).hexdigest()
     return f"{type(value).__name__} {value}"
 
 

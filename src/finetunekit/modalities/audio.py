@@ -390,10 +390,12 @@ def _audio_table(path: Path, column: str | None, label_column: Any, require_labe
                  root: str | Path | None) -> Examples:
     """A table with one audio file per row: the file column is ``data.image_column`` if set, else
     the first of :data:`AUDIO_COLUMN_GUESSES` it has; paths relative to the table's folder (or
-    ``data.image_root``)."""
+    ``data.image_root``; the working directory for an in-memory table, whose clips given as bytes
+    or arrays ``finetunekit.data.memory`` has written to files)."""
     from ..data.readers import _blank, _check_label_column, _columns, _label, _table
 
-    base = Path(root) if root is not None else path.parent
+    in_memory = hasattr(path, "table_rows")  # a DataFrame's relative paths: relative to the working directory
+    base = Path(root) if root is not None else Path.cwd() if in_memory else path.parent
     rows, columns = _table(path)
     if column is None:
         column = next((c for c in AUDIO_COLUMN_GUESSES if c in columns), None)
@@ -410,7 +412,8 @@ def _audio_table(path: Path, column: str | None, label_column: Any, require_labe
         places.append(where)
         name = row.get(column)
         if _blank(name):
-            raise DataError(f"{where}: empty audio path in column {column!r}")
+            raise DataError(f"{where}: empty audio cell in column {column!r} (expected a path, bytes or {{'array', 'sampling_rate'}})"
+                            if in_memory else f"{where}: empty audio path in column {column!r}")
         file = base / str(name).strip()
         if not file.is_file():
             raise DataError(f"{where}: audio file not found: {file} (column {column!r}; paths are relative to {base})")
