@@ -1,0 +1,203 @@
+"""The registry cross-product contract: every valid modality x task type x strategy combination
+trains, resumes, evaluates, predicts, exports and reports on tiny models.
+
+The three lists are read from the registries (``MODALITIES``, ``TASKS``, ``STRATEGIES``) when this
+module is collected, so a newly registered component is covered with no new test code; its data
+comes from the per-task data of ``tests/test_tasks.py`` (``_recipe``), the tiny backbones from
+conftest. Whether a combination is valid is asked of the components' declarations
+(``Task.dense``, ``Task.single_class``, ``Modality.feature_maps``, ``Strategy.modalities``,
+``Strategy.needs_single_class``), never a list of names; every invalid combination must be refused
+by the resolve step's checks with a one-line RecipeError before any data is read
+(``test_invalid_combination_is_refused_at_plan_time``, no training).
+
+The full product is too slow for the suite's budget, so by default only a pairwise-covering subset
+runs: every (modality, task), (task, strategy) and (modality, strategy) pair that occurs in some
+valid combination occurs in at least one chosen combination (a deterministic greedy cover computed
+from the registries). The remaining valid combinations are marked ``slow`` and run only with
+``FINETUNEKIT_FULL_MATRIX=1``::
+
+    FINETUNEKIT_FULL_MATRIX=1 python -m pytest -q tests/test_contract_matrix.py -m "slow or not slow"
+
+Ids read ``<modality>-<task>-<strategy>``, e.g. ``text-regression-lora``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_resume import interrupted
+from test_tasks import _recipe
+
+from finetunekit import evaluate, train
+from finetunekit.errors import RecipeError
+from finetunekit.modalities import MODALITIES, modality_of
+from finetunekit.plan import check_combination
+from finetunekit.recipe import Recipe
+from finetunekit.strategies import STRATEGIES
+from finetunekit.tasks import TASKS
+from run_outputs import comparable, differences
+
+# strategy options that make every schedule change inside two epochs (ignored by the others)
+SHORT_SCHEDULES = {"last_n": 1, "freeze_epochs": 1, "lp_epochs": 1, "unfreeze_every": 1, "setfit_iterations": 1, "lora_rank": 4}
+
+
+def refusal(modality: str, kind: str, strategy: str) -> str | None:
+    """Why the components' declarations rule the combination out, or None when they allow it."""
+    task, strat, mod = TASKS.get(kind), STRATEGIES.get(strategy), modality_of(modality)
+    if task.dense and not mod.feature_maps:
+        return "dense task without feature maps"
+    if strat.modalities is not None and modality not in strat.modalities:
+        return "strategy does not take this modality"
+    if strat.needs_single_class and not task.single_class:
+        return "strategy needs one class per example"
+    return None
+
+
+ALL = list(itertools.product(MODALITIES.names(), TASKS.names(), STRATEGIES.names()))
+VALID = [c for c in ALL if refusal(*c) is None]
+INVALID = [c for c in ALL if refusal(*c) is not None]
+
+
+def pairwise_cover(combos: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """A deterministic subset of ``combos`` in which every pair of values (modality-task,
+    task-strategy, modality-strategy) that occurs in ``combos`` occurs at least once: greedy, each
+    step takes the first combination (in registry order) covering the most pairs not yet covered."""
+
+    def pairs(c):
+        m, t, s = c
+        return {("mt", m, t), ("ts", t, s), ("ms", m, s)}
+
+    missing = set().union(*(pairs(c) for c in combos)) if combos else set()
+    chosen = []
+    while missing:
+        best = max(combos, key=lambda c: len(pairs(c) & missing))  # max keeps the first of equals
+        chosen.append(best)
+        missing -= pairs(best)
+    return sorted(chosen, key=combos.index)
+
+
+COVER = pairwise_cover(VALID)
+FULL = os.environ.get("FINETUNEKIT_FULL_MATRIX") == "1"
+needs_full = pytest.mark.skipif(not FULL, reason="set FINETUNEKIT_FULL_MATRIX=1 to run the whole product")
+
+
+def combo_id(c) -> str:
+    return "-".join(c)
+
+
+def params(combos):
+    return [pytest.param(*c, id=combo_id(c), marks=() if c in COVER else (pytest.mark.slow, needs_full)) for c in combos]
+
+
+# -- the declarations themselves ------------------------------------------------------------------
+
+
+def test_the_matrix_is_taken_from_the_registries():
+    assert {m for m, _, _ in ALL} == set(MODALITIES.names()) and {s for _, _, s in ALL} == set(STRATEGIES.names())
+    assert len(ALL) == len(VALID) + len(INVALID) and VALID
+    covered = {p for m, t, s in COVER for p in (("mt", m, t), ("ts", t, s), ("ms", m, s))}
+    for m, t, s in VALID:
+        assert {("mt", m, t), ("ts", t, s), ("ms", m, s)} <= covered, combo_id((m, t, s))
+    assert pairwise_cover(VALID) == COVER  # deterministic
+
+
+@pytest.mark.parametrize(("modality", "kind", "strategy"), INVALID, ids=[combo_id(c) for c in INVALID])
+def test_invalid_combination_is_refused_at_plan_time(modality, kind, strategy, tiny_bert, tmp_path):
+    """The resolve step refuses it before reading any data: one line, naming the field."""
+    with pytest.raises(RecipeError) as caught:
+        check_combination(modality, kind, strategy)
+    message = str(caught.value)
+    assert "\n" not in message and message.split(":")[0] in ("task.type", "strategy.name"), message
+    # and train() stops there too, through the resolve step (no data is read: the files are absent)
+    recipe = _matrix_recipe(modality, kind, strategy, tiny_bert, tmp_path, with_data=False)
+    with pytest.raises(RecipeError, match=r"^(task\.type|strategy\.name): "):
+        train(recipe, output=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def _matrix_recipe(modality, kind, strategy, tiny_bert, root: Path, with_data: bool = True) -> Recipe:
+    strategy_section = {"name": strategy, **SHORT_SCHEDULES}
+    if not with_data:  # a data section whose files do not exist: refusals come before any reading
+        base = {"text": {"model": {"backbone": f"hf:{tiny_bert}"}},
+                "image": {"model": {"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 32}}}[modality]
+        raw = {**base, "data": {"train": str(root / "absent.csv")}, "strategy": strategy_section, "train": {"epochs": 2}}
+        raw["tasks" if kind == "multitask" else "task"] = (
+            [{"name": "a", "type": "classification", "label_column": "a"}, {"name": "b", "type": "regression", "label_column": "b"}]
+            if kind == "multitask" else {"type": kind}
+        )
+        return Recipe.from_dict(raw)
+    recipe = _recipe(modality, root, kind, tiny_bert, strategy=strategy_section)
+    # 8 training examples (one batch an epoch) keep the product affordable; a checkpoint after each
+    # optimizer step lets the resume step stop the run part-way
+    return recipe.replace(data={"max_train_samples": 8}, train={"epochs": 2, "batch_size": 8, "checkpoint_every_steps": 1})
+
+
+def _finite_metrics(metrics: dict, names) -> None:
+    for name in names:
+        assert name in metrics, f"metric {name!r} missing from {sorted(metrics)}"
+        assert isinstance(metrics[name], float | int) and math.isfinite(metrics[name]), (name, metrics[name])
+
+
+@pytest.mark.parametrize(("modality", "kind", "strategy"), params(VALID))
+def test_valid_combination_trains_resumes_evaluates_predicts_exports_and_reports(
+    modality, kind, strategy, tiny_bert, tmp_path, monkeypatch
+):
+    from finetunekit.export import export
+    from finetunekit.predict import load
+    from finetunekit.report import write_report
+
+    torch.set_num_threads(1)
+    recipe = _matrix_recipe(modality, kind, strategy, tiny_bert, tmp_path)
+
+    # train: an uninterrupted reference (the report is the last step's, written once below)
+    reference = train(recipe, output=tmp_path / "reference", quiet=True, report=False)
+
+    # resume: stopped after its first checkpoint, resumed, it ends as the reference did
+    interrupted(monkeypatch, recipe, tmp_path / "run", 1)  # killed before any report
+    resumed = train(recipe, output=tmp_path / "run", quiet=True, resume=True, report=False)
+    run_dir = resumed.run_dir
+    assert differences(comparable(run_dir), comparable(reference.run_dir)) == []
+    predictor = load(run_dir)
+    task = predictor.task
+    assert resumed.recipe.train.metric in task.metric_names()
+    _finite_metrics(resumed.metrics, [resumed.recipe.train.metric, *task.epoch_metrics])
+
+    # evaluate on the labelled validation set: the run's own final numbers, named as the task says
+    val = recipe.data.val or str(Path(recipe.data.train) / "val")
+    metrics = evaluate(str(run_dir), val, image_root=recipe.data.image_root)
+    _finite_metrics(metrics, task.epoch_metrics)
+    for name in task.epoch_metrics:
+        assert metrics[name] == pytest.approx(resumed.metrics[name], abs=1e-4), name
+
+    # predict on raw inputs: one answer per input, of the task's kind
+    saved = [json.loads(line) for line in (run_dir / "val_predictions.jsonl").read_text().splitlines()]
+    inputs = [r["input"] for r in saved[:3]]
+    scores = np.asarray(predictor.predict_proba(inputs)) if not task.dense else None
+    answers = predictor.predict(inputs)
+    assert len(answers) == len(inputs)
+    if scores is not None:
+        assert scores.shape[0] == len(inputs) and np.isfinite(scores).all()
+        records = task.prediction_records(scores, None)
+        assert [r["predicted"] for r in records] == pytest.approx([r["predicted"] for r in saved[:3]], abs=1e-5) \
+            if kind == "regression" else [r["predicted"] for r in records] == [r["predicted"] for r in saved[:3]]
+
+    # export: ONNX with its parity check against the run's model
+    pytest.importorskip("onnxruntime")
+    exported = export(run_dir, "onnx", tmp_path / "onnx")
+    assert exported.examples > 0 and exported.max_abs_diff < 1e-3, exported.summary()
+    import onnx
+
+    onnx.checker.check_model(str(tmp_path / "onnx" / "model.onnx"))
+
+    # report: the finetunekit report page of the run
+    assert not (run_dir / "report.html").exists()
+    page = write_report(run_dir).read_text()
+    assert (run_dir / "report.html").is_file()
+    assert "Training curves" in page and kind.split("task")[0] in page.lower()
