@@ -16,7 +16,7 @@ valid combination occurs in at least one chosen combination (a deterministic gre
 from the registries). The remaining valid combinations are marked ``slow`` and run only with
 ``FINETUNEKIT_FULL_MATRIX=1``::
 
-    FINETUNEKIT_FULL_MATRIX=1 python -m pytest -q tests/test_contract_matrix.py -m "slow or not slow"
+    FINETUNEKIT_FULL_MATRIX=1 python -m pytest -q tests/test_contract_matrix.py
 
 Ids read ``<modality>-<task>-<strategy>``, e.g. ``text-regression-lora``.
 """
