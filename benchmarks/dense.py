@@ -88,7 +88,7 @@ def run_finetunekit(name: str, work: Path, overrides: list[str]) -> dict:
 def _recipe(name: str, overrides: list[str]):
     sys.path.insert(0, str(REPO / "src"))
     from finetunekit import Recipe
-    from finetunekit.defaults import resolve
+    from finetunekit.run.defaults import resolve
 
     recipe = Recipe.from_yaml(REPO / RUNS[name][0]).with_overrides(overrides)
     return resolve(recipe, "image")
@@ -201,7 +201,7 @@ def run_reference(name: str, overrides: list[str], epochs: int | None = None) ->
     # the recipe's strategy decides what trains and at which rate (finetunekit's own code, on the
     # same modules), and the recipe's optimiser: both loops train the same parameters the same way
     from finetunekit.engine import build_optimizer
-    from finetunekit.model import FineTuneModel
+    from finetunekit.run.model import FineTuneModel
     from finetunekit.strategies import STRATEGIES
 
     groups = STRATEGIES.get(recipe.strategy.name)(recipe.strategy).setup(FineTuneModel(backbone, head), t.lr, t.head_lr, recipe.model.pretrained)
@@ -290,7 +290,7 @@ def step_seconds(name: str, overrides: list[str], repeats: int = 3) -> dict:
     import torch
 
     from finetunekit.data.pipeline import open_image
-    from finetunekit.model import FineTuneModel
+    from finetunekit.run.model import FineTuneModel
     from finetunekit.strategies import STRATEGIES
     from finetunekit.tasks import TASKS
 

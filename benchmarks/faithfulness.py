@@ -32,8 +32,8 @@ import torch
 
 from finetunekit import Recipe, train
 from finetunekit.modalities import read_examples
-from finetunekit.explain import Explainer
-from finetunekit.predict import load
+from finetunekit.use.explain import Explainer
+from finetunekit.use.predict import load
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_FRACTIONS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5]

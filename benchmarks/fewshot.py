@@ -13,7 +13,7 @@ against ``full`` (the text default recipe: 3 epochs, lr 1e-4, head 1e-3) on bund
 pretrained encoder), which measures what SetFit's pair stage adds.
 Images: ``prototype`` against ``linear_probe`` (the image default) on bundled EfficientNet-Lite0.
 The seed draws the K examples and seeds training; the same seed gives both methods the same
-examples, so each pair of runs is also compared per example (McNemar, finetunekit.stats).
+examples, so each pair of runs is also compared per example (McNemar, finetunekit.core.stats).
 
 Runs in one process, one thread. Rows go to benchmarks/results/fewshot.json (appended per run, so
 an interrupted benchmark continues), the table to stdout, the plot to docs/fewshot.png, and with

@@ -37,7 +37,7 @@ TIMEOUT = 300
 FULL_DISK = """
 import errno, sys
 from pathlib import Path
-import finetunekit.artifacts as artifacts
+import finetunekit.run.artifacts as artifacts
 target, write = sys.argv.pop(1), artifacts._atomic_write_bytes
 def full(path, data):
     if Path(path).name == target:
@@ -51,7 +51,7 @@ sys.exit(main(sys.argv[1:]))
 # A training killed (as by SIGKILL: no clean-up) right after its first checkpoint.
 KILLED_AFTER_FIRST_CHECKPOINT = """
 import os, sys
-import finetunekit.checkpoint as checkpoint
+import finetunekit.run.checkpoint as checkpoint
 save = checkpoint.Checkpointer.save
 def save_then_die(self, *args, **kwargs):
     save(self, *args, **kwargs)
@@ -67,8 +67,8 @@ sys.exit(main(sys.argv[1:]))
 SERVICE_REQUEST = r"""
 import base64, http.client, json, sys, threading, time
 import uvicorn
-from finetunekit.predict import load
-from finetunekit.serving.app import ServeOptions, bind, create_app
+from finetunekit.use.predict import load
+from finetunekit.use.serving.app import ServeOptions, bind, create_app
 run_dir, expected, body, good = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "rb").read(), sys.argv[4]
 app = create_app(load(run_dir), ServeOptions(max_body_bytes=8 * 1024 * 1024))
 sock = bind("127.0.0.1", 0)
@@ -96,7 +96,7 @@ sys.exit(0 if status == expected and healthy else 1)
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from finetunekit.outputs import RunDirLock
+from finetunekit.core.outputs import RunDirLock
 RunDirLock(Path(sys.argv[1])).acquire()
 print("locked", flush=True)
 time.sleep(600)

@@ -76,7 +76,7 @@ def shown_tau(value: float) -> str:
 
 def run_set(name: str, path: Path) -> list[dict]:
     from finetunekit import Recipe, train
-    from finetunekit.selection import Candidate, select
+    from finetunekit.choose.selection import Candidate, select
 
     candidates = [Candidate(b) for b in BACKBONES] + [Candidate(CONTROL, pretrained=False)]
     scored = {(r.candidate.name, r.candidate.pretrained): r for r in select(str(path), candidates)}

@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 SST2 = DATA / "sst2"
 ANTS = DATA / "images" / "hymenoptera_data"
-TEXT_BATCH = int(os.environ.get("BENCH_TEXT_BATCH", 16))  # finetunekit's default (finetunekit.defaults)
+TEXT_BATCH = int(os.environ.get("BENCH_TEXT_BATCH", 16))  # finetunekit's default (finetunekit.run.defaults)
 EPOCHS = int(os.environ.get("BENCH_EPOCHS", 3))
 IMAGE_BATCH = 16
 
@@ -93,7 +93,7 @@ def device_name() -> str:
 def sst2_subset(tmp: Path) -> tuple[Path, Path]:
     """The same 2,000 training rows finetunekit's data.max_train_samples=2000 (seed 0) picks."""
     from finetunekit import Recipe
-    from finetunekit.plan import resolve
+    from finetunekit.run.plan import resolve
 
     recipe = Recipe.from_yaml(REPO / "examples" / "sst2.yaml").with_overrides(
         [f"data.train={SST2 / 'train.tsv'}", f"data.val={SST2 / 'dev.tsv'}"]
@@ -189,7 +189,7 @@ def text_matmul_flops(result, recipe) -> float:
 
     from finetunekit.data.pipeline import build_loader
     from finetunekit.modalities import build_dataset
-    from finetunekit.plan import resolve
+    from finetunekit.run.plan import resolve
 
     model = result.model.train()
     backbone = model.backbone
@@ -392,7 +392,7 @@ def text_run(tmp: Path) -> tuple[Path, Path, list[str], list[str]]:
     export, and the dev set the rows predict: (run dir, dev table, sentences, labels)."""
     from finetunekit import Recipe, train
     from finetunekit.modalities import read_examples
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     work = infer_work(tmp)
     run = work / "sst2_run"
@@ -417,7 +417,7 @@ def image_run(tmp: Path) -> tuple[Path, Path, list[str]]:
     timm export, and the val folder the rows predict: (run dir, folder, true label per image in
     the folder's sorted order)."""
     from finetunekit import Recipe, train
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     work = infer_work(tmp)
     run = work / "ants_run"
@@ -437,7 +437,7 @@ def image_run(tmp: Path) -> tuple[Path, Path, list[str]]:
                 if not (sliced / cls / f.name).exists():
                     (sliced / cls / f.name).symlink_to(f)
         val = sliced
-    from finetunekit.serving.bulk import _walk_images
+    from finetunekit.use.serving.bulk import _walk_images
 
     labels = [Path(p).parent.name for p in _walk_images(val)]
     return run, val, labels
@@ -449,7 +449,7 @@ def timed_predict_to_csv(run: Path, source: Path, tmp: Path, warm: list) -> tupl
     import csv
 
     from finetunekit import load
-    from finetunekit.serving.bulk import predict_to_csv
+    from finetunekit.use.serving.bulk import predict_to_csv
 
     predictor = load(run)
     predictor.predict(warm[:INFER_BATCH])
@@ -501,7 +501,7 @@ def row_infer_text_ours(mode: str, tmp: Path) -> dict:
 
 
 def run_precision(run: Path) -> str:
-    from finetunekit.artifacts import MARKER, read_json
+    from finetunekit.run.artifacts import MARKER, read_json
 
     return str(read_json(run / MARKER).get("precision", "fp32"))
 
@@ -577,7 +577,7 @@ def row_infer_text_loop(tmp: Path, by_length: bool = False) -> dict:
 
 
 def row_infer_image_ours(mode: str, tmp: Path) -> dict:
-    from finetunekit.serving.bulk import _walk_images
+    from finetunekit.use.serving.bulk import _walk_images
 
     run, val, labels = image_run(tmp)
     what = ("`predict RUN --input val/ --output preds.csv`: walking the folder, decoding, preprocessing, forward passes, writing the CSV"

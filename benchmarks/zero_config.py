@@ -1,5 +1,5 @@
 """Which strategy and how many epochs, by the amount of data per class: the evidence behind
-`finetunekit train DATA_PATH` (finetunekit.autoconfig).
+`finetunekit train DATA_PATH` (finetunekit.choose.autoconfig).
 
 Class-folder subsets derived from the shared data (symlinks in a temporary folder, never copies in
 the repository): ants/bees photos (hymenoptera, various sizes) and UTKFace 200x200 face chips by
@@ -17,7 +17,7 @@ seed; a class with fewer keeps all), bundled MiniLM-L6. The candidate text rules
 
 * ``full 3 ep``: the text default (full fine-tuning, lr 1e-4, head 1e-3, 3 epochs);
 * ``full step rule``: the same with the images' epochs rule (about 100 optimizer steps at batch 16,
-  5..50 epochs; finetunekit.autoconfig.epochs_for);
+  5..50 epochs; finetunekit.choose.autoconfig.epochs_for);
 * ``setfit``: its defaults (1 epoch of 2 x 20 x N contrastive pairs at 2e-5, logistic head);
 * ``linear_probe step rule``: frozen backbone, head at 1e-2 (the image probe's rate), step-rule epochs.
 
@@ -91,7 +91,7 @@ SOURCES = {"ants/bees": hymenoptera, "utkface gender": utkface}
 
 
 def step_rule_epochs(n_train: int, batch_size: int = 16, target_steps: int = 100) -> int:
-    from finetunekit.autoconfig import epochs_for
+    from finetunekit.choose.autoconfig import epochs_for
 
     return epochs_for(n_train, batch_size, target_steps)
 

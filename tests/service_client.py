@@ -16,7 +16,7 @@ def running(predictor, options=None, log_level: str = "warning"):
     """The service for ``predictor`` on 127.0.0.1:<free port>; yields (base URL, app)."""
     import uvicorn
 
-    from finetunekit.serving.app import bind, create_app
+    from finetunekit.use.serving.app import bind, create_app
 
     app = create_app(predictor, options)
     sock = bind("127.0.0.1", 0)

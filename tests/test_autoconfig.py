@@ -8,7 +8,7 @@ import re
 import yaml
 
 from conftest import make_text_rows, write_tsv
-from finetunekit.autoconfig import epochs_for, infer_recipe, infer_task
+from finetunekit.choose.autoconfig import epochs_for, infer_recipe, infer_task
 from finetunekit.cli import main
 
 

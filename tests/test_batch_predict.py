@@ -12,8 +12,8 @@ import pytest
 from conftest import make_text_rows, write_tsv
 
 from finetunekit.cli import main
-from finetunekit.predict import load
-from finetunekit.serving import bulk
+from finetunekit.use.predict import load
+from finetunekit.use.serving import bulk
 from test_inputs import pair_data, pair_run  # noqa: E402,F401  (fixtures)
 
 

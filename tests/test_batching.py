@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from finetunekit.serving.batching import DynamicBatcher
+from finetunekit.use.serving.batching import DynamicBatcher
 
 
 def run(coro):

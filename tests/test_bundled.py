@@ -5,7 +5,7 @@ import torch
 
 from conftest import HYMENOPTERA, needs_shared_data
 from finetunekit.backbones.bundled import efficientnet_lite0_imagenet, efficientnet_lite0_weights_path, map_lite0_state_dict
-from finetunekit.errors import FinetuneError
+from finetunekit.core.errors import FinetuneError
 
 
 def test_lite0_mapping_is_positional_and_shape_checked():

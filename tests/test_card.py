@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from finetunekit.card import hub_base_model
+from finetunekit.run.card import hub_base_model
 
 
 def _card(run_dir):

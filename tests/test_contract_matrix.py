@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from finetunekit.errors import RecipeError
 
 from finetunekit import evaluate, train
-from finetunekit.errors import RecipeError
 from finetunekit.modalities import MODALITIES, modality_of
-from finetunekit.plan import check_combination
-from finetunekit.recipe import Recipe
+from finetunekit.run.plan import check_combination
+from finetunekit.run.recipe import Recipe
 from finetunekit.strategies import STRATEGIES
 from finetunekit.tasks import TASKS
 from run_outputs import comparable, differences
@@ -151,6 +151,7 @@ def test_valid_combination_trains_resumes_evaluates_predicts_exports_and_reports
 ):
     from finetunekit.export import export
     from finetunekit.predict import load
+
     from finetunekit.report import write_report
 
     torch.set_num_threads(1)

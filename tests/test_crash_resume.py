@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image_folder, tiny_image_recipe
-from finetunekit.checkpoint import list_checkpoints, read_checkpoint
+from finetunekit.run.checkpoint import list_checkpoints, read_checkpoint
 from run_outputs import comparable, differences
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -37,7 +37,7 @@ RESUMED = re.compile(r"resuming from checkpoint (\S+) \(optimizer step (\d+),")
 # in the next step" stays inside the run; it changes timing only, never the numbers.
 SLOW_STEPS = """
 import sys, time
-import finetunekit.model as model
+import finetunekit.run.model as model
 forward = model.FineTuneModel.forward
 def slow(self, batch):
     if self.training:
@@ -50,7 +50,7 @@ sys.exit(main(sys.argv[1:]))
 
 PAUSE_IN_CHECKPOINT = """
 import os, sys, time
-import finetunekit.checkpoint as checkpoint
+import finetunekit.run.checkpoint as checkpoint
 target, marker = int(os.environ["PAUSE_AT_CHECKPOINT"]), os.environ["PAUSE_MARKER"]
 write, count = checkpoint._write_file, [0]
 def paused(path, data):

@@ -18,7 +18,7 @@ def test_demo_quick(tmp_path, capsys):
     assert max(rows[0]["accuracy"], rows[2]["accuracy"]) > scratch + 0.1
     assert "from scratch (same architecture)" in capsys.readouterr().out
     assert (tmp_path / "demo" / "summary.md").is_file()
-    from finetunekit.errors import FinetuneError
+    from finetunekit.core.errors import FinetuneError
 
     with pytest.raises(FinetuneError, match="already exists"):
         run_demo(tmp_path / "demo", quick=True)

@@ -120,7 +120,7 @@ def test_coco_voc_and_csv_readers_give_the_same_boxes(boxes_set, tmp_path):
 
 def test_image_list_selects_a_split_in_its_order(boxes_set, tmp_path):
     from finetunekit.tasks.detection_data import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     table = write_csv(tmp_path / "boxes.csv", annotations)
@@ -134,7 +134,7 @@ def test_image_list_selects_a_split_in_its_order(boxes_set, tmp_path):
 
 def test_single_class_table_takes_its_class_from_task_classes(boxes_set, tmp_path):
     from finetunekit.tasks.detection_data import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     table = write_csv(tmp_path / "nolabel.csv", annotations, ("file", "x1", "y1", "x2", "y2"))
@@ -154,7 +154,7 @@ def test_single_class_table_takes_its_class_from_task_classes(boxes_set, tmp_pat
 )
 def test_box_outside_the_image_names_file_row_and_field(boxes_set, tmp_path, fmt, pattern):
     from finetunekit.tasks.detection_data import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     bad = [dict(a) for a in annotations]
@@ -168,7 +168,7 @@ def test_box_outside_the_image_names_file_row_and_field(boxes_set, tmp_path, fmt
 
 def test_unreadable_annotation_files_are_named(tmp_path, boxes_set):
     from finetunekit.tasks.detection_data import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.core.errors import DataError
 
     root, annotations = boxes_set
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
@@ -182,7 +182,7 @@ def test_unreadable_annotation_files_are_named(tmp_path, boxes_set):
 
 def test_unknown_class_in_validation_names_its_row(boxes_set, tmp_path):
     from finetunekit.tasks.detection_data import read_detection
-    from finetunekit.errors import DataError
+    from finetunekit.core.errors import DataError
     from finetunekit.tasks.detection import DetectionTask
 
     root, annotations = boxes_set
@@ -422,7 +422,7 @@ def test_predictions_in_image_pixels_files_and_options(det_run, det_data, tmp_pa
 
 def test_onnx_export_matches_the_raw_head_outputs(det_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     exported = export(det_run.run_dir, "onnx", tmp_path / "onnx")
     assert exported.max_abs_diff <= 1e-4
@@ -430,7 +430,7 @@ def test_onnx_export_matches_the_raw_head_outputs(det_run, tmp_path):
 
 def test_resume_mid_epoch_is_exact(det_data, tmp_path, monkeypatch):
     from finetunekit import train
-    from finetunekit.checkpoint import read_checkpoint
+    from finetunekit.run.checkpoint import read_checkpoint
     from run_outputs import comparable, differences
     from test_resume import interrupted
 
@@ -473,7 +473,7 @@ def test_strategies_apply_unchanged(det_data, tmp_path, strategy):
 )
 def test_settings_detection_cannot_honour_are_refused(det_data, tmp_path, change, message):
     from finetunekit import train
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     with pytest.raises(RecipeError, match=message):
         train(det_recipe(det_data, **change), output=tmp_path / "run", quiet=True)

@@ -19,9 +19,9 @@ import yaml
 
 from conftest import make_image_folder, make_text_rows, tiny_image_recipe, write_tsv
 from finetunekit import train
-from finetunekit.checkpoint import Checkpointer, list_checkpoints
+from finetunekit.run.checkpoint import Checkpointer, list_checkpoints
 from finetunekit.cli import main
-from finetunekit.recipe import TrainSpec
+from finetunekit.run.recipe import TrainSpec
 
 CASES: dict[str, Callable] = {}
 

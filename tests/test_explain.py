@@ -13,8 +13,8 @@ pytest.importorskip("captum", reason="captum is not installed (pip install -e '.
 
 from finetunekit.cli import main  # noqa: E402
 from finetunekit.data.pipeline import open_image  # noqa: E402
-from finetunekit.explain import Explainer, explanation_method  # noqa: E402
-from finetunekit.predict import load  # noqa: E402
+from finetunekit.use.explain import Explainer, explanation_method  # noqa: E402
+from finetunekit.use.predict import load  # noqa: E402
 
 
 def test_explain_images_command(image_run, image_data, tmp_path, capsys):

@@ -14,8 +14,8 @@ from conftest import tiny_text_recipe
 from finetunekit import load, train
 from finetunekit.cli import main
 from finetunekit.modalities import read_examples
-from finetunekit.errors import FinetuneError
-from finetunekit.export import export
+from finetunekit.core.errors import FinetuneError
+from finetunekit.use.export import export
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'finetunekit[export]')")
 

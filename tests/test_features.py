@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import tiny_image_recipe, tiny_text_recipe
-from finetunekit import features, train
-from finetunekit.loading import load_model
-from finetunekit.features import FeatureCache, cache_key
+from finetunekit import train
+from finetunekit.run import features
+from finetunekit.use.loading import load_model
+from finetunekit.run.features import FeatureCache, cache_key
 
 
 def _head(run_dir):
@@ -120,7 +121,7 @@ def test_unwritable_cache_warns_and_trains(image_data, tmp_path, monkeypatch, ca
 
 
 def test_background_reads_ahead_and_passes_errors_on():
-    from finetunekit.errors import DataError
+    from finetunekit.core.errors import DataError
 
     assert list(features.background(iter(range(7)))) == list(range(7))
 

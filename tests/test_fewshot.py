@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_image_recipe
 from finetunekit import Recipe, load, train
 from finetunekit.data.readers import sample_per_class
-from finetunekit.errors import RecipeError
+from finetunekit.core.errors import RecipeError
 from finetunekit.strategies.prototype import prototypes
 
 

@@ -26,7 +26,7 @@ def case(fn: Callable) -> Callable:
 
 
 def shown(value):
-    from finetunekit.errors import shown  # imported late: the module still loads where it is missing
+    from finetunekit.core.errors import shown  # imported late: the module still loads where it is missing
 
     return shown(value)
 
@@ -346,7 +346,7 @@ def predict_with_labels_json_of_another_shape(root, env):
 
 @case
 def resume_after_recipe_yaml_was_edited(root, env, monkeypatch):
-    from finetunekit.checkpoint import list_checkpoints
+    from finetunekit.run.checkpoint import list_checkpoints
 
     _, run = stopped_run(root, monkeypatch)
     recipe = run / "recipe.yaml"
@@ -359,7 +359,7 @@ def resume_after_recipe_yaml_was_edited(root, env, monkeypatch):
 
 @case
 def resume_after_image_bytes_changed(root, env, monkeypatch):
-    from finetunekit.checkpoint import list_checkpoints
+    from finetunekit.run.checkpoint import list_checkpoints
 
     _, run = stopped_run(root, monkeypatch)
     train = root / "images" / "train"
@@ -372,7 +372,7 @@ def resume_after_image_bytes_changed(root, env, monkeypatch):
 
 @case
 def resume_after_validation_bytes_changed(root, env, monkeypatch):
-    from finetunekit.checkpoint import list_checkpoints
+    from finetunekit.run.checkpoint import list_checkpoints
 
     _, run = stopped_run(root, monkeypatch)
     val = root / "images" / "val"
@@ -454,7 +454,7 @@ def _hold_lock(run: Path):
     import subprocess
     import sys
 
-    code = ("import sys, time; from pathlib import Path; from finetunekit.outputs import RunDirLock; "
+    code = ("import sys, time; from pathlib import Path; from finetunekit.core.outputs import RunDirLock; "
             "RunDirLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -463,7 +463,7 @@ def _hold_lock(run: Path):
 
 @pytest.mark.parametrize("command", ["resume", "train", "export"])
 def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(command, env, tmp_path, capsys):
-    from finetunekit.outputs import RunDirLock
+    from finetunekit.core.outputs import RunDirLock
 
     run = tmp_path / "run"
     shutil.copytree(env.image_run, run)

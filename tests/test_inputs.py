@@ -15,9 +15,9 @@ from finetunekit import train
 from finetunekit.backbones import create_backbone
 from finetunekit.cli import main
 from finetunekit.modalities import read_examples
-from finetunekit.errors import DataError, RecipeError
-from finetunekit.predict import load
-from finetunekit.recipe import DataSpec
+from finetunekit.core.errors import DataError, RecipeError
+from finetunekit.use.predict import load
+from finetunekit.run.recipe import DataSpec
 
 # -- helpers -----------------------------------------------------------------------------------------
 
@@ -168,7 +168,7 @@ def test_missing_pair_column_is_one_line_naming_file_and_column(pair_data, tiny_
 
 
 def test_feature_cache_key_sees_the_segments(tiny_bert):
-    from finetunekit.features import examples_digest
+    from finetunekit.run.features import examples_digest
 
     backbone = create_backbone(f"hf:{tiny_bert}")
     pair = backbone.tokenize([("good film", "bad plot")], 32)
@@ -179,7 +179,7 @@ def test_feature_cache_key_sees_the_segments(tiny_bert):
 
 @pytest.mark.parametrize("fmt", ["hf", "onnx"])
 def test_pair_exports_match_and_carry_segment_ids(pair_run, fmt, tmp_path):
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     result = export(pair_run, fmt, output=tmp_path / fmt)
     assert result.max_abs_diff <= 1e-4

@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 
 from conftest import tiny_image_recipe, tiny_text_recipe
 from finetunekit import load, train
-from finetunekit.loading import load_model
+from finetunekit.use.loading import load_model
 from finetunekit.backbones import check_layer_groups, create_backbone
-from finetunekit.checkpoint import Checkpointer
-from finetunekit.errors import RecipeError
-from finetunekit.heads import LinearHead
-from finetunekit.model import FineTuneModel
-from finetunekit.recipe import Recipe
+from finetunekit.run.checkpoint import Checkpointer
+from finetunekit.core.errors import RecipeError
+from finetunekit.tasks.heads import LinearHead
+from finetunekit.run.model import FineTuneModel
+from finetunekit.run.recipe import Recipe
 from finetunekit.strategies import STRATEGIES
 from finetunekit.strategies.lora import default_targets, is_adapter_parameter
 from run_outputs import comparable, differences
@@ -153,7 +153,7 @@ def test_peft_adapter_directory_loads_with_peft(lora_runs, tiny_bert):
 
 def test_exports_and_run_backbone_of_a_separate_adapter_run(lora_runs, tmp_path):
     """An unmerged run exports plain weights (merged on the way) and serves as a run: backbone."""
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     _, result, _ = lora_runs("image", False)
     predictor = load(result.run_dir)
@@ -208,7 +208,7 @@ def test_explicit_targets_and_their_errors(image_data, text_data, tiny_bert):
 
 
 def test_missing_peft_is_one_clear_error(image_data, text_data, tiny_bert, monkeypatch):
-    from finetunekit.errors import FinetuneError
+    from finetunekit.core.errors import FinetuneError
 
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft now raises ImportError
     with pytest.raises(FinetuneError, match=r"^strategy lora needs the package 'peft' \(pip install 'finetunekit\[peft\]'\)$"):
@@ -230,7 +230,7 @@ def test_recipe_fields_are_validated(field, value, message):
 
 
 def test_lora_learning_rate_defaults():
-    from finetunekit.defaults import resolve
+    from finetunekit.run.defaults import resolve
 
     text = resolve(Recipe.from_dict({"strategy": {"name": "lora"}}), "text").train
     image = resolve(Recipe.from_dict({"strategy": {"name": "lora"}}), "image").train

@@ -16,10 +16,10 @@ import torch
 
 from finetunekit.backbones import create_backbone
 from finetunekit.backbones.base import Backbone
-from finetunekit.errors import DataError, FinetuneError, RecipeError
-from finetunekit.export import FORMATS
+from finetunekit.core.errors import DataError, FinetuneError, RecipeError
+from finetunekit.use.export import FORMATS
 from finetunekit.modalities import MODALITIES, InputSchema, Modality, detect, modality_of, read_examples
-from finetunekit.recipe import Recipe, TrainSpec
+from finetunekit.run.recipe import Recipe, TrainSpec
 from finetunekit.strategies import STRATEGIES
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
@@ -136,7 +136,7 @@ def test_recipe_fields_a_modality_cannot_honour_are_refused(name):
 
 
 def test_defaults_come_from_the_modality():
-    from finetunekit.defaults import resolve
+    from finetunekit.run.defaults import resolve
 
     for name in MODALITIES.names():
         kind = modality_of(name)
@@ -151,7 +151,7 @@ def test_defaults_come_from_the_modality():
 # Each a documented exception: "file:text on the line" that may stay.
 ALLOWED: dict[str, str] = {
     # zero-config's strategy rules were measured per modality (docs/automation.md); dense layouts are images
-    "autoconfig.py": 'if modality == "image":',
+    "choose/autoconfig.py": 'if modality == "image":',
 }
 
 

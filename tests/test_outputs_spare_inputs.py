@@ -17,8 +17,8 @@ import yaml
 from conftest import make_image_folder, tiny_image_recipe
 from finetunekit import train
 from finetunekit.cli import main
-from finetunekit.errors import FinetuneError
-from finetunekit.outputs import check_output
+from finetunekit.core.errors import FinetuneError
+from finetunekit.core.outputs import check_output
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def test_crop_scale_bounds_the_random_crop(tmp_path, image_data):
     from torchvision import transforms as T
 
     from finetunekit import Recipe
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     pre = {"input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
     crops = [t for t in image_transform(pre, True, "light", 0.8).transforms if isinstance(t, T.RandomResizedCrop)]

@@ -1,4 +1,4 @@
-"""The resolve step (finetunekit.plan): types, options, defaults, checks and the metric are fixed
+"""The resolve step (finetunekit.run.plan): types, options, defaults, checks and the metric are fixed
 once, from the recipe and its data, in that order; recipe.yaml files of older runs still load."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 from conftest import write_tsv
 
 from finetunekit import Recipe
-from finetunekit.errors import RecipeError
-from finetunekit.plan import resolve
+from finetunekit.core.errors import RecipeError
+from finetunekit.run.plan import resolve
 from finetunekit.tasks import TASKS
 
 
@@ -41,7 +41,7 @@ def test_an_option_of_another_type_is_refused_once_the_type_is_inferred(tmp_path
 
 
 def test_a_task_type_brings_its_own_defaults():
-    from finetunekit.defaults import resolve as fill_defaults
+    from finetunekit.run.defaults import resolve as fill_defaults
 
     detection = fill_defaults(Recipe.from_dict({"task": {"type": "detection"}}), "image")
     cls = TASKS.get("detection")

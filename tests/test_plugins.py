@@ -22,7 +22,7 @@ from finetunekit import Recipe, train
 from finetunekit.backbones import BACKBONE_KINDS, SOURCES
 from finetunekit.backbones.base import Backbone
 from finetunekit.data import Examples
-from finetunekit.errors import DataError
+from finetunekit.core.errors import DataError
 from finetunekit.modalities import MODALITIES, InputSchema, Modality
 
 WIDTH = 4  # numbers per row
@@ -160,8 +160,8 @@ def _recipe(rows, **train_fields) -> Recipe:
 
 def test_a_modality_from_outside_the_package_trains_resumes_predicts_serves_exports_and_reports(rows, tmp_path, monkeypatch):
     from finetunekit import evaluate
-    from finetunekit.export import export
-    from finetunekit.predict import load
+    from finetunekit.use.export import export
+    from finetunekit.use.predict import load
     from finetunekit.report import write_report
 
     recipe = _recipe(rows, checkpoint_every_steps=4)

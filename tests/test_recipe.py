@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finetunekit import Recipe
-from finetunekit.errors import RecipeError
+from finetunekit.core.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ sections = st.sampled_from(["model", "data", "strategy", "train", "other"])
 @given(st.dictionaries(sections, st.one_of(scalars, st.dictionaries(fields, scalars, max_size=4)), max_size=4))
 def test_random_recipes_validate_or_name_a_field(raw):
     """Random recipes either build or raise RecipeError/FinetuneError; never another exception."""
-    from finetunekit.errors import FinetuneError
+    from finetunekit.core.errors import FinetuneError
 
     try:
         Recipe.from_dict(raw)
@@ -103,7 +103,7 @@ import dataclasses  # noqa: E402
 import re  # noqa: E402
 import typing  # noqa: E402
 
-from finetunekit.recipe import DataSpec, ModelSpec, StrategySpec, TrainSpec  # noqa: E402
+from finetunekit.run.recipe import DataSpec, ModelSpec, StrategySpec, TrainSpec  # noqa: E402
 
 SPECS = {"model": ModelSpec, "data": DataSpec, "strategy": StrategySpec, "train": TrainSpec}
 
@@ -174,7 +174,7 @@ def test_errors_name_a_field_whose_removal_fixes_them(raw):
     values) either build, and then survive a YAML round trip unchanged, or raise RecipeError naming
     a field that is in the recipe; removing it makes that error go away. Repeating this always ends
     in a valid recipe, and no other exception ever escapes."""
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     seen = []
     while True:
@@ -195,7 +195,7 @@ def test_errors_name_a_field_whose_removal_fixes_them(raw):
     lambda s, f, v: f"{s}.{f}={v}", st.sampled_from([*SPECS, "trian"]),
     st.sampled_from([f for _, f in FIELD_VALUES] + ["lrr"]), st.text(max_size=10))), max_size=4))
 def test_random_overrides_apply_or_name_the_override(overrides):
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     try:
         Recipe().with_overrides(overrides)
@@ -208,7 +208,7 @@ def test_random_overrides_apply_or_name_the_override(overrides):
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=80))
 def test_random_yaml_text_builds_or_fails_naming_the_file(tmp_path_factory, text):
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     path = tmp_path_factory.mktemp("yaml") / "r.yaml"
     path.write_text(text, encoding="utf-8")

@@ -15,16 +15,16 @@ from torch import nn
 from conftest import make_image_folder, tiny_image_recipe, tiny_text_recipe
 from finetunekit import train
 from finetunekit.backbones.base import Backbone
-from finetunekit.checkpoint import Checkpointer, list_checkpoints, read_checkpoint
+from finetunekit.run.checkpoint import Checkpointer, list_checkpoints, read_checkpoint
 from finetunekit.data.pipeline import BalancedBatchSampler, ImageDataset, augment_seed, image_transform
 from finetunekit.engine import build_optimizer
 from finetunekit.engine.ema import ModelEMA
 from finetunekit.engine.objective import Mixer, Objective
-from finetunekit.heads import LinearHead
+from finetunekit.tasks.heads import LinearHead
 from finetunekit.tasks.classification import ClassificationTask, LabelMap, balanced_class_weights
-from finetunekit.errors import RecipeError
-from finetunekit.model import FineTuneModel
-from finetunekit.recipe import Recipe, StrategySpec, TrainSpec
+from finetunekit.core.errors import RecipeError
+from finetunekit.run.model import FineTuneModel
+from finetunekit.run.recipe import Recipe, StrategySpec, TrainSpec
 from finetunekit.strategies import STRATEGIES
 from finetunekit.strategies.regularizers import (
     L2SP,

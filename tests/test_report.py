@@ -14,7 +14,7 @@ from PIL import Image
 
 from finetunekit import load
 from finetunekit.cli import main
-from finetunekit.errors import FinetuneError
+from finetunekit.core.errors import FinetuneError
 from finetunekit.report import load_run, write_comparison, write_report
 
 SECTIONS = ["curves", "confusion-matrix", "per-class", "calibration", "errors"]

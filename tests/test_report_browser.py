@@ -89,7 +89,7 @@ def test_comparison_renders_in_chromium(browser, image_run, text_run, tmp_path):
 def study_dir(image_data, tmp_path_factory):
     pytest.importorskip("optuna", reason="optuna not installed (pip install -e '.[test]')")
     from conftest import tiny_image_recipe
-    from finetunekit.tune import tune
+    from finetunekit.choose.tune import tune
 
     recipe = tiny_image_recipe(
         image_data, strategy={"name": "linear_probe"}, train={"epochs": 2},

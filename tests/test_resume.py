@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from conftest import tiny_image_recipe, tiny_text_recipe
-from finetunekit import checkpoint, train
-from finetunekit.artifacts import atomic_write_bytes
-from finetunekit.checkpoint import Checkpointer, Position, TrainingParts, list_checkpoints, read_checkpoint
+from finetunekit import train
+from finetunekit.run import checkpoint
+from finetunekit.run.artifacts import atomic_write_bytes
+from finetunekit.run.checkpoint import Checkpointer, Position, TrainingParts, list_checkpoints, read_checkpoint
 from finetunekit.cli import main
-from finetunekit.errors import DivergenceError, FinetuneError
+from finetunekit.core.errors import DivergenceError, FinetuneError
 from finetunekit.tasks.classification import ClassificationTask
 from run_outputs import comparable, differences
 
@@ -279,9 +280,9 @@ def test_checkpoint_round_trips_optimizer_groups_strategy_schedule_and_rng(tmp_p
 
     from finetunekit.backbones import create_backbone
     from finetunekit.engine import EarlyStopping, LRSchedule, build_optimizer
-    from finetunekit.heads import LinearHead
-    from finetunekit.model import FineTuneModel
-    from finetunekit.recipe import StrategySpec, TrainSpec
+    from finetunekit.tasks.heads import LinearHead
+    from finetunekit.run.model import FineTuneModel
+    from finetunekit.run.recipe import StrategySpec, TrainSpec
     from finetunekit.strategies import STRATEGIES
 
     def parts():
@@ -327,7 +328,7 @@ def test_checkpoint_round_trips_optimizer_groups_strategy_schedule_and_rng(tmp_p
 
 def _poison(monkeypatch, at_call: int, where: str) -> None:
     """From the ``at_call``-th forward pass on, make the loss (or the gradients) NaN."""
-    from finetunekit.model import FineTuneModel
+    from finetunekit.run.model import FineTuneModel
 
     calls, forward = [0], FineTuneModel.forward
 
@@ -406,7 +407,7 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    from finetunekit.outputs import WriteError
+    from finetunekit.core.outputs import WriteError
 
     with pytest.raises(WriteError) as info:  # a FinetuneError: one line naming the file
         atomic_write_bytes(target, b"new")

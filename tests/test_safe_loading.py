@@ -17,10 +17,10 @@ import torch
 
 from conftest import tiny_image_recipe
 from finetunekit import train
-from finetunekit.artifacts import pickle_refusal, safe_torch_load
-from finetunekit.checkpoint import list_checkpoints
+from finetunekit.run.artifacts import pickle_refusal, safe_torch_load
+from finetunekit.run.checkpoint import list_checkpoints
 from finetunekit.cli import main
-from finetunekit.errors import FinetuneError
+from finetunekit.core.errors import FinetuneError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
@@ -124,7 +124,7 @@ def test_checkpoint_with_a_pickle_and_a_matching_manifest_is_refused(image_data,
     tensor file must parse as safetensors, and the rest is JSON."""
     import hashlib
 
-    from finetunekit.checkpoint import Checkpointer
+    from finetunekit.run.checkpoint import Checkpointer
 
     recipe = tiny_image_recipe(image_data, train={"epochs": 1, "checkpoint_every_steps": 1})
     run, marker = tmp_path / "run", tmp_path / "ran"

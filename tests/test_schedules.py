@@ -18,16 +18,16 @@ import torch
 
 from conftest import tiny_image_recipe
 from finetunekit import Recipe, report, train
-from finetunekit.artifacts import read_jsonl
+from finetunekit.run.artifacts import read_jsonl
 from finetunekit.backbones import create_backbone
-from finetunekit.checkpoint import Checkpointer, list_checkpoints, read_checkpoint
-from finetunekit.defaults import resolve
+from finetunekit.run.checkpoint import Checkpointer, list_checkpoints, read_checkpoint
+from finetunekit.run.defaults import resolve
 from finetunekit.engine import LRSchedule, build_optimizer
 from finetunekit.engine.optim import format_param_groups, param_group_rows
-from finetunekit.errors import RecipeError
-from finetunekit.heads import LinearHead
-from finetunekit.model import FineTuneModel
-from finetunekit.recipe import StrategySpec, TrainSpec
+from finetunekit.core.errors import RecipeError
+from finetunekit.tasks.heads import LinearHead
+from finetunekit.run.model import FineTuneModel
+from finetunekit.run.recipe import StrategySpec, TrainSpec
 from finetunekit.strategies import STRATEGIES
 from run_outputs import comparable, differences
 

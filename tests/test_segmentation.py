@@ -14,7 +14,7 @@ import torch
 
 from finetunekit import Recipe, train
 from finetunekit.cli import main
-from finetunekit.errors import DataError, RecipeError
+from finetunekit.core.errors import DataError, RecipeError
 
 from conftest import SHARED_DATA
 from run_outputs import comparable, differences
@@ -95,7 +95,7 @@ def test_feature_maps_of_the_bundled_backbone_match_their_info():
 @pytest.mark.parametrize(("decoder", "stride"), [("lraspp", 8), ("fpn", 4)])
 def test_each_decoder_gives_logits_at_its_stride(decoder, stride):
     from finetunekit.backbones import create_backbone
-    from finetunekit.model import FineTuneModel
+    from finetunekit.run.model import FineTuneModel
     from finetunekit.tasks.segmentation import SegmentationTask
 
     backbone = create_backbone("timm:test_efficientnet", pretrained=False)
@@ -272,7 +272,7 @@ def test_camvid_slice_trains_with_the_bundled_backbone(tmp_path):
 
 def test_onnx_export_matches_the_raw_head_outputs(seg_run, tmp_path):
     pytest.importorskip("onnxruntime")
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     result = export(seg_run.run_dir, "onnx", output=tmp_path / "onnx")
     assert result.max_abs_diff < 1e-4 and result.details["label_mismatches"] == 0

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import HYMENOPTERA, needs_shared_data
 from finetunekit.cli import main
-from finetunekit.selection import knn_accuracy, log_evidence, logme, logme_fits, parse_candidates
+from finetunekit.choose.selection import knn_accuracy, log_evidence, logme, logme_fits, parse_candidates
 
 
 def test_log_evidence_by_hand():

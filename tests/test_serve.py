@@ -20,8 +20,8 @@ from test_inputs import pair_data, pair_run  # noqa: E402,F401  (fixtures)
 from service_client import call, post_form, post_json, running  # noqa: E402
 
 from finetunekit.cli import main  # noqa: E402
-from finetunekit.predict import load  # noqa: E402
-from finetunekit.serving.app import ServeOptions  # noqa: E402
+from finetunekit.use.predict import load  # noqa: E402
+from finetunekit.use.serving.app import ServeOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")

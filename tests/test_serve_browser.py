@@ -18,7 +18,7 @@ pytest.importorskip("websocket", reason="websocket-client not installed (pip ins
 from browser import Browser, find_chromium  # noqa: E402
 from service_client import running  # noqa: E402
 
-from finetunekit.predict import load  # noqa: E402
+from finetunekit.use.predict import load  # noqa: E402
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium; .ci/run does)")

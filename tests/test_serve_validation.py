@@ -17,8 +17,8 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from finetunekit.predict import load  # noqa: E402
-from finetunekit.serving.app import JSON_FIELDS, ServeOptions  # noqa: E402
+from finetunekit.use.predict import load  # noqa: E402
+from finetunekit.use.serving.app import JSON_FIELDS, ServeOptions  # noqa: E402
 from service_client import call, post_form, post_json, running  # noqa: E402
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

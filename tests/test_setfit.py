@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_text_recipe
 from finetunekit import load, train
-from finetunekit.errors import FinetuneError
+from finetunekit.core.errors import FinetuneError
 from finetunekit.strategies.setfit import cosine_pair_loss, generate_pairs
 
 

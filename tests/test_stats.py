@@ -1,4 +1,4 @@
-"""Bootstrap confidence intervals and paired significance tests (finetunekit.stats), and where they
+"""Bootstrap confidence intervals and paired significance tests (finetunekit.core.stats), and where they
 show: metrics.json, the CLI table, the report and ``finetunekit compare``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from finetunekit.cli import main
 from finetunekit.tasks.classification import classification_metrics
-from finetunekit.stats import bootstrap_ci, compare_predictions, mcnemar_exact, metric_replicates
+from finetunekit.core.stats import bootstrap_ci, compare_predictions, mcnemar_exact, metric_replicates
 
 
 def test_ci_of_a_perfect_classifier_is_one_one():
@@ -130,7 +130,7 @@ def test_compare_refuses_to_pair_different_examples(image_run, tmp_path, capsys)
 def test_compare_values_for_graded_metrics():
     """Per-example values (absolute errors: lower is better): the paired bootstrap of the mean
     difference, and the sign test on the examples where one run is strictly better."""
-    from finetunekit.stats import compare_values
+    from finetunekit.core.stats import compare_values
 
     rng = np.random.default_rng(0)
     errors_a = rng.uniform(0, 1, 200)

@@ -18,12 +18,12 @@ import yaml
 
 from conftest import tiny_image_recipe, tiny_text_recipe
 from finetunekit import load, train
-from finetunekit.loading import load_model
+from finetunekit.use.loading import load_model
 from finetunekit.backbones import create_backbone
-from finetunekit.heads import LinearHead
-from finetunekit.model import FineTuneModel
-from finetunekit.errors import RecipeError
-from finetunekit.recipe import Recipe, StrategySpec
+from finetunekit.tasks.heads import LinearHead
+from finetunekit.run.model import FineTuneModel
+from finetunekit.core.errors import RecipeError
+from finetunekit.run.recipe import Recipe, StrategySpec
 from finetunekit.strategies import STRATEGIES, merge_added
 
 
@@ -186,7 +186,7 @@ def test_strategy_round_trip(name, options, text_data, tiny_bert, tmp_path):
 
 
 def test_a_strategy_registered_after_the_recipe_module_names_the_problem(monkeypatch):
-    """The recipe's strategy: section is built from the strategies registered when finetunekit.recipe
+    """The recipe's strategy: section is built from the strategies registered when finetunekit.run.recipe
     is imported; a strategy with options registered later is refused with the reason, and leaves
     every other recipe alone."""
     from finetunekit.strategies import Strategy
@@ -202,7 +202,7 @@ def test_a_strategy_registered_after_the_recipe_module_names_the_problem(monkeyp
 
     monkeypatch.setitem(STRATEGIES._items, "late_plugin", Late)
     assert Recipe.from_dict({"strategy": {"name": "full"}}).strategy.name == "full"
-    with pytest.raises(RecipeError, match=r"^strategy.name: strategy 'late_plugin' was registered after finetunekit.recipe"):
+    with pytest.raises(RecipeError, match=r"^strategy.name: strategy 'late_plugin' was registered after finetunekit.run.recipe"):
         Recipe.from_dict({"strategy": {"name": "late_plugin"}})
 
 

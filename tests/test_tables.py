@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from finetunekit.cli import main
-from finetunekit.errors import DataError
+from finetunekit.core.errors import DataError
 from finetunekit.modalities import read_examples
 from finetunekit.tasks.detection_data import read_detection
 

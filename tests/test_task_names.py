@@ -22,10 +22,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 ALLOWED: dict[str, str] = {
     "report/run_data.py: classification": "run directories written before tasks were stored in finetunekit.json keep "
                                           "their classes in labels.json: the report reads that older layout as it is",
-    "autoconfig.py: classification": "zero-config's strategy rules were measured on classification sets "
+    "choose/autoconfig.py: classification": "zero-config's strategy rules were measured on classification sets "
                                      "(benchmarks/zero_config.py, docs/automation.md); other types get the modality's default",
-    "autoconfig.py: multilabel": "zero-config's reason line counts examples per label rather than per class",
-    "hf_modeling.py: regression": "transformers' config.problem_type vocabulary ('regression', "
+    "choose/autoconfig.py: multilabel": "zero-config's reason line counts examples per label rather than per class",
+    "use/hf_modeling.py: regression": "transformers' config.problem_type vocabulary ('regression', "
                                   "'multi_label_classification'), which exported models are read by, not a task type",
 }
 

@@ -126,7 +126,7 @@ def _recipe(modality, root, kind, tiny_bert, **sections):
 def test_every_task_trains_saves_reloads_predicts_and_reports(kind, modality, tiny_bert, tmp_path, capsys):
     recipe = _recipe(modality, tmp_path, kind, tiny_bert, strategy={"name": "full"})
     if TASKS.get(kind).dense and modality == "text":  # feature maps come from image backbones only
-        from finetunekit.errors import RecipeError
+        from finetunekit.core.errors import RecipeError
 
         with pytest.raises(RecipeError, match=f"{kind} needs an image backbone"):
             train(recipe, output=tmp_path / "run", quiet=True)
@@ -185,7 +185,7 @@ def test_every_task_trains_saves_reloads_predicts_and_reports(kind, modality, ti
         for key, value in cells.items():
             assert row[key] == (f"{value:.6f}" if isinstance(value, float) else str(value)), key
     # explanations: of the output the task chooses (Task.explain_targets), for every task
-    from finetunekit.explain import write_explanations
+    from finetunekit.use.explain import write_explanations
 
     write_explanations(run_dir, [r["input"] for r in saved[:2]], tmp_path / "explained")
     records = [json.loads(line) for line in (tmp_path / "explained" / "explanations.jsonl").read_text().splitlines()]
@@ -228,7 +228,7 @@ def test_inferred_task_type_is_printed(tmp_path, tiny_bert, capsys):
 
 def test_task_type_and_options_are_validated_field_by_field():
     from finetunekit import Recipe
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     with pytest.raises(RecipeError, match=r"^task\.type: unknown task type 'regresion' \(did you mean 'regression'\?\)"):
         Recipe.from_dict({"task": {"type": "regresion"}})
@@ -241,7 +241,7 @@ def test_task_type_and_options_are_validated_field_by_field():
 
 
 def test_train_metric_must_be_one_of_the_tasks(tmp_path, tiny_bert):
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     recipe = _recipe("text", tmp_path, "regression", tiny_bert, train={"metric": "accuracy"})
     with pytest.raises(RecipeError, match=r"^train\.metric: 'accuracy' is not a metric of a regression task"):
@@ -360,7 +360,7 @@ def test_multilabel_cell_with_another_separator_names_file_row_and_column(tmp_pa
 
 
 def test_balanced_sampler_needs_a_single_label_task(tmp_path, tiny_bert):
-    from finetunekit.errors import FinetuneError
+    from finetunekit.core.errors import FinetuneError
 
     recipe = _recipe("text", tmp_path, "regression", tiny_bert, data={"sampler": "balanced"})
     with pytest.raises(FinetuneError, match="data.sampler: balanced sampling needs one class per example"):
@@ -400,7 +400,7 @@ def test_multitask_loss_is_the_weighted_sum_and_each_part_is_logged(tmp_path, ti
 
 def test_multitask_recipe_is_validated(tmp_path):
     from finetunekit import Recipe
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     with pytest.raises(RecipeError, match=r"^tasks\[1\]\.name: 'a' is used by another task"):
         Recipe.from_dict({"tasks": [{"name": "a", "label_column": "x"}, {"name": "a", "label_column": "y"}]})
@@ -425,7 +425,7 @@ def test_multitask_recipe_is_validated(tmp_path):
 
 
 def test_an_option_of_another_type_is_named_by_its_place_once_the_type_is_inferred(tmp_path, tiny_bert):
-    from finetunekit.errors import RecipeError
+    from finetunekit.core.errors import RecipeError
 
     recipe = _recipe("text", tmp_path, "multitask", tiny_bert)
     raw = recipe.to_dict()
@@ -478,7 +478,7 @@ def test_compare_regression_and_multitask_runs_example_by_example(tmp_path, tiny
 def test_text_export_loads_in_plain_transformers_with_its_problem_type(kind, problem_type, tmp_path, tiny_bert):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     result = train(_recipe("text", tmp_path, kind, tiny_bert), output=tmp_path / "run", quiet=True)
     exported = export(result.run_dir, "hf", tmp_path / "hf")
@@ -499,7 +499,7 @@ def test_text_export_loads_in_plain_transformers_with_its_problem_type(kind, pro
 @pytest.mark.parametrize("kind", ["regression", "multitask"])
 def test_onnx_export_parity(kind, tmp_path, tiny_bert):
     pytest.importorskip("onnxruntime")
-    from finetunekit.export import export
+    from finetunekit.use.export import export
 
     result = train(_recipe("image", tmp_path, kind, tiny_bert), output=tmp_path / "run", quiet=True)
     exported = export(result.run_dir, "onnx", tmp_path / "onnx")

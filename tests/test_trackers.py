@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_image_recipe
 from finetunekit import Recipe, train
-from finetunekit.errors import FinetuneError, RecipeError
+from finetunekit.core.errors import FinetuneError, RecipeError
 
 
 def _scalars(log_dir):

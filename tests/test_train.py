@@ -142,7 +142,7 @@ def test_cli_user_errors_are_one_line(args, message):
 
 
 def test_existing_run_dir_is_refused(image_data, tmp_path):
-    from finetunekit.errors import FinetuneError
+    from finetunekit.core.errors import FinetuneError
 
     run = tmp_path / "run"
     train(tiny_image_recipe(image_data, train={"epochs": 1}), output=run, quiet=True)
@@ -153,7 +153,7 @@ def test_existing_run_dir_is_refused(image_data, tmp_path):
 
 
 def test_wrong_modality_data(tiny_bert, image_data, tmp_path):
-    from finetunekit.errors import DataError
+    from finetunekit.core.errors import DataError
 
     tsv = write_tsv(tmp_path / "t.tsv", [("good", "a"), ("bad", "b")])
     with pytest.raises(DataError, match="is text data, but the model's backbone takes image"):

@@ -19,8 +19,8 @@ import yaml
 from conftest import tiny_image_recipe
 from finetunekit import Recipe, load
 from finetunekit.cli import main
-from finetunekit.errors import RecipeError
-from finetunekit.recipe import SearchSpec
+from finetunekit.core.errors import RecipeError
+from finetunekit.run.recipe import SearchSpec
 
 optuna = pytest.importorskip("optuna", reason="optuna not installed (pip install -e '.[test]')")
 
@@ -32,7 +32,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFF
 # inside a trial; timing only, never the numbers.
 SLOW_EPOCHS = """
 import sys, time
-import finetunekit.trainer as trainer
+import finetunekit.run.trainer as trainer
 epoch = trainer.train_one_epoch
 def slow(*args, **kwargs):
     time.sleep(0.4)

@@ -20,9 +20,9 @@ from .version import __version__
 __all__ = ["Recipe", "__version__", "evaluate", "load", "train"]
 
 if TYPE_CHECKING:
-    from .predict import load
-    from .recipe import Recipe
-    from .trainer import train
+    from .use.predict import load
+    from .run.recipe import Recipe
+    from .run.trainer import train
 
 
 def evaluate(
@@ -36,7 +36,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of a run directory's model on a labelled data set (see ``Predictor.evaluate``;
     ``label_column`` None: the run's own label column(s))."""
-    from .predict import load
+    from .use.predict import load
 
     return load(run_dir).evaluate(
         data, text_column, label_column, text_columns=text_columns, image_column=image_column, image_root=image_root
@@ -45,15 +45,15 @@ def evaluate(
 
 def __getattr__(name: str) -> Any:
     if name == "Recipe":
-        from .recipe import Recipe
+        from .run.recipe import Recipe
 
         return Recipe
     if name == "train":
-        from .trainer import train
+        from .run.trainer import train
 
         return train
     if name == "load":
-        from .predict import load
+        from .use.predict import load
 
         return load
     raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")

@@ -26,8 +26,8 @@ import json
 import sys
 from collections.abc import Callable
 
-from .errors import FinetuneError
-from .outputs import check_output
+from .core.errors import FinetuneError
+from .core.outputs import check_output
 
 
 def recipe_reads(recipe) -> list[str]:
@@ -56,12 +56,12 @@ def recipe_reads(recipe) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .recipe import Recipe
-    from .trainer import train
+    from .run.recipe import Recipe
+    from .run.trainer import train
 
     reasons = None
     if args.recipe and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
-        from .autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
+        from .choose.autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
 
         inferred = infer_recipe(args.recipe, args.set or [])
         recipe, reasons = inferred.recipe, inferred.reasons
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=not args.resume, own_run=True)
     result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
     if reasons is not None:
-        from .artifacts import atomic_write_text
+        from .run.artifacts import atomic_write_text
 
         atomic_write_text(result.run_dir / "autoconfig.txt", "\n".join(reasons) + "\n")  # recipe.yaml holds the result
     return 0
@@ -84,8 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .recipe import Recipe
-    from .trainer import train
+    from .run.recipe import Recipe
+    from .run.trainer import train
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -99,7 +99,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .predict import load
+    from .use.predict import load
 
     predictor = load(args.run_dir)
     metrics = predictor.evaluate(
@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .modalities import read_examples
     from .data.readers import FLAG_COLUMN_OPTIONS
-    from .predict import load
+    from .use.predict import load
 
     if args.input or args.output:
         return _predict_to_file(args)
@@ -153,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_to_file(args: argparse.Namespace) -> int:
-    from .serving.bulk import predict_to_csv
+    from .use.serving.bulk import predict_to_csv
 
     if not (args.input and args.output):
         raise FinetuneError("predict: --input FOLDER_OR_TABLE and --output FILE.csv go together")
@@ -171,7 +171,7 @@ def _predict_to_file(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serving.app import ServeOptions, serve
+    from .use.serving.app import ServeOptions, serve
 
     options = ServeOptions(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                            max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_inputs=args.max_inputs)
@@ -180,12 +180,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import write_explanations
+    from .use.explain import write_explanations
 
     inputs = list(args.inputs)
     if args.file:
         from .modalities import read_examples
-        from .predict import _modality
+        from .use.predict import _modality
 
         inputs += read_examples(args.file, _modality(args.run_dir), args.text_column, require_labels=False).inputs
     if not inputs:
@@ -198,7 +198,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .explain import error_explanations
+    from .use.explain import error_explanations
     from .report import load_run, write_report
 
     check_output(args.output or Path(args.run_dir) / "report.html", [args.run_dir])
@@ -219,7 +219,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .selection import format_selection, parse_candidates, select
+    from .choose.selection import format_selection, parse_candidates, select
 
     candidates = parse_candidates(args.candidates, control=args.control)
 
@@ -237,7 +237,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .use.export import export
 
     result = export(args.run_dir, args.format, args.output, overwrite=args.overwrite, tolerance=args.tolerance)
     print(result.summary())
@@ -245,8 +245,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .recipe import Recipe
-    from .tune import tune
+    from .run.recipe import Recipe
+    from .choose.tune import tune
 
     recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
     check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=False)
@@ -258,8 +258,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .recipe import Recipe
-    from .trainer import find_lr, save_lr_find
+    from .run.recipe import Recipe
+    from .run.trainer import find_lr, save_lr_find
 
     recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
     check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=False)

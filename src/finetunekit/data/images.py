@@ -15,7 +15,7 @@ import os
 import threading
 from typing import Any
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 # Pillow's own refusal threshold (twice Image.MAX_IMAGE_PIXELS): images it opened before the limit
 # existed still open.

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import DataError
+from ..core.errors import DataError
 from .readers import Examples
 
 # -- images --------------------------------------------------------------------------------------
@@ -387,7 +387,7 @@ def build_loader(
 
 def reader_threads() -> int:
     """Threads that read images for evaluation and prediction: the usable cores, at most 8."""
-    from ..runtime import usable_cores
+    from ..core.runtime import usable_cores
 
     return max(1, min(8, usable_cores()))
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, did_you_mean, utf8_position
+from ..core.errors import DataError, did_you_mean, utf8_position
 from .label_values import SpellingLog, label_text
 from .tables import check_header, check_label_kinds, csv_rows, json_object
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import DataError, shown
+from ..core.errors import DataError, shown
 
 FIELD_LIMIT = csv.field_size_limit()
 

@@ -1,7 +1,7 @@
 """Hooks around the loop: early stopping with a best-state snapshot, and user callbacks.
 
 A callback sees every epoch's record (the line written to metrics.jsonl) and may end the run by
-raising; ``finetunekit.tune`` uses one to report to Optuna and prune::
+raising; ``finetunekit.choose.tune`` uses one to report to Optuna and prune::
 
     class Print(Callback):
         def on_epoch_end(self, epoch, record):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DivergenceError
+from ..core.errors import DivergenceError
 from .objective import Objective
 from .optim import LRSchedule
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import FinetuneError
+from ..core.errors import FinetuneError
 
 RULES = ("min/10", "steepest")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..recipe import TrainSpec
+from ..run.recipe import TrainSpec
 
 
 def build_optimizer(spec: TrainSpec, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

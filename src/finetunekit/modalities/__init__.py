@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.readers import RECIPE_COLUMN_OPTIONS, Examples
-from ..errors import DataError
-from ..registry import Registry
+from ..core.errors import DataError
+from ..core.registry import Registry
 
 MODALITIES: Registry = Registry("modality")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import DataError, FinetuneError, RecipeError
+from ..core.errors import DataError, FinetuneError, RecipeError
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Modality:
     # dense task types (Task.dense: segmentation, detection) read; the resolve step refuses a dense
     # task on a modality without them
     feature_maps: ClassVar[bool] = False
-    # training defaults for the recipe fields left as None (finetunekit.defaults), the default
+    # training defaults for the recipe fields left as None (finetunekit.run.defaults), the default
     # strategy, and per-strategy changes to those defaults
     default_strategy: ClassVar[str]
     train_defaults: ClassVar[dict[str, Any]]
@@ -199,7 +199,7 @@ class Modality:
 
     def export_samples(self, saved: list[Any], schema: InputSchema, limit: int) -> list[Any] | None:
         """Inputs for the export parity check: the run's saved validation inputs, else built-in
-        examples; None: synthetic tensors (``finetunekit.export``)."""
+        examples; None: synthetic tensors (``finetunekit.use.export``)."""
         return saved[:limit] or None
 
     def onnx_inputs(self, predictor: Any) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, _read_image_folder, _read_image_table, check_images, is_table
-from ..errors import DataError
+from ..core.errors import DataError
 from . import MODALITIES
 from .base import InputSchema, Modality, is_file, shown, singles
 

@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import artifacts
-from ..errors import FinetuneError
+from ..run import artifacts
+from ..core.errors import FinetuneError
 from ..modalities import modality_of
 from . import html, plots
 from .run_data import RunData, load_run, worst_errors
 
 if TYPE_CHECKING:
-    from ..stats import Comparison
+    from ..core.stats import Comparison
     from ..tasks.base import ReportView
 
 __all__ = ["load_run", "significance", "significance_lines", "write_comparison", "write_report"]
@@ -52,8 +52,8 @@ def write_report(
     """Render the run's report page (default ``RUN_DIR/report.html``, which it always replaces;
     another existing ``output`` only with ``overwrite``); returns its path. ``explanations``: per
     validation index, the explanation of that error (a Grad-CAM overlay's data URI, or highlighted
-    text HTML), as :func:`finetunekit.explain.error_explanations` makes them."""
-    from ..outputs import check_new_file
+    text HTML), as :func:`finetunekit.use.explain.error_explanations` makes them."""
+    from ..core.outputs import check_new_file
 
     if output is not None:
         check_new_file(Path(output), overwrite)
@@ -110,7 +110,7 @@ def render_report(run: RunData, explanations: dict[int, str] | None = None) -> s
 
 def _with_ci(label: str, metrics: dict, key: str | None = None) -> str:
     """A card's label with the metric's bootstrap interval (metrics.json ``<key>_ci``) when there is one."""
-    from ..stats import format_ci
+    from ..core.stats import format_ci
 
     ci = format_ci(metrics.get(f"{key or label}_ci"))
     return f"{label} (95% CI {ci})" if ci else label
@@ -381,7 +381,7 @@ SECTIONS: dict[str, Callable[[RunData, dict[int, str]], str]] = {
 def write_comparison(run_dirs: list[str | Path], output: str | Path, overwrite: bool = False) -> Path:
     """One page comparing runs: per-epoch curves overlaid and final metrics side by side. An
     existing ``output`` is replaced only with ``overwrite``, and only by a page (``.html``)."""
-    from ..outputs import check_new_file
+    from ..core.outputs import check_new_file
 
     if len(run_dirs) < 2:
         raise FinetuneError("compare: give at least two run directories")
@@ -478,10 +478,10 @@ def paired_rows(a: RunData, b: RunData) -> tuple[list[dict], list[dict]] | str:
 
 def significance(runs: list[RunData], metric: str = "accuracy") -> list[tuple[int, Comparison | str]]:
     """Each run after the first against the first, on their shared validation examples:
-    (run position, :class:`finetunekit.stats.Comparison`, or why there is none). Classification
+    (run position, :class:`finetunekit.core.stats.Comparison`, or why there is none). Classification
     runs are compared on ``metric`` (accuracy or macro_f1); runs of other tasks on each metric
     their task's ``example_values`` gives (MAE, sample F1, one per task of several...)."""
-    from ..stats import compare_predictions
+    from ..core.stats import compare_predictions
 
     out: list[tuple[int, Comparison | str]] = []
     for i, run in enumerate(runs[1:], start=1):
@@ -499,7 +499,7 @@ def significance(runs: list[RunData], metric: str = "accuracy") -> list[tuple[in
 
 def _graded_comparisons(first: RunData, run: RunData) -> list[Comparison | str]:
     """``run`` against ``first`` through their task's per-example values (not classification)."""
-    from ..stats import compare_values
+    from ..core.stats import compare_values
     from ..tasks import task_from_state
 
     if first.task_type != run.task_type:

@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .. import artifacts
+from ..run import artifacts
 from . import html
 from .plots import COLORS, Plot, _figure, _render, _style
 

@@ -45,8 +45,8 @@ from typing import Any, ClassVar, Literal
 
 from torch import nn
 
-from ..errors import FinetuneError, RecipeError, check_range
-from ..registry import Registry
+from ..core.errors import FinetuneError, RecipeError, check_range
+from ..core.registry import Registry
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
@@ -249,7 +249,7 @@ class Strategy:
 
     def backbone_frozen_at(self, epoch: int) -> bool:
         """True when no backbone parameter trains during ``epoch``: the trainer may then train the
-        head on cached backbone features (finetunekit.features) instead of running the backbone.
+        head on cached backbone features (finetunekit.run.features) instead of running the backbone.
 
         Strategies whose trainable set changes over epochs override it with ``on_epoch_start``."""
         return False
@@ -358,10 +358,10 @@ def check_options(spec: Any) -> None:
         names = [f.name for f in dataclasses.fields(options)]
         if not all(hasattr(spec, n) for n in names):
             # the recipe's section was built before this strategy registered (a plug-in imported
-            # after finetunekit.recipe): its options cannot be recipe fields in this process
+            # after finetunekit.run.recipe): its options cannot be recipe fields in this process
             if spec.name is not None and STRATEGIES.get(spec.name).Options is options:
                 raise RecipeError(
-                    f"strategy.name: strategy {spec.name!r} was registered after finetunekit.recipe was imported, so its "
+                    f"strategy.name: strategy {spec.name!r} was registered after finetunekit.run.recipe was imported, so its "
                     f"options ({', '.join(names)}) are not recipe fields; import the module that registers it first"
                 )
             continue

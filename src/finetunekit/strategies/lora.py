@@ -37,7 +37,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import FinetuneError, RecipeError, check_range, did_you_mean, shown, warn
+from ..core.errors import FinetuneError, RecipeError, check_range, did_you_mean, shown, warn
 from . import STRATEGIES, Strategy, merge_added, restore_added
 
 ADAPTER_DIR = "adapter"
@@ -225,7 +225,7 @@ class Lora(Strategy):
 
     Two optimizer groups: ``lora`` at ``train.lr`` and ``head`` at ``train.head_lr``. Adapters
     start as a zero update and need a larger rate than full fine-tuning; the per-strategy defaults
-    are in finetunekit.defaults.
+    are in finetunekit.run.defaults.
     """
 
     Options = LoraOptions

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import check_range
+from ..core.errors import check_range
 
 
 @dataclass
@@ -134,7 +134,7 @@ def build_regularizers(spec: Any, model: nn.Module, accelerator: Any, trains_bac
     """The terms a strategy spec asks for, built on ``model`` (the unwrapped FineTuneModel) as it is
     now. ``trains_backbone=False`` (no epoch trains the backbone) skips the backbone terms, which
     would always be 0, and in particular the frozen copy's memory."""
-    from ..errors import warn
+    from ..core.errors import warn
 
     terms: list[LossTerm] = []
     alpha = spec.l2sp_alpha if trains_backbone else 0.0

@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import RecipeError, check_range, shown
+from ..core.errors import RecipeError, check_range, shown
 from . import STRATEGIES, Strategy
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import FinetuneError, check_range
+from ..core.errors import FinetuneError, check_range
 from . import STRATEGIES, Strategy
 
 
@@ -116,7 +116,7 @@ class SetFit(Strategy):
                 embeddings = backbone.forward_features(batch)
             loss = cosine_pair_loss(embeddings[: len(chunk)], embeddings[len(chunk) :], target)
             if not torch.isfinite(loss):
-                from ..errors import DivergenceError
+                from ..core.errors import DivergenceError
 
                 raise DivergenceError(f"training diverged: the pair loss became {loss.item()} at step {step + 1} of epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..registry import Registry
+from ..core.registry import Registry
 
 TASKS: Registry = Registry("task")
 
@@ -101,7 +101,7 @@ def resolve_types(recipe: Any, train: Any, single_type: str, say: Callable[[str]
             say(f"task {spec.name}: {kind} ({why}; set its type to choose)")
         typed = spec.check_type(kind, f"tasks[{i}]")
         if TASKS.get(kind).dense:
-            from ..errors import RecipeError
+            from ..core.errors import RecipeError
 
             raise RecipeError(f"tasks[{i}].type: a {kind} task has a head of its own on the feature maps; train it alone (task: type: {kind})")
         options = TASKS.get(kind).check_options(typed.to_dict(), f"tasks[{i}]")

@@ -72,7 +72,7 @@ class Task:
     composite: ClassVar[bool] = False
     # the task type's own fields of the recipe's `task:` section (finetunekit.tasks.options)
     Options: ClassVar[type[TaskOptions]] = TaskOptions
-    # where this task type trains differently from its modality (finetunekit.defaults.resolve):
+    # where this task type trains differently from its modality (finetunekit.run.defaults.resolve):
     # strategy settings used when the recipe names no strategy, and train fields
     strategy_defaults: ClassVar[dict[str, Any]] = {}
     train_defaults: ClassVar[dict[str, Any]] = {}
@@ -129,7 +129,7 @@ class Task:
     @classmethod
     def check_recipe(cls, recipe: Any, modality: str) -> None:
         """Refuse recipe settings this task type cannot honour (raise RecipeError naming the field);
-        :func:`finetunekit.defaults.resolve` calls it once the type and every default are fixed."""
+        :func:`finetunekit.run.defaults.resolve` calls it once the type and every default are fixed."""
 
     @classmethod
     def reader(cls, options: dict[str, Any], image_root: str | None = None) -> Callable[[str | Path], Any] | None:
@@ -170,12 +170,12 @@ class Task:
 
     def examples_per_class(self, examples: Any) -> dict[str, int] | None:
         """How many of ``examples`` carry each class (multi-label: each label), for rules that go by
-        the amount of data per class (finetunekit.autoconfig); None: a task without classes."""
+        the amount of data per class (finetunekit.choose.autoconfig); None: a task without classes."""
         return None
 
     def sampling_classes(self, targets: torch.Tensor) -> torch.Tensor:
         """Class ids for class-balanced sampling (data.sampler: balanced)."""
-        from ..errors import RecipeError
+        from ..core.errors import RecipeError
 
         raise RecipeError(f"data.sampler: balanced sampling needs one class per example; task {self.type} has none")
 
@@ -186,7 +186,7 @@ class Task:
 
     def build_head(self, in_features: int, dropout: float = 0.0) -> nn.Module:
         """The head on the backbone's pooled features."""
-        from ..heads import LinearHead
+        from .heads import LinearHead
 
         return LinearHead(in_features, self.output_size, dropout)
 
@@ -311,14 +311,14 @@ class Task:
         without them refuse any being set."""
         given = [name for name, value in (("--score-threshold", score_threshold), ("--nms-iou", nms_iou)) if value is not None]
         if given:
-            from ..errors import FinetuneError
+            from ..core.errors import FinetuneError
 
             raise FinetuneError(f"{given[0]}: applies to detection models; this one is a {self.type} model")
 
     def prediction_files(self, inputs: Sequence[Any], scores: np.ndarray) -> list[dict[str, bytes]]:
         """Per input, the prediction files to write (``predict --save-dir``), by file name
         (dense tasks: masks, overlays, drawn boxes); names are unique across the inputs."""
-        from ..errors import FinetuneError
+        from ..core.errors import FinetuneError
 
         raise FinetuneError(f"a {self.type} model writes no prediction files; print its predictions instead")
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
-from ..stats import confidence_intervals, format_ci
+from ..core.errors import DataError
+from ..core.stats import confidence_intervals, format_ci
 from . import TASKS
 from .base import ReportView, Task
 
@@ -240,7 +240,7 @@ class ClassificationTask(Task):
     def check_run_files(self, run_dir: Any, info: dict[str, Any], read: Any) -> None:
         """labels.json's class names, checked against the head finetunekit.json describes (and the
         classes it stores)."""
-        from ..errors import FinetuneError
+        from ..core.errors import FinetuneError
 
         path = f"{run_dir}/labels.json"
         raw = read("labels.json")

@@ -9,7 +9,7 @@ batching, ``gather_for_metrics`` and checkpoints work unchanged. What differs:
   :class:`finetunekit.data.pipeline.ImageDataset` passes with each image through
   ``task.transform(preprocessing, train, augment)``, seeded per (seed, epoch, example);
 * ``head_for(backbone)`` builds the head from ``backbone.feature_info()``; the head has
-  ``takes_feature_maps = True``, so :class:`finetunekit.model.FineTuneModel` feeds it
+  ``takes_feature_maps = True``, so :class:`finetunekit.run.model.FineTuneModel` feeds it
   ``backbone.feature_maps(batch)``;
 * ``check_recipe`` refuses the frozen-feature cache's mixing companions (mixup, cutmix),
   class-balanced sampling, few-shot sampling by class, strategies that compute a linear head
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import RecipeError
+from ..core.errors import RecipeError
 from .base import Task
 
 
@@ -40,7 +40,7 @@ class DenseTask(Task):
 
     @classmethod
     def check_recipe(cls, recipe: Any, modality: str) -> None:
-        kind = cls.type  # a modality without feature maps is refused by finetunekit.plan.check_combination
+        kind = cls.type  # a modality without feature maps is refused by finetunekit.run.plan.check_combination
         t, d, s = recipe.train, recipe.data, recipe.strategy
         for name in ("mixup_alpha", "cutmix_alpha"):
             if getattr(t, name):
@@ -61,7 +61,7 @@ def open_rgb(path: Any) -> Any:
     """An input image as RGB, for the pictures dense tasks draw (prediction files, worst images)."""
     from PIL import Image
 
-    from ..errors import DataError
+    from ..core.errors import DataError
 
     try:
         with Image.open(path) as image:

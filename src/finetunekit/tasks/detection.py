@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError, RecipeError, check_range
+from ..core.errors import DataError, RecipeError, check_range
 from . import TASKS
 from .base import ReportView
 from .dense import DenseTask, open_rgb
@@ -349,7 +349,7 @@ class DetectionTask(DenseTask):
             rows = []
             for x1, y1, x2, y2, name, where in boxes:
                 if name not in index:
-                    from ..errors import did_you_mean
+                    from ..core.errors import did_you_mean
 
                     raise DataError(f"{where}: unknown class {name!r}{did_you_mean(name, self.classes)} (classes: {', '.join(self.classes)})")
                 rows.append([x1, y1, x2, y2, float(index[name])])

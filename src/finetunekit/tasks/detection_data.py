@@ -6,7 +6,7 @@ image's pixel coordinates (``where`` names the file and row or object, for error
 image with no boxes has an empty list: it is a valid example (it teaches the detector what is not
 an object). Boxes are checked against the image's real size (read from the file's header): a box
 outside the image, a box with no area, an unreadable annotation file or a missing image is a
-:class:`~finetunekit.errors.DataError` naming the file, the row and the field.
+:class:`~finetunekit.core.errors.DataError` naming the file, the row and the field.
 
 Formats (chosen from the path):
 
@@ -36,7 +36,7 @@ from typing import Any
 
 from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
 from ..data.tables import csv_rows, inside_root
-from ..errors import DataError
+from ..core.errors import DataError
 
 BOX_COLUMNS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"))
 LABEL_COLUMN_GUESSES = ("label", "class", "category", "class_name", "name")

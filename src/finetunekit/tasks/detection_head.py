@@ -40,7 +40,7 @@ def pick_levels(feature_info: list[dict[str, int]]) -> list[int]:
     for stride in BACKBONE_STRIDES:
         found = [i for i, info in enumerate(feature_info) if int(info["stride"]) == stride]
         if not found:
-            from ..errors import RecipeError
+            from ..core.errors import RecipeError
 
             have = ", ".join(str(i["stride"]) for i in feature_info)
             raise RecipeError(f"task.type: detection needs backbone feature maps at strides 8, 16 and 32; this backbone gives strides {have}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import RecipeError
+from ..core.errors import RecipeError
 from . import TASKS
 from .base import ReportView, Task
 

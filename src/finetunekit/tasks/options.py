@@ -5,7 +5,7 @@ The recipe keeps one ``task:`` section with the fields every task has (``type``,
 to the task type and is read by the type's :attr:`Task.Options <finetunekit.tasks.base.Task.Options>`.
 Every field is ``None`` until set, so a recipe shows only what its author chose, and
 ``Task.check_options`` fills the defaults. ``__post_init__`` checks the values and names the field
-(:func:`finetunekit.errors.check_range`).
+(:func:`finetunekit.core.errors.check_range`).
 
 Example::
 

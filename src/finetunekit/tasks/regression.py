@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError, check_range
+from ..core.errors import DataError, check_range
 from . import TASKS
 from .base import ReportView, Task
 from .options import TaskOptions

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, RecipeError
+from ..core.errors import DataError, RecipeError
 from . import TASKS
 from .base import ReportView
 from .dense import DenseTask, open_rgb
@@ -343,7 +343,7 @@ class SegmentationTask(DenseTask):
             out["input_size"] = size
         decoder = out.get("decoder") or DEFAULT_DECODER
         if decoder not in DECODERS:
-            from ..errors import did_you_mean
+            from ..core.errors import did_you_mean
 
             raise RecipeError(f"{where}.decoder: unknown decoder {decoder!r}{did_you_mean(str(decoder), DECODERS)}; choose one of: {', '.join(DECODERS)}")
         out["decoder"] = decoder

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.readers import IMAGE_EXTENSIONS, Examples
-from ..errors import DataError
+from ..core.errors import DataError
 
 
 def read_segmentation(path: str | Path) -> Examples:

@@ -8,7 +8,7 @@
 * **k-NN accuracy**: leave-one-out k-nearest-neighbour accuracy on L2-normalised features (cosine
   similarity), a score the literature finds about as good a predictor as LogME.
 
-Features come from :mod:`finetunekit.features`' cache under the same key a linear probe of the same
+Features come from :mod:`finetunekit.run.features`' cache under the same key a linear probe of the same
 backbone on the same examples uses, so ``select`` followed by training the winner computes nothing
 twice.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FinetuneError
+from ..core.errors import FinetuneError
 
 # -- the scores --------------------------------------------------------------------------------------
 
@@ -191,17 +191,17 @@ def candidate_features(
 ) -> tuple[Any, bool]:
     """(N, D) frozen features of ``examples`` in order, from the feature cache when present.
 
-    The key is built exactly as the trainer's (finetunekit.features.build_cached_loaders) for the
+    The key is built exactly as the trainer's (finetunekit.run.features.build_cached_loaders) for the
     un-augmented training features, so a later linear probe on the same data reads them back."""
     from types import SimpleNamespace
 
-    from .data.pipeline import build_loader
-    from .features import FeatureCache, cache_key, compute_features, examples_digest, weights_digest
-    from .runtime import resolve_precision
-    from .trainer import make_accelerator
+    from ..data.pipeline import build_loader
+    from ..run.features import FeatureCache, cache_key, compute_features, examples_digest, weights_digest
+    from ..core.runtime import resolve_precision
+    from ..run.trainer import make_accelerator
 
-    from .modalities import modality_of
-    from .recipe import DataSpec
+    from ..modalities import modality_of
+    from ..run.recipe import DataSpec
 
     # the preprocessing dict exactly as the trainer builds it (it is part of the cache key)
     kind = modality_of(backbone.modality)
@@ -231,11 +231,11 @@ def select(
     to load (an unknown name, weights missing offline) gets its error in the table, not an exception."""
     import torch
 
-    from .backbones import create_backbone
-    from .data import resolve_splits
-    from .modalities import modality_of
-    from .recipe import DataSpec
-    from .tasks.classification import LabelMap
+    from ..backbones import create_backbone
+    from ..data import resolve_splits
+    from ..modalities import modality_of
+    from ..run.recipe import DataSpec
+    from ..tasks.classification import LabelMap
 
     cands = [c if isinstance(c, Candidate) else Candidate(c) for c in candidates]
     read: dict[str, tuple[Any, list[int]]] = {}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import artifacts, trackers
-from .backbones import create_backbone
+from ..backbones import create_backbone
 from .checkpoint import (
     Checkpointer,
     Position,
@@ -35,22 +35,22 @@ from .checkpoint import (
     list_checkpoints,
     truncate_logs,
 )
-from .data import Examples
-from .data.pipeline import build_loader, progressive_sizes
-from .engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
-from .engine.ema import ModelEMA
-from .engine.loop import EpochProgress, EpochStats
-from .engine.objective import build_objective
-from .engine.optim import format_param_groups, param_group_rows
-from .errors import DivergenceError, FinetuneError, RecipeError
-from .modalities import modality_of
+from ..data import Examples
+from ..data.pipeline import build_loader, progressive_sizes
+from ..engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
+from ..engine.ema import ModelEMA
+from ..engine.loop import EpochProgress, EpochStats
+from ..engine.objective import build_objective
+from ..engine.optim import format_param_groups, param_group_rows
+from ..core.errors import DivergenceError, FinetuneError, RecipeError
+from ..modalities import modality_of
 from .model import FineTuneModel
 from .plan import Plan, resolve
 from .recipe import Recipe
-from .runtime import distributed, resolve_precision
-from .strategies import STRATEGIES
-from .strategies.regularizers import without_backbone_decay
-from .tasks import Task
+from ..core.runtime import distributed, resolve_precision
+from ..strategies import STRATEGIES
+from ..strategies.regularizers import without_backbone_decay
+from ..tasks import Task
 
 
 @dataclass
@@ -128,7 +128,7 @@ def train(
     """
     import os
 
-    from .outputs import RunDirLock, WriteError, check_writable
+    from ..core.outputs import RunDirLock, WriteError, check_writable
 
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if run_dir.exists() and not run_dir.is_dir():
@@ -534,8 +534,8 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
         _write_final(run, unwrapped, final, trainable, total)
-        from .explain import error_explanations
-        from .report import write_report_after_training
+        from ..use.explain import error_explanations
+        from ..report import write_report_after_training
 
         if run.report:
             write_report_after_training(run_dir, quiet, explain=error_explanations)
@@ -560,7 +560,7 @@ def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, t
     write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total, task)
     scores, labels = preds.scores, preds.labels
     if task.dense:  # the saved predictions are in each image's own pixels, as `predict` gives them
-        from .data.images import image_size
+        from ..data.images import image_size
 
         sizes = [image_size(p, run.recipe.data.max_image_pixels) for p in run.val_ex.inputs]
         scores, labels = task.to_input_frame(scores, sizes), None if labels is None else task.to_input_frame(labels, sizes)
@@ -609,7 +609,7 @@ def find_lr(
     rates it found in place of ``auto`` (with none, ``lr`` and ``head_lr`` are swept together)."""
     import tempfile
 
-    from .engine.lr_find import lr_sweep
+    from ..engine.lr_find import lr_sweep
 
     t = recipe.train
     auto = {f for f in ("lr", "head_lr") if getattr(t, f) == "auto"} or {"lr", "head_lr"}
@@ -656,7 +656,7 @@ def find_lr(
 
 def save_lr_find(found: LRFound, folder: Path) -> tuple[Path, Path]:
     """``lr_find.png`` (the smoothed loss against the rate, the suggestions marked) and ``lr_find.json``."""
-    from .report.plots import lr_find_plot
+    from ..report.plots import lr_find_plot
 
     folder.mkdir(parents=True, exist_ok=True)
     png, data = folder / "lr_find.png", folder / "lr_find.json"

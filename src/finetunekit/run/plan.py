@@ -7,7 +7,7 @@ Everything a run needs to know is fixed here, once and in this order:
    generic readers; a held-out split is stratified the way the task type asks;
 2. the task type(s): written in the recipe, or inferred from the training labels (and said);
    the task section's options are read by the type's own options dataclass and filled;
-3. every default (finetunekit.defaults: the modality's, the task type's, the strategy's);
+3. every default (finetunekit.run.defaults: the modality's, the task type's, the strategy's);
 4. the checks that need the type and the defaults (the modality's fields, the task type's
    ``check_recipe``; a written type is checked before any data is read, an inferred one once
    it is known), then the inputs themselves (images opened, bad ones refused or skipped);
@@ -32,14 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .data import Examples, resolve_splits
-from .data.readers import sample_per_class
+from ..data import Examples, resolve_splits
+from ..data.readers import sample_per_class
 from .defaults import resolve as fill_defaults
-from .errors import RecipeError, did_you_mean, warn
-from .modalities import MODALITIES, modality_of
+from ..core.errors import RecipeError, did_you_mean, warn
+from ..modalities import MODALITIES, modality_of
 from .recipe import Recipe
-from .strategies import STRATEGIES
-from .tasks import TASKS, Task, fit_task, infer_type, label_columns, resolve_types, task_reader
+from ..tasks import TASKS, Task, fit_task, infer_type, label_columns, resolve_types, task_reader
+from ..strategies import STRATEGIES
 
 
 @dataclass

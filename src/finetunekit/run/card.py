@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .artifacts import atomic_write_text
-from .modalities import modality_of
+from ..modalities import modality_of
 
 HUB_IDS = {"bundled:minilm_l6": "sentence-transformers/all-MiniLM-L6-v2"}
 DESCRIPTIONS = {
@@ -87,7 +87,7 @@ def write_model_card(run_dir: Path, recipe, metrics: dict[str, Any], train_ex, v
 
 
 def _precision(precision: str) -> str:
-    from .runtime import resolve_precision
+    from ..core.runtime import resolve_precision
 
     resolved = resolve_precision(precision)
     return resolved if resolved == precision else f"{resolved} ({precision})"

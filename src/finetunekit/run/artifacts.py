@@ -36,8 +36,8 @@ from typing import Any
 import torch
 import yaml
 
-from .errors import FinetuneError
-from .outputs import WriteError, is_lock
+from ..core.errors import FinetuneError
+from ..core.outputs import WriteError, is_lock
 
 FORMAT_VERSION = 1
 MARKER = "finetunekit.json"
@@ -201,14 +201,14 @@ def save_model(run_dir: Path, model: torch.nn.Module, task: Any, preprocessing: 
 
     ``precision`` is the autocast precision the run validated in; predict uses the same one, so a
     reloaded model reproduces the run's validation predictions exactly."""
-    from .version import __version__
+    from ..version import __version__
 
     backbone = model.backbone
     if backbone.saves_assets:
         atomic_replace_dir(run_dir / "backbone", backbone.save_assets)
     # what a strategy added to the model and kept separate (adapters), described in finetunekit.json
     adapter = getattr(model, "adapter", None)
-    from .strategies import saved_extras
+    from ..strategies import saved_extras
 
     for name, fill in saved_extras(model).items():
         atomic_replace_dir(run_dir / name, fill)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from .errors import FinetuneError
+from ..core.errors import FinetuneError
 
 # tracker -> (module that must import, pip package to install)
 REQUIREMENTS = {

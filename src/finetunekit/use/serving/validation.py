@@ -81,6 +81,6 @@ def _check_text(text: str, where: str) -> None:
 def open_image(data: bytes) -> Any:
     """``PIL.Image.open`` on the bytes, lazily (only the header read), without Pillow's own
     decompression-bomb exception: the caller compares the size with the service's limit."""
-    from ..data.images import open_bounded
+    from ...data.images import open_bounded
 
     return open_bounded(io.BytesIO(data), _NO_PIXEL_BOUND)  # type: ignore[arg-type]

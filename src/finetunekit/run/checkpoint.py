@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .engine.loop import EpochProgress
-from .errors import DivergenceError, FinetuneError, warn
+from ..engine.loop import EpochProgress
+from ..core.errors import DivergenceError, FinetuneError, warn
 
 FORMAT_VERSION = 1
 DIRNAME = "checkpoints"
@@ -486,7 +486,7 @@ def _fingerprint(examples: Any) -> dict[str, Any]:
     for item, label in zip(examples.inputs, examples.labels or [None] * len(examples), strict=True):
         digest.update(f"{item}\t{label}\n".encode())
     found = {"examples": len(examples), "sha256": digest.hexdigest()}
-    from .modalities import modality_of
+    from ..modalities import modality_of
 
     content = modality_of(examples.modality).content_digest(examples.inputs)  # images: the files' bytes
     if content is not None:
@@ -495,7 +495,7 @@ def _fingerprint(examples: Any) -> dict[str, Any]:
 
 
 def _recipe_diffs(before: dict[str, Any], after: dict[str, Any], then: str, now: str) -> list[str]:
-    from .errors import shown
+    from ..core.errors import shown
 
     before, after = json.loads(json.dumps(before)), json.loads(json.dumps(after))  # tuples vs lists
     diffs = []
@@ -540,7 +540,7 @@ def check_same_recipe(run_dir: Path, current: dict[str, Any], loaded: Loaded | N
 def check_same_data(loaded: Loaded, classes: list[str], examples: Any, val: Any = None) -> dict[str, Any]:
     """Refuse to resume on other classes, other examples or other file contents than the
     checkpoint's; returns the data's fingerprint (for the checkpoints still to come)."""
-    from .errors import DataError
+    from ..core.errors import DataError
 
     saved = loaded.state.get("classes")
     if saved != classes:

@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.readers import TEXT_EXTENSIONS, _iter_rows
-from ..errors import DataError, FinetuneError
-from ..modalities import modality_of
+from ...data.readers import TEXT_EXTENSIONS, _iter_rows
+from ...core.errors import DataError, FinetuneError
+from ...modalities import modality_of
 # Texts: batches of similar length are formed within windows of this many batches (SST-2 dev at
 # batch 64: 25,136 token positions instead of 44,448 in input order); a crash loses at most one
 # window's work.
@@ -140,7 +140,7 @@ class _Progress:
         return record if all(record.get(k) == v for k, v in self.identity.items()) else None
 
     def save(self, rows: int, offset: int, last: str | None) -> None:
-        from ..artifacts import atomic_write_json
+        from ...run.artifacts import atomic_write_json
 
         atomic_write_json(self.path, {**self.identity, "rows": rows, "offset": offset, "last_input": last})
 
@@ -155,8 +155,8 @@ def predict_to_csv(
     from ``pair_columns`` (default: the run's data.text_columns)."""
     from tqdm.auto import tqdm
 
-    from ..data.pipeline import reader_threads
-    from ..outputs import check_output
+    from ...data.pipeline import reader_threads
+    from ...core.outputs import check_output
     from ..predict import load
 
     source, output = Path(source), Path(output)
@@ -239,7 +239,7 @@ def _predict_chunk(
     predictor, chunk: list[tuple[Any, str | None]], loading: list[Any] | None, columns: list[str], batch_size: int
 ) -> list[list[Any]]:
     """CSV rows for one window of inputs; ``loading``: images, the futures of :func:`_load`."""
-    from ..data import Examples
+    from ...data import Examples
 
     problems = [problem for _, problem in chunk]
     if loading is not None:
@@ -271,7 +271,7 @@ def _format(value: Any) -> Any:
 def _load(predictor, path: str | None) -> tuple[Any, tuple[int, int] | None, str | None]:
     """(pixels, the image's own size, None), or (None, None, why not) for an unreadable image; runs in
     the pool's threads (decoding and resizing release the GIL)."""
-    from ..data.pipeline import open_image
+    from ...data.pipeline import open_image
 
     if path is None:
         return None, None, None

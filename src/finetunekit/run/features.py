@@ -60,7 +60,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 def examples_digest(inputs: Sequence[Any], modality: str, encodings: dict[str, list[list[int]]] | None = None) -> str:
     """Content hash of the examples in order, as their modality identifies them (image file bytes,
     the token ids of texts: ``Modality.examples_digest``)."""
-    from .modalities import modality_of
+    from ..modalities import modality_of
 
     h = hashlib.sha256()
     modality_of(modality).examples_digest(h, inputs, encodings)
@@ -117,7 +117,7 @@ class FeatureCache:
 
     @staticmethod
     def _damaged(path: Path, why: str) -> None:
-        from .errors import warn
+        from ..core.errors import warn
 
         warn(f"feature cache: {path} is damaged ({why}); computing the features again")
         return None
@@ -145,7 +145,7 @@ class FeatureCache:
         try:
             self.put(key, features, meta)
         except OSError as exc:  # a read-only or full cache disk costs speed next time, not this run
-            from .errors import warn
+            from ..core.errors import warn
 
             warn(f"feature cache: could not write {self.path(key)} ({exc}); continuing without storing it")
         return features, False
@@ -165,7 +165,7 @@ def compute_features(
     """
     from tqdm.auto import tqdm
 
-    from .engine.loop import _interactive
+    from ..engine.loop import _interactive
 
     backbone = model.backbone
     was_training = backbone.training
@@ -299,9 +299,9 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
 
     from torch.utils.data import DataLoader
 
-    from .data.pipeline import SequentialBatchSampler, augment_seed, build_loader
-    from .modalities import modality_of
-    from .runtime import resolve_precision
+    from ..data.pipeline import SequentialBatchSampler, augment_seed, build_loader
+    from ..modalities import modality_of
+    from ..core.runtime import resolve_precision
 
     started = time.perf_counter()
     recipe, accelerator, d, seed = run.recipe, run.accelerator, run.recipe.data, run.recipe.train.seed

@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, FinetuneError, did_you_mean
+from ...core.errors import DataError, FinetuneError, did_you_mean
 
 try:  # the one place the web stack is imported (the 'serve' extra)
     import python_multipart  # noqa: F401  (FastAPI's form parser)
@@ -380,7 +380,7 @@ PREDICT_OPENAPI = {
 
 
 def create_app(predictor, options: ServeOptions | None = None) -> FastAPI:
-    """The ASGI application for a loaded :class:`finetunekit.predict.Predictor`."""
+    """The ASGI application for a loaded :class:`finetunekit.use.predict.Predictor`."""
     service = Service(predictor, options or ServeOptions())
 
     @asynccontextmanager
@@ -432,7 +432,7 @@ def create_app(predictor, options: ServeOptions | None = None) -> FastAPI:
 
 
 def _version() -> str:
-    from ..version import __version__
+    from ...version import __version__
 
     return __version__
 
@@ -458,7 +458,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, option
     import torch
 
     from ..predict import load
-    from ..runtime import usable_cores
+    from ...core.runtime import usable_cores
 
     # Intra-op threads: every core by default; the one inference thread uses them all per batch.
     torch.set_num_threads(threads or usable_cores())

@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Examples
-from .data.images import image_size
-from .data.pipeline import ImageDataset, build_loader, image_transform, reader_threads, threaded_batches
-from .data.readers import FLAG_COLUMN_OPTIONS, select_listed
-from .errors import DataError
+from ..data import Examples
+from ..data.images import image_size
+from ..data.pipeline import ImageDataset, build_loader, image_transform, reader_threads, threaded_batches
+from ..data.readers import FLAG_COLUMN_OPTIONS, select_listed
+from ..core.errors import DataError
 from .loading import load_model
-from .modalities import modality_of, read_examples
-from .tasks import task_reader
+from ..modalities import modality_of, read_examples
+from ..tasks import task_reader
 
 
 class Predictor:
@@ -194,7 +194,7 @@ class Predictor:
 
     def records_and_files(self, inputs: list[Any] | Examples, folder: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """:meth:`records` and :meth:`write_predictions` from one forward pass."""
-        from .artifacts import atomic_write_bytes
+        from ..run.artifacts import atomic_write_bytes
 
         examples = self._examples(inputs)
         scores = self.predict_proba(examples)
@@ -258,7 +258,7 @@ def load(run_dir: str | Path, device: str | None = None, precision: str | None =
 
 def _modality(run_dir: str | Path) -> str:
     """The run's modality, from its finetunekit.json (without loading the model)."""
-    from .artifacts import MARKER, read_json
+    from ..run.artifacts import MARKER, read_json
 
     path = Path(run_dir)
     if not path.is_dir():

@@ -5,7 +5,7 @@ docs/strategies.md), then the task type's where it has its own.
 
 from __future__ import annotations
 
-from .modalities import modality_of
+from ..modalities import modality_of
 from .recipe import Recipe
 
 
@@ -13,7 +13,7 @@ def resolve(recipe: Recipe, modality: str) -> Recipe:
     """A copy of ``recipe`` with every ``None`` train field filled for ``modality`` (and strategy,
     and the task type where it has defaults of its own: ``Task.strategy_defaults`` and
     ``Task.train_defaults``, e.g. detection's). The task type must be resolved first
-    (finetunekit.plan.resolve does both); a recipe whose type is still unset gets the modality's."""
+    (finetunekit.run.plan.resolve does both); a recipe whose type is still unset gets the modality's."""
     task_strategy, task_train = _task_defaults(recipe)
     kind = modality_of(modality)
     strategy = recipe.strategy.name or task_strategy.get("name") or kind.default_strategy
@@ -32,7 +32,7 @@ def _task_defaults(recipe: Recipe) -> tuple[dict, dict]:
     for a type not resolved yet)."""
     if recipe.tasks or recipe.task.type is None:
         return {}, {}
-    from .tasks import TASKS  # local import: tasks import torch
+    from ..tasks import TASKS  # local import: tasks import torch
 
     cls = TASKS.get(recipe.task.type)
     return dict(cls.strategy_defaults), dict(cls.train_defaults)

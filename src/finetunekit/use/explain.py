@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import FinetuneError
+from ..core.errors import FinetuneError
 
 
 def _captum():
@@ -127,7 +127,7 @@ class Explanation:
 
 
 class Explainer:
-    """Explanations for a loaded :class:`finetunekit.predict.Predictor`, in full precision."""
+    """Explanations for a loaded :class:`finetunekit.use.predict.Predictor`, in full precision."""
 
     def __init__(self, predictor, ig_steps: int = 32) -> None:
         self.predictor = predictor
@@ -200,7 +200,7 @@ class Explainer:
         return (maps / peak).cpu()
 
     def _explain_images(self, images: Sequence[Any], batch: dict[str, torch.Tensor], targets: list[int], names: list[str]) -> list[Explanation]:
-        from .data.pipeline import _deterministic_prefix, image_transform
+        from ..data.pipeline import _deterministic_prefix, image_transform
 
         view, _ = _deterministic_prefix(image_transform(self.predictor.preprocessing, train=False))
         if self.predictor.task.transform(self.predictor.preprocessing, False, "none") is not None:
@@ -268,9 +268,9 @@ def error_explanations(run_dir: str | Path) -> dict[int, str]:
     report without explanations is better than none (the reason goes to a warning)."""
     import warnings
 
-    from .modalities import modality_of
-    from .report import load_run
-    from .report.run_data import worst_errors
+    from ..modalities import modality_of
+    from ..report import load_run
+    from ..report.run_data import worst_errors
 
     try:
         run = load_run(run_dir)
@@ -318,7 +318,7 @@ def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str |
     """Explain each input (image paths or texts) and write ``output/index.html`` (every input with
     its prediction and explanation), ``explanations.jsonl`` and, for images, one
     ``NNNN-<name>.gradcam.png`` overlay each. Returns the index page's path."""
-    from .artifacts import atomic_write_bytes, atomic_write_text
+    from ..run.artifacts import atomic_write_bytes, atomic_write_text
     from .predict import load
 
     predictor = load(run_dir)

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.readers import IMAGE_EXTENSIONS, is_table
-from .modalities import detect, modality_of
-from .errors import DataError
-from .recipe import Recipe
+from ..data.readers import IMAGE_EXTENSIONS, is_table
+from ..modalities import detect, modality_of
+from ..core.errors import DataError
+from ..run.recipe import Recipe
 
 # Epochs: enough for about TARGET_STEPS optimizer steps at the default batch size, within
 # [MIN_EPOCHS, MAX_EPOCHS]. A 5-epoch default gives 16 images 5 steps, far too few; the linear
@@ -71,7 +71,7 @@ def infer_task(labels: Sequence[Any]) -> tuple[str, str]:
     """(task type, why) from a label column: the recipe's inference (finetunekit.tasks.infer_type),
     and integers with more than MAX_INTEGER_CLASSES distinct values that are not class codes read
     as a quantity (a recipe leaves those to ``task.type``)."""
-    from .tasks import infer_type
+    from ..tasks import infer_type
 
     kind, why = infer_type(labels)
     if kind != "classification":
@@ -223,7 +223,7 @@ def _sibling_val(path: Path) -> Path | None:
 def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
     """(task type, why) for data in a task type's own format (``Task.find_layout``: segmentation's
     images/ + masks/, detection's COCO, VOC and box tables), else None."""
-    from .tasks import TASKS
+    from ..tasks import TASKS
 
     kinds = [task_type] if task_type is not None else TASKS.names()
     if task_type is not None and task_type not in TASKS:
@@ -238,8 +238,8 @@ def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
 
 
 def _dense_recipe(path: Path, kind: str, why: str, hints: dict) -> Inferred:
-    from .defaults import resolve
-    from .tasks import task_reader
+    from ..run.defaults import resolve
+    from ..tasks import task_reader
 
     data = {"train": str(path), **{k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")}}
     val = data.get("val") or (_sibling_val(path) if path.is_file() else None)
@@ -261,34 +261,34 @@ def _dense_recipe(path: Path, kind: str, why: str, hints: dict) -> Inferred:
 
 
 def _fit_task(kind: str, examples: Any, recipe: Recipe) -> Any:
-    from .tasks import TASKS, build_task
+    from ..tasks import TASKS, build_task
 
     return build_task(TASKS.get(kind).check_options({"type": kind}, "task"), examples, recipe)
 
 
 def _title(kind: str) -> str:
     """The task type's name in zero-config's reasons ("single-label classification")."""
-    from .tasks import TASKS
+    from ..tasks import TASKS
 
     return str(TASKS.get(kind).title)
 
 
 def _check_kind(kind: str) -> None:
-    from .tasks import TASKS
+    from ..tasks import TASKS
 
     if kind not in TASKS or TASKS.get(kind).title is None:
         raise DataError(f"task.type {kind}: {COVERED}; this data is a table or class folders, so write a recipe for {kind}")
 
 
 def _columns(path: Path) -> list[str]:
-    from .data.readers import _table
+    from ..data.readers import _table
 
     return _table(path)[1]
 
 
 def _image_column(path: Path, columns: list[str], label: str | list[str]) -> str | None:
     """The column whose first row names an image file, if any."""
-    from .data.readers import _table
+    from ..data.readers import _table
 
     first = _table(path)[0][0][1]
     return next((c for c in columns if c != label and Path(str(first.get(c, "")).strip()).suffix.lower() in IMAGE_EXTENSIONS), None)
@@ -296,7 +296,7 @@ def _image_column(path: Path, columns: list[str], label: str | list[str]) -> str
 
 def _image_root(path: Path, column: str) -> Path | None:
     """``images/`` beside the table when the first row's file is there and not beside the table."""
-    from .data.readers import _table
+    from ..data.readers import _table
 
     name = str(_table(path)[0][0][1].get(column, "")).strip()
     if (path.parent / name).is_file() or Path(name).is_absolute():
@@ -308,8 +308,8 @@ def _image_root(path: Path, column: str) -> Path | None:
 def _training_examples(recipe: Recipe, modality: str, kind: str | None) -> tuple[Any, str, str]:
     """(training examples, task type, why): the type decides how a validation split is held out
     (classes stratified, other tasks at random), as in the trainer."""
-    from .data import resolve_splits
-    from .tasks import TASKS
+    from ..data import resolve_splits
+    from ..tasks import TASKS
 
     chosen: dict[str, str] = {}
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import artifacts
-from .card import write_export_card
-from .errors import FinetuneError
+from ..run import artifacts
+from ..run.card import write_export_card
+from ..core.errors import FinetuneError
 
 FORMATS = ("hf", "timm", "onnx")
 LIBRARIES = {"hf": "transformers", "timm": "timm", "onnx": "onnx"}
@@ -58,7 +58,7 @@ def export(run_dir: str | Path, fmt: str, output: str | Path | None = None, over
     """Export ``run_dir`` as ``fmt`` (``hf``, ``timm`` or ``onnx``) and check it; see the module doc."""
     from contextlib import nullcontext
 
-    from .outputs import RunDirLock, check_output, check_writable, in_run_dir
+    from ..core.outputs import RunDirLock, check_output, check_writable, in_run_dir
 
     if fmt not in FORMATS:
         raise FinetuneError(f"export: unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -85,7 +85,7 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
         raise FinetuneError(f"export {fmt}: {run_dir} has one head per task (tasks:); export it with --format onnx")
     # Adapters kept unmerged: exports hold plain weights. The merged model differs from the
     # adapter one by float rounding only, far inside the parity tolerance.
-    from .strategies import merge_added
+    from ..strategies import merge_added
 
     merge_added(predictor.model)
     exporter = {"hf": _export_hf, "timm": _export_timm, "onnx": _export_onnx}[fmt]
@@ -124,8 +124,8 @@ class Sample:
 def sample_batches(predictor, limit: int = 8) -> list[Sample]:
     """Two batches of different sizes (and, for text, different lengths), made by the run's own
     preprocessing from its validation inputs when they are still there; synthetic inputs otherwise."""
-    from .data import Examples
-    from .data.pipeline import build_loader
+    from ..data import Examples
+    from ..data.pipeline import build_loader
 
     saved = [r["input"] for r in artifacts.read_jsonl(predictor.run_dir / artifacts.PREDICTIONS_FILE)]
     inputs = predictor.kind.export_samples(saved, predictor.schema, limit)  # the modality's choice (texts: built-in ones too)

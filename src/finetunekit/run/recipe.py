@@ -11,7 +11,7 @@ Example::
     recipe.to_dict()  # plain dict, ready for YAML
 
 Fields left as ``None`` (``train.lr``, ``train.epochs``, ...) are filled per modality by
-the resolve step (:func:`finetunekit.plan.resolve`), and the resolved recipe is saved in the run directory.
+the resolve step (:func:`finetunekit.run.plan.resolve`), and the resolved recipe is saved in the run directory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 
-from .errors import RecipeError, did_you_mean, shown
+from ..core.errors import RecipeError, did_you_mean, shown
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Scheduler = Literal["constant", "cosine", "linear"]
@@ -96,7 +96,7 @@ class DataSpec:
     # features computed once and cached on disk (cache_dir; default $FINETUNEKIT_CACHE_DIR or
     # ~/.cache/finetunekit/features). cache_views: 0 caches un-augmented images (one pass; no
     # augmentation in the frozen epochs); K > 0 caches K augmented views, epoch e using view e mod K
-    # (K >= frozen epochs gives exactly the uncached run). See finetunekit.features.
+    # (K >= frozen epochs gives exactly the uncached run). See finetunekit.run.features.
     feature_cache: bool = True
     cache_views: int = 0
     cache_dir: str | None = None
@@ -164,7 +164,7 @@ class TaskSpec:
     COMMON: ClassVar[tuple[str, ...]] = ("type", "name", "label_column", "weight")
 
     def __post_init__(self) -> None:
-        from .tasks import TASKS  # local import: tasks import torch
+        from ..tasks import TASKS  # local import: tasks import torch
 
         if self.type is not None and self.type not in TASKS:
             raise RecipeError(
@@ -200,7 +200,7 @@ class TaskSpec:
     @staticmethod
     def _owners() -> dict[str, list[str]]:
         """Each task option's name -> the task types that declare it."""
-        from .tasks import TASKS
+        from ..tasks import TASKS
 
         owners: dict[str, list[str]] = {}
         for kind in TASKS.names():
@@ -217,7 +217,7 @@ class TaskSpec:
         """``given`` read by task type ``kind``'s options dataclass; another type's option is an
         error naming the field, unless it is null (recipe.yaml files of older runs list every
         type's options, null)."""
-        from .tasks import TASKS
+        from ..tasks import TASKS
 
         options_cls = TASKS.get(kind).Options
         own = [f.name for f in dataclasses.fields(options_cls)]
@@ -236,7 +236,7 @@ class TaskSpec:
     @classmethod
     def _untyped(cls, given: dict[str, Any], prefix: str) -> dict[str, Any]:
         """Options given while the type is left to inference, each checked by a type declaring it."""
-        from .tasks import TASKS
+        from ..tasks import TASKS
 
         owners = cls._owners()
         kept = {}
@@ -269,12 +269,12 @@ class TaskSpec:
 @dataclass
 class _StrategyName:
     """The field the recipe itself reads: which strategy. ``name: null`` picks the modality's default
-    (finetunekit.defaults)."""
+    (finetunekit.run.defaults)."""
 
     name: str | None = None
 
     def __post_init__(self) -> None:
-        from .strategies import STRATEGIES, check_options
+        from ..strategies import STRATEGIES, check_options
 
         if self.name is not None and self.name not in STRATEGIES:
             raise RecipeError(
@@ -287,7 +287,7 @@ class _StrategyName:
     def strategy_class(self) -> Any:
         """The registered :class:`finetunekit.strategies.Strategy` subclass ``name`` picks (None
         while ``name`` is null): what it declares about itself (``sets_linear_head``, ...)."""
-        from .strategies import STRATEGIES
+        from ..strategies import STRATEGIES
 
         return STRATEGIES.get(self.name) if self.name is not None else None
 
@@ -300,7 +300,7 @@ class _StrategyName:
 
 
 def _strategy_spec() -> type:
-    from .strategies import option_fields
+    from ..strategies import option_fields
 
     return dataclasses.make_dataclass(
         "StrategySpec", option_fields(), bases=(_StrategyName,),
@@ -327,7 +327,7 @@ StrategySpec = _strategy_spec()
 
 @dataclass
 class TrainSpec:
-    """The optimisation loop. ``None`` means: the modality's default (see finetunekit.defaults)."""
+    """The optimisation loop. ``None`` means: the modality's default (see finetunekit.run.defaults)."""
 
     epochs: int | None = None
     batch_size: int | None = None
@@ -356,7 +356,7 @@ class TrainSpec:
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     # "auto": bf16 autocast where the hardware runs it fast (CUDA with bf16, CPUs with AMX or
-    # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.runtime.resolve_precision
+    # AVX512-BF16), fp16 on older GPUs, fp32 otherwise; see finetunekit.core.runtime.resolve_precision
     precision: Precision = "auto"
     early_stopping_patience: int | None = None  # epochs without improvement; None: off
     # chooses the best epoch: "loss" or one of the task's metrics (classification: accuracy,
@@ -380,7 +380,7 @@ class TrainSpec:
     # images: progressive resizing. Training epoch e of E crops its images to the input size times
     # s + (1 - s) * e / (E - 1), rounded to a multiple of 16, with s = progressive_resize: early
     # epochs see smaller images and cost less; the last epoch and every evaluation use the full
-    # size. 1.0 turns it off; null takes the modality's default (finetunekit.defaults).
+    # size. 1.0 turns it off; null takes the modality's default (finetunekit.run.defaults).
     progressive_resize: float | None = None
 
     def __post_init__(self) -> None:
@@ -426,7 +426,7 @@ class SearchSpec:
 
     ``space`` maps a recipe field to a distribution, one of ``log_uniform: [low, high]``,
     ``uniform: [low, high]``, ``int: [low, high]``, ``log_int: [low, high]`` or
-    ``choice: [a, b, ...]``; null: the modality's default space (finetunekit.tune). ``pruner`` stops
+    ``choice: [a, b, ...]``; null: the modality's default space (finetunekit.choose.tune). ``pruner`` stops
     trials whose per-epoch validation metric lags: ``median`` (below the median of earlier trials at
     the same epoch), ``asha`` (successive halving), ``hyperband``, or ``none``.
 
@@ -533,7 +533,7 @@ class Recipe:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
-        from .safe_yaml import read_yaml_file
+        from ..core.safe_yaml import read_yaml_file
 
         path = Path(path)
         raw = read_yaml_file(path)  # duplicate keys, alias bombs and oversized files refused
@@ -545,7 +545,7 @@ class Recipe:
     def with_overrides(self, overrides: list[str]) -> Recipe:
         """Apply ``section.field=value`` strings (values parsed as YAML scalars)."""
         raw = self.to_dict()
-        from .safe_yaml import parse_override_value
+        from ..core.safe_yaml import parse_override_value
 
         for item in overrides:
             key, sep, value = item.partition("=")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Backbone
+from ..backbones import Backbone
 
 
 class FineTuneModel(nn.Module):

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from .artifacts import load_weights, read_json, read_run_info, read_weights, verify_weights
-from .errors import FinetuneError
-from .backbones import rebuild_backbone
-from .model import FineTuneModel
-from .tasks import task_from_state
+from ..run.artifacts import load_weights, read_json, read_run_info, read_weights, verify_weights
+from ..core.errors import FinetuneError
+from ..backbones import rebuild_backbone
+from ..run.model import FineTuneModel
+from ..tasks import task_from_state
 
 
 def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -35,7 +35,7 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
     model = FineTuneModel(backbone, task.head_for(backbone, float(info["head"].get("dropout", 0.0))))
     if info.get("adapter"):  # adapters saved unmerged: re-insert the layers the weights belong to
-        from .strategies import restore_added
+        from ..strategies import restore_added
 
         restore_added(model, info["adapter"])
     state = read_weights(run_dir, verify=False)  # the shapes first: they say more than a checksum

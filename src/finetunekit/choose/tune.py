@@ -11,7 +11,7 @@ interrupted study resumes with the same command.
 Example::
 
     from finetunekit import Recipe
-    from finetunekit.tune import tune
+    from finetunekit.choose.tune import tune
     result = tune(Recipe.from_yaml("examples/hymenoptera.yaml"), "studies/ants", trials=20)
     result.best_score, result.best_dir
 
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
-from .engine.callbacks import Callback
-from .errors import DivergenceError, FinetuneError, RecipeError
-from .recipe import Recipe
+from ..run import artifacts
+from ..engine.callbacks import Callback
+from ..core.errors import DivergenceError, FinetuneError, RecipeError
+from ..run.recipe import Recipe
 
 STUDY_NAME = "finetunekit"
 STUDY_FILE = "study.json"  # marks a study directory; names the storage (never its password)
@@ -69,7 +69,7 @@ def _optuna() -> Any:
 
 def search_space(recipe: Recipe, modality: str) -> dict[str, dict[str, list[Any]]]:
     """``search.space`` of the recipe, or the modality's default space (``Modality.search_space``)."""
-    from .modalities import modality_of
+    from ..modalities import modality_of
 
     return dict(recipe.search.space) if recipe.search.space else dict(modality_of(modality).search_space)
 
@@ -110,7 +110,7 @@ def _check_space(recipe: Recipe, space: dict[str, dict[str, list[Any]]]) -> None
 
 
 def _default_point(resolved_recipe: Recipe, space: dict[str, dict[str, list[Any]]]) -> dict[str, Any] | None:
-    """The resolved recipe's own values (finetunekit.plan), when they lie in the space: trial 0
+    """The resolved recipe's own values (finetunekit.run.plan), when they lie in the space: trial 0
     runs them, so the search never ends below the defaults it started from."""
     resolved = resolved_recipe.to_dict()
     point: dict[str, Any] = {}
@@ -175,7 +175,7 @@ class _TrainObjective:
         run_dir = self.study_dir / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir.relative_to(self.study_dir)))
         recipe = apply_params(self.recipe, params)
-        from .trainer import train
+        from ..run.trainer import train
 
         started = time.perf_counter()
         log = io.StringIO()
@@ -502,10 +502,10 @@ def tune(
 
 
 def _plan(recipe: Recipe) -> Any:
-    """The recipe resolved on its data (finetunekit.plan) without pretrained weights: the backbone
+    """The recipe resolved on its data (finetunekit.run.plan) without pretrained weights: the backbone
     is only asked its modality, and each trial loads its own."""
-    from .backbones import create_backbone
-    from .plan import resolve
+    from ..backbones import create_backbone
+    from ..run.plan import resolve
 
     spec = recipe.model
     return resolve(recipe, create_backbone(spec.backbone, False, spec.pooling, spec.image_size).modality)
@@ -535,7 +535,7 @@ def _fmt(value: Any) -> str:
 
 def study_rows(study: Any) -> list[Any]:
     """The study's trials as plain rows for the page."""
-    from .report.study import TrialRow
+    from ..report.study import TrialRow
 
     counts_as = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
     retried = {t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False) if "failed_trial" in t.system_attrs}
@@ -552,7 +552,7 @@ def study_rows(study: Any) -> list[Any]:
 
 def write_study_page(study: Any, study_dir: Path, recipe: Recipe) -> Path:
     """STUDY_DIR/study.html from the study as it stands."""
-    from .report.study import write_study_report
+    from ..report.study import write_study_report
 
     optuna = _optuna()
     try:
@@ -587,7 +587,7 @@ def _finish(study: Any, study_dir: Path, recipe: Recipe, seconds: float, ran: in
         counts, seconds, recipe.train.metric, ran,
     )
     if best_dir is not None and not (best_dir / "report.html").is_file():
-        from .report import write_report
+        from ..report import write_report
 
         with _locked(study_dir / ".best.lock"):  # trials skip their report; the kept run gets one
             write_report(best_dir)
