@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from finetunekit.errors import RecipeError
 
 from finetunekit import evaluate, train
+from finetunekit.core.errors import RecipeError
 from finetunekit.modalities import MODALITIES, modality_of
 from finetunekit.run.plan import check_combination
 from finetunekit.run.recipe import Recipe
@@ -149,8 +149,8 @@ def _finite_metrics(metrics: dict, names) -> None:
 def test_valid_combination_trains_resumes_evaluates_predicts_exports_and_reports(
     modality, kind, strategy, tiny_bert, tmp_path, monkeypatch
 ):
-    from finetunekit.export import export
-    from finetunekit.predict import load
+    from finetunekit.use.export import export
+    from finetunekit.use.predict import load
 
     from finetunekit.report import write_report
 

@@ -32,14 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.errors import RecipeError, did_you_mean, warn
 from ..data import Examples, resolve_splits
 from ..data.readers import sample_per_class
-from .defaults import resolve as fill_defaults
-from ..core.errors import RecipeError, did_you_mean, warn
 from ..modalities import MODALITIES, modality_of
-from .recipe import Recipe
-from ..tasks import TASKS, Task, fit_task, infer_type, label_columns, resolve_types, task_reader
 from ..strategies import STRATEGIES
+from ..tasks import TASKS, Task, fit_task, infer_type, label_columns, resolve_types, task_reader
+from .defaults import resolve as fill_defaults
+from .recipe import Recipe
 
 
 @dataclass
