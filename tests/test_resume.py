@@ -216,7 +216,7 @@ def test_lines_logged_after_the_checkpoint_are_not_duplicated(image_reference, i
 
 
 def test_killed_while_saving_the_final_model_resumes_into_the_final_steps(image_reference, tmp_path, monkeypatch, capsys):
-    from finetunekit import artifacts
+    from finetunekit.run import artifacts
 
     recipe, expected = image_reference
     run = tmp_path / "run"
@@ -238,7 +238,7 @@ def test_killed_while_saving_the_final_model_resumes_into_the_final_steps(image_
 def test_resume_after_early_stopping_trains_no_further(image_data, tmp_path, monkeypatch):
     """Killed after early stopping ended the run (while saving the model): the resumed run must not
     train the epochs early stopping skipped."""
-    from finetunekit import artifacts, trainer
+    from finetunekit.run import artifacts, trainer
 
     recipe = tiny_image_recipe(image_data, train={"epochs": 5, "early_stopping_patience": 1, "metric": "loss"})
     real = ClassificationTask.metrics
@@ -453,7 +453,7 @@ def test_a_full_disk_while_writing_the_finished_run_is_one_error_and_resume_fini
 ):
     import errno
 
-    from finetunekit import artifacts
+    from finetunekit.run import artifacts
     from finetunekit.cli import main
 
     recipe, expected = image_reference

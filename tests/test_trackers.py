@@ -68,7 +68,7 @@ def test_no_tracker_writes_no_tracker_files(image_run):
 def test_missing_tracker_package_is_named_before_training(image_data, tmp_path, monkeypatch):
     import importlib.util
 
-    from finetunekit import trackers
+    from finetunekit.run import trackers
 
     real = importlib.util.find_spec
     monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))

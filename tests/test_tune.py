@@ -24,7 +24,7 @@ from finetunekit.run.recipe import SearchSpec
 
 optuna = pytest.importorskip("optuna", reason="optuna not installed (pip install -e '.[test]')")
 
-from finetunekit import tune as tune_mod  # noqa: E402
+from finetunekit.choose import tune as tune_mod  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
 

@@ -83,6 +83,11 @@ class Task:
     title: ClassVar[str | None] = None
     # what an exported model's outputs mean, for the export's README (None: a generic note)
     export_note: ClassVar[str | None] = None
+    # :meth:`export_outputs` is an affine map of the head's outputs that :meth:`export_head` folds
+    # into the head's linear layer, which is all the library formats (hf, timm) keep; a task whose
+    # exported outputs need more (the exp of a Poisson rate) sets False and exports to ONNX only,
+    # which traces export_outputs itself
+    head_folds_outputs: ClassVar[bool] = True
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod

@@ -81,6 +81,9 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
     predictor = Predictor(run_dir, device="cpu")
     if fmt != "onnx" and predictor.task.dense:
         raise FinetuneError(f"export {fmt}: {run_dir} is a {predictor.task.type} run, whose head has no {fmt} form; export it with --format onnx")
+    if fmt != "onnx" and not predictor.task.head_folds_outputs:
+        raise FinetuneError(f"export {fmt}: {run_dir} is a {predictor.task.type} run, whose outputs are no linear layer's; "
+                            "export it with --format onnx")
     if fmt != "onnx" and not hasattr(predictor.model.head, "fc"):
         raise FinetuneError(f"export {fmt}: {run_dir} has one head per task (tasks:); export it with --format onnx")
     # Adapters kept unmerged: exports hold plain weights. The merged model differs from the
