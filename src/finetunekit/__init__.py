@@ -27,14 +27,15 @@ if TYPE_CHECKING:
 
 def evaluate(
     run_dir: str,
-    data: str,
+    data: Any,
     text_column: str | None = None,
     label_column: str | list[str] | None = None,
     text_columns: list[str] | None = None,
     image_column: str | None = None,
     image_root: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a run directory's model on a labelled data set (see ``Predictor.evaluate``;
+    """Metrics of a run directory's model on a labelled data set: a path, or a pandas DataFrame, a
+    pyarrow Table, a ``datasets.Dataset`` or ``DatasetDict`` (see ``Predictor.evaluate``;
     ``label_column`` None: the run's own label column(s))."""
     from .use.predict import load
 

@@ -80,7 +80,8 @@ class Examples:
 
 
 def is_table(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in TABLE_EXTENSIONS
+    """A table file, or an in-memory table (``finetunekit.data.memory.MemoryTable``)."""
+    return hasattr(path, "table_rows") or (path.is_file() and path.suffix.lower() in TABLE_EXTENSIONS)
 
 
 def _read_image_folder(root: Path) -> Examples:
@@ -237,8 +238,10 @@ def _read_image_table(
     """A table with one image file per row; relative paths are relative to ``image_root``
     (data.image_root), by default the table's folder; the file column is the first of ``guesses``
     (the modality's) the table has unless named."""
-    base = Path(image_root) if image_root is not None else path.parent
-    relative_to = f"data.image_root {base}" if image_root is not None else "the table's folder"
+    in_memory = hasattr(path, "table_rows")  # a DataFrame's relative paths: relative to the working directory
+    base = Path(image_root) if image_root is not None else Path.cwd() if in_memory else path.parent
+    relative_to = (f"data.image_root {base}" if image_root is not None else
+                   f"the working directory {base}" if in_memory else "the table's folder")
     if image_root is not None and not base.is_dir():
         raise DataError(f"data.image_root: {base} is not a folder")
     rows, columns = _table(path)
@@ -274,7 +277,9 @@ def _read_image_table(
 
 
 def _table(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
-    """(rows as (location, row dict), column names) of a non-empty table."""
+    """(rows as (location, row dict), column names) of a non-empty table (or of an in-memory one)."""
+    if hasattr(path, "table_rows"):
+        return path.table_rows()
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     rows = list(_iter_rows(path))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..data.memory import held, hf_table, is_hf, is_memory, is_token, memory_table
 from ..data.readers import RECIPE_COLUMN_OPTIONS, Examples
 from ..core.errors import DataError
 from ..core.registry import Registry
@@ -51,7 +52,7 @@ def detect(path: Path) -> str:
 
 
 def read_examples(
-    path: str | Path,
+    path: Any,
     modality: str | Modality,
     text_column: str | None = None,
     label_column: str | list[str] = "label",
@@ -65,12 +66,18 @@ def read_examples(
     files (relative to ``image_root``, default the table's folder), or a table of texts
     (``text_columns``: two columns read as sentence pairs). ``label_column``: one column, or a list
     (a tuple of cells per row). ``options`` name the settings of the text and label columns in
-    error messages."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data path not found: {path}")
-    return modality_of(modality).find_examples(
-        path, detect(path), text_column=text_column, label_column=label_column, require_labels=require_labels,
+    error messages. ``path`` may also be a DataFrame, a pyarrow Table, a ``datasets.Dataset``, or
+    the token of one held by ``finetunekit.data.memory.holding`` (read as a table: see that module)."""
+    kind = modality_of(modality)
+    found: Any = None
+    if is_memory(path) or is_token(path) or is_hf(path):  # a DataFrame, Arrow table or datasets.Dataset, read as a table
+        path, found = held(path) if is_token(path) else hf_table(path) if is_hf(path) else memory_table(path), kind.name
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"data path not found: {path}")
+    return kind.find_examples(
+        path, found or detect(path), text_column=text_column, label_column=label_column, require_labels=require_labels,
         text_columns=text_columns, image_column=image_column, options=options, image_root=image_root,
     )
 

@@ -7,6 +7,8 @@ executes code on load.
       finetunekit.json     format version, the task (type and what rebuilds it: classes, target
                            statistics, thresholds), modality, backbone and head description
       recipe.yaml          the resolved recipe (every default filled in)
+      data_sources.json    runs trained from in-memory tables: each one's content token
+                           (memory:<kind>:<sha256>, as recipe.yaml names it), rows and columns
       labels.json          classification: class names, index order
       preprocessing.json   image sizes and normalisation, or text pooling and max length
       backbone/            tokenizer and config files (text backbones)

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..core.errors import RecipeError, did_you_mean, warn
 from ..data import Examples, resolve_splits
+from ..data.memory import pin_hf_sources
 from ..data.readers import sample_per_class
 from ..modalities import MODALITIES, modality_of
 from ..strategies import STRATEGIES
@@ -74,6 +75,10 @@ def resolve(recipe: Recipe, modality: str, say: Callable[[str], None] | None = N
     d, seed = recipe.data, recipe.train.seed
     if not d.train:
         raise RecipeError("data.train: no training data given (a folder of images or a .csv/.tsv/.jsonl file)")
+    pinned = pin_hf_sources(d.train, d.val)  # hf: datasets: their split and content, as recipe.yaml records them
+    if pinned != {"train": d.train, "val": d.val}:
+        recipe = recipe.replace(data=pinned)
+        d = recipe.data
     written = "multitask" if recipe.tasks else recipe.task.type
     # refusals that need no data come first: the minutes spent reading are not wasted on them
     _check(fill_defaults(recipe, modality), modality, written)

@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +38,7 @@ from .checkpoint import (
     truncate_logs,
 )
 from ..data import Examples
+from ..data.memory import holding, memory_splits
 from ..data.pipeline import build_loader, progressive_sizes
 from ..engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
 from ..engine.ema import ModelEMA
@@ -114,9 +117,14 @@ def _log(accelerator, quiet: bool, message: str) -> None:
 
 def train(
     recipe: Recipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False,
-    callbacks: Sequence[Callback] = (), checkpoints: bool = True, report: bool = True,
+    callbacks: Sequence[Callback] = (), checkpoints: bool = True, report: bool = True, *, train: Any = None, val: Any = None,
 ) -> RunResult:
     """Fine-tune according to ``recipe``; write the run directory; return its final metrics.
+
+    ``train`` / ``val``: the data instead of the recipe's ``data.train`` / ``data.val``: a path, a
+    pandas DataFrame, a pyarrow Table or a ``datasets.Dataset`` (a ``DatasetDict`` as ``train``:
+    its train and validation splits), read as a table file is (``finetunekit.data.memory``); the
+    run's recipe.yaml names in-memory data by content (``memory:pandas:<sha256>``).
 
     ``resume=True`` continues the run in ``output`` from its newest intact checkpoint (the same
     recipe and data are required); with no checkpoint there yet, the run starts from the beginning.
@@ -126,14 +134,31 @@ def train(
     is run again instead) and ``report=False`` no report.html (``finetunekit report`` writes it
     later): both are per-epoch and per-run costs a search pays many times.
     """
-    import os
-
-    from ..core.outputs import RunDirLock, WriteError, check_writable
+    from ..core.outputs import check_writable
 
     run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if run_dir.exists() and not run_dir.is_dir():
         raise FinetuneError(f"output {run_dir} exists and is not a directory")
     check_writable(run_dir)  # a read-only or impossible place is refused before anything loads
+    tables = memory_splits(train, val)
+    paths = {k: str(v) for k, v in (("train", train), ("val", val)) if isinstance(v, (str, Path))}
+    given = {k: t.token for k, t in zip(("train", "val"), tables, strict=True) if t is not None}
+    if given or paths:
+        recipe = recipe.replace(data={**paths, **given})
+    with holding(*tables):  # the readers find the in-memory tables by their tokens
+        result = _train_locked(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
+    if given and int(os.environ.get("RANK", "0")) == 0:  # what the tokens in recipe.yaml stand for
+        described = {k: t.describe() for k, t in zip(("train", "val"), tables, strict=True) if t is not None}
+        artifacts.atomic_write_text(run_dir / "data_sources.json", json.dumps(described, indent=2) + "\n")
+    return result
+
+
+def _train_locked(
+    recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool, callbacks: Sequence[Callback], checkpoints: bool,
+    report: bool,
+) -> RunResult:
+    from ..core.outputs import RunDirLock, WriteError
+
     try:
         if int(os.environ.get("RANK", "0")) != 0:  # multi-process: the main process holds the lock
             return _train(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
@@ -266,8 +291,6 @@ def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
 
 def _plan(recipe: Recipe, quiet: bool = False) -> tuple[Any, Plan]:
     """The backbone (its modality decides how the data is read) and the run's :class:`Plan`."""
-    import os
-
     spec = recipe.model
     backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
     modality_of(backbone.modality).check_backbone(backbone)

@@ -24,6 +24,7 @@ import torch
 
 from ..data import Examples
 from ..data.images import image_size
+from ..data.memory import evaluation_split, is_memory
 from ..data.pipeline import ImageDataset, build_loader, image_transform, reader_threads, threaded_batches
 from ..data.readers import FLAG_COLUMN_OPTIONS, select_listed
 from ..core.errors import DataError
@@ -62,16 +63,23 @@ class Predictor:
         """Class (or label) names in score-column order; empty for regression."""
         return list(getattr(self.task, "classes", ()))
 
-    def _examples(self, inputs: list[Any] | Examples) -> Examples:
+    def _examples(self, inputs: Any) -> Examples:
         if isinstance(inputs, Examples):
             return inputs
+        if is_memory(inputs):  # a DataFrame, Arrow table or datasets.Dataset: its input column(s), as the run read them
+            data = self._recipe_data()
+            return read_examples(
+                evaluation_split(inputs), self.kind, data.get("text_column"), self.label_column, require_labels=False,
+                text_columns=self.text_columns, image_column=data.get("image_column"), options=FLAG_COLUMN_OPTIONS,
+            )
         return Examples(self.kind.check_inputs(list(inputs), self.schema), None, "inputs", self.modality)
 
     @torch.inference_mode()
     def predict_proba(self, inputs: list[Any] | Examples, batch_size: int | None = None) -> np.ndarray:
         """The task's scores, one row per input: class probabilities (columns in ``self.classes``
         order) for classification and multi-label, predicted values in target units for regression.
-        ``inputs``: image paths, texts, or for a pair model ``(first, second)`` pairs. Texts are
+        ``inputs``: image paths, texts, or for a pair model ``(first, second)`` pairs; or a DataFrame,
+        pyarrow Table or ``datasets.Dataset`` whose input column(s) the run read. Texts are
         batched by length (less padding), images read in threads ahead of the model; the rows come
         back in input order. ``batch_size``: inputs per forward pass (default ``self.batch_size``)."""
         examples = self._examples(inputs)
@@ -207,7 +215,7 @@ class Predictor:
 
     def evaluate(
         self,
-        data: str | Path,
+        data: Any,
         text_column: str | None = None,
         label_column: str | list[str] | None = None,
         text_columns: list[str] | None = None,
@@ -215,13 +223,19 @@ class Predictor:
         image_root: str | None = None,
         image_list: str | None = None,
     ) -> dict[str, Any]:
-        """Metrics on a labelled set (an image folder or table, or a text table), with this run's
+        """Metrics on a labelled set (an image folder or table, or a text table; or a DataFrame, a
+        pyarrow Table, a ``datasets.Dataset`` or a ``DatasetDict``'s test split), with this run's
         preprocessing; a pair model reads its pairs from the run's ``text_columns`` unless given,
         and the labels from the run's own label column(s) unless given. ``image_list``: a text
         file naming the images to keep (one file name a line, as data.val_list)."""
         if label_column is None:
             label_column = self.label_column
         columns = text_columns or self.text_columns
+        if is_memory(data):  # a DataFrame, Arrow table or datasets.Dataset (a DatasetDict: its test split)
+            data = evaluation_split(data)
+            recorded = self._recipe_data()
+            text_column = text_column or recorded.get("text_column")
+            image_column = image_column or recorded.get("image_column")
         # a task's own formats (segmentation's image/mask lists; detection's COCO, VOC, box tables,
         # a single-class table's class being the run's one class)
         single = self.classes if len(self.classes) == 1 else None
@@ -242,13 +256,16 @@ class Predictor:
     @property
     def label_column(self) -> str | list[str]:
         """The run's label column(s) (its recipe's data.label_column; every task's for several)."""
+        return self.task.label_columns(self._recipe_data().get("label_column") or "label")
+
+    def _recipe_data(self) -> dict[str, Any]:
+        """The data section of the run's recipe.yaml ({} without one)."""
         import yaml
 
-        column: str | list[str] = "label"
         recipe = self.run_dir / "recipe.yaml"
-        if recipe.is_file():
-            column = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data", {}).get("label_column") or column
-        return self.task.label_columns(column)
+        if not recipe.is_file():
+            return {}
+        return (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
 
 
 def load(run_dir: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:
