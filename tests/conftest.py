@@ -157,3 +157,49 @@ def text_run(text_data, tiny_bert, tmp_path_factory) -> Path:
     from finetunekit import train
 
     return train(tiny_text_recipe(text_data, tiny_bert, train={"epochs": 2}), output=tmp_path_factory.mktemp("text_run") / "run", quiet=True).run_dir
+
+
+def write_tone_clips(folder: Path, count: int, seed: int, rate: int = 16_000) -> Path:
+    """folder/<low|high|noise>/clip_<i>.wav: 0.3 to 0.5 s of a 300 Hz tone, a 2 kHz tone, or white
+    noise, at random levels, so three classes a tiny encoder can tell apart."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    for name in ("high", "low", "noise"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            t = np.arange(int(rate * rng.uniform(0.3, 0.5))) / rate
+            level = rng.uniform(0.1, 0.5)
+            if name == "noise":
+                wave = rng.normal(0, level / 2, len(t))
+            else:
+                wave = level * np.sin(2 * np.pi * (300 if name == "low" else 2000) * t + rng.uniform(0, 6))
+            sf.write(folder / name / f"clip_{i}.wav", wave.astype(np.float32), rate)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def audio_data(tmp_path_factory) -> Path:
+    """root/train/<3 classes>/8 WAV clips, root/val/<3 classes>/4 clips (16 kHz, under 0.5 s)."""
+    root = tmp_path_factory.mktemp("audio")
+    write_tone_clips(root / "train", 8, 0)
+    write_tone_clips(root / "val", 4, 1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide Whisper saved with its feature extractor (80 mel bins, 1-second window):
+    ``model.backbone: whisper:<this folder>``."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        vocab_size=96, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=50, max_target_positions=16,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, decoder_start_token_id=2, suppress_tokens=None, begin_suppress_tokens=None,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_whisper")
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder

@@ -227,6 +227,12 @@ def _sources() -> str:
     return ", ".join(SOURCES.names())
 
 
+def _bundled() -> list[str]:
+    from finetunekit.backbones import BUNDLED
+
+    return BUNDLED.names()
+
+
 @case
 def unknown_backbone_source(root, env):
     images(root, "a", "b")
@@ -246,7 +252,7 @@ def unknown_bundled_backbone(root, env):
     images(root, "a", "b")
     return (["train", str(image_recipe(root)), "--set", "model.backbone=bundled:efficientnet_lite3"],
             "unknown bundled backbone 'efficientnet_lite3' (did you mean 'efficientnet_lite2'?); choose one of: "
-            "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, minilm_l6")
+            + ", ".join(_bundled()))
 
 
 @case

@@ -28,9 +28,10 @@ PACKAGE = [n for n in MODALITIES.names() if MODALITIES.get(n).__module__.startsw
 
 
 @pytest.fixture
-def samples(image_data, text_data, tiny_bert):
+def samples(image_data, text_data, tiny_bert, audio_data, tiny_whisper):
     """Per modality: (a labelled data set, a tiny backbone of that modality)."""
     return {
+        "audio": (audio_data / "train", lambda: create_backbone(f"whisper:{tiny_whisper}")),
         "image": (image_data / "train", lambda: create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)),
         "text": (text_data[0], lambda: create_backbone(f"hf:{tiny_bert}")),
     }

@@ -186,4 +186,4 @@ def test_the_source_never_unpickles_or_evaluates():
                 assert weights_only and ast.unparse(weights_only[0].value) == "True", where
                 torch_loads.append(where)
     # One place loads torch files (the bundled package's weights go through it).
-    assert {where.split(":")[0] for where in torch_loads} == {"artifacts.py"}
+    assert {where.split(":")[0] for where in torch_loads} == {"run/artifacts.py"}

@@ -106,6 +106,13 @@ def _bundled(name: str, pretrained: bool, pooling: str, image_size: int | None) 
     return BUNDLED.get(name)(pretrained, pooling, image_size)
 
 
+@SOURCES.register("whisper")
+def _whisper_dir(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    """``whisper:<folder>``: the encoder of a Whisper saved by transformers (``save_pretrained`` of a
+    ``WhisperForConditionalGeneration`` with its feature extractor), e.g. one converted here."""
+    return WhisperEncoderBackbone.from_converted(Path(name), pretrained=pretrained)
+
+
 @SOURCES.register("run")
 def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
     """The fine-tuned backbone of a finetunekit run (its head is left behind). Built here from the

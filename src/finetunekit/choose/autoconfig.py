@@ -119,7 +119,7 @@ def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
             data["val"] = str(val)
     else:
         layout = "train/ and val/ sub-folders" if (path / "train").is_dir() else "class sub-folders"
-        reasons.append(f"modality: image (a folder with {layout})")
+        reasons.append(f"modality: {modality} (a folder with {layout})")
     backbone = modality_of(modality).zero_config_backbone
     recipe = Recipe.from_dict({"model": {"backbone": backbone}, "data": data})
     examples, kind, why = _training_examples(recipe, modality, hints.get("task.type"))
@@ -162,6 +162,9 @@ def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_trai
             f"the image default, measured for classification; for {kind} not measured by size (on UTKFace age, full "
             "fine-tuning reached a test MAE of 7.35 (three seeds) against the probe's 10.0: examples/utkface.yaml)"
         ), why_epochs
+    own = modality_of(modality)
+    if own.zero_config_reason:  # a modality that states its own measured rule (audio)
+        return {"name": own.default_strategy}, None, own.zero_config_reason, f"the {modality} default, {own.train_defaults['epochs']}"
     if kind == "classification":
         if smallest <= FEW_SHOT_UP_TO and not pairs:
             return {"name": "setfit", "setfit_iterations": 0}, None, (

@@ -74,6 +74,8 @@ class Modality:
     onnx_axes: ClassVar[dict[str, dict[int, str]]] = {}
     # the backbone `finetunekit init` (zero-config) picks
     zero_config_backbone: ClassVar[str]
+    # set: zero-config trains default_strategy for every data size, for this reason (else autoconfig's rules)
+    zero_config_reason: ClassVar[str] = ""
     # the report: at most this many errors shown, as a picture gallery or a text table
     report_errors: ClassVar[int] = 50
     explained_errors: ClassVar[int] = 50

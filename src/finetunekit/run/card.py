@@ -160,6 +160,12 @@ def how_to_load(run_dir: Path, modality: str, pairs: bool = False) -> list[str]:
     kind = modality_of(modality)
     example = '[("the first text", "the second text")]' if pairs else kind.card_example
     native = kind.export_formats[0]  # the modality's own library format
+    if native == "onnx":  # no library format of its own (audio)
+        without = f"`finetunekit export {run_dir} --format onnx` writes an ONNX model with its loading code in its README.md."
+    else:
+        without = (f"`finetunekit export {run_dir} --format {native}` writes a {'timm' if native == 'timm' else 'transformers'} "
+                   "directory, `--format onnx` an ONNX model, each with its loading code in its README.md "
+                   "(docs/report-and-export.md has all three).")
     return [
         "## How to load",
         "With finetunekit (the run directory is all it needs):",
@@ -168,9 +174,7 @@ def how_to_load(run_dir: Path, modality: str, pairs: bool = False) -> list[str]:
         f'model = finetunekit.load("{run_dir}")',
         f"model.predict({example})",
         "```",
-        f"or `finetunekit predict {run_dir} {'--pair FIRST SECOND' if pairs else 'INPUTS...'}`. Without finetunekit: `finetunekit export {run_dir} --format {native}` "
-        f"writes a {'timm' if native == 'timm' else 'transformers'} directory, `--format onnx` an ONNX model, each with "
-        "its loading code in its README.md (docs/report-and-export.md has all three).",
+        f"or `finetunekit predict {run_dir} {'--pair FIRST SECOND' if pairs else 'INPUTS...'}`. Without finetunekit: {without}",
     ]
 
 

@@ -366,7 +366,7 @@ class ClassificationTask(Task):
         return {"label": answer["label"], "score": answer["score"], **{f"score_{c}": p for c, p in answer["scores"].items()}}
 
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
-        kind = "images" if modality == "image" else "texts"
+        kind = {"image": "images", "audio": "audio clips"}.get(modality, "texts")
         classes = list(metrics.get("per_class", {})) or list(self.classes)
         counts = self.counts or Counter(train.labels or [])
         values = [

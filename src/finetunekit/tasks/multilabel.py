@@ -289,7 +289,7 @@ class MultiLabelTask(Task):
                  "line": self.separator.join(p) or "(none)"} for p, row in zip(self.decode(scores), scores, strict=True)]
 
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
-        kind = "images" if modality == "image" else "texts"
+        kind = {"image": "images", "audio": "audio clips"}.get(modality, "texts")
         values = [
             {"type": "f1", "value": round(float(metrics["micro_f1"]), 4), "name": "Micro F1", "args": {"average": "micro"}},
             {"type": "f1", "value": round(float(metrics["macro_f1"]), 4), "name": "Macro F1", "args": {"average": "macro"}},

@@ -246,7 +246,7 @@ class RegressionTask(Task):
         return records
 
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
-        kind = "images" if modality == "image" else "texts"
+        kind = {"image": "images", "audio": "audio clips"}.get(modality, "texts")
         names = ", ".join(f"`{n}`" for n in self.names)
         values = [
             {"type": "rmse", "value": round(float(metrics["rmse"]), 4), "name": "RMSE"},

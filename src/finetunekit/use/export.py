@@ -341,8 +341,11 @@ def _export_onnx(predictor, tmp: Path, batches) -> dict[str, Any]:
                           output_names=["logits"], dynamic_axes=dynamic, opset_version=17, do_constant_folding=True)
     onnx.checker.check_model(str(path))
     _copy_run_metadata(predictor, tmp)
-    if predictor.model.backbone.saves_assets:  # a tokenizer: the ONNX model's inputs are its token ids
+    backbone = predictor.model.backbone
+    if getattr(backbone, "tokenizer", None) is not None:  # a tokenizer: the ONNX model's inputs are its token ids
         _save_tokenizer(predictor, tmp / "tokenizer")
+    elif backbone.saves_assets:  # what makes the inputs otherwise (audio: the feature extractor's settings)
+        backbone.save_assets(tmp / "preprocessor")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = [session.run(["logits"], {n: s.batch[n].numpy() for n in names})[0] for s in batches]
     return {**_compare(_reference(predictor, batches), got, batches, predictor.task), "inputs": names, "opset": 17}

@@ -250,7 +250,8 @@ class Service:
                 if not isinstance(item, UploadFile):
                     raise RequestError(422, f"files[{i}]: expected an uploaded file, got a text field")
                 uploads.append((f"files[{i}] ({_one_line(item.filename or 'unnamed', 80)})", await item.read()))
-            fields["images"] = uploads
+            # uploaded files are images, unless the model's modality has its own field (audio)
+            fields["images" if self.input_field in JSON_FIELDS else self.input_field] = uploads
         if form.getlist("texts"):
             fields["texts"] = [t if isinstance(t, str) else None for t in form.getlist("texts")]
         for name in ("explain", "task"):

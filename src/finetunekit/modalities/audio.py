@@ -1,0 +1,422 @@
+"""Audio: class folders or tables of audio files (WAV, FLAC, OGG, MP3), read with
+``finetunekit.data.audio``, cut or padded to one clip length, turned into log-mel features by the
+backbone's own feature extractor (Whisper's), augmented with time shifts, gain and SpecAugment masks.
+
+The clip length is taken from the training data: the longest training clip, rounded up to a tenth
+of a second (1.0 s for Speech Commands), at most the backbone's window. It is written into the
+run's ``preprocessing.json`` (``clip_seconds``), and predict crops (the centre) or pads every input
+to it, as training did.
+
+Example::
+
+    from finetunekit.modalities import read_examples
+    examples = read_examples("speech_commands/train", "audio")
+    examples.labels[:2]     # ['_silence_', '_silence_']
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import DataError
+from ..data.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError
+from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, Examples, is_table
+from . import MODALITIES
+from .base import InputSchema, Modality, is_file, shown, singles
+
+AUDIO_COLUMN_GUESSES = ("audio", "file", "path", "filename", "clip")
+# Augmentation presets (data.augment): "light" moves the word in time and changes its level;
+# "strong" adds SpecAugment's frequency and time masks (Park et al., 2019) on the log-mel features.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {"shift": 0.1, "gain_db": 6.0},
+    "strong": {"shift": 0.1, "gain_db": 6.0, "freq_masks": 2, "freq_width": 10, "time_masks": 2, "time_width": 10},
+}
+
+
+def _audio_folder(root: Path) -> Examples:
+    """``root/<class>/<audio files>`` (searched recursively in each class folder)."""
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected {root}/<class name>/<audio files>)")
+    inputs: list[str] = []
+    labels: list[str] = []
+    for folder in classes:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+        others = [p for p in files if p.suffix.lower() not in AUDIO_EXTENSIONS]
+        if others:
+            listed = ", ".join(str(p) for p in others[:3]) + (" ..." if len(others) > 3 else "")
+            raise DataError(f"{folder}: {len(others)} non-audio file(s) among the clips: {listed}")
+        if not files:
+            raise DataError(f"{folder}: class folder {folder.name!r} has no audio files")
+        inputs.extend(str(p) for p in files)
+        labels.extend([folder.name] * len(files))
+    return Examples(inputs, labels, str(root), "audio")
+
+
+def _first_media_file(root: Path, limit: int = 2000) -> Path | None:
+    """The first audio or image file under ``root`` (a sorted walk, hidden entries skipped; a
+    README or LICENSE beside the class folders is passed over), looking at ``limit`` files at most."""
+    media = set(AUDIO_EXTENSIONS) | set(IMAGE_EXTENSIONS)
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            seen += 1
+            if not name.startswith(".") and Path(name).suffix.lower() in media:
+                return Path(dirpath) / name
+            if seen >= limit:
+                return None
+    return None
+
+
+def clip_seconds_of(paths: Sequence[str], window: float) -> float:
+    """The clip length of a training set: its longest file (from the headers, nothing decoded),
+    rounded up to 0.1 s, at most ``window`` (the backbone's)."""
+    import soundfile as sf
+
+    longest = 0.0
+    for path in paths:
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError):
+            continue  # unreadable files fail with their own message when read
+        if info.samplerate > 0:
+            longest = max(longest, info.frames / info.samplerate)
+    if longest == 0.0:
+        return min(1.0, window)
+    return min(window, math.ceil(round(longest * 10, 6)) / 10)
+
+
+class AudioDataset:
+    """Clips read (and kept in memory, decoded), fitted to ``clip_samples`` and featurized by the
+    backbone on access. A key is an index, or ``(index, seed)`` from a training sampler: the
+    augmentation then draws from ``numpy.random.default_rng(seed)``, a function of (seed, epoch,
+    index) alone, as for images (exact resume)."""
+
+    memory_budget = 1 << 30  # bytes of decoded waveforms kept
+
+    def __init__(self, paths: Sequence[str], labels: Any, backbone: Any, clip_samples: int, augment: str = "none",
+                 max_seconds: float = DEFAULT_MAX_SECONDS) -> None:
+        from ..data.pipeline import _targets
+
+        self.paths = list(paths)
+        self.labels = _targets(labels)
+        self.backbone = backbone
+        self.rate = int(backbone.sampling_rate)
+        self.clip_samples = int(clip_samples)
+        self.preset = PRESETS[augment]
+        self.max_seconds = max_seconds
+        self._waves: dict[int, np.ndarray] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def wave(self, index: int) -> np.ndarray:
+        from ..data.audio import read_audio
+
+        wave = self._waves.get(index)
+        if wave is None:
+            wave = read_audio(self.paths[index], self.rate, self.max_seconds)
+            if self._bytes + wave.nbytes <= self.memory_budget:
+                self._waves[index] = wave
+                self._bytes += wave.nbytes
+        return wave
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
+        index, seed = (key[0], key[1] if len(key) > 1 else None) if isinstance(key, tuple) else (key, None)
+        features = clip_features(self.backbone, self.wave(index), self.clip_samples, self.preset if seed is not None else {},
+                                 None if seed is None else np.random.default_rng(seed))
+        item: dict[str, Any] = {"input_features": features, "index": index}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+    @staticmethod
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_features(items)
+
+
+def clip_features(backbone: Any, wave: np.ndarray, clip_samples: int, preset: dict[str, Any] | None = None,
+                  rng: np.random.Generator | None = None) -> Any:
+    """Log-mel features ``(n_mels, frames)`` of one clip fitted to ``clip_samples``; with a preset
+    and ``rng``, augmented (a random crop of a longer clip, time shift, gain, SpecAugment)."""
+    import torch
+
+    from ..data.audio import fit_length, gain, spec_augment, time_shift
+
+    preset = preset or {}
+    if rng is not None and preset:
+        wave = fit_length(wave, clip_samples, "random", rng)
+        wave = time_shift(wave, rng, int(preset["shift"] * clip_samples))
+        wave = gain(wave, rng, -preset["gain_db"], preset["gain_db"])
+    else:
+        wave = fit_length(wave, clip_samples, "center")
+    features = backbone.featurize([wave])["input_features"][0]
+    if rng is not None and preset.get("freq_masks"):
+        features = torch.from_numpy(spec_augment(features.numpy(), rng, preset["freq_masks"], preset["freq_width"],
+                                                 preset["time_masks"], preset["time_width"]))
+    return features
+
+
+def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch: ``input_features`` zero-padded to the longest clip, ``frame_mask`` 1 on each clip's frames."""
+    import torch
+
+    longest = max(it["input_features"].shape[-1] for it in items)
+    n_mels = items[0]["input_features"].shape[0]
+    features = torch.zeros(len(items), n_mels, longest)
+    mask = torch.zeros(len(items), longest, dtype=torch.long)
+    for i, it in enumerate(items):
+        frames = it["input_features"].shape[-1]
+        features[i, :, :frames] = it["input_features"]
+        mask[i, :frames] = 1
+    batch: dict[str, Any] = {"input_features": features, "frame_mask": mask}
+    if "labels" in items[0]:
+        batch["labels"] = torch.stack([torch.as_tensor(it["labels"]) for it in items])
+    if "index" in items[0]:
+        batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    return batch
+
+
+@MODALITIES.register("audio")
+class Audio(Modality):
+    name = "audio"
+    column_guesses = AUDIO_COLUMN_GUESSES
+    file_extensions = frozenset(AUDIO_EXTENSIONS)
+    request_field = "audio"
+    backbone_needs = ("featurize", "sampling_rate")
+    augments = True
+    # Chosen by measurement on Speech Commands V2-12 (benchmarks/audio.py, docs/audio.md): full
+    # fine-tuning of Whisper tiny.en for 4 epochs reached 0.981 test accuracy against 0.932 for the
+    # linear probe on its features (0.946 on Whisper base's), in about 5 minutes on two CPU cores.
+    default_strategy = "full"
+    train_defaults = {"epochs": 4, "batch_size": 32, "lr": 5e-5, "head_lr": 1e-3, "weight_decay": 0.01, "scheduler": "cosine",
+                      "warmup_ratio": 0.1, "progressive_resize": 1.0}
+    strategy_train_defaults = {
+        # the probe reads the feature cache: more epochs cost seconds, and the new head alone takes a larger rate
+        "linear_probe": {"epochs": 10, "head_lr": 1e-2, "warmup_ratio": 0.0},
+        "lora": {"lr": 1e-3, "head_lr": 1e-3},  # adapters start as a zero update and need a larger rate than full
+        "prototype": {"epochs": 1},
+    }
+    # the rates and length of the default full fine-tuning
+    search_space = {
+        "train.lr": {"log_uniform": [1e-5, 3e-4]},
+        "train.head_lr": {"log_uniform": [1e-4, 1e-2]},
+        "train.epochs": {"int": [2, 6]},
+        "train.batch_size": {"choice": [16, 32]},
+        "train.warmup_ratio": {"uniform": [0.0, 0.2]},
+    }
+    export_formats = ("onnx",)
+    onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"}}
+    zero_config_backbone = "bundled:whisper_tiny_en"
+    zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
+                          "Speech Commands V2-12 against 0.932 for the linear probe (docs/audio.md)")
+    report_errors = 50
+    explained_errors = 20
+    input_view = "table"
+    card_dataset_type = "audiofolder"
+    card_example = '["path/to/clip.wav"]'
+
+    # -- finding examples -------------------------------------------------------------------------
+
+    def claims(self, path: Path) -> bool:
+        if path.is_dir():
+            first = _first_media_file(path)
+            return first is not None and first.suffix.lower() in AUDIO_EXTENSIONS
+        return path.suffix.lower() in AUDIO_EXTENSIONS
+
+    def find_examples(self, path: Path, found: str, text_column: str | None = None, label_column: str | list[str] = "label",
+                      require_labels: bool = True, text_columns: list[str] | None = None, image_column: str | None = None,
+                      options: tuple[str, str] = RECIPE_COLUMN_OPTIONS, image_root: str | Path | None = None) -> Any:
+        if is_table(path):
+            return _audio_table(path, image_column, label_column, require_labels, options, image_root)
+        if found != self.name:
+            raise self.mismatch(path, found)
+        if not path.is_dir():
+            raise DataError(f"{path}: one audio file is no data set; give a folder of class folders, or a table with an audio column")
+        return _audio_folder(path)
+
+    def split_folders(self, root: Path) -> tuple[str, str] | None:
+        if not (root / "train").is_dir():
+            return None
+        for name in ("val", "valid", "validation", "test"):
+            if (root / name).is_dir():
+                return str(root / "train"), str(root / name)
+        return None
+
+    def check_examples(self, examples: Any, data: Any) -> Any:
+        """Every clip's header read before training (about a millisecond a file), so a file that is
+        empty, not audio, of a broken rate or too long stops the run before it starts, with its
+        one-line reason; a file corrupt past its header fails when it is decoded, as clearly."""
+        import soundfile as sf
+
+        from ..data.audio import MIN_SAMPLE_RATE, read_audio_native
+
+        for path in examples.inputs:
+            try:
+                info = sf.info(str(path))
+                ok = info.frames > 0 and MIN_SAMPLE_RATE <= info.samplerate and info.frames / info.samplerate <= DEFAULT_MAX_SECONDS
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                ok = False
+            if not ok:
+                read_audio_native(path)  # raises the reason, naming the file
+        return examples
+
+    # -- preprocessing ------------------------------------------------------------------------------
+
+    def run_preprocessing(self, backbone: Any, data: Any) -> dict[str, Any]:
+        return backbone.preprocessing()  # build_dataset(train=True) adds clip_seconds, from the data
+
+    def build_dataset(self, examples: Any, label_ids: Any, backbone: Any, preprocessing: dict, train: bool, augment: str,
+                      max_length: int, task: Any = None, crop_scale: float = 0.25) -> Any:
+        """Training (``train=True``) sets ``preprocessing["clip_seconds"]`` from its clips when the
+        preprocessing has none yet; the run saves that preprocessing, so predict fits inputs alike."""
+        if "clip_seconds" not in preprocessing:
+            preprocessing["clip_seconds"] = clip_seconds_of(examples.inputs, float(preprocessing.get("max_seconds", 30.0)))
+        clip = int(round(float(preprocessing["clip_seconds"]) * int(backbone.sampling_rate)))
+        return AudioDataset(examples.inputs, label_ids, backbone, clip, augment if train else "none")
+
+    def encode(self, predictor: Any, items: Sequence[Any]) -> dict[str, Any]:
+        """``items``: ``(samples, sample_rate)`` pairs (:meth:`load_item`, :meth:`decode_request`)."""
+        from ..data.audio import resample
+
+        backbone = predictor.model.backbone
+        rate = int(backbone.sampling_rate)
+        clip = int(round(float(predictor.preprocessing.get("clip_seconds", 1.0)) * rate))
+        waves = [resample(*(self.load_item(item) if isinstance(item, (str, Path)) else item), rate) for item in items]
+        return collate_features([{"input_features": clip_features(backbone, w, clip)} for w in waves])
+
+    def load_item(self, item: Any) -> Any:
+        """A file -> ``(samples, sample_rate)``, float32 mono at the file's own rate."""
+        from ..data.audio import read_audio_native
+
+        return read_audio_native(item)
+
+    def examples_digest(self, h: Any, inputs: Sequence[Any], encodings: Any) -> None:
+        from ..data.images import file_sha256  # the same per-file hashes the resume fingerprint uses
+
+        h.update(b"sha256 of each audio file\0")
+        for path in inputs:
+            h.update(file_sha256(str(path)))
+
+    def content_digest(self, inputs: Sequence[Any]) -> str | None:
+        from ..data.images import file_sha256
+
+        content = hashlib.sha256()
+        for path in inputs:
+            content.update(file_sha256(str(path)))
+        return content.hexdigest()
+
+    # -- checks ---------------------------------------------------------------------------------------
+
+    def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:
+        inputs = singles(inputs)
+        for item in inputs:
+            if not is_file(item):
+                hint = " (this model takes audio files, not text)" if Path(item).suffix.lower() not in AUDIO_EXTENSIONS else ""
+                raise DataError(f"audio file not found: {shown(item)}{hint}")
+            if Path(item).suffix.lower() not in AUDIO_EXTENSIONS:
+                raise DataError(f"{shown(item)}: not an audio file ({', '.join(AUDIO_EXTENSIONS)})")
+        return inputs
+
+    def decode_request(self, where: str, value: Any) -> Any:
+        """A base64 string of an audio file's bytes (JSON), or ``(name, bytes)`` (a multipart
+        upload) -> ``(samples, sample_rate)``; a bad file is a DataError naming ``where``."""
+        if isinstance(value, tuple):
+            where, data = value
+        elif isinstance(value, str):
+            try:
+                data = base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
+            except (binascii.Error, ValueError):
+                raise DataError(f"{where}: not base64") from None
+        else:
+            raise DataError(f"{where}: expected a base64 string of an audio file, got {type(value).__name__}")
+        return decode_audio_bytes(where, data)
+
+    # -- showing an input -----------------------------------------------------------------------------
+
+    def explanation(self, backbone: Any) -> dict[str, Any]:
+        return {"method": None, "reason": "no explanation method for audio inputs yet"}
+
+    def card_input(self, recipe: Any) -> str:
+        return ("mono audio resampled to the backbone's rate, cropped or padded to the run's clip length "
+                "(`clip_seconds` in `preprocessing.json`), log-mel features of the backbone's feature extractor")
+
+    def card_head(self, pooling: str) -> str:
+        return "mean-pooled encoder states over the clip's own frames"
+
+    def export_samples(self, saved: list[Any], schema: InputSchema, limit: int) -> list[Any] | None:
+        inputs = [p for p in saved if Path(p).is_file()][:limit]
+        return inputs if len(inputs) >= 3 else None
+
+    def onnx_inputs(self, predictor: Any) -> str:
+        return ("input_features (N, n_mels, T) float32, Whisper log-mel features of clips fitted to clip_seconds, and "
+                "frame_mask (N, T) int64, 1 on each clip's frames (preprocessing.json)")
+
+
+def decode_audio_bytes(where: str, data: bytes) -> tuple[np.ndarray, int]:
+    """An audio file's bytes -> ``(samples, sample_rate)``, checked as files are (one-line errors
+    naming ``where``). libsndfile reads from a path, so the bytes go through a private temporary
+    file, removed at once; its suffix follows the bytes' own signature."""
+    from ..data.audio import read_audio_native
+
+    if not data:
+        raise DataError(f"{where}: empty file")
+    suffix = {b"RIFF": ".wav", b"fLaC": ".flac", b"OggS": ".ogg"}.get(data[:4], ".mp3")
+    handle, name = tempfile.mkstemp(prefix="finetunekit-audio-", suffix=suffix)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        return read_audio_native(name)
+    except AudioError as exc:
+        raise DataError(str(exc).replace(name, where)) from None
+    finally:
+        os.unlink(name)
+
+
+def _audio_table(path: Path, column: str | None, label_column: Any, require_labels: bool, options: tuple[str, str],
+                 root: str | Path | None) -> Examples:
+    """A table with one audio file per row: the file column is ``data.image_column`` if set, else
+    the first of :data:`AUDIO_COLUMN_GUESSES` it has; paths relative to the table's folder (or
+    ``data.image_root``)."""
+    from ..data.readers import _blank, _check_label_column, _columns, _label, _table
+
+    base = Path(root) if root is not None else path.parent
+    rows, columns = _table(path)
+    if column is None:
+        column = next((c for c in AUDIO_COLUMN_GUESSES if c in columns), None)
+        if column is None:
+            raise DataError(f"{path}: no audio file column (tried {', '.join(AUDIO_COLUMN_GUESSES)}; columns: "
+                            f"{', '.join(columns)}); set data.image_column to the column of audio files")
+    if column not in columns:
+        raise DataError(f"{path}: no audio file column {column!r} (columns: {', '.join(columns)})")
+    has_labels = _check_label_column(path, columns, label_column, require_labels, options)
+    inputs: list[Any] = []
+    labels: list[Any] = []
+    places: list[str] = []
+    for where, row in rows:
+        places.append(where)
+        name = row.get(column)
+        if _blank(name):
+            raise DataError(f"{where}: empty audio path in column {column!r}")
+        file = base / str(name).strip()
+        if not file.is_file():
+            raise DataError(f"{where}: audio file not found: {file} (column {column!r}; paths are relative to {base})")
+        if file.suffix.lower() not in AUDIO_EXTENSIONS:
+            raise DataError(f"{where}: {file} is not an audio file ({', '.join(AUDIO_EXTENSIONS)})")
+        inputs.append(str(file))
+        if has_labels:
+            labels.append(_label(row, label_column, where))
+    return Examples(inputs, labels if has_labels else None, str(path), "audio", places=places, label_columns=_columns(label_column))
