@@ -43,7 +43,7 @@ from finetunekit.strategies import STRATEGIES
 from finetunekit.tasks import TASKS
 from run_outputs import comparable, differences
 from test_resume import interrupted
-from test_tasks import _recipe, _same
+from test_tasks import MULTI, _recipe, _same
 
 # strategy options that make every schedule change inside two epochs (ignored by the others)
 SHORT_SCHEDULES = {"last_n": 1, "freeze_epochs": 1, "lp_epochs": 1, "unfreeze_every": 1, "setfit_iterations": 1, "lora_rank": 4}
@@ -108,12 +108,10 @@ def params(combos):
 
 
 def test_the_matrix_is_taken_from_the_registries():
-    from test_tasks import DATA
-
     assert {m for m, _, _ in ALL} == set(shipped(MODALITIES)) and {s for _, _, s in ALL} == set(shipped(STRATEGIES))
     assert {t for _, t, _ in ALL} == set(shipped(TASKS))
-    missing = sorted(set(shipped(MODALITIES)) - set(DATA))
-    assert not missing, f"give tests/test_tasks.py DATA a tiny data maker (and a tiny backbone) for modality {missing}"
+    missing = sorted(set(shipped(MODALITIES)) - set(TINY))
+    assert not missing, f"give tests/test_contract_matrix.py TINY a tiny backbone and data for modality {missing}"
     assert len(ALL) == len(VALID) + len(INVALID) and VALID
     covered = {p for m, t, s in COVER for p in (("mt", m, t), ("ts", t, s), ("ms", m, s))}
     for m, t, s in VALID:
@@ -122,31 +120,79 @@ def test_the_matrix_is_taken_from_the_registries():
 
 
 @pytest.mark.parametrize(("modality", "kind", "strategy"), INVALID, ids=[combo_id(c) for c in INVALID])
-def test_invalid_combination_is_refused_at_plan_time(modality, kind, strategy, tiny_bert, tmp_path):
+def test_invalid_combination_is_refused_at_plan_time(modality, kind, strategy, request, tmp_path):
     """The resolve step refuses it before reading any data: one line, naming the field."""
     with pytest.raises(RecipeError) as caught:
         check_combination(modality, kind, strategy)
     message = str(caught.value)
     assert "\n" not in message and message.split(":")[0] in ("task.type", "strategy.name"), message
     # and train() stops there too, through the resolve step (no data is read: the files are absent)
-    recipe = _matrix_recipe(modality, kind, strategy, tiny_bert, tmp_path, with_data=False)
+    recipe = _matrix_recipe(modality, kind, strategy, request, tmp_path, with_data=False)
     with pytest.raises(RecipeError, match=r"^(task\.type|strategy\.name): "):
         train(recipe, output=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 
 
-def _matrix_recipe(modality, kind, strategy, tiny_bert, root: Path, with_data: bool = True) -> Recipe:
+# -- tiny data and backbones per modality ----------------------------------------------------------
+
+
+def _audio_task_data(root: Path, kind: str) -> dict:
+    """Tone clips (conftest.write_tone_clips) whose class folders carry the target, as
+    tests/test_tasks.py does for images; several tasks: a clip table with a class and a score."""
+    from conftest import write_tone_clips
+
+    names = {"classification": ("high", "low", "noise"), "multilabel": ("tone|high", "tone", "noise"),
+             "regression": ("2.25", "0.5", "1.5"), "multitask": ("high", "low", "noise")}[kind]
+    for split, count, seed in (("train", 4, 0), ("val", 3, 1)):
+        folder = write_tone_clips(root / kind / "clips" / split, count, seed)
+        for old, new in zip(("high", "low", "noise"), names, strict=True):
+            target = root / kind / split / new
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (folder / old).rename(target)
+    if kind == "multitask":
+        scores = {"high": "2.25", "low": "0.5", "noise": "1.5"}
+        for split in ("train", "val"):
+            rows = [f"{f.relative_to(root / kind)},{f.parent.name},{scores[f.parent.name]}" for f in sorted((root / kind / split).rglob("*.wav"))]
+            (root / kind / f"{split}.csv").write_text("file,label,score\n" + "\n".join(rows) + "\n")
+        return {"train": str(root / kind / "train.csv"), "val": str(root / kind / "val.csv")}
+    return {"train": str(root / kind / "train"), "val": str(root / kind / "val")}
+
+
+def _audio_recipe(request, root: Path, kind: str, **sections) -> Recipe:
+    whisper = request.getfixturevalue("tiny_whisper")
+    raw = {"model": {"backbone": f"whisper:{whisper}"}, "data": _audio_task_data(root, kind),
+           "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "head_lr": 1e-2, "seed": 0}, **sections}
+    if kind == "multitask":
+        raw["tasks"] = MULTI
+    return Recipe.from_dict(raw)
+
+
+# modality -> (its tiny backbone, a recipe of tiny data for a task type); a modality missing here is
+# skipped with the reason, and test_the_matrix_is_taken_from_the_registries names it
+TINY = {
+    "image": ({"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 32},
+              lambda request, root, kind, **sections: _recipe("image", root, kind, None, **sections)),
+    "text": ({"backbone": "hf:{tiny_bert}"},
+             lambda request, root, kind, **sections: _recipe("text", root, kind, request.getfixturevalue("tiny_bert"), **sections)),
+    "audio": ({"backbone": "whisper:{tiny_whisper}"}, _audio_recipe),
+}
+
+
+def _matrix_recipe(modality, kind, strategy, request, root: Path, with_data: bool = True) -> Recipe:
+    if modality not in TINY:
+        pytest.skip(f"no tiny backbone and data for modality {modality} in tests/test_contract_matrix.py TINY")
     strategy_section = {"name": strategy, **SHORT_SCHEDULES}
+    model, make = TINY[modality]
     if not with_data:  # a data section whose files do not exist: refusals come before any reading
-        base = {"text": {"model": {"backbone": f"hf:{tiny_bert}"}},
-                "image": {"model": {"backbone": "timm:test_efficientnet", "pretrained": False, "image_size": 32}}}[modality]
-        raw = {**base, "data": {"train": str(root / "absent.csv")}, "strategy": strategy_section, "train": {"epochs": 2}}
+        model = {k: v.format(**{n: request.getfixturevalue(n) for n in ("tiny_bert", "tiny_whisper") if "{" + n + "}" in str(v)})
+                 if isinstance(v, str) else v for k, v in model.items()}
+        raw = {"model": model, "data": {"train": str(root / "absent.csv")}, "strategy": strategy_section, "train": {"epochs": 2}}
         raw["tasks" if kind == "multitask" else "task"] = (
             [{"name": "a", "type": "classification", "label_column": "a"}, {"name": "b", "type": "regression", "label_column": "b"}]
             if kind == "multitask" else {"type": kind}
         )
         return Recipe.from_dict(raw)
-    recipe = _recipe(modality, root, kind, tiny_bert, strategy=strategy_section)
+    recipe = make(request, root, kind, strategy=strategy_section)
     # 8 training examples (one batch an epoch) keep the product affordable; a checkpoint after each
     # optimizer step lets the resume step stop the run part-way
     return recipe.replace(data={"max_train_samples": 8}, train={"epochs": 2, "batch_size": 8, "checkpoint_every_steps": 1})
@@ -160,13 +206,13 @@ def _finite_metrics(metrics: dict, names) -> None:
 
 @pytest.mark.parametrize(("modality", "kind", "strategy"), params(VALID))
 def test_valid_combination_trains_resumes_evaluates_predicts_exports_and_reports(
-    modality, kind, strategy, tiny_bert, tmp_path, monkeypatch
+    modality, kind, strategy, request, tmp_path, monkeypatch
 ):
     from finetunekit.use.export import export
     from finetunekit.use.predict import load
 
     torch.set_num_threads(1)
-    recipe = _matrix_recipe(modality, kind, strategy, tiny_bert, tmp_path)
+    recipe = _matrix_recipe(modality, kind, strategy, request, tmp_path)
 
     # train: an uninterrupted reference (the report is the last step's, written once below)
     reference = train(recipe, output=tmp_path / "reference", quiet=True, report=False)
