@@ -477,7 +477,7 @@ def damaged_feature_cache_entries(w, d):
     return 0, cli(*args, "--output", str(d / "second"))
 
 
-# -- outputs never destroy inputs (issue 27, cluster 1) ----------------------------------------------
+# -- outputs never destroy inputs ----------------------------------------------
 
 
 @case
@@ -547,7 +547,7 @@ def lr_find_into_a_run(w, d):
     return 2, cli("lr-find", str(w.image_recipe), "--output", str(run))
 
 
-# -- a table is read as written, or refused (cluster 3) -------------------------------------------------
+# -- a table is read as written, or refused -------------------------------------------------
 
 
 def text_table_case(w, d, name: str, text: str) -> subprocess.CompletedProcess:
@@ -607,7 +607,7 @@ def detection_box_row_leaving_the_image_folder(w, d):
     return 2, cli("train", str(recipe), "--output", str(d / "run"), "--quiet")
 
 
-# -- the service answers every bad request with a 4xx (cluster 4) -----------------------------------------
+# -- the service answers every bad request with a 4xx -----------------------------------------
 
 
 def service_case(run: Path, d: Path, expected: int, body: bytes, good: dict) -> subprocess.CompletedProcess:
@@ -636,6 +636,87 @@ def service_png_of_20000_by_20000(w, d):
     Image.new("RGB", (32, 32), (200, 40, 40)).save(good, format="PNG")
     bomb = png_bomb(d / "bomb.png").read_bytes()
     return 0, service_case(w.image_run, d, 413, bomb, {"images": [base64.b64encode(good.getvalue()).decode()]})
+
+
+# -- audio files in a training folder (the audio modality) -------------------------------------------
+
+def tiny_whisper(root: Path) -> Path:
+    """A 2-layer Whisper made from a config, saved with its feature extractor: ``whisper:<folder>``."""
+    folder = root / "tiny_whisper"
+    if not folder.is_dir():
+        import torch
+        from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+        config = WhisperConfig(
+            vocab_size=96, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=50,
+            max_target_positions=16, bos_token_id=0, eos_token_id=1, pad_token_id=1, decoder_start_token_id=2,
+            suppress_tokens=None, begin_suppress_tokens=None)
+        torch.manual_seed(0)
+        WhisperForConditionalGeneration(config).save_pretrained(folder)
+        WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
+    return folder
+
+
+def audio_case(w, d, bad_name: str, write_bad: Callable[[Path], None]) -> subprocess.CompletedProcess:
+    """A folder of two classes of good 0.3 s tones, with one bad file in class b."""
+    import numpy as np
+    import soundfile
+
+    for label, freq in (("a", 440.0), ("b", 880.0)):
+        (d / "clips" / label).mkdir(parents=True)
+        for i in range(3):
+            t = np.arange(4800) / 16000
+            soundfile.write(d / "clips" / label / f"{i}.wav", (0.3 * np.sin(2 * np.pi * freq * (1 + i / 20) * t)).astype("float32"), 16000)
+    write_bad(d / "clips" / "b" / bad_name)
+    recipe = write_yaml(d / "recipe.yaml", {
+        "model": {"backbone": f"whisper:{tiny_whisper(w.root)}"},
+        "data": {"train": str(d / "clips"), "val": str(d / "clips"), "augment": "none"},
+        "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3}})
+    return cli("train", str(recipe), "--output", str(d / "run"), "--quiet")
+
+
+@case
+def audio_zero_byte_wav(w, d):
+    return 2, audio_case(w, d, "empty.wav", lambda p: p.write_bytes(b""))
+
+
+@case
+def audio_text_file_named_wav(w, d):
+    return 2, audio_case(w, d, "notes.wav", lambda p: p.write_text("this is not a sound\n"))
+
+
+@case
+def audio_truncated_flac(w, d):
+    def write(p: Path) -> None:
+        import numpy as np
+        import soundfile
+
+        soundfile.write(p, np.zeros(16000, dtype="float32"), 16000, format="FLAC")
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    return 2, audio_case(w, d, "cut.flac", write)
+
+
+@case
+def audio_nan_samples(w, d):
+    def write(p: Path) -> None:
+        import numpy as np
+        import soundfile
+
+        x = np.zeros(4800, dtype="float32")
+        x[100] = np.nan
+        soundfile.write(p, x, 16000, subtype="FLOAT")
+    return 2, audio_case(w, d, "nan.wav", write)
+
+
+@case
+def audio_sample_rate_of_1_hz(w, d):
+    def write(p: Path) -> None:
+        import numpy as np
+        import soundfile
+
+        soundfile.write(p, np.zeros(8, dtype="float32"), 1)
+    return 2, audio_case(w, d, "slow.wav", write)
 
 
 # -- the sweep --------------------------------------------------------------------------------------
