@@ -15,6 +15,8 @@ def _without_timing(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if path.name == "steps.jsonl" and not path.exists():
+        return []  # a run without optimizer steps (prototype) logs none
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

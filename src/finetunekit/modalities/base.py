@@ -57,6 +57,10 @@ class Modality:
     augments: ClassVar[bool] = False  # random augmentation presets (data.augment, cached views)
     blends: ClassVar[bool] = False  # mixup and cutmix
     resizes: ClassVar[bool] = False  # progressive resizing
+    # its backbones give spatial feature maps (``backbone.feature_info()``), which the heads of
+    # dense task types (Task.dense: segmentation, detection) read; the resolve step refuses a dense
+    # task on a modality without them
+    feature_maps: ClassVar[bool] = False
     # training defaults for the recipe fields left as None (finetunekit.run.defaults), the default
     # strategy, and per-strategy changes to those defaults
     default_strategy: ClassVar[str]

@@ -46,6 +46,7 @@ class Image(Modality):
         "train.batch_size": {"choice": [8, 16, 32]},
     }
     export_formats = ("timm", "onnx")
+    feature_maps = True  # timm and bundled image backbones expose their stages
     onnx_axes = {"pixel_values": {0: "batch"}}
     zero_config_backbone = "bundled:efficientnet_lite0"
     report_errors = explained_errors = 24

@@ -32,14 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.errors import RecipeError, did_you_mean, warn
 from ..data import Examples, resolve_splits
 from ..data.memory import pin_hf_sources
 from ..data.readers import sample_per_class
-from .defaults import resolve as fill_defaults
-from ..core.errors import RecipeError, did_you_mean, warn
-from ..modalities import modality_of
-from .recipe import Recipe
+from ..modalities import MODALITIES, modality_of
+from ..strategies import STRATEGIES
 from ..tasks import TASKS, Task, fit_task, infer_type, label_columns, resolve_types, task_reader
+from .defaults import resolve as fill_defaults
+from .recipe import Recipe
 
 
 @dataclass
@@ -115,7 +116,23 @@ def _check(recipe: Recipe, modality: str, kind: str | None) -> None:
     None while it is left to inference)."""
     modality_of(modality).check_recipe(recipe)
     if kind is not None:
-        TASKS.get(kind).check_recipe(recipe, modality)  # dense tasks refuse mixup, balanced sampling, text backbones
+        check_combination(modality, kind, recipe.strategy.name, recipe.model.backbone)
+        TASKS.get(kind).check_recipe(recipe, modality)  # dense tasks refuse mixup, balanced sampling
+
+
+def check_combination(modality: str, kind: str, strategy: str, backbone: str = "the backbone") -> None:
+    """Refuse a modality x task type x strategy combination that the components' declarations
+    rule out (one RecipeError naming the field): a dense task type on a modality without feature
+    maps, a strategy on a modality or task type it does not declare (``Strategy.check_plan``).
+    Needs no data, so it runs before any is read when the recipe names the task type."""
+    task = TASKS.get(kind)
+    if task.dense and not modality_of(modality).feature_maps:
+        able = [name for name in MODALITIES.names() if modality_of(name).feature_maps]
+        raise RecipeError(
+            f"task.type: {kind} needs {' or '.join(f'an {n}' if n[0] in 'aeiou' else f'a {n}' for n in able) or 'a'} "
+            f"backbone with feature maps; {backbone} is a {modality} backbone"
+        )
+    STRATEGIES.get(strategy).check_plan(strategy, modality, task)
 
 
 def _read(recipe: Recipe, modality: str, say: Callable[[str], None]) -> tuple[Examples, Examples, str]:

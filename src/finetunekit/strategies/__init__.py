@@ -85,6 +85,11 @@ class Strategy:
     sets_linear_head: ClassVar[bool] = False
     # False: strategy.layer_decay has no effect (the original layers do not train in groups)
     supports_layer_decay: ClassVar[bool] = True
+    # True: the head is fitted from one class per example (class means, a logistic regression on
+    # contrastive pairs), so only task types with Task.single_class can use it
+    needs_single_class: ClassVar[bool] = False
+    # the modalities (by registered name) whose backbones it can train; None: every modality
+    modalities: ClassVar[frozenset[str] | None] = None
 
     # -- options -------------------------------------------------------------------------------
     @classmethod
@@ -93,6 +98,23 @@ class Strategy:
         options dataclass has already checked its own fields). Raises RecipeError naming a field."""
         if not cls.supports_layer_decay and spec.layer_decay is not None:
             raise RecipeError(f"strategy.layer_decay: has no effect with strategy {spec.name}; leave it null")
+
+    @classmethod
+    def check_plan(cls, name: str, modality: str, task: Any) -> None:
+        """Refuse a modality or a task type this strategy cannot train, from its declarations
+        (:attr:`modalities`, :attr:`needs_single_class`); ``task`` is the task type's class. The
+        resolve step calls it once both are known, before any training. Raises RecipeError naming
+        ``strategy.name``."""
+        if cls.modalities is not None and modality not in cls.modalities:
+            raise RecipeError(
+                f"strategy.name: {name}: is for {' or '.join(sorted(cls.modalities))} backbones, and this is a "
+                f"{modality} backbone; choose another strategy"
+            )
+        if cls.needs_single_class and not task.single_class:
+            raise RecipeError(
+                f"strategy.name: {name} fits its head from one class per example, and a {task.type} task has "
+                "no single class per example; choose another strategy"
+            )
 
     @classmethod
     def check_epochs(cls, spec: Any, epochs: int) -> None:

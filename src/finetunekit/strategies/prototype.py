@@ -55,6 +55,7 @@ class Prototype(Strategy):
     """Nearest class mean on normalised frozen features: no gradient steps (few-shot images)."""
 
     sets_linear_head = True  # the head is the class means of pooled features
+    needs_single_class = True  # one mean per class
 
     def trainable_groups(self, model: nn.Module) -> set[int]:
         return set()

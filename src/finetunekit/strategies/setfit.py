@@ -77,6 +77,8 @@ class SetFit(Strategy):
             check_range("strategy.setfit_iterations", self.setfit_iterations, 0, 100_000)
 
     sets_linear_head = True  # the head is a logistic regression on pooled embeddings
+    needs_single_class = True  # pairs are same-class / different-class
+    modalities = frozenset({"text"})  # pairs of sentences; prototype is the image counterpart
 
     def fit_epoch(self, model: nn.Module, loader: Any, accelerator: Any, **context: Any) -> dict[str, Any]:
         if accelerator.num_processes > 1:

@@ -40,11 +40,7 @@ class DenseTask(Task):
 
     @classmethod
     def check_recipe(cls, recipe: Any, modality: str) -> None:
-        kind = cls.type
-        if modality != "image":
-            raise RecipeError(
-                f"task.type: {kind} needs an image backbone with feature maps; {recipe.model.backbone} is a {modality} backbone"
-            )
+        kind = cls.type  # a modality without feature maps is refused by finetunekit.run.plan.check_combination
         t, d, s = recipe.train, recipe.data, recipe.strategy
         for name in ("mixup_alpha", "cutmix_alpha"):
             if getattr(t, name):
