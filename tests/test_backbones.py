@@ -19,6 +19,7 @@ TINY_EXAMPLES = {
     "timm": lambda fx: "timm:test_efficientnet",
     "hf": lambda fx: f"hf:{fx.getfixturevalue('tiny_bert')}",
     "run": lambda fx: f"run:{fx.getfixturevalue('image_run')}",
+    "whisper": lambda fx: f"whisper:{fx.getfixturevalue('tiny_whisper')}",
 }
 CASES = [s for s in SOURCES.names() if s != "bundled"] + [f"bundled:{name}" for name in BUNDLED.names()]
 
