@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import math
 import os
 import tempfile
@@ -32,7 +31,7 @@ from ..core.errors import DataError
 from ..data.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError
 from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, Examples, is_table
 from . import MODALITIES
-from .base import InputSchema, Modality, is_file, shown, singles
+from .base import FileInputs, InputSchema, Modality, is_file, shown, singles
 
 AUDIO_COLUMN_GUESSES = ("audio", "file", "path", "filename", "clip")
 # Augmentation presets (data.augment): "light" moves the word in time and changes its level;
@@ -191,7 +190,8 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @MODALITIES.register("audio")
-class Audio(Modality):
+class Audio(FileInputs, Modality):
+    digest_tag = b"sha256 of each audio file\0"
     name = "audio"
     column_guesses = AUDIO_COLUMN_GUESSES
     file_extensions = frozenset(AUDIO_EXTENSIONS)
@@ -304,20 +304,6 @@ class Audio(Modality):
 
         return read_audio_native(item)
 
-    def examples_digest(self, h: Any, inputs: Sequence[Any], encodings: Any) -> None:
-        from ..data.images import file_sha256  # the same per-file hashes the resume fingerprint uses
-
-        h.update(b"sha256 of each audio file\0")
-        for path in inputs:
-            h.update(file_sha256(str(path)))
-
-    def content_digest(self, inputs: Sequence[Any]) -> str | None:
-        from ..data.images import file_sha256
-
-        content = hashlib.sha256()
-        for path in inputs:
-            content.update(file_sha256(str(path)))
-        return content.hexdigest()
 
     # -- checks ---------------------------------------------------------------------------------------
 

@@ -209,6 +209,31 @@ class Modality:
         return "the tensors of a batch made as preprocessing.json describes"
 
 
+class FileInputs:
+    """For a modality whose inputs are files (images, audio clips): the feature cache and resume
+    identify the examples by each file's SHA-256, the same per-file hashes the resume fingerprint
+    uses. ``digest_tag`` keeps one modality's cache keys apart from another's."""
+
+    digest_tag: ClassVar[bytes] = b"sha256 of each file\0"
+
+    def examples_digest(self, h: Any, inputs: Sequence[Any], encodings: Any) -> None:
+        from ..data.images import file_sha256
+
+        h.update(self.digest_tag)
+        for path in inputs:
+            h.update(file_sha256(str(path)))
+
+    def content_digest(self, inputs: Sequence[Any]) -> str | None:
+        import hashlib
+
+        from ..data.images import file_sha256
+
+        content = hashlib.sha256()
+        for path in inputs:
+            content.update(file_sha256(str(path)))
+        return content.hexdigest()
+
+
 def singles(inputs: Sequence[Any]) -> list[str]:
     """Inputs of a one-part schema as strings; a pair given to such a model is an error."""
     for item in inputs:

@@ -17,11 +17,11 @@ from typing import Any
 from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, _read_image_folder, _read_image_table, check_images, is_table
 from ..core.errors import DataError
 from . import MODALITIES
-from .base import InputSchema, Modality, is_file, shown, singles
+from .base import FileInputs, InputSchema, Modality, is_file, shown, singles
 
 
 @MODALITIES.register("image")
-class Image(Modality):
+class Image(FileInputs, Modality):
     name = "image"
     column_guesses = IMAGE_COLUMN_GUESSES
     file_extensions = frozenset(IMAGE_EXTENSIONS)
@@ -109,22 +109,6 @@ class Image(Modality):
 
         return open_image(item)
 
-    def examples_digest(self, h: Any, inputs: Sequence[Any], encodings: Any) -> None:
-        from ..data.images import file_sha256  # the same per-file hashes the resume fingerprint uses
-
-        h.update(b"sha256 of each file\0")
-        for path in inputs:
-            h.update(file_sha256(str(path)))
-
-    def content_digest(self, inputs: Sequence[Any]) -> str | None:
-        import hashlib
-
-        from ..data.images import file_sha256
-
-        content = hashlib.sha256()
-        for path in inputs:
-            content.update(file_sha256(path))
-        return content.hexdigest()
 
     def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:
         inputs = singles(inputs)
