@@ -304,7 +304,6 @@ class Audio(FileInputs, Modality):
 
         return read_audio_native(item)
 
-
     # -- checks ---------------------------------------------------------------------------------------
 
     def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:

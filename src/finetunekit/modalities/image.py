@@ -109,7 +109,6 @@ class Image(FileInputs, Modality):
 
         return open_image(item)
 
-
     def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:
         inputs = singles(inputs)
         for item in inputs:
