@@ -31,7 +31,7 @@ from ..core.errors import DataError
 from ..data.audio import AUDIO_EXTENSIONS, DEFAULT_MAX_SECONDS, AudioError
 from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, Examples, is_table
 from . import MODALITIES
-from .base import FileInputs, InputSchema, Modality, is_file, shown, singles
+from .base import FileInputs, InputSchema, Modality
 
 AUDIO_COLUMN_GUESSES = ("audio", "file", "path", "filename", "clip")
 # Augmentation presets (data.augment): "light" moves the word in time and changes its level;
@@ -192,6 +192,9 @@ def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
 @MODALITIES.register("audio")
 class Audio(FileInputs, Modality):
     digest_tag = b"sha256 of each audio file\0"
+    file_noun = "audio file"
+    file_kind = "audio"
+    refuse_other_suffixes = True
     name = "audio"
     column_guesses = AUDIO_COLUMN_GUESSES
     file_extensions = frozenset(AUDIO_EXTENSIONS)
@@ -305,16 +308,6 @@ class Audio(FileInputs, Modality):
         return read_audio_native(item)
 
     # -- checks ---------------------------------------------------------------------------------------
-
-    def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:
-        inputs = singles(inputs)
-        for item in inputs:
-            if not is_file(item):
-                hint = " (this model takes audio files, not text)" if Path(item).suffix.lower() not in AUDIO_EXTENSIONS else ""
-                raise DataError(f"audio file not found: {shown(item)}{hint}")
-            if Path(item).suffix.lower() not in AUDIO_EXTENSIONS:
-                raise DataError(f"{shown(item)}: not an audio file ({', '.join(AUDIO_EXTENSIONS)})")
-        return inputs
 
     def decode_request(self, where: str, value: Any) -> Any:
         """A base64 string of an audio file's bytes (JSON), or ``(name, bytes)`` (a multipart

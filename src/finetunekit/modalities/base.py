@@ -215,6 +215,22 @@ class FileInputs:
     uses. ``digest_tag`` keeps one modality's cache keys apart from another's."""
 
     digest_tag: ClassVar[bytes] = b"sha256 of each file\0"
+    file_noun: ClassVar[str] = "file"  # predict's "<noun> not found: ..."
+    file_kind: ClassVar[str] = ""  # "this model takes <kind> files, not text"
+    refuse_other_suffixes: ClassVar[bool] = False  # refuse an existing file of another suffix up front
+
+    def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:
+        """Each input names an existing file of this modality (a text given instead is said)."""
+        inputs = singles(inputs)
+        extensions = self.file_extensions  # type: ignore[attr-defined]
+        for item in inputs:
+            ours = Path(item).suffix.lower() in extensions
+            if not is_file(item):
+                hint = "" if ours else f" (this model takes {self.file_kind} files, not text)"
+                raise DataError(f"{self.file_noun} not found: {shown(item)}{hint}")
+            if self.refuse_other_suffixes and not ours:
+                raise DataError(f"{shown(item)}: not an {self.file_noun} ({', '.join(sorted(extensions))})")
+        return inputs
 
     def examples_digest(self, h: Any, inputs: Sequence[Any], encodings: Any) -> None:
         from ..data.images import file_sha256

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, _read_image_folder, _read_image_table, check_images, is_table
-from ..core.errors import DataError
 from . import MODALITIES
-from .base import FileInputs, InputSchema, Modality, is_file, shown, singles
+from .base import FileInputs, InputSchema, Modality
 
 
 @MODALITIES.register("image")
 class Image(FileInputs, Modality):
+    file_noun = "image"
+    file_kind = "image"
     name = "image"
     column_guesses = IMAGE_COLUMN_GUESSES
     file_extensions = frozenset(IMAGE_EXTENSIONS)
@@ -108,14 +109,6 @@ class Image(FileInputs, Modality):
         from ..data.pipeline import open_image
 
         return open_image(item)
-
-    def check_inputs(self, inputs: list[Any], schema: InputSchema) -> list[Any]:
-        inputs = singles(inputs)
-        for item in inputs:
-            if not is_file(item):
-                hint = " (this model takes image files, not text)" if Path(item).suffix.lower() not in IMAGE_EXTENSIONS else ""
-                raise DataError(f"image not found: {shown(item)}{hint}")
-        return inputs
 
     def explanation(self, backbone: Any) -> dict[str, Any]:
         import torch
