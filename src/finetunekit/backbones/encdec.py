@@ -1,0 +1,315 @@
+"""Text encoder-decoders for generation (translation): one wrapper over transformers' seq2seq models.
+
+Two ways in:
+
+* ``bundled:minilm_l6_encdec``: the bundled all-MiniLM-L6-v2 on both sides, warm-started the way
+  Rothe et al. (2020, "Leveraging Pre-trained Checkpoints for Sequence Generation Tasks") build
+  BERT2BERT: the encoder is the pretrained BERT, the decoder is the same pretrained BERT made causal
+  with new, randomly initialised cross-attention layers and a new LM-head transform, its output
+  projection tied to its input embeddings (transformers' ``EncoderDecoderModel``). With
+  ``model.pretrained: false`` it is the same architecture with random weights, the from-scratch
+  baseline. The vocabulary is MiniLM's English, uncased WordPiece: a German source goes through it
+  too (accents folded, words cut into more pieces), which works but costs length, and the model can
+  only write lower case.
+* ``hf:<seq2seq checkpoint or folder>``: any ``AutoModelForSeq2SeqLM`` (Marian, T5, BART, mBART) with
+  its tokenizer; the ``hf:`` source picks this wrapper when the config says ``is_encoder_decoder``.
+
+The wrapper gives the generation contract (``finetunekit.backbones.seq2seq``): source ids
+(:meth:`tokenize`), target ids (:meth:`target_tokenize`, ending in the end-of-sequence token, without
+the decoder start token), teacher-forced logits (:meth:`forward_seq2seq`), batched beam search with
+the key/value cache (:meth:`generate`, transformers' own ``generate``), and back to text
+(:meth:`decode_text`). ``forward_features`` mean-pools the encoder's states.
+
+Example::
+
+    from finetunekit.backbones import create_backbone
+    bb = create_backbone("bundled:minilm_l6_encdec")
+    batch = bb.collate_source(bb.tokenize(["Ein Hund rennt."], 64))
+    bb.decode_text(bb.generate(batch, num_beams=4, max_new_tokens=32)[0])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import FinetuneError
+from .hf_backbone import _load_quietly
+from .seq2seq import Seq2SeqBackbone
+
+# Attention projections by the names each family gives them: LoRA's default targets here.
+# BERT's self- and cross-attention output projections are named by their path, since "dense" alone
+# also names the feed-forward layers.
+ATTENTION_PROJECTIONS = ("query", "key", "value", "attention.output.dense", "crossattention.output.dense",
+                         "q", "k", "v", "o", "q_proj", "k_proj", "v_proj", "out_proj")
+# T5 has relative positions and no table of positions; its targets are limited here instead
+UNBOUNDED_POSITIONS = 1024
+
+
+class TextEncDecBackbone(Seq2SeqBackbone):
+    """A transformers encoder-decoder (``AutoModelForSeq2SeqLM`` or ``EncoderDecoderModel``) and its
+    tokenizer, as a text generation backbone."""
+
+    modality = "text"
+    kind = "encdec"
+    saves_assets = True
+
+    def __init__(self, model: nn.Module, tokenizer: Any, source: str = "") -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        config = model.config
+        encoder, decoder = model.get_encoder(), model.get_decoder()
+        self.num_features = int(_width(encoder.config))
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        start = _first(config.decoder_start_token_id, model.generation_config.decoder_start_token_id)
+        eos = _first(config.eos_token_id, model.generation_config.eos_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id)
+        pad = _first(config.pad_token_id, model.generation_config.pad_token_id, tokenizer.pad_token_id)
+        if start is None or eos is None or pad is None:
+            raise FinetuneError(f"{source or 'the model'}: an encoder-decoder needs decoder_start_token_id, eos_token_id and "
+                                f"pad_token_id in its config (found {start}, {eos}, {pad})")
+        self.decoder_start_token_id, self.eos_token_id, self._pad = int(start), int(eos), int(pad)
+        self.max_source_positions = _positions(encoder.config)
+        self.max_target_positions = _positions(decoder.config)
+
+    # -- building ---------------------------------------------------------------------------------
+    @classmethod
+    def bert2bert(cls, path: str | Path, pretrained: bool = True, source: str = "") -> TextEncDecBackbone:
+        """BERT2BERT from a BERT checkpoint folder: the pretrained encoder and a causal copy of it with
+        new cross-attention as decoder (``pretrained``), or the same shapes with random weights."""
+        from transformers import AutoTokenizer, BertConfig, BertLMHeadModel, BertModel, EncoderDecoderConfig, EncoderDecoderModel
+
+        tokenizer = _load_quietly(AutoTokenizer.from_pretrained, str(path))
+        if pretrained:
+            encoder = _load_quietly(BertModel.from_pretrained, str(path), add_pooling_layer=False)
+            decoder = _load_quietly(BertLMHeadModel.from_pretrained, str(path), is_decoder=True, add_cross_attention=True)
+            model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+        else:
+            base = BertConfig.from_pretrained(str(path))
+            decoder_config = BertConfig.from_pretrained(str(path), is_decoder=True, add_cross_attention=True)
+            config = EncoderDecoderConfig.from_encoder_decoder_configs(base, decoder_config)
+            model = EncoderDecoderModel(config=config)
+        # BERT's [CLS] starts the target and [SEP] ends it, as it brackets every BERT input
+        for target in (model.config, model.generation_config):
+            target.decoder_start_token_id = tokenizer.cls_token_id
+            target.eos_token_id = tokenizer.sep_token_id
+            target.pad_token_id = tokenizer.pad_token_id
+        model.config.vocab_size = model.config.decoder.vocab_size
+        return cls(model, tokenizer, source)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, pretrained: bool = True) -> TextEncDecBackbone:
+        """An ``AutoModelForSeq2SeqLM`` checkpoint (hub id or local folder) with its tokenizer."""
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        try:
+            tokenizer = _load_quietly(AutoTokenizer.from_pretrained, name_or_path)
+            if pretrained:
+                model = _load_quietly(AutoModelForSeq2SeqLM.from_pretrained, name_or_path)
+            else:
+                model = _load_quietly(AutoModelForSeq2SeqLM.from_config, AutoConfig.from_pretrained(name_or_path))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise FinetuneError(f"could not load Hugging Face encoder-decoder {name_or_path!r}: {first}") from None
+        return cls(model, tokenizer, f"hf:{name_or_path}")
+
+    # -- the backbone contract --------------------------------------------------------------------
+    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def tokenize(self, texts: list[Any], max_length: int) -> dict[str, list[list[int]]]:
+        """Source token ids (``input_ids``, ``attention_mask``), truncated to ``max_length``."""
+        if texts and not isinstance(texts[0], str):
+            raise FinetuneError("an encoder-decoder translates single texts, not sentence pairs (leave data.text_columns unset)")
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=min(max_length, self.max_source_positions), padding=False)
+        return {k: list(encoded[k]) for k in ("input_ids", "attention_mask")}
+
+    def target_tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Target ids as the decoder must produce them: ending in the end-of-sequence token, without
+        the decoder start token (BERT's [CLS], which its tokenizer puts first, is taken off), untruncated
+        (the generation task refuses a target longer than ``max_target_positions``)."""
+        ids = self.tokenizer(text_target=list(texts), truncation=False, padding=False)["input_ids"]
+        out = []
+        for row in ids:
+            row = list(row)
+            if row and row[0] == self.decoder_start_token_id:
+                row = row[1:]
+            if not row or row[-1] != self.eos_token_id:
+                row.append(self.eos_token_id)
+            out.append(row)
+        return out
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+
+    @property
+    def pad_token_id(self) -> int:
+        return self._pad
+
+    def forward_seq2seq(self, batch: dict[str, torch.Tensor], decoder_input_ids: torch.Tensor,
+                        decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits ``(B, T, vocab_size)`` of the next target token at each position."""
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids,
+                         decoder_attention_mask=decoder_attention_mask, use_cache=False)
+        return out.logits
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], *, num_beams: int = 1, max_new_tokens: int = 64,
+                 length_penalty: float = 1.0) -> list[list[int]]:
+        """Beam search (greedy with one beam) over the whole batch at once, with the decoder's
+        key/value cache: transformers' ``generate``. Each result: the generated ids after the decoder
+        start token, up to (not including) the end-of-sequence token."""
+        out = self.model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=num_beams, max_new_tokens=max_new_tokens,
+            length_penalty=length_penalty, do_sample=False, decoder_start_token_id=self.decoder_start_token_id,
+            eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+        )
+        return [_strip(row, self.decoder_start_token_id, self.eos_token_id, self.pad_token_id) for row in out.tolist()]
+
+    def collate_source(self, encoded: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad :meth:`tokenize`'s ids into a batch (right padding)."""
+        width = max(len(row) for row in encoded["input_ids"])
+        ids = [row + [self.pad_token_id] * (width - len(row)) for row in encoded["input_ids"]]
+        mask = [row + [0] * (width - len(row)) for row in encoded["attention_mask"]]
+        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+
+    # -- what strategies need ---------------------------------------------------------------------
+    def layer_groups(self) -> list[list[str]]:
+        """Encoder embeddings, each encoder layer, decoder embeddings, each decoder layer, then the
+        output side (LM head), input end first: the order layer-wise learning rates decay along."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        encoder, decoder = self.model.get_encoder(), self.model.get_decoder()
+        enc_layers, dec_layers = _layer_list(encoder), _layer_list(decoder)
+        groups: list[list[str]] = []
+        taken: set[int] = set()
+
+        def add(params: Any) -> None:
+            group = [names[id(p)] for p in params if id(p) in names and id(p) not in taken]
+            taken.update(id(p) for p in params)
+            if group:
+                groups.append(group)
+
+        layered = {id(p) for layers in (enc_layers, dec_layers) for p in layers.parameters()}
+        add([p for p in encoder.parameters() if id(p) not in layered])
+        for layer in enc_layers:
+            add(list(layer.parameters()))
+        add([p for p in decoder.parameters() if id(p) not in layered])
+        for layer in dec_layers:
+            add(list(layer.parameters()))
+        add(list(self.parameters()))  # the LM head and anything outside both stacks
+        return groups
+
+    def token_embedding_names(self) -> list[str]:
+        """The encoder's input-token table when it is its own (MiniLM's): frozen by default, as for
+        text classification. A table shared with the decoder or tied to the output projection is the
+        output layer too, and keeps training."""
+        source = self.model.get_encoder().get_input_embeddings().weight
+        tied = {id(self.model.get_decoder().get_input_embeddings().weight), id(self.model.get_output_embeddings().weight)}
+        return [n for n, p in self.named_parameters() if p is source and id(p) not in tied]
+
+    def encoder_parameter_names(self) -> list[str]:
+        """Parameters of the encoder that the decoder does not share (a frozen-encoder strategy
+        freezes these; a shared embedding table keeps training with the decoder)."""
+        shared = {id(p) for p in self.model.get_decoder().parameters()} | {id(p) for p in self.model.get_output_embeddings().parameters()}
+        encoder = {id(p) for p in self.model.get_encoder().parameters()}
+        return [n for n, p in self.named_parameters() if id(p) in encoder and id(p) not in shared]
+
+    def encoder_module_names(self) -> list[str]:
+        """The encoder's module name relative to this backbone (``model.encoder``, ``model.model.encoder``)."""
+        encoder = self.model.get_encoder()
+        return [n for n, m in self.named_modules() if m is encoder][:1]
+
+    def lora_target_names(self) -> list[str]:
+        """The attention projections (self- and cross-attention, both sides) by the names this
+        model family uses, as ``strategy.lora_targets`` takes them."""
+        leaves = {name for name, module in self.model.named_modules() if isinstance(module, nn.Linear)}
+        return [t for t in ATTENTION_PROJECTIONS if any(n == t or n.endswith("." + t) for n in leaves)]
+
+    # -- the run directory ------------------------------------------------------------------------
+    def preprocessing(self) -> dict[str, Any]:
+        return {"modality": "text", "max_target_positions": self.max_target_positions}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source}
+
+    def save_assets(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(directory)
+        self.model.generation_config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any], assets: Path) -> TextEncDecBackbone:
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
+
+        config = AutoConfig.from_pretrained(assets)
+        model = _load_quietly(AutoModelForSeq2SeqLM.from_config, config)
+        if (Path(assets) / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(assets)
+        tokenizer = _load_quietly(AutoTokenizer.from_pretrained, assets)
+        return cls(model, tokenizer, description.get("source", ""))
+
+    def export_pretrained(self, directory: Path) -> None:
+        """A transformers directory: ``AutoModelForSeq2SeqLM.from_pretrained`` and ``AutoTokenizer``
+        load it and ``generate`` gives this backbone's answers."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def is_encoder_decoder(name_or_path: str) -> bool:
+    """Whether a Hugging Face checkpoint is an encoder-decoder (its config says so), read offline
+    when the files are local; False when the config cannot be read (the text backbone reports it)."""
+    from transformers import AutoConfig
+
+    try:
+        return bool(getattr(_load_quietly(AutoConfig.from_pretrained, name_or_path), "is_encoder_decoder", False))
+    except (OSError, ValueError):
+        return False
+
+
+def _first(*values: Any) -> Any:
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return value
+    return None
+
+
+def _width(config: Any) -> int:
+    for key in ("hidden_size", "d_model"):
+        if getattr(config, key, None):
+            return int(getattr(config, key))
+    raise FinetuneError(f"cannot tell the width of a {type(config).__name__}")
+
+
+def _positions(config: Any) -> int:
+    return int(getattr(config, "max_position_embeddings", None) or UNBOUNDED_POSITIONS)
+
+
+def _layer_list(module: nn.Module) -> nn.ModuleList:
+    """The longest ModuleList of a stack (its transformer layers)."""
+    best: nn.ModuleList | None = None
+    for sub in module.modules():
+        if isinstance(sub, nn.ModuleList) and (best is None or len(sub) > len(best)):
+            best = sub
+    return best if best is not None else nn.ModuleList()
+
+
+def _strip(row: list[int], start: int, eos: int, pad: int) -> list[int]:
+    if row and row[0] == start:
+        row = row[1:]
+    out = []
+    for token in row:
+        if token == eos:
+            break
+        if token != pad:
+            out.append(token)
+    return out
