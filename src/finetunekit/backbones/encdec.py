@@ -64,6 +64,10 @@ class TextEncDecBackbone(Seq2SeqBackbone):
         self.source = source
         config = model.config
         encoder, decoder = model.get_encoder(), model.get_decoder()
+        if getattr(encoder, "pooler", None) is not None:
+            # a BERT encoder built from its config has a pooler that generation never uses: every
+            # parameter then trains, and a warm-started model and its rebuild have the same tensors
+            encoder.pooler = None
         self.num_features = int(_width(encoder.config))
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         start = _first(config.decoder_start_token_id, model.generation_config.decoder_start_token_id)
@@ -83,16 +87,19 @@ class TextEncDecBackbone(Seq2SeqBackbone):
         new cross-attention as decoder (``pretrained``), or the same shapes with random weights."""
         from transformers import AutoTokenizer, BertConfig, BertLMHeadModel, BertModel, EncoderDecoderConfig, EncoderDecoderModel
 
-        tokenizer = _load_quietly(AutoTokenizer.from_pretrained, str(path))
-        if pretrained:
-            encoder = _load_quietly(BertModel.from_pretrained, str(path), add_pooling_layer=False)
-            decoder = _load_quietly(BertLMHeadModel.from_pretrained, str(path), is_decoder=True, add_cross_attention=True)
-            model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
-        else:
-            base = BertConfig.from_pretrained(str(path))
-            decoder_config = BertConfig.from_pretrained(str(path), is_decoder=True, add_cross_attention=True)
-            config = EncoderDecoderConfig.from_encoder_decoder_configs(base, decoder_config)
-            model = EncoderDecoderModel(config=config)
+        try:
+            tokenizer = _load_quietly(AutoTokenizer.from_pretrained, str(path))
+            if pretrained:
+                encoder = _load_quietly(BertModel.from_pretrained, str(path), add_pooling_layer=False)
+                decoder = _load_quietly(BertLMHeadModel.from_pretrained, str(path), is_decoder=True, add_cross_attention=True)
+                model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+            else:
+                base = BertConfig.from_pretrained(str(path))
+                decoder_config = BertConfig.from_pretrained(str(path), is_decoder=True, add_cross_attention=True)
+                model = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(base, decoder_config))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise FinetuneError(f"could not load BERT checkpoint {str(path)!r} for an encoder-decoder: {first}") from None
         # BERT's [CLS] starts the target and [SEP] ends it, as it brackets every BERT input
         for target in (model.config, model.generation_config):
             target.decoder_start_token_id = tokenizer.cls_token_id
