@@ -58,6 +58,8 @@ def refusal(modality: str, kind: str, strategy: str) -> str | None:
         return "strategy does not take this modality"
     if strat.needs_single_class and not task.single_class:
         return "strategy needs one class per example"
+    if strat.needs_decoder and not task.needs_decoder:
+        return "strategy needs an encoder-decoder"
     return None
 
 

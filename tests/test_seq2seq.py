@@ -138,3 +138,36 @@ def test_a_stopped_run_resumes_to_the_same_weights(tiny_asr, speech_tables, tmp_
     got = read_weights(resumed.run_dir)
     for name, value in read_weights(reference.run_dir).items():
         torch.testing.assert_close(got[name], value)
+
+
+@pytest.mark.parametrize("strategy", ["frozen_encoder", "lora"])
+def test_encoder_decoder_strategies_train_what_they_say(strategy, tiny_asr, speech_tables, tmp_path):
+    """frozen_encoder: the encoder keeps its pretrained weights, the decoder trains; lora: adapters
+    on the attention projections only (merged on save), the rest as pretrained."""
+    from safetensors.torch import load_file
+
+    from finetunekit.run.artifacts import read_weights
+
+    recipe = Recipe.from_dict({**asr_recipe(tiny_asr, speech_tables, epochs=1).to_dict(),
+                               "strategy": {"name": strategy, "lora_rank": 4}})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    pretrained = load_file(str(tiny_asr / "model.safetensors"))
+    got = {k.removeprefix("backbone.model."): v for k, v in read_weights(result.run_dir).items()}
+    changed = {k for k, v in pretrained.items() if k in got and not torch.equal(got[k], v.float())}
+    assert changed, "nothing trained"
+    if strategy == "frozen_encoder":
+        assert not {k for k in changed if k.startswith("model.encoder.")} and any(k.startswith("model.decoder.layers") for k in changed)
+    else:
+        assert {k.rsplit(".", 2)[-2] for k in changed} <= {"q_proj", "k_proj", "v_proj", "out_proj"}
+
+
+def test_frozen_encoder_refuses_an_encoder_task(tiny_bert, tmp_path):
+    from conftest import tiny_text_recipe
+    from test_tasks import text_task_data
+
+    from finetunekit.core.errors import RecipeError
+
+    data = text_task_data(tmp_path, "classification")
+    recipe = tiny_text_recipe((Path(data["train"]), Path(data["val"])), tiny_bert, data=data, strategy={"name": "frozen_encoder"})
+    with pytest.raises(RecipeError, match="strategy.name: frozen_encoder splits an encoder-decoder"):
+        train(recipe, output=tmp_path / "run", quiet=True)
