@@ -14,11 +14,12 @@ Two ways in:
 * ``hf:<seq2seq checkpoint or folder>``: any ``AutoModelForSeq2SeqLM`` (Marian, T5, BART, mBART) with
   its tokenizer; the ``hf:`` source picks this wrapper when the config says ``is_encoder_decoder``.
 
-The wrapper gives the generation contract (``finetunekit.backbones.seq2seq``): source ids
-(:meth:`tokenize`), target ids (:meth:`target_tokenize`, ending in the end-of-sequence token, without
-the decoder start token), teacher-forced logits (:meth:`forward_seq2seq`), batched beam search with
-the key/value cache (:meth:`generate`, transformers' own ``generate``), and back to text
-(:meth:`decode_text`). ``forward_features`` mean-pools the encoder's states.
+The wrapper gives the generation contract (:class:`finetunekit.backbones.seq2seq.Seq2SeqBackbone`,
+whose ``forward_seq2seq`` and batched ``generate`` it uses as they are): source ids
+(:meth:`tokenize`), the encoder's states (:meth:`encode`), target ids (:meth:`target_tokenize`,
+ending in the end-of-sequence token, without the decoder start token), back to text
+(:meth:`decode_text`), and what strategies need: layer groups with the encoder's first
+(:meth:`encoder_groups`) and the attention projections (:meth:`attention_projections`, LoRA's default).
 
 Example::
 
@@ -125,10 +126,10 @@ class TextEncDecBackbone(Seq2SeqBackbone):
         return cls(model, tokenizer, f"hf:{name_or_path}")
 
     # -- the backbone contract --------------------------------------------------------------------
-    def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden (B, S, D), mask (B, S) bool)``: the encoder over the source tokens."""
         hidden = self.model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return hidden, batch["attention_mask"].bool()
 
     def tokenize(self, texts: list[Any], max_length: int) -> dict[str, list[list[int]]]:
         """Source token ids (``input_ids``, ``attention_mask``), truncated to ``max_length``."""
@@ -159,26 +160,6 @@ class TextEncDecBackbone(Seq2SeqBackbone):
     def pad_token_id(self) -> int:
         return self._pad
 
-    def forward_seq2seq(self, batch: dict[str, torch.Tensor], decoder_input_ids: torch.Tensor,
-                        decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits ``(B, T, vocab_size)`` of the next target token at each position."""
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], decoder_input_ids=decoder_input_ids,
-                         decoder_attention_mask=decoder_attention_mask, use_cache=False)
-        return out.logits
-
-    @torch.no_grad()
-    def generate(self, batch: dict[str, torch.Tensor], *, num_beams: int = 1, max_new_tokens: int = 64,
-                 length_penalty: float = 1.0) -> list[list[int]]:
-        """Beam search (greedy with one beam) over the whole batch at once, with the decoder's
-        key/value cache: transformers' ``generate``. Each result: the generated ids after the decoder
-        start token, up to (not including) the end-of-sequence token."""
-        out = self.model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], num_beams=num_beams, max_new_tokens=max_new_tokens,
-            length_penalty=length_penalty, do_sample=False, decoder_start_token_id=self.decoder_start_token_id,
-            eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
-        )
-        return [_strip(row, self.decoder_start_token_id, self.eos_token_id, self.pad_token_id) for row in out.tolist()]
-
     def collate_source(self, encoded: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
         """Pad :meth:`tokenize`'s ids into a batch (right padding)."""
         width = max(len(row) for row in encoded["input_ids"])
@@ -189,28 +170,43 @@ class TextEncDecBackbone(Seq2SeqBackbone):
     # -- what strategies need ---------------------------------------------------------------------
     def layer_groups(self) -> list[list[str]]:
         """Encoder embeddings, each encoder layer, decoder embeddings, each decoder layer, then the
-        output side (LM head), input end first: the order layer-wise learning rates decay along."""
+        output side (LM head), input end first: the order layer-wise learning rates decay along. A
+        table the encoder shares with the decoder (Marian, T5, BART: one embedding table that is
+        also the output projection) goes with the decoder, so freezing the encoder's groups
+        (``encoder_groups``) never freezes the decoder's input or output."""
+        return self._groups()[0]
+
+    def encoder_groups(self) -> int:
+        """How many of :meth:`layer_groups` (input side first) are the encoder's own."""
+        return self._groups()[1]
+
+    def _groups(self) -> tuple[list[list[str]], int]:
         names = {id(p): n for n, p in self.named_parameters()}
         encoder, decoder = self.model.get_encoder(), self.model.get_decoder()
         enc_layers, dec_layers = _layer_list(encoder), _layer_list(decoder)
+        shared = {id(p) for p in decoder.parameters()} | {id(p) for p in self.model.get_output_embeddings().parameters()}
         groups: list[list[str]] = []
         taken: set[int] = set()
 
         def add(params: Any) -> None:
-            group = [names[id(p)] for p in params if id(p) in names and id(p) not in taken]
-            taken.update(id(p) for p in params)
+            group = []
+            for p in params:  # a table shared by both sides is listed by both
+                if id(p) in names and id(p) not in taken:
+                    group.append(names[id(p)])
+                    taken.add(id(p))
             if group:
                 groups.append(group)
 
         layered = {id(p) for layers in (enc_layers, dec_layers) for p in layers.parameters()}
-        add([p for p in encoder.parameters() if id(p) not in layered])
+        add([p for p in encoder.parameters() if id(p) not in layered and id(p) not in shared])
         for layer in enc_layers:
-            add(list(layer.parameters()))
-        add([p for p in decoder.parameters() if id(p) not in layered])
+            add([p for p in layer.parameters() if id(p) not in shared])
+        encoder_count = len(groups)
+        add([p for p in decoder.parameters() if id(p) not in layered] + [p for p in encoder.parameters() if id(p) in shared])
         for layer in dec_layers:
             add(list(layer.parameters()))
         add(list(self.parameters()))  # the LM head and anything outside both stacks
-        return groups
+        return groups, encoder_count
 
     def token_embedding_names(self) -> list[str]:
         """The encoder's input-token table when it is its own (MiniLM's): frozen by default, as for
@@ -220,21 +216,9 @@ class TextEncDecBackbone(Seq2SeqBackbone):
         tied = {id(self.model.get_decoder().get_input_embeddings().weight), id(self.model.get_output_embeddings().weight)}
         return [n for n, p in self.named_parameters() if p is source and id(p) not in tied]
 
-    def encoder_parameter_names(self) -> list[str]:
-        """Parameters of the encoder that the decoder does not share (a frozen-encoder strategy
-        freezes these; a shared embedding table keeps training with the decoder)."""
-        shared = {id(p) for p in self.model.get_decoder().parameters()} | {id(p) for p in self.model.get_output_embeddings().parameters()}
-        encoder = {id(p) for p in self.model.get_encoder().parameters()}
-        return [n for n, p in self.named_parameters() if id(p) in encoder and id(p) not in shared]
-
-    def encoder_module_names(self) -> list[str]:
-        """The encoder's module name relative to this backbone (``model.encoder``, ``model.model.encoder``)."""
-        encoder = self.model.get_encoder()
-        return [n for n, m in self.named_modules() if m is encoder][:1]
-
-    def lora_target_names(self) -> list[str]:
+    def attention_projections(self) -> list[str]:
         """The attention projections (self- and cross-attention, both sides) by the names this
-        model family uses, as ``strategy.lora_targets`` takes them."""
+        model family uses, as ``strategy.lora_targets`` takes them: LoRA's default targets."""
         leaves = {name for name, module in self.model.named_modules() if isinstance(module, nn.Linear)}
         return [t for t in ATTENTION_PROJECTIONS if any(n == t or n.endswith("." + t) for n in leaves)]
 
@@ -308,15 +292,3 @@ def _layer_list(module: nn.Module) -> nn.ModuleList:
         if isinstance(sub, nn.ModuleList) and (best is None or len(sub) > len(best)):
             best = sub
     return best if best is not None else nn.ModuleList()
-
-
-def _strip(row: list[int], start: int, eos: int, pad: int) -> list[int]:
-    if row and row[0] == start:
-        row = row[1:]
-    out = []
-    for token in row:
-        if token == eos:
-            break
-        if token != pad:
-            out.append(token)
-    return out

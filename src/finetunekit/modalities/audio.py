@@ -150,13 +150,18 @@ class AudioDataset:
 def clip_features(backbone: Any, wave: np.ndarray, clip_samples: int, preset: dict[str, Any] | None = None,
                   rng: np.random.Generator | None = None) -> Any:
     """Log-mel features ``(n_mels, frames)`` of one clip fitted to ``clip_samples``; with a preset
-    and ``rng``, augmented (a random crop of a longer clip, time shift, gain, SpecAugment)."""
+    and ``rng``, augmented (a random crop of a longer clip, time shift, gain, SpecAugment).
+    ``clip_samples`` 0: the clip whole, at its own length (no crop and no time shift, which would
+    cut words off a transcript's clip; gain and SpecAugment only)."""
     import torch
 
     from ..data.audio import fit_length, gain, spec_augment, time_shift
 
     preset = preset or {}
-    if rng is not None and preset:
+    if clip_samples <= 0:
+        if rng is not None and preset:
+            wave = gain(wave, rng, -preset["gain_db"], preset["gain_db"])
+    elif rng is not None and preset:
         wave = fit_length(wave, clip_samples, "random", rng)
         wave = time_shift(wave, rng, int(preset["shift"] * clip_samples))
         wave = gain(wave, rng, -preset["gain_db"], preset["gain_db"])
@@ -201,6 +206,7 @@ class Audio(FileInputs, Modality):
     request_field = "audio"
     backbone_needs = ("featurize", "sampling_rate")
     augments = True
+    seq2seq_backbones = True  # Whisper: bundled:whisper_tiny_en, bundled:whisper_base, whisper:<folder>
     # Chosen by measurement on Speech Commands V2-12 (benchmarks/audio.py, docs/audio.md): full
     # fine-tuning of Whisper tiny.en for 4 epochs reached 0.981 test accuracy against 0.932 for the
     # linear probe on its features (0.946 on Whisper base's), in about 5 minutes on two CPU cores.
@@ -286,6 +292,9 @@ class Audio(FileInputs, Modality):
                       max_length: int, task: Any = None, crop_scale: float = 0.25) -> Any:
         """Training (``train=True``) sets ``preprocessing["clip_seconds"]`` from its clips when the
         preprocessing has none yet; the run saves that preprocessing, so predict fits inputs alike."""
+        if getattr(task, "whole_inputs", False):  # a transcript covers the whole clip: each at its own length
+            preprocessing["clip_seconds"] = None
+            return AudioDataset(examples.inputs, label_ids, backbone, 0, augment if train else "none")
         if "clip_seconds" not in preprocessing:
             preprocessing["clip_seconds"] = clip_seconds_of(examples.inputs, float(preprocessing.get("max_seconds", 30.0)))
         clip = int(round(float(preprocessing["clip_seconds"]) * int(backbone.sampling_rate)))
@@ -297,7 +306,8 @@ class Audio(FileInputs, Modality):
 
         backbone = predictor.model.backbone
         rate = int(backbone.sampling_rate)
-        clip = int(round(float(predictor.preprocessing.get("clip_seconds", 1.0)) * rate))
+        seconds = predictor.preprocessing.get("clip_seconds", 1.0)
+        clip = 0 if seconds is None else int(round(float(seconds) * rate))  # None: each clip whole (seq2seq)
         waves = [resample(*(self.load_item(item) if isinstance(item, (str, Path)) else item), rate) for item in items]
         return collate_features([{"input_features": clip_features(backbone, w, clip)} for w in waves])
 

@@ -61,6 +61,9 @@ class Modality:
     # dense task types (Task.dense: segmentation, detection) read; the resolve step refuses a dense
     # task on a modality without them
     feature_maps: ClassVar[bool] = False
+    # encoder-decoder backbones read it (Whisper for audio, translation models for text): task
+    # types that write text (Task.needs_decoder) can train on it
+    seq2seq_backbones: ClassVar[bool] = False
     # training defaults for the recipe fields left as None (finetunekit.run.defaults), the default
     # strategy, and per-strategy changes to those defaults
     default_strategy: ClassVar[str]

@@ -296,7 +296,8 @@ def _plan(recipe: Recipe, quiet: bool = False) -> tuple[Any, Plan]:
     modality_of(backbone.modality).check_backbone(backbone)
     main = int(os.environ.get("RANK", "0")) == 0  # what was inferred is said once, by the main process
     say = (lambda message: print(message, flush=True)) if main and not quiet else None
-    return backbone, resolve(recipe, backbone.modality, say)
+    plan = resolve(recipe, backbone.modality, say)
+    return plan.task.backbone_for(backbone), plan
 
 
 def _build(plan: Plan, backbone: Any, accelerator: Any, run_dir: Path) -> _Run:
