@@ -202,10 +202,13 @@ class TextEncDecBackbone(Seq2SeqBackbone):
         for layer in enc_layers:
             add([p for p in layer.parameters() if id(p) not in shared])
         encoder_count = len(groups)
-        add([p for p in decoder.parameters() if id(p) not in layered] + [p for p in encoder.parameters() if id(p) in shared])
+        # the decoder's embeddings (a shared table among them); its final norms and LM-head
+        # transform sit on the output side, after its layers
+        embeddings = [p for n, p in decoder.named_parameters() if id(p) not in layered and "embed" in n]
+        add(embeddings + [p for p in encoder.parameters() if id(p) in shared])
         for layer in dec_layers:
             add(list(layer.parameters()))
-        add(list(self.parameters()))  # the LM head and anything outside both stacks
+        add(list(self.parameters()))  # the output side: what neither stack's layers nor embeddings hold
         return groups, encoder_count
 
     def token_embedding_names(self) -> list[str]:
