@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core.errors import FinetuneError
 
+
 class Backbone(nn.Module):
     modality: ClassVar[str]  # the modality it serves (finetunekit.modalities)
     kind: ClassVar[str]  # the key that rebuilds it: BACKBONE_KINDS[kind].from_description(...)

@@ -195,13 +195,12 @@ def candidate_features(
     un-augmented training features, so a later linear probe on the same data reads them back."""
     from types import SimpleNamespace
 
-    from ..data.pipeline import build_loader
-    from ..run.features import FeatureCache, cache_key, compute_features, examples_digest, weights_digest
     from ..core.runtime import resolve_precision
-    from ..run.trainer import make_accelerator
-
+    from ..data.pipeline import build_loader
     from ..modalities import modality_of
+    from ..run.features import FeatureCache, cache_key, compute_features, examples_digest, weights_digest
     from ..run.recipe import DataSpec
+    from ..run.trainer import make_accelerator
 
     # the preprocessing dict exactly as the trainer builds it (it is part of the cache key)
     kind = modality_of(backbone.modality)

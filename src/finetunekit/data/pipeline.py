@@ -11,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..core.errors import DataError
-from .readers import Examples
 
 # -- images --------------------------------------------------------------------------------------
 

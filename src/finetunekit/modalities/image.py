@@ -14,7 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, _read_image_folder, _read_image_table, check_images, is_table
+from ..data.readers import (
+    IMAGE_COLUMN_GUESSES,
+    IMAGE_EXTENSIONS,
+    RECIPE_COLUMN_OPTIONS,
+    _read_image_folder,
+    _read_image_table,
+    check_images,
+    is_table,
+)
 from . import MODALITIES
 from .base import FileInputs, InputSchema, Modality
 
@@ -24,6 +32,7 @@ class Image(FileInputs, Modality):
     file_noun = "image"
     file_kind = "image"
     name = "image"
+    threaded_images = True  # batch prediction decodes images in threads ahead of the model
     column_guesses = IMAGE_COLUMN_GUESSES
     file_extensions = frozenset(IMAGE_EXTENSIONS)
     request_field = "images"

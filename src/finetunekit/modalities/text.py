@@ -18,8 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, TEXT_COLUMN_GUESSES, TEXT_EXTENSIONS, _read_text_table
 from ..core.errors import DataError
+from ..data.readers import (
+    IMAGE_EXTENSIONS,
+    RECIPE_COLUMN_OPTIONS,
+    TEXT_COLUMN_GUESSES,
+    TEXT_EXTENSIONS,
+    _read_text_table,
+)
 from . import MODALITIES
 from .base import InputSchema, Modality, is_file, shown, singles
 
