@@ -20,9 +20,9 @@ from .version import __version__
 __all__ = ["Recipe", "__version__", "evaluate", "load", "train"]
 
 if TYPE_CHECKING:
+    from .use.predict import load
     from .run.recipe import Recipe
     from .run.trainer import train
-    from .use.predict import load
 
 
 def evaluate(

@@ -114,8 +114,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.readers import FLAG_COLUMN_OPTIONS
     from .modalities import read_examples
+    from .data.readers import FLAG_COLUMN_OPTIONS
     from .use.predict import load
 
     if args.input or args.output:
@@ -198,8 +198,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .report import load_run, write_report
     from .use.explain import error_explanations
+    from .report import load_run, write_report
 
     check_output(args.output or Path(args.run_dir) / "report.html", [args.run_dir])
     load_run(args.run_dir)  # a missing or broken run directory is its one-line error, before any explaining
@@ -245,8 +245,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .choose.tune import tune
     from .run.recipe import Recipe
+    from .choose.tune import tune
 
     recipe = Recipe.from_yaml(args.recipe).with_overrides(args.set or [])
     check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=False)

@@ -15,8 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .core.errors import FinetuneError
 from .run.artifacts import atomic_write_json, atomic_write_text
+from .core.errors import FinetuneError
 from .run.recipe import Recipe
 
 TRAIN_PER_CLASS = 30  # 300 training images: the low-data regime where pretraining pays off

@@ -22,7 +22,6 @@ from torch import nn
 
 from ..core.errors import FinetuneError
 
-
 class Backbone(nn.Module):
     modality: ClassVar[str]  # the modality it serves (finetunekit.modalities)
     kind: ClassVar[str]  # the key that rebuilds it: BACKBONE_KINDS[kind].from_description(...)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import DataError
 from ..data.readers import IMAGE_EXTENSIONS, is_table
 from ..modalities import detect, modality_of
+from ..core.errors import DataError
 from ..run.recipe import Recipe
 
 # Epochs: enough for about TARGET_STEPS optimizer steps at the default batch size, within

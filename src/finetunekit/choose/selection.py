@@ -195,12 +195,13 @@ def candidate_features(
     un-augmented training features, so a later linear probe on the same data reads them back."""
     from types import SimpleNamespace
 
-    from ..core.runtime import resolve_precision
     from ..data.pipeline import build_loader
-    from ..modalities import modality_of
     from ..run.features import FeatureCache, cache_key, compute_features, examples_digest, weights_digest
-    from ..run.recipe import DataSpec
+    from ..core.runtime import resolve_precision
     from ..run.trainer import make_accelerator
+
+    from ..modalities import modality_of
+    from ..run.recipe import DataSpec
 
     # the preprocessing dict exactly as the trainer builds it (it is part of the cache key)
     kind = modality_of(backbone.modality)

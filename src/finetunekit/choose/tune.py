@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import DivergenceError, FinetuneError, RecipeError
-from ..engine.callbacks import Callback
 from ..run import artifacts
+from ..engine.callbacks import Callback
+from ..core.errors import DivergenceError, FinetuneError, RecipeError
 from ..run.recipe import Recipe
 
 STUDY_NAME = "finetunekit"

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..core.errors import DataError
+from .readers import Examples
 
 # -- images --------------------------------------------------------------------------------------
 

@@ -19,15 +19,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import DataError
-from ..core.registry import Registry
 from ..data.memory import held, hf_table, is_hf, is_memory, is_token, memory_table
 from ..data.readers import RECIPE_COLUMN_OPTIONS, Examples
+from ..core.errors import DataError
+from ..core.registry import Registry
 
 MODALITIES: Registry = Registry("modality")
 
-from . import audio, image, text  # noqa: E402, F401  (registers the modalities)
 from .base import InputSchema, Modality  # noqa: E402
+from . import audio, image, text  # noqa: E402, F401  (registers the modalities)
 
 __all__ = ["MODALITIES", "InputSchema", "Modality", "build_dataset", "detect", "modality_of", "read_examples"]
 

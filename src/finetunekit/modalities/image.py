@@ -14,15 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.readers import (
-    IMAGE_COLUMN_GUESSES,
-    IMAGE_EXTENSIONS,
-    RECIPE_COLUMN_OPTIONS,
-    _read_image_folder,
-    _read_image_table,
-    check_images,
-    is_table,
-)
+from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, _read_image_folder, _read_image_table, check_images, is_table
 from . import MODALITIES
 from .base import FileInputs, InputSchema, Modality
 

@@ -18,14 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.readers import IMAGE_EXTENSIONS, RECIPE_COLUMN_OPTIONS, TEXT_COLUMN_GUESSES, TEXT_EXTENSIONS, _read_text_table
 from ..core.errors import DataError
-from ..data.readers import (
-    IMAGE_EXTENSIONS,
-    RECIPE_COLUMN_OPTIONS,
-    TEXT_COLUMN_GUESSES,
-    TEXT_EXTENSIONS,
-    _read_text_table,
-)
 from . import MODALITIES
 from .base import InputSchema, Modality, is_file, shown, singles
 
@@ -47,6 +41,7 @@ SAMPLE_PAIRS = [
 @MODALITIES.register("text")
 class Text(Modality):
     name = "text"
+    seq2seq_backbones = True  # encoder-decoders (translation) read text: the seq2seq task trains them
     seq2seq_backbones = True  # encoder-decoders (translation) read text: the seq2seq task trains them
     column_guesses = TEXT_COLUMN_GUESSES
     request_field = "texts"

@@ -104,8 +104,8 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def thumbnail(path: str, size: int = 192) -> str | None:
     """A JPEG data URI of the image, at most ``size`` pixels on a side; None when unreadable."""
-    from ..core.errors import DataError
     from ..data.images import open_bounded
+    from ..core.errors import DataError
 
     try:
         with open_bounded(path) as image:  # a file replaced by a decompression bomb since training

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..core.errors import FinetuneError
 from ..run import artifacts
+from ..core.errors import FinetuneError
 
 
 @dataclass

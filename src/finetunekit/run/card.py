@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from ..modalities import modality_of
 from .artifacts import atomic_write_text
+from ..modalities import modality_of
 
 HUB_IDS = {"bundled:minilm_l6": "sentence-transformers/all-MiniLM-L6-v2"}
 DESCRIPTIONS = {

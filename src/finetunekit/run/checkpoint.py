@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import DivergenceError, FinetuneError, warn
 from ..engine.loop import EpochProgress
+from ..core.errors import DivergenceError, FinetuneError, warn
 
 FORMAT_VERSION = 1
 DIRNAME = "checkpoints"

@@ -299,9 +299,9 @@ def build_cached_loaders(run: Any, train_ds: Dataset, val_ds: Dataset, train_ids
 
     from torch.utils.data import DataLoader
 
-    from ..core.runtime import resolve_precision
     from ..data.pipeline import SequentialBatchSampler, augment_seed, build_loader
     from ..modalities import modality_of
+    from ..core.runtime import resolve_precision
 
     started = time.perf_counter()
     recipe, accelerator, d, seed = run.recipe, run.accelerator, run.recipe.data, run.recipe.train.seed

@@ -23,22 +23,8 @@ from typing import Any
 
 import torch
 
-from ..backbones import create_backbone
-from ..core.errors import DivergenceError, FinetuneError, RecipeError
-from ..core.runtime import distributed, resolve_precision
-from ..data import Examples
-from ..data.memory import holding, memory_splits
-from ..data.pipeline import build_loader, progressive_sizes
-from ..engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
-from ..engine.ema import ModelEMA
-from ..engine.loop import EpochProgress, EpochStats
-from ..engine.objective import build_objective
-from ..engine.optim import format_param_groups, param_group_rows
-from ..modalities import modality_of
-from ..strategies import STRATEGIES
-from ..strategies.regularizers import without_backbone_decay
-from ..tasks import Task
 from . import artifacts, trackers
+from ..backbones import create_backbone
 from .checkpoint import (
     Checkpointer,
     Position,
@@ -51,9 +37,23 @@ from .checkpoint import (
     list_checkpoints,
     truncate_logs,
 )
+from ..data import Examples
+from ..data.memory import holding, memory_splits
+from ..data.pipeline import build_loader, progressive_sizes
+from ..engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
+from ..engine.ema import ModelEMA
+from ..engine.loop import EpochProgress, EpochStats
+from ..engine.objective import build_objective
+from ..engine.optim import format_param_groups, param_group_rows
+from ..core.errors import DivergenceError, FinetuneError, RecipeError
+from ..modalities import modality_of
 from .model import FineTuneModel
 from .plan import Plan, resolve
 from .recipe import Recipe
+from ..core.runtime import distributed, resolve_precision
+from ..strategies import STRATEGIES
+from ..strategies.regularizers import without_backbone_decay
+from ..tasks import Task
 
 
 @dataclass
@@ -558,8 +558,8 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
     if accelerator.is_main_process:
         _write_final(run, unwrapped, final, trainable, total)
-        from ..report import write_report_after_training
         from ..use.explain import error_explanations
+        from ..report import write_report_after_training
 
         if run.report:
             write_report_after_training(run_dir, quiet, explain=error_explanations)

@@ -34,9 +34,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import DataError
 from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
 from ..data.tables import csv_rows, inside_root
+from ..core.errors import DataError
 
 BOX_COLUMNS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"))
 LABEL_COLUMN_GUESSES = ("label", "class", "category", "class_name", "name")

@@ -91,7 +91,8 @@ class SegmentationTransform:
     """
 
     def __init__(self, size: Sequence[int], preprocessing: dict[str, Any], train: bool, augment: str) -> None:
-        from torchvision.transforms import InterpolationMode, v2
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import v2
 
         height, width = int(size[0]), int(size[1])
         interpolation = InterpolationMode(preprocessing.get("interpolation", "bilinear"))

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import DataError
 from ..data.readers import IMAGE_EXTENSIONS, Examples
+from ..core.errors import DataError
 
 
 def read_segmentation(path: str | Path) -> Examples:

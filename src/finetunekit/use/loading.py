@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from ..backbones import rebuild_backbone
-from ..core.errors import FinetuneError
 from ..run.artifacts import load_weights, read_json, read_run_info, read_weights, verify_weights
+from ..core.errors import FinetuneError
+from ..backbones import rebuild_backbone
 from ..run.model import FineTuneModel
 from ..tasks import task_from_state
 

@@ -458,8 +458,8 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, option
     """Load the run and answer requests until interrupted (Ctrl-C or SIGTERM)."""
     import torch
 
-    from ...core.runtime import usable_cores
     from ..predict import load
+    from ...core.runtime import usable_cores
 
     # Intra-op threads: every core by default; the one inference thread uses them all per batch.
     torch.set_num_threads(threads or usable_cores())

@@ -36,10 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ...core.errors import DataError, FinetuneError
 from ...data.readers import TEXT_EXTENSIONS, _iter_rows
+from ...core.errors import DataError, FinetuneError
 from ...modalities import modality_of
-
 # Texts: batches of similar length are formed within windows of this many batches (SST-2 dev at
 # batch 64: 25,136 token positions instead of 44,448 in input order); a crash loses at most one
 # window's work.
