@@ -23,23 +23,31 @@ WORDS = ["one", "two", "three", "four", "five", "yes", "no", "stop", "go", "up",
 
 @pytest.fixture(scope="session")
 def tiny_asr(tmp_path_factory) -> Path:
-    """A 1+1-layer, 64-wide Whisper with a 300-token byte-level BPE tokenizer: ``whisper:<folder>``."""
+    """A 1+1-layer, 64-wide Whisper with a 300-token byte-level BPE Whisper tokenizer: ``whisper:<folder>``."""
+    import json
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
-        PreTrainedTokenizerFast,
         WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
+        WhisperTokenizer,
     )
 
     specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=297, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([" ".join(WORDS).upper(), " ".join(WORDS)] * 20, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=specials[1:])
+    folder = tmp_path_factory.mktemp("tiny_asr")
+    tok.model.save(str(folder))
+    merges = [tuple(line.split()) for line in (folder / "merges.txt").read_text().splitlines()[1:] if line.strip()]
+    vocab = json.loads((folder / "vocab.json").read_text())
+    # the special tokens last, as in Whisper's vocabulary: the pipeline reads every id past
+    # <|notimestamps|> as a timestamp
+    vocab.update({t: len(vocab) + i for i, t in enumerate(specials)})
+    fast = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>", additional_special_tokens=specials[1:])
     ids = {t: fast.convert_tokens_to_ids(t) for t in specials}
     config = WhisperConfig(
         vocab_size=len(fast), num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
@@ -48,7 +56,6 @@ def tiny_asr(tmp_path_factory) -> Path:
         decoder_start_token_id=ids["<|startoftranscript|>"], suppress_tokens=None, begin_suppress_tokens=None,
     )
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_asr")
     WhisperForConditionalGeneration(config).save_pretrained(folder)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
     fast.save_pretrained(folder)
@@ -163,11 +170,100 @@ def test_encoder_decoder_strategies_train_what_they_say(strategy, tiny_asr, spee
 
 def test_frozen_encoder_refuses_an_encoder_task(tiny_bert, tmp_path):
     from conftest import tiny_text_recipe
-    from test_tasks import text_task_data
-
     from finetunekit.core.errors import RecipeError
+    from test_tasks import text_task_data
 
     data = text_task_data(tmp_path, "classification")
     recipe = tiny_text_recipe((Path(data["train"]), Path(data["val"])), tiny_bert, data=data, strategy={"name": "frozen_encoder"})
     with pytest.raises(RecipeError, match="strategy.name: frozen_encoder splits an encoder-decoder"):
         train(recipe, output=tmp_path / "run", quiet=True)
+
+
+def test_long_recordings_are_transcribed_window_by_window(asr_run, speech_tables, tmp_path):
+    """The tiny model's window is 2 s: a 5-second file is cut into 2 + 2 + 1 s, each transcribed, the texts joined."""
+    import soundfile as sf
+
+    from finetunekit import load
+    from finetunekit.data.audio import read_audio
+
+    clips = sorted((speech_tables[1].parent / "clips").glob("*.wav"))
+    waves = [read_audio(p, 16_000) for p in clips]
+    pieces = []
+    for wave in waves:
+        pieces.append(np.concatenate([wave, np.zeros(32_000 - len(wave), dtype=np.float32)]))
+    long_wave = np.concatenate([pieces[0], pieces[1], waves[2]])
+    sf.write(tmp_path / "long.wav", long_wave, 16_000)
+    model = load(asr_run.run_dir)
+    alone = model.task.decode(model.predict_items([(pieces[0], 16_000), (pieces[1], 16_000), (waves[2], 16_000)]))
+    joined = model.predict([str(tmp_path / "long.wav")])[0]
+    assert " ".join(" ".join(t.split()) for t in alone if t.strip()) == " ".join(joined.split())
+
+
+def test_batch_predict_writes_transcripts_and_compare_pairs_the_runs(asr_run, speech_tables, tmp_path, capsys):
+    from finetunekit import load
+    from finetunekit.cli import main
+    from finetunekit.report import significance_lines
+
+    out = tmp_path / "transcripts.csv"
+    assert main(["predict", str(asr_run.run_dir), "--input", str(speech_tables[1]), "--output", str(out), "--column", "audio", "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open(newline="")))
+    paths = [str(speech_tables[1].parent / r["audio"]) for r in csv.DictReader(speech_tables[1].open(), delimiter="\t")]
+    assert [r["text"] for r in rows] == load(asr_run.run_dir).predict(paths) and all(r["error"] == "" for r in rows)
+    lines = significance_lines([asr_run.run_dir, asr_run.run_dir])
+    assert any("wer" in line for line in lines), lines
+
+
+def test_error_rates_match_hand_counts():
+    from finetunekit.tasks.seq2seq import bleu_metrics, plain_normalise, wer_metrics, whisper_normalise
+
+    assert plain_normalise("Erase U-D-B-E 5.") == "erase u d b e 5"
+    assert whisper_normalise("Enter two, nine!") == "enter 29"  # spoken digits joined, as AN4 reads them
+    # refs 3 + 2 words; hyp 1: one substitution; hyp 2: one deletion and one insertion
+    m = wer_metrics(["ENTER ONE TWO", "YES NO"], ["enter one three.", "no maybe"], "plain")
+    assert m["wer"] == pytest.approx(3 / 5) and m["num_words"] == 5
+    assert m["cer"] == pytest.approx((5 + 7) / (13 + 6))  # 'two'->'three': 5 edits; 'yes no'->'no maybe': 7
+    b = bleu_metrics(["The cat sat on the mat."], ["the cat sat on the mat."])
+    assert b["bleu"] == pytest.approx(100.0) and b["bleu_cased"] < 100.0 and "lc" in b["signature"]["bleu"]
+
+
+def test_bad_targets_are_one_line_errors(tiny_asr, speech_tables, tmp_path):
+    rows = speech_tables[0].read_text().splitlines()
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("\n".join([rows[0], rows[1], rows[2].split("\t")[0] + "\t  ", *rows[3:]]) + "\n")
+    for name in ("clips",):
+        (tmp_path / name).symlink_to(speech_tables[0].parent / name)
+    recipe = asr_recipe(tiny_asr, (empty, speech_tables[1]))
+    with pytest.raises(DataError, match=r"empty.tsv.*(row|line) 3.*empty target text"):
+        train(recipe, output=tmp_path / "run", quiet=True)
+    missing = tmp_path / "missing.tsv"
+    missing.write_text("\n".join(r.split("\t")[0] for r in rows) + "\n")
+    with pytest.raises(DataError, match="text"):
+        train(asr_recipe(tiny_asr, (missing, speech_tables[1])), output=tmp_path / "run2", quiet=True)
+    long = tmp_path / "long.tsv"
+    long.write_text("\n".join([rows[0], rows[1].split("\t")[0] + "\t" + " ".join(["THREE FOUR"] * 20), *rows[2:]]) + "\n")
+    with pytest.raises(DataError, match=r"long.tsv.*tokens long; the decoder writes at most"):
+        train(asr_recipe(tiny_asr, (long, speech_tables[1])), output=tmp_path / "run3", quiet=True)
+
+
+def test_export_loads_in_the_transformers_pipeline_with_the_same_texts(tiny_asr, speech_tables, tmp_path):
+    """Whisper's pipeline pads every clip to the model's window: a run trained on that window
+    (task.pad_to_window) exports exactly; the own-frames default is refused with the reason."""
+    from transformers import pipeline
+
+    from finetunekit import load
+    from finetunekit.core.errors import FinetuneError
+    from finetunekit.use.export import export
+
+    recipe = Recipe.from_dict({**asr_recipe(tiny_asr, speech_tables, epochs=1).to_dict(),
+                               "task": {"type": "seq2seq", "num_beams": 2, "pad_to_window": True}})
+    run = train(recipe, output=tmp_path / "run", quiet=True)
+    result = export(run.run_dir, "hf", tmp_path / "hf")
+    assert result.details["texts_equal"] >= 3
+    clips = sorted((speech_tables[1].parent / "clips").glob("*.wav"))[:3]
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path / "hf"), device="cpu")
+    from finetunekit.data.audio import read_audio
+
+    heard = asr([{"raw": read_audio(c, 16_000), "sampling_rate": 16_000} for c in clips])
+    assert [a["text"].strip() for a in heard] == load(run.run_dir).predict([str(c) for c in clips])
+    with pytest.raises(FinetuneError, match="--format hf"):
+        export(run.run_dir, "onnx", tmp_path / "onnx")

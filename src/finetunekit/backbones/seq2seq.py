@@ -36,6 +36,9 @@ member                         meaning
                                ``frozen_encoder`` strategy freezes those
 ``layer_groups()``             encoder groups first, then the decoder's, output side last (layer-wise
                                learning rates decay from the decoder's end)
+``pipeline_task``,             ``finetunekit export --format hf``: write a directory the transformers
+``save_transformers(dir, ...)``,  pipeline loads, and give it inputs; the export checks that the
+``pipeline_inputs(inputs)``    pipeline writes the same texts
 ``describe()`` /               rebuild the architecture from a run directory (``BACKBONE_KINDS``)
 ``from_description()`` /
 ``save_assets()``
@@ -157,6 +160,18 @@ class Seq2SeqBackbone(Backbone):
         for row in out[:, prompt.shape[1]:].tolist():
             results.append(row[: row.index(eos)] if eos in row else row)
         return results
+
+    # -- export ---------------------------------------------------------------------------------
+    pipeline_task: ClassVar[str] = "text2text-generation"  # the transformers pipeline an export serves
+
+    def save_transformers(self, directory: Any, num_beams: int, length_penalty: float, max_new_tokens: int) -> None:
+        """Write a directory ``transformers.pipeline(self.pipeline_task)`` loads, decoding as
+        :meth:`generate` does with these settings (``finetunekit export --format hf``)."""
+        raise NotImplementedError
+
+    def pipeline_inputs(self, inputs: list[Any]) -> list[Any]:
+        """Inputs (as predict takes them) in the form the pipeline takes them; texts: unchanged."""
+        return list(inputs)
 
     # -- what strategies need -------------------------------------------------------------------
     def attention_projections(self) -> list[str]:

@@ -121,7 +121,7 @@ class WhisperSeq2SeqBackbone(Seq2SeqBackbone):
         batch = WhisperEncoderBackbone.featurize(self, waveforms)  # type: ignore[arg-type]  (checks the length)
         if self.frames == "window":  # the feature extractor's own padding: log-mel of silence
             out = self.feature_extractor([np.asarray(w, dtype=np.float32) for w in waveforms], sampling_rate=self.sampling_rate,
-                                         return_tensors="np")
+                                         padding="max_length", max_length=self.max_frames * HOP_LENGTH, return_tensors="np")
             features = torch.from_numpy(out["input_features"])
             return {"input_features": features, "frame_mask": torch.ones(features.shape[0], features.shape[-1], dtype=torch.long)}
         return batch
@@ -135,6 +135,46 @@ class WhisperSeq2SeqBackbone(Seq2SeqBackbone):
             "max_seconds": self.max_frames * HOP_LENGTH / self.sampling_rate,
             "frames": self.frames,
         }
+
+    def use_window(self, window: bool) -> None:
+        """Encode every clip padded to Whisper's 30-second window (True) or on its own frames."""
+        self.frames = "window" if window else "own"
+
+    # -- export ---------------------------------------------------------------------------------
+    pipeline_task: ClassVar[str] = "automatic-speech-recognition"
+
+    def pipeline_inputs(self, inputs: list[Any]) -> list[Any]:
+        """Audio files as the pipeline takes them without ffmpeg: decoded, at the model's rate."""
+        from ..data.audio import read_audio
+
+        return [{"raw": read_audio(p, self.sampling_rate), "sampling_rate": self.sampling_rate} for p in inputs]
+
+    def save_transformers(self, directory: Path, num_beams: int, length_penalty: float, max_new_tokens: int) -> None:
+        """A directory ``transformers.pipeline("automatic-speech-recognition")`` loads: the model,
+        its tokenizer and feature extractor (its window the model's), and a generation config that
+        decodes as this backbone does (prompt, suppressed tokens, beams, length)."""
+        from transformers import GenerationConfig, WhisperFeatureExtractor
+
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        seconds = self.max_frames * HOP_LENGTH // self.sampling_rate
+        WhisperFeatureExtractor(feature_size=int(self.config.num_mel_bins), sampling_rate=self.sampling_rate,
+                                chunk_length=int(seconds)).save_pretrained(directory)
+        prompt = self.decoder_prompt
+        tokens = self.tokenizer.convert_ids_to_tokens(prompt)
+        config = GenerationConfig(
+            decoder_start_token_id=self.decoder_start_token_id, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+            bos_token_id=self.eos_token_id, max_new_tokens=int(max_new_tokens), num_beams=int(num_beams),
+            length_penalty=float(length_penalty), early_stopping=num_beams > 1, **self.generation_options(),
+        )
+        if "<|notimestamps|>" in tokens:
+            config.no_timestamps_token_id = int(prompt[tokens.index("<|notimestamps|>")])
+        config.is_multilingual = len(prompt) > 2
+        if config.is_multilingual:  # <|startoftranscript|><|xx|><|transcribe|><|notimestamps|>
+            config.lang_to_id = {tokens[1]: int(prompt[1])}
+            config.task_to_id = {"transcribe": int(prompt[2])}
+            config.language, config.task = tokens[1], "transcribe"
+        config.save_pretrained(directory)
 
     # -- tokens ---------------------------------------------------------------------------------
     @property

@@ -311,6 +311,26 @@ class Audio(FileInputs, Modality):
         waves = [resample(*(self.load_item(item) if isinstance(item, (str, Path)) else item), rate) for item in items]
         return collate_features([{"input_features": clip_features(backbone, w, clip)} for w in waves])
 
+    def long_inputs(self, inputs: Sequence[Any], max_seconds: float) -> dict[int, list[Any]]:
+        """Files longer than ``max_seconds`` (from their headers), cut into consecutive windows of
+        ``max_seconds`` (the last one shorter), each ``(samples, sample_rate)``."""
+        import soundfile as sf
+
+        from ..data.audio import windows
+
+        out: dict[int, list[Any]] = {}
+        if max_seconds <= 0:
+            return out
+        for i, path in enumerate(inputs):
+            try:
+                info = sf.info(str(path))
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                continue  # an unreadable file fails with its own message when it is read
+            if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
+                wave, rate = self.load_item(path)
+                out[i] = [(piece, rate) for _, piece in windows(wave, int(max_seconds * rate))]
+        return out
+
     def load_item(self, item: Any) -> Any:
         """A file -> ``(samples, sample_rate)``, float32 mono at the file's own rate."""
         from ..data.audio import read_audio_native

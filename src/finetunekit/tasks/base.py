@@ -318,6 +318,11 @@ class Task:
         prediction, which the report shows); the trainer writes them atomically."""
         return {}
 
+    def join_windows(self, rows: np.ndarray) -> np.ndarray:
+        """One input's scores from those of its consecutive windows (:attr:`whole_inputs` tasks:
+        a long recording predicted window by window)."""
+        raise NotImplementedError(f"a {self.type} task does not join windows")
+
     def to_input_frame(self, scores: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
         """Scores moved from the network's input to each input's own frame (``sizes``: (width,
         height) per image): detection's boxes back to the image's pixels. Default: unchanged."""

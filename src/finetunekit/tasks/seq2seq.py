@@ -65,6 +65,9 @@ class Seq2SeqOptions(TaskOptions):
     max_new_tokens: int | None = None  # default: the longest training target's tokens + 10% + 8
     normalise: Literal["plain", "whisper", "none"] | None = None  # default plain (WER's text normalisation)
     metric: Literal["auto", "wer", "bleu"] | None = None  # default auto: wer for audio inputs, bleu for text
+    # speech: encode each clip padded to Whisper's 30-second window, as Whisper was trained, instead
+    # of on its own frames (default false: 10x or more cheaper to train; docs/seq2seq.md)
+    pad_to_window: bool | None = None
 
     def __post_init__(self) -> None:
         if self.label_smoothing is not None:
@@ -77,7 +80,7 @@ class Seq2SeqOptions(TaskOptions):
             check_range("task.max_new_tokens", self.max_new_tokens, 1, 100_000)
 
 
-DEFAULTS = {"label_smoothing": 0.1, "num_beams": 4, "length_penalty": 1.0, "normalise": "plain", "metric": "auto"}
+DEFAULTS = {"label_smoothing": 0.1, "num_beams": 4, "length_penalty": 1.0, "normalise": "plain", "metric": "auto", "pad_to_window": False}
 
 
 # -- text normalisation and metrics ---------------------------------------------------------------
@@ -308,7 +311,7 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def check_options(cls, options: dict[str, Any], where: str) -> dict[str, Any]:
-        known = {"type", "label_smoothing", "num_beams", "length_penalty", "max_new_tokens", "normalise", "metric"}
+        known = {"type", "label_smoothing", "num_beams", "length_penalty", "max_new_tokens", "normalise", "metric", "pad_to_window"}
         for key in options:
             if key not in known and options[key] is not None:
                 raise RecipeError(f"{where}.{key}: not an option of a seq2seq task ({', '.join(sorted(known - {'type'}))})")
@@ -364,7 +367,12 @@ class Seq2SeqTask(Task):
         return 2 + int(self.max_new_tokens or 1)
 
     def backbone_for(self, backbone: Any) -> Any:
-        return backbone if getattr(backbone, "is_seq2seq", False) else backbone.as_seq2seq()
+        backbone = backbone if getattr(backbone, "is_seq2seq", False) else backbone.as_seq2seq()
+        if self.options.get("pad_to_window"):
+            if not hasattr(backbone, "use_window"):
+                raise RecipeError(f"task.pad_to_window: pads audio to Whisper's window; a {backbone.kind} backbone has none")
+            backbone.use_window(True)
+        return backbone
 
     def head_for(self, backbone: Any, dropout: float = 0.0) -> nn.Module:
         """The head driving ``backbone``'s decoder; fixes ``max_new_tokens`` from the longest
@@ -484,6 +492,12 @@ class Seq2SeqTask(Task):
             ids = [int(v) for v in row if v >= 0]
             out.append(self._decode_text(ids))
         return out
+
+    def join_windows(self, rows: np.ndarray) -> np.ndarray:
+        """The windows' generated ids one after the other (Whisper's tokens carry their leading
+        spaces, so the decoded texts join with one); no loss without targets."""
+        ids = [v for row in np.asarray(rows)[:, 2:] for v in row if v >= 0]
+        return np.array([float("nan"), 0.0, *ids], dtype=np.float32)
 
     def target_values(self, targets: np.ndarray) -> list[Any]:
         return tensor_to_texts(targets)

@@ -85,10 +85,32 @@ class Predictor:
         examples = self._examples(inputs)
         if len(examples) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
+        if self.task.whole_inputs:  # a long recording: window by window, the answers joined
+            long = self.kind.long_inputs(examples.inputs, float(self.preprocessing.get("max_seconds") or 0))
+            if long:
+                return self._with_windows(examples, long, batch_size)
         scores = self._scores(examples, None, batch_size)[0]
         if self.task.dense:  # detection: boxes back in each image's own pixels
             scores = self.task.to_input_frame(scores, [image_size(p, self.preprocessing.get("max_image_pixels")) for p in examples.inputs])
         return scores
+
+    def _with_windows(self, examples: Examples, long: dict[int, list[Any]], batch_size: int | None) -> np.ndarray:
+        """Scores of ``examples`` whose inputs ``long`` (by index) are cut into windows: those
+        predicted window by window and joined by the task, the others as usual; rows padded to one width."""
+        short = [i for i in range(len(examples)) if i not in long]
+        rows: dict[int, np.ndarray] = {}
+        if short:
+            scores = self._scores(examples.subset(short), None, batch_size)[0]
+            rows.update({i: scores[k] for k, i in enumerate(short)})
+        size = batch_size or self.batch_size
+        for i, pieces in long.items():
+            parts = [self.predict_items(pieces[k : k + size]) for k in range(0, len(pieces), size)]
+            rows[i] = self.task.join_windows(np.concatenate(parts))
+        width = max(len(r) for r in rows.values())
+        out = np.full((len(examples), width), -1.0, dtype=np.float32)
+        for i, row in rows.items():
+            out[i, : len(row)] = row
+        return out
 
     def set_options(self, score_threshold: float | None = None, nms_iou: float | None = None) -> Predictor:
         """Detection: report detections scoring ``score_threshold`` or more, and let non-maximum
