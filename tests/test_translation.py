@@ -76,6 +76,22 @@ def test_the_run_reloads_predicts_evaluates_and_serves(mt_run, tables, capsys):
     assert status == 200 and answer["predictions"][0]["text"] == saved[1]["predicted"]
 
 
+def test_export_to_a_transformers_directory_answers_the_same(mt_run, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from finetunekit.use.export import export
+
+    result = export(mt_run.run_dir, "hf", tmp_path / "hf")
+    assert result.details["texts_equal"] == result.details["examples"] > 0
+    saved = [json.loads(line) for line in (mt_run.run_dir / "val_predictions.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "hf").eval()
+    out = model.generate(**tokenizer([r["input"] for r in saved], return_tensors="pt", padding=True))
+    texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)]
+    assert texts == [r["predicted"] for r in saved]
+    assert "AutoModelForSeq2SeqLM" in (tmp_path / "hf" / "README.md").read_text()
+
+
 def test_a_stopped_run_resumes_to_the_same_weights(tiny_marian, tables, tmp_path, monkeypatch):
     from finetunekit.run.artifacts import read_weights
     from test_resume import interrupted

@@ -249,12 +249,49 @@ class TextEncDecBackbone(Seq2SeqBackbone):
         tokenizer = _load_quietly(AutoTokenizer.from_pretrained, assets)
         return cls(model, tokenizer, description.get("source", ""))
 
-    def export_pretrained(self, directory: Path) -> None:
-        """A transformers directory: ``AutoModelForSeq2SeqLM.from_pretrained`` and ``AutoTokenizer``
-        load it and ``generate`` gives this backbone's answers."""
+    # -- export to a transformers directory -------------------------------------------------------
+    # transformers 5 has no text2text-generation or translation pipeline: the export is checked, and
+    # its README shows it run, with AutoModelForSeq2SeqLM.generate, which reads generation_config.json
+    pipeline_task = "text2text-generation"
+
+    def save_transformers(self, directory: Path, num_beams: int, length_penalty: float, max_new_tokens: int) -> None:
+        """The model, its tokenizer and a generation config that decodes as this run does:
+        ``AutoModelForSeq2SeqLM.from_pretrained(directory).generate(**tokenizer(texts, padding=True))``
+        then writes this backbone's translations."""
+        import copy
+
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+        # the model's own generation defaults (Marian's forced_eos_token_id) apply to generate here
+        # too, so the export keeps them and sets the run's decoding on top
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(decoder_start_token_id=self.decoder_start_token_id, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
+                      max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), length_penalty=float(length_penalty),
+                      early_stopping=num_beams > 1, do_sample=False, **self.generation_options())
+        config.save_pretrained(directory)
+
+    def library_answers(self, directory: Any, inputs: list[Any]) -> list[str]:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        tokenizer = _load_quietly(AutoTokenizer.from_pretrained, str(directory))
+        model = _load_quietly(AutoModelForSeq2SeqLM.from_pretrained, str(directory)).eval()
+        answers: list[str] = []
+        for start in range(0, len(inputs), 8):
+            encoded = tokenizer([str(x) for x in inputs[start:start + 8]], return_tensors="pt", padding=True, truncation=True,
+                                max_length=self.max_source_positions)
+            with torch.no_grad():
+                out = model.generate(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+            answers += [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=True)]
+        return answers
+
+    def library_usage(self, directory: str) -> list[str]:
+        return ["```python", "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+                f'tokenizer = AutoTokenizer.from_pretrained("{directory}")',
+                f'model = AutoModelForSeq2SeqLM.from_pretrained("{directory}")  # decodes as the run did: generation_config.json',
+                'out = model.generate(**tokenizer(["Ein Hund rennt über die Wiese."], return_tensors="pt", padding=True))',
+                "print(tokenizer.batch_decode(out, skip_special_tokens=True))", "```"]
 
 
 def is_encoder_decoder(name_or_path: str) -> bool:

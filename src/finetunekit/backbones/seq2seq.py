@@ -38,7 +38,9 @@ member                         meaning
                                learning rates decay from the decoder's end)
 ``pipeline_task``,             ``finetunekit export --format hf``: write a directory the transformers
 ``save_transformers(dir, ...)``,  pipeline loads, and give it inputs; the export checks that the
-``pipeline_inputs(inputs)``    pipeline writes the same texts
+``pipeline_inputs(inputs)``,   pipeline writes the same texts (``library_answers``: the pipeline, or
+``library_answers(dir, xs)``,  ``generate`` where transformers has no pipeline for it) and its README
+``library_usage(dir)``         shows how to run it (``library_usage``)
 ``describe()`` /               rebuild the architecture from a run directory (``BACKBONE_KINDS``)
 ``from_description()`` /
 ``save_assets()``
@@ -172,6 +174,20 @@ class Seq2SeqBackbone(Backbone):
     def pipeline_inputs(self, inputs: list[Any]) -> list[Any]:
         """Inputs (as predict takes them) in the form the pipeline takes them; texts: unchanged."""
         return list(inputs)
+
+    def library_answers(self, directory: Any, inputs: list[Any]) -> list[str]:
+        """The texts the exported ``directory`` writes for ``inputs`` when transformers alone runs it
+        (the export's parity check): its :attr:`pipeline_task` pipeline here."""
+        from transformers import pipeline
+
+        loaded = pipeline(self.pipeline_task, model=str(directory), device="cpu")
+        answers = loaded(self.pipeline_inputs(list(inputs)), batch_size=4)
+        return [str(a["text"] if isinstance(a, dict) else a[0]["translation_text"]).strip() for a in answers]
+
+    def library_usage(self, directory: str) -> list[str]:
+        """Markdown lines of the export's README: how to run it with transformers alone."""
+        return ["```python", "from transformers import pipeline", f'asr = pipeline("{self.pipeline_task}", model="{directory}")',
+                'print(asr("clip.wav")["text"])', "```"]
 
     # -- what strategies need -------------------------------------------------------------------
     def attention_projections(self) -> list[str]:

@@ -143,13 +143,9 @@ def _export_seq2seq(predictor, run_dir: Path, fmt: str, target: Path) -> ExportR
     result: dict[str, Any] = {}
 
     def fill(tmp: Path) -> None:
-        from transformers import pipeline
-
         with _quiet_transformers():
             backbone.save_transformers(tmp, task.num_beams, task.length_penalty, int(task.max_new_tokens))
-            loaded = pipeline(backbone.pipeline_task, model=str(tmp), device="cpu")
-            answers = loaded(backbone.pipeline_inputs(list(inputs)), batch_size=4)
-        got = [str(a["text"] if isinstance(a, dict) else a[0]["translation_text"]).strip() for a in answers]
+            got = backbone.library_answers(tmp, list(inputs))
         mismatches = sum(a != b for a, b in zip(expected, got, strict=True))
         if mismatches:
             first = next(i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b)
@@ -161,9 +157,7 @@ def _export_seq2seq(predictor, run_dir: Path, fmt: str, target: Path) -> ExportR
                        "texts_equal": len(got)})
         artifacts.atomic_write_json(tmp / "export.json", {"format": fmt, "run_dir": str(run_dir), **result})
         d = str(target)
-        write_export_card(run_dir, tmp, LIBRARIES[fmt], [
-            "```python", "from transformers import pipeline", f'asr = pipeline("{backbone.pipeline_task}", model="{d}")',
-            'print(asr("clip.wav")["text"])', "```"])
+        write_export_card(run_dir, tmp, LIBRARIES[fmt], backbone.library_usage(d))
 
     if target.exists() and target.is_file():
         target.unlink()
