@@ -208,6 +208,8 @@ def test_bad_segmentation_rows_name_the_column_and_the_row(seg):
         read(floats)
     with pytest.raises(DataError, match=r"row 0: empty mask in column 'mask'"):
         read(frame.assign(mask=[None] * len(frame)))
+    with pytest.raises(DataError, match=r"DataFrame data \(memory:pandas:[0-9a-f]{12}\): row 0: empty image in column 'image'"):
+        read(frame.assign(image=[None] * len(frame)))
     with pytest.raises(DataError, match=r"no mask column \(one of mask, annotation, .*\(columns: image\); set data.label_column"):
         read(frame.drop(columns=["mask"]))
 
