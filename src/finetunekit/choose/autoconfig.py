@@ -113,7 +113,7 @@ def infer_recipe(path: Any, overrides: Sequence[str] = (), val: Any = None) -> I
     hints = {k: getattr(getattr(given, k.split(".")[0]), k.split(".")[1]) for k in HINTS if k in keys}
     if val is not None:
         hints["data.val"] = val.token if isinstance(val, MemoryTable) else str(val)
-    dense = _memory_layout(table, hints.get("task.type")) if table is not None else _dense_layout(path, hints.get("task.type"))
+    dense = _dense_layout(path, hints.get("task.type"))
     if dense is not None:
         return _dense_recipe(path, *dense, hints)
     modality = detect(path) if table is None else "text"
@@ -237,9 +237,10 @@ def _sibling_val(path: Path) -> Path | None:
     return None
 
 
-def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
+def _dense_layout(path: Any, task_type: str | None) -> tuple[str, str] | None:
     """(task type, why) for data in a task type's own format (``Task.find_layout``: segmentation's
-    images/ + masks/, detection's COCO, VOC and box tables), else None."""
+    images/ + masks/, detection's COCO, VOC and box tables; in memory, an ``objects`` column or an
+    image column beside a mask column), else None."""
     from ..tasks import TASKS
 
     kinds = [task_type] if task_type is not None else TASKS.names()
@@ -251,30 +252,6 @@ def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
             return kind, why
     if task_type is not None and TASKS.get(task_type).title is None:
         raise DataError(f"{path}: task.type {task_type}: {COVERED}; write a recipe (docs/detection-segmentation.md)")
-    return None
-
-
-def _memory_layout(table: MemoryTable, task_type: str | None) -> tuple[str, str] | None:
-    """(task type, why) for an in-memory table of boxes or of image/mask pairs, else None: an
-    ``objects`` column (or ``bbox`` beside ``category``) is detection; an image column beside a
-    mask column holding pictures or arrays is segmentation."""
-    from ..tasks.detection_data import BOX_KEYS, CATEGORY_KEYS, OBJECT_COLUMNS
-    from ..tasks.segmentation_data import IMAGE_COLUMNS, MASK_COLUMNS
-
-    if task_type not in (None, "detection", "segmentation"):
-        return None
-    rows, columns = table.table_rows()
-    objects = next((c for c in OBJECT_COLUMNS if c in columns), None)
-    if objects is None and any(c in columns for c in BOX_KEYS) and any(c in columns for c in CATEGORY_KEYS):
-        objects = next(c for c in BOX_KEYS if c in columns)
-    if objects is not None and task_type in (None, "detection"):
-        return "detection", f"column {objects!r} holds boxes"
-    image = next((c for c in IMAGE_COLUMNS if c in columns), None)
-    first = rows[0][1]
-    for mask in (c for c in MASK_COLUMNS if c in columns and c != image):
-        cell = first.get(mask)
-        if image is not None and (isinstance(cell, list) or Path(str(cell)).suffix.lower() in IMAGE_EXTENSIONS):
-            return "segmentation", f"column {image!r} holds images and column {mask!r} their masks"
     return None
 
 

@@ -279,8 +279,11 @@ class DetectionTask(DenseTask):
                                  box_format=options.get("box_format"), image_column=options.get("image_column"))
 
     @classmethod
-    def find_layout(cls, path: Path) -> str | None:
-        from .detection_data import box_columns
+    def find_layout(cls, path: Any) -> str | None:
+        from .detection_data import box_columns, memory_layout
+
+        if hasattr(path, "table_rows"):  # an in-memory table (finetunekit.data.memory.MemoryTable)
+            return memory_layout(path)
 
         if path.is_dir() and any((path / n).is_dir() for n in ("Annotations", "annotations")):
             return "a Pascal VOC folder (Annotations/)"

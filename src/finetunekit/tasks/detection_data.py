@@ -400,6 +400,16 @@ def read_detection_table(table: MemoryTable, image_root: str | Path | None = Non
     return Examples(inputs, labels, str(table), "image", places=places)
 
 
+def memory_layout(table: MemoryTable) -> str | None:
+    """Zero-config: why an in-memory table holds boxes (an ``objects`` column, or ``bbox`` beside
+    ``category``), or None."""
+    columns = table.columns
+    objects = next((c for c in OBJECT_COLUMNS if c in columns), None)
+    if objects is None and any(c in columns for c in CATEGORY_KEYS):
+        objects = next((c for c in BOX_KEYS if c in columns), None)
+    return f"column {objects!r} holds boxes" if objects is not None else None
+
+
 def _as_list(value: Any) -> list[Any]:
     return value.tolist() if hasattr(value, "tolist") else list(value) if isinstance(value, (list, tuple)) else [value]
 

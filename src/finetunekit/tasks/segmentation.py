@@ -318,7 +318,11 @@ class SegmentationTask(DenseTask):
                                  mask_column=options.get("mask_column"))
 
     @classmethod
-    def find_layout(cls, path: Path) -> str | None:
+    def find_layout(cls, path: Any) -> str | None:
+        if hasattr(path, "table_rows"):  # an in-memory table (finetunekit.data.memory.MemoryTable)
+            from .segmentation_data import memory_layout
+
+            return memory_layout(path)
         if path.is_dir() and (path / "images").is_dir() and (path / "masks").is_dir():
             return "a folder with images/ and masks/"
         return None

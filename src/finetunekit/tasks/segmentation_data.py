@@ -147,3 +147,17 @@ def read_segmentation_table(table: MemoryTable, image_root: str | Path | None = 
         masks.append(str(mask))
         places.append(where)
     return Examples(inputs, masks, str(table), "image", places=places)
+
+
+def memory_layout(table: MemoryTable) -> str | None:
+    """Zero-config: why an in-memory table holds image/mask pairs (an image column beside a mask
+    column whose first cell is a picture or an array), or None."""
+    rows, columns = table.table_rows()
+    image = next((c for c in IMAGE_COLUMNS if c in columns), None)
+    if image is None:
+        return None
+    for mask in (c for c in MASK_COLUMNS if c in columns and c != image):
+        cell = rows[0][1].get(mask)
+        if isinstance(cell, list) or Path(str(cell)).suffix.lower() in IMAGE_EXTENSIONS:
+            return f"column {image!r} holds images and column {mask!r} their masks"
+    return None
