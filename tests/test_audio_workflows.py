@@ -42,10 +42,24 @@ def _narrow_whisper(folder: Path) -> Path:
     return folder
 
 
-def test_tune_runs_two_audio_trials_and_keeps_the_best(audio_data, tiny_whisper, tmp_path):
+def _clips_frame(folder: Path):
+    """The clips of a class folder as a DataFrame of decoded {"array", "sampling_rate"} cells."""
+    pd = pytest.importorskip("pandas")
+    import soundfile as sf
+
+    files = sorted(folder.rglob("*.wav"))
+    return pd.DataFrame({"audio": [dict(zip(("array", "sampling_rate"), sf.read(p, dtype="float32"), strict=True)) for p in files],
+                         "label": [p.parent.name for p in files]})
+
+
+def test_tune_runs_two_audio_trials_from_a_dataframe_and_keeps_the_best(audio_data, tiny_whisper, tmp_path, monkeypatch):
+    monkeypatch.setenv("FINETUNEKIT_CACHE_DIR", str(tmp_path / "cache"))
     recipe = _recipe(tiny_whisper, audio_data).replace(search={"space": {"train.lr": {"choice": [1e-3, 3e-3]}}})
-    study = finetunekit.tune(recipe, output=tmp_path / "study", trials=2, quiet=True)
+    # the training clips in memory (every trial reads the same rows), the validation clips from their folder
+    study = finetunekit.tune(recipe, output=tmp_path / "study", trials=2, quiet=True, train=_clips_frame(audio_data / "train"))
     assert study.counts["complete"] == 2 and study.metric == "accuracy"
+    saved = json.loads((study.best_dir / "data_sources.json").read_text())["train"]
+    assert saved["rows"] == 24 and saved["container"] == "DataFrame"
     trials = sorted((tmp_path / "study" / "trials").iterdir())
     assert len(trials) == 2
     scores = [json.loads((t / "metrics.json").read_text())["accuracy"] for t in trials]

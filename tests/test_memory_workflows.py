@@ -1,6 +1,7 @@
 """In-memory data through the other entry points: zero-config (``finetunekit.train`` with no
 recipe) picks the modality and task from a table's columns as it does for a file, ``tune`` and
-``select`` take DataFrames and datasets as ``train`` does."""
+``select`` take DataFrames and datasets as ``train`` does (``tune`` from a DataFrame:
+tests/test_audio_workflows.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from conftest import make_image_folder, make_text_rows, tiny_text_recipe, write_tsv
+from conftest import make_image_folder, make_text_rows, write_tsv
 
 pd = pytest.importorskip("pandas")
 pa = pytest.importorskip("pyarrow")
@@ -81,19 +82,6 @@ def test_train_with_no_recipe_chooses_from_a_dataframe(tiny_bert, tmp_path, caps
     assert 0 <= result.metrics["accuracy"] <= 1
     with pytest.raises(FinetuneError, match="no recipe and no training data"):
         finetunekit.train(output=tmp_path / "none")
-
-
-def test_tune_takes_dataframes_and_every_trial_reads_them(text_data, tiny_bert, tmp_path):
-    recipe = tiny_text_recipe(text_data, tiny_bert, train={"epochs": 1},
-                              search={"space": {"train.lr": {"choice": [1e-3, 3e-3]}}})
-    study = finetunekit.tune(recipe, output=tmp_path / "study", trials=2, quiet=True,
-                             train=_frame(make_text_rows(32, 0)), val=_frame(make_text_rows(12, 1)))
-    assert study.counts["complete"] == 2 and study.best_dir is not None
-    best = yaml.safe_load((study.best_dir / "recipe.yaml").read_text())["data"]
-    assert best["train"].startswith("memory:pandas:") and best["val"].startswith("memory:pandas:")
-    assert json.loads((study.best_dir / "data_sources.json").read_text())["train"]["rows"] == 32
-    # one epoch: the best trial's score is its final validation accuracy, on the same rows
-    assert finetunekit.evaluate(str(study.best_dir), _frame(make_text_rows(12, 1)))["accuracy"] == study.best_score
 
 
 def test_select_scores_a_dataframe_as_its_file(tiny_bert, tmp_path):
