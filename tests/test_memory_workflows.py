@@ -62,6 +62,11 @@ def test_zero_config_tells_images_boxes_masks_and_audio_apart(tmp_path, audio_da
     size = Image.open(files[0]).size
     masks = _infer(pd.DataFrame({"image": [str(p) for p in files], "mask": [np.eye(size[1], size[0], dtype=np.uint8)] * len(files)}))
     assert masks.recipe.task.type == "segmentation"
+    pictures = _infer(pd.DataFrame({"image": [str(p) for p in files], "annotation": [Image.new("L", size)] * len(files)}))
+    assert pictures.recipe.task.type == "segmentation"
+    # a label column of lists beside images is a multi-label image table, not masks
+    tags = _infer(pd.DataFrame({"image": [str(p) for p in files], "label": [[p.parent.name, "shape"] for p in files]}))
+    assert tags.recipe.task.type == "multilabel"
     clips = sorted((audio_data / "train").rglob("*.wav"))
     audio = _infer(pa.table({"audio": [str(p) for p in clips], "label": [p.parent.name for p in clips]}))
     assert audio.reasons[0] == "modality: audio (column 'audio' holds audio clips), labels in column 'label'"

@@ -348,7 +348,7 @@ def _read_box_table(path: Path, root: Path | None, classes: list[str] | None, re
 
 # in-memory image columns: the file tables' names, and the names datasets' image sets use
 MEMORY_IMAGE_COLUMNS = (*IMAGE_COLUMN_GUESSES, "img", "pixel_values")
-OBJECT_COLUMNS = ("objects", "annotations", "annotation")
+OBJECT_COLUMNS = ("objects", "annotations")  # "annotation" is a segmentation set's mask (scene_parse_150)
 BOX_KEYS = ("bbox", "bboxes", "boxes", "box")
 CATEGORY_KEYS = ("category", "categories", "label", "labels", "class", "classes", "category_id")
 BOX_FORMATS = {"xywh": "[x, y, width, height]", "xyxy": "[x1, y1, x2, y2]"}
@@ -404,9 +404,11 @@ def memory_layout(table: MemoryTable) -> str | None:
     """Zero-config: why an in-memory table holds boxes (an ``objects`` column, or ``bbox`` beside
     ``category``), or None."""
     columns = table.columns
-    objects = next((c for c in OBJECT_COLUMNS if c in columns), None)
+    first = table.rows[0] if table.rows else {}
+    # a column of dicts or of lists (of dicts, or of boxes): nothing else holds boxes
+    objects = next((c for c in OBJECT_COLUMNS if c in columns and isinstance(first.get(c), (dict, list))), None)
     if objects is None and any(c in columns for c in CATEGORY_KEYS):
-        objects = next((c for c in BOX_KEYS if c in columns), None)
+        objects = next((c for c in BOX_KEYS if c in columns and isinstance(first.get(c), list)), None)
     return f"column {objects!r} holds boxes" if objects is not None else None
 
 

@@ -152,12 +152,13 @@ def read_segmentation_table(table: MemoryTable, image_root: str | Path | None = 
 def memory_layout(table: MemoryTable) -> str | None:
     """Zero-config: why an in-memory table holds image/mask pairs (an image column beside a mask
     column whose first cell is a picture or an array), or None."""
-    rows, columns = table.table_rows()
-    image = next((c for c in IMAGE_COLUMNS if c in columns), None)
-    if image is None:
+    image = next((c for c in IMAGE_COLUMNS if c in table.columns), None)
+    if image is None or not table.rows:
         return None
-    for mask in (c for c in MASK_COLUMNS if c in columns and c != image):
-        cell = rows[0][1].get(mask)
-        if isinstance(cell, list) or Path(str(cell)).suffix.lower() in IMAGE_EXTENSIONS:
+    for mask in (c for c in MASK_COLUMNS if c in table.columns and c != image):
+        cell = table.rows[0].get(mask)  # as given: nothing is written to find the layout
+        # a 2-D array (a list of names is a multi-label image table), a picture, bytes or an image path
+        if ((isinstance(cell, list) and cell and isinstance(cell[0], list)) or isinstance(cell, (bytes, bytearray, dict))
+                or type(cell).__module__.split(".")[0] == "PIL" or Path(str(cell)).suffix.lower() in IMAGE_EXTENSIONS):
             return f"column {image!r} holds images and column {mask!r} their masks"
     return None
