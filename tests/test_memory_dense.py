@@ -103,6 +103,13 @@ def test_detection_containers_read_like_the_coco_file(boxes):
     listed = pd.DataFrame({"image": frame["image"], "objects": [
         [{"bbox": box, "category": b[4]} for box, b in zip(_xywh(a), a["boxes"], strict=True)] for a in annotations]})
     assert _boxes(read(listed)) == from_file
+    # the same as a dataset whose objects are a list of dicts with a ClassLabel inside
+    features = datasets.Features({"image": datasets.Image(), "objects": datasets.List({
+        "bbox": datasets.List(datasets.Value("float32"), length=4), "category": datasets.ClassLabel(names=CLASSES), "area": datasets.Value("int32")})})
+    objects = [[{"bbox": box, "category": CLASSES.index(b[4]), "area": int(box[2] * box[3])} for box, b in zip(_xywh(a), a["boxes"], strict=True)]
+               for a in annotations]
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": c, "path": None} for c in frame["image"]], "objects": objects}, features=features)
+    assert _boxes(read(ds)) == from_file
 
 
 @pytest.mark.parametrize("change, pattern", [

@@ -25,7 +25,11 @@ Conventions:
   ``$FINETUNEKIT_CACHE_DIR/audio`` (default ``~/.cache/finetunekit/audio``);
 * label columns hold names, integers, lists of names (multi-label) or numbers (regression); an
   integer column of a ``datasets`` ``ClassLabel`` feature holds the index of a name, and reads as
-  that name (``-1``, the feature's "no label", as an empty cell).
+  that name (``-1``, the feature's "no label", as an empty cell); so does a ClassLabel inside a
+  column of dicts (``objects.category`` of an object-detection set);
+* detection boxes and segmentation masks are read by their task types' readers
+  (``finetunekit.tasks.detection_data``, ``segmentation_data``) from the rows given here; a mask
+  given as an array of class indices becomes a PNG file (:func:`mask_file`).
 
 Each table is identified by its content: ``table.token`` is ``memory:<kind>:<sha256>``, the hash of
 its column names and of every cell in order (an image by its bytes). ``finetunekit.train`` records
