@@ -6,7 +6,6 @@ the column and the row, and a run from memory matching the run from the equivale
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 
 from finetunekit.core.errors import DataError
 from finetunekit.tasks import task_reader
-
 from test_detection import det_recipe, make_boxes_set, write_coco, write_csv
 from test_segmentation import make_seg_set, seg_recipe
 

@@ -48,8 +48,8 @@ def test_zero_config_reads_a_table_in_memory_as_the_same_file(tmp_path):
 
 
 def test_zero_config_tells_images_boxes_masks_and_audio_apart(tmp_path, audio_data):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     root = make_image_folder(tmp_path / "imgs", per_class=3, classes=("circle", "square"))
     files = sorted(root.rglob("*.png"))

@@ -53,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -168,7 +169,8 @@ def memory_table(obj: Any, role: str = "data") -> MemoryTable:
         for column, classes in names.items():  # "objects.category": a ClassLabel inside a column of dicts
             top, *inner = column.split(".")
             for i, row in enumerate(rows):
-                row[top] = _map_inner(row.get(top), inner, lambda v: _class_name(v, classes, f"{where}: row {i}", column))
+                name = functools.partial(_class_name, classes=classes, where=f"{where}: row {i}", column=column)
+                row[top] = _map_inner(row.get(top), inner, name)
         table = MemoryTable(kind, role, columns, rows, list(range(len(rows))), names)
     elif kind == "datasetdict":
         raise DataError(f"{role}: a DatasetDict holds several splits ({', '.join(obj)}); give one split, "
