@@ -175,3 +175,26 @@ def test_multi30k_rows_with_the_warm_started_minilm(tmp_path):
     assert 0.0 <= result.metrics["bleu"] <= 100.0 and result.metrics["loss"] > 0
     predicted = [json.loads(line)["predicted"] for line in (result.run_dir / "val_predictions.jsonl").read_text().splitlines()]
     assert len(predicted) == 8 and all(p == p.lower() for p in predicted)  # the uncased vocabulary writes no capitals
+
+
+def test_an_encoder_backbone_is_warm_started_into_an_encoder_decoder(tables, tmp_path):
+    """A BERT-architecture hf: encoder given to a seq2seq task becomes a BERT2BERT of itself
+    (Backbone.as_seq2seq), so bundled:minilm_l6 translates as bundled:minilm_l6_encdec does."""
+    bert = save_tiny_bert(tmp_path / "bert")
+    result = train(mt_recipe(f"hf:{bert}", tables, epochs=1), output=tmp_path / "run", quiet=True)
+    info = json.loads((result.run_dir / "finetunekit.json").read_text())
+    assert info["backbone"]["kind"] == "encdec" and "bleu" in result.metrics
+    assert load(result.run_dir).predict(["ein hund rennt ."])[0] == load(result.run_dir).predict(["ein hund rennt ."])[0]
+
+
+def test_zero_config_reads_two_text_columns_as_a_translation_or_asks(tmp_path):
+    from finetunekit.choose.autoconfig import infer_recipe
+
+    table = write_pairs(tmp_path / "train.tsv")
+    write_pairs(tmp_path / "val.tsv", PAIRS[:4])  # found beside it
+    with pytest.raises(DataError, match=r"no label column found among de, en .*--set data.text_column=de --set data.label_column=en"):
+        infer_recipe(table)
+    inferred = infer_recipe(table, ["data.label_column=en"])
+    assert inferred.recipe.task.type == "seq2seq" and inferred.recipe.data.label_column == "en"
+    assert any("the labels are sentences" in line for line in inferred.reasons)
+    assert inferred.recipe.strategy.name == "full"

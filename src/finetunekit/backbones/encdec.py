@@ -86,21 +86,42 @@ class TextEncDecBackbone(Seq2SeqBackbone):
     def bert2bert(cls, path: str | Path, pretrained: bool = True, source: str = "") -> TextEncDecBackbone:
         """BERT2BERT from a BERT checkpoint folder: the pretrained encoder and a causal copy of it with
         new cross-attention as decoder (``pretrained``), or the same shapes with random weights."""
-        from transformers import AutoTokenizer, BertConfig, BertLMHeadModel, BertModel, EncoderDecoderConfig, EncoderDecoderModel
+        from transformers import AutoTokenizer, BertConfig, BertModel
 
         try:
             tokenizer = _load_quietly(AutoTokenizer.from_pretrained, str(path))
             if pretrained:
                 encoder = _load_quietly(BertModel.from_pretrained, str(path), add_pooling_layer=False)
-                decoder = _load_quietly(BertLMHeadModel.from_pretrained, str(path), is_decoder=True, add_cross_attention=True)
-                model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
             else:
-                base = BertConfig.from_pretrained(str(path))
-                decoder_config = BertConfig.from_pretrained(str(path), is_decoder=True, add_cross_attention=True)
-                model = EncoderDecoderModel(config=EncoderDecoderConfig.from_encoder_decoder_configs(base, decoder_config))
+                encoder = BertModel(BertConfig.from_pretrained(str(path)), add_pooling_layer=False)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise FinetuneError(f"could not load BERT checkpoint {str(path)!r} for an encoder-decoder: {first}") from None
+        return cls.from_encoder(encoder, tokenizer, warm_decoder=pretrained, source=source)
+
+    @classmethod
+    def from_encoder(cls, encoder: nn.Module, tokenizer: Any, warm_decoder: bool = True, source: str = "") -> TextEncDecBackbone:
+        """An encoder-decoder around a BERT-architecture ``encoder`` (a ``BertModel``): the decoder
+        has the same shape, made causal, with new cross-attention and a new LM-head transform, its
+        output projection tied to its input embeddings; ``warm_decoder`` starts its other weights as
+        copies of the encoder's (BERT2BERT), else random (the from-scratch model)."""
+        from transformers import BertLMHeadModel, EncoderDecoderModel
+
+        if getattr(encoder.config, "model_type", None) != "bert":
+            raise FinetuneError(
+                f"a {getattr(encoder.config, 'model_type', type(encoder).__name__)} encoder cannot be warm-started into an "
+                "encoder-decoder here (only BERT-architecture ones: bundled:minilm_l6, bert2bert:<folder>); give an "
+                "encoder-decoder instead (hf:<Marian, T5, BART or mBART folder>, bundled:minilm_l6_encdec)"
+            )
+        config = encoder.config.__class__.from_dict({**encoder.config.to_dict(), "is_decoder": True, "add_cross_attention": True})
+        decoder = _load_quietly(BertLMHeadModel, config)
+        if warm_decoder:
+            # the encoder's weights, copied (not shared) into the decoder's stack; the new
+            # cross-attention keeps its random initialisation
+            missing, unexpected = decoder.bert.load_state_dict(encoder.state_dict(), strict=False)
+            if unexpected or any("crossattention" not in k for k in missing):
+                raise FinetuneError(f"the decoder does not take the encoder's weights: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
         # BERT's [CLS] starts the target and [SEP] ends it, as it brackets every BERT input
         for target in (model.config, model.generation_config):
             target.decoder_start_token_id = tokenizer.cls_token_id

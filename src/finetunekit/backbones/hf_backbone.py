@@ -42,6 +42,7 @@ class HFTextBackbone(Backbone):
         self.pooling = pooling
         self.num_features = int(model.config.hidden_size)
         self.max_positions = int(getattr(model.config, "max_position_embeddings", max_length))
+        self.pretrained = True  # False: built from the config alone (model.pretrained: false)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, pooling: str, pretrained: bool = True) -> HFTextBackbone:
@@ -63,7 +64,17 @@ class HFTextBackbone(Backbone):
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise FinetuneError(f"could not load Hugging Face model {name_or_path!r}: {first}") from None
-        return cls(model, tokenizer, pooling)
+        backbone = cls(model, tokenizer, pooling)
+        backbone.pretrained = pretrained
+        return backbone
+
+    def as_seq2seq(self) -> Backbone:
+        """This BERT-architecture encoder in an encoder-decoder for tasks that write text: a decoder
+        of its shape with new cross-attention, warm-started from its weights when they are
+        pretrained (BERT2BERT; finetunekit.backbones.encdec). Other architectures: refused."""
+        from .encdec import TextEncDecBackbone
+
+        return TextEncDecBackbone.from_encoder(self.model, self.tokenizer, warm_decoder=self.pretrained)
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -54,6 +54,9 @@ MAX_INTEGER_CLASSES = 20
 # docs/automation.md); above it the text default (full fine-tuning, 3 epochs).
 FEW_SHOT_UP_TO = 16
 
+# label cells read as texts to write (task seq2seq) rather than classes: at least this many rows,
+# this share of them distinct, and this many words per cell on average
+SENTENCE_ROWS, SENTENCE_DISTINCT, SENTENCE_WORDS = 8, 0.5, 3.0
 LABEL_GUESSES = ("label", "labels", "class", "category", "target", "score", "sentiment", "y")
 PAIR_GUESSES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text_a", "text_b"))
 VAL_NAMES = ("dev", "val", "valid", "validation")
@@ -81,7 +84,7 @@ def infer_task(labels: Sequence[Any]) -> tuple[str, str]:
     try:
         values = sorted({float(str(x)) for x in labels})
     except ValueError:
-        return kind, why  # names
+        return _sentences(labels) or (kind, why)  # names, or texts to write
     if len(values) <= MAX_INTEGER_CLASSES:
         return kind, f"{len(values)} distinct integers, at most {MAX_INTEGER_CLASSES}: classes"
     ints = [int(v) for v in values]
@@ -89,6 +92,20 @@ def infer_task(labels: Sequence[Any]) -> tuple[str, str]:
         return kind, f"{len(ints)} distinct integers, exactly {ints[0]}..{ints[-1]}: class codes"
     return "regression", (f"{len(ints)} distinct integers from {ints[0]} to {ints[-1]}, more than {MAX_INTEGER_CLASSES} "
                           "and not class codes 0..K-1 or 1..K: a quantity")
+
+
+def _sentences(labels: Sequence[Any]) -> tuple[str, str] | None:
+    """("seq2seq", why) when the label cells are texts to write rather than class names: most of
+    them distinct and several words long on average (translations, transcripts); else None."""
+    cells = [str(x) for x in labels if str(x).strip()]
+    if len(cells) < SENTENCE_ROWS:
+        return None
+    distinct = len(set(cells))
+    words = sum(len(c.split()) for c in cells) / len(cells)
+    if distinct / len(cells) < SENTENCE_DISTINCT or words < SENTENCE_WORDS:
+        return None
+    return "seq2seq", (f"the labels are sentences, {distinct} distinct in {len(cells)} rows, {words:.1f} words on average: "
+                       "the model writes them (set task.type to choose)")
 
 
 @dataclass
@@ -186,6 +203,12 @@ def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_trai
                f"{smallest} examples in the smallest class, more than {FEW_SHOT_UP_TO}")
         return {"name": "full"}, None, (f"{why}; the text default, chosen on SST-2 with 2,000 rows (docs/strategies.md)"), \
             "the text default, 3, measured on SST-2 with 2,000 rows"
+    from ..tasks import TASKS
+
+    if TASKS.get(kind).needs_decoder:  # the encoder-decoder's new cross-attention must train: no frozen-backbone strategy
+        return {"name": "full"}, None, ("every weight trains, the new cross-attention of the encoder-decoder included; "
+                                        "examples/multi30k_de_en.yaml trains Multi30k with it (docs/seq2seq.md)"), \
+            f"the {kind} default, {TASKS.get(kind).train_defaults.get('epochs', 'as the text default')}"
     example = {"regression": "examples/stsb.yaml trains STS-B with it to dev Spearman 0.857",
                "multilabel": "examples/goemotions.yaml trains GoEmotions with it to test macro F1 0.412"}[kind]
     return {"name": "full"}, None, f"the text default; {example} (docs/tasks.md); not measured by size", "3, the text default, as in that example"
@@ -196,8 +219,12 @@ def _table_columns(path: Path, data: dict) -> tuple[str, str]:
     columns = _columns(path)
     label = data.get("label_column") or next((c for c in LABEL_GUESSES if c in columns), None)
     if label is None:
+        # two text columns and no label column: a translation table (Multi30k's de/en/fr) as often
+        # as anything; say how to name which side is written
+        pair = (f"; to write one text from another (translation), name the source and the target: --set "
+                f"data.text_column={columns[0]} --set data.label_column={columns[1]}" if len(columns) >= 2 else "")
         raise DataError(f"{path}: no label column found among {', '.join(columns)} (looked for {', '.join(LABEL_GUESSES)}); "
-                        "name it with --set data.label_column=COLUMN")
+                        f"name it with --set data.label_column=COLUMN{pair}")
     if isinstance(label, str) and label not in columns:
         raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(columns)}); set data.label_column")
     data["label_column"] = label
