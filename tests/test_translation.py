@@ -72,8 +72,9 @@ def test_the_run_reloads_predicts_evaluates_and_serves(mt_run, tables, capsys):
     from finetunekit.use.serving.app import ServeOptions
 
     with running(model, ServeOptions(max_batch_size=4)) as (url, _app):
-        status, answer = post_json(url, {"texts": [saved[1]["input"]]})
+        status, answer = post_json(url, {"texts": [saved[1]["input"]], "explain": True})  # as the page asks
     assert status == 200 and answer["predictions"][0]["text"] == saved[1]["predicted"]
+    assert answer["predictions"][0]["explanation"]["method"] is None
 
 
 def test_export_to_a_transformers_directory_answers_the_same(mt_run, tmp_path):

@@ -131,6 +131,8 @@ class Text(Modality):
         return inputs
 
     def explanation(self, backbone: Any) -> dict[str, Any]:
+        if getattr(backbone, "is_seq2seq", False):  # a translation has no one class score to follow the gradient of
+            return {"method": None, "reason": "an encoder-decoder writes text; integrated gradients explain a class score"}
         return {"method": "integrated-gradients", "over": "token embeddings"}
 
     def card_input(self, recipe: Any) -> str:
