@@ -106,12 +106,18 @@ def theirs(train: list[tuple[str, str]], batch_size: int, lr: float, folder: Pat
     targets = bb.target_tokenize([en for _, en in train])
     rows = [{"input_ids": sources["input_ids"][i], "attention_mask": sources["attention_mask"][i], "labels": targets[i]}
             for i in range(len(train))]
+    import inspect
+
+    # transformers 5 names length grouping train_sampling_strategy="group_by_length"; 4.x group_by_length=True
+    grouping = ({"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in
+                inspect.signature(Seq2SeqTrainingArguments.__init__).parameters else {"group_by_length": True})
     args = Seq2SeqTrainingArguments(
         output_dir=str(folder / "hf"), per_device_train_batch_size=batch_size, num_train_epochs=1, learning_rate=lr, bf16=bf16,
-        group_by_length=True, label_smoothing_factor=0.1, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
-        dataloader_num_workers=0, seed=0, disable_tqdm=True,
+        label_smoothing_factor=0.1, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+        dataloader_num_workers=0, seed=0, disable_tqdm=True, **grouping,
     )
-    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
     return float(trainer.train().metrics["train_samples_per_second"])
 
 
@@ -123,17 +129,18 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--skip-decoding", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from finetunekit.core.runtime import cpu_has_fast_bf16
 
     bf16 = cpu_has_fast_bf16()
     print(f"torch threads {torch.get_num_threads()}, bf16 {bf16}, load average {os.getloadavg()}", flush=True)
     result: dict = {"model": MODEL, "torch_threads": torch.get_num_threads(), "bf16": bf16, "load_at_start": os.getloadavg()}
-    result["decoding"] = decoding(args.decode_pairs, args.beams, args.max_new_tokens, 32)
-    d = result["decoding"]
-    print(f"(a) decoding {d['sentences']} sentences, beam {d['beams']}, up to {d['max_new_tokens']} tokens: batched "
-          f"{d['batched_seconds']}s, one at a time {d['one_at_a_time_seconds']}s, speedup {d['speedup']}x, "
-          f"identical outputs {d['identical_outputs']}/{d['sentences']}", flush=True)
+    result["decoding"] = d = ({} if args.skip_decoding else decoding(args.decode_pairs, args.beams, args.max_new_tokens, 32))
+    if d:
+        print(f"(a) decoding {d['sentences']} sentences, beam {d['beams']}, up to {d['max_new_tokens']} tokens: batched "
+              f"{d['batched_seconds']}s, one at a time {d['one_at_a_time_seconds']}s, speedup {d['speedup']}x, "
+              f"identical outputs {d['identical_outputs']}/{d['sentences']}", flush=True)
     pairs = read_pairs(DATA / "train.tsv", args.train_pairs)
     with tempfile.TemporaryDirectory() as tmp:
         theirs_rate = theirs(pairs, args.batch_size, 2e-4, Path(tmp), bf16)
