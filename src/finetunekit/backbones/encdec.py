@@ -169,7 +169,7 @@ class TextEncDecBackbone(Seq2SeqBackbone):
             row = list(row)
             if row and row[0] == self.decoder_start_token_id:
                 row = row[1:]
-            if not row or row[-1] != self.eos_token_id:
+            if self.eos_token_id not in row:  # a tokenizer that adds none (mBART's adds it before the language code)
                 row.append(self.eos_token_id)
             out.append(row)
         return out
