@@ -9,6 +9,8 @@ same outputs).
 
     OMP_NUM_THREADS=1 python benchmarks/seq2seq.py --write                 # all 130 test clips
     OMP_NUM_THREADS=1 python benchmarks/seq2seq.py --limit 40 --skip-window
+    # the weights of a training checkpoint (an unfinished run) on the test set, own frames, beam 4:
+    OMP_NUM_THREADS=2 python benchmarks/seq2seq.py --checkpoint runs/an4/checkpoints/<step> --skip-zero-shot --skip-speed
 
 Results: benchmarks/results/seq2seq.json (with --write), written up in docs/seq2seq.md.
 """
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder of a run: its weights on the test set")
+    parser.add_argument("--skip-zero-shot", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = list(csv.DictReader((AN4 / "test.tsv").open(encoding="utf-8"), delimiter="\t"))[: args.limit]
@@ -56,8 +60,10 @@ def main() -> None:
     encoder = create_backbone(args.model)
     results: dict = {"model": args.model, "clips": len(rows), "words": sum(len(t.split()) for t in refs), "beams": args.beams,
                      "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(), "zero_shot": {}}
+    if args.checkpoint is not None:
+        results["checkpoint"] = checkpoint_wer(encoder, args.checkpoint, waves, refs, args.beams)
     for frames in ("own", "window"):
-        if frames == "window" and args.skip_window:
+        if args.skip_zero_shot or (frames == "window" and args.skip_window):
             continue
         backbone = encoder.as_seq2seq()
         backbone.frames = frames
@@ -75,6 +81,26 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {RESULTS}")
+
+
+def checkpoint_wer(encoder, checkpoint: Path, waves, refs, beams: int) -> dict:
+    """Test WER of the backbone weights a training checkpoint holds (``backbone.*`` of its
+    model.safetensors), decoded as the run decodes (own frames, ``beams``, 34 new tokens)."""
+    from safetensors.torch import load_file
+
+    backbone = encoder.as_seq2seq()
+    state = {k.removeprefix("backbone."): v for k, v in load_file(str(checkpoint / "model.safetensors")).items()
+             if k.startswith("backbone.")}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "proj_out" not in m]:
+        raise SystemExit(f"{checkpoint}: weights do not fit ({missing[:3]}, {unexpected[:3]})")
+    backbone.eval()
+    texts, seconds = transcribe(backbone, waves, beams, 16, max_new_tokens=34)
+    m = wer_metrics(refs, texts, "plain")
+    print(f"checkpoint {checkpoint}: WER plain {m['wer']:.4f}  CER {m['cer']:.4f}  WER whisper-normalised {m['wer_whisper']:.4f} "
+          f"({seconds:.1f} s, beam {beams})", flush=True)
+    return {"path": str(checkpoint), "wer_plain": m["wer"], "cer_plain": m["cer"], "wer_whisper": m["wer_whisper"],
+            "examples": [{"reference": r, "written": t} for r, t in list(zip(refs, texts, strict=True))[:10]]}
 
 
 def decoding_speed(backbone, waves, beams: int) -> dict:

@@ -309,3 +309,24 @@ def test_real_an4_clips_with_tiny_en(tmp_path):
                                "task": {"type": "seq2seq", "num_beams": 1}, "train": {"epochs": 1, "batch_size": 6, "seed": 0}})
     result = train(recipe, output=tmp_path / "run", quiet=True)
     assert 0.0 <= result.metrics["wer"] and np.isfinite(result.metrics["loss"])
+
+
+def test_layer_groups_cover_the_model_encoder_first_and_decay_towards_the_input(tiny_asr):
+    from finetunekit.backbones import check_layer_groups, create_backbone
+    from finetunekit.run.model import FineTuneModel
+    from finetunekit.run.recipe import StrategySpec
+    from finetunekit.strategies import STRATEGIES
+    from finetunekit.tasks.seq2seq import Seq2SeqTask
+
+    backbone = create_backbone(f"whisper:{tiny_asr}").as_seq2seq()
+    check_layer_groups(backbone)
+    groups = backbone.layer_groups()
+    encoder = backbone.encoder_groups()
+    assert all(n.startswith("model.model.encoder.") for g in groups[:encoder] for n in g)
+    assert all(n.startswith("model.model.decoder.") for g in groups[encoder:] for n in g)
+    task = Seq2SeqTask({"type": "seq2seq"}, "wer", [("row 1", "ONE TWO")])
+    model = FineTuneModel(backbone, task.head_for(backbone))
+    spec = StrategySpec(name="full", layer_decay=0.5)
+    optimizer_groups = STRATEGIES.get("full")(spec).setup(model, 1e-3, 1e-3)
+    rates = [g["base_lr"] for g in optimizer_groups if g["name"].startswith("backbone.")]
+    assert len(rates) == len(groups) and rates == sorted(rates) and rates[-1] == pytest.approx(1e-3)

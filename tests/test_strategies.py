@@ -155,7 +155,9 @@ def _option_variants(name: str) -> list[dict]:
     return [{}, *({f.name: not f.default} for f in dataclasses.fields(options) if hints[f.name] is bool)]
 
 
-ROUND_TRIPS = [(name, variant) for name in STRATEGIES.names() for variant in _option_variants(name)]
+# strategies of encoder-decoders (needs_decoder) round-trip on a tiny Whisper in tests/test_seq2seq.py
+ROUND_TRIPS = [(name, variant) for name in STRATEGIES.names() if not STRATEGIES.get(name).needs_decoder
+               for variant in _option_variants(name)]
 
 
 @pytest.mark.parametrize(("name", "options"), ROUND_TRIPS, ids=[n + "".join(f"-{k}={v}" for k, v in o.items()) for n, o in ROUND_TRIPS])
