@@ -153,6 +153,10 @@ def test_bad_translation_tables(tiny_marian, tables, tmp_path):
     empty.write_text("de\ten\nein hund\ta dog\nder mann\t \n", encoding="utf-8")
     with pytest.raises(DataError, match=r"empty.tsv:3: empty target text"):
         train(mt_recipe(f"hf:{tiny_marian}", (empty, tables[1])), output=tmp_path / "b", quiet=True)
+    long = tmp_path / "long.tsv"
+    long.write_text("de\ten\nein hund\ta dog\nder mann\t" + " ".join(["the man runs ."] * 20) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"long.tsv:3: the target text is 81 tokens long; the decoder writes at most 63"):
+        train(mt_recipe(f"hf:{tiny_marian}", (long, tables[1])), output=tmp_path / "d", quiet=True)
     no_source = tmp_path / "no_source.tsv"
     no_source.write_text("de\ten\n\ta dog\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"no_source.tsv:2: empty text in column 'de'"):
