@@ -36,7 +36,7 @@ MODEL = "bundled:minilm_l6_encdec"
 
 def read_pairs(path: Path, limit: int) -> list[tuple[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
-        return [(r["de"], r["en"]) for _, r in zip(range(limit), csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))]
+        return [(r["de"], r["en"]) for _, r in zip(range(limit), csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), strict=False)]
 
 
 def decoding(n: int, beams: int, max_new_tokens: int, batch_size: int) -> dict:
@@ -52,7 +52,7 @@ def decoding(n: int, beams: int, max_new_tokens: int, batch_size: int) -> dict:
     for k in range(0, n, batch_size):
         rows = order[k:k + batch_size]
         batch = bb.collate_source({key: [encoded[key][i] for i in rows] for key in ("input_ids", "attention_mask")})
-        for i, ids in zip(rows, bb.generate(batch, num_beams=beams, max_new_tokens=max_new_tokens)):
+        for i, ids in zip(rows, bb.generate(batch, num_beams=beams, max_new_tokens=max_new_tokens), strict=True):
             batched[i] = ids
     batched_seconds = time.perf_counter() - start
     start = time.perf_counter()

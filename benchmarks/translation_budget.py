@@ -54,7 +54,7 @@ def translate(bb, sources: list[str], beam: int, batch_size: int = 64) -> list[s
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             batch = bb.collate_source(bb.tokenize([sources[i] for i in chunk], SETTINGS["max_source_tokens"]))
-            for i, ids in zip(chunk, bb.generate(batch, num_beams=beam, max_new_tokens=SETTINGS["max_new_tokens"])):
+            for i, ids in zip(chunk, bb.generate(batch, num_beams=beam, max_new_tokens=SETTINGS["max_new_tokens"]), strict=True):
                 out[i] = bb.decode_text(ids)
     bb.train()
     return [out[i] for i in range(len(sources))]
@@ -136,7 +136,7 @@ def train_one(pretrained: bool, seconds: float, curve_every: float, out: Path) -
     hyp = translate(bb, [de for de, _ in test], beam=SETTINGS["beam"])
     result = {"model": "warm-started" if pretrained else "from scratch", "budget_seconds": seconds, "steps": step, "pairs_seen": seen,
               "epochs": round(seen / len(train), 3), "curve": curve, "test2016": scores(hyp, [en for _, en in test]),
-              "test_decode_seconds": round(time.perf_counter() - t0, 1), "examples": list(zip([de for de, _ in test[:5]], hyp[:5]))}
+              "test_decode_seconds": round(time.perf_counter() - t0, 1), "examples": list(zip([de for de, _ in test[:5]], hyp[:5], strict=True))}
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     print(json.dumps(result["test2016"], ensure_ascii=False), flush=True)
 

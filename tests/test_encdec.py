@@ -30,7 +30,7 @@ def test_contract(encdec, tmp_path):
     check_layer_groups(bb)
     assert len(bb.layer_groups()) >= 5  # embeddings, 2 encoder layers, 2 decoder layers at least
     targets = bb.target_tokenize([en for _, en in PAIRS])
-    for ids, (_, en) in zip(targets, PAIRS):
+    for ids, (_, en) in zip(targets, PAIRS, strict=True):
         assert ids[-1] == bb.eos_token_id and ids[0] != bb.decoder_start_token_id
         assert bb.decode_text(ids) == en.replace(" .", ".")  # the word tokenizer's clean-up joins the full stop
     batch = _source(bb, [de for de, _ in PAIRS[:3]])
@@ -51,7 +51,7 @@ def test_batched_beam_search_matches_transformers_one_at_a_time(encdec):
     bb = encdec
     texts = [de for de, _ in PAIRS]
     batched = bb.generate(_source(bb, texts), num_beams=3, max_new_tokens=8, length_penalty=0.8)
-    for text, ids in zip(texts, batched):
+    for text, ids in zip(texts, batched, strict=True):
         single = _source(bb, [text])
         out = bb.model.generate(**single, num_beams=3, max_new_tokens=8, length_penalty=0.8, do_sample=False, early_stopping=True,
                                 decoder_start_token_id=bb.decoder_start_token_id, eos_token_id=bb.eos_token_id,

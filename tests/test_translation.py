@@ -67,9 +67,8 @@ def test_the_run_reloads_predicts_evaluates_and_serves(mt_run, tables, capsys):
     assert main(["predict", str(run_dir), saved[0]["input"], "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[0])["text"] == saved[0]["predicted"]
     # the service: type a sentence, get its translation
-    from service_client import post_json, running
-
     from finetunekit.use.serving.app import ServeOptions
+    from service_client import post_json, running
 
     with running(model, ServeOptions(max_batch_size=4)) as (url, _app):
         status, answer = post_json(url, {"texts": [saved[1]["input"]], "explain": True})  # as the page asks
@@ -170,7 +169,7 @@ def test_multi30k_rows_with_the_warm_started_minilm(tmp_path):
     import csv
 
     with (MULTI30K / "train.tsv").open(encoding="utf-8", newline="") as f:
-        rows = [r for _, r in zip(range(48), csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))]
+        rows = [r for _, r in zip(range(48), csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), strict=False)]
     train_path = tmp_path / "train.tsv"
     val_path = tmp_path / "val.tsv"
     for path, part in ((train_path, rows[:40]), (val_path, rows[40:])):
