@@ -326,7 +326,12 @@ class Audio(FileInputs, Modality):
     # -- showing an input -----------------------------------------------------------------------------
 
     def explanation(self, backbone: Any) -> dict[str, Any]:
-        return {"method": None, "reason": "no explanation method for audio inputs yet"}
+        """Integrated gradients over time-frequency patches of the log-mel features (8 mel bins x
+        10 frames: 0.1 s of a 10-band slice of the spectrum); a waveform backbone has no spectrogram."""
+        if getattr(backbone, "input_form", None) != "log-mel":
+            return {"method": None, "reason": f"no time-frequency explanation for a {backbone.kind} audio backbone, whose "
+                                              "input is not a log-mel spectrogram"}
+        return {"method": "mel-integrated-gradients", "patch": [8, 10]}
 
     def card_input(self, recipe: Any) -> str:
         return ("mono audio resampled to the backbone's rate, cropped or padded to the run's clip length "
