@@ -18,13 +18,21 @@ pytest.importorskip("soundfile")
 
 @pytest.fixture(scope="module")
 def run_dir(audio_data, tiny_whisper, tmp_path_factory):
+    """The tone clips with one 1-second clip among them: the run's clips are 1 s (clip_seconds 1.0)."""
+    import shutil
+
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("audio_use")
+    shutil.copytree(audio_data / "train", root / "train")
+    sf.write(root / "train" / "noise" / "long.wav", np.random.default_rng(5).normal(0, 0.1, 16_000).astype(np.float32), 16_000)
     recipe = Recipe.from_dict({
         "model": {"backbone": f"whisper:{tiny_whisper}"},
-        "data": {"train": str(audio_data / "train"), "val": str(audio_data / "val")},
+        "data": {"train": str(root / "train"), "val": str(audio_data / "val")},
         "strategy": {"name": "full"},
         "train": {"epochs": 4, "batch_size": 4, "lr": 1e-3, "head_lr": 1e-2, "seed": 0},
     })
-    return train(recipe, output=tmp_path_factory.mktemp("audio_use") / "run", quiet=True).run_dir
+    return train(recipe, output=root / "run", quiet=True).run_dir
 
 
 def _clips(audio_data, index: int = 0) -> list[str]:
@@ -50,7 +58,7 @@ def test_explain_command_draws_attributions_over_the_spectrogram(run_dir, audio_
         assert e["method"] == "mel-integrated-gradients" and e["target"] == r["label"]
         assert e["patch"] == {"mel_bins": 8, "frames": 10, "seconds": 0.1}
         patches = np.array(e["patches"])
-        assert patches.shape == (10, 5) and np.abs(patches).max() == pytest.approx(1.0)  # 80 bins / 8, 50 frames / 10
+        assert patches.shape == (10, 10) and np.abs(patches).max() == pytest.approx(1.0)  # 80 bins / 8, 100 frames / 10
         picture = Image.open(out / e["overlay_file"])
         assert e["overlay_file"].endswith(".attribution.png") and picture.size == (400, 200)
     page = (out / "index.html").read_text()
@@ -73,7 +81,7 @@ def test_attributions_are_complete_and_removing_the_top_patches_hurts_more_than_
     batch = predictor.encode([modality_of("audio").load_item(c) for c in clips])
     targets = predictor.forward_proba(batch).argmax(1)
     patches = explainer.attributions(batch, targets.tolist())
-    assert patches.shape == (9, 10, 5)
+    assert patches.shape == (9, 10, 10)
     with torch.no_grad():
         logits = predictor.model(batch)
         base = predictor.model({**batch, "input_features": silence_floor(batch["input_features"], batch["frame_mask"])})
@@ -82,10 +90,36 @@ def test_attributions_are_complete_and_removing_the_top_patches_hurts_more_than_
     torch.testing.assert_close(patches.flatten(1).sum(1), expected, atol=0.05 * float(expected.abs().max()), rtol=0.05)
 
     rng = np.random.default_rng(0)
-    k = 10  # of the 50 patches
+    k = 20  # of the 100 patches
     top = [np.argsort(-p.flatten().numpy(), kind="stable")[:k] for p in patches]
     probs_top = predictor.forward_proba(explainer.remove_patches(batch, top))[rows, targets].mean()
-    probs_random = np.mean([predictor.forward_proba(explainer.remove_patches(batch, [rng.permutation(50)[:k] for _ in clips]))
+    probs_random = np.mean([predictor.forward_proba(explainer.remove_patches(batch, [rng.permutation(100)[:k] for _ in clips]))
                             [rows, targets].mean() for _ in range(3)])
     before = predictor.forward_proba(batch)[rows, targets].mean()
     assert probs_top < probs_random <= before + 1e-6
+
+
+# -- export ------------------------------------------------------------------------------------------
+
+
+def test_hf_export_loads_in_transformers_and_the_pipeline_gives_the_same_answers(run_dir, audio_data, tmp_path):
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, WhisperForAudioClassification, pipeline
+
+    from finetunekit.data.audio import read_audio
+    from finetunekit.use.export import export
+
+    result = export(run_dir, "hf", tmp_path / "hf")
+    assert result.examples >= 3 and result.max_abs_diff < 1e-4
+    assert result.details["pipeline_labels_checked"] == result.examples and result.details["clip_samples"] == 16_000
+    model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf")
+    assert type(model) is WhisperForAudioClassification and model.config.max_source_positions == 50  # 1 s of 20 ms positions
+    assert AutoFeatureExtractor.from_pretrained(tmp_path / "hf").n_samples == 16_000
+    classify = pipeline("audio-classification", model=str(tmp_path / "hf"), device="cpu")
+    clips = _clips(audio_data, 3)
+    predictor = load(run_dir, precision="fp32")  # the export's parity is with the fp32 model
+    for clip, expected, scores in zip(clips, predictor.predict(clips), predictor.predict_proba(clips), strict=True):
+        answer = classify({"raw": read_audio(clip, 16_000), "sampling_rate": 16_000}, top_k=None)
+        assert answer[0]["label"] == expected
+        got = {a["label"]: a["score"] for a in answer}
+        np.testing.assert_allclose([got[c] for c in predictor.classes], scores, atol=1e-5)
+    assert 'pipeline("audio-classification"' in (tmp_path / "hf" / "README.md").read_text()

@@ -221,7 +221,7 @@ class Audio(FileInputs, Modality):
         "train.batch_size": {"choice": [16, 32]},
         "train.warmup_ratio": {"uniform": [0.0, 0.2]},
     }
-    export_formats = ("onnx",)
+    export_formats = ("hf", "onnx")  # hf: WhisperForAudioClassification, for pipeline("audio-classification")
     onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"}}
     zero_config_backbone = "bundled:whisper_tiny_en"
     zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
