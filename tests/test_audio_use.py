@@ -170,3 +170,31 @@ def test_hf_audio_backbones_train_predict_and_reload(kind, audio_data, tmp_path)
     # the run directory alone rebuilds the model: the same scores from a second load
     np.testing.assert_allclose(load(result.run_dir, precision="fp32").predict_proba(clips), scores, atol=1e-6)
     assert reloaded.predict(clips) == [reloaded.classes[i] for i in scores.argmax(1)]
+
+
+# -- long files ----------------------------------------------------------------------------------------
+
+
+def test_a_long_file_is_cut_into_overlapping_windows_and_their_scores_averaged(run_dir, audio_data, tmp_path, capsys):
+    import soundfile as sf
+
+    from finetunekit.cli import main
+    from finetunekit.data.audio import read_audio
+
+    # 2.5 s: a high tone clip padded to 1 s, a low one, and half a second of silence
+    high, low = (read_audio(audio_data / "val" / name / "clip_2.wav", 16_000) for name in ("high", "low"))
+    wave = np.concatenate([np.pad(high, (0, 16_000 - len(high))), np.pad(low, (0, 16_000 - len(low))), np.zeros(8_000)])
+    sf.write(tmp_path / "long.wav", wave.astype(np.float32), 16_000)
+    short = _clips(audio_data)[0]
+    predictor = load(run_dir, precision="fp32")
+    records = predictor.records([str(tmp_path / "long.wav"), short])
+    windows = records[0]["json"]["windows"]
+    assert [(w["start"], w["end"]) for w in windows] == [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0), (1.5, 2.5)]
+    assert windows[0]["label"] == "high" and windows[2]["label"] == "low"
+    # the file's answer: the mean of its windows' scores
+    mean = np.mean([[w["scores"][c] for c in predictor.classes] for w in windows], axis=0)
+    np.testing.assert_allclose(predictor.predict_proba([str(tmp_path / "long.wav")])[0], mean, atol=1e-4)
+    assert "windows" not in records[1]["json"] and records[0]["line"].endswith("(mean of 4 windows)")
+    assert main(["predict", str(run_dir), str(tmp_path / "long.wav"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(printed["windows"]) == 4

@@ -118,6 +118,7 @@ class AudioDataset:
         self.max_seconds = max_seconds
         self._waves: dict[int, np.ndarray] = {}
         self._bytes = 0
+        self._window_file: tuple[Any, Any] = (None, None)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -125,9 +126,15 @@ class AudioDataset:
     def wave(self, index: int) -> np.ndarray:
         from ..data.audio import read_audio
 
+        item = self.paths[index]
+        if isinstance(item, tuple):  # a window of a long file (Audio.windows): (path, start, samples) at the backbone's rate
+            path, start, length = item
+            if self._window_file[0] != path:  # a file's windows come one after another: decoded once
+                self._window_file = (path, read_audio(path, self.rate, self.max_seconds))
+            return self._window_file[1][start : start + length]
         wave = self._waves.get(index)
         if wave is None:
-            wave = read_audio(self.paths[index], self.rate, self.max_seconds)
+            wave = read_audio(item, self.rate, self.max_seconds)
             if self._bytes + wave.nbytes <= self.memory_budget:
                 self._waves[index] = wave
                 self._bytes += wave.nbytes
@@ -311,6 +318,44 @@ class Audio(FileInputs, Modality):
         clip = int(round(float(predictor.preprocessing.get("clip_seconds", 1.0)) * rate))
         waves = [resample(*(self.load_item(item) if isinstance(item, (str, Path)) else item), rate) for item in items]
         return collate_features([clip_features(backbone, w, clip) for w in waves])
+
+    def windows(self, preprocessing: dict[str, Any], examples: Any) -> tuple[Any, np.ndarray, list[tuple[float, float]]] | None:
+        """Predict cuts a file longer than the run's clip into windows of the clip's length, every
+        half clip (the last one ends at the file's end), and its answer is the mean of the windows'
+        scores. Returns ``(windows as Examples, the input each belongs to, (start, end) seconds of
+        each)``, or None when no input is longer than the clip (one pass, as before). Durations
+        come from the headers; nothing is decoded here."""
+        import soundfile as sf
+
+        from ..data.readers import Examples
+
+        rate = int(preprocessing.get("sampling_rate", 16_000))
+        clip = int(round(float(preprocessing.get("clip_seconds", 1.0)) * rate))
+        hop = max(1, clip // 2)
+        parts: list[Any] = []
+        owner: list[int] = []
+        spans: list[tuple[float, float]] = []
+        long = False
+        for i, path in enumerate(examples.inputs):
+            try:
+                info = sf.info(str(path))
+                samples = int(info.frames * rate / info.samplerate) if info.samplerate > 0 else 0
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                samples = 0  # unreadable: read whole below, failing with its own one-line message
+            if samples <= clip:
+                parts.append(path)
+                owner.append(i)
+                spans.append((0.0, samples / rate))
+                continue
+            long = True
+            starts = list(range(0, samples - clip, hop)) + [samples - clip]
+            for start in starts:
+                parts.append((str(path), start, clip))
+                owner.append(i)
+                spans.append((start / rate, (start + clip) / rate))
+        if not long:
+            return None
+        return Examples(parts, None, examples.source, self.name), np.asarray(owner), spans
 
     def load_item(self, item: Any) -> Any:
         """A file -> ``(samples, sample_rate)``, float32 mono at the file's own rate."""

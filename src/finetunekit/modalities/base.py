@@ -132,6 +132,12 @@ class Modality:
         """One model batch from in-memory inputs (``Predictor.encode``)."""
         raise NotImplementedError
 
+    def windows(self, preprocessing: dict[str, Any], examples: Any) -> tuple[Any, Any, list[tuple[float, float]]] | None:
+        """Inputs too long for one pass cut into parts that predict scores apart and averages:
+        ``(parts as Examples, the input index of each part, each part's (start, end))``; None: one
+        pass over the inputs as they are (audio cuts long files into windows)."""
+        return None
+
     def item_sizes(self, items: Sequence[Any]) -> list[Any] | None:
         """Each in-memory input's own size, where a dense task's outputs go back to (images)."""
         return None
