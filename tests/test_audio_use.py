@@ -198,3 +198,46 @@ def test_a_long_file_is_cut_into_overlapping_windows_and_their_scores_averaged(r
     assert main(["predict", str(run_dir), str(tmp_path / "long.wav"), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(printed["windows"]) == 4
+
+
+# -- background noise ----------------------------------------------------------------------------------
+
+
+def test_the_noise_preset_mixes_in_recordings_from_a_folder(audio_data, tiny_whisper, tmp_path):
+    import soundfile as sf
+
+    from finetunekit.backbones import create_backbone
+    from finetunekit.core.errors import DataError, RecipeError
+    from finetunekit.modalities import modality_of, read_examples
+
+    (tmp_path / "noise").mkdir()
+    sf.write(tmp_path / "noise" / "hum.wav", (0.3 * np.sin(np.arange(48_000) * 0.2)).astype(np.float32), 16_000)
+    audio = modality_of("audio")
+    backbone = create_backbone(f"whisper:{tiny_whisper}")
+    examples = read_examples(audio_data / "train", "audio")
+    data = Recipe.from_dict({"data": {"train": "x", "augment": "noise", "noise_dir": str(tmp_path / "noise")}}).data
+    preprocessing = audio.run_preprocessing(backbone, data)
+    assert preprocessing["noise_dir"] == str(tmp_path / "noise")
+    noisy = audio.build_dataset(examples, None, backbone, dict(preprocessing), True, "noise", 0)
+    light = audio.build_dataset(examples, None, backbone, dict(preprocessing), True, "light", 0)
+    first, again = noisy[(0, 3)]["input_features"], noisy[(0, 3)]["input_features"]
+    assert torch.equal(first, again)  # seeded: a resumed run replays the same mix
+    # with noise drawn for most clips, most keys give other features than light's shift and gain alone
+    differs = [not torch.equal(noisy[(i, 11)]["input_features"], light[(i, 11)]["input_features"]) for i in range(10)]
+    assert sum(differs) >= 5
+    # evaluation mixes in nothing
+    plain = audio.build_dataset(examples, None, backbone, dict(preprocessing), False, "noise", 0)
+    assert torch.equal(plain[0]["input_features"], light.__class__(examples.inputs, None, backbone, 8000)[0]["input_features"])
+    with pytest.raises(DataError, match="set it to a folder of audio files"):
+        audio.run_preprocessing(backbone, Recipe.from_dict({"data": {"train": "x", "augment": "noise"}}).data)
+    with pytest.raises(DataError, match="noise folder not found"):
+        audio.build_dataset(examples, None, backbone, {**preprocessing, "noise_dir": str(tmp_path / "none")}, True, "noise", 0)
+    with pytest.raises(RecipeError, match="mix background noise into audio clips"):
+        modality_of("image").check_recipe(Recipe.from_dict({"data": {"train": "x", "augment": "noise"}}))
+    # a run with it: the folder is recorded in preprocessing.json, predict adds no noise
+    recipe = Recipe.from_dict({"model": {"backbone": f"whisper:{tiny_whisper}"},
+                               "data": {"train": str(audio_data / "train"), "val": str(audio_data / "val"), "augment": "noise",
+                                        "noise_dir": str(tmp_path / "noise")},
+                               "strategy": {"name": "full"}, "train": {"epochs": 1, "batch_size": 8, "seed": 0}})
+    run = train(recipe, output=tmp_path / "run", quiet=True).run_dir
+    assert json.loads((run / "preprocessing.json").read_text())["noise_dir"] == str(tmp_path / "noise")

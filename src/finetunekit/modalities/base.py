@@ -56,6 +56,7 @@ class Modality:
     # capabilities the recipe's image-only fields ask for
     augments: ClassVar[bool] = False  # random augmentation presets (data.augment, cached views)
     blends: ClassVar[bool] = False  # mixup and cutmix
+    mixes_noise: ClassVar[bool] = False  # data.augment "noise" (background noise from data.noise_dir)
     resizes: ClassVar[bool] = False  # progressive resizing
     # its backbones give spatial feature maps (``backbone.feature_info()``), which the heads of
     # dense task types (Task.dense: segmentation, detection) read; the resolve step refuses a dense
@@ -160,6 +161,9 @@ class Modality:
     def check_recipe(self, recipe: Any) -> None:
         """Recipe fields this modality cannot honour, raised once the backbone's modality is known."""
         t = recipe.train
+        if (recipe.data.augment == "noise" or recipe.data.noise_dir) and not self.mixes_noise:
+            raise RecipeError(f"data.augment: 'noise' and data.noise_dir mix background noise into audio clips, and "
+                              f"{recipe.model.backbone} is a {self.name} backbone; use none, light or strong")
         if not self.blends:
             for field in ("mixup_alpha", "cutmix_alpha"):
                 if getattr(t, field):
