@@ -241,3 +241,28 @@ def test_the_noise_preset_mixes_in_recordings_from_a_folder(audio_data, tiny_whi
                                "strategy": {"name": "full"}, "train": {"epochs": 1, "batch_size": 8, "seed": 0}})
     run = train(recipe, output=tmp_path / "run", quiet=True).run_dir
     assert json.loads((run / "preprocessing.json").read_text())["noise_dir"] == str(tmp_path / "noise")
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def test_the_report_plays_the_worst_clips_beside_their_spectrograms(run_dir, tmp_path):
+    import shutil
+
+    from finetunekit.report import write_report
+    from finetunekit.use.explain import error_explanations
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    rows = [json.loads(line) for line in (copy / "val_predictions.jsonl").read_text().splitlines()]
+    for r in rows[:2]:  # two confident mistakes, so the report has errors to show
+        r["predicted"] = next(c for c in ("high", "low", "noise") if c != r["label"])
+    (copy / "val_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    explained = error_explanations(copy) if __import__("importlib").util.find_spec("captum") else {}
+    page = write_report(copy, tmp_path / "report.html", explanations=explained).read_text()
+    errors = page[page.index('id="errors"'):]
+    errors = errors[: errors.index("</section>")]
+    assert errors.count("<audio controls") == 2 and errors.count('src="data:audio/wav;base64,') == 2
+    assert errors.count('alt="spectrogram of') == 2 and "<th>clip</th>" in errors
+    if explained:
+        assert "integrated gradients" in errors and len(explained) == 2

@@ -341,7 +341,7 @@ def audio_player(wave: np.ndarray, sampling_rate: int, title: str = "") -> str:
 
 
 def spectrogram_png(features: np.ndarray, frame_seconds: float, attributions: np.ndarray | None = None,
-                    patch: tuple[int, int] = (1, 1), title: str = "", width: float = 4.0) -> bytes:
+                    patch: tuple[int, int] = (1, 1), title: str = "", width: float = 4.0, ylabel: str = "mel band") -> bytes:
     """A PNG of log-mel ``features`` ``(n_mels, frames)`` (time across, low bands at the bottom);
     with ``attributions`` ``(bands, steps)`` in [-1, 1], one per ``patch`` of (mel bins, frames),
     drawn over it: red where a patch pushed the explained output up, blue where it pushed it down,
@@ -368,10 +368,23 @@ def spectrogram_png(features: np.ndarray, frame_seconds: float, attributions: np
         rgba[..., 3] = 0.7 * np.clip(np.abs(cells), 0, 1)
         ax.imshow(rgba, origin="lower", aspect="auto", extent=extent, interpolation="nearest")
     ax.set_xlabel("time (s)", fontsize=8)
-    ax.set_ylabel("mel band", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
     if title:
         ax.set_title(title, fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def stft_spectrogram(wave: np.ndarray, sampling_rate: int, n_fft: int = 400, hop: int = 160) -> np.ndarray:
+    """Log power spectrogram ``(n_fft // 2 + 1, frames)`` of ``wave`` (Hann window, floored 8
+    decades under its loudest), for showing a clip when no model's features are at hand."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if len(wave) < n_fft:
+        wave = np.pad(wave, (0, n_fft - len(wave)))
+    count = 1 + (len(wave) - n_fft) // hop
+    frames = np.lib.stride_tricks.as_strided(wave, (count, n_fft), (wave.strides[0] * hop, wave.strides[0]))
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft).astype(np.float32), axis=1)) ** 2
+    log = np.log10(np.maximum(power, 1e-10)).T
+    return np.maximum(log, log.max() - 8.0).astype(np.float32)

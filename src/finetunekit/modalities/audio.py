@@ -253,11 +253,15 @@ class Audio(FileInputs, Modality):
     zero_config_backbone = "bundled:whisper_tiny_en"
     zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
                           "Speech Commands V2-12 against 0.932 for the linear probe (docs/audio.md)")
-    report_errors = 50
+    report_errors = 20  # each a playable clip with its spectrogram (about 20 kB each, inlined)
     explained_errors = 20
     input_view = "table"
+    input_noun = "clip"
+    explanation_note = ('<p class="note">Each clip plays in the page; its spectrogram shows integrated gradients of the '
+                        "predicted (wrong) class per time-frequency patch: red pushed it up, blue down.</p>")
     card_dataset_type = "audiofolder"
     card_example = '["path/to/clip.wav"]'
+    card_native_export = ' that `transformers.pipeline("audio-classification")` loads (Whisper backbones)'
 
     # -- finding examples -------------------------------------------------------------------------
 
@@ -406,9 +410,35 @@ class Audio(FileInputs, Modality):
                                               "input is not a log-mel spectrogram"}
         return {"method": "mel-integrated-gradients", "patch": [8, 10]}
 
+    def report_cell(self, value: Any, explanation: str | None) -> str | None:
+        """The clip playable (a small WAV inlined), its name, and its explanation's spectrogram, or
+        a plain spectrogram when it has none; a clip no longer there is said so."""
+        import base64
+        from html import escape
+
+        from ..data.audio import audio_player, spectrogram_png, stft_spectrogram
+
+        name = escape(Path(str(value)).name)
+        try:
+            wave, rate = self.load_item(str(value))
+        except DataError as exc:
+            return f'{name}<br><span class="note">({escape(str(exc).replace(str(value), "clip"))})</span>'
+        if explanation is None:
+            picture = spectrogram_png(stft_spectrogram(wave, rate, n_fft=max(64, rate // 40), hop=max(16, rate // 100)),
+                                      0.01, ylabel="frequency bin", width=3.2)
+            explanation = "data:image/png;base64," + base64.b64encode(picture).decode("ascii")
+        return (f'<div title="{escape(str(value))}">{name}</div>{audio_player(wave, rate, title=str(value))}'
+                f'<br><img src="{explanation}" alt="spectrogram of {name}" style="max-width:320px">')
+
     def card_input(self, recipe: Any) -> str:
+        augment = recipe.data.augment
+        trained = {"none": "no augmentation", "light": "time shifts and gain changes",
+                   "strong": "time shifts, gain changes and SpecAugment masks",
+                   "noise": f"time shifts, gain changes and background noise from `{recipe.data.noise_dir}`"}.get(augment, augment)
         return ("mono audio resampled to the backbone's rate, cropped or padded to the run's clip length "
-                "(`clip_seconds` in `preprocessing.json`), log-mel features of the backbone's feature extractor")
+                "(`clip_seconds` in `preprocessing.json`), then the backbone's feature extractor's inputs (Whisper: log-mel "
+                "features on the clip's own frames, not a 30-second window); predict cuts a longer file into windows of "
+                f"that length every half clip and averages their scores. Trained with {trained}")
 
     def card_head(self, pooling: str) -> str:
         return "mean-pooled encoder states over the clip's own frames"

@@ -81,10 +81,12 @@ class Modality:
     report_errors: ClassVar[int] = 50
     explained_errors: ClassVar[int] = 50
     input_view: ClassVar[str] = "table"  # "gallery" (report/html.image_tile) or "table"
+    input_noun: ClassVar[str] = "text"  # the report's column of inputs
     explanation_note: ClassVar[str] = ""
     # the model card's Hugging Face dataset type and its example input
     card_dataset_type: ClassVar[str] = "table"
     card_example: ClassVar[str] = '["an input"]'
+    card_native_export: ClassVar[str] = ""  # said of the native export format in the card, after "directory"
 
     # -- finding examples ---------------------------------------------------------------------
 
@@ -200,6 +202,12 @@ class Modality:
     def explanation(self, backbone: Any) -> dict[str, Any]:
         """Which method explains this modality's predictions on ``backbone``, or why none does."""
         return {"method": None, "reason": f"no explanation method for {self.name} inputs"}
+
+    def report_cell(self, value: Any, explanation: str | None) -> str | None:
+        """The report's worst-errors cell for an input (HTML), given its explanation as
+        ``finetunekit.use.explain.error_explanations`` made it; None: the report's own (the text,
+        or the highlighted text)."""
+        return None
 
     def card_input(self, recipe: Any) -> str:
         """The model card's Input line."""
