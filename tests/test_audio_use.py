@@ -266,3 +266,69 @@ def test_the_report_plays_the_worst_clips_beside_their_spectrograms(run_dir, tmp
     assert errors.count('alt="spectrogram of') == 2 and "<th>clip</th>" in errors
     if explained:
         assert "integrated gradients" in errors and len(explained) == 2
+
+
+# -- the service -------------------------------------------------------------------------------------
+
+
+def test_the_service_reads_ogg_opus_recordings_and_refuses_webm_with_a_clear_422(run_dir, audio_data, tmp_path):
+    pytest.importorskip("fastapi")
+    import soundfile as sf
+
+    from finetunekit.data.audio import read_audio
+    from service_client import post_form, running
+
+    # what Firefox's MediaRecorder can write: OGG Opus (48 kHz here), decoded by libsndfile
+    wave = read_audio(audio_data / "val" / "high" / "clip_1.wav", 48_000)
+    sf.write(tmp_path / "rec.ogg", wave, 48_000, format="OGG", subtype="OPUS")
+    # what Chrome's writes: WebM (an EBML header, then Matroska elements), which libsndfile cannot read
+    webm = bytes.fromhex("1a45dfa39f4286810142f7810142f2810442f381084282847765626d") + b"\x00" * 64
+    with running(load(run_dir)) as (url, _):
+        status, body = post_form(url, [("files", ("rec.ogg", (tmp_path / "rec.ogg").read_bytes(), "audio/ogg"))])
+        assert status == 200 and body["predictions"][0]["label"] == "high", body
+        status, body = post_form(url, [("files", ("recording.webm", webm, "audio/webm"))])
+        assert status == 422, body
+        assert "files[0] (recording.webm): unsupported container: WebM/Matroska" in json.dumps(body)
+
+
+def test_the_page_records_from_the_microphone_and_shows_the_answer(run_dir):
+    """Chromium's fake microphone (a beep) recorded for a second: the page decodes the recording,
+    sends it as WAV and draws the scores and the spectrogram explanation."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("websocket")
+    from browser import Browser, find_chromium
+    from service_client import running
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("chromium not installed")
+    flags = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required")
+    with Browser(chromium, width=1000, height=800, flags=flags) as browser, running(load(run_dir)) as (url, _):
+        for domain in ("Page", "Runtime"):
+            browser.call(f"{domain}.enable", session=True)
+        browser.call("Page.navigate", session=True, url=url + "/")
+        browser.wait_for("Page.loadEventFired")
+        shown = browser.evaluate("""new Promise((resolve, reject) => {
+          const started = Date.now();
+          const ready = () => document.getElementById('meta').textContent.includes('labels');
+          const wait = () => {
+            if (!ready()) return setTimeout(wait, 30);
+            if (document.getElementById('audio-input').hidden) return reject(new Error('no audio panel'));
+            document.getElementById('record').click();
+            setTimeout(() => document.getElementById('record').click(), 1200);
+            const poll = () => {
+              const failed = document.getElementById('error').textContent;
+              if (failed) return reject(new Error(failed));
+              const img = document.getElementById('overlay');
+              if (!document.getElementById('result').hidden && img && img.complete && img.naturalWidth)
+                return resolve({rows: document.querySelectorAll('#scores .row').length, method: document.getElementById('method').textContent,
+                                width: img.naturalWidth, playback: !document.getElementById('playback').hidden});
+              if (Date.now() - started > 25000) return reject(new Error('no result after 25 s'));
+              setTimeout(poll, 50);
+            };
+            poll();
+          };
+          wait();
+        })""")
+    assert shown["rows"] == 3 and shown["method"].startswith("mel-integrated-gradients for") and shown["width"] == 400
+    assert shown["playback"]

@@ -141,6 +141,11 @@ def _diagnose(path: Path, exc: BaseException) -> str:
         if tag is not None and tag not in _WAV_CODECS:
             return f"unsupported codec: WAV format tag 0x{tag:04x}, which libsndfile cannot decode (convert it to PCM WAV or FLAC)"
         return f"corrupt WAV file ({_libsndfile_reason(exc)})"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, WebM
+        return ("unsupported container: WebM/Matroska (what browsers' MediaRecorder writes), which libsndfile cannot read; "
+                "send WAV, FLAC, OGG (Vorbis or Opus) or MP3")
+    if head[4:8] == b"ftyp":
+        return "unsupported container: MP4/M4A (AAC), which libsndfile cannot read; send WAV, FLAC, OGG (Vorbis or Opus) or MP3"
     if head[:4] == b"OggS" and b"Speex" in head:
         return "unsupported codec: OGG Speex (libsndfile decodes OGG Vorbis and Opus)"
     return f"corrupt or unsupported audio ({_libsndfile_reason(exc)})"
