@@ -103,7 +103,12 @@ def test_attributions_are_complete_and_removing_the_top_patches_hurts_more_than_
 
 
 def test_hf_export_loads_in_transformers_and_the_pipeline_gives_the_same_answers(run_dir, audio_data, tmp_path):
-    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, WhisperForAudioClassification, pipeline
+    from transformers import (
+        AutoFeatureExtractor,
+        AutoModelForAudioClassification,
+        WhisperForAudioClassification,
+        pipeline,
+    )
 
     from finetunekit.data.audio import read_audio
     from finetunekit.use.export import export
