@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..run import artifacts
 from ..core.errors import FinetuneError
 from ..modalities import modality_of
-from ..run import artifacts
 from . import html, plots
 from .run_data import RunData, load_run, worst_errors
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import FinetuneError
 from ..run import artifacts
 from ..run.card import write_export_card
+from ..core.errors import FinetuneError
 
 FORMATS = ("hf", "timm", "onnx")
 LIBRARIES = {"hf": "transformers", "timm": "timm", "onnx": "onnx"}

@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import DataError
 from ..data import Examples
 from ..data.images import image_size
 from ..data.memory import evaluation_split, is_memory
 from ..data.pipeline import ImageDataset, build_loader, image_transform, reader_threads, threaded_batches
 from ..data.readers import FLAG_COLUMN_OPTIONS, select_listed
+from ..core.errors import DataError
+from .loading import load_model
 from ..modalities import modality_of, read_examples
 from ..tasks import task_reader
-from .loading import load_model
 
 
 class Predictor:
