@@ -390,10 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    p = sub.add_parser("explain", help="Grad-CAM overlays (images) or token attributions (texts), as HTML and PNG files")
+    p = sub.add_parser("explain", help="Grad-CAM overlays (images), token attributions (texts) or time-frequency attributions "
+                                       "over the spectrogram (audio), as HTML and PNG files")
     p.add_argument("run_dir")
-    p.add_argument("inputs", nargs="*", help="image paths, or texts")
-    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image folder) to explain")
+    p.add_argument("inputs", nargs="*", help="image or audio paths, or texts")
+    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image or audio folder) to explain")
     p.add_argument("--text-column")
     p.add_argument("--output", "-o", required=True, help="directory for index.html, explanations.jsonl and overlays")
 

@@ -254,7 +254,9 @@ class Audio(FileInputs, Modality):
     zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
                           "Speech Commands V2-12 against 0.932 for the linear probe (docs/audio.md)")
     report_errors = 20  # each a playable clip with its spectrogram (about 20 kB each, inlined)
-    explained_errors = 20
+    # integrated gradients cost 32 backward passes a clip, paid at the end of every run: the 8 most
+    # confident errors are explained, the others shown with a plain spectrogram
+    explained_errors = 8
     input_view = "table"
     input_noun = "clip"
     explanation_note = ('<p class="note">Each clip plays in the page; its spectrogram shows integrated gradients of the '
