@@ -8,6 +8,15 @@ Example::
     model = finetunekit.load("runs/ants")
     model.predict(["ant.jpg"])
 
+Every entry point takes data as paths or as the tables users hold (a pandas DataFrame, a pyarrow
+Table, a ``datasets.Dataset`` / ``DatasetDict``), with the same names::
+
+    finetunekit.train(recipe, train=train_df, val=val_df, output="runs/x")   # recipe=None: chosen from the data
+    finetunekit.tune(recipe, train=train_df, val=val_df, output="studies/x", trials=20)
+    finetunekit.select(train_df, ["bundled:minilm_l6", "hf:bert-base-uncased"])
+    finetunekit.evaluate("runs/x", test_df)
+    finetunekit.load("runs/x").predict(test_df)
+
 Heavy modules (torch, timm, transformers) load on first use, so ``import finetunekit`` is fast.
 """
 
@@ -17,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from .version import __version__
 
-__all__ = ["Recipe", "__version__", "evaluate", "load", "train"]
+__all__ = ["Recipe", "__version__", "evaluate", "load", "select", "train", "tune"]
 
 if TYPE_CHECKING:
+    from .choose.selection import select
+    from .choose.tune import tune
     from .use.predict import load
     from .run.recipe import Recipe
     from .run.trainer import train
@@ -57,4 +68,12 @@ def __getattr__(name: str) -> Any:
         from .use.predict import load
 
         return load
+    if name == "tune":
+        from .choose.tune import tune
+
+        return tune
+    if name == "select":
+        from .choose.selection import select
+
+        return select
     raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")
