@@ -111,7 +111,12 @@ def versus_transformers(clips: int, epochs: int, eval_clips: int, batch_size: in
     ours_loop = sum(float(r["train_seconds"]) for r in epochs_run)
 
     # transformers: WhisperForAudioClassification on the 30-second padded features, Trainer
-    from transformers import Trainer, TrainingArguments, WhisperFeatureExtractor, WhisperForAudioClassification
+    from transformers import (
+        Trainer,
+        TrainingArguments,
+        WhisperFeatureExtractor,
+        WhisperForAudioClassification,
+    )
 
     converted = converted_whisper_dir(whisper_source("whisper_tiny_en"))
     labels = sorted({label for _, label in train_rows})
