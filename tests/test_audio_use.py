@@ -175,6 +175,13 @@ def test_hf_audio_backbones_train_predict_and_reload(kind, audio_data, tmp_path)
     # the run directory alone rebuilds the model: the same scores from a second load
     np.testing.assert_allclose(load(result.run_dir, precision="fp32").predict_proba(clips), scores, atol=1e-6)
     assert reloaded.predict(clips) == [reloaded.classes[i] for i in scores.argmax(1)]
+    if kind != "hubert":  # ONNX with its parity check (HuBERT's graph is wav2vec 2.0's)
+        pytest.importorskip("onnxruntime")
+        from finetunekit.use.export import export
+
+        exported = export(result.run_dir, "onnx", tmp_path / "onnx")
+        assert exported.examples >= 3 and exported.max_abs_diff < 1e-3
+        assert "input_values" in (tmp_path / "onnx" / "README.md").read_text()
 
 
 # -- long files ----------------------------------------------------------------------------------------

@@ -450,6 +450,10 @@ class Audio(FileInputs, Modality):
         return inputs if len(inputs) >= 3 else None
 
     def onnx_inputs(self, predictor: Any) -> str:
+        form = getattr(predictor.model.backbone, "input_form", "log-mel")
+        if form != "log-mel":  # wav2vec 2.0, HuBERT (samples), AST (filter-bank frames)
+            return ("the feature extractor's outputs in preprocessor/ for clips fitted to clip_seconds: input_values float32 "
+                    + ("(N, samples) and attention_mask (N, samples) int64" if form == "waveform" else "(N, frames, mel bins)"))
         return ("input_features (N, n_mels, T) float32, Whisper log-mel features of clips fitted to clip_seconds, and "
                 "frame_mask (N, T) int64, 1 on each clip's frames (preprocessing.json)")
 
