@@ -1,0 +1,195 @@
+"""Image-text retrieval: the metrics by hand, the loss, the recipe, a tiny dual encoder trained,
+resumed, loaded, indexed and searched, and bad input named by its row."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finetunekit.cli import main
+from finetunekit.core.errors import DataError, FinetuneError, RecipeError
+from finetunekit.retrieval import RetrievalRecipe
+from finetunekit.retrieval.data import read_pairs
+from finetunekit.retrieval.metrics import paired_bootstrap, retrieval_metrics, retrieval_ranks
+from finetunekit.retrieval.model import contrastive_loss
+
+# colour -> a word the tiny BERT of conftest knows
+COLOURS = {"warm": (220, 40, 30), "cold": (30, 60, 220), "bright": (40, 200, 60), "grim": (60, 60, 60)}
+FILL = ["the", "a", "very", "quite"]
+
+
+def make_pairs(root: Path, name: str, per_colour: int, seed: int) -> Path:
+    """A table of small solid-colour pictures (with noise), two captions each naming the colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["image\tcaption"]
+    for word, rgb in COLOURS.items():
+        for i in range(per_colour):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            file = f"images/{name}_{word}_{i}.png"
+            Image.fromarray(pixels).save(root / file)
+            for j in range(2):
+                lines.append(f"{file}\t{FILL[(i + j) % 4]} {word} {FILL[(i + 2 * j + 1) % 4]} story")
+    table = root / f"{name}.tsv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+@pytest.fixture(scope="module")
+def pairs_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pairs")
+    make_pairs(root, "train", 6, 0)
+    make_pairs(root, "val", 2, 1)
+    return root
+
+
+def tiny_recipe(pairs_data: Path, tiny_bert: Path, **sections) -> RetrievalRecipe:
+    raw = {
+        "task": {"type": "retrieval", "embed_dim": 16},
+        "model": {"image_backbone": "timm:test_efficientnet", "text_backbone": f"hf:{tiny_bert}", "pretrained": False, "image_size": 32},
+        "data": {"train": str(pairs_data / "train.tsv"), "val": str(pairs_data / "val.tsv"), "max_length": 16},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "head_lr": 1e-2, "seed": 0},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return RetrievalRecipe.from_dict(raw)
+
+
+# -- metrics by hand ---------------------------------------------------------------------------------
+
+
+def test_recall_by_hand_with_several_captions_per_image():
+    # 3 images on the axes of R^3; 5 captions: image 0 has captions 0, 1; image 1 has 2, 3; image 2 has 4
+    images = np.eye(3, dtype=np.float32)
+    texts = np.array([
+        [0.9, 0.1, 0.0],   # caption 0 (image 0): nearest image 0 -> rank 1
+        [0.0, 0.8, 0.2],   # caption 1 (image 0): images by score 1, 2, 0 -> rank 3
+        [0.1, 0.0, 0.9],   # caption 2 (image 1): images 2, 0, 1 -> rank 3
+        [0.2, 0.7, 0.1],   # caption 3 (image 1): image 1 first -> rank 1
+        [0.5, 0.4, 0.3],   # caption 4 (image 2): images 0, 1, 2 -> rank 3
+    ], dtype=np.float32)
+    image_of = [0, 0, 1, 1, 2]
+    ranks = retrieval_ranks(images, texts, image_of)
+    assert ranks["t2i"].tolist() == [1, 3, 3, 1, 3]
+    # image 0 scores captions 0.9, 0.0, 0.1, 0.2, 0.5: its caption 0 is first -> 1
+    # image 1 scores 0.1, 0.8, 0.0, 0.7, 0.4: caption 1 (not its own) then caption 3 (its own) -> 2
+    # image 2 scores 0.0, 0.2, 0.9, 0.1, 0.3: captions 2, 4 -> its caption 4 is second -> 2
+    assert ranks["i2t"].tolist() == [1, 2, 2]
+    m = retrieval_metrics(ranks)
+    assert m["t2i_r1"] == pytest.approx(2 / 5) and m["t2i_r5"] == 1.0 and m["t2i_median_rank"] == 3
+    assert m["i2t_r1"] == pytest.approx(1 / 3) and m["i2t_r5"] == 1.0 and m["i2t_median_rank"] == 2
+    assert m["images"] == 3 and m["captions"] == 5
+
+
+def test_ties_count_against_the_query():
+    ranks = retrieval_ranks(np.ones((4, 2), np.float32), np.ones((4, 2), np.float32), [0, 1, 2, 3])
+    assert ranks["t2i"].tolist() == [4, 4, 4, 4] and ranks["i2t"].tolist() == [4, 4, 4, 4]
+
+
+def test_paired_bootstrap_sees_a_clear_difference():
+    a = np.full(400, 20)
+    b = np.where(np.arange(400) % 2 == 0, 1, 20)
+    result = paired_bootstrap(a, b, k=1)
+    assert result["difference"] == pytest.approx(0.5) and result["low"] > 0.4 and result["p_value"] < 0.01
+
+
+# -- the loss ----------------------------------------------------------------------------------------
+
+
+def test_loss_is_symmetric_and_rewards_matching_pairs():
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    assert contrastive_loss(img, txt, scale).item() == pytest.approx(contrastive_loss(txt, img, scale).item(), abs=1e-6)
+    matched = contrastive_loss(img, img, scale).item()
+    assert matched < contrastive_loss(img, txt, scale).item()
+    # by hand for two pairs: logits [[s, 0], [0, s]] -> each row's cross-entropy is log(1 + e^-s)
+    eye = torch.eye(2)
+    assert contrastive_loss(eye, eye, torch.tensor(2.0)).item() == pytest.approx(float(np.log1p(np.exp(-2.0))), rel=1e-5)
+
+
+# -- recipe and data ---------------------------------------------------------------------------------
+
+
+def test_recipe_fields_are_checked_by_name():
+    with pytest.raises(RecipeError, match=r"^strategy.name: 'lot' is not a retrieval strategy.*did you mean 'lit'"):
+        RetrievalRecipe.from_dict({"task": {"type": "retrieval"}, "strategy": {"name": "lot"}})
+    with pytest.raises(RecipeError, match=r"^model.backbone: not a field"):
+        RetrievalRecipe.from_dict({"task": {"type": "retrieval"}, "model": {"backbone": "bundled:minilm_l6"}})
+    with pytest.raises(RecipeError, match="train.batch_size"):
+        RetrievalRecipe.from_dict({"task": {"type": "retrieval"}, "train": {"batch_size": 1}})
+    recipe = RetrievalRecipe().with_overrides(["task.embed_dim=64", "strategy.name=full"])
+    assert recipe.task.embed_dim == 64 and recipe.strategy.name == "full" and not recipe.strategy.image_locked
+
+
+def test_pairs_group_captions_by_image(pairs_data):
+    pairs = read_pairs(pairs_data / "train.tsv")
+    assert len(pairs) == 48 and len(pairs.images) == 24
+    assert all(len(g) == 2 for g in pairs.captions_of())
+
+
+def test_missing_caption_column_and_missing_image_are_named(pairs_data, tmp_path):
+    with pytest.raises(DataError, match=r"no column 'text' \(data.caption_column\)"):
+        read_pairs(pairs_data / "train.tsv", caption_column="text")
+    table = tmp_path / "t.tsv"
+    table.write_text("image\tcaption\nimages/a.png\ta dog\n")
+    with pytest.raises(DataError, match=r"t.tsv:2: image not found: .*a.png$"):
+        read_pairs(table)
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    table.write_text("image\tcaption\nimages/a.png\ta dog\nimages/a.png\t \n")
+    with pytest.raises(DataError, match=r"t.tsv:3: empty 'caption' cell"):
+        read_pairs(table)
+
+
+# -- training ----------------------------------------------------------------------------------------
+
+
+def test_lit_trains_from_the_feature_cache_without_running_the_image_tower(pairs_data, tiny_bert, tmp_path, capsys, monkeypatch):
+    from finetunekit.retrieval.train import train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert)
+    first = train(recipe, output=tmp_path / "a", quiet=True)
+    assert {"i2t_r1", "t2i_r10", "i2t_median_rank", "t2i_r1_ci"} <= set(first.metrics)
+    # a second run with the same image tower reads every image feature from the cache: the tower's
+    # forward never runs (not in the epochs, not in validation)
+    from timm.models.efficientnet import EfficientNet
+
+    calls = []
+    original = EfficientNet.forward_features
+    monkeypatch.setattr(EfficientNet, "forward_features", lambda self, x: calls.append(1) or original(self, x))
+    second = train(recipe, output=tmp_path / "b")
+    out = capsys.readouterr().out
+    assert "batch size 8: 7 in-batch negatives per query" in out and "3 batches per epoch" in out
+    assert "2 of 2 sets read from the cache" in out
+    assert calls == []
+    second.model.image.forward_features({"pixel_values": torch.zeros(1, 3, 32, 32)})
+    assert calls == [1]  # the patch does see the tower run
+    assert second.metrics["t2i_r1"] == first.metrics["t2i_r1"]
+
+
+def test_resume_mid_epoch_gives_the_uninterrupted_weights(pairs_data, tiny_bert, tmp_path):
+    from safetensors.torch import load_file
+
+    from finetunekit.retrieval.train import train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, strategy={"name": "full"})
+    train(recipe, output=tmp_path / "straight", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, output=tmp_path / "stopped", quiet=True, stop_after_steps=4)  # epoch 2, batch 1
+    assert json.loads((tmp_path / "stopped" / "checkpoint" / "state.json").read_text())["batch"] == 1
+    train(recipe, output=tmp_path / "stopped", quiet=True, resume=True)
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "stopped" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
