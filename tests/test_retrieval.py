@@ -193,3 +193,117 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(pairs_data, tiny_bert,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]
+
+
+# -- using a run: load, index, search, zero-shot -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lit_run(pairs_data, tiny_bert, tmp_path_factory) -> Path:
+    from finetunekit.retrieval.train import train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, data={"test": str(pairs_data / "val.tsv")}, train={"epochs": 3})
+    return train(recipe, output=tmp_path_factory.mktemp("lit") / "run", quiet=True).run_dir
+
+
+def test_loaded_run_embeds_as_in_training_and_writes_its_files(lit_run, pairs_data):
+    import finetunekit
+
+    model = finetunekit.load(lit_run)
+    for name in ("report.html", "README.md", "ranks.json", "examples.json", "recipe.yaml", "text_backbone"):
+        assert (lit_run / name).exists(), name
+    metrics = json.loads((lit_run / "metrics.json").read_text())
+    again = model.evaluate(pairs_data / "val.tsv")
+    assert again["t2i_r1"] == pytest.approx(metrics["test_t2i_r1"]) and again["i2t_r5"] == pytest.approx(metrics["test_i2t_r5"])
+    emb = model.embed_text(["the warm story", "a cold plot"])
+    assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    with pytest.raises(DataError, match="text 2: empty text"):
+        model.embed_text(["fine", "  "])
+
+
+def test_index_build_search_and_resume(lit_run, pairs_data, tmp_path, capsys, monkeypatch):
+    from finetunekit.retrieval import index as index_module
+    from finetunekit.retrieval.index import Index, build_index
+
+    images = pairs_data / "images"
+    monkeypatch.setattr(index_module, "CHUNK", 8)
+    # interrupted after two chunks: the rerun reads them back and embeds the rest
+    from finetunekit.retrieval.api import RetrievalModel
+
+    model = RetrievalModel(lit_run)
+    original, calls = model.embed_images, []
+
+    def failing(items, batch_size=64, quiet=True):
+        calls.append(len(items))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(items, batch_size)
+
+    monkeypatch.setattr(model, "embed_images", failing)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(lit_run, images, tmp_path / "idx", quiet=True, model=model)
+    with pytest.raises(FinetuneError, match="not finished"):
+        Index.open(tmp_path / "idx")
+    monkeypatch.setattr(model, "embed_images", original)
+    result = build_index(lit_run, images, tmp_path / "idx", quiet=True, model=model)
+    assert result["count"] == 32 and result["resumed"] == 16
+    index = Index.open(tmp_path / "idx")
+    assert len(index) == 32 and not (tmp_path / "idx" / "parts").exists()
+    # the index answers as brute force over the same embeddings does
+    all_emb = original(index.items)
+    query = model.embed_text(["the warm story"])
+    expected = [index.items[i] for i in np.argsort(-(all_emb @ query[0]))[:5]]
+    assert [p for p, _ in index.search(query, top=5)[0]] == expected
+    assert main(["search", str(tmp_path / "idx"), "the warm story", "--top", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[0].split()[2] == expected[0] and "of 32 images" in lines[-1]
+    picture = index.items[0]
+    assert main(["search", str(tmp_path / "idx"), "--image", picture, "--top", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["image"] == picture  # an image is its own nearest neighbour
+
+
+def test_search_refusals_are_one_line(lit_run, pairs_data, tmp_path, capsys):
+    from finetunekit.retrieval.index import build_index
+
+    build_index(lit_run, pairs_data / "images", tmp_path / "idx", quiet=True)
+    cases = [
+        (["search", str(tmp_path / "idx")], "give a text query or --image"),
+        (["search", str(tmp_path / "idx"), "dog", "--top", "0"], "--top: expected at least 1"),
+        (["search", str(tmp_path / "nothing"), "dog"], "not a finetunekit index"),
+        (["search", str(tmp_path / "idx"), "--image", str(tmp_path / "no.jpg")], "image not found"),
+        (["index", str(lit_run), str(pairs_data / "images"), "--output", str(tmp_path / "idx")], "a finished index is there already"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    (tmp_path / "idx" / "index.json").write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    assert main(["search", str(tmp_path / "idx"), "dog"]) == 2
+    assert "built with other weights" in capsys.readouterr().err
+    (tmp_path / "idx" / "index.json").write_text(json.dumps({**meta, "format_version": 99}))
+    assert main(["search", str(tmp_path / "idx"), "dog"]) == 2
+    assert "index format 99" in capsys.readouterr().err
+
+
+def test_zero_shot_predict_and_evaluate_on_class_folders(lit_run, tmp_path, capsys):
+    from PIL import Image
+
+    for word, rgb in list(COLOURS.items())[:2]:
+        (tmp_path / "folder" / word).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), rgb).save(tmp_path / "folder" / word / f"{i}.png")
+    assert main(["predict", str(lit_run), "--classes", "warm,cold", str(tmp_path / "folder" / "warm" / "0.png"), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["label"] in ("warm", "cold") and sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert main(["evaluate", str(lit_run), str(tmp_path / "folder"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["examples"] == 6 and 0 <= metrics["accuracy"] <= 1 and metrics["classes"] == ["cold", "warm"]
+    assert main(["predict", str(lit_run), "--classes", "warm", str(tmp_path / "folder" / "warm" / "0.png")]) == 2
+    assert "at least two" in capsys.readouterr().err
+
+
+def test_compare_is_a_paired_bootstrap_over_the_same_queries(lit_run, capsys):
+    assert main(["compare", str(lit_run), str(lit_run)]) == 0
+    out = capsys.readouterr().out
+    assert "text->image R@1: +0.000" in out and "paired bootstrap over the test queries" in out

@@ -7,6 +7,7 @@ Example::
     result = finetunekit.train(recipe, output="runs/ants")
     model = finetunekit.load("runs/ants")
     model.predict(["ant.jpg"])
+    finetunekit.load("runs/flickr8k").embed_text(["a dog on a beach"])   # an image-text retrieval run
 
 Heavy modules (torch, timm, transformers) load on first use, so ``import finetunekit`` is fast.
 """
@@ -20,7 +21,7 @@ from .version import __version__
 __all__ = ["Recipe", "__version__", "evaluate", "load", "train"]
 
 if TYPE_CHECKING:
-    from .use.predict import load
+    from .retrieval.api import load
     from .run.recipe import Recipe
     from .run.trainer import train
 
@@ -53,8 +54,8 @@ def __getattr__(name: str) -> Any:
         from .run.trainer import train
 
         return train
-    if name == "load":
-        from .use.predict import load
+    if name == "load":  # a predictor, or for an image-text retrieval run its RetrievalModel
+        from .retrieval.api import load
 
         return load
     raise AttributeError(f"module 'finetunekit' has no attribute {name!r}")

@@ -92,7 +92,7 @@ class RetrievalModel:
                 for row in scores]
 
     def zero_shot_scores(self, image_emb: np.ndarray, class_emb: np.ndarray) -> np.ndarray:
-        logits = float(self.model.logit_scale.exp()) * image_emb @ class_emb.T
+        logits = float(self.model.logit_scale.detach().exp()) * image_emb @ class_emb.T
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
