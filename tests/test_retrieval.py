@@ -259,7 +259,7 @@ def test_index_build_search_and_resume(lit_run, pairs_data, tmp_path, capsys, mo
     assert len(lines) == 4 and lines[0].split()[2] == expected[0] and "of 32 images" in lines[-1]
     picture = index.items[0]
     assert main(["search", str(tmp_path / "idx"), "--image", picture, "--top", "1", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["results"][0]["image"] == picture  # an image is its own nearest neighbour
+    assert json.loads(capsys.readouterr().out)["results"][0]["path"] == picture  # an image is its own nearest neighbour
 
 
 def test_search_refusals_are_one_line(lit_run, pairs_data, tmp_path, capsys):

@@ -36,7 +36,7 @@ class RetrievalModel:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.preprocessing = self.info["preprocessing"]
-        self.max_length = int(self.preprocessing["text"]["max_length"])
+        self.max_length = int(self.preprocessing["text_tower"]["max_length"])
 
     @property
     def embed_dim(self) -> int:
@@ -68,7 +68,7 @@ class RetrievalModel:
                 raise DataError(f"image not found: {item}")
         if not images:
             return np.zeros((0, self.embed_dim), np.float32)
-        feats = run_image_tower(self.model.image, images, self.preprocessing["image"], self.device, batch_size, quiet=quiet)
+        feats = run_image_tower(self.model.image, images, self.preprocessing["image_tower"], self.device, batch_size, quiet=quiet)
         return self.model.encode_image({"image_features": feats.to(self.device)}).cpu().numpy()
 
     def class_embeddings(self, classes: Sequence[str], templates: Sequence[str] = TEMPLATES) -> np.ndarray:

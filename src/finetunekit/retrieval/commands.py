@@ -47,7 +47,7 @@ def search(args: Any) -> int:
     found = opened.search(vectors, args.top)[0]
     ms = (time.perf_counter() - tic) * 1000
     if args.json:
-        print(json.dumps({"query": args.query or args.image, "results": [{"image": p, "score": round(s, 5)} for p, s in found]}))
+        print(json.dumps({"query": args.query or args.image, "results": [{"path": p, "score": round(s, 5)} for p, s in found]}))
     else:
         for rank, (path, score) in enumerate(found, start=1):
             print(f"{rank:3d}  {score:.4f}  {path}")

@@ -33,6 +33,10 @@ from ..core.errors import RecipeError, did_you_mean
 
 StrategyName = Literal["lit", "full", "lora_text", "projections"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+# what each strategy declares: (image tower locked, text tower locked, LoRA adapters on the text tower)
+DECLARED: dict[str, tuple[bool, bool, bool]] = {
+    "lit": (True, False, False), "full": (False, False, False), "lora_text": (True, True, True), "projections": (True, True, False),
+}
 
 
 def _known(section: str, cls: type, raw: dict[str, Any]) -> None:
@@ -112,11 +116,21 @@ class StrategySection:
 
     @property
     def image_locked(self) -> bool:
-        return self.name != "full"
+        return DECLARED[self.name][0]
 
     @property
     def text_locked(self) -> bool:
-        return self.name == "projections"
+        """The text tower's own weights stay as they are (LoRA trains adapters beside them)."""
+        return DECLARED[self.name][1]
+
+    @property
+    def text_lora(self) -> bool:
+        return DECLARED[self.name][2]
+
+    @property
+    def caches_text(self) -> bool:
+        """Nothing in the text tower trains: its features come from the feature cache."""
+        return self.text_locked and not self.text_lora
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,8 @@ def write_report(run_dir: str | Path) -> Path:
     tiles = []
     for ex in examples:
         found = "".join(
-            f'<figure class="{"hit" if f["image"] == ex["answer"] else ""}"><img src="{thumbnail(f["image"]) or ""}" '
-            f'alt="{escape(Path(f["image"]).name)}"><figcaption>{f["score"]:.3f}</figcaption></figure>' for f in ex["found"]
+            f'<figure class="{"hit" if f["path"] == ex["answer"] else ""}"><img src="{thumbnail(f["path"]) or ""}" '
+            f'alt="{escape(Path(f["path"]).name)}"><figcaption>{f["score"]:.3f}</figcaption></figure>' for f in ex["found"]
         )
         tiles.append(f'<div class="query"><p>&ldquo;{escape(ex["caption"])}&rdquo; (the right image ranked {ex["rank"]})</p>{found}</div>')
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>retrieval report: {escape(run_dir.name)}</title>
@@ -84,7 +84,7 @@ def model_card(recipe: Any, metrics: dict[str, Any]) -> str:
         f"Image tower `{m.image_backbone}`, text tower `{m.text_backbone}`, each projected to a shared {recipe.task.embed_dim}-d space and "
         f"trained with the symmetric InfoNCE loss (learned temperature, in-batch negatives, batch size {recipe.train.batch_size}) "
         f"on `{recipe.data.train}` for {recipe.train.epochs} epochs; strategy `{s.name}`"
-        + (" (image tower locked: LiT)" if s.image_locked and not s.text_locked else "") + ".", "",
+        + (" (image tower locked: LiT)" if s.image_locked and not s.caches_text else "") + ".", "",
         "| set | direction | R@1 | R@5 | R@10 | median rank |", "| --- | --- | --- | --- | --- | --- |",
     ]
     for prefix, name in (("", "validation"), ("test_", "test")):

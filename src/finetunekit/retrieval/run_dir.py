@@ -5,7 +5,7 @@
       finetunekit.json     kind "retrieval": both backbones' descriptions, embed_dim, weights SHA-256
       model.safetensors    both towers, both projections, the logit scale (LoRA adapters merged)
       image_backbone/, text_backbone/   each tower's assets (tokenizer and config for the text side)
-      preprocessing.json   {"image": the image tower's, "text": {"max_length": ...}}
+      preprocessing.json   {"image_tower": the image backbone's, "text_tower": {"max_length": ...}}
       metrics.json         final validation metrics (test_* on data.test) with bootstrap intervals
       metrics.jsonl        one line per epoch
       ranks.json           every query's rank (compare's paired bootstrap, the report's recall curves)
@@ -15,7 +15,7 @@
 Example::
 
     model, info = load_run("runs/flickr8k")
-    info["embed_dim"], info["preprocessing"]["text"]["max_length"]
+    info["embed_dim"], info["preprocessing"]["text_tower"]["max_length"]
 """
 
 from __future__ import annotations

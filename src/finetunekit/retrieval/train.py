@@ -75,7 +75,7 @@ def apply_strategy(model: DualEncoder, spec: Any) -> dict[str, Any] | None:
     for p in model.image.parameters():
         p.requires_grad_(not spec.image_locked)
     adapter = None
-    if spec.name == "lora_text":
+    if spec.text_lora:
         from ..strategies.lora import inject_adapter, plan
 
         for p in model.text.parameters():
@@ -138,10 +138,10 @@ def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preproce
     hits = []
     data = _Data(pairs, model.text.tokenize(pairs.captions, d.max_length))
     if s.image_locked:
-        data.image_feats, hit = image_features(model.image, pairs.images, preprocessing["image"], device, d.cache_dir, quiet,
+        data.image_feats, hit = image_features(model.image, pairs.images, preprocessing["image_tower"], device, d.cache_dir, quiet,
                                                f"image features ({name})")
         hits.append(hit)
-    if s.text_locked:
+    if s.caches_text:
         data.text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
         hits.append(hit)
     return data, hits
@@ -154,7 +154,7 @@ def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preproce
 def embed_split(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device: Any, quiet: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(image embeddings, caption embeddings) of a split, unit length."""
     model.eval()
-    img_feats = data.image_feats if data.image_feats is not None else run_image_tower(model.image, data.pairs.images, preprocessing["image"],
+    img_feats = data.image_feats if data.image_feats is not None else run_image_tower(model.image, data.pairs.images, preprocessing["image_tower"],
                                                                                      device, quiet=quiet)
     txt_feats = data.text_feats if data.text_feats is not None else run_text_tower(model.text, data.tokens, device, quiet=quiet)
     img = model.encode_image({"image_features": img_feats.to(device)}).cpu().numpy()
@@ -179,7 +179,7 @@ def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device
     else:
         from .encode import pixel_batches
 
-        pixels = next(iter(pixel_batches([train.pairs.images[i] for i in images], preprocessing["image"], len(images))))[1]
+        pixels = next(iter(pixel_batches([train.pairs.images[i] for i in images], preprocessing["image_tower"], len(images))))[1]
         img = model.encode_image({"pixel_values": pixels.to(device)})
     if train.text_feats is not None:
         txt = model.encode_text({"text_features": train.text_feats[rows].to(device)})
@@ -225,7 +225,7 @@ def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: 
     adapter = apply_strategy(model, recipe.strategy)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    preprocessing = {"image": model.image.preprocessing(), "text": {"max_length": d.max_length}}
+    preprocessing = {"image_tower": model.image.preprocessing(), "text_tower": {"max_length": d.max_length}}
 
     with RunDirLock(run_dir) if run_dir.parent.exists() else _nothing():
         if not resuming:
@@ -268,10 +268,10 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
                  f"{per_epoch} batches per epoch (each image once, one of its captions)"))
     if hits:
         s = recipe.strategy
-        locked = " and ".join(n for n, on in (("image", s.image_locked), ("text", s.text_locked)) if on)
+        locked = " and ".join(n for n, on in (("image", s.image_locked), ("text", s.caches_text)) if on)
         _say(quiet, (f"feature cache: the locked {locked} tower's features, {sum(hits) + sum(val_hits)} of {len(hits) + len(val_hits)} "
                      f"sets read from the cache ({cache_seconds:.1f}s); epochs run "
-                     + ("the projections only" if s.text_locked else "the text tower and the projections")))
+                     + ("the projections only" if s.caches_text else "the text tower and the projections")))
     history: list[dict[str, Any]] = []
     epoch, batch_at, step = 0, 0, 0
     if resuming:
@@ -281,7 +281,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
         model.train()
         if recipe.strategy.image_locked:
             model.image.eval()  # a locked tower keeps its BatchNorm statistics and drops no units
-        if recipe.strategy.text_locked:
+        if recipe.strategy.caches_text:
             model.text.eval()
         batches = epoch_batches(train_pairs, epoch, t.seed, t.batch_size)
         tic, losses = time.perf_counter(), []
@@ -398,5 +398,5 @@ def top_images(img: np.ndarray, txt: np.ndarray, pairs: Pairs, queries: int = 8,
         order = np.argsort(-sims)
         out.append({"caption": pairs.captions[row], "answer": pairs.images[image],
                     "rank": int((sims >= sims[image]).sum()),
-                    "found": [{"image": pairs.images[j], "score": round(float(sims[j]), 4)} for j in order[:top]]})
+                    "found": [{"path": pairs.images[j], "score": round(float(sims[j]), 4)} for j in order[:top]]})
     return out
