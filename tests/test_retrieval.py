@@ -307,3 +307,47 @@ def test_compare_is_a_paired_bootstrap_over_the_same_queries(lit_run, capsys):
     assert main(["compare", str(lit_run), str(lit_run)]) == 0
     out = capsys.readouterr().out
     assert "text->image R@1: +0.000" in out and "paired bootstrap over the test queries" in out
+
+
+def test_search_service_answers_and_refuses_bad_requests(lit_run, pairs_data, tmp_path):
+    import base64
+    import threading
+    import time
+
+    import uvicorn
+
+    from finetunekit.retrieval.index import Index, build_index
+    from finetunekit.use.serving.app import bind
+    from finetunekit.use.serving.search import create_search_app
+    from service_client import call, post_json
+
+    build_index(lit_run, pairs_data / "images", tmp_path / "idx", quiet=True)
+    app = create_search_app(Index.open(tmp_path / "idx"))
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        status, answer = post_json(url, {"text": "the warm story", "top": 3}, "/search")
+        assert status == 200 and [r["rank"] for r in answer["results"]] == [1, 2, 3]
+        status, picture = call(url, "GET", answer["results"][0]["url"])
+        assert status == 200
+        image = base64.b64encode((pairs_data / "images" / "val_cold_0.png").read_bytes()).decode()
+        status, answer = post_json(url, {"image": image, "top": 1}, "/search")
+        assert status == 200 and answer["results"][0]["path"].endswith("val_cold_0.png")
+        for body, code, message in [
+            (b"{not json", 400, "not valid JSON"), ({"text": "x", "image": image}, 422, "one of 'text'"), ({"query": "x"}, 422, "unknown field"),
+            ({"text": "  "}, 422, "non-empty"), ({"text": "dog", "top": 0}, 422, "top:"), ({"image": "!!"}, 422, "not valid base64"),
+            ({"image": base64.b64encode(b"not a picture").decode()}, 422, "cannot decode"),
+        ]:
+            status, answer = post_json(url, body, "/search")
+            assert status == code and message in answer["error"], (body, answer)
+        status, page = call(url, "GET", "/")
+        assert status == 200 and 'id="q"' in page and "/search" in page
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
