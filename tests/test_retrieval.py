@@ -351,3 +351,19 @@ def test_search_service_answers_and_refuses_bad_requests(lit_run, pairs_data, tm
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
+
+
+def test_zero_config_trains_a_caption_table_given_alone(pairs_data, tiny_bert, tmp_path, capsys):
+    from finetunekit.retrieval.recipe import zero_config
+
+    recipe, reasons = zero_config(pairs_data / "train.tsv")
+    assert recipe.strategy.name == "lit" and recipe.data.caption_column == "caption" and "image-text retrieval" in reasons[0]
+    assert zero_config(pairs_data / "images" / "train_warm_0.png") is None
+    argv = ["train", str(pairs_data / "train.tsv"), "--output", str(tmp_path / "run"), "-q",
+            "--set", "model.image_backbone=timm:test_efficientnet", "--set", f"model.text_backbone=hf:{tiny_bert}",
+            "--set", "model.pretrained=false", "--set", "model.image_size=32", "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "no recipe: chose from the data" in out and (tmp_path / "run" / "metrics.json").is_file()
+    assert main(["train", str(pairs_data / "train.tsv"), "--output", str(tmp_path / "run2"), "--set", "data.caption_column=text"]) == 2
+    assert "no column 'text' (data.caption_column)" in capsys.readouterr().err

@@ -63,6 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.recipe and Path(args.recipe).suffix.lower() in (".yaml", ".yml") and _is_retrieval(args.recipe):
         return _train_retrieval(args)
     if args.recipe and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
+        from .retrieval.recipe import zero_config
+
+        if zero_config(args.recipe) is not None:  # image and caption columns: an image-text retrieval run
+            return _train_retrieval(args)
         from .choose.autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
 
         inferred = infer_recipe(args.recipe, args.set or [])
@@ -90,10 +94,19 @@ def _is_retrieval(recipe_path: str) -> bool:
 
 
 def _train_retrieval(args: argparse.Namespace, resume_dir: str | None = None) -> int:
-    """An image-text retrieval recipe (``task.type: retrieval``): finetunekit.retrieval trains it."""
+    """An image-text retrieval recipe (``task.type: retrieval``), or a table of images and captions
+    given alone: finetunekit.retrieval trains it."""
+    from pathlib import Path
+
     from .retrieval import RetrievalRecipe, train_retrieval
 
-    recipe = RetrievalRecipe.from_yaml(args.recipe if resume_dir is None else f"{resume_dir}/recipe.yaml")
+    if resume_dir is None and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
+        from .retrieval.recipe import zero_config
+
+        recipe, reasons = zero_config(args.recipe)
+        print("no recipe: chose from the data\n  " + "\n  ".join(reasons), flush=True)
+    else:
+        recipe = RetrievalRecipe.from_yaml(args.recipe if resume_dir is None else f"{resume_dir}/recipe.yaml")
     recipe = recipe.with_overrides(getattr(args, "set", None) or [])
     output = resume_dir or args.output
     resume = resume_dir is not None or args.resume

@@ -224,3 +224,31 @@ def is_retrieval_recipe(path: str | Path) -> bool:
 
     raw = read_yaml_file(Path(path))
     return isinstance(raw, dict) and isinstance(raw.get("task"), dict) and raw["task"].get("type") == "retrieval"
+
+
+CAPTION_COLUMNS = ("caption", "captions", "sentence_caption")
+IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "filename")
+
+
+def zero_config(path: str | Path) -> tuple[RetrievalRecipe, list[str]] | None:
+    """``finetunekit train captions.tsv``: a table with an image column and a caption column (and
+    no label column) is an image-text retrieval data set; the default recipe (LiT) with the
+    reasons, or None for any other data."""
+    from ..data.readers import _table, is_table
+
+    path = Path(path)
+    if not path.is_file() or not is_table(path):
+        return None
+    _, columns = _table(path)
+    image = next((c for c in IMAGE_COLUMNS if c in columns), None)
+    caption = next((c for c in CAPTION_COLUMNS if c in columns), None)
+    if image is None or caption is None or "label" in columns:
+        return None
+    recipe = RetrievalRecipe.from_dict({"task": {"type": "retrieval"},
+                                        "data": {"train": str(path), "image_column": image, "caption_column": caption}})
+    reasons = [f"{path}: an image column ({image!r}) and a caption column ({caption!r}): image-text retrieval",
+               "strategy lit: the pretrained image tower locked (features cached once), the text tower trained "
+               "(LiT beat training both towers, Zhai et al. 2022; docs/retrieval.md)",
+               f"towers {recipe.model.image_backbone} + {recipe.model.text_backbone}, {recipe.task.embed_dim}-d shared space, "
+               f"batch {recipe.train.batch_size}, {recipe.train.epochs} epochs; a tenth of the images held out for validation"]
+    return recipe, reasons

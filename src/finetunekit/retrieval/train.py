@@ -206,8 +206,6 @@ def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: 
     t, d = recipe.train, recipe.data
     if not d.train:
         raise RecipeError("data.train: no training table given (a .csv/.tsv/.jsonl/.parquet file with image and caption columns)")
-    torch.manual_seed(t.seed)
-    model = build_towers(recipe)
     train_pairs = read_pairs(d.train, d.image_column, d.caption_column, d.image_root)
     if d.max_train_images is not None and d.max_train_images < len(train_pairs.images):
         keep = sorted(random.Random(t.seed).sample(range(len(train_pairs.images)), d.max_train_images))
@@ -222,6 +220,8 @@ def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: 
             raise FinetuneError(f"{d.train}: {len(order)} images; give data.val or at least 4 training images")
         val_pairs, train_pairs = train_pairs.subset_images(sorted(order[:cut])), train_pairs.subset_images(sorted(order[cut:]))
     test_pairs = read_pairs(d.test, d.image_column, d.caption_column, d.image_root) if d.test else None
+    torch.manual_seed(t.seed)  # the projections' initial weights (and random towers): a function of the seed
+    model = build_towers(recipe)  # after the data: a bad table is refused before minutes of loading
     adapter = apply_strategy(model, recipe.strategy)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
