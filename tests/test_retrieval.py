@@ -390,3 +390,27 @@ def test_lit_on_a_flickr8k_slice_beats_chance_by_far(tmp_path):
     assert metrics["images"] == 100 and metrics["captions"] == 500
     # chance: R@10 = 0.10 for text->image over 100 images
     assert metrics["t2i_r10"] > 0.3 and metrics["i2t_r10"] > 0.3, metrics
+
+
+@pytest.mark.parametrize("strategy", ["lora_text", "projections"])
+def test_other_strategies_train_what_they_declare(strategy, pairs_data, tiny_bert, tmp_path, capsys):
+    import finetunekit
+    from finetunekit.retrieval.train import train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, strategy={"name": strategy, "lora_rank": 2}, train={"epochs": 1})
+    from finetunekit.retrieval.train import build_towers
+
+    torch.manual_seed(0)  # as train() seeds before building the (random) towers
+    before = {k: v.clone() for k, v in build_towers(recipe).state_dict().items()}
+    result = train(recipe, output=tmp_path / "run")
+    out = capsys.readouterr().out
+    state = result.model.state_dict()
+    assert not any("lora" in k for k in state)  # adapters merged into the saved weights
+    image_same = all(torch.equal(before[k], state[k]) for k in before if k.startswith("image."))
+    text_same = all(torch.equal(before[k], state[k]) for k in before if k.startswith("text."))
+    assert image_same  # the image tower stays locked in both
+    assert text_same == (strategy == "projections")  # merged LoRA changes the text weights; projections leave them
+    if strategy == "projections":
+        assert "epochs run the projections only" in out
+    loaded = finetunekit.load(result.run_dir)
+    assert loaded.embed_text(["the warm story"]).shape == (1, 16)
