@@ -414,3 +414,11 @@ def test_other_strategies_train_what_they_declare(strategy, pairs_data, tiny_ber
         assert "epochs run the projections only" in out
     loaded = finetunekit.load(result.run_dir)
     assert loaded.embed_text(["the warm story"]).shape == (1, 16)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "onnx"])
+def test_export_of_each_tower_matches_the_run(lit_run, fmt, tmp_path, capsys):
+    assert main(["export", str(lit_run), "--format", fmt, "--output", str(tmp_path / fmt)]) == 0
+    assert "parity: largest difference" in capsys.readouterr().out
+    assert (tmp_path / fmt / ("config.json" if fmt == "hf" else "image_encoder.onnx")).is_file()
+    assert main(["export", str(lit_run), "--format", "timm", "--output", str(tmp_path / "t")]) == 2

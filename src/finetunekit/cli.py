@@ -298,6 +298,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .use.export import export
 
+    if _retrieval_run(args.run_dir):  # the text tower as a transformers directory, the image tower as ONNX
+        from .retrieval.export import export as export_towers
+
+        done = export_towers(args.run_dir, args.format, args.output, overwrite=args.overwrite, tolerance=args.tolerance)
+        print(f"exported {args.format}: {done['output']} (parity: largest difference {done['max_difference']:.2e})")
+        return 0
+
     result = export(args.run_dir, args.format, args.output, overwrite=args.overwrite, tolerance=args.tolerance)
     print(result.summary())
     return 0
