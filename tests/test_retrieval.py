@@ -422,3 +422,15 @@ def test_export_of_each_tower_matches_the_run(lit_run, fmt, tmp_path, capsys):
     assert "parity: largest difference" in capsys.readouterr().out
     assert (tmp_path / fmt / ("config.json" if fmt == "hf" else "image_encoder.onnx")).is_file()
     assert main(["export", str(lit_run), "--format", "timm", "--output", str(tmp_path / "t")]) == 2
+
+
+def test_pairs_from_a_dataframe_with_paths_and_bytes(pairs_data):
+    import pandas as pd
+
+    first = pairs_data / "images" / "val_warm_0.png"
+    second = pairs_data / "images" / "val_cold_0.png"
+    frame = pd.DataFrame({"image": [str(first), str(first), second.read_bytes()], "caption": ["a warm story", "warm", "the cold plot"]})
+    pairs = read_pairs(frame)
+    assert len(pairs) == 3 and len(pairs.images) == 2 and pairs.image_of == [0, 0, 1]
+    with pytest.raises(DataError, match=r"row 1: empty 'caption' cell"):
+        read_pairs(pd.DataFrame({"image": [str(first), str(second)], "caption": ["fine", ""]}))
