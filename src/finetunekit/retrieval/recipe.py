@@ -156,6 +156,20 @@ class TrainSection:
             raise RecipeError(f"train.warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio!r}")
 
 
+FLOAT_FIELDS = {"task.init_temperature", "strategy.lora_alpha", "strategy.lora_dropout", "train.lr", "train.head_lr",
+                "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm"}
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string: a rate written so is still the number it means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 SECTIONS = {"task": TaskSection, "model": ModelSection, "data": DataSection, "strategy": StrategySection, "train": TrainSection}
 
 
@@ -181,6 +195,7 @@ class RetrievalRecipe:
             if not isinstance(values, dict):
                 raise RecipeError(f"{name}: expected a mapping of fields, got {values!r}")
             _known(name, section, values)
+            values = {k: _number(v) if f"{name}.{k}" in FLOAT_FIELDS else v for k, v in values.items()}
             try:
                 parts[name] = section(**values)
             except TypeError as exc:
