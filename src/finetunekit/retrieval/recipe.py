@@ -135,9 +135,9 @@ class StrategySection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 128  # in-batch negatives: batch_size - 1 per query
-    lr: float = 5e-5  # the towers' rate
+    lr: float = 1e-4  # the towers' rate
     head_lr: float = 1e-3  # the projections' and the temperature's rate
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
