@@ -434,3 +434,18 @@ def test_pairs_from_a_dataframe_with_paths_and_bytes(pairs_data):
     assert len(pairs) == 3 and len(pairs.images) == 2 and pairs.image_of == [0, 0, 1]
     with pytest.raises(DataError, match=r"row 1: empty 'caption' cell"):
         read_pairs(pd.DataFrame({"image": [str(first), str(second)], "caption": ["fine", ""]}))
+
+
+def test_one_image_under_two_paths_is_refused(pairs_data, tiny_bert, tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "images").mkdir()
+    shutil.copy(pairs_data / "images" / "val_warm_0.png", tmp_path / "images" / "a.png")
+    shutil.copy(pairs_data / "images" / "val_warm_0.png", tmp_path / "images" / "b.png")
+    shutil.copy(pairs_data / "images" / "val_cold_0.png", tmp_path / "images" / "c.png")
+    (tmp_path / "t.tsv").write_text("image\tcaption\nimages/a.png\twarm\nimages/b.png\twarm story\nimages/c.png\tcold\n")
+    recipe = tiny_recipe(pairs_data, tiny_bert, data={"train": str(tmp_path / "t.tsv")})
+    from finetunekit.retrieval.train import train
+
+    with pytest.raises(DataError, match=r"b.png and .*a.png are the same image under two paths"):
+        train(recipe, output=tmp_path / "run", quiet=True)

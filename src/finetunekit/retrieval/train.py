@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..core.errors import FinetuneError, RecipeError
-from .data import Pairs, read_pairs
+from .data import Pairs, check_distinct_images, read_pairs
 from .encode import image_features, run_image_tower, run_text_tower, text_features, token_batch
 from .metrics import bootstrap_intervals, format_metrics, retrieval_metrics, retrieval_ranks
 from .model import DualEncoder, contrastive_loss
@@ -220,6 +220,9 @@ def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: 
             raise FinetuneError(f"{d.train}: {len(order)} images; give data.val or at least 4 training images")
         val_pairs, train_pairs = train_pairs.subset_images(sorted(order[:cut])), train_pairs.subset_images(sorted(order[cut:]))
     test_pairs = read_pairs(d.test, d.image_column, d.caption_column, d.image_root) if d.test else None
+    for pairs in (train_pairs, val_pairs, test_pairs):
+        if pairs is not None:  # one picture under two paths would be its own negative, and a second right answer
+            check_distinct_images(pairs)
     torch.manual_seed(t.seed)  # the projections' initial weights (and random towers): a function of the seed
     model = build_towers(recipe)  # after the data: a bad table is refused before minutes of loading
     adapter = apply_strategy(model, recipe.strategy)
