@@ -449,3 +449,22 @@ def test_one_image_under_two_paths_is_refused(pairs_data, tiny_bert, tmp_path, c
 
     with pytest.raises(DataError, match=r"b.png and .*a.png are the same image under two paths"):
         train(recipe, output=tmp_path / "run", quiet=True)
+
+
+def test_head_epochs_train_the_projections_before_the_text_tower(pairs_data, tiny_bert, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from finetunekit.retrieval.train import build_towers, train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, strategy={"head_epochs": 1})
+    torch.manual_seed(0)
+    start = build_towers(recipe).state_dict()
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, output=tmp_path / "run", quiet=True, stop_after_steps=3)  # the end of the head-only epoch
+    mid = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(start[k], mid[k]) for k in start if k.startswith("text."))  # the text tower waited
+    assert not torch.equal(start["text_proj.weight"], mid["text_proj.weight"])
+    final = train(recipe, output=tmp_path / "run", quiet=True, resume=True).model.state_dict()
+    assert not all(torch.equal(start[k], final[k]) for k in start if k.startswith("text."))
+    with pytest.raises(RecipeError, match="strategy.head_epochs: applies to lit and lora_text"):
+        tiny_recipe(pairs_data, tiny_bert, strategy={"head_epochs": 1, "name": "full"})

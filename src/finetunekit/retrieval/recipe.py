@@ -107,8 +107,14 @@ class StrategySection:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: list[str] | None = None  # None: query, key, value and dense layers of the text tower
+    # the first head_epochs of train.epochs train the projections alone, on both towers' cached
+    # features (seconds each), before the text tower trains (LP-FT, Kumar et al. 2022: the tower
+    # then starts from a head that already fits, not from random projections)
+    head_epochs: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.head_epochs, bool) or not isinstance(self.head_epochs, int) or self.head_epochs < 0:
+            raise RecipeError(f"strategy.head_epochs: expected an integer >= 0, got {self.head_epochs!r}")
         if self.name not in STRATEGY_NAMES:
             raise RecipeError(f"strategy.name: {self.name!r} is not a retrieval strategy{did_you_mean(str(self.name), STRATEGY_NAMES)}; "
                               f"choose one of: {', '.join(STRATEGY_NAMES)}")
@@ -200,7 +206,14 @@ class RetrievalRecipe:
                 parts[name] = section(**values)
             except TypeError as exc:
                 raise RecipeError(f"{name}: {exc}") from None
-        return cls(**parts)
+        recipe = cls(**parts)
+        if recipe.strategy.head_epochs >= recipe.train.epochs:
+            raise RecipeError(f"strategy.head_epochs: {recipe.strategy.head_epochs} of train.epochs {recipe.train.epochs}; "
+                              "leave at least one epoch for the towers")
+        if recipe.strategy.head_epochs and not (recipe.strategy.image_locked and not recipe.strategy.caches_text):
+            raise RecipeError(f"strategy.head_epochs: applies to lit and lora_text (a locked image tower, a trained text side), "
+                              f"not {recipe.strategy.name}")
+        return recipe
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RetrievalRecipe:

@@ -130,6 +130,7 @@ class _Data:
     tokens: dict[str, list[list[int]]]
     image_feats: torch.Tensor | None = None  # cached features of the locked image tower
     text_feats: torch.Tensor | None = None  # cached features of the locked text tower
+    head_text_feats: torch.Tensor | None = None  # the text tower's initial features, for the head-only epochs
 
 
 def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preprocessing: dict[str, Any], device: Any, quiet: bool,
@@ -144,6 +145,9 @@ def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preproce
     if s.caches_text:
         data.text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
         hits.append(hit)
+    elif s.head_epochs and name != "test":
+        data.head_text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
+        hits.append(hit)
     return data, hits
 
 
@@ -151,9 +155,13 @@ def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preproce
 
 
 @torch.no_grad()
-def embed_split(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device: Any, quiet: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(image embeddings, caption embeddings) of a split, unit length."""
+def embed_split(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device: Any, quiet: bool = True,
+                head_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(image embeddings, caption embeddings) of a split, unit length; ``head_only``: the text
+    tower has not trained yet, so its cached initial features stand for it."""
     model.eval()
+    if head_only and data.head_text_feats is not None:
+        data = _Data(data.pairs, data.tokens, data.image_feats, data.head_text_feats)
     img_feats = data.image_feats if data.image_feats is not None else run_image_tower(model.image, data.pairs.images, preprocessing["image_tower"],
                                                                                      device, quiet=quiet)
     txt_feats = data.text_feats if data.text_feats is not None else run_text_tower(model.text, data.tokens, device, quiet=quiet)
@@ -162,8 +170,9 @@ def embed_split(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], 
     return img, txt
 
 
-def judge(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    img, txt = embed_split(model, data, preprocessing, device)
+def judge(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device: Any, head_only: bool = False
+          ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    img, txt = embed_split(model, data, preprocessing, device, head_only=head_only)
     ranks = retrieval_ranks(img, txt, data.pairs.image_of)
     return retrieval_metrics(ranks), ranks
 
@@ -171,7 +180,10 @@ def judge(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device
 # -- the loop --------------------------------------------------------------------------------------
 
 
-def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device: Any, preprocessing: dict[str, Any]) -> torch.Tensor:
+def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device: Any, preprocessing: dict[str, Any],
+          head_only: bool = False) -> torch.Tensor:
+    if head_only:
+        train = _Data(train.pairs, train.tokens, train.image_feats, train.head_text_feats)
     images = [i for i, _ in batch]
     rows = [r for _, r in batch]
     if train.image_feats is not None:
@@ -259,6 +271,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
     optimizer = optimizer_for(model, t)
     per_epoch = len(epoch_batches(train_pairs, 0, t.seed, t.batch_size))
     total = per_epoch * t.epochs
+    head_steps = per_epoch * recipe.strategy.head_epochs  # the schedule starts again when the towers start training
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     count = sum(p.numel() for p in model.parameters())
     _say(quiet, f"run dir: {run_dir}")
@@ -287,12 +300,14 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
         if recipe.strategy.caches_text:
             model.text.eval()
         batches = epoch_batches(train_pairs, epoch, t.seed, t.batch_size)
+        head_only = epoch < recipe.strategy.head_epochs
         tic, losses = time.perf_counter(), []
         for b in range(batch_at, len(batches)):
             torch.manual_seed(t.seed * 1_000_003 + step)  # dropout draws: a function of the step alone
             for group in optimizer.param_groups:
-                group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(step, total, t.warmup_ratio)
-            loss = _step(model, train_data, batches[b], device, preprocessing)
+                phase = (step, head_steps) if step < head_steps else (step - head_steps, total - head_steps)
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(*phase, t.warmup_ratio)
+            loss = _step(model, train_data, batches[b], device, preprocessing, head_only)
             if not torch.isfinite(loss):
                 raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}; try a lower train.lr / train.head_lr")
             optimizer.zero_grad(set_to_none=True)
@@ -309,7 +324,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
             if stop_after_steps is not None and step >= stop_after_steps:
                 raise KeyboardInterrupt(f"stopped after {step} steps")
         seconds = time.perf_counter() - tic
-        metrics, _ = judge(model, val_data, preprocessing, device)
+        metrics, _ = judge(model, val_data, preprocessing, device, head_only)
         record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
                   "temperature": round(1 / float(model.logit_scale.detach().exp()), 5), "train_seconds": round(seconds, 2),
                   **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)}}
