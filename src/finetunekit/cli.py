@@ -88,9 +88,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _is_retrieval(recipe_path: str) -> bool:
+    """Whether the recipe file says ``task.type: retrieval``; any file it cannot read is left to
+    the recipe reader, which names the problem."""
+    from pathlib import Path
+
     from .retrieval import is_retrieval_recipe
 
-    return is_retrieval_recipe(recipe_path)
+    try:
+        return Path(recipe_path).is_file() and is_retrieval_recipe(recipe_path)
+    except Exception:  # noqa: BLE001  (unreadable or invalid YAML: Recipe.from_yaml reports it)
+        return False
 
 
 def _train_retrieval(args: argparse.Namespace, resume_dir: str | None = None) -> int:

@@ -264,10 +264,15 @@ def zero_config(path: str | Path) -> tuple[RetrievalRecipe, list[str]] | None:
     reasons, or None for any other data."""
     from ..data.readers import _table, is_table
 
+    from ..core.errors import FinetuneError
+
     path = Path(path)
     if not path.is_file() or not is_table(path):
         return None
-    _, columns = _table(path)
+    try:
+        _, columns = _table(path)
+    except FinetuneError:  # a broken table: zero-config's own reader names the problem
+        return None
     image = next((c for c in IMAGE_COLUMNS if c in columns), None)
     caption = next((c for c in CAPTION_COLUMNS if c in columns), None)
     if image is None or caption is None or "label" in columns:
