@@ -2,7 +2,7 @@
 
 Endpoints::
 
-    POST /search       {"text": "a dog on a beach", "top": 10}  or  {"image": <base64>, "top": 10}
+    POST /search       {"top": 10, "text": "a dog on a beach"}  or  {"top": 10, "image": <base64>}
                        -> {"results": [{"rank": 1, "path": ..., "score": ..., "url": "/image/17"}, ...]}
     GET  /image/{i}    the i-th indexed image (the page shows the matches with it)
     GET  /health       {"status": "ok", "items": N}
@@ -15,7 +15,7 @@ Example::
 
     finetunekit index runs/flickr8k photos/ --output photos.index
     finetunekit serve photos.index --port 8000
-    curl -s localhost:8000/search -H 'content-type: application/json' -d '{"text": "a dog running on the beach"}'
+    curl -s localhost:8000/search -H 'content-type: application/json' -d '{"top": 10, "text": "a dog running on the beach"}'
 """
 
 from __future__ import annotations
