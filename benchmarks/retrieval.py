@@ -30,7 +30,7 @@ def main(run_dirs: list[str]) -> None:
         p = "test_" if "test_i2t_r1" in m else ""
         towers = "pretrained" if r["model"]["pretrained"] else f"random init, {r['model']['image_size']} px"
 
-        def cell(key: str) -> str:
+        def cell(key: str, m: dict = m, p: str = p) -> str:
             ci = m.get(f"{p}{key}_ci")
             return f"{m[p + key]:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci and key.endswith("r1") else "")
 

@@ -4,7 +4,6 @@ resumed, loaded, indexed and searched, and bad input named by its row."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np

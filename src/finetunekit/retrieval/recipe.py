@@ -262,9 +262,8 @@ def zero_config(path: str | Path) -> tuple[RetrievalRecipe, list[str]] | None:
     """``finetunekit train captions.tsv``: a table with an image column and a caption column (and
     no label column) is an image-text retrieval data set; the default recipe (LiT) with the
     reasons, or None for any other data."""
-    from ..data.readers import _table, is_table
-
     from ..core.errors import FinetuneError
+    from ..data.readers import _table, is_table
 
     path = Path(path)
     if not path.is_file() or not is_table(path):
