@@ -467,3 +467,16 @@ def test_head_epochs_train_the_projections_before_the_text_tower(pairs_data, tin
     assert not all(torch.equal(start[k], final[k]) for k in start if k.startswith("text."))
     with pytest.raises(RecipeError, match="strategy.head_epochs: applies to lit and lora_text"):
         tiny_recipe(pairs_data, tiny_bert, strategy={"head_epochs": 1, "name": "full"})
+
+
+def test_cli_resume_finishes_an_interrupted_retrieval_run(pairs_data, tiny_bert, tmp_path, capsys):
+    from finetunekit.retrieval.train import train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, train={"epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, output=tmp_path / "run", quiet=True, stop_after_steps=2)
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert main(["resume", str(tmp_path / "run"), "-q"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 2
+    assert not (tmp_path / "run" / "checkpoint").exists()

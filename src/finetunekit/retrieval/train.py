@@ -292,7 +292,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
     epoch, batch_at, step = 0, 0, 0
     if resuming:
         epoch, batch_at, step, history = _restore(run_dir, recipe, model, optimizer)
-        _say(quiet, f"resuming from {run_dir / CHECKPOINT} (optimizer step {step}, epoch {epoch + 1}, batch {batch_at})")
+        _say(False, f"resuming from {run_dir / CHECKPOINT} (optimizer step {step}, epoch {epoch + 1}, batch {batch_at})")
     while epoch < t.epochs:
         model.train()
         if recipe.strategy.image_locked:
