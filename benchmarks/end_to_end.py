@@ -175,8 +175,94 @@ def phase_shares(ours: Contestant) -> list[tuple[str, float, float]]:
 
     runs = [grouped(t) for t in ours.timings]
     totals = [t["total_seconds"] for t in ours.timings]
-    return [(name, statistics.median(r.get(name, 0.0) for r in runs), statistics.median(r.get(name, 0.0) / tot for r, tot in zip(runs, totals)))
+    return [(name, statistics.median(r.get(name, 0.0) for r in runs), statistics.median(r.get(name, 0.0) / tot for r, tot in zip(runs, totals, strict=True)))
             for name in runs[0]]
+
+
+# -- cold start: what a user waits for at first use ------------------------------------------------------
+
+PREDICT_BREAKDOWN = """
+import json, sys, time
+t0 = time.perf_counter()
+import finetunekit
+t1 = time.perf_counter()
+from finetunekit.use.predict import load
+t2 = time.perf_counter()
+predictor = load(sys.argv[1])
+t3 = time.perf_counter()
+predictor.predict([sys.argv[2]])
+t4 = time.perf_counter()
+print("PHASES " + json.dumps({"import finetunekit": t1 - t0, "import the predict path (torch)": t2 - t1,
+      "load the run (backbone library imports, weights, checks)": t3 - t2, "predict one input": t4 - t3}))
+"""
+
+
+def timed(argv: list[str], repeats: int) -> list[float]:
+    walls = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        walls.append(time.perf_counter() - started)
+        if proc.returncode:
+            sys.exit(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+    return walls
+
+
+def serve_cold_start(run: Path) -> float:
+    """Seconds from ``finetunekit serve RUN`` to its first answered /health."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "finetunekit", "serve", str(run), "--port", str(port)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - started < 300:
+            if proc.poll() is not None:
+                sys.exit(f"finetunekit serve {run} exited with {proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as answer:
+                    if answer.status == 200:
+                        return time.perf_counter() - started
+            except OSError:
+                time.sleep(0.05)
+        return float("nan")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def cold_start(plan: dict[str, list[Contestant]], repeats: int) -> list[str]:
+    """``import finetunekit``, ``finetunekit --help``, and for each row's finetunekit run
+    ``finetunekit predict RUN one_input`` and the service's start to its first /health; where the
+    predict time goes when it is over 3 s. Returns the markdown rows."""
+    python = sys.executable
+    lines = ["| command | runs | wall s (min / median) | target |", "| --- | --- | --- | --- |"]
+    print("\ncold start:")
+
+    def row(name: str, walls: list[float], target: float | None) -> None:
+        met = "" if target is None else f"< {target:g} s, {'met' if statistics.median(walls) < target else 'missed'}"
+        print(f"  {name:<70} min {min(walls):5.2f}s  median {statistics.median(walls):5.2f}s  {met}")
+        lines.append(f"| `{name}` | {len(walls)} | {min(walls):.2f} / {statistics.median(walls):.2f} | {met or '-'} |")
+
+    row("python -c 'import finetunekit'", timed([python, "-c", "import finetunekit"], repeats), 0.5)
+    row("finetunekit --help", timed([python, "-m", "finetunekit", "--help"], repeats), 1.0)
+    for name, contestants in plan.items():
+        ours = next(c for c in contestants if c.role == "ours")
+        sample = "a gripping, beautifully made film" if name == "text" else str(sorted((ANTS / "val" / "ants").iterdir())[0])
+        walls = timed([python, "-m", "finetunekit", "predict", str(ours.out), sample], repeats)
+        row(f"finetunekit predict RUN one_input ({name} run)", walls, 3.0)
+        if statistics.median(walls) >= 3.0:
+            proc = subprocess.run([python, "-c", PREDICT_BREAKDOWN, str(ours.out), sample], cwd=REPO, capture_output=True, text=True)
+            phases = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("PHASES "))[7:])
+            for phase, seconds in phases.items():
+                print(f"      {phase:<60} {seconds:5.2f}s")
+        serve = [serve_cold_start(ours.out) for _ in range(repeats)]
+        row(f"finetunekit serve RUN, to the first /health ({name} run)", serve, None)
+    return lines
 
 
 def device() -> str:
@@ -223,6 +309,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each command (alternating)")
     parser.add_argument("--slow-repeats", type=int, default=1, help="runs of the tutorial as written (the slowest command)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument("--cold-repeats", type=int, default=3, help="runs of each cold-start command (0: none)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if unknown := set(rows) - {"text", "vision"}:
@@ -245,6 +332,8 @@ def main() -> None:
                     if i < c.repeats:
                         run_once(c)
         markdown = report(plan, sys.argv[1:])
+        if args.cold_repeats:
+            markdown += "\nCold start (a new process each, after the training rows):\n\n" + "\n".join(cold_start(plan, args.cold_repeats)) + "\n"
         if args.json:
             args.json.write_text(json.dumps([{k: v for k, v in vars(c).items() if k not in ("argv", "out")}
                                              for cs in plan.values() for c in cs], indent=2, default=str) + "\n")

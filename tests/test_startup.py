@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import yaml
-from conftest import tiny_image_recipe
 
+from conftest import tiny_image_recipe
 from finetunekit.cli import main
 from finetunekit.core.timing import PhaseTimer, format_phases, process_age
 

@@ -624,7 +624,7 @@ def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, t
     ``finetunekit resume`` writes these files again once there is space."""
     from .card import write_model_card
 
-    run_dir, task, preds, timer = run.run_dir, run.task, run.preds, run.timer
+    run_dir, task, timer = run.run_dir, run.task, run.timer
     saving = "save model, predictions, metrics"
     with timer.phase(saving):
         artifacts.save_model(run_dir, model, task, run.preprocessing, resolve_precision(run.recipe.train.precision))
