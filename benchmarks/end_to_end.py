@@ -25,6 +25,8 @@ finetunekit's runs; and a markdown table for docs/performance.md.
 
     python benchmarks/end_to_end.py --rows text,vision --repeats 3     # about 15 minutes on 2 quiet cores
     python benchmarks/end_to_end.py --rows text --repeats 1 --json out.json
+    python benchmarks/end_to_end.py --rows text,vision --repeats 3 --write   # the table into docs/performance.md
+    python benchmarks/end_to_end.py --smoke --repeats 1 --cold-repeats 1     # does every command run? (minutes)
 """
 
 from __future__ import annotations
@@ -73,42 +75,57 @@ def ours_argv(recipe: str, out: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "finetunekit", "train", str(REPO / "examples" / recipe), "--output", str(out), "--overwrite", "--quiet", *sets]
 
 
-def text_contestants(work: Path, repeats: int) -> list[Contestant]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from vs_baselines import sst2_subset  # the 2,000 rows data.max_train_samples picks
+def sst2_subset(work: Path, rows: int) -> Path:
+    """The training rows ``data.max_train_samples`` picks (seed 0), as a table for the baseline."""
+    from finetunekit import Recipe
+    from finetunekit.run.plan import resolve
 
+    recipe = Recipe.from_yaml(REPO / "examples" / "sst2.yaml").with_overrides(
+        [f"data.train={SST2 / 'train.tsv'}", f"data.val={SST2 / 'dev.tsv'}", f"data.max_train_samples={rows}"]
+    )
+    train = resolve(recipe, "text").train
+    out = work / f"sst2_{rows}.tsv"
+    out.write_text("\n".join(["sentence\tlabel", *(f"{t}\t{y}" for t, y in zip(train.inputs, train.labels, strict=True))]) + "\n",
+                   encoding="utf-8")
+    return out
+
+
+def text_contestants(work: Path, repeats: int, smoke: bool = False) -> list[Contestant]:
     from finetunekit.backbones.bundled import minilm_l6_path
 
-    train_2000, dev = sst2_subset(work)
+    rows, epochs = (200, 1) if smoke else (2000, 3)
+    subset, dev = sst2_subset(work, rows), SST2 / "dev.tsv"
     ours = work / "text_ours"
     hf = work / "text_trainer"
+    shrink = [f"data.max_train_samples={rows}", f"train.epochs={epochs}"] if smoke else []
     return [
         Contestant("text", "finetunekit train examples/sst2.yaml", "ours",
-                   ours_argv("sst2.yaml", ours, [f"data.train={SST2 / 'train.tsv'}", f"data.val={dev}"]), ours,
+                   ours_argv("sst2.yaml", ours, [f"data.train={SST2 / 'train.tsv'}", f"data.val={dev}", *shrink]), ours,
                    "the recipe's defaults: strategy full, batch 16, 3 epochs, bf16, length-grouped batches, validation every "
                    "epoch, best epoch kept, report and model card written", repeats),
         Contestant("text", "Trainer script (bf16, group_by_length, fused AdamW)", "baseline",
-                   [sys.executable, str(BASELINES / "text_trainer.py"), "--model", str(minilm_l6_path()), "--train", str(train_2000),
-                    "--dev", str(dev), "--output", str(hf), "--epochs", "3", "--batch-size", "16"], hf,
+                   [sys.executable, str(BASELINES / "text_trainer.py"), "--model", str(minilm_l6_path()), "--train", str(subset),
+                    "--dev", str(dev), "--output", str(hf), "--epochs", str(epochs), "--batch-size", "16"], hf,
                    "transformers Trainer, bf16, train_sampling_strategy group_by_length, adamw_torch_fused lr 5e-5, batch 16, "
                    "3 epochs, no evaluation during training, dev accuracy from an in-order loop, save_model", repeats),
     ]
 
 
-def vision_contestants(work: Path, repeats: int, slow_repeats: int) -> list[Contestant]:
+def vision_contestants(work: Path, repeats: int, slow_repeats: int, smoke: bool = False) -> list[Contestant]:
     ours = work / "vision_ours"
     script = str(BASELINES / "vision_tutorial.py")
+    epochs = "1" if smoke else "5"
     return [
         Contestant("vision", "finetunekit train examples/hymenoptera.yaml, strategy full", "ours",
-                   ours_argv("hymenoptera.yaml", ours, [f"data.train={ANTS}", "strategy.name=full"]), ours,
+                   ours_argv("hymenoptera.yaml", ours, [f"data.train={ANTS}", "strategy.name=full", f"train.epochs={epochs}"]), ours,
                    "strategy full, batch 16, 5 epochs, bf16 autocast, channels-last, validation every epoch, best epoch kept, "
                    "report (with Grad-CAM of the worst errors) and model card written", repeats),
         Contestant("vision", "tutorial as written (fp32, NCHW, batch 4, 4 workers)", "baseline",
-                   [sys.executable, script, "--data", str(ANTS), "--output", str(work / "tutorial"), "--epochs", "5", "--batch-size", "4"],
+                   [sys.executable, script, "--data", str(ANTS), "--output", str(work / "tutorial"), "--epochs", epochs, "--batch-size", "4"],
                    work / "tutorial", "the tutorial's train_model: SGD 1e-3 momentum 0.9, StepLR(7, 0.1), batch 4, fp32, NCHW, "
                    "DataLoader with 4 workers, 5 epochs, best epoch kept, torch.save", slow_repeats),
         Contestant("vision", "tutorial best-configured (channels-last, bf16 autocast, batch 16)", "baseline",
-                   [sys.executable, script, "--data", str(ANTS), "--output", str(work / "tutorial_best"), "--epochs", "5",
+                   [sys.executable, script, "--data", str(ANTS), "--output", str(work / "tutorial_best"), "--epochs", epochs,
                     "--batch-size", "16", "--best"], work / "tutorial_best",
                    "the same loop with channels-last tensors and bf16 autocast, batch 16", repeats),
     ]
@@ -310,6 +327,9 @@ def main() -> None:
     parser.add_argument("--slow-repeats", type=int, default=1, help="runs of the tutorial as written (the slowest command)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     parser.add_argument("--cold-repeats", type=int, default=3, help="runs of each cold-start command (0: none)")
+    parser.add_argument("--smoke", action="store_true", help="a quick check that every command runs (200 text rows, one epoch "
+                        "everywhere); its numbers compare nothing")
+    parser.add_argument("--write", action="store_true", help="put the markdown into docs/performance.md (between the e2e markers)")
     args = parser.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if unknown := set(rows) - {"text", "vision"}:
@@ -322,9 +342,9 @@ def main() -> None:
         work = Path(tmp)
         plan = {}
         if "text" in rows:
-            plan["text"] = text_contestants(work, args.repeats)
+            plan["text"] = text_contestants(work, args.repeats, args.smoke)
         if "vision" in rows:
-            plan["vision"] = vision_contestants(work, args.repeats, args.slow_repeats)
+            plan["vision"] = vision_contestants(work, args.repeats, args.slow_repeats, args.smoke)
         for row, contestants in plan.items():
             print(f"{row}: {len(contestants)} commands, alternating", flush=True)
             for i in range(max(c.repeats for c in contestants)):
@@ -339,6 +359,21 @@ def main() -> None:
                                              for cs in plan.values() for c in cs], indent=2, default=str) + "\n")
     print("\nmarkdown for docs/performance.md:\n")
     print(markdown)
+    if args.write and not args.smoke:
+        write_doc(markdown)
+
+
+def write_doc(text: str) -> None:
+    """Replace what is between ``<!-- e2e:begin -->`` and ``<!-- e2e:end -->`` in docs/performance.md."""
+    doc = REPO / "docs" / "performance.md"
+    begin, end = "<!-- e2e:begin -->", "<!-- e2e:end -->"
+    body = doc.read_text(encoding="utf-8")
+    if begin not in body or end not in body:
+        sys.exit(f"{doc}: the markers {begin} and {end} are missing")
+    body = body[: body.index(begin) + len(begin)] + "\n" + text + body[body.index(end) :]
+    partial = doc.with_name(f".{doc.name}.partial")
+    partial.write_text(body, encoding="utf-8")
+    os.replace(partial, doc)
 
 
 if __name__ == "__main__":
