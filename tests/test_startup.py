@@ -54,6 +54,7 @@ def test_run_records_where_its_time_went(image_run):
                   "final evaluation and intervals", "save model, predictions, metrics", "model card", "report"):
         assert phase in seconds and seconds[phase] >= 0, phase
     assert sum(seconds.values()) <= timings["total_seconds"] + 0.05
+    assert set(timings["cpu_seconds"]) == set(seconds) and all(v >= 0 for v in timings["cpu_seconds"].values())
 
 
 def test_cli_train_verbose_prints_the_phases(image_data, tmp_path, capsys):

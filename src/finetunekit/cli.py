@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .run.trainer import STARTUP, train
 
     timer = PhaseTimer()  # the interpreter's start and the imports, then the run's own phases
-    timer.add(STARTUP, process_age() or time.perf_counter() - importing)
+    timer.add(STARTUP, process_age() or time.perf_counter() - importing, time.process_time())
 
     reasons = None
     if args.recipe and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
@@ -85,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .core.timing import format_phases
 
         print(f"where the time went ({result.run_dir / 'timings.json'}):\n"
-              + format_phases(result.timings, process_age() or sum(result.timings.values())), flush=True)
+              + format_phases(result.timings, process_age() or sum(result.timings.values()), timer.cpu_dict()), flush=True)
     if reasons is not None:
         from .run.artifacts import atomic_write_text
 

@@ -435,7 +435,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
             if every and step % every == 0 and progress.batches < run.batches_per_epoch:
                 run.checkpointer.save(Position(epoch, progress.batches, step), _checkpoint_extra(run, progress))
 
-        trained = time.perf_counter()
+        trained = run.timer.start()
         own = run.strategy.fit_epoch(model, train_loader, run.accelerator, epoch=epoch, seed=t.seed * 1000 + epoch,
                                      batch_size=t.batch_size, quiet=quiet, task=run.task)
         if own is not None:  # a strategy with its own procedure (prototype, setfit)
@@ -449,7 +449,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
                 progress=start.progress if part_way else None,
                 before_first_batch=start.restore_rng if part_way else None, on_step=on_step,
             )
-        run.timer.add(f"epoch {epoch + 1} train", time.perf_counter() - trained)
+        run.timer.stop(f"epoch {epoch + 1} train", trained)
         _end_epoch(run, epoch, stats, quiet, val_loader)
 
 
@@ -479,11 +479,11 @@ def _trainable_names(module: torch.nn.Module) -> frozenset[str]:
 def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) -> None:
     """Validate, log, update early stopping, and write the epoch's checkpoint."""
     t, accelerator, run_dir = run.recipe.train, run.accelerator, run.run_dir
-    validated = time.perf_counter()
+    validated = run.timer.start()
     with _averaged(run):
         run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, run.task, description="validate", quiet=quiet)
     metrics = run.metrics = _judge(run)
-    run.timer.add(f"epoch {epoch + 1} validate", time.perf_counter() - validated)
+    run.timer.stop(f"epoch {epoch + 1} validate", validated)
     record = {
         "epoch": epoch + 1, "step": run.step, "train_loss": stats.loss,
         **{f"train_loss_{name}": value for name, value in stats.terms.items()},  # parts of train_loss
@@ -557,7 +557,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     t, accelerator, run_dir, task, timer = run.recipe.train, run.accelerator, run.run_dir, run.task, run.timer
     unwrapped = accelerator.unwrap_model(run.model)
     stopper = run.stopper
-    evaluated = time.perf_counter()
+    evaluated = timer.start()
     if run.ema is not None:  # training is over: from here on the model is the average
         run.ema.copy_to(unwrapped)
     restore = t.restore_best and stopper.best_state is not None and stopper.best_epoch != len(run.history) - 1
@@ -583,7 +583,7 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     final = {**run.metrics, **task.confidence_intervals(preds.scores, preds.labels),
              "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
-    timer.add("final evaluation and intervals", time.perf_counter() - evaluated)
+    timer.stop("final evaluation and intervals", evaluated)
     if accelerator.is_main_process:
         _write_final(run, unwrapped, final, trainable, total)
         from ..use.explain import error_explanations
@@ -602,7 +602,9 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     accelerator.end_training()
     seconds = time.perf_counter() - started
     if accelerator.is_main_process:  # after everything it times: not part of the finished run's contract
-        artifacts.atomic_write_json(run_dir / "timings.json", {"seconds": timer.as_dict(), "total_seconds": round(_wall(timer, seconds), 3)})
+        artifacts.atomic_write_json(run_dir / "timings.json", {
+            "seconds": timer.as_dict(), "total_seconds": round(_wall(timer, seconds), 3), "cpu_seconds": timer.cpu_dict(),
+        })
     # The final table prints even when quiet: it is the result, not progress.
     _log(accelerator, False, task.format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
