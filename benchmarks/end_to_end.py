@@ -49,6 +49,9 @@ DATA = Path(os.environ.get("FINETUNEKIT_SHARED_DATA", REPO.parent / "shared" / "
 SST2 = DATA / "sst2"
 ANTS = DATA / "images" / "hymenoptera_data"
 BASELINES = Path(__file__).resolve().parent / "baselines"
+# every command runs this checkout's finetunekit, whatever the environment has installed
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 @dataclass
@@ -135,7 +138,7 @@ def run_once(c: Contestant) -> None:
     """One whole process of ``c``: wall and CPU seconds, accuracy, and for ours its history and timings."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(c.argv, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(c.argv, cwd=REPO, capture_output=True, text=True, env=ENV)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -218,7 +221,7 @@ def timed(argv: list[str], repeats: int) -> list[float]:
     walls = []
     for _ in range(repeats):
         started = time.perf_counter()
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=ENV)
         walls.append(time.perf_counter() - started)
         if proc.returncode:
             sys.exit(f"{' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
@@ -235,7 +238,7 @@ def serve_cold_start(run: Path) -> float:
         port = probe.getsockname()[1]
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "finetunekit", "serve", str(run), "--port", str(port)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
         while time.perf_counter() - started < 300:
             if proc.poll() is not None:
@@ -273,7 +276,7 @@ def cold_start(plan: dict[str, list[Contestant]], repeats: int) -> list[str]:
         walls = timed([python, "-m", "finetunekit", "predict", str(ours.out), sample], repeats)
         row(f"finetunekit predict RUN one_input ({name} run)", walls, 3.0)
         if statistics.median(walls) >= 3.0:
-            proc = subprocess.run([python, "-c", PREDICT_BREAKDOWN, str(ours.out), sample], cwd=REPO, capture_output=True, text=True)
+            proc = subprocess.run([python, "-c", PREDICT_BREAKDOWN, str(ours.out), sample], cwd=REPO, capture_output=True, text=True, env=ENV)
             phases = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("PHASES "))[7:])
             for phase, seconds in phases.items():
                 print(f"      {phase:<60} {seconds:5.2f}s")
@@ -331,13 +334,13 @@ def main() -> None:
                         "everywhere); its numbers compare nothing")
     parser.add_argument("--write", action="store_true", help="put the markdown into docs/performance.md (between the e2e markers)")
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "src"))  # this checkout's finetunekit here too (the subset, the reload check)
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     if unknown := set(rows) - {"text", "vision"}:
         sys.exit(f"--rows: unknown {', '.join(sorted(unknown))} (choose from text, vision)")
     if not SST2.is_dir() or not ANTS.is_dir():
         sys.exit(f"data not found under {DATA} (set FINETUNEKIT_SHARED_DATA to the shared/data folder)")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="finetunekit-e2e-") as tmp:
         work = Path(tmp)
         plan = {}
