@@ -601,14 +601,27 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     seconds = time.perf_counter() - started
-    if accelerator.is_main_process:  # after everything it times: not part of the finished run's contract
-        artifacts.atomic_write_json(run_dir / "timings.json", {
-            "seconds": timer.as_dict(), "total_seconds": round(_wall(timer, seconds), 3), "cpu_seconds": timer.cpu_dict(),
-        })
+    if accelerator.is_main_process:
+        _write_timings(run_dir, timer, seconds)
     # The final table prints even when quiet: it is the result, not progress.
     _log(accelerator, False, task.format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
     return RunResult(run_dir, final, run.history, seconds, trainable, total, run.recipe, model=unwrapped)
+
+
+def _write_timings(run_dir: Path, timer: PhaseTimer, seconds: float) -> None:
+    """RUN_DIR/timings.json, written after everything it times: the run is finished and usable
+    before it, so a failed write warns instead of failing the run."""
+    import warnings
+
+    from ..core.outputs import WriteError
+
+    try:
+        artifacts.atomic_write_json(run_dir / "timings.json", {
+            "seconds": timer.as_dict(), "total_seconds": round(_wall(timer, seconds), 3), "cpu_seconds": timer.cpu_dict(),
+        })
+    except WriteError as exc:
+        warnings.warn(f"{exc}; the run is complete without its timings.json", stacklevel=2)
 
 
 def _wall(timer: PhaseTimer, seconds: float) -> float:
