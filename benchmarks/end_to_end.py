@@ -164,7 +164,7 @@ def check_reloadable(c: Contestant) -> str:
 
     predictor = load(c.out)
     sample = "a gripping, beautifully made film" if c.row == "text" else str(next((ANTS / "val" / "ants").iterdir()))
-    return f"{c.out.name}: reloaded, predicts {predictor.predict([sample])[0]['label']!r} for one input"
+    return f"{c.out.name}: reloaded, predicts {predictor.predict([sample])[0]!r} for one input"
 
 
 def time_to_quality(ours: Contestant, target: float) -> str:
@@ -311,7 +311,7 @@ def report(rows: dict[str, list[Contestant]], argv: list[str]) -> str:
             settings.append(f"- {row}, {c.name}: {c.settings}")
         for c in contestants:
             if c is not ours:
-                line = (f"{row}: finetunekit is {c.median() / ours.median():.2f}x faster end to end than {c.name} "
+                line = (f"{row}: {c.name} takes {c.median() / ours.median():.2f}x finetunekit's time end to end (median wall) "
                         f"(accuracy {statistics.median(ours.accuracies):.4f} against {statistics.median(c.accuracies):.4f}); "
                         f"time to its final accuracy: {time_to_quality(ours, statistics.median(c.accuracies))}")
                 print("  " + line)

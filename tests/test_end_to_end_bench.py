@@ -59,6 +59,6 @@ def test_report_prints_ratios_against_finetunekit_and_a_markdown_table(bench, tm
     markdown = bench.report({"text": [ours, base]}, ["--rows", "text"])
     # medians: ours 35 s, the baseline 75 s
     assert "| text | Trainer script | 2 | 70.0 / 75.0 | 105.0 | 0.8500 | 2.14x |" in markdown
-    assert "finetunekit is 2.14x faster end to end than Trainer script" in markdown
+    assert "text: Trainer script takes 2.14x finetunekit's time end to end (median wall)" in markdown
     assert "- text, Trainer script: baseline settings" in markdown and "test CPU" in markdown
     assert "epochs: train" in capsys.readouterr().out
