@@ -154,3 +154,37 @@ def test_same_rows_same_metrics_from_folder_dataframe_and_dataset(audio_data, ti
     model = finetunekit.load(tmp_path / "frame")
     unlabelled = val_frame.drop(columns=["label"])
     assert model.predict(unlabelled) == finetunekit.load(tmp_path / "folder").predict([str(p) for p in val_files])
+
+
+def test_arrow_table_of_audio_structs_or_paths(audio_data, tiny_whisper, tmp_path):
+    """A pyarrow Table holding each clip as a struct {"array": list<float>, "sampling_rate": int}
+    (as pa.Table.from_pylist writes decoded clips) or as a path: read as the folder's clips, and
+    trained to the folder run's metrics."""
+    import finetunekit
+
+    pa = pytest.importorskip("pyarrow")
+    files, labels = _clips(audio_data / "train")
+    structs = pa.Table.from_pylist([{"audio": {"array": sf.read(p, dtype="float32")[0].tolist(), "sampling_rate": sf.info(p).samplerate},
+                                     "label": label} for p, label in zip(files, labels, strict=True)])
+    assert pa.types.is_struct(structs.schema.field("audio").type)
+    paths = pa.table({"audio": [str(p) for p in files], "label": labels})
+    from_structs, from_paths = read_examples(structs, "audio"), read_examples(paths, "audio")
+    assert from_paths.inputs == [str(p) for p in files] and from_structs.labels == from_paths.labels == labels
+    for written, original in zip(from_structs.inputs, files, strict=True):
+        assert np.array_equal(sf.read(written, dtype="float32")[0], sf.read(original, dtype="float32")[0])
+    with pytest.raises(DataError, match=r"pyarrow Table data \(memory:arrow:[0-9a-f]{12}\): row 1: column 'audio': an audio array without a 'sampling_rate'"):
+        read_examples(pa.Table.from_pylist([{"audio": {"array": [0.0] * 800, "sampling_rate": 16_000}},
+                                            {"audio": {"array": [0.0] * 800, "sampling_rate": None}}]).append_column("label", pa.array(["a", "b"])),
+                      "audio")
+
+    recipe = Recipe.from_dict({
+        "model": {"backbone": f"whisper:{tiny_whisper}"},
+        "data": {"train": str(audio_data / "train"), "val": str(audio_data / "val")},
+        "strategy": {"name": "full"},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "head_lr": 1e-2, "seed": 0},
+    })
+    from_folder = finetunekit.train(recipe, output=tmp_path / "folder", quiet=True, report=False)
+    from_arrow = finetunekit.train(recipe, output=tmp_path / "arrow", quiet=True, report=False, train=structs, val=str(audio_data / "val"))
+    assert from_arrow.metrics["accuracy"] == from_folder.metrics["accuracy"]
+    assert from_arrow.metrics["loss"] == pytest.approx(from_folder.metrics["loss"], abs=1e-6)
+    assert finetunekit.load(tmp_path / "arrow").predict(paths) == finetunekit.load(tmp_path / "folder").predict([str(p) for p in files])

@@ -131,7 +131,7 @@ def test_image_cells_paths_bytes_pictures_and_dicts_are_files_named_by_content(t
 # -- runs: train, reload, predict, evaluate, resume -------------------------------------------------
 
 
-def test_same_rows_same_metrics_from_tsv_dataframe_and_dataset(text_data, tiny_bert, tmp_path):
+def test_same_rows_same_metrics_from_tsv_dataframe_dataset_and_arrow(text_data, tiny_bert, tmp_path):
     import finetunekit
 
     train_rows, val_rows = make_text_rows(48, 0), make_text_rows(16, 1)
@@ -141,9 +141,12 @@ def test_same_rows_same_metrics_from_tsv_dataframe_and_dataset(text_data, tiny_b
                                    train=_frame(train_rows), val=_frame(val_rows))
     from_dataset = finetunekit.train(recipe, output=tmp_path / "ds", quiet=True, report=False,
                                      train=_dataset(train_rows), val=_dataset(val_rows))
-    assert from_frame.metrics["accuracy"] == from_file.metrics["accuracy"] == from_dataset.metrics["accuracy"]
-    assert from_frame.metrics["loss"] == pytest.approx(from_file.metrics["loss"], abs=1e-6)
-    assert from_dataset.metrics["loss"] == pytest.approx(from_file.metrics["loss"], abs=1e-6)
+    from_arrow = finetunekit.train(recipe, output=tmp_path / "arrow", quiet=True, report=False,
+                                   train=pa.Table.from_pandas(_frame(train_rows), preserve_index=False),
+                                   val=pa.Table.from_pandas(_frame(val_rows), preserve_index=False))
+    assert from_frame.metrics["accuracy"] == from_file.metrics["accuracy"] == from_dataset.metrics["accuracy"] == from_arrow.metrics["accuracy"]
+    for run in (from_frame, from_dataset, from_arrow):
+        assert run.metrics["loss"] == pytest.approx(from_file.metrics["loss"], abs=1e-6)
 
     saved = yaml.safe_load((tmp_path / "frame" / "recipe.yaml").read_text())["data"]
     assert re.fullmatch(r"memory:pandas:[0-9a-f]{64}", saved["train"]) and saved["val"].startswith("memory:pandas:")
@@ -157,6 +160,44 @@ def test_same_rows_same_metrics_from_tsv_dataframe_and_dataset(text_data, tiny_b
     evaluated = finetunekit.evaluate(str(tmp_path / "frame"), pa.Table.from_pandas(_frame(val_rows), preserve_index=False))
     assert evaluated["accuracy"] == from_file.metrics["accuracy"]
     assert evaluated["eval_set"].startswith("pyarrow Table data (memory:arrow:")
+
+
+def test_same_images_same_metrics_from_csv_dataframe_arrow_and_dataset(image_data, tmp_path):
+    """An image table on disk and the same images in memory, as bytes (DataFrame, Arrow) and as a
+    datasets Image feature: the same training, step for step."""
+    datasets = pytest.importorskip("datasets")
+    import finetunekit
+
+    def rows(split):
+        files = sorted((image_data / split).rglob("*.png"))
+        return [str(p) for p in files], [p.parent.name for p in files]
+
+    (train_files, train_labels), (val_files, val_labels) = rows("train"), rows("val")
+    pd.DataFrame({"file": train_files, "label": train_labels}).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame({"file": val_files, "label": val_labels}).to_csv(tmp_path / "val.csv", index=False)
+    recipe = tiny_image_recipe(image_data, train={"epochs": 1},
+                               data={"train": str(tmp_path / "train.csv"), "val": str(tmp_path / "val.csv")})
+    from_file = finetunekit.train(recipe, output=tmp_path / "file", quiet=True, report=False)
+
+    def frame(files, labels):
+        return pd.DataFrame({"image": [Path(p).read_bytes() for p in files], "label": labels})
+
+    def dataset(files, labels):
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=sorted(set(labels)))})
+        return datasets.Dataset.from_dict({"image": files, "label": [sorted(set(labels)).index(x) for x in labels]}, features=features)
+
+    runs = {
+        "frame": {"train": frame(train_files, train_labels), "val": frame(val_files, val_labels)},
+        "arrow": {"train": pa.Table.from_pandas(frame(train_files, train_labels)), "val": pa.Table.from_pandas(frame(val_files, val_labels))},
+        "ds": {"train": datasets.DatasetDict({"train": dataset(train_files, train_labels), "validation": dataset(val_files, val_labels)})},
+    }
+    for name, data in runs.items():
+        result = finetunekit.train(recipe, output=tmp_path / name, quiet=True, report=False, **data)
+        assert result.metrics["accuracy"] == from_file.metrics["accuracy"], name
+        assert result.metrics["loss"] == pytest.approx(from_file.metrics["loss"], abs=1e-6), name
+        assert result.history[0]["train_loss"] == pytest.approx(from_file.history[0]["train_loss"], abs=1e-6), name
+    model = finetunekit.load(tmp_path / "arrow")
+    assert model.predict(runs["ds"]["train"]["validation"]) == finetunekit.load(tmp_path / "file").predict(val_files)
 
 
 class _Killed(BaseException):

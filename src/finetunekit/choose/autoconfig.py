@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.audio import AUDIO_EXTENSIONS as AUDIO_SUFFIXES
+from ..data.memory import MemoryTable
 from ..data.readers import IMAGE_EXTENSIONS, is_table
 from ..modalities import detect, modality_of
 from ..core.errors import DataError
@@ -95,26 +97,33 @@ class Inferred:
     reasons: list[str]  # one line per choice, printed before training
 
 
-def infer_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Inferred:
+def infer_recipe(path: Any, overrides: Sequence[str] = (), val: Any = None) -> Inferred:
     """A full recipe for the data at ``path``, and why each field was chosen. ``overrides``
-    (``section.field=value``) that name a field in HINTS are used instead of guessing it."""
-    path = Path(path)
-    if not path.exists():
+    (``section.field=value``) that name a field in HINTS are used instead of guessing it.
+
+    ``path`` may also be an in-memory table (``finetunekit.data.memory.MemoryTable``, held while
+    the recipe is inferred and trained): its columns decide as a table file's do, and the recipe
+    names it by its token; ``val``: the validation data (a path or a held table's token)."""
+    table = path if isinstance(path, MemoryTable) else None
+    path = table if table is not None else Path(path)
+    if table is None and not path.exists():
         raise DataError(f"data path not found: {path}")
     given = Recipe().with_overrides(list(overrides))  # validated here, applied again by the caller
     keys = {o.partition("=")[0].strip() for o in overrides}
     hints = {k: getattr(getattr(given, k.split(".")[0]), k.split(".")[1]) for k in HINTS if k in keys}
+    if val is not None:
+        hints["data.val"] = val.token if isinstance(val, MemoryTable) else str(val)
     dense = _dense_layout(path, hints.get("task.type"))
     if dense is not None:
         return _dense_recipe(path, *dense, hints)
-    modality = detect(path)
-    data: dict = {"train": str(path)}
+    modality = detect(path) if table is None else "text"
+    data: dict = {"train": table.token if table is not None else str(path)}
     data.update({k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")})
     reasons: list[str] = []
     if is_table(path):
         modality, why = _table_columns(path, data)
         reasons.append(why)
-        val = data.get("val") or _sibling_val(path)
+        val = data.get("val") or (_sibling_val(path) if table is None else None)
         if val is not None:
             data["val"] = str(val)
     else:
@@ -192,11 +201,15 @@ def _table_columns(path: Path, data: dict) -> tuple[str, str]:
     if isinstance(label, str) and label not in columns:
         raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(columns)}); set data.label_column")
     data["label_column"] = label
+    audio_column = _media_column(path, columns, label, AUDIO_SUFFIXES) if not data.get("image_column") else None
+    if audio_column is not None:
+        data["image_column"] = audio_column  # the audio readers take their file column from data.image_column
+        return "audio", f"modality: audio (column {audio_column!r} holds audio clips), labels in column {label!r}"
     image_column = data.get("image_column") or _image_column(path, columns, label)
     if image_column is not None:
         data["image_column"] = image_column
         where = ""
-        if not data.get("image_root"):
+        if not data.get("image_root") and isinstance(path, Path):
             root = _image_root(path, image_column)
             if root is not None:
                 data["image_root"] = str(root)
@@ -208,7 +221,8 @@ def _table_columns(path: Path, data: dict) -> tuple[str, str]:
     if pair:
         data["text_columns"] = list(pair)
         return "text", f"modality: text pairs (columns {pair[0]!r} and {pair[1]!r}), labels in column {label!r}"
-    return "text", f"modality: text (a {path.suffix} table), labels in column {label!r}"
+    what = f"a {path.suffix} table" if isinstance(path, Path) else "an in-memory table"
+    return "text", f"modality: text ({what}), labels in column {label!r}"
 
 
 def _sibling_val(path: Path) -> Path | None:
@@ -223,9 +237,10 @@ def _sibling_val(path: Path) -> Path | None:
     return None
 
 
-def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
+def _dense_layout(path: Any, task_type: str | None) -> tuple[str, str] | None:
     """(task type, why) for data in a task type's own format (``Task.find_layout``: segmentation's
-    images/ + masks/, detection's COCO, VOC and box tables), else None."""
+    images/ + masks/, detection's COCO, VOC and box tables; in memory, an ``objects`` column or an
+    image column beside a mask column), else None."""
     from ..tasks import TASKS
 
     kinds = [task_type] if task_type is not None else TASKS.names()
@@ -240,12 +255,13 @@ def _dense_layout(path: Path, task_type: str | None) -> tuple[str, str] | None:
     return None
 
 
-def _dense_recipe(path: Path, kind: str, why: str, hints: dict) -> Inferred:
+def _dense_recipe(path: Any, kind: str, why: str, hints: dict) -> Inferred:
     from ..run.defaults import resolve
     from ..tasks import task_reader
 
-    data = {"train": str(path), **{k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")}}
-    val = data.get("val") or (_sibling_val(path) if path.is_file() else None)
+    source = path.token if isinstance(path, MemoryTable) else str(path)
+    data = {"train": source, **{k.split(".")[1]: v for k, v in hints.items() if k.startswith("data.")}}
+    val = data.get("val") or (_sibling_val(path) if isinstance(path, Path) and path.is_file() else None)
     if val is not None:
         data["val"] = str(val)
     backbone = modality_of("image").zero_config_backbone  # detection and segmentation layouts are of images
@@ -291,10 +307,16 @@ def _columns(path: Path) -> list[str]:
 
 def _image_column(path: Path, columns: list[str], label: str | list[str]) -> str | None:
     """The column whose first row names an image file, if any."""
+    return _media_column(path, columns, label, tuple(IMAGE_EXTENSIONS))
+
+
+def _media_column(path: Any, columns: list[str], label: str | list[str], suffixes: tuple[str, ...]) -> str | None:
+    """The column whose first row names a file with one of ``suffixes`` (in-memory images and
+    clips are files by then), if any."""
     from ..data.readers import _table
 
     first = _table(path)[0][0][1]
-    return next((c for c in columns if c != label and Path(str(first.get(c, "")).strip()).suffix.lower() in IMAGE_EXTENSIONS), None)
+    return next((c for c in columns if c != label and Path(str(first.get(c, "")).strip()).suffix.lower() in suffixes), None)
 
 
 def _image_root(path: Path, column: str) -> Path | None:

@@ -220,15 +220,29 @@ def candidate_features(
 
 
 def select(
-    data: str, candidates: list[Candidate] | list[str], k: int = 5, max_samples: int | None = None, seed: int = 0,
+    data: Any, candidates: list[Candidate] | list[str], k: int = 5, max_samples: int | None = None, seed: int = 0,
     text_column: str | None = None, label_column: str = "label", max_length: int = 128, precision: str = "auto",
     cache_dir: str | None = None, progress: Any = None,
 ) -> list[SelectionRow]:
     """Score every candidate on the training examples of ``data`` (as ``data.train`` reads them:
     an image folder's ``train/`` when there is one, else a seeded 80% split), best LogME first.
+    ``data`` may also be a DataFrame, a pyarrow Table or a ``datasets`` object (a ``DatasetDict``:
+    its train split), as ``finetunekit.train`` takes it.
 
     ``max_samples`` keeps a seeded stratified subset of that many examples. A candidate that fails
     to load (an unknown name, weights missing offline) gets its error in the table, not an exception."""
+    from ..data.memory import holding, memory_splits
+
+    table = memory_splits(data)[0]
+    with holding(table):  # the readers find an in-memory table by its token
+        return _select(table.token if table is not None else data, candidates, k, max_samples, seed, text_column, label_column,
+                       max_length, precision, cache_dir, progress)
+
+
+def _select(
+    data: str, candidates: list[Candidate] | list[str], k: int, max_samples: int | None, seed: int, text_column: str | None,
+    label_column: str, max_length: int, precision: str, cache_dir: str | None, progress: Any,
+) -> list[SelectionRow]:
     import torch
 
     from ..backbones import create_backbone

@@ -30,7 +30,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,11 +453,33 @@ def _check_same_study(study: Any, recipe: Recipe, space: dict[str, Any], study_d
 
 
 def tune(
-    recipe: Recipe, output: str | Path, trials: int = 20, timeout: float | None = None, storage: str | None = None,
-    study_name: str = STUDY_NAME, keep_weights: bool = False, heartbeat: int = 10, quiet: bool = False,
+    recipe: Recipe | None = None, output: str | Path | None = None, trials: int = 20, timeout: float | None = None,
+    storage: str | None = None, study_name: str = STUDY_NAME, keep_weights: bool = False, heartbeat: int = 10,
+    quiet: bool = False, *, train: Any = None, val: Any = None, overrides: Sequence[str] = (),
 ) -> StudyResult:
     """Search ``recipe.search.space`` (or the modality's default) with ``trials`` trials; resume the
-    study already in ``output`` (or in ``storage``) when there is one."""
+    study already in ``output`` (default ``studies/<date-time>``; or in ``storage``) when there is one.
+
+    ``train`` / ``val``, ``recipe=None`` and ``overrides`` as for ``finetunekit.train``: the data
+    may be paths, DataFrames, pyarrow Tables or ``datasets`` objects (every trial reads the same
+    rows), and with no recipe the one zero-config chooses from the data is the study's base::
+
+        finetunekit.tune(None, train=train_df, val=val_df, output="studies/reviews", trials=10)
+    """
+    from ..data.memory import holding, memory_splits
+    from ..run.trainer import with_data
+
+    output = output if output is not None else Path("studies") / time.strftime("%Y%m%d-%H%M%S")
+    tables = memory_splits(train, val)
+    with holding(*tables):  # every trial's run reads the in-memory tables by their tokens
+        recipe, _ = with_data(recipe, train, val, tables, overrides, quiet)
+        return _tune(recipe, output, trials, timeout, storage, study_name, keep_weights, heartbeat, quiet)
+
+
+def _tune(
+    recipe: Recipe, output: str | Path, trials: int, timeout: float | None, storage: str | None, study_name: str,
+    keep_weights: bool, heartbeat: int, quiet: bool,
+) -> StudyResult:
     if trials < 1:
         raise FinetuneError(f"--trials: must be at least 1, got {trials}")
     if heartbeat < 1:

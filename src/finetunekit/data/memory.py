@@ -25,7 +25,11 @@ Conventions:
   ``$FINETUNEKIT_CACHE_DIR/audio`` (default ``~/.cache/finetunekit/audio``);
 * label columns hold names, integers, lists of names (multi-label) or numbers (regression); an
   integer column of a ``datasets`` ``ClassLabel`` feature holds the index of a name, and reads as
-  that name (``-1``, the feature's "no label", as an empty cell).
+  that name (``-1``, the feature's "no label", as an empty cell); so does a ClassLabel inside a
+  column of dicts (``objects.category`` of an object-detection set);
+* detection boxes and segmentation masks are read by their task types' readers
+  (``finetunekit.tasks.detection_data``, ``segmentation_data``) from the rows given here; a mask
+  given as an array of class indices becomes a PNG file (:func:`mask_file`).
 
 Each table is identified by its content: ``table.token`` is ``memory:<kind>:<sha256>``, the hash of
 its column names and of every cell in order (an image by its bytes). ``finetunekit.train`` records
@@ -49,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -161,9 +166,11 @@ def memory_table(obj: Any, role: str = "data") -> MemoryTable:
         names = class_label_names(obj)
         rows = arrow.to_pylist()
         where = f"{NAMES[kind]} {role}"
-        for column, classes in names.items():
+        for column, classes in names.items():  # "objects.category": a ClassLabel inside a column of dicts
+            top, *inner = column.split(".")
             for i, row in enumerate(rows):
-                row[column] = _class_name(row.get(column), classes, f"{where}: row {i}", column)
+                name = functools.partial(_class_name, classes=classes, where=f"{where}: row {i}", column=column)
+                row[top] = _map_inner(row.get(top), inner, name)
         table = MemoryTable(kind, role, columns, rows, list(range(len(rows))), names)
     elif kind == "datasetdict":
         raise DataError(f"{role}: a DatasetDict holds several splits ({', '.join(obj)}); give one split, "
@@ -177,13 +184,34 @@ def memory_table(obj: Any, role: str = "data") -> MemoryTable:
 
 def class_label_names(dataset: Any) -> dict[str, list[str]]:
     """The names of each ``ClassLabel`` column of a ``datasets.Dataset`` (a list of ClassLabels,
-    multi-label, too)."""
+    multi-label, too), and of each ClassLabel inside a column of dicts, by its dotted place
+    (``objects.category``: an object-detection set's ``objects: {bbox, category}``)."""
     found: dict[str, list[str]] = {}
+
+    def walk(feature: Any, place: str) -> None:
+        while hasattr(feature, "feature") and not isinstance(feature, dict):  # Sequence / List of ...
+            feature = feature.feature
+        if type(feature).__name__ == "ClassLabel":
+            found[place] = list(feature.names)
+        elif isinstance(feature, dict):
+            for key, inner in feature.items():
+                walk(inner, f"{place}.{key}")
+
     for column, feature in (getattr(dataset, "features", None) or {}).items():
-        inner = getattr(feature, "feature", feature)  # Sequence / List of ClassLabel
-        if type(inner).__name__ == "ClassLabel":
-            found[column] = list(inner.names)
+        walk(feature, column)
     return found
+
+
+def _map_inner(value: Any, keys: list[str], convert: Any) -> Any:
+    """``value`` with ``convert`` applied at ``keys`` inside it, through lists (a list of dicts or
+    a dict of lists, as ``datasets`` stores a sequence of dicts)."""
+    if not keys:
+        return convert(value)
+    if isinstance(value, dict):
+        return {**value, keys[0]: _map_inner(value.get(keys[0]), keys[1:], convert)} if keys[0] in value else value
+    if isinstance(value, list):
+        return [_map_inner(v, keys, convert) for v in value]
+    return value
 
 
 def split_of(obj: Any, role: str) -> Any | None:
@@ -318,6 +346,47 @@ def _image_file(value: Any, where: str, column: str) -> str:
         return found
     data, suffix = found
     return _write_once(image_dir(), data, suffix)
+
+
+def mask_file(value: Any, where: str, column: str) -> str:
+    """The path of a PNG holding an index mask given as an array (a 2-D numpy array or nested lists
+    of class indices; an (H, W, 1) array too), written once under the images folder, named by its
+    content; 8-bit when every value fits, else 16-bit. A cell that is a picture, bytes or a path
+    is already a file (``MemoryTable.table_rows``)."""
+    import numpy as np
+    from PIL import Image
+
+    what = f"{where}: column {column!r}: a mask array"
+    try:
+        mask = np.asarray(value)
+    except ValueError:  # ragged lists
+        raise DataError(f"{what} whose rows differ in length") from None
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2 or mask.size == 0:
+        raise DataError(f"{what} of shape {mask.shape}; expected (height, width) class indices")
+    if mask.dtype.kind == "f" and np.isfinite(mask).all() and (mask == np.round(mask)).all():
+        mask = mask.astype(np.int64)
+    if mask.dtype.kind not in "iub":
+        raise DataError(f"{what} of {mask.dtype} values; expected integer class indices")
+    if mask.size and (mask.min() < 0 or mask.max() > 65535):
+        raise DataError(f"{what} with values {int(mask.min())}..{int(mask.max())}; expected class indices 0-65535")
+    picture = Image.fromarray(mask.astype(np.uint8)) if mask.max() <= 255 else Image.fromarray(mask.astype(np.uint16))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return _write_once(image_dir(), buffer.getvalue(), ".png")
+
+
+def source_table(obj: Any) -> MemoryTable | None:
+    """The :class:`MemoryTable` of in-memory data, of a held token (``memory:...``) or of an ``hf:``
+    source; None for a path. A task's own reader (detection, segmentation) reads tables through it."""
+    if is_token(obj):
+        return held(obj)
+    if is_hf(obj):
+        return hf_table(obj)
+    if is_memory(obj):
+        return memory_table(evaluation_split(obj))
+    return None
 
 
 # -- audio cells --------------------------------------------------------------------------------

@@ -161,7 +161,9 @@ def _read(recipe: Recipe, modality: str, say: Callable[[str], None]) -> tuple[Ex
     # tables under data.image_root; segmentation: image/mask lists); a type left to inference
     # reads the generic formats, so only a written type can choose a reader
     options = single.to_dict() if single is not None else {}
-    reader = task_reader(single.type if single is not None else None, d.image_root, **options)
+    # in-memory tables: the image column, and segmentation's mask column (data.label_column when set)
+    columns = {"image_column": d.image_column, "mask_column": d.label_column if isinstance(d.label_column, str) and d.label_column != "label" else None}
+    reader = task_reader(single.type if single is not None else None, d.image_root, **options, **columns)
     train_ex, val_ex = resolve_splits(
         d.train, d.val, modality_of(modality), d.val_fraction, recipe.train.seed, d.text_column, label_columns(recipe), d.text_columns,
         d.image_column, strata, d.image_root, reader, (d.train_list, d.val_list),

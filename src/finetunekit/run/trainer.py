@@ -38,7 +38,7 @@ from .checkpoint import (
     truncate_logs,
 )
 from ..data import Examples
-from ..data.memory import holding, memory_splits
+from ..data.memory import held, holding, is_token, memory_splits
 from ..data.pipeline import build_loader, progressive_sizes
 from ..engine import Callback, EarlyStopping, LRSchedule, build_optimizer, evaluate_loader, train_one_epoch
 from ..engine.ema import ModelEMA
@@ -119,9 +119,9 @@ def _log(accelerator, quiet: bool, message: str) -> None:
 
 
 def train(
-    recipe: Recipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False,
+    recipe: Recipe | None = None, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False,
     callbacks: Sequence[Callback] = (), checkpoints: bool = True, report: bool = True, *, train: Any = None, val: Any = None,
-    timer: PhaseTimer | None = None,
+    overrides: Sequence[str] = (), timer: PhaseTimer | None = None,
 ) -> RunResult:
     """Fine-tune according to ``recipe``; write the run directory; return its final metrics.
 
@@ -129,6 +129,11 @@ def train(
     pandas DataFrame, a pyarrow Table or a ``datasets.Dataset`` (a ``DatasetDict`` as ``train``:
     its train and validation splits), read as a table file is (``finetunekit.data.memory``); the
     run's recipe.yaml names in-memory data by content (``memory:pandas:<sha256>``).
+
+    ``recipe=None``: zero-config, as ``finetunekit train DATA``: the recipe is chosen from ``train``
+    (its columns, labels and size; ``finetunekit.choose.autoconfig``), the reasons printed and kept
+    in the run's autoconfig.txt. ``overrides`` (``section.field=value``, as ``--set``) apply to the
+    recipe, given or chosen; those naming a column or ``task.type`` steer the choice.
 
     ``resume=True`` continues the run in ``output`` from its newest intact checkpoint (the same
     recipe and data are required); with no checkpoint there yet, the run starts from the beginning.
@@ -148,16 +153,43 @@ def train(
         raise FinetuneError(f"output {run_dir} exists and is not a directory")
     check_writable(run_dir)  # a read-only or impossible place is refused before anything loads
     tables = memory_splits(train, val)
+    with holding(*tables):  # the readers find the in-memory tables by their tokens
+        recipe, reasons = with_data(recipe, train, val, tables, overrides, quiet)
+        result = _train_locked(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report, timer or PhaseTimer())
+        # what the tokens in recipe.yaml stand for (tables given here, or held by the caller: tune's trials)
+        described = {k: held(token).describe() for k, token in (("train", recipe.data.train), ("val", recipe.data.val))
+                     if is_token(token)}
+    main = int(os.environ.get("RANK", "0")) == 0
+    if described and main:
+        artifacts.atomic_write_text(run_dir / "data_sources.json", json.dumps(described, indent=2) + "\n")
+    if reasons and main:
+        artifacts.atomic_write_text(run_dir / "autoconfig.txt", "\n".join(reasons) + "\n")  # recipe.yaml holds the result
+    return result
+
+
+def with_data(recipe: Recipe | None, train: Any, val: Any, tables: tuple[Any, Any], overrides: Sequence[str] = (),
+              quiet: bool = False) -> tuple[Recipe, list[str]]:
+    """(the recipe reading ``train`` / ``val``, the zero-config reasons): given data replaces the
+    recipe's ``data.train`` / ``data.val`` (in-memory ``tables``, held by the caller, by their
+    tokens); no recipe: one chosen from the data, its reasons printed unless ``quiet``; then the
+    ``overrides``. ``finetunekit.train`` and ``finetunekit.tune`` take their data through here."""
     paths = {k: str(v) for k, v in (("train", train), ("val", val)) if isinstance(v, (str, Path))}
     given = {k: t.token for k, t in zip(("train", "val"), tables, strict=True) if t is not None}
-    if given or paths:
+    reasons: list[str] = []
+    if recipe is None:
+        from ..choose.autoconfig import infer_recipe
+
+        source = tables[0] if tables[0] is not None else paths.get("train")
+        if source is None:
+            raise FinetuneError("no recipe and no training data: give a recipe, or train= (a path, DataFrame, "
+                                "pyarrow Table or datasets.Dataset) for a recipe chosen from the data")
+        inferred = infer_recipe(source, overrides, val=tables[1] if tables[1] is not None else paths.get("val"))
+        recipe, reasons = inferred.recipe, inferred.reasons
+        if not quiet:
+            print("no recipe: chose from the data\n  " + "\n  ".join(reasons), flush=True)
+    elif given or paths:
         recipe = recipe.replace(data={**paths, **given})
-    with holding(*tables):  # the readers find the in-memory tables by their tokens
-        result = _train_locked(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report, timer or PhaseTimer())
-    if given and int(os.environ.get("RANK", "0")) == 0:  # what the tokens in recipe.yaml stand for
-        described = {k: t.describe() for k, t in zip(("train", "val"), tables, strict=True) if t is not None}
-        artifacts.atomic_write_text(run_dir / "data_sources.json", json.dumps(described, indent=2) + "\n")
-    return result
+    return recipe.with_overrides(list(overrides)) if overrides else recipe, reasons
 
 
 def _train_locked(

@@ -196,7 +196,9 @@ class DetectionOptions(TaskOptions):
     here); detections scoring under score_threshold are not reported (metrics use every detection
     from 0.05 up); non-maximum suppression drops the weaker of two boxes of one class overlapping more
     than nms_iou; at most max_detections per image; images may hold at most max_boxes true boxes;
-    fpn_channels: the width of the pyramid and the head (a multiple of 32, at least 64)."""
+    fpn_channels: the width of the pyramid and the head (a multiple of 32, at least 64); box_format:
+    how a box of four numbers in in-memory data reads, xywh (COCO's [x, y, width, height], the
+    default) or xyxy ([x1, y1, x2, y2])."""
 
     head: Literal["fcos", "retinanet"] | None = None
     classes: list[str] | None = None
@@ -205,6 +207,8 @@ class DetectionOptions(TaskOptions):
     max_detections: int | None = None
     max_boxes: int | None = None
     fpn_channels: int | None = None
+    # how in-memory boxes of four numbers read: [x, y, width, height] (COCO's, datasets') or corners
+    box_format: Literal["xywh", "xyxy"] | None = None
 
     def __post_init__(self) -> None:
         if self.score_threshold is not None:
@@ -271,11 +275,15 @@ class DetectionTask(DenseTask):
 
         from .detection_data import read_detection
 
-        return functools.partial(read_detection, image_root=image_root, classes=options.get("classes"))
+        return functools.partial(read_detection, image_root=image_root, classes=options.get("classes"),
+                                 box_format=options.get("box_format"), image_column=options.get("image_column"))
 
     @classmethod
-    def find_layout(cls, path: Path) -> str | None:
-        from .detection_data import box_columns
+    def find_layout(cls, path: Any) -> str | None:
+        from .detection_data import box_columns, memory_layout
+
+        if hasattr(path, "table_rows"):  # an in-memory table (finetunekit.data.memory.MemoryTable)
+            return memory_layout(path)
 
         if path.is_dir() and any((path / n).is_dir() for n in ("Annotations", "annotations")):
             return "a Pascal VOC folder (Annotations/)"

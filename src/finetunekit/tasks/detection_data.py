@@ -19,6 +19,16 @@ Formats (chosen from the path):
   (``label`` or ``class``); a row whose box cells are empty lists an image without boxes. A table
   without a label column is single-class: the class is the one ``classes`` names.
 
+* in memory (a pandas DataFrame, a pyarrow Table, a ``datasets.Dataset``; see
+  ``finetunekit.data.memory``), one row per image: an image column (paths, bytes, pictures or
+  ``{"bytes", "path"}`` dicts) and the boxes as ``datasets`` object-detection sets hold them, a
+  column ``objects`` of ``{"bbox": [[...], ...], "category": [...]}`` (or a list of
+  ``{"bbox", "category"}`` dicts), or two columns ``bbox`` and ``category`` of per-row lists. A box
+  is four numbers, ``[x, y, width, height]`` (COCO's convention, ``box_format="xywh"``, the default)
+  or ``[x1, y1, x2, y2]`` (``box_format="xyxy"``); a category is a name, an integer (a ``ClassLabel``
+  reads as its name). A box that does not fit its image under the convention given, while the
+  other convention fits every box of its row, says so.
+
 ``image_list``: a text file of image file names, one a line (Penn-Fudan's ``train.txt``); only the
 images it names are kept, in its order, and a name that the annotations do not have is an error.
 
@@ -34,6 +44,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..data.memory import MemoryTable, source_table
 from ..data.readers import IMAGE_COLUMN_GUESSES, IMAGE_EXTENSIONS, Examples, select_listed
 from ..data.tables import csv_rows, inside_root
 from ..core.errors import DataError
@@ -65,13 +76,21 @@ def read_detection(
     image_list: str | Path | None = None,
     classes: list[str] | None = None,
     require_labels: bool = True,
+    box_format: str | None = None,
+    image_column: str | None = None,
 ) -> Examples:
     """Images and their boxes from ``path`` (see the module docstring for the formats).
 
     ``image_root``: the folder image file names are relative to (default: the annotation file's
     folder, a COCO file's ``images/`` sibling when its names are not found there, a VOC folder's
-    image folder). ``classes``: the class of a table without a label column (exactly one).
+    image folder; for in-memory data, the working directory). ``classes``: the class of a table
+    without a label column (exactly one). ``box_format`` (``xywh``, the default, or ``xyxy``) and
+    ``image_column`` (default: the first of the usual names) apply to in-memory data.
     """
+    table = source_table(path)
+    if table is not None:
+        examples = read_detection_table(table, image_root, box_format or "xywh", image_column)
+        return select_listed(examples, image_list) if image_list is not None else examples
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path not found: {p}")
@@ -323,3 +342,143 @@ def _read_box_table(path: Path, root: Path | None, classes: list[str] | None, re
         [str(found[n][0]) for n in order], [found[n][2] for n in order], str(path), "image",
         places=[found[n][1] for n in order],
     )
+
+
+# -- in memory: a DataFrame, Arrow table or datasets.Dataset, one row per image ---------------------
+
+# in-memory image columns: the file tables' names, and the names datasets' image sets use
+MEMORY_IMAGE_COLUMNS = (*IMAGE_COLUMN_GUESSES, "img", "pixel_values")
+OBJECT_COLUMNS = ("objects", "annotations")  # "annotation" is a segmentation set's mask (scene_parse_150)
+BOX_KEYS = ("bbox", "bboxes", "boxes", "box")
+CATEGORY_KEYS = ("category", "categories", "label", "labels", "class", "classes", "category_id")
+BOX_FORMATS = {"xywh": "[x, y, width, height]", "xyxy": "[x1, y1, x2, y2]"}
+# float32 boxes (a datasets Value("float32")) may overshoot an edge by a rounding error
+EDGE_SLACK = 1e-3
+
+
+def read_detection_table(table: MemoryTable, image_root: str | Path | None = None, box_format: str = "xywh",
+                         image_column: str | None = None) -> Examples:
+    """Images and their boxes from an in-memory table (see the module docstring); every error names
+    the table, the row index and the column."""
+    if box_format not in BOX_FORMATS:
+        raise DataError(f"task.box_format: {box_format!r} is not one of {', '.join(BOX_FORMATS)}")
+    rows, columns = table.table_rows()
+    listed = ", ".join(columns)
+    image_column = image_column or next((c for c in MEMORY_IMAGE_COLUMNS if c in columns), None)
+    if image_column is None or image_column not in columns:
+        named = f" {image_column!r}" if image_column else f" (one of {', '.join(MEMORY_IMAGE_COLUMNS)})"
+        raise DataError(f"{table}: no image column{named} (columns: {listed}); set data.image_column")
+    objects = next((c for c in OBJECT_COLUMNS if c in columns), None)
+    flat = (next((c for c in BOX_KEYS if c in columns), None), next((c for c in CATEGORY_KEYS if c in columns), None))
+    if objects is None and None in flat:
+        raise DataError(
+            f"{table}: no boxes: expected a column 'objects' holding {{'bbox': [[x, y, w, h], ...], 'category': [...]}} "
+            f"per row, or a column 'bbox' of per-row box lists beside a column 'category' (columns: {listed})"
+        )
+    base = Path(image_root) if image_root is not None else Path.cwd()
+    if image_root is not None and not base.is_dir():
+        raise DataError(f"data.image_root: {base} is not a folder")
+    inputs, labels, places = [], [], []
+    for where, row in rows:
+        cell = row.get(image_column)
+        if cell is None or not str(cell).strip():
+            raise DataError(f"{where}: empty image in column {image_column!r} (expected a path, bytes or a picture)")
+        file = base / str(cell).strip()
+        size = _image_size(file, f"{where}: column {image_column!r}")
+        if objects is not None:
+            column = objects
+            boxes, categories = _objects_cell(row.get(objects), f"{where}: column {objects!r}")
+        else:
+            column = f"{flat[0]}' / '{flat[1]}"
+            boxes, categories = row.get(flat[0]), row.get(flat[1])
+            boxes, categories = ([] if boxes is None else _as_list(boxes)), ([] if categories is None else _as_list(categories))
+            if len(boxes) != len(categories):
+                raise DataError(f"{where}: columns {flat[0]!r} and {flat[1]!r}: {len(boxes)} boxes but {len(categories)} categories")
+        inputs.append(str(file))
+        labels.append(_row_boxes(boxes, categories, size, box_format, f"{where}: column '{column}'", file))
+        places.append(where)
+    return Examples(inputs, labels, str(table), "image", places=places)
+
+
+def memory_layout(table: MemoryTable) -> str | None:
+    """Zero-config: why an in-memory table holds boxes (an ``objects`` column, or ``bbox`` beside
+    ``category``), or None."""
+    columns = table.columns
+    first = table.rows[0] if table.rows else {}
+    # a column of dicts or of lists (of dicts, or of boxes): nothing else holds boxes
+    objects = next((c for c in OBJECT_COLUMNS if c in columns and isinstance(first.get(c), (dict, list))), None)
+    if objects is None and any(c in columns for c in CATEGORY_KEYS):
+        objects = next((c for c in BOX_KEYS if c in columns and isinstance(first.get(c), list)), None)
+    return f"column {objects!r} holds boxes" if objects is not None else None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value.tolist() if hasattr(value, "tolist") else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _objects_cell(cell: Any, where: str) -> tuple[list[Any], list[Any]]:
+    """(boxes, categories) of an ``objects`` cell: a dict of lists, or a list of dicts."""
+    if cell is None:
+        return [], []
+    if isinstance(cell, dict):
+        box_key = next((k for k in BOX_KEYS if k in cell), None)
+        category_key = next((k for k in CATEGORY_KEYS if k in cell), None)
+        if box_key is None or category_key is None:
+            raise DataError(f"{where}: expected {{'bbox': [...], 'category': [...]}}, got the keys {', '.join(map(str, cell)) or 'none'}")
+        boxes, categories = _as_list(cell[box_key] if cell[box_key] is not None else []), _as_list(cell[category_key] if cell[category_key] is not None else [])
+        if len(boxes) != len(categories):
+            raise DataError(f"{where}: {len(boxes)} boxes ({box_key!r}) but {len(categories)} categories ({category_key!r})")
+        return boxes, categories
+    if isinstance(cell, (list, tuple)) or hasattr(cell, "tolist"):
+        boxes, categories = [], []
+        for k, item in enumerate(_as_list(cell), start=1):
+            if not isinstance(item, dict):
+                raise DataError(f"{where}: object {k}: expected a dict {{'bbox': [...], 'category': ...}}, got {type(item).__name__}")
+            box_key = next((key for key in BOX_KEYS if key in item), None)
+            category_key = next((key for key in CATEGORY_KEYS if key in item), None)
+            if box_key is None or category_key is None:
+                raise DataError(f"{where}: object {k}: expected the keys 'bbox' and 'category', got {', '.join(map(str, item))}")
+            boxes.append(item[box_key])
+            categories.append(item[category_key])
+        return boxes, categories
+    raise DataError(f"{where}: expected {{'bbox': [...], 'category': [...]}} or a list of such dicts, got {type(cell).__name__}")
+
+
+def _corners(box: list[float], box_format: str) -> tuple[float, float, float, float]:
+    if box_format == "xywh":
+        return box[0], box[1], box[0] + box[2], box[1] + box[3]
+    return box[0], box[1], box[2], box[3]
+
+
+def _fits(corners: tuple[float, float, float, float], size: tuple[int, int]) -> bool:
+    x1, y1, x2, y2 = corners
+    return -EDGE_SLACK <= x1 < x2 <= size[0] + EDGE_SLACK and -EDGE_SLACK <= y1 < y2 <= size[1] + EDGE_SLACK
+
+
+def _row_boxes(boxes: list[Any], categories: list[Any], size: tuple[int, int], box_format: str, where: str, file: Path) -> list[Box]:
+    """The row's boxes as corners in pixels, each checked against the image's ``size``."""
+    numbers = []
+    for k, box in enumerate(boxes, start=1):
+        values = _as_list(box) if box is not None else []
+        if len(values) != 4:
+            raise DataError(f"{where}: box {k}: expected 4 numbers {BOX_FORMATS[box_format]}, got {box!r}")
+        numbers.append([_number(v, f"{where}: box {k}", "bbox") for v in values])
+    other = "xyxy" if box_format == "xywh" else "xywh"
+    out: list[Box] = []
+    for k, (values, category) in enumerate(zip(numbers, categories, strict=True), start=1):
+        corners = _corners(values, box_format)
+        if not _fits(corners, size):
+            x1, y1, x2, y2 = corners
+            why = ("has no area (needs a positive width and height)" if x2 <= x1 or y2 <= y1 else
+                   f"reaches ({x1:g}, {y1:g})-({x2:g}, {y2:g}), outside the image {file.name} ({size[0]}x{size[1]})")
+            hint = (f"; as {BOX_FORMATS[other]} every box of this row fits: set task.box_format: {other}"
+                    if all(_fits(_corners(v, other), size) for v in numbers) else "")
+            shown = "[" + ", ".join(f"{v:g}" for v in values) + "]"
+            raise DataError(f"{where}: box {k} {shown} read as {BOX_FORMATS[box_format]} "
+                            f"(task.box_format: {box_format}) {why}{hint}")
+        name = "" if category is None else str(category).strip()
+        if not name:
+            raise DataError(f"{where}: box {k}: empty category")
+        x1, y1, x2, y2 = corners
+        out.append((max(0.0, x1), max(0.0, y1), min(float(size[0]), x2), min(float(size[1]), y2), name, f"{where}: box {k}"))
+    return out

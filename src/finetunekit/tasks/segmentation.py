@@ -308,14 +308,21 @@ class SegmentationTask(DenseTask):
     # -- construction
     @classmethod
     def reader(cls, options: dict[str, Any], image_root: str | None = None) -> Any:
-        """A list file of ``IMAGE MASK`` lines or a folder with images/ and masks/
-        (finetunekit.tasks.segmentation_data)."""
+        """A list file of ``IMAGE MASK`` lines or a folder with images/ and masks/, or in-memory
+        data with an image and a mask column (finetunekit.tasks.segmentation_data)."""
+        import functools
+
         from .segmentation_data import read_segmentation
 
-        return read_segmentation
+        return functools.partial(read_segmentation, image_root=image_root, image_column=options.get("image_column"),
+                                 mask_column=options.get("mask_column"))
 
     @classmethod
-    def find_layout(cls, path: Path) -> str | None:
+    def find_layout(cls, path: Any) -> str | None:
+        if hasattr(path, "table_rows"):  # an in-memory table (finetunekit.data.memory.MemoryTable)
+            from .segmentation_data import memory_layout
+
+            return memory_layout(path)
         if path.is_dir() and (path / "images").is_dir() and (path / "masks").is_dir():
             return "a folder with images/ and masks/"
         return None

@@ -239,9 +239,12 @@ class Predictor:
         # a task's own formats (segmentation's image/mask lists; detection's COCO, VOC, box tables,
         # a single-class table's class being the run's one class)
         single = self.classes if len(self.classes) == 1 else None
-        reader = task_reader(self.task.type, image_root=image_root, classes=single)
+        recorded = self._recipe_data()
+        mask_column = label_column if isinstance(label_column, str) and label_column != "label" else None
+        reader = task_reader(self.task.type, image_root=image_root, classes=single, box_format=self._recipe_task().get("box_format"),
+                             image_column=image_column or recorded.get("image_column"), mask_column=mask_column)
         if reader is not None:
-            examples = reader(str(data))
+            examples = reader(data if is_memory(data) else str(data))
         else:
             examples = read_examples(
                 data, self.kind, text_column, label_column, text_columns=columns, image_column=image_column,
@@ -260,12 +263,19 @@ class Predictor:
 
     def _recipe_data(self) -> dict[str, Any]:
         """The data section of the run's recipe.yaml ({} without one)."""
+        return self._recipe_section("data")
+
+    def _recipe_task(self) -> dict[str, Any]:
+        """The task section of the run's recipe.yaml ({} without one)."""
+        return self._recipe_section("task")
+
+    def _recipe_section(self, name: str) -> dict[str, Any]:
         import yaml
 
         recipe = self.run_dir / "recipe.yaml"
         if not recipe.is_file():
             return {}
-        return (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data") or {}
+        return (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get(name) or {}
 
 
 def load(run_dir: str | Path, device: str | None = None, precision: str | None = None) -> Predictor:
