@@ -54,10 +54,17 @@ def recipe_reads(recipe) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import time
     from pathlib import Path
 
+    from .core.timing import PhaseTimer, process_age
+
+    importing = time.perf_counter()
     from .run.recipe import Recipe
-    from .run.trainer import train
+    from .run.trainer import STARTUP, train
+
+    timer = PhaseTimer()  # the interpreter's start and the imports, then the run's own phases
+    timer.add(STARTUP, process_age() or time.perf_counter() - importing, time.process_time())
 
     reasons = None
     if args.recipe and Path(args.recipe).suffix.lower() in (".yaml", ".yml") and _is_retrieval(args.recipe):
@@ -79,7 +86,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FinetuneError("--resume needs --output RUN_DIR: the run directory to continue")
     if args.output:
         check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=not args.resume, own_run=True)
-    result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
+    result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, timer=timer)
+    if args.verbose:
+        from .core.timing import format_phases
+
+        print(f"where the time went ({result.run_dir / 'timings.json'}):\n"
+              + format_phases(result.timings, process_age() or sum(result.timings.values()), timer.cpu_dict()), flush=True)
     if reasons is not None:
         from .run.artifacts import atomic_write_text
 
@@ -423,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its newest checkpoint (starts it when there is none yet)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--verbose", "-v", action="store_true", help="at the end, the seconds each phase took (also in RUN_DIR/timings.json)")
 
     p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint, with its own recipe.yaml")
     p.add_argument("run_dir")
