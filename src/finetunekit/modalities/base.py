@@ -84,6 +84,9 @@ class Modality:
     # the report: at most this many errors shown, as a picture gallery or a text table
     report_errors: ClassVar[int] = 50
     explained_errors: ClassVar[int] = 50
+    # whether the report written at the end of training explains the errors; False where that costs
+    # many model passes per example, which the user would wait for (`finetunekit report` adds them)
+    explain_after_training: ClassVar[bool] = True
     input_view: ClassVar[str] = "table"  # "gallery" (report/html.image_tile) or "table"
     explanation_note: ClassVar[str] = ""
     # the model card's Hugging Face dataset type and its example input

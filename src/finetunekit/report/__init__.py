@@ -166,6 +166,9 @@ def _errors(run: RunData, explanations: dict[int, str]) -> str:
     intro = f'<p class="note">{total} of {len(run.predictions)} validation examples are misclassified'
     intro += f"; the {len(errors)} most confident mistakes:</p>" if errors else ".</p>"
     explained = [r for r in errors if r.get("index") in explanations]
+    if errors and not explanations and not kind.explain_after_training:
+        intro += (f'<p class="note">To explain these errors: <code>finetunekit report {escape(str(run.run_dir))}</code> '
+                  "rewrites this page with them.</p>")
     if explained:
         intro += kind.explanation_note
         if len(explained) < len(errors):
