@@ -58,6 +58,8 @@ def refusal(modality: str, kind: str, strategy: str) -> str | None:
         return "strategy does not take this modality"
     if strat.needs_single_class and not task.single_class:
         return "strategy needs one class per example"
+    if strat.needs_decoder and not task.needs_decoder:
+        return "strategy needs an encoder-decoder"
     return None
 
 
@@ -68,7 +70,9 @@ def shipped(registry) -> list[str]:
     return [n for n in registry.names() if getattr(registry.get(n), "__module__", "").startswith("finetunekit.")]
 
 
-ALL = list(itertools.product(shipped(MODALITIES), shipped(TASKS), shipped(STRATEGIES)))
+# task types that write text train encoder-decoders: tests/test_seq2seq.py covers them with tiny ones
+GENERIC_TASKS = [t for t in shipped(TASKS) if not TASKS.get(t).needs_decoder]
+ALL = list(itertools.product(shipped(MODALITIES), GENERIC_TASKS, shipped(STRATEGIES)))
 VALID = [c for c in ALL if refusal(*c) is None]
 INVALID = [c for c in ALL if refusal(*c) is not None]
 
@@ -109,7 +113,7 @@ def params(combos):
 
 def test_the_matrix_is_taken_from_the_registries():
     assert {m for m, _, _ in ALL} == set(shipped(MODALITIES)) and {s for _, _, s in ALL} == set(shipped(STRATEGIES))
-    assert {t for _, t, _ in ALL} == set(shipped(TASKS))
+    assert {t for _, t, _ in ALL} == set(GENERIC_TASKS)
     missing = sorted(set(shipped(MODALITIES)) - set(TINY))
     assert not missing, f"give tests/test_contract_matrix.py TINY a tiny backbone and data for modality {missing}"
     assert len(ALL) == len(VALID) + len(INVALID) and VALID

@@ -30,16 +30,18 @@ from ..core.registry import Registry
 from .base import Backbone, check_layer_groups
 from .hf_audio import HFAudioBackbone, audio_model_type
 from .hf_backbone import HFTextBackbone
+from .seq2seq import Seq2SeqBackbone
 from .timm_backbone import TimmBackbone
+from .whisper_asr import WhisperSeq2SeqBackbone
 from .whisper_ct2 import WhisperEncoderBackbone
 
-__all__ = ["BACKBONE_KINDS", "SOURCES", "Backbone", "check_layer_groups", "create_backbone", "rebuild_backbone"]
+__all__ = ["BACKBONE_KINDS", "SOURCES", "Backbone", "Seq2SeqBackbone", "check_layer_groups", "create_backbone", "rebuild_backbone"]
 
 # source prefix -> factory(name, pretrained, pooling, image_size) -> Backbone
 SOURCES: Registry[Callable[..., Backbone]] = Registry("backbone source")
 # describe()["kind"] -> class that rebuilds the architecture from a run directory
 BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone, "whisper": WhisperEncoderBackbone,
-                                             "hf_audio": HFAudioBackbone}
+                                             "hf_audio": HFAudioBackbone, "whisper_seq2seq": WhisperSeq2SeqBackbone}
 
 # all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder; benchmarks/pooling.py measures
 # mean against CLS after fine-tuning (docs/benchmarks.md), and mean wins.

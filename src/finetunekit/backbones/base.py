@@ -58,6 +58,14 @@ class Backbone(nn.Module):
         They are frozen by default when fine-tuning a pretrained model (``strategy.train_token_embeddings``)."""
         return []
 
+    def as_seq2seq(self) -> Backbone:
+        """The encoder-decoder form of this backbone, for tasks that generate text
+        (:class:`finetunekit.backbones.seq2seq.Seq2SeqBackbone`); an encoder alone has none."""
+        raise FinetuneError(
+            f"model.backbone: a {self.modality} {self.kind} backbone is an encoder without a decoder; generating text "
+            "needs an encoder-decoder (bundled:whisper_tiny_en, bundled:whisper_base, whisper:<folder> for speech)"
+        )
+
     def preprocessing(self) -> dict[str, Any]:
         """JSON-serialisable description of the input pipeline (image sizes and norms, text length)."""
         raise NotImplementedError

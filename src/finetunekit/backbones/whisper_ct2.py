@@ -476,6 +476,7 @@ class WhisperEncoderBackbone(Backbone):
 
         config = WhisperConfig.from_pretrained(directory)
         backbone = cls(_encoder(config), WhisperFeatureExtractor.from_pretrained(directory), config)
+        backbone.source = (Path(directory), pretrained)
         if pretrained:
             from safetensors import safe_open
 
@@ -484,6 +485,16 @@ class WhisperEncoderBackbone(Backbone):
                 state = {k[len(prefix) :]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
             backbone.encoder.load_state_dict(state)
         return backbone
+
+    def as_seq2seq(self) -> Backbone:
+        """The whole Whisper (encoder and decoder) this encoder came from, for speech recognition."""
+        from .whisper_asr import WhisperSeq2SeqBackbone
+
+        source = getattr(self, "source", None)
+        if source is None or not (source[0] / "model.safetensors").is_file() and source[1]:
+            raise FinetuneError("this Whisper encoder was rebuilt from a run directory without its decoder; "
+                                "start speech recognition from bundled:whisper_tiny_en, bundled:whisper_base or whisper:<folder>")
+        return WhisperSeq2SeqBackbone.from_converted(*source)
 
     # inputs ------------------------------------------------------------------------------------
 
@@ -522,34 +533,7 @@ class WhisperEncoderBackbone(Backbone):
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states ``(B, P, d_model)`` over the clips' own positions (``P = ceil(T / 2)``) and
         the position mask ``(B, P)``."""
-        enc = self.encoder
-        x = batch["input_features"].to(enc.conv1.weight.dtype)
-        if x.shape[-1] > self.max_frames:
-            raise FinetuneError(f"{x.shape[-1]} mel frames exceed Whisper's {self.max_frames}")
-        x = nn.functional.gelu(enc.conv1(x))
-        frame_mask = batch.get("frame_mask")
-        if frame_mask is not None:
-            # zero the first convolution's output past each clip's end, so the strided second one
-            # sees there what it sees at the end of the clip alone: features do not depend on the batch
-            x = x * frame_mask[:, None, :].to(x.dtype)
-        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
-        positions = x.shape[1]
-        hidden = x + enc.embed_positions.weight[:positions]
-        hidden = nn.functional.dropout(hidden, p=enc.dropout, training=self.training)
-        if frame_mask is None:
-            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        else:
-            mask = frame_mask[:, ::2].to(device=hidden.device, dtype=torch.bool)[:, :positions]
-        attn = None
-        if not bool(mask.all()):
-            attn = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
-            attn = attn.masked_fill(~mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
-        # transformers 4.x encoder layers also take a (required) head mask and return a tuple
-        extra = {"layer_head_mask": None} if "layer_head_mask" in inspect.signature(enc.layers[0].forward).parameters else {}
-        for layer in enc.layers:
-            hidden = layer(hidden, attn, **extra)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return enc.layer_norm(hidden), mask
+        return encode_own_frames(self.encoder, batch, self.max_frames, self.training)
 
     def forward_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden, mask = self.encode(batch)
@@ -591,6 +575,39 @@ class WhisperEncoderBackbone(Backbone):
     @classmethod
     def from_description(cls, description: dict[str, Any], assets: Path) -> WhisperEncoderBackbone:
         return cls.from_converted(assets, pretrained=False)
+
+
+def encode_own_frames(enc: nn.Module, batch: dict[str, torch.Tensor], max_frames: int, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states ``(B, P, d_model)`` over the clips' own positions (``P = ceil(T / 2)``) and
+    the position mask ``(B, P)``: Whisper's encoder ``enc`` on the clips' own frames (see
+    :class:`WhisperEncoderBackbone`)."""
+    x = batch["input_features"].to(enc.conv1.weight.dtype)
+    if x.shape[-1] > max_frames:
+        raise FinetuneError(f"{x.shape[-1]} mel frames exceed Whisper's {max_frames}")
+    x = nn.functional.gelu(enc.conv1(x))
+    frame_mask = batch.get("frame_mask")
+    if frame_mask is not None:
+        # zero the first convolution's output past each clip's end, so the strided second one
+        # sees there what it sees at the end of the clip alone: features do not depend on the batch
+        x = x * frame_mask[:, None, :].to(x.dtype)
+    x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+    positions = x.shape[1]
+    hidden = x + enc.embed_positions.weight[:positions]
+    hidden = nn.functional.dropout(hidden, p=enc.dropout, training=training)
+    if frame_mask is None:
+        mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+    else:
+        mask = frame_mask[:, ::2].to(device=hidden.device, dtype=torch.bool)[:, :positions]
+    attn = None
+    if not bool(mask.all()):
+        attn = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
+        attn = attn.masked_fill(~mask, torch.finfo(hidden.dtype).min)[:, None, None, :]
+    # transformers 4.x encoder layers also take a (required) head mask and return a tuple
+    extra = {"layer_head_mask": None} if "layer_head_mask" in inspect.signature(enc.layers[0].forward).parameters else {}
+    for layer in enc.layers:
+        hidden = layer(hidden, attn, **extra)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return enc.layer_norm(hidden), mask
 
 
 def _encoder(config: Any) -> nn.Module:

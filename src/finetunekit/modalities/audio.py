@@ -169,13 +169,17 @@ def clip_features(backbone: Any, wave: np.ndarray, clip_samples: int, preset: di
     2.0 / HuBERT: ``input_values`` (samples,) and ``attention_mask``; AST: ``input_values``
     (frames, mel bins)), one example's tensors without the batch axis. With a preset and ``rng``,
     augmented: a random crop of a longer clip, background noise, time shift, gain, and SpecAugment
-    on log-mel features."""
+    on log-mel features. ``clip_samples`` 0: the clip whole, at its own length (no crop, noise or
+    time shift, which would cut or cover words of a transcript's clip; gain and SpecAugment only)."""
     import torch
 
     from ..data.audio import fit_length, gain, mix_noise, spec_augment, time_shift
 
     preset = preset or {}
-    if rng is not None and preset:
+    if clip_samples <= 0:
+        if rng is not None and preset:
+            wave = gain(wave, rng, -preset["gain_db"], preset["gain_db"])
+    elif rng is not None and preset:
         wave = fit_length(wave, clip_samples, "random", rng)
         noises = preset.get("noises")
         if noises and rng.random() < preset.get("noise_probability", 1.0):
@@ -227,6 +231,7 @@ class Audio(FileInputs, Modality):
     backbone_needs = ("featurize", "sampling_rate")
     augments = True
     mixes_noise = True
+    seq2seq_backbones = True  # Whisper: bundled:whisper_tiny_en, bundled:whisper_base, whisper:<folder>
     # Chosen by measurement on Speech Commands V2-12 (benchmarks/audio.py, docs/audio.md): full
     # fine-tuning of Whisper tiny.en for 4 epochs reached 0.981 test accuracy against 0.932 for the
     # linear probe on its features (0.946 on Whisper base's), in about 5 minutes on two CPU cores.
@@ -326,6 +331,9 @@ class Audio(FileInputs, Modality):
                       max_length: int, task: Any = None, crop_scale: float = 0.25) -> Any:
         """Training (``train=True``) sets ``preprocessing["clip_seconds"]`` from its clips when the
         preprocessing has none yet; the run saves that preprocessing, so predict fits inputs alike."""
+        if getattr(task, "whole_inputs", False):  # a transcript covers the whole clip: each at its own length
+            preprocessing["clip_seconds"] = None
+            return AudioDataset(examples.inputs, label_ids, backbone, 0, augment if train else "none")
         if "clip_seconds" not in preprocessing:
             preprocessing["clip_seconds"] = clip_seconds_of(examples.inputs, float(preprocessing.get("max_seconds", 30.0)))
         clip = int(round(float(preprocessing["clip_seconds"]) * int(backbone.sampling_rate)))
@@ -338,7 +346,8 @@ class Audio(FileInputs, Modality):
 
         backbone = predictor.model.backbone
         rate = int(backbone.sampling_rate)
-        clip = int(round(float(predictor.preprocessing.get("clip_seconds", 1.0)) * rate))
+        seconds = predictor.preprocessing.get("clip_seconds", 1.0)
+        clip = 0 if seconds is None else int(round(float(seconds) * rate))  # None: each clip whole (seq2seq)
         waves = [resample(*(self.load_item(item) if isinstance(item, (str, Path)) else item), rate) for item in items]
         return collate_features([clip_features(backbone, w, clip) for w in waves])
 
@@ -379,6 +388,26 @@ class Audio(FileInputs, Modality):
         if not long:
             return None
         return Examples(parts, None, examples.source, self.name), np.asarray(owner), spans
+
+    def long_inputs(self, inputs: Sequence[Any], max_seconds: float) -> dict[int, list[Any]]:
+        """Files longer than ``max_seconds`` (from their headers), cut into consecutive windows of
+        ``max_seconds`` (the last one shorter), each ``(samples, sample_rate)``."""
+        import soundfile as sf
+
+        from ..data.audio import windows
+
+        out: dict[int, list[Any]] = {}
+        if max_seconds <= 0:
+            return out
+        for i, path in enumerate(inputs):
+            try:
+                info = sf.info(str(path))
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                continue  # an unreadable file fails with its own message when it is read
+            if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
+                wave, rate = self.load_item(path)
+                out[i] = [(piece, rate) for _, piece in windows(wave, int(max_seconds * rate))]
+        return out
 
     def load_item(self, item: Any) -> Any:
         """A file -> ``(samples, sample_rate)``, float32 mono at the file's own rate."""

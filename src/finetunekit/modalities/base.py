@@ -62,6 +62,11 @@ class Modality:
     # dense task types (Task.dense: segmentation, detection) read; the resolve step refuses a dense
     # task on a modality without them
     feature_maps: ClassVar[bool] = False
+    # encoder-decoder backbones read it (Whisper for audio, translation models for text): task
+    # types that write text (Task.needs_decoder) can train on it
+    seq2seq_backbones: ClassVar[bool] = False
+    # batch prediction decodes its inputs in threads ahead of the model (Predictor.image_tensor)
+    threaded_images: ClassVar[bool] = False
     # training defaults for the recipe fields left as None (finetunekit.run.defaults), the default
     # strategy, and per-strategy changes to those defaults
     default_strategy: ClassVar[str]
@@ -147,6 +152,12 @@ class Modality:
     def item_sizes(self, items: Sequence[Any]) -> list[Any] | None:
         """Each in-memory input's own size, where a dense task's outputs go back to (images)."""
         return None
+
+    def long_inputs(self, inputs: Sequence[Any], max_seconds: float) -> dict[int, list[Any]]:
+        """Inputs too long for the backbone's window, cut into windows (as :meth:`encode` takes
+        them), by input index: a task that reads each input whole (``Task.whole_inputs``)
+        predicts each window and joins the answers. Default: none is too long."""
+        return {}
 
     def load_item(self, item: Any) -> Any:
         """An input as predict takes it (a path, a text) -> as :meth:`encode` takes it (a PIL image)."""

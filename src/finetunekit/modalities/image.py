@@ -24,6 +24,7 @@ class Image(FileInputs, Modality):
     file_noun = "image"
     file_kind = "image"
     name = "image"
+    threaded_images = True  # batch prediction decodes images in threads ahead of the model
     column_guesses = IMAGE_COLUMN_GUESSES
     file_extensions = frozenset(IMAGE_EXTENSIONS)
     request_field = "images"

@@ -41,6 +41,7 @@ SAMPLE_PAIRS = [
 @MODALITIES.register("text")
 class Text(Modality):
     name = "text"
+    seq2seq_backbones = True  # encoder-decoders (translation) read text: the seq2seq task trains them
     column_guesses = TEXT_COLUMN_GUESSES
     request_field = "texts"
     backbone_needs = ("tokenize", "pad_token_id")

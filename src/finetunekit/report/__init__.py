@@ -362,6 +362,48 @@ def _per_task(run: RunData) -> str:
     return html.section("per-task", "Per-task metrics", body)
 
 
+# -- text outputs (seq2seq) -----------------------------------------------------------------------
+
+
+def word_diff(reference: str, hypothesis: str) -> str:
+    """The hypothesis against the reference word by word, as HTML: words the model missed or got
+    wrong struck through (<del>), words it wrote instead underlined (<ins>)."""
+    import difflib
+
+    ref, hyp = reference.split(), hypothesis.split()
+    parts: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=ref, b=hyp, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(escape(" ".join(ref[i1:i2])))
+            continue
+        if i2 > i1:
+            parts.append(f"<del>{escape(' '.join(ref[i1:i2]))}</del>")
+        if j2 > j1:
+            parts.append(f"<ins>{escape(' '.join(hyp[j1:j2]))}</ins>")
+    return " ".join(parts)
+
+
+def _text_errors(run: RunData) -> str:
+    """The examples with the most word errors (or the lowest sentence BLEU), each with its
+    word-level differences."""
+    rows = [r for r in run.predictions if r.get("label") is not None]
+    if not rows:
+        return html.section("text-errors", "Worst examples", f'<p class="note">The run has no {artifacts.PREDICTIONS_FILE}.</p>')
+    graded = "word_errors" in rows[0]
+    wrong = [r for r in rows if not r.get("correct")]
+    order = sorted(wrong, key=lambda r: (-r["word_errors"], -r.get("words", 0)) if graded else (r.get("sentence_bleu", 0.0),))
+    shown = order[: modality_of(run.modality).report_errors]
+    intro = f'<p class="note">{len(wrong)} of {len(rows)} validation examples differ from their reference'
+    intro += (f"; the {len(shown)} with the most word errors. <del>struck</del>: reference words missed or replaced; "
+              "<ins>underlined</ins>: words written instead (compared after the run's text normalisation for the counts, "
+              "as written here).</p>" if shown else ".</p>")
+    table = [[_text(r["input"]), r["label"], r["predicted"], html.Markup(word_diff(str(r["label"]), str(r["predicted"]))),
+              r["word_errors"] if graded else f"{r.get('sentence_bleu', 0.0):.1f}"] for r in shown]
+    body = intro + (html.table(["input", "reference", "written", "differences", "word errors" if graded else "sentence BLEU"], table)
+                    if table else "")
+    return html.section("text-errors", "Worst examples", body)
+
+
 # The sections a task's view names (ReportView.sections), in the order it names them; a task type
 # added outside the package may register renderers of its own here.
 SECTIONS: dict[str, Callable[[RunData, dict[int, str]], str]] = {
@@ -379,6 +421,7 @@ SECTIONS: dict[str, Callable[[RunData, dict[int, str]], str]] = {
     "per_class_ap": lambda run, _: _per_class_ap(run),
     "worst_detections": lambda run, _: _worst_detections(run),
     "per_task": lambda run, _: _per_task(run),
+    "text_errors": lambda run, _: _text_errors(run),
 }
 
 

@@ -41,6 +41,11 @@ class FineTuneModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], return_features: bool = False):
         """The head's outputs; with ``return_features``, ``(logits, features)`` for losses on the features
         (distillation) from the same pass, through the wrapper a distributed run syncs on."""
+        if getattr(self.head, "takes_batch", False):
+            # a head that drives the backbone itself (a seq2seq task's decoder: teacher forcing
+            # from the batch's targets, or generation); it has no pooled features to give
+            outputs = self.head(self.backbone, batch)
+            return (outputs, None) if return_features else outputs
         features = self.features(batch)
         logits = self.head(features)
         return (logits, features) if return_features else logits

@@ -132,6 +132,10 @@ def check_combination(modality: str, kind: str, strategy: str, backbone: str = "
             f"task.type: {kind} needs {' or '.join(f'an {n}' if n[0] in 'aeiou' else f'a {n}' for n in able) or 'a'} "
             f"backbone with feature maps; {backbone} is a {modality} backbone"
         )
+    if task.needs_decoder and not modality_of(modality).seq2seq_backbones:
+        able = [name for name in MODALITIES.names() if modality_of(name).seq2seq_backbones]
+        raise RecipeError(f"task.type: {kind} writes text with an encoder-decoder, which {' and '.join(able)} backbones have; "
+                          f"{backbone} is a {modality} backbone")
     STRATEGIES.get(strategy).check_plan(strategy, modality, task)
 
 

@@ -344,7 +344,8 @@ def _plan(recipe: Recipe, quiet: bool = False, timer: PhaseTimer | None = None) 
     main = int(os.environ.get("RANK", "0")) == 0  # what was inferred is said once, by the main process
     say = (lambda message: print(message, flush=True)) if main and not quiet else None
     with timer.phase("read and check data"):
-        return backbone, resolve(recipe, backbone.modality, say)
+        plan = resolve(recipe, backbone.modality, say)
+    return plan.task.backbone_for(backbone), plan
 
 
 def _build(plan: Plan, backbone: Any, accelerator: Any, run_dir: Path) -> _Run:

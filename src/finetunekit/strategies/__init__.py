@@ -90,6 +90,12 @@ class Strategy:
     needs_single_class: ClassVar[bool] = False
     # the modalities (by registered name) whose backbones it can train; None: every modality
     modalities: ClassVar[frozenset[str] | None] = None
+    # True: it works on the encoder/decoder split of an encoder-decoder backbone, so only task
+    # types that train one (Task.needs_decoder) can use it
+    needs_decoder: ClassVar[bool] = False
+    # True: no backbone parameter ever trains; a task type that writes text (Task.needs_decoder)
+    # cannot use it, since its decoder is part of the backbone
+    frozen_backbone: ClassVar[bool] = False
 
     # -- options -------------------------------------------------------------------------------
     @classmethod
@@ -109,6 +115,16 @@ class Strategy:
             raise RecipeError(
                 f"strategy.name: {name}: is for {' or '.join(sorted(cls.modalities))} backbones, and this is a "
                 f"{modality} backbone; choose another strategy"
+            )
+        if cls.needs_decoder and not getattr(task, "needs_decoder", False):
+            raise RecipeError(
+                f"strategy.name: {name} splits an encoder-decoder into its encoder and decoder, and a {task.type} task "
+                "trains an encoder; choose another strategy"
+            )
+        if cls.frozen_backbone and getattr(task, "needs_decoder", False):
+            raise RecipeError(
+                f"strategy.name: {name} freezes the whole backbone, and a {task.type} model's decoder is part of it; "
+                "choose full, frozen_encoder or lora"
             )
         if cls.needs_single_class and not task.single_class:
             raise RecipeError(
@@ -298,6 +314,8 @@ class Full(Strategy):
 class LinearProbe(Strategy):
     """The backbone is a frozen feature extractor (BatchNorm statistics included)."""
 
+    frozen_backbone = True
+
     def trainable_groups(self, model: nn.Module) -> set[int]:
         return set()
 
@@ -319,6 +337,17 @@ class LastN(Strategy):
     def trainable_groups(self, model: nn.Module) -> set[int]:
         n = len(model.backbone.layer_groups())
         return set(range(max(0, n - self.spec.last_n), n))
+
+
+@STRATEGIES.register("frozen_encoder")
+class FrozenEncoder(Strategy):
+    """An encoder-decoder's encoder stays as pretrained; the decoder trains (a common Whisper recipe)."""
+
+    needs_decoder = True
+
+    def trainable_groups(self, model: nn.Module) -> set[int]:
+        n = len(model.backbone.layer_groups())
+        return set(range(model.backbone.encoder_groups(), n))
 
 
 # -- the recipe's strategy: section, from every strategy's options ---------------------------------

@@ -8,7 +8,10 @@ Default targets (``strategy.lora_targets: null``), found by layer type so one ru
 backbone: every ``nn.Linear`` and every 1x1 ungrouped ``nn.Conv2d`` whose smaller side is wider
 than the rank. That is query/key/value/dense in BERT-family encoders, qkv/proj/fc1/fc2 in timm
 ViTs, and the pointwise (expand, project, head) convolutions of EfficientNet and other conv nets;
-depthwise and spatial convolutions, embeddings and norms stay as they are. A target list names
+depthwise and spatial convolutions, embeddings and norms stay as they are. An encoder-decoder
+(``finetunekit.backbones.seq2seq.Seq2SeqBackbone``) defaults to its attention projections
+(``attention_projections()``: Whisper's q/k/v/out projections of self- and cross-attention), not
+every Linear, which would include the vocabulary-wide output layer. A target list names
 modules by their name or a dotted suffix of it (``query``, ``attn.qkv``,
 ``blocks.6.0.conv_pwl``), relative to the timm / transformers model.
 
@@ -129,7 +132,12 @@ def resolve_targets(root: nn.Module, wanted: list[str] | None, rank: int) -> lis
 
 def plan(backbone: nn.Module, spec: Any) -> dict[str, Any]:
     """The adapter description saved in ``finetunekit.json``: everything that rebuilds it."""
-    targets = resolve_targets(adapted_root(backbone), spec.lora_targets, spec.lora_rank)
+    wanted = spec.lora_targets
+    if wanted is None and hasattr(backbone, "attention_projections"):
+        # an encoder-decoder's default: its attention projections (every Linear would include
+        # the vocabulary-wide output layer)
+        wanted = backbone.attention_projections()
+    targets = resolve_targets(adapted_root(backbone), wanted, spec.lora_rank)
     return {"kind": "lora", "targets": targets, "rank": int(spec.lora_rank), "alpha": float(spec.lora_alpha),
             "dropout": float(spec.lora_dropout), "directory": ADAPTER_DIR}
 

@@ -88,6 +88,13 @@ class Task:
     # exported outputs need more (the exp of a Poisson rate) sets False and exports to ONNX only,
     # which traces export_outputs itself
     head_folds_outputs: ClassVar[bool] = True
+    # each input is read whole, never cropped or padded to one length (a transcript covers the
+    # whole clip); modalities that fit inputs to one size ask this
+    whole_inputs: ClassVar[bool] = False
+    # the model writes text: it trains an encoder-decoder backbone (Backbone.as_seq2seq), on a
+    # modality that has them (Modality.seq2seq_backbones); its contract tests need tiny
+    # encoder-decoders (tests/test_seq2seq.py), not the encoders of the generic task tests
+    needs_decoder: ClassVar[bool] = False
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -194,6 +201,11 @@ class Task:
         from .heads import LinearHead
 
         return LinearHead(in_features, self.output_size, dropout)
+
+    def backbone_for(self, backbone: Any) -> Any:
+        """The form of ``backbone`` this task trains (the trainer asks once the task is known):
+        itself here; a task that writes text asks for its encoder-decoder (``as_seq2seq``)."""
+        return backbone
 
     def head_for(self, backbone: Any, dropout: float = 0.0) -> nn.Module:
         """The head for ``backbone`` (trainer and loader build it through this): on its pooled
@@ -305,6 +317,11 @@ class Task:
         run directory (dense tasks: pictures of the worst validation images, ground truth beside
         prediction, which the report shows); the trainer writes them atomically."""
         return {}
+
+    def join_windows(self, rows: np.ndarray) -> np.ndarray:
+        """One input's scores from those of its consecutive windows (:attr:`whole_inputs` tasks:
+        a long recording predicted window by window)."""
+        raise NotImplementedError(f"a {self.type} task does not join windows")
 
     def to_input_frame(self, scores: np.ndarray, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
         """Scores moved from the network's input to each input's own frame (``sizes``: (width,

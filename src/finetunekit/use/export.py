@@ -79,6 +79,8 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
     from .predict import Predictor
 
     predictor = Predictor(run_dir, device="cpu")
+    if predictor.task.needs_decoder:  # the model writes text: its library form is a generating model
+        return _export_seq2seq(predictor, run_dir, fmt, target)
     if fmt != "onnx" and predictor.task.dense:
         raise FinetuneError(f"export {fmt}: {run_dir} is a {predictor.task.type} run, whose head has no {fmt} form; export it with --format onnx")
     if fmt != "onnx" and not predictor.task.head_folds_outputs:
@@ -113,6 +115,61 @@ def _export(run_dir: Path, fmt: str, target: Path, tolerance: float) -> ExportRe
     artifacts.atomic_replace_dir(target, fill)
     files = sorted(p.name for p in target.iterdir())
     return ExportResult(fmt, target, files, float(result["max_abs_diff"]), int(result["examples"]), result)
+
+
+# -- text-writing models (seq2seq) -----------------------------------------------------------------
+
+
+def _export_seq2seq(predictor, run_dir: Path, fmt: str, target: Path) -> ExportResult:
+    """``hf``: the encoder-decoder as transformers saves it, with its tokenizer, processor and a
+    generation config that decodes as the run does; checked by loading it into
+    ``transformers.pipeline(<the backbone's pipeline task>)`` and transcribing (translating) the
+    run's validation inputs: every text must equal finetunekit's, or nothing is written."""
+    from ..strategies import merge_added
+
+    if fmt != "hf":
+        raise FinetuneError(
+            f"export {fmt}: {run_dir} writes text (a seq2seq run); export it with --format hf. ONNX would need the "
+            "encoder, the decoder with its key/value cache and the search loop exported separately (optimum's "
+            "seq2seq export), which finetunekit does not do (docs/seq2seq.md)"
+        )
+    merge_added(predictor.model)
+    backbone, task = predictor.model.backbone, predictor.task
+    saved = [r["input"] for r in artifacts.read_jsonl(predictor.run_dir / artifacts.PREDICTIONS_FILE)]
+    inputs = predictor.kind.export_samples(saved, predictor.schema, 8)
+    if not inputs:
+        raise FinetuneError(f"export hf: the run's validation inputs ({artifacts.PREDICTIONS_FILE}) are gone; the parity check needs them")
+    expected = predictor.predict(list(inputs))
+    result: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
+        from transformers import pipeline
+
+        with _quiet_transformers():
+            backbone.save_transformers(tmp, task.num_beams, task.length_penalty, int(task.max_new_tokens))
+            loaded = pipeline(backbone.pipeline_task, model=str(tmp), device="cpu")
+            answers = loaded(backbone.pipeline_inputs(list(inputs)), batch_size=4)
+        got = [str(a["text"] if isinstance(a, dict) else a[0]["translation_text"]).strip() for a in answers]
+        mismatches = sum(a != b for a, b in zip(expected, got, strict=True))
+        if mismatches:
+            first = next(i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b)
+            hint = (" (the pipeline pads clips to Whisper's window and this run encodes each clip on its own frames: "
+                    "train with task.pad_to_window: true for an exact export)" if backbone.preprocessing().get("frames") == "own" else "")
+            raise FinetuneError(f"export hf: the pipeline's texts differ from finetunekit's on {mismatches} of {len(got)} "
+                                f"validation inputs (first: {inputs[first]}: {got[first]!r} against {expected[first]!r}){hint}")
+        result.update({"max_abs_diff": 0.0, "label_mismatches": 0, "examples": len(got), "pipeline": backbone.pipeline_task,
+                       "texts_equal": len(got)})
+        artifacts.atomic_write_json(tmp / "export.json", {"format": fmt, "run_dir": str(run_dir), **result})
+        d = str(target)
+        write_export_card(run_dir, tmp, LIBRARIES[fmt], [
+            "```python", "from transformers import pipeline", f'asr = pipeline("{backbone.pipeline_task}", model="{d}")',
+            'print(asr("clip.wav")["text"])', "```"])
+
+    if target.exists() and target.is_file():
+        target.unlink()
+    artifacts.atomic_replace_dir(target, fill)
+    files = sorted(p.name for p in target.iterdir())
+    return ExportResult(fmt, target, files, 0.0, int(result["examples"]), result)
 
 
 # -- sample inputs ---------------------------------------------------------------------------------

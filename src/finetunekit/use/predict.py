@@ -85,6 +85,10 @@ class Predictor:
         examples = self._examples(inputs)
         if len(examples) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
+        if self.task.whole_inputs:  # a long recording: window by window, the answers joined
+            long = self.kind.long_inputs(examples.inputs, float(self.preprocessing.get("max_seconds") or 0))
+            if long:
+                return self._with_windows(examples, long, batch_size)
         scores = self._scores_and_windows(examples, batch_size)[0]
         if self.task.dense:  # detection: boxes back in each image's own pixels
             scores = self.task.to_input_frame(scores, [image_size(p, self.preprocessing.get("max_image_pixels")) for p in examples.inputs])
@@ -94,7 +98,8 @@ class Predictor:
         """The scores of ``examples``; an input the modality cuts into parts (a long audio file:
         windows) scores as the mean of its parts' scores, and each part's own answer and span come
         back too (None when nothing was cut)."""
-        plan = self.kind.windows(self.preprocessing, examples)
+        # a task that reads each input whole (a transcript) windows it its own way (_with_windows)
+        plan = None if self.task.whole_inputs else self.kind.windows(self.preprocessing, examples)
         if plan is None:
             return self._scores(examples, None, batch_size)[0], None
         parts, owner, spans = plan
@@ -105,6 +110,24 @@ class Predictor:
         for i, (start, end), answer in zip(owner, spans, answers, strict=True):
             windows[int(i)].append({"start": round(start, 3), "end": round(end, 3), **answer})
         return scores, windows
+
+    def _with_windows(self, examples: Examples, long: dict[int, list[Any]], batch_size: int | None) -> np.ndarray:
+        """Scores of ``examples`` whose inputs ``long`` (by index) are cut into windows: those
+        predicted window by window and joined by the task, the others as usual; rows padded to one width."""
+        short = [i for i in range(len(examples)) if i not in long]
+        rows: dict[int, np.ndarray] = {}
+        if short:
+            scores = self._scores(examples.subset(short), None, batch_size)[0]
+            rows.update({i: scores[k] for k, i in enumerate(short)})
+        size = batch_size or self.batch_size
+        for i, pieces in long.items():
+            parts = [self.predict_items(pieces[k : k + size]) for k in range(0, len(pieces), size)]
+            rows[i] = self.task.join_windows(np.concatenate(parts))
+        width = max(len(r) for r in rows.values())
+        out = np.full((len(examples), width), -1.0, dtype=np.float32)
+        for i, row in rows.items():
+            out[i, : len(row)] = row
+        return out
 
     def set_options(self, score_threshold: float | None = None, nms_iou: float | None = None) -> Predictor:
         """Detection: report detections scoring ``score_threshold`` or more, and let non-maximum
@@ -208,7 +231,7 @@ class Predictor:
     def records(self, inputs: list[Any] | Examples) -> list[dict[str, Any]]:
         """Per input ``{"json": ..., "line": ...}``: the prediction and its scores as ``predict --json``
         prints them, and as its plain-text line (without the input)."""
-        if self.task.dense:  # boxes and masks in each image's own pixels
+        if self.task.dense or self.task.whole_inputs:  # boxes and masks in each image's own pixels; transcripts
             return self.task.output_records(self.predict_proba(inputs))
         examples = self._examples(inputs)
         if len(examples) == 0:

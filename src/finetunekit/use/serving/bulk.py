@@ -155,8 +155,8 @@ def predict_to_csv(
     from ``pair_columns`` (default: the run's data.text_columns)."""
     from tqdm.auto import tqdm
 
-    from ...data.pipeline import reader_threads
     from ...core.outputs import check_output
+    from ...data.pipeline import reader_threads
     from ..predict import load
 
     source, output = Path(source), Path(output)
@@ -194,7 +194,7 @@ def predict_to_csv(
     counts = {"total": total, "resumed": done, "predicted": 0, "errors": 0}
     bar = tqdm(total=total, initial=done, unit=predictor.modality, desc="predict", disable=quiet, dynamic_ncols=True)
     # files (images) are read and decoded in threads ahead of the model; texts are batched by length
-    pool = ThreadPoolExecutor(max_workers=reader_threads()) if predictor.kind.file_extensions else None
+    pool = ThreadPoolExecutor(max_workers=reader_threads()) if predictor.kind.threaded_images else None
     window = batch_size * (SORT_WINDOW if pool is None else 1)
     batches = 0
 
@@ -247,10 +247,20 @@ def _predict_chunk(
         problems = [problem or error for problem, (_, _, error) in zip(problems, loaded, strict=True)]
         good = [i for i, problem in enumerate(problems) if problem is None]
         scores = predictor.predict_pixels([loaded[i][0] for i in good], [loaded[i][1] for i in good])
-    else:  # texts (or pairs), already checked: batched by length over the window
+    else:  # texts (or pairs), already checked: batched by length over the window; audio files
         good = [i for i, problem in enumerate(problems) if problem is None]
-        examples = Examples([chunk[i][0] for i in good], None, "inputs", predictor.modality)
-        scores = predictor.predict_proba(examples, batch_size=batch_size)
+        try:
+            scores = predictor.predict_proba(Examples([chunk[i][0] for i in good], None, "inputs", predictor.modality),
+                                             batch_size=batch_size)
+        except DataError:  # an unreadable file: find it, one input at a time, and predict the others
+            for i in good:
+                try:
+                    predictor.kind.load_item(chunk[i][0])
+                except DataError as exc:
+                    problems[i] = str(exc)
+            good = [i for i, problem in enumerate(problems) if problem is None]
+            scores = predictor.predict_proba(Examples([chunk[i][0] for i in good], None, "inputs", predictor.modality),
+                                             batch_size=batch_size)
     answers = dict(zip(good, predictor.answers(scores), strict=True))
     rows = []
     for i, (item, _) in enumerate(chunk):
