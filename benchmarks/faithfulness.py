@@ -14,6 +14,12 @@ both shared data sets:
   token deletes it from the sequence ([CLS] and [SEP] stay). Fractions of the sentence's tokens:
   0, 10, 20, 30, 50 % (rounded, at least one token past 0).
 
+* Speech Commands (val, 396 one-second clips; ``--max-clips`` for the first N of each class in
+  turn): the audio default recipe's run (full fine-tuning of the bundled Whisper tiny.en), or any
+  audio run given with ``--audio-run``. Regions are the time-frequency patches the audio explainer
+  attributes (8 mel bands x 10 frames: 100 patches a clip); removing one sets it to the clip's
+  silence floor (the explainer's baseline). Fractions of the 100 patches: 0, 5, 10, 20, 30, 50 %.
+
 Random removal is averaged over 3 draws per example (seeded). Prints a table, writes
 benchmarks/results/faithfulness.json and docs/faithfulness.png::
 
@@ -157,6 +163,43 @@ def _deleted_probs(predictor, rows, removed, targets, pad: int) -> np.ndarray:
     return probs[np.arange(len(targets)), targets]
 
 
+def audio_curves(run: Path, data: Path, batch_size: int = 16, ig_steps: int = 16, max_clips: int | None = None) -> dict:
+    predictor = load(run, precision="fp32")
+    explainer = Explainer(predictor, ig_steps=ig_steps)
+    started = time.perf_counter()
+    examples = read_examples(data / "audio" / "speech_commands" / "val", "audio")
+    if max_clips is not None:  # the classes in turn (file order within each), so every class is in
+        by_class: dict[str, list[int]] = {}
+        for i, label in enumerate(examples.labels):
+            by_class.setdefault(label, []).append(i)
+        order = [i for rank in range(max(map(len, by_class.values()))) for c in sorted(by_class) if rank < len(by_class[c])
+                 for i in [by_class[c][rank]]]
+        examples = examples.subset(sorted(order[:max_clips]))
+    rng = np.random.default_rng(0)
+    top = {f: [] for f in IMAGE_FRACTIONS}
+    rand = {f: [] for f in IMAGE_FRACTIONS}
+    for start in range(0, len(examples), batch_size):
+        if start and start % (batch_size * 5) == 0:
+            print(f"clips: {start}/{len(examples)} in {time.perf_counter() - started:.0f} s", flush=True)
+        items = [predictor.kind.load_item(p) for p in examples.inputs[start : start + batch_size]]
+        batch = predictor.encode(items)
+        targets = predictor.forward_proba(batch).argmax(1)
+        patches = explainer.attributions(batch, targets.tolist()).numpy()  # (B, bands, steps)
+        cells = patches.shape[1] * patches.shape[2]
+        rows = np.arange(len(targets))
+        for fraction in IMAGE_FRACTIONS:
+            k = int(round(fraction * cells))
+            orders = [np.argsort(-p.ravel(), kind="stable")[:k] for p in patches]
+            top[fraction] += predictor.forward_proba(explainer.remove_patches(batch, orders))[rows, targets].tolist()
+            draws = [predictor.forward_proba(explainer.remove_patches(batch, [rng.permutation(cells)[:k] for _ in patches]))[rows, targets]
+                     for _ in range(RANDOM_DRAWS)]
+            rand[fraction] += np.mean(draws, axis=0).tolist()
+    print(f"audio: {time.perf_counter() - started:.0f} s", flush=True)
+    name = "Speech Commands val" + (f" (first {len(examples)} clips, classes in turn)" if max_clips else "")
+    return _summary(f"{name} (integrated gradients over log-mel patches, Whisper tiny.en fine-tuned)", len(examples), top, rand,
+                    f"{patches.shape[1]}x{patches.shape[2]} patches")
+
+
 def _summary(name: str, n: int, top: dict, rand: dict, unit: str) -> dict:
     fractions = sorted(top)
     curve_top = [float(np.mean(top[f])) for f in fractions]
@@ -198,7 +241,9 @@ def main() -> None:
     parser.add_argument("--runs", default="/tmp/finetunekit-faithfulness-runs", help="where the two runs are trained (reused when there)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps for the texts")
-    parser.add_argument("--only", choices=["image", "text"], help="measure one data set (the other's result is kept)")
+    parser.add_argument("--only", choices=["image", "text", "audio"], help="measure one data set (the others' results are kept)")
+    parser.add_argument("--audio-run", help="the audio run to explain (default: the audio default recipe, trained into --runs)")
+    parser.add_argument("--max-clips", type=int, help="only N Speech Commands val clips, the classes in turn (default: all 396)")
     parser.add_argument("--max-texts", type=int, help="only the first N sentences of SST-2 dev (default: all 872)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "faithfulness.json",
                         help="the results file (read for the kept data set with --only, then written)")
@@ -206,7 +251,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, runs = Path(args.data), Path(args.runs)
     started = time.perf_counter()
-    image_run, text_run = train_runs(data, runs, args.only)
+    image_run, text_run = train_runs(data, runs, args.only) if args.only != "audio" else (None, None)
+    audio_run = Path(args.audio_run) if args.audio_run else runs / "speech-commands-default"
+    if args.only in (None, "audio") and not (audio_run / "model.safetensors").is_file():
+        import yaml
+
+        raw = yaml.safe_load((REPO / "examples" / "speech_commands.yaml").read_text())  # paths relative to the repository: set here
+        raw["data"].update({part: str(data / "audio" / "speech_commands" / part) for part in ("train", "val")})
+        train(Recipe.from_dict(raw), output=audio_run, overwrite=True, quiet=True)
     trained = time.perf_counter() - started
     out = args.out
     kept = {r["name"].split(" ")[0]: r for r in json.loads(out.read_text())["results"]} if out.is_file() else {}
@@ -214,7 +266,12 @@ def main() -> None:
         image_curves(image_run, data) if args.only in (None, "image") else kept["ants/bees"],
         text_curves(text_run, data, ig_steps=args.ig_steps, max_texts=args.max_texts) if args.only in (None, "text") else kept["SST-2"],
     ]
-    if args.only != "image":
+    if args.only in (None, "audio"):
+        results.append(audio_curves(audio_run, data, ig_steps=args.ig_steps, max_clips=args.max_clips))
+        results[-1]["ig_steps"] = args.ig_steps
+    elif "Speech" in kept:
+        results.append(kept["Speech"])
+    if args.only in (None, "text"):
         results[1]["ig_steps"] = args.ig_steps
     for r in results:
         print(f"\n{r['name']}: {r['examples']} examples")

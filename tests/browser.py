@@ -47,13 +47,14 @@ class PageResult:
 class Browser:
     """One headless Chromium process and one page target, driven over its DevTools websocket."""
 
-    def __init__(self, executable: str, width: int = 1280, height: int = 900, timeout: float = 30.0) -> None:
+    def __init__(self, executable: str, width: int = 1280, height: int = 900, timeout: float = 30.0,
+                 flags: tuple[str, ...] = ()) -> None:
         import websocket  # websocket-client
 
         self.profile = tempfile.mkdtemp(prefix="fk-chromium-")
         self.timeout = timeout
         self.process = subprocess.Popen(
-            [executable, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
+            [executable, *FLAGS, *flags, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
              f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )

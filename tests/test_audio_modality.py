@@ -199,5 +199,6 @@ def test_a_bad_clip_in_a_training_folder_stops_the_run_before_it_starts(audio_da
 def test_the_card_speaks_of_audio_clips(audio_run):
     card = (audio_run.run_dir / "README.md").read_text()
     assert "Sorting audio clips like those in the training data" in card
-    assert "--format onnx` writes an ONNX model" in card and "transformers directory" not in card
+    assert 'transformers directory that `transformers.pipeline("audio-classification")` loads' in card
+    assert "cuts a longer file into windows" in card and "Trained with time shifts and gain changes" in card
     assert "`clip_seconds` in `preprocessing.json`" in card

@@ -15,7 +15,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
 LAYERS: list[set[str]] = [
-    {"errors", "version", "stats"},  # stats: bootstrap intervals and paired tests, plain numpy
+    {"errors", "version", "stats", "timing"},  # stats: bootstrap intervals and paired tests, plain numpy; timing: phase timers
     {"registry", "runtime", "hf_modeling", "trackers", "safe_yaml", "outputs"},
     {"data"},  # readers (folders, tables, audio files), Examples, splits, transforms and batching
     # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
@@ -34,6 +34,9 @@ LAYERS: list[set[str]] = [
     {"checkpoint", "features", "card", "report", "loading"},
     {"predict"},
     {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors
+    # image-text retrieval: a dual encoder's own recipe, trainer (reading the feature cache), run
+    # directory, index and search; load() and the service dispatch to it
+    {"retrieval"},
     {"trainer", "export", "serving"},  # serving: the HTTP service and batch prediction
     {"demo", "tune", "selection"},  # tune: trials are training runs; selection scores backbones from features computed like the trainer's
     {"cli", "__init__"},  # the public surface: finetunekit.train / load / evaluate / Recipe

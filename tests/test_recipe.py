@@ -68,10 +68,17 @@ def test_yaml_errors_name_the_file(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
+    from finetunekit.backbones import SOURCES
+    from finetunekit.retrieval import RetrievalRecipe, is_retrieval_recipe
+
+    if is_retrieval_recipe(path):  # a dual encoder: its own recipe type, two towers
+        recipe = RetrievalRecipe.from_yaml(path)
+        assert recipe.data.train, f"{path} names no training data"
+        for tower in (recipe.model.image_backbone, recipe.model.text_backbone):
+            assert tower.split(":", 1)[0] in SOURCES
+        return
     recipe = Recipe.from_yaml(path)
     assert recipe.data.train, f"{path} names no training data"
-    from finetunekit.backbones import SOURCES
-
     assert recipe.model.backbone.split(":", 1)[0] in SOURCES
 
 

@@ -7,6 +7,7 @@ Example::
     result = finetunekit.train(recipe, output="runs/ants")
     model = finetunekit.load("runs/ants")
     model.predict(["ant.jpg"])
+    finetunekit.load("runs/flickr8k").embed_text(["a dog on a beach"])   # an image-text retrieval run
 
 Every entry point takes data as paths or as the tables users hold (a pandas DataFrame, a pyarrow
 Table, a ``datasets.Dataset`` / ``DatasetDict``), with the same names::
@@ -31,7 +32,7 @@ __all__ = ["Recipe", "__version__", "evaluate", "load", "select", "train", "tune
 if TYPE_CHECKING:
     from .choose.selection import select
     from .choose.tune import tune
-    from .use.predict import load
+    from .retrieval.api import load
     from .run.recipe import Recipe
     from .run.trainer import train
 
@@ -47,9 +48,15 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of a run directory's model on a labelled data set: a path, or a pandas DataFrame, a
     pyarrow Table, a ``datasets.Dataset`` or ``DatasetDict`` (see ``Predictor.evaluate``;
-    ``label_column`` None: the run's own label column(s))."""
+    ``label_column`` None: the run's own label column(s)). An image-text retrieval run gives its
+    recall on a table of images (``image_column``) and captions (``text_column``)."""
+    from .retrieval.run_dir import is_retrieval_run
     from .use.predict import load
 
+    if is_retrieval_run(run_dir):
+        from .retrieval.api import RetrievalModel
+
+        return RetrievalModel(run_dir).evaluate(data, image_column or "image", text_column or "caption", image_root)
     return load(run_dir).evaluate(
         data, text_column, label_column, text_columns=text_columns, image_column=image_column, image_root=image_root
     )
@@ -64,8 +71,8 @@ def __getattr__(name: str) -> Any:
         from .run.trainer import train
 
         return train
-    if name == "load":
-        from .use.predict import load
+    if name == "load":  # a predictor, or for an image-text retrieval run its RetrievalModel
+        from .retrieval.api import load
 
         return load
     if name == "tune":

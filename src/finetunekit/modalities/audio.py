@@ -40,6 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     "light": {"shift": 0.1, "gain_db": 6.0},
     "strong": {"shift": 0.1, "gain_db": 6.0, "freq_masks": 2, "freq_width": 10, "time_masks": 2, "time_width": 10},
+    # "light" plus, for 80% of the clips, a random stretch of a recording from data.noise_dir at 0 to 20 dB SNR
+    "noise": {"shift": 0.1, "gain_db": 6.0, "noise_probability": 0.8, "noise_snr_db": (0.0, 20.0)},
 }
 
 
@@ -106,7 +108,7 @@ class AudioDataset:
     memory_budget = 1 << 30  # bytes of decoded waveforms kept
 
     def __init__(self, paths: Sequence[str], labels: Any, backbone: Any, clip_samples: int, augment: str = "none",
-                 max_seconds: float = DEFAULT_MAX_SECONDS) -> None:
+                 max_seconds: float = DEFAULT_MAX_SECONDS, noise_dir: str | None = None) -> None:
         from ..data.pipeline import _targets
 
         self.paths = list(paths)
@@ -114,10 +116,17 @@ class AudioDataset:
         self.backbone = backbone
         self.rate = int(backbone.sampling_rate)
         self.clip_samples = int(clip_samples)
-        self.preset = PRESETS[augment]
+        self.preset = dict(PRESETS[augment])
+        if "noise_probability" in self.preset:
+            from ..data.audio import read_noise_folder
+
+            if not noise_dir:
+                raise DataError("data.augment: 'noise' mixes in recordings from data.noise_dir; set it to a folder of audio files")
+            self.preset["noises"] = read_noise_folder(noise_dir, self.rate)
         self.max_seconds = max_seconds
         self._waves: dict[int, np.ndarray] = {}
         self._bytes = 0
+        self._window_file: tuple[Any, Any] = (None, None)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -125,9 +134,15 @@ class AudioDataset:
     def wave(self, index: int) -> np.ndarray:
         from ..data.audio import read_audio
 
+        item = self.paths[index]
+        if isinstance(item, tuple):  # a window of a long file (Audio.windows): (path, start, samples) at the backbone's rate
+            path, start, length = item
+            if self._window_file[0] != path:  # a file's windows come one after another: decoded once
+                self._window_file = (path, read_audio(path, self.rate, self.max_seconds))
+            return self._window_file[1][start : start + length]
         wave = self._waves.get(index)
         if wave is None:
-            wave = read_audio(self.paths[index], self.rate, self.max_seconds)
+            wave = read_audio(item, self.rate, self.max_seconds)
             if self._bytes + wave.nbytes <= self.memory_budget:
                 self._waves[index] = wave
                 self._bytes += wave.nbytes
@@ -135,9 +150,9 @@ class AudioDataset:
 
     def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
         index, seed = (key[0], key[1] if len(key) > 1 else None) if isinstance(key, tuple) else (key, None)
-        features = clip_features(self.backbone, self.wave(index), self.clip_samples, self.preset if seed is not None else {},
-                                 None if seed is None else np.random.default_rng(seed))
-        item: dict[str, Any] = {"input_features": features, "index": index}
+        item = clip_features(self.backbone, self.wave(index), self.clip_samples, self.preset if seed is not None else {},
+                             None if seed is None else np.random.default_rng(seed))
+        item["index"] = index
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
@@ -148,14 +163,17 @@ class AudioDataset:
 
 
 def clip_features(backbone: Any, wave: np.ndarray, clip_samples: int, preset: dict[str, Any] | None = None,
-                  rng: np.random.Generator | None = None) -> Any:
-    """Log-mel features ``(n_mels, frames)`` of one clip fitted to ``clip_samples``; with a preset
-    and ``rng``, augmented (a random crop of a longer clip, time shift, gain, SpecAugment).
-    ``clip_samples`` 0: the clip whole, at its own length (no crop and no time shift, which would
-    cut words off a transcript's clip; gain and SpecAugment only)."""
+                  rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """The model inputs of one clip fitted to ``clip_samples``, as the backbone's ``featurize``
+    makes them (Whisper: log-mel ``input_features`` (n_mels, frames) and ``frame_mask``; wav2vec
+    2.0 / HuBERT: ``input_values`` (samples,) and ``attention_mask``; AST: ``input_values``
+    (frames, mel bins)), one example's tensors without the batch axis. With a preset and ``rng``,
+    augmented: a random crop of a longer clip, background noise, time shift, gain, and SpecAugment
+    on log-mel features. ``clip_samples`` 0: the clip whole, at its own length (no crop, noise or
+    time shift, which would cut or cover words of a transcript's clip; gain and SpecAugment only)."""
     import torch
 
-    from ..data.audio import fit_length, gain, spec_augment, time_shift
+    from ..data.audio import fit_length, gain, mix_noise, spec_augment, time_shift
 
     preset = preset or {}
     if clip_samples <= 0:
@@ -163,30 +181,36 @@ def clip_features(backbone: Any, wave: np.ndarray, clip_samples: int, preset: di
             wave = gain(wave, rng, -preset["gain_db"], preset["gain_db"])
     elif rng is not None and preset:
         wave = fit_length(wave, clip_samples, "random", rng)
+        noises = preset.get("noises")
+        if noises and rng.random() < preset.get("noise_probability", 1.0):
+            wave = mix_noise(wave, noises[int(rng.integers(len(noises)))], rng, *preset.get("noise_snr_db", (5.0, 20.0)))
         wave = time_shift(wave, rng, int(preset["shift"] * clip_samples))
         wave = gain(wave, rng, -preset["gain_db"], preset["gain_db"])
     else:
         wave = fit_length(wave, clip_samples, "center")
-    features = backbone.featurize([wave])["input_features"][0]
-    if rng is not None and preset.get("freq_masks"):
-        features = torch.from_numpy(spec_augment(features.numpy(), rng, preset["freq_masks"], preset["freq_width"],
-                                                 preset["time_masks"], preset["time_width"]))
-    return features
+    item = {k: v[0] for k, v in backbone.featurize([wave]).items()}
+    if rng is not None and preset.get("freq_masks") and getattr(backbone, "input_form", None) == "log-mel":
+        item["input_features"] = torch.from_numpy(spec_augment(item["input_features"].numpy(), rng, preset["freq_masks"],
+                                                               preset["freq_width"], preset["time_masks"], preset["time_width"]))
+    return item
 
 
 def collate_features(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """A batch: ``input_features`` zero-padded to the longest clip, ``frame_mask`` 1 on each clip's frames."""
+    """A batch: each input tensor zero-padded along its last axis to the longest clip's (Whisper's
+    ``frame_mask`` and wav2vec 2.0's ``attention_mask`` are then 0 past each clip's end), labels
+    and indices stacked."""
     import torch
 
-    longest = max(it["input_features"].shape[-1] for it in items)
-    n_mels = items[0]["input_features"].shape[0]
-    features = torch.zeros(len(items), n_mels, longest)
-    mask = torch.zeros(len(items), longest, dtype=torch.long)
-    for i, it in enumerate(items):
-        frames = it["input_features"].shape[-1]
-        features[i, :, :frames] = it["input_features"]
-        mask[i, :frames] = 1
-    batch: dict[str, Any] = {"input_features": features, "frame_mask": mask}
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        if key in ("labels", "index"):
+            continue
+        values = [torch.as_tensor(it[key]) for it in items]
+        longest = max(v.shape[-1] for v in values)
+        out = values[0].new_zeros((len(values), *values[0].shape[:-1], longest))
+        for i, v in enumerate(values):
+            out[i, ..., : v.shape[-1]] = v
+        batch[key] = out
     if "labels" in items[0]:
         batch["labels"] = torch.stack([torch.as_tensor(it["labels"]) for it in items])
     if "index" in items[0]:
@@ -206,6 +230,7 @@ class Audio(FileInputs, Modality):
     request_field = "audio"
     backbone_needs = ("featurize", "sampling_rate")
     augments = True
+    mixes_noise = True
     seq2seq_backbones = True  # Whisper: bundled:whisper_tiny_en, bundled:whisper_base, whisper:<folder>
     # Chosen by measurement on Speech Commands V2-12 (benchmarks/audio.py, docs/audio.md): full
     # fine-tuning of Whisper tiny.en for 4 epochs reached 0.981 test accuracy against 0.932 for the
@@ -227,16 +252,23 @@ class Audio(FileInputs, Modality):
         "train.batch_size": {"choice": [16, 32]},
         "train.warmup_ratio": {"uniform": [0.0, 0.2]},
     }
-    export_formats = ("onnx",)
-    onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"}}
+    export_formats = ("hf", "onnx")  # hf: WhisperForAudioClassification, for pipeline("audio-classification")
+    onnx_axes = {"input_features": {0: "batch", 2: "frames"}, "frame_mask": {0: "batch", 1: "frames"},  # Whisper
+                 "input_values": {0: "batch"}, "attention_mask": {0: "batch"}}  # wav2vec 2.0, HuBERT, AST (fixed clip length)
     zero_config_backbone = "bundled:whisper_tiny_en"
     zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
                           "Speech Commands V2-12 against 0.932 for the linear probe (docs/audio.md)")
-    report_errors = 50
-    explained_errors = 20
+    report_errors = 20  # each a playable clip with its spectrogram (about 20 kB each, inlined)
+    # integrated gradients cost 32 backward passes a clip, paid at the end of every run: the 8 most
+    # confident errors are explained, the others shown with a plain spectrogram
+    explained_errors = 8
     input_view = "table"
+    input_noun = "clip"
+    explanation_note = ('<p class="note">Each clip plays in the page; its spectrogram shows integrated gradients of the '
+                        "predicted (wrong) class per time-frequency patch: red pushed it up, blue down.</p>")
     card_dataset_type = "audiofolder"
     card_example = '["path/to/clip.wav"]'
+    card_native_export = ' that `transformers.pipeline("audio-classification")` loads (Whisper backbones)'
 
     # -- finding examples -------------------------------------------------------------------------
 
@@ -286,7 +318,14 @@ class Audio(FileInputs, Modality):
     # -- preprocessing ------------------------------------------------------------------------------
 
     def run_preprocessing(self, backbone: Any, data: Any) -> dict[str, Any]:
-        return backbone.preprocessing()  # build_dataset(train=True) adds clip_seconds, from the data
+        preprocessing = backbone.preprocessing()  # build_dataset(train=True) adds clip_seconds, from the data
+        if data.augment == "noise":
+            if not data.noise_dir:
+                raise DataError("data.augment: 'noise' mixes in recordings from data.noise_dir; set it to a folder of audio files")
+            preprocessing["noise_dir"] = str(data.noise_dir)  # training only: what the run mixed in (predict adds none)
+        elif data.noise_dir:
+            raise DataError(f"data.noise_dir: set, but data.augment is {data.augment!r}; the noise is mixed in by augment 'noise'")
+        return preprocessing
 
     def build_dataset(self, examples: Any, label_ids: Any, backbone: Any, preprocessing: dict, train: bool, augment: str,
                       max_length: int, task: Any = None, crop_scale: float = 0.25) -> Any:
@@ -298,7 +337,8 @@ class Audio(FileInputs, Modality):
         if "clip_seconds" not in preprocessing:
             preprocessing["clip_seconds"] = clip_seconds_of(examples.inputs, float(preprocessing.get("max_seconds", 30.0)))
         clip = int(round(float(preprocessing["clip_seconds"]) * int(backbone.sampling_rate)))
-        return AudioDataset(examples.inputs, label_ids, backbone, clip, augment if train else "none")
+        return AudioDataset(examples.inputs, label_ids, backbone, clip, augment if train else "none",
+                            noise_dir=preprocessing.get("noise_dir") if train else None)
 
     def encode(self, predictor: Any, items: Sequence[Any]) -> dict[str, Any]:
         """``items``: ``(samples, sample_rate)`` pairs (:meth:`load_item`, :meth:`decode_request`)."""
@@ -309,7 +349,45 @@ class Audio(FileInputs, Modality):
         seconds = predictor.preprocessing.get("clip_seconds", 1.0)
         clip = 0 if seconds is None else int(round(float(seconds) * rate))  # None: each clip whole (seq2seq)
         waves = [resample(*(self.load_item(item) if isinstance(item, (str, Path)) else item), rate) for item in items]
-        return collate_features([{"input_features": clip_features(backbone, w, clip)} for w in waves])
+        return collate_features([clip_features(backbone, w, clip) for w in waves])
+
+    def windows(self, preprocessing: dict[str, Any], examples: Any) -> tuple[Any, np.ndarray, list[tuple[float, float]]] | None:
+        """Predict cuts a file longer than the run's clip into windows of the clip's length, every
+        half clip (the last one ends at the file's end), and its answer is the mean of the windows'
+        scores. Returns ``(windows as Examples, the input each belongs to, (start, end) seconds of
+        each)``, or None when no input is longer than the clip (one pass, as before). Durations
+        come from the headers; nothing is decoded here."""
+        import soundfile as sf
+
+        from ..data.readers import Examples
+
+        rate = int(preprocessing.get("sampling_rate", 16_000))
+        clip = int(round(float(preprocessing.get("clip_seconds", 1.0)) * rate))
+        hop = max(1, clip // 2)
+        parts: list[Any] = []
+        owner: list[int] = []
+        spans: list[tuple[float, float]] = []
+        long = False
+        for i, path in enumerate(examples.inputs):
+            try:
+                info = sf.info(str(path))
+                samples = int(info.frames * rate / info.samplerate) if info.samplerate > 0 else 0
+            except (sf.LibsndfileError, RuntimeError, OSError):
+                samples = 0  # unreadable: read whole below, failing with its own one-line message
+            if samples <= clip:
+                parts.append(path)
+                owner.append(i)
+                spans.append((0.0, samples / rate))
+                continue
+            long = True
+            starts = list(range(0, samples - clip, hop)) + [samples - clip]
+            for start in starts:
+                parts.append((str(path), start, clip))
+                owner.append(i)
+                spans.append((start / rate, (start + clip) / rate))
+        if not long:
+            return None
+        return Examples(parts, None, examples.source, self.name), np.asarray(owner), spans
 
     def long_inputs(self, inputs: Sequence[Any], max_seconds: float) -> dict[int, list[Any]]:
         """Files longer than ``max_seconds`` (from their headers), cut into consecutive windows of
@@ -356,11 +434,42 @@ class Audio(FileInputs, Modality):
     # -- showing an input -----------------------------------------------------------------------------
 
     def explanation(self, backbone: Any) -> dict[str, Any]:
-        return {"method": None, "reason": "no explanation method for audio inputs yet"}
+        """Integrated gradients over time-frequency patches of the log-mel features (8 mel bins x
+        10 frames: 0.1 s of a 10-band slice of the spectrum); a waveform backbone has no spectrogram."""
+        if getattr(backbone, "input_form", None) != "log-mel":
+            return {"method": None, "reason": f"no time-frequency explanation for a {backbone.kind} audio backbone, whose "
+                                              "input is not a log-mel spectrogram"}
+        return {"method": "mel-integrated-gradients", "patch": [8, 10]}
+
+    def report_cell(self, value: Any, explanation: str | None) -> str | None:
+        """The clip playable (a small WAV inlined), its name, and its explanation's spectrogram, or
+        a plain spectrogram when it has none; a clip no longer there is said so."""
+        import base64
+        from html import escape
+
+        from ..data.audio import audio_player, spectrogram_png, stft_spectrogram
+
+        name = escape(Path(str(value)).name)
+        try:
+            wave, rate = self.load_item(str(value))
+        except DataError as exc:
+            return f'{name}<br><span class="note">({escape(str(exc).replace(str(value), "clip"))})</span>'
+        if explanation is None:
+            picture = spectrogram_png(stft_spectrogram(wave, rate, n_fft=max(64, rate // 40), hop=max(16, rate // 100)),
+                                      0.01, ylabel="frequency bin", width=3.2)
+            explanation = "data:image/png;base64," + base64.b64encode(picture).decode("ascii")
+        return (f'<div title="{escape(str(value))}">{name}</div>{audio_player(wave, rate, title=str(value))}'
+                f'<br><img src="{explanation}" alt="spectrogram of {name}" style="max-width:320px">')
 
     def card_input(self, recipe: Any) -> str:
+        augment = recipe.data.augment
+        trained = {"none": "no augmentation", "light": "time shifts and gain changes",
+                   "strong": "time shifts, gain changes and SpecAugment masks",
+                   "noise": f"time shifts, gain changes and background noise from `{recipe.data.noise_dir}`"}.get(augment, augment)
         return ("mono audio resampled to the backbone's rate, cropped or padded to the run's clip length "
-                "(`clip_seconds` in `preprocessing.json`), log-mel features of the backbone's feature extractor")
+                "(`clip_seconds` in `preprocessing.json`), then the backbone's feature extractor's inputs (Whisper: log-mel "
+                "features on the clip's own frames, not a 30-second window); predict cuts a longer file into windows of "
+                f"that length every half clip and averages their scores. Trained with {trained}")
 
     def card_head(self, pooling: str) -> str:
         return "mean-pooled encoder states over the clip's own frames"
@@ -370,6 +479,10 @@ class Audio(FileInputs, Modality):
         return inputs if len(inputs) >= 3 else None
 
     def onnx_inputs(self, predictor: Any) -> str:
+        form = getattr(predictor.model.backbone, "input_form", "log-mel")
+        if form != "log-mel":  # wav2vec 2.0, HuBERT (samples), AST (filter-bank frames)
+            return ("the feature extractor's outputs in preprocessor/ for clips fitted to clip_seconds: input_values float32 "
+                    + ("(N, samples) and attention_mask (N, samples) int64" if form == "waveform" else "(N, frames, mel bins)"))
         return ("input_features (N, n_mels, T) float32, Whisper log-mel features of clips fitted to clip_seconds, and "
                 "frame_mask (N, T) int64, 1 on each clip's frames (preprocessing.json)")
 

@@ -56,6 +56,7 @@ class Modality:
     # capabilities the recipe's image-only fields ask for
     augments: ClassVar[bool] = False  # random augmentation presets (data.augment, cached views)
     blends: ClassVar[bool] = False  # mixup and cutmix
+    mixes_noise: ClassVar[bool] = False  # data.augment "noise" (background noise from data.noise_dir)
     resizes: ClassVar[bool] = False  # progressive resizing
     # its backbones give spatial feature maps (``backbone.feature_info()``), which the heads of
     # dense task types (Task.dense: segmentation, detection) read; the resolve step refuses a dense
@@ -84,11 +85,16 @@ class Modality:
     # the report: at most this many errors shown, as a picture gallery or a text table
     report_errors: ClassVar[int] = 50
     explained_errors: ClassVar[int] = 50
+    # whether the report written at the end of training explains the errors; False where that costs
+    # many model passes per example, which the user would wait for (`finetunekit report` adds them)
+    explain_after_training: ClassVar[bool] = True
     input_view: ClassVar[str] = "table"  # "gallery" (report/html.image_tile) or "table"
+    input_noun: ClassVar[str] = "text"  # the report's column of inputs
     explanation_note: ClassVar[str] = ""
     # the model card's Hugging Face dataset type and its example input
     card_dataset_type: ClassVar[str] = "table"
     card_example: ClassVar[str] = '["an input"]'
+    card_native_export: ClassVar[str] = ""  # said of the native export format in the card, after "directory"
 
     # -- finding examples ---------------------------------------------------------------------
 
@@ -137,6 +143,12 @@ class Modality:
         """One model batch from in-memory inputs (``Predictor.encode``)."""
         raise NotImplementedError
 
+    def windows(self, preprocessing: dict[str, Any], examples: Any) -> tuple[Any, Any, list[tuple[float, float]]] | None:
+        """Inputs too long for one pass cut into parts that predict scores apart and averages:
+        ``(parts as Examples, the input index of each part, each part's (start, end))``; None: one
+        pass over the inputs as they are (audio cuts long files into windows)."""
+        return None
+
     def item_sizes(self, items: Sequence[Any]) -> list[Any] | None:
         """Each in-memory input's own size, where a dense task's outputs go back to (images)."""
         return None
@@ -165,6 +177,9 @@ class Modality:
     def check_recipe(self, recipe: Any) -> None:
         """Recipe fields this modality cannot honour, raised once the backbone's modality is known."""
         t = recipe.train
+        if (recipe.data.augment == "noise" or recipe.data.noise_dir) and not self.mixes_noise:
+            raise RecipeError(f"data.augment: 'noise' and data.noise_dir mix background noise into audio clips, and "
+                              f"{recipe.model.backbone} is a {self.name} backbone; use none, light or strong")
         if not self.blends:
             for field in ("mixup_alpha", "cutmix_alpha"):
                 if getattr(t, field):
@@ -201,6 +216,12 @@ class Modality:
     def explanation(self, backbone: Any) -> dict[str, Any]:
         """Which method explains this modality's predictions on ``backbone``, or why none does."""
         return {"method": None, "reason": f"no explanation method for {self.name} inputs"}
+
+    def report_cell(self, value: Any, explanation: str | None) -> str | None:
+        """The report's worst-errors cell for an input (HTML), given its explanation as
+        ``finetunekit.use.explain.error_explanations`` made it; None: the report's own (the text,
+        or the highlighted text)."""
+        return None
 
     def card_input(self, recipe: Any) -> str:
         """The model card's Input line."""

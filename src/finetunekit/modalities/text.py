@@ -73,6 +73,8 @@ class Text(Modality):
     zero_config_backbone = "bundled:minilm_l6"
     report_errors = 50
     explained_errors = 20  # integrated gradients costs 32 passes per text
+    # 20 texts x 32 passes took a fifth of a 3-epoch SST-2 run (docs/performance.md): on demand
+    explain_after_training = False
     input_view = "table"
     explanation_note = ('<p class="note">Words coloured by integrated gradients of the predicted class: green pushed towards '
                         "it, red away from it (hover for the value).</p>")

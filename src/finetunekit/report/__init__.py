@@ -166,6 +166,9 @@ def _errors(run: RunData, explanations: dict[int, str]) -> str:
     intro = f'<p class="note">{total} of {len(run.predictions)} validation examples are misclassified'
     intro += f"; the {len(errors)} most confident mistakes:</p>" if errors else ".</p>"
     explained = [r for r in errors if r.get("index") in explanations]
+    if errors and not explanations and not kind.explain_after_training:
+        intro += (f'<p class="note">To explain these errors: <code>finetunekit report {escape(str(run.run_dir))}</code> '
+                  "rewrites this page with them.</p>")
     if explained:
         intro += kind.explanation_note
         if len(explained) < len(errors):
@@ -176,9 +179,13 @@ def _errors(run: RunData, explanations: dict[int, str]) -> str:
         body = intro + '<div class="gallery">' + "".join(html.image_tile(r, explanations.get(r.get("index"))) for r in errors) + "</div>"
     else:
         # a sentence pair is saved as [first, second]: shown as both texts, one after the other
-        rows = [[html.Markup(explanations[r["index"]]) if r.get("index") in explanations else _text(r["input"]),
-                 r["label"], r["predicted"], f"{r['confidence']:.1%}"] for r in errors]
-        body = intro + html.table(["text", "true", "predicted", "confidence"], rows, [["text", "true", "pred", ""]] * len(rows))
+        rows = []
+        for r in errors:
+            own = kind.report_cell(r["input"], explanations.get(r.get("index")))  # the modality's view (audio: playable)
+            cell = html.Markup(own) if own is not None else (
+                html.Markup(explanations[r["index"]]) if r.get("index") in explanations else _text(r["input"]))
+            rows.append([cell, r["label"], r["predicted"], f"{r['confidence']:.1%}"])
+        body = intro + html.table([kind.input_noun, "true", "predicted", "confidence"], rows, [["text", "true", "pred", ""]] * len(rows))
     return html.section("errors", "Worst errors", body)
 
 

@@ -20,6 +20,8 @@ executes code on load.
       steps.jsonl          one line per optimizer step (training loss, learning rate per group)
       val_predictions.jsonl  the final model's validation predictions, one line per example
       report.html          curves, confusion matrix, calibration, worst errors (finetunekit.report)
+      timings.json         wall and CPU seconds of each phase of the run (start-up, reading, each
+                           epoch's training, validation and checkpoint, saving, card, report)
       README.md            model card
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash

@@ -164,7 +164,7 @@ def how_to_load(run_dir: Path, modality: str, pairs: bool = False) -> list[str]:
         without = f"`finetunekit export {run_dir} --format onnx` writes an ONNX model with its loading code in its README.md."
     else:
         without = (f"`finetunekit export {run_dir} --format {native}` writes a {'timm' if native == 'timm' else 'transformers'} "
-                   "directory, `--format onnx` an ONNX model, each with its loading code in its README.md "
+                   f"directory{kind.card_native_export}, `--format onnx` an ONNX model, each with its loading code in its README.md "
                    "(docs/report-and-export.md has all three).")
     return [
         "## How to load",

@@ -82,7 +82,11 @@ class DataSpec:
     # train-time image augmentation: "light" is a random resized crop and a horizontal flip;
     # "strong" adds TrivialAugmentWide (one random photometric or geometric operation per image)
     # and RandomErasing (p=0.25). Either is a function of (train.seed, epoch, example) alone.
-    augment: Literal["none", "light", "strong"] = "light"
+    # (audio: "light" shifts and scales a clip, "strong" adds SpecAugment, "noise" is light plus
+    # background noise from noise_dir mixed in; docs/audio.md)
+    augment: Literal["none", "light", "strong", "noise"] = "light"
+    # audio, augment "noise": a folder of recordings (any length) mixed into training clips
+    noise_dir: str | None = None
     # the smallest share of an image's area the random resized crop keeps (light and strong, tasks
     # on whole images): 0.25 suits photos of objects; images whose subject fills a fixed frame
     # (aligned face crops, centred documents) lose what they are about below about 0.7

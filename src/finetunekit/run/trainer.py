@@ -46,6 +46,7 @@ from ..engine.loop import EpochProgress, EpochStats
 from ..engine.objective import build_objective
 from ..engine.optim import format_param_groups, param_group_rows
 from ..core.errors import DivergenceError, FinetuneError, RecipeError
+from ..core.timing import PhaseTimer
 from ..modalities import modality_of
 from .model import FineTuneModel
 from .plan import Plan, resolve
@@ -73,6 +74,8 @@ class RunResult:
     # frozen-backbone features: {"hits": sets read from the cache, "total": sets, "seconds": time
     # to read or compute them}; None when no epoch trained on cached features
     feature_cache: dict[str, Any] | None = None
+    # wall seconds per phase of the run (also in RUN_DIR/timings.json), in the order they ran
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def make_accelerator(
@@ -118,7 +121,7 @@ def _log(accelerator, quiet: bool, message: str) -> None:
 def train(
     recipe: Recipe | None = None, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False,
     callbacks: Sequence[Callback] = (), checkpoints: bool = True, report: bool = True, *, train: Any = None, val: Any = None,
-    overrides: Sequence[str] = (),
+    overrides: Sequence[str] = (), timer: PhaseTimer | None = None,
 ) -> RunResult:
     """Fine-tune according to ``recipe``; write the run directory; return its final metrics.
 
@@ -139,6 +142,9 @@ def train(
     ``checkpoints=False`` writes no checkpoint (such a run cannot resume; a hyper-parameter trial
     is run again instead) and ``report=False`` no report.html (``finetunekit report`` writes it
     later): both are per-epoch and per-run costs a search pays many times.
+    ``timer``: a :class:`finetunekit.core.timing.PhaseTimer` that already holds the caller's
+    phases (the command line's start-up); the run adds its own and writes them all to
+    ``RUN_DIR/timings.json`` (``RunResult.timings``).
     """
     from ..core.outputs import check_writable
 
@@ -149,7 +155,7 @@ def train(
     tables = memory_splits(train, val)
     with holding(*tables):  # the readers find the in-memory tables by their tokens
         recipe, reasons = with_data(recipe, train, val, tables, overrides, quiet)
-        result = _train_locked(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
+        result = _train_locked(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report, timer or PhaseTimer())
         # what the tokens in recipe.yaml stand for (tables given here, or held by the caller: tune's trials)
         described = {k: held(token).describe() for k, token in (("train", recipe.data.train), ("val", recipe.data.val))
                      if is_token(token)}
@@ -188,15 +194,15 @@ def with_data(recipe: Recipe | None, train: Any, val: Any, tables: tuple[Any, An
 
 def _train_locked(
     recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool, callbacks: Sequence[Callback], checkpoints: bool,
-    report: bool,
+    report: bool, timer: PhaseTimer,
 ) -> RunResult:
     from ..core.outputs import RunDirLock, WriteError
 
     try:
         if int(os.environ.get("RANK", "0")) != 0:  # multi-process: the main process holds the lock
-            return _train(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
+            return _train(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report, timer)
         with RunDirLock(run_dir):
-            return _train(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report)
+            return _train(recipe, run_dir, overwrite, quiet, resume, callbacks, checkpoints, report, timer)
     except WriteError as exc:  # a full disk, mid-run or while writing the finished run's files
         raise FinetuneError(_after_write_error(run_dir, exc)) from None
 
@@ -212,20 +218,23 @@ def _after_write_error(run_dir: Path, exc: Exception) -> str:
 
 def _train(
     recipe: Recipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool, callbacks: Sequence[Callback] = (),
-    checkpoints: bool = True, report: bool = True,
+    checkpoints: bool = True, report: bool = True, timer: PhaseTimer | None = None,
 ) -> RunResult:
     started = time.perf_counter()
+    timer = timer or PhaseTimer()
     resuming = _check_output(run_dir, overwrite, resume)  # before minutes are spent loading anything
     found = None
     if "auto" in (recipe.train.lr, recipe.train.head_lr):  # a range test picks them, then the run starts afresh
-        recipe, found = find_lr(recipe, quiet=quiet)
+        with timer.phase("learning-rate range test"):
+            recipe, found = find_lr(recipe, quiet=quiet)
     log_with = trackers.check_trackers(recipe.train.report_to)
     _seed_everything(recipe.train.seed)
-    backbone, plan = _plan(recipe, quiet)  # the resolved recipe, data and task; nothing reads the raw recipe after this
+    backbone, plan = _plan(recipe, quiet, timer)  # the resolved recipe, data and task; nothing reads the raw recipe after this
     t = plan.recipe.train
-    accelerator = make_accelerator(t.precision, t.grad_accum_steps, log_with, run_dir, t.compile, plan.task.dense)
-    run = _build(plan, backbone, accelerator, run_dir)
-    run.started, run.callbacks, run.report = started, list(callbacks), report
+    with timer.phase("tokenise or decode, build model and loaders"):
+        accelerator = make_accelerator(t.precision, t.grad_accum_steps, log_with, run_dir, t.compile, plan.task.dense)
+        run = _build(plan, backbone, accelerator, run_dir)
+    run.started, run.callbacks, run.report, run.timer = started, list(callbacks), report, timer
     run.checkpointer.write = checkpoints
     recipe, t = run.recipe, run.recipe.train
     start = _resume(run) if resuming else None
@@ -260,6 +269,7 @@ def _train(
         raise DivergenceError(_divergence_advice(run, exc)) from None
     result = _finish(run, started, trainable, total, quiet)
     result.param_groups = groups
+    result.timings = timer.as_dict()
     if run.cached is not None:
         result.feature_cache = {"hits": run.cached.hits, "total": run.cached.total, "seconds": round(run.cached.seconds, 3)}
     return result
@@ -304,6 +314,8 @@ class _Run:
     fingerprint: dict[str, Any] | None = None  # of the data's examples and bytes, checked on resume
     callbacks: list[Callback] = field(default_factory=list)
     report: bool = True  # write report.html at the end
+    timer: PhaseTimer = field(default_factory=PhaseTimer)  # seconds per phase, RUN_DIR/timings.json
+    best_preds: Any = None  # the best epoch's validation predictions: restoring its weights needs no new pass
 
 
 def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
@@ -322,14 +334,17 @@ def _check_output(run_dir: Path, overwrite: bool, resume: bool) -> bool:
     return False  # killed before its first checkpoint, or never started: start from the beginning
 
 
-def _plan(recipe: Recipe, quiet: bool = False) -> tuple[Any, Plan]:
+def _plan(recipe: Recipe, quiet: bool = False, timer: PhaseTimer | None = None) -> tuple[Any, Plan]:
     """The backbone (its modality decides how the data is read) and the run's :class:`Plan`."""
     spec = recipe.model
-    backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
+    timer = timer or PhaseTimer()
+    with timer.phase("load backbone"):
+        backbone = create_backbone(spec.backbone, spec.pretrained, spec.pooling, spec.image_size)
     modality_of(backbone.modality).check_backbone(backbone)
     main = int(os.environ.get("RANK", "0")) == 0  # what was inferred is said once, by the main process
     say = (lambda message: print(message, flush=True)) if main and not quiet else None
-    plan = resolve(recipe, backbone.modality, say)
+    with timer.phase("read and check data"):
+        plan = resolve(recipe, backbone.modality, say)
     return plan.task.backbone_for(backbone), plan
 
 
@@ -453,6 +468,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
             if every and step % every == 0 and progress.batches < run.batches_per_epoch:
                 run.checkpointer.save(Position(epoch, progress.batches, step), _checkpoint_extra(run, progress))
 
+        trained = run.timer.start()
         own = run.strategy.fit_epoch(model, train_loader, run.accelerator, epoch=epoch, seed=t.seed * 1000 + epoch,
                                      batch_size=t.batch_size, quiet=quiet, task=run.task)
         if own is not None:  # a strategy with its own procedure (prototype, setfit)
@@ -466,6 +482,7 @@ def _fit(run: _Run, start: ResumePoint | None, quiet: bool) -> None:
                 progress=start.progress if part_way else None,
                 before_first_batch=start.restore_rng if part_way else None, on_step=on_step,
             )
+        run.timer.stop(f"epoch {epoch + 1} train", trained)
         _end_epoch(run, epoch, stats, quiet, val_loader)
 
 
@@ -495,9 +512,11 @@ def _trainable_names(module: torch.nn.Module) -> frozenset[str]:
 def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) -> None:
     """Validate, log, update early stopping, and write the epoch's checkpoint."""
     t, accelerator, run_dir = run.recipe.train, run.accelerator, run.run_dir
+    validated = run.timer.start()
     with _averaged(run):
         run.preds = evaluate_loader(accelerator, run.model, val_loader, run.val_size, run.task, description="validate", quiet=quiet)
     metrics = run.metrics = _judge(run)
+    run.timer.stop(f"epoch {epoch + 1} validate", validated)
     record = {
         "epoch": epoch + 1, "step": run.step, "train_loss": stats.loss,
         **{f"train_loss_{name}": value for name, value in stats.terms.items()},  # parts of train_loss
@@ -521,7 +540,10 @@ def _end_epoch(run: _Run, epoch: int, stats: Any, quiet: bool, val_loader: Any) 
     if run.stopped:
         _log(accelerator, quiet, f"early stopping: no {t.metric} improvement for {run.stopper.patience} epochs")
     improved = run.stopper.best_epoch == epoch
-    run.checkpointer.save(Position(epoch + 1, 0, run.step), _checkpoint_extra(run, None), is_best=improved)
+    if improved:
+        run.best_preds = run.preds
+    with run.timer.phase(f"epoch {epoch + 1} checkpoint"):
+        run.checkpointer.save(Position(epoch + 1, 0, run.step), _checkpoint_extra(run, None), is_best=improved)
     for callback in run.callbacks:  # after the checkpoint: a callback that ends the run loses no epoch
         callback.on_epoch_end(epoch, record)
 
@@ -565,9 +587,10 @@ def _divergence_advice(run: _Run, exc: DivergenceError) -> str:
 
 def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) -> RunResult:
     """Restore the best epoch, write the model and the reports, drop the checkpoints."""
-    t, accelerator, run_dir, task = run.recipe.train, run.accelerator, run.run_dir, run.task
+    t, accelerator, run_dir, task, timer = run.recipe.train, run.accelerator, run.run_dir, run.task, run.timer
     unwrapped = accelerator.unwrap_model(run.model)
     stopper = run.stopper
+    evaluated = timer.start()
     if run.ema is not None:  # training is over: from here on the model is the average
         run.ema.copy_to(unwrapped)
     restore = t.restore_best and stopper.best_state is not None and stopper.best_epoch != len(run.history) - 1
@@ -577,7 +600,11 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     # The strategy's last word on the weights (an adapter strategy merges them): the final metrics and
     # predictions are then those of exactly the model that is saved.
     finalized = run.strategy.finalize(unwrapped)
-    if restore or finalized or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train
+    if restore and not finalized and run.best_preds is not None:
+        # the restored weights are those the best epoch validated: its predictions are theirs
+        run.preds = run.best_preds
+        run.metrics = _judge(run)
+    elif restore or finalized or run.preds is None:  # run.preds is None when a resumed run had no epoch left to train
         # the loader of the epoch whose weights are now in the model (cached features stay valid
         # for weights restored from an epoch with a frozen backbone)
         epoch = stopper.best_epoch if restore else len(run.history) - 1
@@ -589,21 +616,54 @@ def _finish(run: _Run, started: float, trainable: int, total: int, quiet: bool) 
     final = {**run.metrics, **task.confidence_intervals(preds.scores, preds.labels),
              "best_epoch": stopper.best_epoch + 1, "epochs_run": len(run.history),
              "train_seconds": round(run.seconds_before + seconds, 2), "eval_set": run.val_ex.source}
+    timer.stop("final evaluation and intervals", evaluated)
     if accelerator.is_main_process:
         _write_final(run, unwrapped, final, trainable, total)
         from ..use.explain import error_explanations
         from ..report import write_report_after_training
 
         if run.report:
-            write_report_after_training(run_dir, quiet, explain=error_explanations)
+            with timer.phase("report"):
+                # explanations that cost many passes per example (a text's integrated gradients)
+                # wait for `finetunekit report RUN_DIR`: the run is usable without them
+                explain = error_explanations if modality_of(run.modality).explain_after_training else None
+                write_report_after_training(run_dir, quiet, explain=explain)
         if not t.keep_checkpoints_when_done:
-            run.checkpointer.remove_all()  # last: a crash before this point resumes into these steps
+            with timer.phase("remove checkpoints"):
+                run.checkpointer.remove_all()  # last: a crash before this point resumes into these steps
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        _write_timings(run_dir, timer, seconds)
     # The final table prints even when quiet: it is the result, not progress.
     _log(accelerator, False, task.format_metrics(final, title=f"validation metrics ({run.val_ex.source}):"))
     _log(accelerator, False, f"saved to {run_dir} in {seconds:.1f}s")
     return RunResult(run_dir, final, run.history, seconds, trainable, total, run.recipe, model=unwrapped)
+
+
+def _write_timings(run_dir: Path, timer: PhaseTimer, seconds: float) -> None:
+    """RUN_DIR/timings.json, written after everything it times: the run is finished and usable
+    before it, so a failed write warns instead of failing the run."""
+    import warnings
+
+    from ..core.outputs import WriteError
+
+    try:
+        artifacts.atomic_write_json(run_dir / "timings.json", {
+            "seconds": timer.as_dict(), "total_seconds": round(_wall(timer, seconds), 3), "cpu_seconds": timer.cpu_dict(),
+        })
+    except WriteError as exc:
+        warnings.warn(f"{exc}; the run is complete without its timings.json", stacklevel=2)
+
+
+def _wall(timer: PhaseTimer, seconds: float) -> float:
+    """The whole the phases are shares of: the run's seconds plus the phases timed before it
+    started (the command line's start-up)."""
+    return seconds + timer.seconds.get(STARTUP, 0.0)
+
+
+STARTUP = "start-up (interpreter and imports)"
 
 
 def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, total: int) -> None:
@@ -612,9 +672,18 @@ def _write_final(run: _Run, model: Any, final: dict[str, Any], trainable: int, t
     ``finetunekit resume`` writes these files again once there is space."""
     from .card import write_model_card
 
+    run_dir, task, timer = run.run_dir, run.task, run.timer
+    saving = "save model, predictions, metrics"
+    with timer.phase(saving):
+        artifacts.save_model(run_dir, model, task, run.preprocessing, resolve_precision(run.recipe.train.precision))
+    with timer.phase("model card"):
+        write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total, task)
+    with timer.phase(saving):
+        _write_predictions(run, final)
+
+
+def _write_predictions(run: _Run, final: dict[str, Any]) -> None:
     run_dir, task, preds = run.run_dir, run.task, run.preds
-    artifacts.save_model(run_dir, model, task, run.preprocessing, resolve_precision(run.recipe.train.precision))
-    write_model_card(run_dir, run.recipe, final, run.train_ex, run.val_ex, trainable, total, task)
     scores, labels = preds.scores, preds.labels
     if task.dense:  # the saved predictions are in each image's own pixels, as `predict` gives them
         from ..data.images import image_size

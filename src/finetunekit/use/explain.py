@@ -1,4 +1,5 @@
-"""Why the model predicted what it did: Grad-CAM for images, integrated gradients for texts.
+"""Why the model predicted what it did: Grad-CAM for images, integrated gradients for texts and
+for the time-frequency patches of audio clips.
 
 What is explained is one raw output of the model per input, chosen by the task
 (``Task.explain_targets``): the predicted class (classification), the most probable label
@@ -13,8 +14,14 @@ What is explained is one raw output of the model per input, chosen by the task
   embeddings, from a baseline where every token but the special ones ([CLS], [SEP]) is padding;
   one attribution per token, summed over the embedding dimensions, written as highlighted HTML
   (green pushes towards the class, red away from it).
+* Audio clips (log-mel backbones: Whisper): integrated gradients of the class's logit over the
+  log-mel features, from a baseline where every frame is the clip's own silence floor (its lowest
+  log-mel value: Whisper's features floor 8 decades under the clip's loudest), summed over patches
+  of mel bands x frames (8 bands x 10 frames = 0.1 s by default), drawn over the spectrogram: red
+  where a patch pushed the class up, blue where it pushed it down. Removing a patch (for the
+  deletion test) sets it to that same floor.
 
-Both come from captum (its layer attributions hook the chosen layer; no copy of the model). The
+All come from captum (its layer attributions hook the chosen layer; no copy of the model). The
 gradients flow through the backbone even when its weights are frozen (a linear probe): only the
 inputs of the hooked layer need gradients, not the weights.
 
@@ -41,6 +48,8 @@ import torch
 
 from ..core.errors import FinetuneError
 
+MEL_METHOD = "mel-integrated-gradients"  # audio: integrated gradients over time-frequency patches of the log-mel features
+
 
 def _captum():
     try:
@@ -65,6 +74,24 @@ class Explanation:
     grid: np.ndarray | None = None  # images: Grad-CAM at the feature map's resolution, in [0, 1]
     image: Any = None  # images: the input as the model saw it (PIL, resized and cropped)
     reason: str | None = None  # why there is no explanation
+    spectrogram: np.ndarray | None = None  # audio: the log-mel features the model saw (n_mels, frames)
+    patches: np.ndarray | None = None  # audio: one attribution per patch (bands, steps), scaled so the largest |a| is 1
+    patch: tuple[int, int] = (1, 1)  # audio: a patch's mel bins and frames
+    frame_seconds: float = 0.01  # audio: seconds per frame
+
+    @property
+    def has_picture(self) -> bool:
+        """Whether the explanation is drawn (a Grad-CAM overlay, attributions over a spectrogram)."""
+        return self.grid is not None or self.spectrogram is not None
+
+    @property
+    def thumbnail_size(self) -> int | None:
+        """The report's thumbnail: a Grad-CAM overlay shrunk to 192 px, a spectrogram kept (its axes stay readable)."""
+        return 192 if self.grid is not None else None
+
+    @property
+    def picture_suffix(self) -> str:
+        return ".gradcam.png" if self.grid is not None else ".attribution.png"
 
     def heatmap(self) -> np.ndarray:
         """Grad-CAM upsampled to the model's view of the image, in [0, 1]."""
@@ -74,9 +101,13 @@ class Explanation:
         return np.asarray(grid.resize(self.image.size, Image.BILINEAR), dtype=np.float32).clip(0, 1)
 
     def overlay(self, alpha: float = 0.5):
-        """The heat map blended over the image (PIL RGB): hot where the class's evidence is."""
+        """The heat map blended over the image (PIL RGB): hot where the class's evidence is; for
+        audio, the patches' attributions drawn over the spectrogram (:meth:`overlay_png`)."""
         from matplotlib import colormaps
         from PIL import Image
+
+        if self.spectrogram is not None:
+            return Image.open(io.BytesIO(self.overlay_png())).convert("RGB")
 
         colours = colormaps["jet"](self.heatmap())[..., :3]
         base = np.asarray(self.image.convert("RGB"), dtype=np.float32) / 255.0
@@ -84,6 +115,10 @@ class Explanation:
         return Image.fromarray((mixed * 255).round().astype(np.uint8))
 
     def overlay_png(self) -> bytes:
+        if self.spectrogram is not None:
+            from ..data.audio import spectrogram_png
+
+            return spectrogram_png(self.spectrogram, self.frame_seconds, self.patches, self.patch, f"explained: {self.target}")
         buffer = io.BytesIO()
         self.overlay().save(buffer, format="PNG")
         return buffer.getvalue()
@@ -120,8 +155,12 @@ class Explanation:
         if self.tokens is not None:
             out["tokens"] = self.tokens
             out["attributions"] = [round(float(a), 4) for a in self.attributions or []]
+        if self.patches is not None:
+            out["patch"] = {"mel_bins": self.patch[0], "frames": self.patch[1], "seconds": round(self.patch[1] * self.frame_seconds, 4)}
+            out["patches"] = np.round(np.asarray(self.patches, dtype=np.float64), 4).tolist()  # [band][time step]
         if self.grid is not None:
             out["grid"] = np.round(np.asarray(self.grid, dtype=np.float64), 4).tolist()
+        if self.has_picture:
             out["overlay"] = "data:image/png;base64," + base64.b64encode(self.overlay_png()).decode("ascii")
         return out
 
@@ -154,6 +193,8 @@ class Explainer:
         targets = [int(t) for t in targets]
         if self.method["method"] == "integrated-gradients":
             return self._explain_texts(batch, targets, names)
+        if self.method["method"] == MEL_METHOD:
+            return self._explain_audio(batch, targets, names)
         return self._explain_images(items, batch, targets, names)
 
     def explain_paths(self, inputs: Sequence[str], targets: Sequence[int] | None = None) -> list[Explanation]:
@@ -161,9 +202,12 @@ class Explainer:
         return self.explain_items([self.predictor.kind.load_item(p) for p in inputs], targets)
 
     def attributions(self, batch: dict[str, torch.Tensor], targets: Sequence[int]) -> torch.Tensor:
-        """Raw attributions of an encoded batch: (B, T) per token, or (B, h, w) Grad-CAM maps."""
+        """Raw attributions of an encoded batch: (B, T) per token, (B, h, w) Grad-CAM maps, or
+        (B, bands, steps) per time-frequency patch of a clip."""
         if self.method["method"] == "integrated-gradients":
             return self._token_attributions(batch, targets)
+        if self.method["method"] == MEL_METHOD:
+            return self.patch_sums(self._mel_attributions(batch, targets))
         return self._gradcam(batch, targets)
 
     # -- images ----------------------------------------------------------------------------------
@@ -251,6 +295,88 @@ class Explainer:
                                    tokens=tokenizer.convert_ids_to_tokens(ids[:n].tolist()), attributions=row.tolist()))
         return out
 
+    # -- audio -----------------------------------------------------------------------------------
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        """(mel bins, frames) of one time-frequency patch (the modality's choice)."""
+        bins, frames = self.method.get("patch", (8, 10))
+        return int(bins), int(frames)
+
+    def _mel_attributions(self, batch: dict[str, torch.Tensor], targets: Sequence[int]) -> torch.Tensor:
+        """Integrated gradients over ``input_features`` (B, n_mels, T), zero past each clip's frames."""
+        attr = _captum()
+        batch = {k: v.to(self.predictor.device) for k, v in batch.items()}
+        features = batch["input_features"].float()
+        mask = batch.get("frame_mask")
+        others = {k: v for k, v in batch.items() if k != "input_features"}
+        names = sorted(others)
+
+        def forward(x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+            return self.model({"input_features": x, **dict(zip(names, extra, strict=True))}).float()
+
+        ig = attr.IntegratedGradients(forward)
+        self.model.eval()
+        with torch.enable_grad(), torch.autocast(self.predictor.device.type, enabled=False):
+            scores = ig.attribute(
+                features, baselines=silence_floor(features, mask), additional_forward_args=tuple(others[n] for n in names),
+                target=torch.tensor(list(targets), device=features.device), n_steps=self.ig_steps,
+                internal_batch_size=max(len(features) * 8, 32),
+            )
+        scores = scores.detach().float()
+        if mask is not None:
+            scores = scores * mask[:, None, :].to(scores.dtype)
+        return scores.cpu()
+
+    def patch_sums(self, scores: torch.Tensor) -> torch.Tensor:
+        """Per-frame attributions (B, n_mels, T) summed over patches -> (B, bands, steps); the last
+        band and step may be partial."""
+        bins, frames = self.patch
+        b, n, t = scores.shape
+        padded = torch.nn.functional.pad(scores, (0, (-t) % frames, 0, (-n) % bins))
+        return padded.reshape(b, padded.shape[1] // bins, bins, padded.shape[2] // frames, frames).sum((2, 4))
+
+    def remove_patches(self, batch: dict[str, torch.Tensor], removed: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """A copy of ``batch`` with, per clip, the patches numbered in ``removed`` (row-major over
+        (bands, steps)) set to the clip's silence floor: the deletion test's removal."""
+        bins, frames = self.patch
+        features = batch["input_features"].clone()
+        floor = silence_floor(features, batch.get("frame_mask"))
+        steps = -(-features.shape[2] // frames)
+        for i, cells in enumerate(removed):
+            for cell in cells:
+                band, step = divmod(int(cell), steps)
+                region = (i, slice(band * bins, (band + 1) * bins), slice(step * frames, (step + 1) * frames))
+                features[region] = floor[region]
+        return {**batch, "input_features": features}
+
+    def _explain_audio(self, batch: dict[str, torch.Tensor], targets: list[int], names: list[str]) -> list[Explanation]:
+        patches = self.patch_sums(self._mel_attributions(batch, targets))
+        mask = batch.get("frame_mask")
+        pre = self.predictor.preprocessing
+        frame_seconds = float(pre.get("hop_length", 160)) / float(pre.get("sampling_rate", 16_000))
+        out = []
+        for i, target in enumerate(targets):
+            frames = int(mask[i].sum()) if mask is not None else batch["input_features"].shape[2]
+            steps = -(-frames // self.patch[1])
+            row = patches[i, :, :steps]
+            row = row / row.abs().max().clamp(min=1e-12)
+            out.append(Explanation(MEL_METHOD, names[target], spectrogram=batch["input_features"][i, :, :frames].float().numpy(),
+                                   patches=row.numpy(), patch=self.patch, frame_seconds=frame_seconds))
+        return out
+
+
+def silence_floor(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Each clip's lowest log-mel value over its own frames, everywhere: the integrated-gradients
+    baseline and what a removed patch becomes (Whisper floors its features 8 decades under the
+    clip's loudest, so this is the clip's own silence)."""
+    if mask is None:
+        low = features.flatten(1).min(1).values
+    else:
+        valid = mask[:, None, :].to(torch.bool).expand_as(features)
+        low = features.masked_fill(~valid, float("inf")).flatten(1).min(1).values
+    return low[:, None, None].expand_as(features).clone()
+
 
 def _per_output(outputs: torch.Tensor) -> torch.Tensor:
     """One number per output and example: a dense head's per-pixel logits (B, K, h, w) averaged
@@ -296,16 +422,18 @@ def error_explanations(run_dir: str | Path) -> dict[int, str]:
             targets = [predictor.classes.index(r["predicted"]) for r in chunk]
             explained = explainer.explain_items([predictor.kind.load_item(p) for p in inputs], targets)
             for row, explanation in zip(chunk, explained, strict=True):
-                out[int(row["index"])] = _thumbnail_uri(explanation.overlay()) if explanation.grid is not None else explanation.html()
+                out[int(row["index"])] = (_thumbnail_uri(explanation.overlay(), explanation.thumbnail_size) if explanation.has_picture
+                                          else explanation.html())
         return out
     except Exception as exc:  # noqa: BLE001 - the report is still written, without explanations
         warnings.warn(f"{run_dir}: the report's errors are not explained ({type(exc).__name__}: {exc})", stacklevel=2)
         return {}
 
 
-def _thumbnail_uri(image, size: int = 192) -> str:
+def _thumbnail_uri(image, size: int | None = 192) -> str:
     image = image.copy()
-    image.thumbnail((size, size))
+    if size:
+        image.thumbnail((size, size))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -339,13 +467,18 @@ def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str |
             record: dict[str, Any] = {"input": item, **answer, "explanation": explanation.to_json()}
             record["explanation"].pop("overlay", None)
             picture = ""
-            if explanation.grid is not None:
-                name = f"{start + i:04d}-{Path(item).stem}.gradcam.png"
+            if explanation.has_picture:
+                name = f"{start + i:04d}-{Path(item).stem}{explanation.picture_suffix}"
                 atomic_write_bytes(output / name, explanation.overlay_png())
                 record["explanation"]["overlay_file"] = name
-                picture = f'<img src="{html_lib.escape(name)}" alt="Grad-CAM for {html_lib.escape(Path(item).name)}">'
+                what = "Grad-CAM" if explanation.grid is not None else "attributions"
+                picture = f'<img src="{html_lib.escape(name)}" alt="{what} for {html_lib.escape(Path(item).name)}">'
             lines.append(_json_line(record))
             body = picture or explanation.html()
+            if explanation.spectrogram is not None:  # a clip: playable beside its attributions
+                from ..data.audio import audio_player
+
+                body = audio_player(*items[i], title=Path(item).name) + "<br>" + body
             blocks.append(f'<div class="item"><div class="head"><b>{html_lib.escape(line["line"])}</b> '
                           f'&middot; explained: {html_lib.escape(explanation.target)} '
                           f'&middot; {html_lib.escape(Path(item).name if picture else "")}</div>'
@@ -362,6 +495,9 @@ def write_explanations(run_dir: str | Path, inputs: Sequence[str], output: str |
 LEGEND = {
     "grad-cam": "Grad-CAM of the explained output (the predicted class; for multi-label the most probable label, for "
                 "regression the predicted value) over the image as the model saw it: red where its evidence is.",
+    MEL_METHOD: "Integrated gradients of the explained output (the predicted class) over the clip's log-mel spectrogram, "
+                "summed per patch of mel bands x frames: red patches pushed it up, blue ones down; stronger colour, larger "
+                "share of the largest attribution. The baseline (and a removed patch) is the clip's own silence floor.",
     "integrated-gradients": "Integrated gradients of the explained output (the predicted class; for multi-label the most "
                             "probable label, for regression the predicted value) per word: green pushes it up, red down; "
                             "stronger colour, larger share of the largest attribution.",

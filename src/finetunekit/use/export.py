@@ -253,9 +253,11 @@ def _check_format(predictor, fmt: str) -> None:
 
 
 def _export_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
-    _check_format(predictor, "hf")
+    writer = HF_WRITERS.get(predictor.model.backbone.kind)  # by backbone kind: text encoders, Whisper's encoder
+    if writer is None or "hf" not in predictor.kind.export_formats:
+        _check_format(predictor, "hf")
     with _quiet_transformers():
-        return _write_and_check_hf(predictor, tmp, batches)
+        return writer(predictor, tmp, batches)
 
 
 @contextmanager
@@ -310,6 +312,89 @@ def _write_and_check_hf(predictor, tmp: Path, batches) -> dict[str, Any]:
             encoded = loaded_tokenizer(*texts, padding=True, truncation=True, return_tensors="pt")
             got.append(loaded(**encoded).logits.float().numpy())
     return {**_compare(_reference(predictor, batches), got, batches, task), "problem_type": loaded.config.problem_type}
+
+
+def _write_and_check_whisper(predictor, tmp: Path, batches) -> dict[str, Any]:
+    """A stock ``WhisperForAudioClassification`` that computes what the run's model computes, and
+    a ``WhisperFeatureExtractor`` beside it, so ``pipeline("audio-classification")`` loads the
+    directory with no code of ours (see :func:`whisper_classifier`). Checked two ways on the run's
+    validation clips: the logits of the loaded model on the saved feature extractor's features
+    (the tolerance), and the labels ``pipeline("audio-classification")`` answers."""
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, pipeline
+
+    from ..data.audio import fit_length, read_audio
+
+    model, extractor = whisper_classifier(predictor)
+    model.save_pretrained(tmp, safe_serialization=True)
+    extractor.save_pretrained(tmp)
+    _copy_run_metadata(predictor, tmp)
+
+    loaded = AutoModelForAudioClassification.from_pretrained(str(tmp)).eval()
+    features = AutoFeatureExtractor.from_pretrained(str(tmp))
+    classify = pipeline("audio-classification", model=str(tmp), device="cpu")
+    rate, clip = int(features.sampling_rate), int(features.n_samples)
+    got, answers, cropped = [], [], 0
+    for sample in batches:
+        waves = []
+        for path in sample.inputs:
+            wave = read_audio(path, rate)
+            if len(wave) > clip:  # the feature extractor would keep the start; the run keeps the centre
+                wave, cropped = fit_length(wave, clip, "center"), cropped + 1
+            waves.append(wave)
+        with torch.no_grad():
+            got.append(loaded(**features(waves, sampling_rate=rate, return_tensors="pt")).logits.float().numpy())
+        answers += [max(a, key=lambda x: x["score"])["label"] for a in classify([{"raw": w, "sampling_rate": rate} for w in waves], top_k=None)]
+    result = _compare(_reference(predictor, batches), got, batches, predictor.task)
+    expected = [loaded.config.id2label[int(i)] for e in _reference(predictor, batches) for i in e.argmax(-1)]
+    result["label_mismatches"] += sum(a != b for a, b in zip(answers, expected, strict=True))
+    return {**result, "pipeline_labels_checked": len(answers), "clip_samples": clip,
+            "inputs_longer_than_the_clip_centre_cropped_first": cropped}
+
+
+def whisper_classifier(predictor) -> tuple[Any, Any]:
+    """The run's Whisper classifier as transformers' own classes, computing the same function.
+
+    The run encodes a clip on its own frames (``clip_seconds`` of them, positional embeddings
+    sliced), averages the encoder states and applies a linear head. ``WhisperForAudioClassification``
+    pads every input to ``max_source_positions * 2`` frames, projects the states, averages all of
+    them and classifies. Set ``max_source_positions`` to the clip's positions (the embeddings cut
+    to those rows: the same slice), the feature extractor's window (``chunk_length``) to the clip's
+    seconds, the projector to the identity and the classifier to the head, and the two agree for
+    every clip up to ``clip_seconds`` long (padded with silence at the end, as the run pads it)."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForAudioClassification
+
+    backbone, task = predictor.model.backbone, predictor.task
+    pre = predictor.preprocessing
+    rate, hop = int(backbone.sampling_rate), int(pre.get("hop_length", 160))
+    clip_seconds = float(pre["clip_seconds"])
+    if not clip_seconds.is_integer():
+        # WhisperFeatureExtractor pads to chunk_length * sampling_rate samples, which numpy needs whole:
+        # a fractional window fails inside the pipeline, and a longer one would add silence the run never saw
+        raise FinetuneError(f"export hf: the run's clips are {clip_seconds:g} s long (clip_seconds in preprocessing.json), and "
+                            "WhisperFeatureExtractor's window is whole seconds; export it with --format onnx")
+    frames = int(round(clip_seconds * rate)) // hop
+    if frames % 2:
+        raise FinetuneError(f"export hf: a clip of {frames} mel frames has no whole number of Whisper positions")
+    labels = task.export_config()
+    width = int(backbone.config.d_model)
+    config = WhisperConfig(**{**backbone.config.to_dict(), "max_source_positions": frames // 2, "classifier_proj_size": width,
+                              "use_weighted_layer_sum": False, "id2label": labels["id2label"], "label2id": labels["label2id"],
+                              "architectures": ["WhisperForAudioClassification"]})
+    model = WhisperForAudioClassification(config)
+    state = {f"encoder.{k}": v for k, v in backbone.encoder.state_dict().items()}
+    state["encoder.embed_positions.weight"] = state["encoder.embed_positions.weight"][: frames // 2].clone()
+    state["projector.weight"] = torch.eye(width)
+    state["projector.bias"] = torch.zeros(width)
+    state.update({f"classifier.{k}": v for k, v in task.export_head(predictor.model.head.fc.state_dict()).items()})
+    model.load_state_dict(state, strict=True)
+    fe = backbone.feature_extractor
+    # chunk_length: the window every input is padded or cut to, the run's clip length
+    extractor = WhisperFeatureExtractor(feature_size=int(fe.feature_size), sampling_rate=rate, hop_length=hop,
+                                        chunk_length=int(clip_seconds), n_fft=int(fe.n_fft), padding_value=float(fe.padding_value))
+    return model.eval(), extractor
+
+
+HF_WRITERS = {"hf": _write_and_check_hf, "whisper": _write_and_check_whisper}
 
 
 def _save_tokenizer(predictor, directory: Path) -> None:
@@ -414,6 +499,22 @@ def loading_code(fmt: str, target: Path, predictor) -> list[str]:
     d = str(target)
     if not predictor.task.single_class:
         return _task_loading_code(fmt, d, predictor)
+    if fmt == "hf" and predictor.model.backbone.kind == "whisper":
+        seconds = predictor.preprocessing["clip_seconds"]
+        return [
+            "```python",
+            "from transformers import pipeline",
+            f'classify = pipeline("audio-classification", model="{d}")',
+            'print(classify("clip.wav"))            # a file (decoded with ffmpeg), or',
+            'print(classify({"raw": samples, "sampling_rate": 16000}))   # a mono float32 array',
+            "```",
+            f"A stock `WhisperForAudioClassification` and `WhisperFeatureExtractor`: no remote code. Its window is the run's clip "
+            f"length ({seconds} s, `chunk_length`), not Whisper's 30 seconds, and its positional embeddings are cut to that "
+            "window, so it computes what the run computes: the same logits for any clip up to that long (silence-padded at the "
+            "end, as the run pads it). A longer input is cut to its first "
+            f"{seconds} s by the feature extractor, where finetunekit keeps its centre: cut long recordings yourself "
+            "(finetunekit's predict cuts them into windows). `export.json` records the parity check.",
+        ]
     if fmt == "hf":
         return [
             "```python",

@@ -89,10 +89,27 @@ class Predictor:
             long = self.kind.long_inputs(examples.inputs, float(self.preprocessing.get("max_seconds") or 0))
             if long:
                 return self._with_windows(examples, long, batch_size)
-        scores = self._scores(examples, None, batch_size)[0]
+        scores = self._scores_and_windows(examples, batch_size)[0]
         if self.task.dense:  # detection: boxes back in each image's own pixels
             scores = self.task.to_input_frame(scores, [image_size(p, self.preprocessing.get("max_image_pixels")) for p in examples.inputs])
         return scores
+
+    def _scores_and_windows(self, examples: Examples, batch_size: int | None = None) -> tuple[np.ndarray, list[list[dict]] | None]:
+        """The scores of ``examples``; an input the modality cuts into parts (a long audio file:
+        windows) scores as the mean of its parts' scores, and each part's own answer and span come
+        back too (None when nothing was cut)."""
+        # a task that reads each input whole (a transcript) windows it its own way (_with_windows)
+        plan = None if self.task.whole_inputs else self.kind.windows(self.preprocessing, examples)
+        if plan is None:
+            return self._scores(examples, None, batch_size)[0], None
+        parts, owner, spans = plan
+        part_scores = self._scores(parts, None, batch_size)[0]
+        scores = np.stack([part_scores[owner == i].mean(0) for i in range(len(examples))])
+        answers = self.task.answers(part_scores)
+        windows: list[list[dict]] = [[] for _ in range(len(examples))]
+        for i, (start, end), answer in zip(owner, spans, answers, strict=True):
+            windows[int(i)].append({"start": round(start, 3), "end": round(end, 3), **answer})
+        return scores, windows
 
     def _with_windows(self, examples: Examples, long: dict[int, list[Any]], batch_size: int | None) -> np.ndarray:
         """Scores of ``examples`` whose inputs ``long`` (by index) are cut into windows: those
@@ -214,7 +231,18 @@ class Predictor:
     def records(self, inputs: list[Any] | Examples) -> list[dict[str, Any]]:
         """Per input ``{"json": ..., "line": ...}``: the prediction and its scores as ``predict --json``
         prints them, and as its plain-text line (without the input)."""
-        return self.task.output_records(self.predict_proba(inputs))
+        if self.task.dense or self.task.whole_inputs:  # boxes and masks in each image's own pixels; transcripts
+            return self.task.output_records(self.predict_proba(inputs))
+        examples = self._examples(inputs)
+        if len(examples) == 0:
+            return []
+        scores, windows = self._scores_and_windows(examples)
+        records = self.task.output_records(scores)
+        for record, parts in zip(records, windows or [], strict=False):
+            if len(parts) > 1:  # a long audio file: each window's own answer, and the line says how many were averaged
+                record["json"]["windows"] = parts
+                record["line"] += f"\t(mean of {len(parts)} windows)"
+        return records
 
     def write_predictions(self, inputs: list[Any] | Examples, folder: str | Path) -> list[dict[str, str]]:
         """Write the task's prediction files for ``inputs`` into ``folder`` (segmentation: an index

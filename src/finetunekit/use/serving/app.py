@@ -455,8 +455,14 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, options: ServeOptions | None = None,
           threads: int | None = None, device: str | None = None, log_level: str = "info") -> None:
-    """Load the run and answer requests until interrupted (Ctrl-C or SIGTERM)."""
+    """Load the run and answer requests until interrupted (Ctrl-C or SIGTERM); ``run_dir`` may
+    also be an image index (``finetunekit index``): the search service then answers."""
     import torch
+
+    from .search import is_index, serve_search
+
+    if is_index(run_dir):
+        return serve_search(run_dir, host, port, log_level)
 
     from ..predict import load
     from ...core.runtime import usable_cores

@@ -1,0 +1,72 @@
+"""The dual encoder: two backbones, a linear projection on each into one shared space, and a
+learned temperature; the symmetric InfoNCE loss over in-batch negatives.
+
+Example::
+
+    model = DualEncoder(image_backbone, text_backbone, embed_dim=256)
+    img = model.encode_image({"pixel_values": pixels})           # (B, 256), unit length
+    txt = model.encode_text(token_batch)                          # (B, 256), unit length
+    loss = contrastive_loss(img, txt, model.logit_scale.exp())
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# CLIP clamps the learned logit scale at 100 (a temperature of 0.01) so that it cannot blow up
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class DualEncoder(nn.Module):
+    """``image`` and ``text`` are finetunekit backbones (``forward_features`` gives one pooled vector
+    per example). A batch may carry the towers' features already (``image_features`` /
+    ``text_features``, from the feature cache): the tower is then not run at all."""
+
+    def __init__(self, image: nn.Module, text: nn.Module, embed_dim: int, init_temperature: float = 0.07) -> None:
+        super().__init__()
+        self.image = image
+        self.text = text
+        self.image_proj = nn.Linear(image.num_features, embed_dim, bias=False)
+        self.text_proj = nn.Linear(text.num_features, embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.embed_dim = embed_dim
+
+    def image_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "image_features" in batch:
+            return batch["image_features"]
+        return self.image.forward_features({"pixel_values": batch["pixel_values"]})
+
+    def text_features(self, batch: dict[str, Any]) -> torch.Tensor:
+        if "text_features" in batch:
+            return batch["text_features"]
+        return self.text.forward_features({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+
+    def encode_image(self, batch: dict[str, Any]) -> torch.Tensor:
+        return F.normalize(self.image_proj(self.image_features(batch).float()), dim=-1)
+
+    def encode_text(self, batch: dict[str, Any]) -> torch.Tensor:
+        return F.normalize(self.text_proj(self.text_features(batch).float()), dim=-1)
+
+    def clamp_logit_scale(self) -> None:
+        """After each optimizer step, as CLIP does: 0 <= log scale <= log 100."""
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [self.image_proj.weight, self.text_proj.weight, self.logit_scale]
+
+    def describe(self) -> dict[str, Any]:
+        return {"image_backbone": self.image.describe(), "text_backbone": self.text.describe(), "embed_dim": self.embed_dim}
+
+
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP): row i of each side is the other's positive, every other row of the
+    batch a negative; the mean of the image->text and text->image cross-entropies."""
+    logits = logit_scale * image_emb @ text_emb.T
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
