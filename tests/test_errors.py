@@ -204,7 +204,7 @@ def keep_checkpoints_zero(root, env):
 def unknown_strategy(root, env):
     return (["train", str(image_recipe(root)), "--set", "strategy.name=linear_prob"],
             "strategy.name: unknown strategy 'linear_prob' (did you mean 'linear_probe'?); "
-            "choose one of: freeze_then_unfreeze, full, gradual_unfreeze, last_n, linear_probe, lora, lp_ft, prototype, setfit")
+            "choose one of: freeze_then_unfreeze, frozen_encoder, full, gradual_unfreeze, last_n, linear_probe, lora, lp_ft, prototype, setfit")
 
 
 @case

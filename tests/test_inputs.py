@@ -110,7 +110,7 @@ def test_text_columns_are_validated():
         DataSpec(text_columns=["a", "a"])
     with pytest.raises(RecipeError, match=r"data.text_columns: .*label column"):
         DataSpec(text_columns=["a", "label"])
-    with pytest.raises(RecipeError, match=r"data.text_column and data.text_columns"):
+    with pytest.raises(RecipeError, match=r"data.text_column: excludes data.text_columns"):
         DataSpec(text_column="a", text_columns=["a", "b"])
 
 

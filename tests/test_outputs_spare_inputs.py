@@ -73,6 +73,7 @@ def cases(w: dict[str, Path], root: Path) -> dict[str, tuple[list[str], Path | s
         "tune_into_a_run": (["tune", str(recipe), "--output", str(w["other"]), "--trials", "1"], w["other"], w["other"]),
         "lr_find_into_a_run": (["lr-find", str(recipe), "--output", str(run)], run, run),
         "demo_onto_a_run": (["demo", "--output", str(run), "--overwrite", "--quick"], run, run),
+        "index_onto_its_images": (["index", str(run), str(images), "--output", str(images)], images, images),
     }
 
 
@@ -82,7 +83,7 @@ CASE_NAMES = [
     "export_onto_a_folder_holding_the_run", "export_onto_another_run", "predict_onto_the_runs_weights",
     "predict_onto_its_input_table", "predict_files_into_the_run", "explain_into_the_run",
     "report_through_a_symlink_onto_the_recipe", "compare_onto_a_runs_labels_through_dotdot", "tune_into_a_run",
-    "lr_find_into_a_run", "demo_onto_a_run",
+    "lr_find_into_a_run", "demo_onto_a_run", "index_onto_its_images",
 ]
 
 
@@ -113,7 +114,7 @@ def test_every_writing_command_refuses_an_output_that_destroys_an_input(name, im
 def test_the_cases_cover_every_writing_command(tmp_path, image_run):
     from finetunekit.cli import COMMANDS
 
-    readers_only = {"evaluate", "serve", "select", "list"}
+    readers_only = {"evaluate", "serve", "select", "list", "search"}
     built = cases(world(tmp_path, image_run), tmp_path)
     assert sorted(built) == sorted(CASE_NAMES)
     assert {args[0] for args, _, _ in built.values()} == set(COMMANDS) - readers_only

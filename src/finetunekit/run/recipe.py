@@ -131,7 +131,7 @@ class DataSpec:
             if set(labels) & set(columns):
                 raise RecipeError(f"data.text_columns: {sorted(set(labels) & set(columns))[0]!r} is a label column (data.label_column)")
             if self.text_column is not None:
-                raise RecipeError("data.text_column and data.text_columns exclude each other: give one text column, or two for pairs")
+                raise RecipeError("data.text_column: excludes data.text_columns; give one text column, or two for pairs (data.text_columns)")
         if self.shots_per_class is not None:
             _check_range("data.shots_per_class", self.shots_per_class, 1, 10**9)
 

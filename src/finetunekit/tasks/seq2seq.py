@@ -114,7 +114,10 @@ NORMALISATION_TEXT = {
 def edit_counts(refs: Sequence[str], hyps: Sequence[str], unit: Literal["word", "char"] = "word") -> tuple[np.ndarray, np.ndarray]:
     """Per example (errors, reference length) in words or characters, from jiwer's alignment;
     an empty reference counts every hypothesis unit as an insertion."""
-    import jiwer
+    try:
+        import jiwer
+    except ImportError:
+        raise FinetuneError("word and character error rates need the package 'jiwer' (pip install 'finetunekit[speech]')") from None
 
     errors = np.zeros(len(refs), dtype=np.float64)
     lengths = np.zeros(len(refs), dtype=np.float64)
@@ -158,7 +161,10 @@ def wer_metrics(refs: Sequence[str], hyps: Sequence[str], normalise: str) -> dic
 
 def bleu_metrics(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, Any]:
     """Corpus BLEU lower-cased (primary) and cased, and chrF, with sacrebleu's signatures."""
-    from sacrebleu.metrics import BLEU, CHRF
+    try:
+        from sacrebleu.metrics import BLEU, CHRF
+    except ImportError:
+        raise FinetuneError("BLEU and chrF need the package 'sacrebleu' (pip install 'finetunekit[translation]')") from None
 
     lower, cased, chrf = BLEU(lowercase=True), BLEU(), CHRF()
     return {
@@ -341,7 +347,10 @@ class Seq2SeqTask(Task):
 
     def describe(self) -> str:
         beams = "greedy" if self.num_beams == 1 else f"beam {self.num_beams}"
-        return f"text targets ({self.metric_family}), {beams} decoding, at most {self.max_new_tokens} new tokens"
+        # before fitting, the length is not known yet: it comes from the longest training target
+        length = ("as many new tokens as the longest training target plus a margin" if self.max_new_tokens is None
+                  else f"at most {self.max_new_tokens} new tokens")
+        return f"text targets ({self.metric_family}), {beams} decoding, {length}"
 
     def label_columns(self, default: str | list[str]) -> str | list[str]:
         return default
