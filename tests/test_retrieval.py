@@ -374,20 +374,20 @@ FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ima
 @pytest.mark.slow
 @pytest.mark.skipif(not FLICKR8K.is_dir(), reason=f"Flickr8k not found at {FLICKR8K}")
 def test_lit_on_a_flickr8k_slice_beats_chance_by_far(tmp_path):
-    """The bundled towers, LiT, 300 training images and 100 validation images (500 captions)."""
+    """The bundled towers, LiT, 200 training images and 60 validation images (300 captions)."""
     from finetunekit.retrieval.train import train
 
     lines = (FLICKR8K / "val.tsv").read_text().splitlines()
-    (tmp_path / "val.tsv").write_text("\n".join(lines[:501]) + "\n")  # the first 100 images, 5 captions each
+    (tmp_path / "val.tsv").write_text("\n".join(lines[:301]) + "\n")  # the first 60 images, 5 captions each
     recipe = RetrievalRecipe.from_dict({
         "task": {"type": "retrieval", "embed_dim": 128},
         "data": {"train": str(FLICKR8K / "train.tsv"), "val": str(tmp_path / "val.tsv"), "image_root": str(FLICKR8K),
-                 "max_train_images": 300, "max_length": 32},
+                 "max_train_images": 200, "max_length": 32},
         "train": {"epochs": 3, "batch_size": 64, "lr": 1e-4},
     })
     metrics = train(recipe, output=tmp_path / "run", quiet=True).metrics
-    assert metrics["images"] == 100 and metrics["captions"] == 500
-    # chance: R@10 = 0.10 for text->image over 100 images
+    assert metrics["images"] == 60 and metrics["captions"] == 300
+    # chance: R@10 = 10/60 for text->image over 60 images
     assert metrics["t2i_r10"] > 0.3 and metrics["i2t_r10"] > 0.3, metrics
 
 
