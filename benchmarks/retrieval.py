@@ -2,8 +2,8 @@
 
 Train the runs first (each command is in docs/retrieval.md), e.g.::
 
-    finetunekit train examples/flickr8k_retrieval.yaml --output runs/f8k-lit
-    finetunekit train examples/flickr8k_retrieval.yaml --set strategy.name=projections --output runs/f8k-proj
+    finetunekit train examples/flickr8k.yaml --output runs/f8k-lit
+    finetunekit train examples/flickr8k.yaml --set strategy.name=projections --output runs/f8k-proj
     python benchmarks/retrieval.py runs/f8k-lit runs/f8k-proj
 
 Prints a Markdown table: recall@1/5/10 both ways on the test set (95% bootstrap intervals of R@1),

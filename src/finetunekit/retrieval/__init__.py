@@ -9,7 +9,7 @@ epoch runs only the text side. A finished run embeds texts and images, builds an
 Example::
 
     from finetunekit.retrieval import RetrievalRecipe, train_retrieval
-    recipe = RetrievalRecipe.from_yaml("examples/flickr8k_retrieval.yaml")
+    recipe = RetrievalRecipe.from_yaml("examples/flickr8k.yaml")
     result = train_retrieval(recipe, output="runs/flickr8k")
     result.metrics["t2i_r1"], result.metrics["i2t_r1"]
 

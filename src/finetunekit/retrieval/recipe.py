@@ -1,6 +1,6 @@
 """The retrieval recipe: one typed dataclass per section, checked field by field.
 
-Example (``examples/flickr8k_retrieval.yaml``)::
+Example (``examples/flickr8k.yaml``)::
 
     task:  {type: retrieval, embed_dim: 256}
     model: {image_backbone: bundled:efficientnet_lite0, text_backbone: bundled:minilm_l6}

@@ -10,7 +10,7 @@ from (seed, epoch), so a run resumed from a checkpoint (end of an epoch, or ever
 
 Example::
 
-    result = train(RetrievalRecipe.from_yaml("examples/flickr8k_retrieval.yaml"), output="runs/f8k")
+    result = train(RetrievalRecipe.from_yaml("examples/flickr8k.yaml"), output="runs/f8k")
     print(result.metrics["test_t2i_r1"])
 """
 
