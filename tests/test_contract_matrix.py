@@ -39,7 +39,7 @@ from finetunekit.core.errors import FinetuneError, RecipeError
 from finetunekit.modalities import MODALITIES, modality_of
 from finetunekit.run.plan import check_combination
 from finetunekit.run.recipe import Recipe
-from finetunekit.strategies import STRATEGIES
+from finetunekit.strategies import STRATEGIES, supported_strategies
 from finetunekit.tasks import TASKS
 from run_outputs import comparable, differences
 from test_resume import interrupted
@@ -50,16 +50,16 @@ SHORT_SCHEDULES = {"last_n": 1, "freeze_epochs": 1, "lp_epochs": 1, "unfreeze_ev
 
 
 def refusal(modality: str, kind: str, strategy: str) -> str | None:
-    """Why the components' declarations rule the combination out, or None when they allow it."""
-    task, strat, mod = TASKS.get(kind), STRATEGIES.get(strategy), modality_of(modality)
-    if task.dense and not mod.feature_maps:
-        return "dense task without feature maps"
-    if strat.modalities is not None and modality not in strat.modalities:
-        return "strategy does not take this modality"
-    if strat.needs_single_class and not task.single_class:
-        return "strategy needs one class per example"
-    if strat.needs_decoder and not task.needs_decoder:
-        return "strategy needs an encoder-decoder"
+    """Why the registries rule the combination out, or None when they allow it: the modality must
+    feed the task type (``Modality.task_refusal``, ``Modality.supported_tasks``) and the task type
+    must train with the strategy on that modality (``supported_strategies``), both from the
+    components' declarations."""
+    task = TASKS.get(kind)
+    why = modality_of(modality).task_refusal(task)
+    if why:
+        return why
+    if strategy not in supported_strategies(task, modality):
+        return f"{strategy} is not among the strategies a {kind} task trains with on {modality} data"
     return None
 
 
@@ -72,7 +72,16 @@ def shipped(registry) -> list[str]:
 
 # task types that write text train encoder-decoders: tests/test_seq2seq.py covers them with tiny ones
 GENERIC_TASKS = [t for t in shipped(TASKS) if not TASKS.get(t).needs_decoder]
-ALL = list(itertools.product(shipped(MODALITIES), GENERIC_TASKS, shipped(STRATEGIES)))
+
+
+def strategy_axis(kind: str) -> list[str]:
+    """The strategies a task type is crossed with: its own when it declares them (retrieval's
+    dual encoder), else the strategies registry's."""
+    own = TASKS.get(kind).own_strategies
+    return list(own) if own is not None else shipped(STRATEGIES)
+
+
+ALL = [(m, t, s) for m, t in itertools.product(shipped(MODALITIES), GENERIC_TASKS) for s in strategy_axis(t)]
 VALID = [c for c in ALL if refusal(*c) is None]
 INVALID = [c for c in ALL if refusal(*c) is not None]
 
@@ -112,7 +121,11 @@ def params(combos):
 
 
 def test_the_matrix_is_taken_from_the_registries():
-    assert {m for m, _, _ in ALL} == set(shipped(MODALITIES)) and {s for _, _, s in ALL} == set(shipped(STRATEGIES))
+    assert {m for m, _, _ in ALL} == set(shipped(MODALITIES))
+    assert {s for _, _, s in ALL} == set(shipped(STRATEGIES)) | {s for t in GENERIC_TASKS for s in TASKS.get(t).own_strategies or ()}
+    # what the registries say each modality and task type supports is what the matrix runs
+    for m in shipped(MODALITIES):
+        assert {t for mm, t, _ in VALID if mm == m} == set(modality_of(m).supported_tasks()) & set(GENERIC_TASKS), m
     assert {t for _, t, _ in ALL} == set(GENERIC_TASKS)
     missing = sorted(set(shipped(MODALITIES)) - set(TINY))
     assert not missing, f"give tests/test_contract_matrix.py TINY a tiny backbone and data for modality {missing}"
@@ -130,9 +143,15 @@ def test_invalid_combination_is_refused_at_plan_time(modality, kind, strategy, r
         check_combination(modality, kind, strategy)
     message = str(caught.value)
     assert "\n" not in message and message.split(":")[0] in ("task.type", "strategy.name"), message
+    if not modality_of(modality).single_backbone:  # its examples are read by their task type's own recipe only
+        from finetunekit.retrieval import RetrievalRecipe
+
+        with pytest.raises(RecipeError, match=r"^(task\.type|strategy\.name): "):
+            RetrievalRecipe.from_dict({"task": {"type": kind}, "strategy": {"name": strategy}, "data": {"train": str(tmp_path / "absent.tsv")}})
+        return
     # and train() stops there too, through the resolve step (no data is read: the files are absent)
-    recipe = _matrix_recipe(modality, kind, strategy, request, tmp_path, with_data=False)
-    with pytest.raises(RecipeError, match=r"^(task\.type|strategy\.name): "):
+    with pytest.raises(RecipeError, match=r"^(task\.type|strategy\.name): "):  # a task type's own strategy: the recipe refuses it
+        recipe = _matrix_recipe(modality, kind, strategy, request, tmp_path, with_data=False)
         train(recipe, output=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 
@@ -179,6 +198,8 @@ TINY = {
     "text": ({"backbone": "hf:{tiny_bert}"},
              lambda request, root, kind, **sections: _recipe("text", root, kind, request.getfixturevalue("tiny_bert"), **sections)),
     "audio": ({"backbone": "whisper:{tiny_whisper}"}, _audio_recipe),
+    # image-caption pairs train a dual encoder with a recipe of its own (_own_recipe_lifecycle)
+    "image_text": ({}, None),
 }
 
 
@@ -216,6 +237,8 @@ def test_valid_combination_trains_resumes_evaluates_predicts_exports_and_reports
     from finetunekit.use.predict import load
 
     torch.set_num_threads(1)
+    if TASKS.get(kind).own_recipe:
+        return _own_recipe_lifecycle(strategy, request, tmp_path)
     recipe = _matrix_recipe(modality, kind, strategy, request, tmp_path)
 
     # train: an uninterrupted reference (the report is the last step's, written once below)
@@ -285,3 +308,42 @@ def test_valid_combination_trains_resumes_evaluates_predicts_exports_and_reports
     page = (run_dir / "report.html").read_text()
     view = type(task).view(task.state())
     assert "Training curves" in page and all(label in page for label, _ in view.cards), view.cards
+
+
+def _own_recipe_lifecycle(strategy: str, request, tmp_path: Path) -> None:
+    """A task type with a recipe of its own (retrieval's dual encoder, on tiny towers and colour
+    pictures from tests/test_retrieval.py): trains, resumes to the same weights, evaluates to its
+    own numbers, indexes and searches, classifies zero-shot, exports and reports."""
+    from safetensors.torch import load_file
+
+    from finetunekit.retrieval.api import RetrievalModel
+    from finetunekit.retrieval.index import Index, build_index
+    from finetunekit.retrieval.train import train as train_retrieval
+    from test_retrieval import make_pairs, tiny_recipe
+
+    make_pairs(tmp_path / "pairs", "train", 2, 0)
+    make_pairs(tmp_path / "pairs", "val", 1, 1)
+    tiny_bert = request.getfixturevalue("tiny_bert")
+    head = {"head_epochs": 1} if strategy in ("lit", "lora_text") else {}
+    recipe = tiny_recipe(tmp_path / "pairs", tiny_bert, strategy={"name": strategy, "lora_rank": 4, **head},
+                         train={"epochs": 2, "batch_size": 4, "checkpoint_every_steps": 1})
+    reference = train_retrieval(recipe, output=tmp_path / "reference", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train_retrieval(recipe, output=tmp_path / "run", quiet=True, stop_after_steps=1)
+    resumed = train_retrieval(recipe, output=tmp_path / "run", quiet=True, resume=True)
+    a, b = load_file(str(reference.run_dir / "model.safetensors")), load_file(str(resumed.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    task = TASKS.get("retrieval")
+    _finite_metrics(resumed.metrics, [task.primary_metric, *task.epoch_metrics])
+    model = RetrievalModel(resumed.run_dir)
+    again = model.evaluate(tmp_path / "pairs" / "val.tsv")
+    for name in task.epoch_metrics:
+        assert again[name] == pytest.approx(resumed.metrics[name], abs=1e-6), name
+    build_index(resumed.run_dir, tmp_path / "pairs" / "images", tmp_path / "idx", quiet=True)
+    found = Index.open(tmp_path / "idx").search(model.embed_images([str(tmp_path / "pairs" / "images" / "val_warm_0.png")]), 1)[0]
+    assert found[0][0].endswith("val_warm_0.png")  # an image is its own nearest neighbour
+    answers = model.classify([str(tmp_path / "pairs" / "images" / "val_warm_0.png")], ["warm", "cold"])
+    assert answers[0]["label"] in ("warm", "cold")
+    native = modality_of("image_text").export_formats[0]
+    assert main(["export", str(resumed.run_dir), "--format", native, "--output", str(tmp_path / native)]) == 0
+    assert (resumed.run_dir / "report.html").is_file() and (resumed.run_dir / "metrics.json").is_file()

@@ -24,7 +24,9 @@ from finetunekit.strategies import STRATEGIES
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 # the package's own modalities (each with a sample below); a test may register its own (tests/test_plugins.py)
-PACKAGE = [n for n in MODALITIES.names() if MODALITIES.get(n).__module__.startswith("finetunekit.")]
+PACKAGE = [n for n in MODALITIES.names() if MODALITIES.get(n).__module__.startswith("finetunekit.") and MODALITIES.get(n).single_backbone]
+# modalities whose examples feed a task type with a recipe and trainer of its own (image_text: retrieval)
+OWN_RECIPE = [n for n in MODALITIES.names() if not MODALITIES.get(n).single_backbone]
 
 
 @pytest.fixture
@@ -37,7 +39,26 @@ def samples(image_data, text_data, tiny_bert, audio_data, tiny_whisper):
     }
 
 
-@pytest.mark.parametrize("name", MODALITIES.names())
+@pytest.mark.parametrize("name", OWN_RECIPE)
+def test_a_modality_of_its_own_recipe_feeds_only_task_types_with_one(name):
+    """Its examples train task types of its input form only, each with a recipe, trainer and
+    strategies of its own; its default strategy is one of theirs."""
+    from finetunekit.strategies import supported_strategies
+    from finetunekit.tasks import TASKS
+
+    kind = modality_of(name)
+    tasks = kind.supported_tasks()
+    assert tasks, f"modality {name} feeds no registered task type"
+    for task in tasks:
+        assert TASKS.get(task).own_recipe and TASKS.get(task).input_form == kind.input_form
+        assert kind.default_strategy in supported_strategies(TASKS.get(task))
+    for other in MODALITIES.names():  # and no single-backbone modality feeds them
+        if other != name and modality_of(other).single_backbone:
+            assert not set(tasks) & set(modality_of(other).supported_tasks()), other
+    assert kind.request_field and kind.column_guesses and kind.zero_config_backbone
+
+
+@pytest.mark.parametrize("name", [n for n in MODALITIES.names() if MODALITIES.get(n).single_backbone])
 def test_modality_contract(name):
     kind = modality_of(name)
     assert isinstance(kind, Modality) and kind.name == name and modality_of(kind) is kind
@@ -141,6 +162,8 @@ def test_defaults_come_from_the_modality():
 
     for name in MODALITIES.names():
         kind = modality_of(name)
+        if not kind.single_backbone:  # its task type's own recipe holds the defaults (tested there)
+            continue
         resolved = resolve(Recipe(), name)
         assert resolved.strategy.name == kind.default_strategy
         expected = {**kind.train_defaults, **kind.strategy_train_defaults.get(kind.default_strategy, {})}

@@ -27,7 +27,7 @@ from ..core.registry import Registry
 MODALITIES: Registry = Registry("modality")
 
 from .base import InputSchema, Modality  # noqa: E402
-from . import audio, image, text  # noqa: E402, F401  (registers the modalities)
+from . import audio, image, image_text, text  # noqa: E402, F401  (registers the modalities)
 
 __all__ = ["MODALITIES", "InputSchema", "Modality", "build_dataset", "detect", "modality_of", "read_examples"]
 

@@ -65,6 +65,13 @@ class Modality:
     # encoder-decoder backbones read it (Whisper for audio, translation models for text): task
     # types that write text (Task.needs_decoder) can train on it
     seq2seq_backbones: ClassVar[bool] = False
+    # what one example is (Task.input_form): "single" inputs, or "image_text_pairs" (an image and
+    # its caption); a modality feeds only task types of its input form
+    input_form: ClassVar[str] = "single"
+    # a single-backbone recipe's model.backbone is of this modality (image, text, audio); False:
+    # its examples feed a task type with a recipe and trainer of its own (Task.own_recipe), and the
+    # single-backbone contract (datasets, predict, the service, export) is that task's package's
+    single_backbone: ClassVar[bool] = True
     # batch prediction decodes its inputs in threads ahead of the model (Predictor.image_tensor)
     threaded_images: ClassVar[bool] = False
     # training defaults for the recipe fields left as None (finetunekit.run.defaults), the default
@@ -95,6 +102,41 @@ class Modality:
     card_dataset_type: ClassVar[str] = "table"
     card_example: ClassVar[str] = '["an input"]'
     card_native_export: ClassVar[str] = ""  # said of the native export format in the card, after "directory"
+
+    # -- which task types it feeds -------------------------------------------------------------
+
+    def task_refusal(self, task: Any, backbone: str = "the backbone") -> str | None:
+        """Why this modality's examples cannot train a task of type ``task`` (its class), from both
+        sides' declarations, as a one-line reason (after ``task.type: ``); None when they can."""
+        from . import MODALITIES, modality_of
+
+        def tasks_of_form(form: str) -> list[str]:
+            from ..tasks import TASKS
+
+            return [n for n in TASKS.names() if TASKS.get(n).input_form == form]
+
+        if task.input_form != self.input_form:
+            able = [n for n in MODALITIES.names() if modality_of(n).input_form == task.input_form]
+            if task.own_recipe:
+                return f"{task.type} trains {task.own_recipe} on {' or '.join(able)} data; {backbone} is {_a(self.name)} backbone"
+            takers = [n for n in tasks_of_form(self.input_form)]
+            return (f"{task.type} trains on one input per example ({' or '.join(able)} data); {self.name} examples are "
+                    f"{self.input_form.replace('_', ' ')}, which {' or '.join(takers) or 'no task type'} trains on")
+        if task.dense and not self.feature_maps:
+            able = [n for n in MODALITIES.names() if modality_of(n).feature_maps]
+            return (f"{task.type} needs {' or '.join(_a(n) for n in able) or 'a'} "
+                    f"backbone with feature maps; {backbone} is a {self.name} backbone")
+        if task.needs_decoder and not self.seq2seq_backbones:
+            able = [n for n in MODALITIES.names() if modality_of(n).seq2seq_backbones]
+            return (f"{task.type} writes text with an encoder-decoder, which {' and '.join(able)} backbones have; "
+                    f"{backbone} is a {self.name} backbone")
+        return None
+
+    def supported_tasks(self) -> list[str]:
+        """The registered task types this modality's examples train (:meth:`task_refusal`)."""
+        from ..tasks import TASKS
+
+        return [n for n in TASKS.names() if self.task_refusal(TASKS.get(n)) is None]
 
     # -- finding examples ---------------------------------------------------------------------
 
@@ -295,6 +337,11 @@ def is_file(item: str) -> bool:
         return Path(item).is_file()
     except (OSError, ValueError):  # a long text or one with NUL bytes is no path at all
         return False
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "an image", "a text"."""
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def shown(item: str) -> str:

@@ -31,6 +31,10 @@ from typing import Any, Literal, get_args
 
 from ..core.errors import RecipeError, did_you_mean
 
+# the task type and the modality of these recipes in the registries (finetunekit.tasks.retrieval,
+# finetunekit.modalities.image_text): they declare its strategies and its input form
+TASK_TYPE = "retrieval"
+PAIRS = "image_text"
 StrategyName = Literal["lit", "full", "lora_text", "projections"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 # what each strategy declares: (image tower locked, text tower locked, LoRA adapters on the text tower)
@@ -53,12 +57,12 @@ def _positive(where: str, value: Any, kind: type = int) -> None:
 
 @dataclass(frozen=True)
 class TaskSection:
-    type: str = "retrieval"
+    type: str = TASK_TYPE
     embed_dim: int = 256  # the shared space's dimension
     init_temperature: float = 0.07  # CLIP's starting temperature; learned (logit scale clamped at 100)
 
     def __post_init__(self) -> None:
-        if self.type != "retrieval":
+        if not own_recipe(self.type):
             raise RecipeError(f"task.type: a retrieval recipe has type 'retrieval', got {self.type!r}")
         _positive("task.embed_dim", self.embed_dim)
         _positive("task.init_temperature", self.init_temperature, float)
@@ -251,11 +255,17 @@ def is_retrieval_recipe(path: str | Path) -> bool:
     from ..core.safe_yaml import read_yaml_file
 
     raw = read_yaml_file(Path(path))
-    return isinstance(raw, dict) and isinstance(raw.get("task"), dict) and raw["task"].get("type") == "retrieval"
+    return isinstance(raw, dict) and isinstance(raw.get("task"), dict) and own_recipe(raw["task"].get("type"))
 
 
-CAPTION_COLUMNS = ("caption", "captions", "sentence_caption")
-IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filepath", "filename")
+def own_recipe(task_type: Any) -> bool:
+    """Whether recipes of ``task_type`` are read by this package: the task registry's entry trains
+    a dual encoder of two towers, with strategies of its own (``Task.own_strategies``)."""
+    from ..tasks import TASKS  # (imported on first use: the task registry needs torch)
+
+    return isinstance(task_type, str) and task_type in TASKS and TASKS.get(task_type).own_recipe is not None
+
+
 
 
 def zero_config(path: str | Path) -> tuple[RetrievalRecipe, list[str]] | None:
@@ -272,11 +282,13 @@ def zero_config(path: str | Path) -> tuple[RetrievalRecipe, list[str]] | None:
         _, columns = _table(path)
     except FinetuneError:  # a broken table: zero-config's own reader names the problem
         return None
-    image = next((c for c in IMAGE_COLUMNS if c in columns), None)
-    caption = next((c for c in CAPTION_COLUMNS if c in columns), None)
-    if image is None or caption is None or "label" in columns:
+    from ..modalities import modality_of
+
+    found = modality_of(PAIRS).pair_columns(columns)
+    if found is None:
         return None
-    recipe = RetrievalRecipe.from_dict({"task": {"type": "retrieval"},
+    image, caption = found
+    recipe = RetrievalRecipe.from_dict({"task": {"type": TASK_TYPE},
                                         "data": {"train": str(path), "image_column": image, "caption_column": caption}})
     reasons = [f"{path}: an image column ({image!r}) and a caption column ({caption!r}): image-text retrieval",
                "strategy lit: the pretrained image tower locked (features cached once), the text tower trained "

@@ -36,7 +36,7 @@ from ..core.errors import RecipeError, did_you_mean, warn
 from ..data import Examples, resolve_splits
 from ..data.memory import pin_hf_sources
 from ..data.readers import sample_per_class
-from ..modalities import MODALITIES, modality_of
+from ..modalities import modality_of
 from ..strategies import STRATEGIES
 from ..tasks import TASKS, Task, fit_task, infer_type, label_columns, resolve_types, task_reader
 from .defaults import resolve as fill_defaults
@@ -120,23 +120,32 @@ def _check(recipe: Recipe, modality: str, kind: str | None) -> None:
         TASKS.get(kind).check_recipe(recipe, modality)  # dense tasks refuse mixup, balanced sampling
 
 
+def combination_refusal(modality: str, kind: str, strategy: str, backbone: str = "the backbone") -> str | None:
+    """Why the components' declarations rule a modality x task type x strategy combination out,
+    as one line naming the field (``task.type: ...`` or ``strategy.name: ...``), or None when they
+    allow it: the modality must feed the task type (``Modality.task_refusal``: its input form,
+    feature maps for a dense task, encoder-decoders for one that writes text), and the task type
+    must train with the strategy (``Task.strategy_refusal``: a task type with strategies of its own
+    takes only those; ``Strategy.modality_refusal`` and ``Strategy.task_refusal`` for the registry's)."""
+    task = TASKS.get(kind)
+    why = modality_of(modality).task_refusal(task, backbone)
+    if why:
+        return f"task.type: {why}"
+    if task.own_strategies is not None:
+        why = task.strategy_refusal(strategy)
+        return f"strategy.name: {why}" if why else None
+    cls = STRATEGIES.get(strategy)
+    why = cls.modality_refusal(strategy, modality) or cls.task_refusal(strategy, task)
+    return f"strategy.name: {why}" if why else None
+
+
 def check_combination(modality: str, kind: str, strategy: str, backbone: str = "the backbone") -> None:
     """Refuse a modality x task type x strategy combination that the components' declarations
-    rule out (one RecipeError naming the field): a dense task type on a modality without feature
-    maps, a strategy on a modality or task type it does not declare (``Strategy.check_plan``).
-    Needs no data, so it runs before any is read when the recipe names the task type."""
-    task = TASKS.get(kind)
-    if task.dense and not modality_of(modality).feature_maps:
-        able = [name for name in MODALITIES.names() if modality_of(name).feature_maps]
-        raise RecipeError(
-            f"task.type: {kind} needs {' or '.join(f'an {n}' if n[0] in 'aeiou' else f'a {n}' for n in able) or 'a'} "
-            f"backbone with feature maps; {backbone} is a {modality} backbone"
-        )
-    if task.needs_decoder and not modality_of(modality).seq2seq_backbones:
-        able = [name for name in MODALITIES.names() if modality_of(name).seq2seq_backbones]
-        raise RecipeError(f"task.type: {kind} writes text with an encoder-decoder, which {' and '.join(able)} backbones have; "
-                          f"{backbone} is a {modality} backbone")
-    STRATEGIES.get(strategy).check_plan(strategy, modality, task)
+    rule out (one RecipeError naming the field, :func:`combination_refusal`). Needs no data, so
+    it runs before any is read when the recipe names the task type."""
+    why = combination_refusal(modality, kind, strategy, backbone)
+    if why:
+        raise RecipeError(why)
 
 
 def _read(recipe: Recipe, modality: str, say: Callable[[str], None]) -> tuple[Examples, Examples, str]:

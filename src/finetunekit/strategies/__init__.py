@@ -111,26 +111,35 @@ class Strategy:
         (:attr:`modalities`, :attr:`needs_single_class`); ``task`` is the task type's class. The
         resolve step calls it once both are known, before any training. Raises RecipeError naming
         ``strategy.name``."""
+        why = cls.modality_refusal(name, modality) or cls.task_refusal(name, task)
+        if why:
+            raise RecipeError(f"strategy.name: {why}")
+
+    @classmethod
+    def modality_refusal(cls, name: str, modality: str) -> str | None:
+        """Why this strategy cannot train a backbone of ``modality`` (after ``strategy.name: ``), or None."""
         if cls.modalities is not None and modality not in cls.modalities:
-            raise RecipeError(
-                f"strategy.name: {name}: is for {' or '.join(sorted(cls.modalities))} backbones, and this is a "
-                f"{modality} backbone; choose another strategy"
-            )
+            return (f"{name}: is for {' or '.join(sorted(cls.modalities))} backbones, and this is a "
+                    f"{modality} backbone; choose another strategy")
+        return None
+
+    @classmethod
+    def task_refusal(cls, name: str, task: Any) -> str | None:
+        """Why this strategy cannot train a task of type ``task`` (its class), from both sides'
+        declarations (after ``strategy.name: ``), or None."""
+        why = task.strategy_refusal(name)
+        if why:
+            return why
         if cls.needs_decoder and not getattr(task, "needs_decoder", False):
-            raise RecipeError(
-                f"strategy.name: {name} splits an encoder-decoder into its encoder and decoder, and a {task.type} task "
-                "trains an encoder; choose another strategy"
-            )
+            return (f"{name} splits an encoder-decoder into its encoder and decoder, and a {task.type} task "
+                    "trains an encoder; choose another strategy")
         if cls.frozen_backbone and getattr(task, "needs_decoder", False):
-            raise RecipeError(
-                f"strategy.name: {name} freezes the whole backbone, and a {task.type} model's decoder is part of it; "
-                "choose full, frozen_encoder or lora"
-            )
+            return (f"{name} freezes the whole backbone, and a {task.type} model's decoder is part of it; "
+                    "choose full, frozen_encoder or lora")
         if cls.needs_single_class and not task.single_class:
-            raise RecipeError(
-                f"strategy.name: {name} fits its head from one class per example, and a {task.type} task has "
-                "no single class per example; choose another strategy"
-            )
+            return (f"{name} fits its head from one class per example, and a {task.type} task has "
+                    "no single class per example; choose another strategy")
+        return None
 
     @classmethod
     def check_epochs(cls, spec: Any, epochs: int) -> None:
@@ -436,3 +445,20 @@ def merge_added(model: nn.Module) -> bool:
 # Registers the strategies defined in submodules, once Strategy exists: LoRA through peft (peft
 # itself is imported lazily), and those whose phase changes over epochs.
 from . import lora, prototype, schedules, setfit  # noqa: E402,F401
+
+
+def supported_strategies(task: Any, modality: str | None = None) -> list[str]:
+    """The strategies a task type (its class) trains with: its own when it declares them
+    (``Task.own_strategies``), else the registry's whose declarations allow it (and ``modality``,
+    when given).
+
+    Example::
+
+        supported_strategies(TASKS.get("regression"))     # no prototype, no setfit
+        supported_strategies(TASKS.get("retrieval"))      # ['lit', 'full', 'lora_text', 'projections']
+    """
+    if task.own_strategies is not None:
+        return list(task.own_strategies)
+    return [n for n in STRATEGIES.names()
+            if STRATEGIES.get(n).task_refusal(n, task) is None
+            and (modality is None or STRATEGIES.get(n).modality_refusal(n, modality) is None)]

@@ -17,7 +17,7 @@ from ..core.registry import Registry
 TASKS: Registry = Registry("task")
 
 from .base import Task  # noqa: E402
-from . import classification, detection, multilabel, multitask, regression, segmentation, seq2seq  # noqa: E402, F401  (registers the task types)
+from . import classification, detection, multilabel, multitask, regression, retrieval, segmentation, seq2seq  # noqa: E402, F401  (registers the task types)
 
 __all__ = ["TASKS", "Task", "build_task", "infer_type", "label_columns", "fit_task", "resolve_types", "task_from_state", "task_reader"]
 

@@ -95,6 +95,27 @@ class Task:
     # modality that has them (Modality.seq2seq_backbones); its contract tests need tiny
     # encoder-decoders (tests/test_seq2seq.py), not the encoders of the generic task tests
     needs_decoder: ClassVar[bool] = False
+    # what one example is: ``"single"`` (one input, an image, a text or a clip, with its target) or
+    # ``"image_text_pairs"`` (an image and its caption, matched against the rest of the batch); a
+    # modality feeds a task whose input form it declares (Modality.input_form)
+    input_form: ClassVar[str] = "single"
+    # the strategies of a task type whose model is not ``FineTuneModel(backbone, head)`` (the dual
+    # encoder of retrieval): its recipe's ``strategy.name`` values. None: the strategies registry's
+    # (finetunekit.strategies.STRATEGIES), as each strategy's declarations allow
+    own_strategies: ClassVar[tuple[str, ...] | None] = None
+    # what trains such a task type and reads its recipe (a few words for errors and `finetunekit list`)
+    own_recipe: ClassVar[str | None] = None
+
+    @classmethod
+    def strategy_refusal(cls, strategy: str) -> str | None:
+        """Why this task type cannot train with ``strategy`` (a one-line reason after
+        ``strategy.name: ``), from what it declares, or None. A task type with strategies of its own
+        takes only those; the registry's strategies are further judged by their own declarations
+        (``Strategy.task_refusal``)."""
+        if cls.own_strategies is not None and strategy not in cls.own_strategies:
+            return (f"{strategy}: a {cls.type} task trains {cls.own_recipe or 'a model of its own'}, with strategies of its own: "
+                    f"{', '.join(cls.own_strategies)}")
+        return None
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
