@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..core.errors import FinetuneError, RecipeError
+from . import distributed
 from .data import Pairs, check_distinct_images, read_pairs
 from .encode import image_features, run_image_tower, run_text_tower, text_features, token_batch
 from .metrics import bootstrap_intervals, format_metrics, retrieval_metrics, retrieval_ranks
@@ -184,6 +185,7 @@ def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device
           head_only: bool = False) -> torch.Tensor:
     if head_only:
         train = _Data(train.pairs, train.tokens, train.image_feats, train.head_text_feats)
+    size, batch = len(batch), distributed.shard(batch)  # several processes: each embeds its own slice
     images = [i for i, _ in batch]
     rows = [r for _, r in batch]
     if train.image_feats is not None:
@@ -197,6 +199,7 @@ def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device
         txt = model.encode_text({"text_features": train.text_feats[rows].to(device)})
     else:
         txt = model.encode_text({k: v.to(device) for k, v in token_batch(train.tokens, rows, model.text.pad_token_id).items()})
+    img, txt = distributed.gather_pairs(img, txt, size)  # the loss over the global batch
     return contrastive_loss(img, txt, model.logit_scale.exp())
 
 
@@ -204,12 +207,31 @@ def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: 
           stop_after_steps: int | None = None) -> RetrievalResult:
     """Train ``recipe`` into ``output``. ``resume=True`` continues from the run's checkpoint
     (the same recipe is required). ``stop_after_steps`` stops (as an interruption would) after that
-    many optimizer steps, having written a checkpoint: for testing resume."""
+    many optimizer steps, having written a checkpoint: for testing resume. Started by torchrun on
+    several processes, each step's loss is taken over the global batch with every process's
+    embeddings (:mod:`finetunekit.retrieval.distributed`)."""
+    run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    distributed.setup()  # several processes (torchrun): the batch's negatives are gathered from all
+    if distributed.is_main():  # process 0 writes the run directory
+        return _train(recipe, run_dir, overwrite, quiet, resume, stop_after_steps)
+    import contextlib
+    import io
+    import shutil
+
+    own = distributed.private_run_dir(run_dir, resume)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _train(recipe, own, overwrite, True, resume, stop_after_steps)
+    finally:
+        shutil.rmtree(own.parent, ignore_errors=True)
+
+
+def _train(recipe: RetrievalRecipe, run_dir: Path, overwrite: bool, quiet: bool, resume: bool, stop_after_steps: int | None
+           ) -> RetrievalResult:
     from ..core.outputs import RunDirLock
     from ..run import artifacts
 
     started = time.perf_counter()
-    run_dir = Path(output) if output is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     resuming = resume and (run_dir / CHECKPOINT / "state.json").is_file()
     if resume and overwrite:
         raise FinetuneError("--resume and --overwrite exclude each other: resume keeps the run directory, overwrite replaces it")
@@ -238,7 +260,7 @@ def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: 
     torch.manual_seed(t.seed)  # the projections' initial weights (and random towers): a function of the seed
     model = build_towers(recipe)  # after the data: a bad table is refused before minutes of loading
     adapter = apply_strategy(model, recipe.strategy)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device()
     model.to(device)
     preprocessing = {"image_tower": model.image.preprocessing(), "text_tower": {"max_length": d.max_length}}
 
@@ -280,7 +302,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
                  f"{len(val_pairs.images)} val images ({len(val_pairs)} captions); trainable params {trainable:,} / {count:,} "
                  f"({100 * trainable / count:.1f}%), device {device}"))
     bs = min(t.batch_size, len(train_pairs.images))
-    _say(quiet, (f"batch size {bs}: {bs - 1} in-batch negatives per query in each direction (image->text and text->image); "
+    _say(quiet, (f"{distributed.describe_batch(bs)} in each direction (image->text and text->image); "
                  f"{per_epoch} batches per epoch (each image once, one of its captions)"))
     if hits:
         s = recipe.strategy
@@ -312,6 +334,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
                 raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}; try a lower train.lr / train.head_lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(model)
             if t.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
             optimizer.step()
