@@ -283,6 +283,51 @@ def test_search_refusals_are_one_line(lit_run, pairs_data, tmp_path, capsys):
     (tmp_path / "idx" / "index.json").write_text(json.dumps({**meta, "format_version": 99}))
     assert main(["search", str(tmp_path / "idx"), "dog"]) == 2
     assert "index format 99" in capsys.readouterr().err
+    # an index whose run is gone: nothing can embed the query as the index's images were embedded
+    (tmp_path / "idx" / "index.json").write_text(json.dumps({**meta, "run_dir": str(tmp_path / "moved")}))
+    assert main(["search", str(tmp_path / "idx"), "dog"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "which is no longer there" in err and "\n" not in err, err
+    # nothing to index is refused when building; a query to an index that holds no vectors anyway
+    (tmp_path / "none.tsv").write_text("image\n")
+    assert main(["index", str(lit_run), str(tmp_path / "none.tsv"), "--output", str(tmp_path / "empty"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none.tsv: no data rows" in err and "\n" not in err, err
+    import faiss
+
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    faiss.write_index(faiss.IndexFlatIP(meta["embed_dim"]), str(tmp_path / "empty" / "vectors.faiss"))
+    (tmp_path / "empty" / "items.json").write_text("[]")
+    (tmp_path / "empty" / "index.json").write_text(json.dumps({**meta, "count": 0}))
+    for argv in (["search", str(tmp_path / "empty"), "dog"], ["search", str(tmp_path / "empty"), "--image", str(pairs_data / "images" / "val_warm_0.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "the index is empty" in err and "\n" not in err, err
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("images/val_warm_0.png\twarm story\n\ta caption without its image\n", r"t.tsv:3: empty 'image' cell \(every caption needs its image\)"),
+    ("images/val_warm_0.png\twarm story\nimages/absent.png\tcold story\n", r"t.tsv:3: image not found: .*absent.png"),
+    ("images/val_warm_0.png\twarm story\nimages/val_cold_0.png\t  \n", r"t.tsv:3: empty 'caption' cell"),
+    ("images/val_warm_0.png\twarm story\nimages/copy.png\twarm again\n", r"copy.png and .*val_warm_0.png are the same image under two paths"),
+], ids=["caption-without-image", "image-not-there", "empty-caption", "one-image-two-paths"])
+def test_bad_training_table_is_one_line_and_exit_2(rows, message, pairs_data, tiny_bert, tmp_path, capsys):
+    """The command line's answer to each bad table: one line naming the file and row, status 2,
+    before any tower is loaded, and no run directory left behind."""
+    import re
+    import shutil
+
+    import yaml
+
+    shutil.copytree(pairs_data / "images", tmp_path / "images")
+    shutil.copy(tmp_path / "images" / "val_warm_0.png", tmp_path / "images" / "copy.png")
+    (tmp_path / "t.tsv").write_text("image\tcaption\n" + rows)
+    recipe = tiny_recipe(pairs_data, tiny_bert, data={"train": str(tmp_path / "t.tsv")})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
+    assert main(["train", str(tmp_path / "recipe.yaml"), "--output", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and "\n" not in err, err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_zero_shot_predict_and_evaluate_on_class_folders(lit_run, tmp_path, capsys):
