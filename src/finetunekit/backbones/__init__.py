@@ -156,6 +156,11 @@ def _run(name: str, pretrained: bool, pooling: str, image_size: int | None) -> B
 
     run_dir = Path(name)
     info = read_run_info(run_dir)
+    if "image_backbone" in info and "backbone" not in info:  # an image-text run (two towers): its image tower
+        backbone = rebuild_backbone(info["image_backbone"], run_dir / "image_backbone")
+        state = {k[len("image."):]: v for k, v in read_weights(run_dir).items() if k.startswith("image.")}
+        load_weights(backbone, state, run_dir / "model.safetensors")
+        return backbone
     backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
     adapter = info.get("adapter")
     if adapter:  # a run that kept its adapters unmerged: continue from its adapted weights, merged

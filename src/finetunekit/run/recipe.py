@@ -44,9 +44,15 @@ class ModelSpec:
     pooling: Pooling = "auto"  # text backbones: how token states become one vector
     head_dropout: float = 0.0
     image_size: int | None = None  # override the backbone's input resolution
+    # "zero_shot:RUN_DIR": start a classification head from an image-text retrieval run's text
+    # embeddings of the class names (finetunekit.retrieval.head_init); None: a new random head
+    head_init: str | None = None
 
     def __post_init__(self) -> None:
         _check_range("model.head_dropout", self.head_dropout, 0.0, 1.0, high_open=True)
+        if self.head_init is not None and (not isinstance(self.head_init, str) or not self.head_init.startswith("zero_shot:")
+                                           or not self.head_init[len("zero_shot:"):].strip()):
+            raise RecipeError(f"model.head_init: expected 'zero_shot:RUN_DIR' (an image-text retrieval run), got {self.head_init!r}")
         if self.image_size is not None:
             _check_range("model.image_size", self.image_size, 8, 4096)
         if not self.backbone.strip():

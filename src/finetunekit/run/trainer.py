@@ -355,6 +355,10 @@ def _build(plan: Plan, backbone: Any, accelerator: Any, run_dir: Path) -> _Run:
     kind = modality_of(plan.modality)
 
     model = FineTuneModel(backbone, task.head_for(backbone, spec.head_dropout))
+    if spec.head_init:  # the head starts as an image-text run's zero-shot classifier of the class names
+        from ..retrieval.head_init import zero_shot_head
+
+        _log(accelerator, False, zero_shot_head(spec.head_init, model, task, backbone, STRATEGIES.get(recipe.strategy.name)))
     preprocessing = kind.run_preprocessing(backbone, d)  # what predict needs: text length and pair columns, image limits
     strategy = STRATEGIES.get(recipe.strategy.name)(recipe.strategy)
     groups = strategy.setup(model, t.lr, t.head_lr, pretrained=spec.pretrained)
