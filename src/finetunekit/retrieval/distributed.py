@@ -92,6 +92,12 @@ def bounds(n: int, parts: int) -> list[tuple[int, int]]:
 
 def shard(batch: Sequence[T]) -> list[T]:
     """This process's contiguous slice of a global batch (the whole batch in one process)."""
+    if len(batch) < world():
+        from ..core.errors import FinetuneError
+
+        raise FinetuneError(f"train.batch_size: a batch of {len(batch)} rows cannot give each of {world()} processes a row; "
+                            "use fewer processes or a batch size (and a number of training images) that leaves every batch "
+                            "at least one row per process")
     start, end = bounds(len(batch), world())[rank()]
     return list(batch[start:end])
 
