@@ -480,3 +480,56 @@ def test_cli_resume_finishes_an_interrupted_retrieval_run(pairs_data, tiny_bert,
     assert "resuming from" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 2
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_unlocked_text_layers_train_the_top_layers_on_cached_lower_states(pairs_data, tiny_bert, tmp_path, capsys):
+    """strategy.unlocked_text_layers: 1 of the tiny BERT's 2 layers: the embeddings and layer 0
+    stay as they were, layer 1 trains; the cached states + the top layer give the whole tower's
+    features; a resumed run ends with the uninterrupted weights; the run loads and embeds."""
+    import finetunekit
+    from safetensors.torch import load_file
+
+    from finetunekit.retrieval.encode import lower_text_states
+    from finetunekit.retrieval.train import build_towers, train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 1})
+    torch.manual_seed(0)
+    start = build_towers(recipe)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    # parity: the top layer on the cached states = the whole tower, padding and all
+    captions = ["the warm story", "a very cold story that goes on", "grim"]
+    tokens = start.text.tokenize(captions, 16)
+    states, hit = lower_text_states(start.text, tokens, 1, "cpu", str(tmp_path / "cache"), quiet=True)
+    assert not hit and states.states.shape == (sum(len(t) for t in tokens["input_ids"]), 32)
+    start.eval()
+    with torch.no_grad():
+        whole = start.text.forward_features(token_batch_of(start, tokens))
+        start.unlocked_text_layers = 1
+        top = start.text_features(states.batch([0, 1, 2]))
+    assert torch.allclose(whole, top, atol=1e-5)
+
+    result = train(recipe, output=tmp_path / "straight")
+    out = capsys.readouterr().out
+    assert "the text tower's top 1 layers on its cached lower token states" in out
+    after = result.model.state_dict()
+    lower = [k for k in before if k.startswith("text.") and ".encoder.layer.1." not in k]
+    assert lower and all(torch.equal(before[k], after[k]) for k in lower)  # embeddings and layer 0 locked
+    assert not all(torch.equal(before[k], after[k]) for k in before if ".encoder.layer.1." in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("image."))
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, output=tmp_path / "stopped", quiet=True, stop_after_steps=4)
+    train(recipe, output=tmp_path / "stopped", quiet=True, resume=True)
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "stopped" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    loaded = finetunekit.load(result.run_dir)
+    assert loaded.embed_text(["the warm story"]).shape == (1, 16)
+    with pytest.raises(RecipeError, match="strategy.unlocked_text_layers: applies to lit"):
+        tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 1, "name": "full"})
+    with pytest.raises(RecipeError, match="strategy.unlocked_text_layers: 3, but .* has 2 layers"):
+        build_towers(tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 3}))
+
+
+def token_batch_of(model, tokens):
+    from finetunekit.retrieval.encode import token_batch
+
+    return token_batch(tokens, list(range(len(tokens["input_ids"]))), model.text.pad_token_id)

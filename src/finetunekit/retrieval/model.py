@@ -35,6 +35,7 @@ class DualEncoder(nn.Module):
         self.text_proj = nn.Linear(text.num_features, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.embed_dim = embed_dim
+        self.unlocked_text_layers = 0  # how many top text layers run on cached token states (set by the trainer)
 
     def image_features(self, batch: dict[str, Any]) -> torch.Tensor:
         if "image_features" in batch:
@@ -44,7 +45,27 @@ class DualEncoder(nn.Module):
     def text_features(self, batch: dict[str, Any]) -> torch.Tensor:
         if "text_features" in batch:
             return batch["text_features"]
+        if "text_states" in batch:
+            return self.text_from_states(batch["text_states"], batch["attention_mask"])
         return self.text.forward_features({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+
+    def text_from_states(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text tower's pooled features from token states cached below its top
+        ``self.unlocked_text_layers`` layers (``strategy.unlocked_text_layers``): those layers run on
+        the states, then the tower's own pooling, as its ``forward_features`` would."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        from .encode import text_layers
+
+        model = self.text.model
+        mask = create_bidirectional_mask(config=model.config, inputs_embeds=states, attention_mask=attention_mask)
+        for layer in text_layers(self.text)[len(text_layers(self.text)) - self.unlocked_text_layers:]:
+            states = layer(states, mask)
+            states = states[0] if isinstance(states, tuple) else states
+        if self.text.pooling == "cls":
+            return states[:, 0]
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def encode_image(self, batch: dict[str, Any]) -> torch.Tensor:
         return F.normalize(self.image_proj(self.image_features(batch).float()), dim=-1)

@@ -16,7 +16,9 @@ augmentation and strategy fields apply to it. ``finetunekit train`` tells the tw
 Strategies (``strategy.name``):
 
 * ``lit``: the image tower locked (its features read from the feature cache), the text tower and
-  both projections trained (the default);
+  both projections trained (the default); ``strategy.unlocked_text_layers: N`` trains only the text
+  tower's top N transformer layers (its embeddings and lower layers locked, their token states
+  computed once per caption through the feature cache);
 * ``full``: both towers trained;
 * ``lora_text``: the image tower locked, LoRA adapters on the text tower (merged when saved);
 * ``projections``: both towers locked (both read from the cache); only the projections and the
@@ -111,6 +113,11 @@ class StrategySection:
     # features (seconds each), before the text tower trains (LP-FT, Kumar et al. 2022: the tower
     # then starts from a head that already fits, not from random projections)
     head_epochs: int = 0
+    # lit only. None: the whole text tower trains. N: only its top N transformer layers train (with
+    # the pooling over their output and the projections); the token embeddings and the layers below
+    # stay locked, and the token states they give each caption are computed once (feature cache),
+    # so an epoch runs N layers on cached states instead of the whole tower
+    unlocked_text_layers: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.head_epochs, bool) or not isinstance(self.head_epochs, int) or self.head_epochs < 0:
@@ -119,6 +126,11 @@ class StrategySection:
             raise RecipeError(f"strategy.name: {self.name!r} is not a retrieval strategy{did_you_mean(str(self.name), STRATEGY_NAMES)}; "
                               f"choose one of: {', '.join(STRATEGY_NAMES)}")
         _positive("strategy.lora_rank", self.lora_rank)
+        if self.unlocked_text_layers is not None:
+            _positive("strategy.unlocked_text_layers", self.unlocked_text_layers)
+            if self.name != "lit":
+                raise RecipeError(f"strategy.unlocked_text_layers: applies to lit (a trained text tower with the image tower locked), "
+                                  f"not {self.name}")
 
     @property
     def image_locked(self) -> bool:
