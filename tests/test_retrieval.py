@@ -533,3 +533,27 @@ def token_batch_of(model, tokens):
     from finetunekit.retrieval.encode import token_batch
 
     return token_batch(tokens, list(range(len(tokens["input_ids"]))), model.text.pad_token_id)
+
+
+def test_mlp_image_projection_is_saved_reloaded_and_exported(pairs_data, tiny_bert, tmp_path, capsys):
+    import finetunekit
+
+    from finetunekit.retrieval.train import train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, task={"image_projection_hidden": 24, "image_projection_dropout": 0.1},
+                         strategy={"name": "projections"}, train={"epochs": 1})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    assert result.model.image_proj[0].weight.shape == (24, result.model.image.num_features)
+    loaded = finetunekit.load(result.run_dir)
+    image = str(pairs_data / "images" / "val_warm_0.png")
+    result.model.eval()
+    with torch.no_grad():
+        from finetunekit.retrieval.encode import run_image_tower
+
+        feats = run_image_tower(result.model.image, [image], result.model.image.preprocessing(), "cpu", quiet=True)
+        expected = result.model.encode_image({"image_features": feats}).numpy()
+    assert np.allclose(loaded.embed_images([image]), expected, atol=1e-5)  # dropout off, the MLP rebuilt from finetunekit.json
+    assert main(["export", str(result.run_dir), "--format", "onnx", "--output", str(tmp_path / "onnx")]) == 0
+    assert "parity: largest difference" in capsys.readouterr().out
+    with pytest.raises(RecipeError, match=r"task.image_projection_dropout: expected a number in \[0, 1\)"):
+        tiny_recipe(pairs_data, tiny_bert, task={"image_projection_dropout": 1.5})

@@ -27,11 +27,20 @@ class DualEncoder(nn.Module):
     per example). A batch may carry the towers' features already (``image_features`` /
     ``text_features``, from the feature cache): the tower is then not run at all."""
 
-    def __init__(self, image: nn.Module, text: nn.Module, embed_dim: int, init_temperature: float = 0.07) -> None:
+    def __init__(self, image: nn.Module, text: nn.Module, embed_dim: int, init_temperature: float = 0.07,
+                 image_projection_hidden: int = 0, image_projection_dropout: float = 0.0) -> None:
         super().__init__()
         self.image = image
         self.text = text
-        self.image_proj = nn.Linear(image.num_features, embed_dim, bias=False)
+        # the image side: linear (image_projection_hidden 0), or a two-layer MLP (Linear, GELU, dropout,
+        # Linear) on the locked tower's features, which a linear map cannot reshape
+        if image_projection_hidden:
+            self.image_proj: nn.Module = nn.Sequential(
+                nn.Linear(image.num_features, image_projection_hidden), nn.GELU(), nn.Dropout(image_projection_dropout),
+                nn.Linear(image_projection_hidden, embed_dim, bias=False))
+        else:
+            self.image_proj = nn.Linear(image.num_features, embed_dim, bias=False)
+        self.image_projection = {"hidden": image_projection_hidden, "dropout": image_projection_dropout}
         self.text_proj = nn.Linear(text.num_features, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.embed_dim = embed_dim
@@ -79,10 +88,13 @@ class DualEncoder(nn.Module):
             self.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [self.image_proj.weight, self.text_proj.weight, self.logit_scale]
+        return [*self.image_proj.parameters(), self.text_proj.weight, self.logit_scale]
 
     def describe(self) -> dict[str, Any]:
-        return {"image_backbone": self.image.describe(), "text_backbone": self.text.describe(), "embed_dim": self.embed_dim}
+        out = {"image_backbone": self.image.describe(), "text_backbone": self.text.describe(), "embed_dim": self.embed_dim}
+        if self.image_projection["hidden"]:
+            out["image_projection"] = dict(self.image_projection)
+        return out
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -58,12 +58,19 @@ class TaskSection:
     type: str = "retrieval"
     embed_dim: int = 256  # the shared space's dimension
     init_temperature: float = 0.07  # CLIP's starting temperature; learned (logit scale clamped at 100)
+    image_projection_hidden: int = 0  # 0: a linear image projection; N: an MLP (Linear to N, GELU, dropout, Linear)
+    image_projection_dropout: float = 0.0  # the MLP's dropout (training only)
 
     def __post_init__(self) -> None:
         if self.type != "retrieval":
             raise RecipeError(f"task.type: a retrieval recipe has type 'retrieval', got {self.type!r}")
         _positive("task.embed_dim", self.embed_dim)
         _positive("task.init_temperature", self.init_temperature, float)
+        if isinstance(self.image_projection_hidden, bool) or not isinstance(self.image_projection_hidden, int) or self.image_projection_hidden < 0:
+            raise RecipeError(f"task.image_projection_hidden: expected an integer >= 0 (0: linear), got {self.image_projection_hidden!r}")
+        if isinstance(self.image_projection_dropout, bool) or not isinstance(self.image_projection_dropout, (int, float)) \
+                or not 0 <= self.image_projection_dropout < 1:
+            raise RecipeError(f"task.image_projection_dropout: expected a number in [0, 1), got {self.image_projection_dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,7 @@ class TrainSection:
             raise RecipeError(f"train.warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio!r}")
 
 
-FLOAT_FIELDS = {"task.init_temperature", "strategy.lora_alpha", "strategy.lora_dropout", "train.lr", "train.head_lr",
+FLOAT_FIELDS = {"task.init_temperature", "task.image_projection_dropout", "strategy.lora_alpha", "strategy.lora_dropout", "train.lr", "train.head_lr",
                 "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm"}
 
 

@@ -67,7 +67,8 @@ def build_towers(recipe: RetrievalRecipe) -> DualEncoder:
             modality_of(kind).check_backbone(backbone)
         except FinetuneError as exc:
             raise RecipeError(f"model.{field_name}: {exc}") from None
-    model = DualEncoder(image, text, recipe.task.embed_dim, recipe.task.init_temperature)
+    model = DualEncoder(image, text, recipe.task.embed_dim, recipe.task.init_temperature, recipe.task.image_projection_hidden,
+                        recipe.task.image_projection_dropout)
     unlocked = recipe.strategy.unlocked_text_layers
     if unlocked is not None:
         depth = len(text_layers(text))
@@ -107,7 +108,8 @@ def optimizer_for(model: DualEncoder, t: Any) -> torch.optim.Optimizer:
     heads = {id(p) for p in model.head_parameters()}
     towers = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
     groups = [
-        {"name": "projections", "params": [model.image_proj.weight, model.text_proj.weight], "lr": t.head_lr, "weight_decay": t.weight_decay},
+        {"name": "projections", "params": [*model.image_proj.parameters(), model.text_proj.weight], "lr": t.head_lr,
+         "weight_decay": t.weight_decay},
         {"name": "temperature", "params": [model.logit_scale], "lr": t.head_lr, "weight_decay": 0.0},
     ]
     if towers:
