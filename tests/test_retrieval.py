@@ -523,6 +523,9 @@ def test_unlocked_text_layers_train_the_top_layers_on_cached_lower_states(pairs_
     assert all(torch.equal(a[k], b[k]) for k in a)
     loaded = finetunekit.load(result.run_dir)
     assert loaded.embed_text(["the warm story"]).shape == (1, 16)
+    # LP-FT on top: the head-only epoch's text features come from the top layer on the cached states
+    lpft = train(tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 1, "head_epochs": 1}), output=tmp_path / "lpft", quiet=True)
+    assert len(lpft.history) == 2
     with pytest.raises(RecipeError, match="strategy.unlocked_text_layers: applies to lit"):
         tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 1, "name": "full"})
     with pytest.raises(RecipeError, match="strategy.unlocked_text_layers: 3, but .* has 2 layers"):

@@ -161,14 +161,30 @@ def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preproce
     if s.caches_text:
         data.text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
         hits.append(hit)
-    elif s.head_epochs and name != "test":
-        data.head_text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
-        hits.append(hit)
-    if s.unlocked_text_layers is not None and name != "test":  # the test split runs the whole tower, as search does
+    elif s.unlocked_text_layers is not None and name != "test":  # the test split runs the whole tower, as search does
         depth = len(text_layers(model.text)) - s.unlocked_text_layers
         data.text_states, hit = lower_text_states(model.text, data.tokens, depth, device, d.cache_dir, quiet)
         hits.append(hit)
+        if s.head_epochs:  # the initial top layers on the cached states: the whole tower's initial features
+            data.head_text_feats = _state_features(model, data.text_states, len(pairs), device)
+    elif s.head_epochs and name != "test":
+        data.head_text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
+        hits.append(hit)
     return data, hits
+
+
+@torch.no_grad()
+def _state_features(model: DualEncoder, states: TokenStates, n: int, device: Any, batch_size: int = 256) -> torch.Tensor:
+    """The text tower's pooled features of every caption, its unlocked top layers run (in eval mode)
+    on the cached lower token states."""
+    was = model.text.training
+    model.text.eval()
+    rows = list(range(n))
+    try:
+        return torch.cat([model.text_features({k: v.to(device) for k, v in states.batch(rows[s : s + batch_size]).items()}).float().cpu()
+                          for s in range(0, n, batch_size)])
+    finally:
+        model.text.train(was)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -187,9 +203,7 @@ def embed_split(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], 
     if data.text_feats is not None:
         txt_feats = data.text_feats
     elif data.text_states is not None:  # the unlocked top layers on the cached lower states
-        rows = list(range(len(data.pairs)))
-        txt_feats = torch.cat([model.text_features({k: v.to(device) for k, v in data.text_states.batch(rows[s : s + 256]).items()}).float().cpu()
-                               for s in range(0, len(rows), 256)])
+        txt_feats = _state_features(model, data.text_states, len(data.pairs), device)
     else:
         txt_feats = run_text_tower(model.text, data.tokens, device, quiet=quiet)
     img = model.encode_image({"image_features": img_feats.to(device)}).cpu().numpy()
