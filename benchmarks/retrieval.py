@@ -84,7 +84,7 @@ def epoch_speed(recipe_path: str, batches: int | None, overrides: list[str]) -> 
         start = time.perf_counter()
         for step, batch in enumerate(plan):
             torch.manual_seed(t.seed * 1_000_003 + step)
-            loss = _step(model, split, batch, device, preprocessing)
+            loss = _step(model, split, batch, device, preprocessing, label_smoothing=t.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -113,6 +113,9 @@ def test_loss_is_symmetric_and_rewards_matching_pairs():
     # by hand for two pairs: logits [[s, 0], [0, s]] -> each row's cross-entropy is log(1 + e^-s)
     eye = torch.eye(2)
     assert contrastive_loss(eye, eye, torch.tensor(2.0)).item() == pytest.approx(float(np.log1p(np.exp(-2.0))), rel=1e-5)
+    # label smoothing 0.2 over two rows: targets (0.9, 0.1) -> 0.9 log(1 + e^-s) + 0.1 (s + log(1 + e^-s))
+    smoothed = 0.9 * np.log1p(np.exp(-2.0)) + 0.1 * (2.0 + np.log1p(np.exp(-2.0)))
+    assert contrastive_loss(eye, eye, torch.tensor(2.0), 0.2).item() == pytest.approx(float(smoothed), rel=1e-5)
 
 
 # -- recipe and data ---------------------------------------------------------------------------------

@@ -167,6 +167,9 @@ def run_lower_text_layers(backbone: torch.nn.Module, encodings: dict[str, list[l
     n = len(encodings["input_ids"])
     parts: list[torch.Tensor] = []
     bar = _bar(n, f"text token states (layer {depth})", quiet)
+    encoder = backbone.model.encoder
+    layers = encoder.layer
+    encoder.layer = layers[:depth]  # the layers above are not run (their output is not needed)
     try:
         for start in range(0, n, batch_size):
             rows = list(range(start, min(n, start + batch_size)))
@@ -175,6 +178,7 @@ def run_lower_text_layers(backbone: torch.nn.Module, encodings: dict[str, list[l
             parts.append(hidden[batch["attention_mask"].bool()].float().cpu())
             bar.update(len(rows))
     finally:
+        encoder.layer = layers
         bar.close()
         backbone.train(was)
     return torch.cat(parts)

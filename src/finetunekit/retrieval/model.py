@@ -32,14 +32,16 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.image = image
         self.text = text
-        # the image side: linear (image_projection_hidden 0), or a two-layer MLP (Linear, GELU, dropout,
-        # Linear) on the locked tower's features, which a linear map cannot reshape
+        # the image side: linear (image_projection_hidden 0), or a two-layer MLP (Linear, GELU, Linear);
+        # in training, dropout on the image features that enter it (image_projection_dropout): with the
+        # image tower locked, each image's features are the same every epoch, and the projection
+        # otherwise learns them by heart within a few epochs
         if image_projection_hidden:
             self.image_proj: nn.Module = nn.Sequential(
-                nn.Linear(image.num_features, image_projection_hidden), nn.GELU(), nn.Dropout(image_projection_dropout),
-                nn.Linear(image_projection_hidden, embed_dim, bias=False))
+                nn.Linear(image.num_features, image_projection_hidden), nn.GELU(), nn.Linear(image_projection_hidden, embed_dim, bias=False))
         else:
             self.image_proj = nn.Linear(image.num_features, embed_dim, bias=False)
+        self.image_dropout = nn.Dropout(image_projection_dropout)
         self.image_projection = {"hidden": image_projection_hidden, "dropout": image_projection_dropout}
         self.text_proj = nn.Linear(text.num_features, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
@@ -77,7 +79,7 @@ class DualEncoder(nn.Module):
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def encode_image(self, batch: dict[str, Any]) -> torch.Tensor:
-        return F.normalize(self.image_proj(self.image_features(batch).float()), dim=-1)
+        return F.normalize(self.image_proj(self.image_dropout(self.image_features(batch).float())), dim=-1)
 
     def encode_text(self, batch: dict[str, Any]) -> torch.Tensor:
         return F.normalize(self.text_proj(self.text_features(batch).float()), dim=-1)
@@ -92,14 +94,16 @@ class DualEncoder(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         out = {"image_backbone": self.image.describe(), "text_backbone": self.text.describe(), "embed_dim": self.embed_dim}
-        if self.image_projection["hidden"]:
+        if self.image_projection["hidden"] or self.image_projection["dropout"]:
             out["image_projection"] = dict(self.image_projection)
         return out
 
 
-def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP): row i of each side is the other's positive, every other row of the
-    batch a negative; the mean of the image->text and text->image cross-entropies."""
+    batch a negative; the mean of the image->text and text->image cross-entropies. ``label_smoothing``
+    (``train.label_smoothing``) moves that share of each target onto the batch's other rows."""
     logits = logit_scale * image_emb @ text_emb.T
     targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    return (F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits.T, targets, label_smoothing=label_smoothing)) / 2

@@ -59,7 +59,7 @@ class TaskSection:
     embed_dim: int = 256  # the shared space's dimension
     init_temperature: float = 0.07  # CLIP's starting temperature; learned (logit scale clamped at 100)
     image_projection_hidden: int = 0  # 0: a linear image projection; N: an MLP (Linear to N, GELU, dropout, Linear)
-    image_projection_dropout: float = 0.0  # the MLP's dropout (training only)
+    image_projection_dropout: float = 0.0  # dropout on the image features entering the projection (training only)
 
     def __post_init__(self) -> None:
         if self.type != "retrieval":
@@ -169,6 +169,7 @@ class TrainSection:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     checkpoint_every_steps: int | None = None  # also checkpoint inside an epoch (exact resume from there)
+    label_smoothing: float = 0.0  # InfoNCE's targets: this share spread over the batch's other rows, both directions
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -177,12 +178,14 @@ class TrainSection:
             raise RecipeError("train.batch_size: in-batch negatives need at least 2 examples a batch")
         _positive("train.lr", self.lr, float)
         _positive("train.head_lr", self.head_lr, float)
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) or not 0 <= self.label_smoothing < 1:
+            raise RecipeError(f"train.label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise RecipeError(f"train.warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio!r}")
 
 
 FLOAT_FIELDS = {"task.init_temperature", "task.image_projection_dropout", "strategy.lora_alpha", "strategy.lora_dropout", "train.lr", "train.head_lr",
-                "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm"}
+                "train.weight_decay", "train.warmup_ratio", "train.label_smoothing", "train.max_grad_norm"}
 
 
 def _number(value: Any) -> Any:

@@ -222,7 +222,7 @@ def judge(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device
 
 
 def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device: Any, preprocessing: dict[str, Any],
-          head_only: bool = False) -> torch.Tensor:
+          head_only: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
     if head_only:
         train = _Data(train.pairs, train.tokens, train.image_feats, train.head_text_feats)
     images = [i for i, _ in batch]
@@ -240,7 +240,7 @@ def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device
         txt = model.encode_text({k: v.to(device) for k, v in train.text_states.batch(rows).items()})
     else:
         txt = model.encode_text({k: v.to(device) for k, v in token_batch(train.tokens, rows, model.text.pad_token_id).items()})
-    return contrastive_loss(img, txt, model.logit_scale.exp())
+    return contrastive_loss(img, txt, model.logit_scale.exp(), label_smoothing)
 
 
 def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False,
@@ -352,7 +352,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
             for group in optimizer.param_groups:
                 phase = (step, head_steps) if step < head_steps else (step - head_steps, total - head_steps)
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(*phase, t.warmup_ratio)
-            loss = _step(model, train_data, batches[b], device, preprocessing, head_only)
+            loss = _step(model, train_data, batches[b], device, preprocessing, head_only, t.label_smoothing)
             if not torch.isfinite(loss):
                 raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}; try a lower train.lr / train.head_lr")
             optimizer.zero_grad(set_to_none=True)
