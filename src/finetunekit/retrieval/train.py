@@ -328,7 +328,8 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
     if hits:
         s = recipe.strategy
         locked = " and ".join(n for n, on in (("image", s.image_locked), ("text", s.caches_text)) if on)
-        _say(quiet, (f"feature cache: the locked {locked} tower's features, {sum(hits) + sum(val_hits)} of {len(hits) + len(val_hits)} "
+        states = " and the token states of the text tower's locked lower layers" if s.unlocked_text_layers else ""
+        _say(quiet, (f"feature cache: the locked {locked} tower's features{states}, {sum(hits) + sum(val_hits)} of {len(hits) + len(val_hits)} "
                      f"sets read from the cache ({cache_seconds:.1f}s); epochs run "
                      + ("the projections only" if s.caches_text else
                         f"the text tower's top {s.unlocked_text_layers} layers on its cached lower token states, and the projections"
