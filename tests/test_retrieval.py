@@ -113,6 +113,9 @@ def test_loss_is_symmetric_and_rewards_matching_pairs():
     # by hand for two pairs: logits [[s, 0], [0, s]] -> each row's cross-entropy is log(1 + e^-s)
     eye = torch.eye(2)
     assert contrastive_loss(eye, eye, torch.tensor(2.0)).item() == pytest.approx(float(np.log1p(np.exp(-2.0))), rel=1e-5)
+    # label smoothing 0.2 over two rows: targets (0.9, 0.1) -> 0.9 log(1 + e^-s) + 0.1 (s + log(1 + e^-s))
+    smoothed = 0.9 * np.log1p(np.exp(-2.0)) + 0.1 * (2.0 + np.log1p(np.exp(-2.0)))
+    assert contrastive_loss(eye, eye, torch.tensor(2.0), 0.2).item() == pytest.approx(float(smoothed), rel=1e-5)
 
 
 # -- recipe and data ---------------------------------------------------------------------------------
@@ -525,3 +528,83 @@ def test_cli_resume_finishes_an_interrupted_retrieval_run(pairs_data, tiny_bert,
     assert "resuming from" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 2
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_unlocked_text_layers_train_the_top_layers_on_cached_lower_states(pairs_data, tiny_bert, tmp_path, capsys):
+    """strategy.unlocked_text_layers: 1 of the tiny BERT's 2 layers: the embeddings and layer 0
+    stay as they were, layer 1 trains; the cached states + the top layer give the whole tower's
+    features; a resumed run ends with the uninterrupted weights; the run loads and embeds."""
+    import finetunekit
+    from safetensors.torch import load_file
+
+    from finetunekit.retrieval.encode import lower_text_states
+    from finetunekit.retrieval.train import build_towers, train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 1})
+    torch.manual_seed(0)
+    start = build_towers(recipe)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    # parity: the top layer on the cached states = the whole tower, padding and all
+    captions = ["the warm story", "a very cold story that goes on", "grim"]
+    tokens = start.text.tokenize(captions, 16)
+    states, hit = lower_text_states(start.text, tokens, 1, "cpu", str(tmp_path / "cache"), quiet=True)
+    assert not hit and states.states.shape == (sum(len(t) for t in tokens["input_ids"]), 32)
+    start.eval()
+    with torch.no_grad():
+        whole = start.text.forward_features(token_batch_of(start, tokens))
+        start.unlocked_text_layers = 1
+        top = start.text_features(states.batch([0, 1, 2]))
+    assert torch.allclose(whole, top, atol=1e-5)
+
+    result = train(recipe, output=tmp_path / "straight")
+    out = capsys.readouterr().out
+    assert "the text tower's top 1 layers on its cached lower token states" in out
+    after = result.model.state_dict()
+    lower = [k for k in before if k.startswith("text.") and ".encoder.layer.1." not in k]
+    assert lower and all(torch.equal(before[k], after[k]) for k in lower)  # embeddings and layer 0 locked
+    assert not all(torch.equal(before[k], after[k]) for k in before if ".encoder.layer.1." in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("image."))
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, output=tmp_path / "stopped", quiet=True, stop_after_steps=4)
+    train(recipe, output=tmp_path / "stopped", quiet=True, resume=True)
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "stopped" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    loaded = finetunekit.load(result.run_dir)
+    assert loaded.embed_text(["the warm story"]).shape == (1, 16)
+    # LP-FT on top: the head-only epoch's text features come from the top layer on the cached states
+    lpft = train(tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 1, "head_epochs": 1}), output=tmp_path / "lpft", quiet=True)
+    assert len(lpft.history) == 2
+    with pytest.raises(RecipeError, match="strategy.unlocked_text_layers: applies to lit"):
+        tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 1, "name": "full"})
+    with pytest.raises(RecipeError, match="strategy.unlocked_text_layers: 3, but .* has 2 layers"):
+        build_towers(tiny_recipe(pairs_data, tiny_bert, strategy={"unlocked_text_layers": 3}))
+
+
+def token_batch_of(model, tokens):
+    from finetunekit.retrieval.encode import token_batch
+
+    return token_batch(tokens, list(range(len(tokens["input_ids"]))), model.text.pad_token_id)
+
+
+def test_mlp_image_projection_is_saved_reloaded_and_exported(pairs_data, tiny_bert, tmp_path, capsys):
+    import finetunekit
+
+    from finetunekit.retrieval.train import train
+
+    recipe = tiny_recipe(pairs_data, tiny_bert, task={"image_projection_hidden": 24, "image_projection_dropout": 0.1},
+                         strategy={"name": "projections"}, train={"epochs": 1})
+    result = train(recipe, output=tmp_path / "run", quiet=True)
+    assert result.model.image_proj[0].weight.shape == (24, result.model.image.num_features)
+    loaded = finetunekit.load(result.run_dir)
+    image = str(pairs_data / "images" / "val_warm_0.png")
+    result.model.eval()
+    with torch.no_grad():
+        from finetunekit.retrieval.encode import run_image_tower
+
+        feats = run_image_tower(result.model.image, [image], result.model.image.preprocessing(), "cpu", quiet=True)
+        expected = result.model.encode_image({"image_features": feats}).numpy()
+    assert np.allclose(loaded.embed_images([image]), expected, atol=1e-5)  # dropout off, the MLP rebuilt from finetunekit.json
+    assert main(["export", str(result.run_dir), "--format", "onnx", "--output", str(tmp_path / "onnx")]) == 0
+    assert "parity: largest difference" in capsys.readouterr().out
+    with pytest.raises(RecipeError, match=r"task.image_projection_dropout: expected a number in \[0, 1\)"):
+        tiny_recipe(pairs_data, tiny_bert, task={"image_projection_dropout": 1.5})

@@ -16,7 +16,9 @@ augmentation and strategy fields apply to it. ``finetunekit train`` tells the tw
 Strategies (``strategy.name``):
 
 * ``lit``: the image tower locked (its features read from the feature cache), the text tower and
-  both projections trained (the default);
+  both projections trained (the default); ``strategy.unlocked_text_layers: N`` trains only the text
+  tower's top N transformer layers (its embeddings and lower layers locked, their token states
+  computed once per caption through the feature cache);
 * ``full``: both towers trained;
 * ``lora_text``: the image tower locked, LoRA adapters on the text tower (merged when saved);
 * ``projections``: both towers locked (both read from the cache); only the projections and the
@@ -60,12 +62,19 @@ class TaskSection:
     type: str = TASK_TYPE
     embed_dim: int = 256  # the shared space's dimension
     init_temperature: float = 0.07  # CLIP's starting temperature; learned (logit scale clamped at 100)
+    image_projection_hidden: int = 0  # 0: a linear image projection; N: an MLP (Linear to N, GELU, dropout, Linear)
+    image_projection_dropout: float = 0.0  # dropout on the image features entering the projection (training only)
 
     def __post_init__(self) -> None:
         if not own_recipe(self.type):
             raise RecipeError(f"task.type: a retrieval recipe has type 'retrieval', got {self.type!r}")
         _positive("task.embed_dim", self.embed_dim)
         _positive("task.init_temperature", self.init_temperature, float)
+        if isinstance(self.image_projection_hidden, bool) or not isinstance(self.image_projection_hidden, int) or self.image_projection_hidden < 0:
+            raise RecipeError(f"task.image_projection_hidden: expected an integer >= 0 (0: linear), got {self.image_projection_hidden!r}")
+        if isinstance(self.image_projection_dropout, bool) or not isinstance(self.image_projection_dropout, (int, float)) \
+                or not 0 <= self.image_projection_dropout < 1:
+            raise RecipeError(f"task.image_projection_dropout: expected a number in [0, 1), got {self.image_projection_dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,11 @@ class StrategySection:
     # features (seconds each), before the text tower trains (LP-FT, Kumar et al. 2022: the tower
     # then starts from a head that already fits, not from random projections)
     head_epochs: int = 0
+    # lit only. None: the whole text tower trains. N: only its top N transformer layers train (with
+    # the pooling over their output and the projections); the token embeddings and the layers below
+    # stay locked, and the token states they give each caption are computed once (feature cache),
+    # so an epoch runs N layers on cached states instead of the whole tower
+    unlocked_text_layers: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.head_epochs, bool) or not isinstance(self.head_epochs, int) or self.head_epochs < 0:
@@ -123,6 +137,11 @@ class StrategySection:
             raise RecipeError(f"strategy.name: {self.name!r} is not a retrieval strategy{did_you_mean(str(self.name), STRATEGY_NAMES)}; "
                               f"choose one of: {', '.join(STRATEGY_NAMES)}")
         _positive("strategy.lora_rank", self.lora_rank)
+        if self.unlocked_text_layers is not None:
+            _positive("strategy.unlocked_text_layers", self.unlocked_text_layers)
+            if self.name != "lit":
+                raise RecipeError(f"strategy.unlocked_text_layers: applies to lit (a trained text tower with the image tower locked), "
+                                  f"not {self.name}")
 
     @property
     def image_locked(self) -> bool:
@@ -154,6 +173,7 @@ class TrainSection:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     checkpoint_every_steps: int | None = None  # also checkpoint inside an epoch (exact resume from there)
+    label_smoothing: float = 0.0  # InfoNCE's targets: this share spread over the batch's other rows, both directions
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -162,12 +182,14 @@ class TrainSection:
             raise RecipeError("train.batch_size: in-batch negatives need at least 2 examples a batch")
         _positive("train.lr", self.lr, float)
         _positive("train.head_lr", self.head_lr, float)
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) or not 0 <= self.label_smoothing < 1:
+            raise RecipeError(f"train.label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise RecipeError(f"train.warmup_ratio: expected a number in [0, 1), got {self.warmup_ratio!r}")
 
 
-FLOAT_FIELDS = {"task.init_temperature", "strategy.lora_alpha", "strategy.lora_dropout", "train.lr", "train.head_lr",
-                "train.weight_decay", "train.warmup_ratio", "train.max_grad_norm"}
+FLOAT_FIELDS = {"task.init_temperature", "task.image_projection_dropout", "strategy.lora_alpha", "strategy.lora_dropout", "train.lr", "train.head_lr",
+                "train.weight_decay", "train.warmup_ratio", "train.label_smoothing", "train.max_grad_norm"}
 
 
 def _number(value: Any) -> Any:

@@ -81,7 +81,9 @@ def load_run(run_dir: str | Path) -> tuple[DualEncoder, dict[str, Any]]:
         raise FinetuneError(f"{run_dir}: not an image-text retrieval run")
     image = rebuild_backbone(info["image_backbone"], run_dir / "image_backbone")
     text = rebuild_backbone(info["text_backbone"], run_dir / "text_backbone")
-    model = DualEncoder(image, text, int(info["embed_dim"]))
+    projection = info.get("image_projection") or {}
+    model = DualEncoder(image, text, int(info["embed_dim"]), image_projection_hidden=int(projection.get("hidden", 0)),
+                        image_projection_dropout=float(projection.get("dropout", 0.0)))
     verify_weights(run_dir)
     load_weights(model, read_weights(run_dir, verify=False), run_dir / "model.safetensors")
     model.eval()

@@ -30,7 +30,7 @@ import torch
 from ..core.errors import FinetuneError, RecipeError
 from . import distributed
 from .data import Pairs, check_distinct_images, read_pairs
-from .encode import image_features, run_image_tower, run_text_tower, text_features, token_batch
+from .encode import TokenStates, image_features, lower_text_states, run_image_tower, run_text_tower, text_features, text_layers, token_batch
 from .metrics import bootstrap_intervals, format_metrics, retrieval_metrics, retrieval_ranks
 from .model import DualEncoder, contrastive_loss
 from .recipe import RetrievalRecipe
@@ -68,7 +68,15 @@ def build_towers(recipe: RetrievalRecipe) -> DualEncoder:
             modality_of(kind).check_backbone(backbone)
         except FinetuneError as exc:
             raise RecipeError(f"model.{field_name}: {exc}") from None
-    return DualEncoder(image, text, recipe.task.embed_dim, recipe.task.init_temperature)
+    model = DualEncoder(image, text, recipe.task.embed_dim, recipe.task.init_temperature, recipe.task.image_projection_hidden,
+                        recipe.task.image_projection_dropout)
+    unlocked = recipe.strategy.unlocked_text_layers
+    if unlocked is not None:
+        depth = len(text_layers(text))
+        if unlocked > depth:
+            raise RecipeError(f"strategy.unlocked_text_layers: {unlocked}, but {m.text_backbone} has {depth} layers")
+        model.unlocked_text_layers = unlocked
+    return model
 
 
 def apply_strategy(model: DualEncoder, spec: Any) -> dict[str, Any] | None:
@@ -86,6 +94,12 @@ def apply_strategy(model: DualEncoder, spec: Any) -> dict[str, Any] | None:
     else:
         for p in model.text.parameters():
             p.requires_grad_(not spec.text_locked)
+        if spec.unlocked_text_layers is not None:  # the embeddings and the lower layers stay locked
+            for p in model.text.parameters():
+                p.requires_grad_(False)
+            layers = text_layers(model.text)
+            for p in layers[len(layers) - spec.unlocked_text_layers:].parameters():
+                p.requires_grad_(True)
     for p in model.head_parameters():
         p.requires_grad_(True)
     return adapter
@@ -95,7 +109,8 @@ def optimizer_for(model: DualEncoder, t: Any) -> torch.optim.Optimizer:
     heads = {id(p) for p in model.head_parameters()}
     towers = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
     groups = [
-        {"name": "projections", "params": [model.image_proj.weight, model.text_proj.weight], "lr": t.head_lr, "weight_decay": t.weight_decay},
+        {"name": "projections", "params": [*model.image_proj.parameters(), model.text_proj.weight], "lr": t.head_lr,
+         "weight_decay": t.weight_decay},
         {"name": "temperature", "params": [model.logit_scale], "lr": t.head_lr, "weight_decay": 0.0},
     ]
     if towers:
@@ -132,6 +147,7 @@ class _Data:
     image_feats: torch.Tensor | None = None  # cached features of the locked image tower
     text_feats: torch.Tensor | None = None  # cached features of the locked text tower
     head_text_feats: torch.Tensor | None = None  # the text tower's initial features, for the head-only epochs
+    text_states: TokenStates | None = None  # token states below the unlocked top text layers (strategy.unlocked_text_layers)
 
 
 def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preprocessing: dict[str, Any], device: Any, quiet: bool,
@@ -146,10 +162,30 @@ def _prepare(model: DualEncoder, pairs: Pairs, recipe: RetrievalRecipe, preproce
     if s.caches_text:
         data.text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
         hits.append(hit)
+    elif s.unlocked_text_layers is not None and name != "test":  # the test split runs the whole tower, as search does
+        depth = len(text_layers(model.text)) - s.unlocked_text_layers
+        data.text_states, hit = lower_text_states(model.text, data.tokens, depth, device, d.cache_dir, quiet)
+        hits.append(hit)
+        if s.head_epochs:  # the initial top layers on the cached states: the whole tower's initial features
+            data.head_text_feats = _state_features(model, data.text_states, len(pairs), device)
     elif s.head_epochs and name != "test":
         data.head_text_feats, hit = text_features(model.text, data.tokens, device, d.cache_dir, quiet)
         hits.append(hit)
     return data, hits
+
+
+@torch.no_grad()
+def _state_features(model: DualEncoder, states: TokenStates, n: int, device: Any, batch_size: int = 256) -> torch.Tensor:
+    """The text tower's pooled features of every caption, its unlocked top layers run (in eval mode)
+    on the cached lower token states."""
+    was = model.text.training
+    model.text.eval()
+    rows = list(range(n))
+    try:
+        return torch.cat([model.text_features({k: v.to(device) for k, v in states.batch(rows[s : s + batch_size]).items()}).float().cpu()
+                          for s in range(0, n, batch_size)])
+    finally:
+        model.text.train(was)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -165,7 +201,12 @@ def embed_split(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], 
         data = _Data(data.pairs, data.tokens, data.image_feats, data.head_text_feats)
     img_feats = data.image_feats if data.image_feats is not None else run_image_tower(model.image, data.pairs.images, preprocessing["image_tower"],
                                                                                      device, quiet=quiet)
-    txt_feats = data.text_feats if data.text_feats is not None else run_text_tower(model.text, data.tokens, device, quiet=quiet)
+    if data.text_feats is not None:
+        txt_feats = data.text_feats
+    elif data.text_states is not None:  # the unlocked top layers on the cached lower states
+        txt_feats = _state_features(model, data.text_states, len(data.pairs), device)
+    else:
+        txt_feats = run_text_tower(model.text, data.tokens, device, quiet=quiet)
     img = model.encode_image({"image_features": img_feats.to(device)}).cpu().numpy()
     txt = model.encode_text({"text_features": txt_feats.to(device)}).cpu().numpy()
     return img, txt
@@ -182,7 +223,7 @@ def judge(model: DualEncoder, data: _Data, preprocessing: dict[str, Any], device
 
 
 def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device: Any, preprocessing: dict[str, Any],
-          head_only: bool = False) -> torch.Tensor:
+          head_only: bool = False, label_smoothing: float = 0.0) -> torch.Tensor:
     if head_only:
         train = _Data(train.pairs, train.tokens, train.image_feats, train.head_text_feats)
     size, batch = len(batch), distributed.shard(batch)  # several processes: each embeds its own slice
@@ -197,10 +238,12 @@ def _step(model: DualEncoder, train: _Data, batch: list[tuple[int, int]], device
         img = model.encode_image({"pixel_values": pixels.to(device)})
     if train.text_feats is not None:
         txt = model.encode_text({"text_features": train.text_feats[rows].to(device)})
+    elif train.text_states is not None:
+        txt = model.encode_text({k: v.to(device) for k, v in train.text_states.batch(rows).items()})
     else:
         txt = model.encode_text({k: v.to(device) for k, v in token_batch(train.tokens, rows, model.text.pad_token_id).items()})
     img, txt = distributed.gather_pairs(img, txt, size)  # the loss over the global batch
-    return contrastive_loss(img, txt, model.logit_scale.exp())
+    return contrastive_loss(img, txt, model.logit_scale.exp(), label_smoothing)
 
 
 def train(recipe: RetrievalRecipe, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False, resume: bool = False,
@@ -307,9 +350,12 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
     if hits:
         s = recipe.strategy
         locked = " and ".join(n for n, on in (("image", s.image_locked), ("text", s.caches_text)) if on)
-        _say(quiet, (f"feature cache: the locked {locked} tower's features, {sum(hits) + sum(val_hits)} of {len(hits) + len(val_hits)} "
+        states = " and the token states of the text tower's locked lower layers" if s.unlocked_text_layers else ""
+        _say(quiet, (f"feature cache: the locked {locked} tower's features{states}, {sum(hits) + sum(val_hits)} of {len(hits) + len(val_hits)} "
                      f"sets read from the cache ({cache_seconds:.1f}s); epochs run "
-                     + ("the projections only" if s.caches_text else "the text tower and the projections")))
+                     + ("the projections only" if s.caches_text else
+                        f"the text tower's top {s.unlocked_text_layers} layers on its cached lower token states, and the projections"
+                        if s.unlocked_text_layers else "the text tower and the projections")))
     history: list[dict[str, Any]] = []
     epoch, batch_at, step = 0, 0, 0
     if resuming:
@@ -329,7 +375,7 @@ def _fit(recipe: RetrievalRecipe, model: DualEncoder, adapter: dict[str, Any] | 
             for group in optimizer.param_groups:
                 phase = (step, head_steps) if step < head_steps else (step - head_steps, total - head_steps)
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * lr_factor(*phase, t.warmup_ratio)
-            loss = _step(model, train_data, batches[b], device, preprocessing, head_only)
+            loss = _step(model, train_data, batches[b], device, preprocessing, head_only, t.label_smoothing)
             if not torch.isfinite(loss):
                 raise FinetuneError(f"the loss became {loss.item()} at step {step + 1}; try a lower train.lr / train.head_lr")
             optimizer.zero_grad(set_to_none=True)
