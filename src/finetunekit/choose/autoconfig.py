@@ -207,7 +207,7 @@ def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_trai
 
     if TASKS.get(kind).needs_decoder:  # the encoder-decoder's new cross-attention must train: no frozen-backbone strategy
         return {"name": "full"}, None, ("every weight trains, the new cross-attention of the encoder-decoder included; "
-                                        "examples/multi30k_de_en.yaml trains Multi30k with it (docs/seq2seq.md)"), \
+                                        "examples/multi30k.yaml trains Multi30k with it (docs/seq2seq.md)"), \
             f"the {kind} default, {TASKS.get(kind).train_defaults.get('epochs', 'as the text default')}"
     example = {"regression": "examples/stsb.yaml trains STS-B with it to dev Spearman 0.857",
                "multilabel": "examples/goemotions.yaml trains GoEmotions with it to test macro F1 0.412"}[kind]
