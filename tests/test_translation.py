@@ -202,3 +202,91 @@ def test_zero_config_reads_two_text_columns_as_a_translation_or_asks(tmp_path):
     assert inferred.recipe.task.type == "seq2seq" and inferred.recipe.data.label_column == "en"
     assert any("the labels are sentences" in line for line in inferred.reasons)
     assert inferred.recipe.strategy.name == "full"
+
+
+def test_compare_pairs_two_translation_runs_on_sentence_bleu(mt_run, tiny_marian, tables, tmp_path, capsys):
+    """``finetunekit compare`` on two translation runs: a paired bootstrap on each validation
+    sentence's BLEU (sacrebleu, lower-cased, effective order), both runs on the same sentences."""
+    from sacrebleu.metrics import BLEU
+
+    from finetunekit.cli import main
+    from finetunekit.report import load_run, significance
+
+    other = train(mt_recipe(f"hf:{tiny_marian}", tables, epochs=1), output=tmp_path / "one-epoch", quiet=True)
+    capsys.readouterr()
+    assert main(["compare", str(mt_run.run_dir), str(other.run_dir), "--output", str(tmp_path / "compare.html")]) == 0
+    out = capsys.readouterr().out
+    assert "sentence_bleu:" in out and "paired bootstrap" in out and "(n = 4)" in out, out
+    assert (tmp_path / "compare.html").is_file()
+    bleu = BLEU(lowercase=True, effective_order=True)
+
+    def sentence_means(run_dir: Path) -> float:
+        rows = [json.loads(line) for line in (run_dir / "val_predictions.jsonl").read_text().splitlines()]
+        return sum(bleu.sentence_score(r["predicted"], [r["label"]]).score for r in rows) / len(rows)
+
+    [(_, comparison)] = significance([load_run(mt_run.run_dir), load_run(other.run_dir)])
+    assert comparison.metric == "sentence_bleu" and comparison.n == 4 and comparison.higher_is_better
+    assert comparison.value_a == pytest.approx(sentence_means(other.run_dir))
+    assert comparison.value_b == pytest.approx(sentence_means(mt_run.run_dir))
+    assert comparison.ci[0] <= comparison.difference <= comparison.ci[1]
+
+
+def test_batch_predict_writes_translations_to_csv(mt_run, tables, tmp_path):
+    import csv
+
+    from finetunekit.cli import main
+
+    table = tmp_path / "sources.tsv"
+    table.write_text("de\n" + "\n".join(de for de, _ in PAIRS) + "\n", encoding="utf-8")
+    out = tmp_path / "translations.csv"
+    assert main(["predict", str(mt_run.run_dir), "--input", str(table), "--output", str(out), "--column", "de", "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open(newline="", encoding="utf-8")))
+    assert len(rows) == len(PAIRS) and all(r["error"] == "" for r in rows)
+    assert [r["text"] for r in rows] == load(mt_run.run_dir).predict([de for de, _ in PAIRS])
+
+
+@pytest.mark.slow  # three processes start torch and transformers: about a minute on 2 cores
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_two_processes_train_a_translation_model_as_one(tiny_marian, tables, tmp_path):
+    """torchrun with two processes (gloo on CPU), 2 pairs each per step, ends with the weights of
+    one process at 4 pairs per step, and the same validation BLEU (dropout off: a random draw per
+    process is a real difference between 1 and N processes)."""
+    import os
+    import sys
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from test_distributed import _free_port, _run
+
+    folder = tmp_path / "marian"
+    import shutil
+
+    shutil.copytree(tiny_marian, folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.dropout = config.attention_dropout = config.activation_dropout = 0.0
+    config.save_pretrained(folder)
+
+    def recipe(batch_size: int) -> str:
+        return json.dumps(mt_recipe(f"hf:{folder}", tables, batch_size=batch_size, optimizer="sgd", lr=0.05,
+                                    restore_best=False, precision="fp32").to_dict())
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here), *sys.path])}
+    env.pop("WORLD_SIZE", None)
+    two, one = tmp_path / "two", tmp_path / "one"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+          str(here / "dist_train.py"), recipe(2), str(two)], env)
+    _run([sys.executable, str(here / "dist_train.py"), recipe(4), str(one)], env)  # the same global batch
+    assert json.loads((two / "rank0.json").read_text())["world"] == 2
+    rank0, rank1, single = (load_file(str(p)) for p in (two / "rank0.safetensors", two / "rank1.safetensors", one / "rank0.safetensors"))
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
+        assert torch.allclose(rank0[k], single[k], atol=1e-5, rtol=1e-4), f"{k}: 2 processes vs 1 differ by {(rank0[k] - single[k]).abs().max():g}"
+    saved = [json.loads(line) for line in (two / "run" / "val_predictions.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in saved] == [en for _, en in PAIRS[:4]]
+    metrics_two = json.loads((two / "run" / "metrics.json").read_text())
+    metrics_one = json.loads((one / "run" / "metrics.json").read_text())
+    assert metrics_two["bleu"] == pytest.approx(metrics_one["bleu"]) and metrics_two["chrf"] == pytest.approx(metrics_one["chrf"])

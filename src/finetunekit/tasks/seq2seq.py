@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -337,6 +337,14 @@ class Seq2SeqTask(Task):
     def from_state(cls, state: dict[str, Any], read: Any = None) -> Seq2SeqTask:
         return cls(dict(state.get("options", {})), str(state["metric"]), [tuple(x) for x in state.get("longest", [])],
                    state.get("max_new_tokens"))
+
+    @classmethod
+    def view(cls, state: dict[str, Any]) -> ReportView:
+        """WER and CER for speech (the class's view); BLEU and chrF for a text-to-text run."""
+        if state.get("metric", "wer") == "wer":
+            return cls.report
+        return replace(cls.report, cards=(("BLEU", "bleu"), ("chrF", "chrf"), ("loss", "loss")),
+                       curves=(("val_bleu", "BLEU"), ("val_chrf", "chrF")), compared=("bleu", "bleu_cased", "chrf"))
 
     def state(self) -> dict[str, Any]:
         return {"type": self.type, "options": dict(self.options), "metric": self.metric_family,
