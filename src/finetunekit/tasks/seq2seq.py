@@ -57,6 +57,14 @@ WER_METRICS = ("wer", "cer", "wer_whisper", "cer_whisper", "wer_plain")
 BLEU_METRICS = ("bleu", "bleu_cased", "chrf")
 
 
+def _training_world() -> int:
+    """The number of training processes when several train together with gradients on, else 1."""
+    dist = torch.distributed
+    if not (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()):
+        return 1
+    return int(dist.get_world_size())
+
+
 @dataclass
 class Seq2SeqOptions(TaskOptions):
     label_smoothing: float | None = None  # default 0.1
@@ -416,8 +424,16 @@ class Seq2SeqTask(Task):
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         losses = token_losses(outputs["logits"], outputs["targets"], self.label_smoothing)
-        count = (outputs["targets"] != -100).sum().clamp(min=1)
-        return {"task": losses.sum() / count}
+        count = (outputs["targets"] != -100).sum()
+        world = _training_world()
+        if world > 1:
+            # per token over every process's batch: the processes' batches hold different numbers
+            # of target tokens, and DDP averages the processes' gradients, so each divides its sum
+            # by the global count over the world size (N processes then train as one does)
+            count = count.detach().clone()
+            torch.distributed.all_reduce(count)
+            return {"task": losses.sum() * world / count.clamp(min=1)}
+        return {"task": losses.sum() / count.clamp(min=1)}
 
     def mixable(self, targets: torch.Tensor) -> torch.Tensor:
         raise RecipeError("train.mixup_alpha: mixing examples needs targets that blend; a seq2seq target is a text")
