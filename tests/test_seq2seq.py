@@ -368,30 +368,14 @@ def test_two_processes_train_a_transcriber_as_one(tiny_asr, speech_tables, tmp_p
     one process at 8 clips per step, and the same validation WER. The transcripts differ in
     length, so the loss is per target token over both processes' batches."""
     import json
-    import os
-    import sys
 
-    from safetensors.torch import load_file
-
-    from test_distributed import _free_port, _run
+    from test_distributed import two_processes_and_one
 
     def recipe(batch_size: int) -> str:
         return json.dumps(asr_recipe(tiny_asr, speech_tables, batch_size=batch_size, optimizer="sgd", lr=0.05, restore_best=False,
                                      precision="fp32").to_dict())
 
-    here = Path(__file__).resolve().parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here), *sys.path])}
-    env.pop("WORLD_SIZE", None)
-    two, one = tmp_path / "two", tmp_path / "one"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-          str(here / "dist_train.py"), recipe(4), str(two)], env)
-    _run([sys.executable, str(here / "dist_train.py"), recipe(8), str(one)], env)  # the same global batch
-    assert json.loads((two / "rank0.json").read_text())["world"] == 2
-    rank0, rank1, single = (load_file(str(p)) for p in (two / "rank0.safetensors", two / "rank1.safetensors", one / "rank0.safetensors"))
-    assert rank0.keys() == rank1.keys() == single.keys()
-    for k in rank0:
-        assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
-        assert torch.allclose(rank0[k], single[k], atol=1e-5, rtol=1e-4), f"{k}: 2 processes vs 1 differ by {(rank0[k] - single[k]).abs().max():g}"
+    two, one = two_processes_and_one(recipe, 4, tmp_path)
     assert len((two / "run" / "val_predictions.jsonl").read_text().splitlines()) == 6
     metrics_two = json.loads((two / "run" / "metrics.json").read_text())
     assert metrics_two["wer"] == pytest.approx(json.loads((one / "run" / "metrics.json").read_text())["wer"])
