@@ -11,6 +11,9 @@ same outputs).
     OMP_NUM_THREADS=1 python benchmarks/seq2seq.py --limit 40 --skip-window
     # the weights of a training checkpoint (an unfinished run) on the test set, own frames, beam 4:
     OMP_NUM_THREADS=2 python benchmarks/seq2seq.py --checkpoint runs/an4/checkpoints/<step> --skip-zero-shot --skip-speed
+    # a finished run scored as `finetunekit evaluate` scores it, and zero-shot tiny.en on the
+    # 30-second window (greedy) in the same process:
+    OMP_NUM_THREADS=2 python benchmarks/seq2seq.py --run runs/an4 --skip-own --beams 1 --skip-speed --write
 
 Results: benchmarks/results/seq2seq.json (with --write), written up in docs/seq2seq.md.
 """
@@ -52,6 +55,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint folder of a run: its weights on the test set")
     parser.add_argument("--skip-zero-shot", action="store_true")
+    parser.add_argument("--skip-own", action="store_true", help="no zero-shot row on own frames (the pretrained decoder repeats there)")
+    parser.add_argument("--run", type=Path, default=None, help="a finished run: its test metrics as `finetunekit evaluate` computes them")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = list(csv.DictReader((AN4 / "test.tsv").open(encoding="utf-8"), delimiter="\t"))[: args.limit]
@@ -60,10 +65,12 @@ def main() -> None:
     encoder = create_backbone(args.model)
     results: dict = {"model": args.model, "clips": len(rows), "words": sum(len(t.split()) for t in refs), "beams": args.beams,
                      "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(), "zero_shot": {}}
+    if args.run is not None:
+        results["run"] = run_metrics(args.run, args.limit)
     if args.checkpoint is not None:
         results["checkpoint"] = checkpoint_wer(encoder, args.checkpoint, waves, refs, args.beams)
     for frames in ("own", "window"):
-        if args.skip_zero_shot or (frames == "window" and args.skip_window):
+        if args.skip_zero_shot or (frames == "window" and args.skip_window) or (frames == "own" and args.skip_own):
             continue
         backbone = encoder.as_seq2seq()
         backbone.frames = frames
@@ -81,6 +88,31 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {RESULTS}")
+
+
+def run_metrics(run: Path, limit: int | None) -> dict:
+    """A finished run's metrics on AN4 test (the first ``limit`` clips), through ``load(run).evaluate``,
+    which is what ``finetunekit evaluate RUN test.tsv`` prints: the run's own decoding."""
+    import tempfile
+
+    from finetunekit import load
+
+    table = AN4 / "test.tsv"
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if limit is not None:  # the first rows, audio paths made absolute
+            lines = table.read_text(encoding="utf-8").splitlines()
+            head, rows = lines[0], lines[1 : limit + 1]
+            table = Path(tmp) / "test.tsv"
+            table.write_text("\n".join([head] + [str(AN4 / r.split("\t", 1)[0]) + "\t" + r.split("\t", 1)[1] for r in rows]) + "\n",
+                             encoding="utf-8")
+        metrics = load(run).evaluate(str(table))
+    seconds = time.perf_counter() - start
+    keep = {k: v for k, v in metrics.items() if k in ("wer", "cer", "wer_whisper", "cer_whisper", "wer_ci", "cer_ci", "num_examples",
+                                                      "normalisation")}
+    print(f"run {run}: WER plain {metrics['wer']:.4f}  CER {metrics['cer']:.4f}  WER whisper-normalised "
+          f"{metrics.get('wer_whisper', float('nan')):.4f}  ({metrics.get('num_examples')} clips, {seconds:.1f} s)", flush=True)
+    return {"path": str(run), **keep}
 
 
 def checkpoint_wer(encoder, checkpoint: Path, waves, refs, beams: int) -> dict:

@@ -13,7 +13,7 @@ is usually reported; the uncased MiniLM vocabulary writes no capitals), cased BL
 sacrebleu's signatures.
 
 This script is for measuring on a small machine: the full recipe is ``finetunekit train
-examples/multi30k_de_en.yaml``, which trains the same model with the same objective.
+examples/multi30k.yaml``, which trains the same model with the same objective.
 
     python benchmarks/translation_budget.py --minutes 30              # both models, side by side
     python benchmarks/translation_budget.py --minutes 30 --write      # also benchmarks/results/translation_budget.json

@@ -20,6 +20,7 @@ result = train(recipe, output=out / "run", quiet=True)
 import os
 
 rank = int(os.environ.get("RANK", "0"))  # the process group may be torn down by end_training
-state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+# cloned: tied weights (an encoder-decoder's shared embeddings) share storage, which safetensors refuses
+state = {k: v.detach().cpu().clone().contiguous() for k, v in result.model.state_dict().items()}
 save_file(state, str(out / f"rank{rank}.safetensors"))
 (out / f"rank{rank}.json").write_text(json.dumps({"world": int(os.environ.get("WORLD_SIZE", "1")), "metrics": result.metrics}))

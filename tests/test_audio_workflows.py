@@ -5,8 +5,6 @@ Whisper sizes, and a two-process (torchrun, gloo on CPU) run matching one proces
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,6 @@ import torch
 
 import finetunekit
 from finetunekit import Recipe
-
-HERE = Path(__file__).resolve().parent
 
 
 def _recipe(tiny_whisper: Path, audio_data: Path, **train) -> Recipe:
@@ -87,26 +83,13 @@ def test_select_ranks_two_whisper_sizes_on_audio_clips(audio_data, tiny_whisper,
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_two_processes_train_audio_as_one(audio_data, tiny_whisper, tmp_path):
-    from safetensors.torch import load_file
-
-    from test_distributed import _free_port, _run
+    from test_distributed import two_processes_and_one
 
     def recipe(batch_size: int) -> str:
         return json.dumps(_recipe(tiny_whisper, audio_data, epochs=2, batch_size=batch_size, optimizer="sgd", lr=1e-2,
                                   restore_best=False).to_dict())
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-    env.pop("WORLD_SIZE", None)
-    two, one = tmp_path / "two", tmp_path / "one"
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-          str(HERE / "dist_train.py"), recipe(4), str(two)], env)
-    _run([sys.executable, str(HERE / "dist_train.py"), recipe(8), str(one)], env)  # the same global batch
-    assert json.loads((two / "rank0.json").read_text())["world"] == 2
-    rank0, rank1, single = (load_file(str(p)) for p in (two / "rank0.safetensors", two / "rank1.safetensors", one / "rank0.safetensors"))
-    assert rank0.keys() == rank1.keys() == single.keys()
-    for k in rank0:
-        assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
-        assert torch.allclose(rank0[k], single[k], atol=1e-5, rtol=1e-4), f"{k}: 2 processes vs 1 differ by {(rank0[k] - single[k]).abs().max():g}"
+    two, one = two_processes_and_one(recipe, 4, tmp_path)
     metrics = json.loads((two / "run" / "metrics.json").read_text())
     assert len((two / "run" / "val_predictions.jsonl").read_text().splitlines()) == 12
     assert metrics["accuracy"] == json.loads((one / "run" / "metrics.json").read_text())["accuracy"]

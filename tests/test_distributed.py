@@ -44,6 +44,25 @@ def _run(cmd: list[str], env: dict) -> None:
     assert proc.returncode == 0, f"{' '.join(cmd[:6])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
 
 
+def two_processes_and_one(recipe, per_process: int, tmp_path: Path) -> tuple[Path, Path]:
+    """dist_train.py under torchrun with two processes at ``recipe(per_process)`` and alone at
+    ``recipe(2 * per_process)`` (the same global batch); checks both ranks ended with the same
+    weights and those match the single process's. Returns the two output folders (each run in ``run/``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    env.pop("WORLD_SIZE", None)
+    two, one = tmp_path / "two", tmp_path / "one"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+          str(HERE / "dist_train.py"), recipe(per_process), str(two)], env)
+    _run([sys.executable, str(HERE / "dist_train.py"), recipe(2 * per_process), str(one)], env)
+    assert json.loads((two / "rank0.json").read_text())["world"] == 2
+    rank0, rank1, single = (load_file(str(p)) for p in (two / "rank0.safetensors", two / "rank1.safetensors", one / "rank0.safetensors"))
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
+        assert torch.allclose(rank0[k], single[k], atol=1e-5, rtol=1e-4), f"{k}: 2 processes vs 1 differ by {(rank0[k] - single[k]).abs().max():g}"
+    return two, one
+
+
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="torch.distributed with gloo is not available")
 def test_two_processes_match_one(tmp_path):
     data = tmp_path / "data"

@@ -284,6 +284,34 @@ def test_the_service_transcribes_an_uploaded_clip(asr_run, speech_tables):
     assert body["predictions"][0]["text"] == model.predict([str(clip)])[0]
 
 
+def test_the_service_transcribes_an_upload_longer_than_the_window_window_by_window(asr_run, speech_tables, tmp_path):
+    """The tiny model's window is 2 s: a 5-second upload is cut into windows as predict cuts a
+    file, and answers what predict writes for the same file; a short clip in the same request too."""
+    pytest.importorskip("fastapi")
+    import base64
+
+    import soundfile as sf
+    from service_client import post_form, post_json, running
+
+    from finetunekit.data.audio import read_audio
+    from finetunekit.use.predict import load
+
+    clips = sorted((speech_tables[1].parent / "clips").glob("*.wav"))
+    waves = [read_audio(p, 16_000) for p in clips[:3]]
+    sf.write(tmp_path / "long.wav", np.concatenate([waves[0], np.zeros(24_000, np.float32), waves[1], np.zeros(24_000, np.float32),
+                                                    waves[2]]), 16_000)
+    assert sf.info(str(tmp_path / "long.wav")).duration > 4.0
+    model = load(asr_run.run_dir)
+    expected = model.predict([str(tmp_path / "long.wav"), str(clips[0])])
+    with running(model) as (url, _):
+        status, body = post_form(url, [("files", ("long.wav", (tmp_path / "long.wav").read_bytes(), "audio/wav")),
+                                       ("files", ("short.wav", clips[0].read_bytes(), "audio/wav"))])
+        status_json, body_json = post_json(url, {"audio": [base64.b64encode((tmp_path / "long.wav").read_bytes()).decode()]})
+    assert status == 200, body
+    assert [p["text"] for p in body["predictions"]] == expected
+    assert status_json == 200 and body_json["predictions"][0]["text"] == expected[0]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (AN4 / "test.tsv").is_file(), reason="needs ../shared/data/audio/an4")
 def test_real_an4_clips_with_tiny_en(tmp_path):
@@ -330,3 +358,24 @@ def test_layer_groups_cover_the_model_encoder_first_and_decay_towards_the_input(
     optimizer_groups = STRATEGIES.get("full")(spec).setup(model, 1e-3, 1e-3)
     rates = [g["base_lr"] for g in optimizer_groups if g["name"].startswith("backbone.")]
     assert len(rates) == len(groups) and rates == sorted(rates) and rates[-1] == pytest.approx(1e-3)
+
+
+@pytest.mark.slow  # three processes start torch and transformers: about a minute on 2 cores
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_two_processes_train_a_transcriber_as_one(tiny_asr, speech_tables, tmp_path):
+    """torchrun with two processes (gloo on CPU), 4 clips each per step, ends with the weights of
+    one process at 8 clips per step, and the same validation WER. The transcripts differ in
+    length, so the loss is per target token over both processes' batches."""
+    import json
+
+    from test_distributed import two_processes_and_one
+
+    def recipe(batch_size: int) -> str:
+        return json.dumps(asr_recipe(tiny_asr, speech_tables, batch_size=batch_size, optimizer="sgd", lr=0.05, restore_best=False,
+                                     precision="fp32").to_dict())
+
+    two, one = two_processes_and_one(recipe, 4, tmp_path)
+    assert len((two / "run" / "val_predictions.jsonl").read_text().splitlines()) == 6
+    metrics_two = json.loads((two / "run" / "metrics.json").read_text())
+    assert metrics_two["wer"] == pytest.approx(json.loads((one / "run" / "metrics.json").read_text())["wer"])

@@ -202,3 +202,45 @@ def test_zero_config_reads_two_text_columns_as_a_translation_or_asks(tmp_path):
     assert inferred.recipe.task.type == "seq2seq" and inferred.recipe.data.label_column == "en"
     assert any("the labels are sentences" in line for line in inferred.reasons)
     assert inferred.recipe.strategy.name == "full"
+
+
+def test_compare_pairs_two_translation_runs_on_sentence_bleu(mt_run, tiny_marian, tables, tmp_path, capsys):
+    """``finetunekit compare`` on two translation runs: a paired bootstrap on each validation
+    sentence's BLEU (sacrebleu, lower-cased, effective order), both runs on the same sentences."""
+    from sacrebleu.metrics import BLEU
+
+    from finetunekit.cli import main
+    from finetunekit.report import load_run, significance
+
+    other = train(mt_recipe(f"hf:{tiny_marian}", tables, epochs=1), output=tmp_path / "one-epoch", quiet=True)
+    capsys.readouterr()
+    assert main(["compare", str(mt_run.run_dir), str(other.run_dir), "--output", str(tmp_path / "compare.html")]) == 0
+    out = capsys.readouterr().out
+    assert "sentence_bleu:" in out and "paired bootstrap" in out and "(n = 4)" in out, out
+    assert (tmp_path / "compare.html").is_file()
+    bleu = BLEU(lowercase=True, effective_order=True)
+
+    def sentence_means(run_dir: Path) -> float:
+        rows = [json.loads(line) for line in (run_dir / "val_predictions.jsonl").read_text().splitlines()]
+        return sum(bleu.sentence_score(r["predicted"], [r["label"]]).score for r in rows) / len(rows)
+
+    [(_, comparison)] = significance([load_run(mt_run.run_dir), load_run(other.run_dir)])
+    assert comparison.metric == "sentence_bleu" and comparison.n == 4 and comparison.higher_is_better
+    assert comparison.value_a == pytest.approx(sentence_means(other.run_dir))
+    assert comparison.value_b == pytest.approx(sentence_means(mt_run.run_dir))
+    assert comparison.ci[0] <= comparison.difference <= comparison.ci[1]
+
+
+def test_batch_predict_writes_translations_to_csv(mt_run, tables, tmp_path):
+    import csv
+
+    from finetunekit.cli import main
+
+    table = tmp_path / "sources.tsv"
+    table.write_text("de\n" + "\n".join(de for de, _ in PAIRS) + "\n", encoding="utf-8")
+    out = tmp_path / "translations.csv"
+    assert main(["predict", str(mt_run.run_dir), "--input", str(table), "--output", str(out), "--column", "de", "--quiet"]) == 0
+    rows = list(csv.DictReader(out.open(newline="", encoding="utf-8")))
+    assert len(rows) == len(PAIRS) and all(r["error"] == "" for r in rows)
+    assert [r["text"] for r in rows] == load(mt_run.run_dir).predict([de for de, _ in PAIRS])
+

@@ -127,14 +127,8 @@ class WhisperSeq2SeqBackbone(Seq2SeqBackbone):
         return batch
 
     def preprocessing(self) -> dict[str, Any]:
-        return {
-            "modality": "audio",
-            "sampling_rate": self.sampling_rate,
-            "n_mels": int(self.config.num_mel_bins),
-            "hop_length": HOP_LENGTH,
-            "max_seconds": self.max_frames * HOP_LENGTH / self.sampling_rate,
-            "frames": self.frames,
-        }
+        """The encoder backbone's (rate, mel bins, hop, window) and which frames the encoder reads."""
+        return {**WhisperEncoderBackbone.preprocessing(self), "frames": self.frames}  # type: ignore[arg-type]
 
     def use_window(self, window: bool) -> None:
         """Encode every clip padded to Whisper's 30-second window (True) or on its own frames."""

@@ -59,11 +59,14 @@ FEW_SHOT_UP_TO = 16
 SENTENCE_ROWS, SENTENCE_DISTINCT, SENTENCE_WORDS = 8, 0.5, 3.0
 LABEL_GUESSES = ("label", "labels", "class", "category", "target", "score", "sentiment", "y")
 PAIR_GUESSES = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"), ("text_a", "text_b"))
+# two text columns and no label column: names that say which text is written from which
+SOURCE_TARGET_GUESSES = (("source", "target"), ("src", "tgt"), ("input", "output"))
 VAL_NAMES = ("dev", "val", "valid", "validation")
 # the --set fields that steer the inference itself (the others apply to the recipe afterwards)
 HINTS = ("data.label_column", "data.text_column", "data.text_columns", "data.image_column", "data.image_root", "data.val", "task.type")
 COVERED = ("zero-config reads class folders, images/ + masks/ folders (segmentation), COCO or Pascal VOC "
-           "annotations and box tables (detection), and tables for classification, multi-label and regression")
+           "annotations and box tables (detection), and tables for classification, multi-label, regression and "
+           "seq2seq (transcripts, translations)")
 
 
 def epochs_for(n_train: int, batch_size: int = BATCH_SIZE, target_steps: int = TARGET_STEPS) -> int:
@@ -97,15 +100,17 @@ def infer_task(labels: Sequence[Any]) -> tuple[str, str]:
 def _sentences(labels: Sequence[Any]) -> tuple[str, str] | None:
     """("seq2seq", why) when the label cells are texts to write rather than class names: most of
     them distinct and several words long on average (translations, transcripts); else None."""
-    cells = [str(x) for x in labels if str(x).strip()]
-    if len(cells) < SENTENCE_ROWS:
-        return None
-    distinct = len(set(cells))
-    words = sum(len(c.split()) for c in cells) / len(cells)
-    if distinct / len(cells) < SENTENCE_DISTINCT or words < SENTENCE_WORDS:
+    cells, distinct, words = _cell_counts(labels)
+    if len(cells) < SENTENCE_ROWS or distinct / len(cells) < SENTENCE_DISTINCT or words < SENTENCE_WORDS:
         return None
     return "seq2seq", (f"the labels are sentences, {distinct} distinct in {len(cells)} rows, {words:.1f} words on average: "
                        "the model writes them (set task.type to choose)")
+
+
+def _cell_counts(labels: Sequence[Any]) -> tuple[list[str], int, float]:
+    """(the non-blank cells as strings, how many distinct, words per cell on average)."""
+    cells = [str(x) for x in labels if str(x).strip()]
+    return cells, len(set(cells)), sum(len(c.split()) for c in cells) / max(1, len(cells))
 
 
 @dataclass
@@ -149,6 +154,9 @@ def infer_recipe(path: Any, overrides: Sequence[str] = (), val: Any = None) -> I
     backbone = modality_of(modality).zero_config_backbone
     recipe = Recipe.from_dict({"model": {"backbone": backbone}, "data": data})
     examples, kind, why = _training_examples(recipe, modality, hints.get("task.type"))
+    source = recipe.data.image_column or recipe.data.text_column
+    if kind == "seq2seq" and source:
+        why += f"; written from column {source!r}"
     task = _fit_task(kind, examples, recipe)
     per_class = task.examples_per_class(examples)
     if per_class is not None:
@@ -159,7 +167,7 @@ def infer_recipe(path: Any, overrides: Sequence[str] = (), val: Any = None) -> I
     reasons.append(f"validation: {data['val']}" if data.get("val") else
                    "validation: " + ("the val/ folder" if not is_table(path) and (path / "val").is_dir()
                                      else f"{recipe.data.val_fraction:.0%} of the training data, held out with the seed"))
-    reasons.append(f"backbone: {backbone} (bundled, no download)")
+    reasons.append(f"backbone: {backbone} (bundled, no download{_writer(modality, kind)})")
     strategy, epochs, why_strategy, why_epochs = _strategy(modality, kind, per_class, len(examples), bool(recipe.data.text_columns))
     shown_fields = ", ".join(f"{k} {v}" for k, v in strategy.items() if k != "name")
     reasons.append(f"strategy: {strategy['name']}{', ' + shown_fields if shown_fields else ''} ({why_strategy})")
@@ -174,7 +182,15 @@ def infer_recipe(path: Any, overrides: Sequence[str] = (), val: Any = None) -> I
 def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_train: int,
               pairs: bool = False) -> tuple[dict[str, Any], int | None, str, str]:
     """(strategy fields, epochs or None for the default, why the strategy, why the epochs)."""
+    from ..tasks import TASKS
+
     smallest = min(per_class.values()) if per_class else n_train
+    if TASKS.get(kind).needs_decoder:  # the encoder-decoder's decoder (and new cross-attention) must train: no frozen backbone
+        example = ("examples/an4.yaml trains Whisper tiny.en on AN4 speech with it to test WER 2.46% in one epoch"
+                   if modality == "audio" else
+                   "examples/multi30k.yaml trains Multi30k with it, the new cross-attention of the encoder-decoder included")
+        return {"name": "full"}, None, f"every weight trains; {example} (docs/seq2seq.md)", \
+            f"the {kind} default, {TASKS.get(kind).train_defaults.get('epochs', 'as the text default')}"
     if modality == "image":
         epochs = epochs_for(n_train)
         why_epochs = (f"about {TARGET_STEPS} optimizer steps at batch {BATCH_SIZE}: {math.ceil(n_train / BATCH_SIZE)} steps "
@@ -203,12 +219,6 @@ def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_trai
                f"{smallest} examples in the smallest class, more than {FEW_SHOT_UP_TO}")
         return {"name": "full"}, None, (f"{why}; the text default, chosen on SST-2 with 2,000 rows (docs/strategies.md)"), \
             "the text default, 3, measured on SST-2 with 2,000 rows"
-    from ..tasks import TASKS
-
-    if TASKS.get(kind).needs_decoder:  # the encoder-decoder's new cross-attention must train: no frozen-backbone strategy
-        return {"name": "full"}, None, ("every weight trains, the new cross-attention of the encoder-decoder included; "
-                                        "examples/multi30k_de_en.yaml trains Multi30k with it (docs/seq2seq.md)"), \
-            f"the {kind} default, {TASKS.get(kind).train_defaults.get('epochs', 'as the text default')}"
     example = {"regression": "examples/stsb.yaml trains STS-B with it to dev Spearman 0.857",
                "multilabel": "examples/goemotions.yaml trains GoEmotions with it to test macro F1 0.412"}[kind]
     return {"name": "full"}, None, f"the text default; {example} (docs/tasks.md); not measured by size", "3, the text default, as in that example"
@@ -218,11 +228,24 @@ def _table_columns(path: Path, data: dict) -> tuple[str, str]:
     """Fill ``data``'s columns for a table; (modality, the reason line)."""
     columns = _columns(path)
     label = data.get("label_column") or next((c for c in LABEL_GUESSES if c in columns), None)
+    found = ""  # how a label column no name gave away was found
+    if label is None and not data.get("image_column"):
+        audio = _media_column(path, columns, [], AUDIO_SUFFIXES)
+        others = [c for c in columns if c != audio]
+        if audio is not None and len(others) == 1:  # a clip and one more column: what is said, or its class
+            label, found = others[0], " (the only column beside the audio)"
+            _check_targets(path, others[0], "audio clips")
+    if label is None and not data.get("text_column") and not data.get("text_columns"):
+        named = next((p for p in SOURCE_TARGET_GUESSES if all(c in columns for c in p)), None)
+        if named is not None:  # src/tgt: the names say which text is written
+            data["text_column"], label = named
+            found = f" (columns {named[0]!r} and {named[1]!r}: the second is written from the first)"
     if label is None:
         # two text columns and no label column: a translation table (Multi30k's de/en/fr) as often
-        # as anything; say how to name which side is written
-        pair = (f"; to write one text from another (translation), name the source and the target: --set "
-                f"data.text_column={columns[0]} --set data.label_column={columns[1]}" if len(columns) >= 2 else "")
+        # as anything, in either direction; say exactly what to set
+        pair = (f"; to write one text from another (translation), set the task and which side is written: --set task.type=seq2seq "
+                f"--set data.text_column={columns[0]} --set data.label_column={columns[1]} (or the other way round)"
+                if len(columns) >= 2 else "")
         raise DataError(f"{path}: no label column found among {', '.join(columns)} (looked for {', '.join(LABEL_GUESSES)}); "
                         f"name it with --set data.label_column=COLUMN{pair}")
     if isinstance(label, str) and label not in columns:
@@ -231,7 +254,7 @@ def _table_columns(path: Path, data: dict) -> tuple[str, str]:
     audio_column = _media_column(path, columns, label, AUDIO_SUFFIXES) if not data.get("image_column") else None
     if audio_column is not None:
         data["image_column"] = audio_column  # the audio readers take their file column from data.image_column
-        return "audio", f"modality: audio (column {audio_column!r} holds audio clips), labels in column {label!r}"
+        return "audio", f"modality: audio (column {audio_column!r} holds audio clips), labels in column {label!r}{found}"
     image_column = data.get("image_column") or _image_column(path, columns, label)
     if image_column is not None:
         data["image_column"] = image_column
@@ -242,6 +265,8 @@ def _table_columns(path: Path, data: dict) -> tuple[str, str]:
                 data["image_root"] = str(root)
                 where = f", found in {root.name}/ beside the table"
         return "image", f"modality: image (column {image_column!r} holds image files{where}), labels in column {label!r}"
+    if found:
+        return "text", f"modality: text, column {data['text_column']!r}, labels in column {label!r}{found}"
     if data.get("text_columns") or data.get("text_column"):
         return "text", f"modality: text (columns as set), labels in column {label!r}"
     pair = next((p for p in PAIR_GUESSES if all(c in columns for c in p)), None)
@@ -250,6 +275,25 @@ def _table_columns(path: Path, data: dict) -> tuple[str, str]:
         return "text", f"modality: text pairs (columns {pair[0]!r} and {pair[1]!r}), labels in column {label!r}"
     what = f"a {path.suffix} table" if isinstance(path, Path) else "an in-memory table"
     return "text", f"modality: text ({what}), labels in column {label!r}"
+
+
+def _check_targets(path: Any, column: str, inputs: str) -> None:
+    """A column picked because it is the only one left: its cells must read clearly as class names
+    (few distinct values) or as texts to write (sentences, :func:`_sentences`); almost every row
+    distinct but only a word or two long could be either, so stop and say what to set."""
+    from ..data.readers import _table
+
+    cells, distinct, words = _cell_counts([row.get(column, "") for _, row in _table(path)[0]])
+    if len(cells) < SENTENCE_ROWS or distinct / len(cells) < SENTENCE_DISTINCT or words >= SENTENCE_WORDS:
+        return
+    try:
+        [float(c) for c in cells]
+        return  # numbers: a quantity or class codes, read as a recipe reads them
+    except ValueError:
+        pass
+    raise DataError(f"{path}: column {column!r} beside the {inputs}: {distinct} distinct values in {len(cells)} rows, {words:.1f} words "
+                    f"on average, so neither clearly classes nor texts to write; to write them: --set task.type=seq2seq "
+                    f"--set data.label_column={column}; to classify: --set task.type=classification --set data.label_column={column}")
 
 
 def _sibling_val(path: Path) -> Path | None:
@@ -310,6 +354,16 @@ def _fit_task(kind: str, examples: Any, recipe: Recipe) -> Any:
     from ..tasks import TASKS, build_task
 
     return build_task(TASKS.get(kind).check_options({"type": kind}, "task"), examples, recipe)
+
+
+def _writer(modality: str, kind: str) -> str:
+    """For a task that writes text: what writes it, as the backbone's reason says."""
+    from ..tasks import TASKS
+
+    if not TASKS.get(kind).needs_decoder:
+        return ""
+    return ("; Whisper tiny.en's own decoder writes the text" if modality == "audio" else
+            "; warm-started on both sides as an encoder-decoder, its decoder writes the text")
 
 
 def _title(kind: str) -> str:

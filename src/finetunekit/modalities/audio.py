@@ -390,8 +390,9 @@ class Audio(FileInputs, Modality):
         return Examples(parts, None, examples.source, self.name), np.asarray(owner), spans
 
     def long_inputs(self, inputs: Sequence[Any], max_seconds: float) -> dict[int, list[Any]]:
-        """Files longer than ``max_seconds`` (from their headers), cut into consecutive windows of
-        ``max_seconds`` (the last one shorter), each ``(samples, sample_rate)``."""
+        """Inputs longer than ``max_seconds``, cut into consecutive windows of ``max_seconds`` (the
+        last one shorter), each ``(samples, sample_rate)``. An input is a file (its length from its
+        header) or a clip already in memory, ``(samples, sample_rate)`` (a service upload)."""
         import soundfile as sf
 
         from ..data.audio import windows
@@ -399,14 +400,20 @@ class Audio(FileInputs, Modality):
         out: dict[int, list[Any]] = {}
         if max_seconds <= 0:
             return out
-        for i, path in enumerate(inputs):
-            try:
-                info = sf.info(str(path))
-            except (sf.LibsndfileError, RuntimeError, OSError):
-                continue  # an unreadable file fails with its own message when it is read
-            if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
-                wave, rate = self.load_item(path)
-                out[i] = [(piece, rate) for _, piece in windows(wave, int(max_seconds * rate))]
+        for i, item in enumerate(inputs):
+            if isinstance(item, tuple):
+                wave, rate = item
+                if not (rate > 0 and len(wave) / rate > max_seconds):
+                    continue
+            else:
+                try:
+                    info = sf.info(str(item))
+                except (sf.LibsndfileError, RuntimeError, OSError):
+                    continue  # an unreadable file fails with its own message when it is read
+                if not (info.samplerate > 0 and info.frames / info.samplerate > max_seconds):
+                    continue
+                wave, rate = self.load_item(item)
+            out[i] = [(piece, rate) for _, piece in windows(wave, int(max_seconds * rate))]
         return out
 
     def load_item(self, item: Any) -> Any:

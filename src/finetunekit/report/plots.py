@@ -208,13 +208,15 @@ def reliability_diagram(run: RunData) -> Plot | None:
 
 
 def comparison_curves(runs: list[RunData], names: list[str], metrics: list[tuple[str, str]] | None = None) -> Plot:
-    """Per-epoch curves of several runs overlaid: train loss, validation loss and two validation
-    metrics (default accuracy and macro F1)."""
+    """Per-epoch curves of several runs overlaid: train loss, validation loss and up to two
+    validation metrics (default accuracy and macro F1; a task with one curve leaves a panel empty)."""
     metrics = metrics or [("val_accuracy", "Validation accuracy"), ("val_macro_f1", "Validation macro F1")]
     panels = [("train_loss", "Training loss"), ("val_loss", "Validation loss"), *metrics[:2]]
     fig = _figure(11.0, 7.2)
     axes = fig.subplots(2, 2).ravel()
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
+    for ax, (key, title) in zip(axes, panels, strict=False):
         for i, (run, name) in enumerate(zip(runs, names, strict=True)):
             xs, ys = _series(run.epochs, "epoch", key)
             ax.plot(xs, ys, "o-", color=COLORS[i % len(COLORS)], label=name, markersize=4)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -55,6 +55,14 @@ MARGIN_TOKENS = 8  # max_new_tokens' default: the longest training target's toke
 LONGEST_KEPT = 32  # training targets (the longest by bytes) tokenized to fix max_new_tokens
 WER_METRICS = ("wer", "cer", "wer_whisper", "cer_whisper", "wer_plain")
 BLEU_METRICS = ("bleu", "bleu_cased", "chrf")
+
+
+def _training_world() -> int:
+    """The number of training processes when several train together with gradients on, else 1."""
+    dist = torch.distributed
+    if not (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()):
+        return 1
+    return int(dist.get_world_size())
 
 
 @dataclass
@@ -338,6 +346,14 @@ class Seq2SeqTask(Task):
         return cls(dict(state.get("options", {})), str(state["metric"]), [tuple(x) for x in state.get("longest", [])],
                    state.get("max_new_tokens"))
 
+    @classmethod
+    def view(cls, state: dict[str, Any]) -> ReportView:
+        """WER and CER for speech (the class's view); BLEU and chrF for a text-to-text run."""
+        if state.get("metric", "wer") == "wer":
+            return cls.report
+        return replace(cls.report, cards=(("BLEU", "bleu"), ("chrF", "chrf"), ("loss", "loss")),
+                       curves=(("val_bleu", "BLEU"), ("val_chrf", "chrF")), compared=("bleu", "bleu_cased", "chrf"))
+
     def state(self) -> dict[str, Any]:
         return {"type": self.type, "options": dict(self.options), "metric": self.metric_family,
                 "max_new_tokens": self.max_new_tokens, "longest": [list(x) for x in self.longest]}
@@ -408,8 +424,16 @@ class Seq2SeqTask(Task):
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         losses = token_losses(outputs["logits"], outputs["targets"], self.label_smoothing)
-        count = (outputs["targets"] != -100).sum().clamp(min=1)
-        return {"task": losses.sum() / count}
+        count = (outputs["targets"] != -100).sum()
+        world = _training_world()
+        if world > 1:
+            # per token over every process's batch: the processes' batches hold different numbers
+            # of target tokens, and DDP averages the processes' gradients, so each divides its sum
+            # by the global count over the world size (N processes then train as one does)
+            count = count.detach().clone()
+            torch.distributed.all_reduce(count)
+            return {"task": losses.sum() * world / count.clamp(min=1)}
+        return {"task": losses.sum() / count.clamp(min=1)}
 
     def mixable(self, targets: torch.Tensor) -> torch.Tensor:
         raise RecipeError("train.mixup_alpha: mixing examples needs targets that blend; a seq2seq target is a text")

@@ -88,7 +88,8 @@ class Predictor:
         if self.task.whole_inputs:  # a long recording: window by window, the answers joined
             long = self.kind.long_inputs(examples.inputs, float(self.preprocessing.get("max_seconds") or 0))
             if long:
-                return self._with_windows(examples, long, batch_size)
+                return self._with_windows(len(examples), long, lambda rows: self._scores(examples.subset(rows), None, batch_size)[0],
+                                          batch_size)
         scores = self._scores_and_windows(examples, batch_size)[0]
         if self.task.dense:  # detection: boxes back in each image's own pixels
             scores = self.task.to_input_frame(scores, [image_size(p, self.preprocessing.get("max_image_pixels")) for p in examples.inputs])
@@ -111,20 +112,22 @@ class Predictor:
             windows[int(i)].append({"start": round(start, 3), "end": round(end, 3), **answer})
         return scores, windows
 
-    def _with_windows(self, examples: Examples, long: dict[int, list[Any]], batch_size: int | None) -> np.ndarray:
-        """Scores of ``examples`` whose inputs ``long`` (by index) are cut into windows: those
-        predicted window by window and joined by the task, the others as usual; rows padded to one width."""
-        short = [i for i in range(len(examples)) if i not in long]
+    def _with_windows(self, count: int, long: dict[int, list[Any]], short_scores: Any, batch_size: int | None) -> np.ndarray:
+        """Scores of ``count`` inputs of which those in ``long`` (by index) are cut into windows:
+        those predicted window by window and joined by the task, the others by ``short_scores(indices)``
+        as usual; rows padded to one width. Files (:meth:`predict_proba`) and clips in memory
+        (:meth:`predict_items`, the service's uploads) both come through here."""
+        short = [i for i in range(count) if i not in long]
         rows: dict[int, np.ndarray] = {}
         if short:
-            scores = self._scores(examples.subset(short), None, batch_size)[0]
+            scores = short_scores(short)
             rows.update({i: scores[k] for k, i in enumerate(short)})
         size = batch_size or self.batch_size
         for i, pieces in long.items():
             parts = [self.predict_items(pieces[k : k + size]) for k in range(0, len(pieces), size)]
             rows[i] = self.task.join_windows(np.concatenate(parts))
         width = max(len(r) for r in rows.values())
-        out = np.full((len(examples), width), -1.0, dtype=np.float32)
+        out = np.full((count, width), -1.0, dtype=np.float32)
         for i, row in rows.items():
             out[i, : len(row)] = row
         return out
@@ -204,9 +207,15 @@ class Predictor:
         return self.task.scores(logits).cpu().numpy()
 
     def predict_items(self, items: Sequence[Any]) -> np.ndarray:
-        """:meth:`predict_proba` for in-memory inputs (texts or PIL images), one forward pass."""
+        """:meth:`predict_proba` for in-memory inputs (texts, PIL images, ``(samples, rate)`` clips),
+        one forward pass; a clip longer than the backbone's window, for a task that reads inputs
+        whole (a transcript), is cut into windows and the answers joined, as for files."""
         if len(items) == 0:
             return np.zeros((0, self.task.output_size), dtype=np.float32)
+        if self.task.whole_inputs:
+            long = self.kind.long_inputs(items, float(self.preprocessing.get("max_seconds") or 0))
+            if long:
+                return self._with_windows(len(items), long, lambda rows: self.predict_items([items[i] for i in rows]), None)
         scores = self.forward_proba(self.encode(items))
         if self.task.dense:  # detection: boxes back in each image's own pixels
             scores = self.task.to_input_frame(scores, self.kind.item_sizes(items))
