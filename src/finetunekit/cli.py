@@ -250,7 +250,7 @@ def _cold_start_line(phases: dict[str, float], always: bool) -> None:
     :data:`COLD_START_AIM` seconds (or always, with ``--verbose``)."""
     total = sum(phases.values())
     if always or total > COLD_START_AIM:
-        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
+        parts = "; ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
         print(f"cold start {total:.2f} s: {parts}", file=sys.stderr, flush=True)
 
 
