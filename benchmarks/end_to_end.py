@@ -233,7 +233,8 @@ t3 = time.perf_counter()
 predictor.predict([sys.argv[2]])
 t4 = time.perf_counter()
 print("PHASES " + json.dumps({"import finetunekit": t1 - t0, "import the predict path (torch)": t2 - t1,
-      "load the run (backbone library imports, weights, checks)": t3 - t2, "predict one input": t4 - t3}))
+      "load the run (backbone library imports, weights, checks)": t3 - t2,
+      **{"  of which " + name: seconds for name, seconds in predictor.load_seconds.items()}, "predict one input": t4 - t3}))
 """
 
 
