@@ -62,3 +62,21 @@ def test_report_prints_ratios_against_finetunekit_and_a_markdown_table(bench, tm
     assert "text: Trainer script takes 2.14x finetunekit's time end to end (median wall)" in markdown
     assert "- text, Trainer script: baseline settings" in markdown and "test CPU" in markdown
     assert "epochs: train" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe_epochs, baseline_epochs", [(3, [3]), (1, [3, 1]), (5, [5, 3])])
+def test_text_row_runs_the_trainer_at_its_own_epochs_and_at_the_recipes(bench, tmp_path, monkeypatch, recipe_epochs, baseline_epochs):
+    monkeypatch.setattr(bench, "sst2_subset", lambda work, rows: work / f"sst2_{rows}.tsv")
+    monkeypatch.setattr(bench, "recipe_epochs", lambda recipe: recipe_epochs)
+    contestants = bench.text_contestants(tmp_path, repeats=1)
+    assert [c.role for c in contestants] == ["ours", *["baseline"] * len(baseline_epochs)]
+    assert [int(c.argv[c.argv.index("--epochs") + 1]) for c in contestants[1:]] == baseline_epochs
+    assert len({c.out for c in contestants}) == len(contestants)  # each writes its own folder
+    assert all(f"{e} epoch(s)" in c.name for e, c in zip(baseline_epochs, contestants[1:]))
+
+
+def test_recipe_epochs_reads_the_example(bench):
+    import yaml
+
+    text = (bench.REPO / "examples" / "sst2.yaml").read_text()
+    assert bench.recipe_epochs("sst2.yaml") == yaml.safe_load(text)["train"]["epochs"]

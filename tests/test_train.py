@@ -127,6 +127,52 @@ def test_cli_text_predict_file(text_data, tiny_bert, tmp_path, capsys):
     assert len(rows) == 16 and set(rows[0]["probabilities"]) == {"neg", "pos"}
 
 
+def test_cli_predict_says_where_its_cold_start_went(text_run, capsys):
+    assert main(["predict", str(text_run), "a fine film", "--verbose"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\t") == 2 and out.strip().endswith("a fine film")  # the answer alone on stdout
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("cold start ") and "import torch and the predict path" in line, err
+    for phase in ("import the backbone library, build the architecture", "read, check and load the weights", "predict 1 input(s)"):
+        assert phase in line, line
+    total = float(line.split()[2])
+    parts = [float(part.rsplit(" ", 2)[1]) for part in line.split(": ", 1)[1].split("; ")]
+    assert total == pytest.approx(sum(parts), abs=0.02 * len(parts))
+
+
+def test_loading_for_prediction_skips_the_random_init_but_not_the_weights(text_run):
+    """A run rebuilt for prediction draws no random initial weights (every one is replaced), and
+    answers exactly as the model rebuilt with the draws and then loaded."""
+    import torch
+
+    from finetunekit.backbones import rebuild_backbone
+    from finetunekit.backbones.base import weights_follow
+    from finetunekit.run.artifacts import load_weights, read_run_info, read_weights
+    from finetunekit.run.model import FineTuneModel
+    from finetunekit.use.loading import load_model
+
+    info = read_run_info(text_run)
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    with weights_follow():  # as load_model rebuilds it
+        rebuild_backbone(info["backbone"], text_run / "backbone")
+    assert torch.equal(torch.random.get_rng_state(), before)  # nothing drawn
+    backbone = rebuild_backbone(info["backbone"], text_run / "backbone")  # outside: drawn, as training from a run needs
+    assert not torch.equal(torch.random.get_rng_state(), before)
+    seconds: dict[str, float] = {}
+    fast, _ = load_model(text_run, seconds)
+    assert list(seconds) == ["read the run's files", "import the backbone library, build the architecture",
+                             "read, check and load the weights"]
+    predictor = load(text_run)
+    drawn = FineTuneModel(backbone, predictor.task.head_for(backbone, float(info["head"].get("dropout", 0.0))))
+    load_weights(drawn, read_weights(text_run, verify=False), text_run / "model.safetensors")
+    drawn.eval()
+    batch = predictor.encode(["a fine film", "the plot was dull and the acting bad, far too long"])
+    with torch.inference_mode():
+        assert torch.equal(fast(batch), drawn(batch))
+        assert torch.equal(predictor.model(batch), drawn(batch))
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--set", "data.train=/no/such/dir", "--set", "model.backbone=timm:test_efficientnet", "--set", "model.pretrained=false"], "data path not found: /no/such/dir"),
     (["train", "--set", "model.backbone=bundled:effnet"], "unknown bundled backbone 'effnet'"),

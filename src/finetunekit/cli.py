@@ -181,10 +181,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+COLD_START_AIM = 3.0  # seconds from the command to its first answer, beyond which predict says where they went
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    import time
+
+    from .core.timing import process_age
+
+    started = time.perf_counter()
+    age = process_age()  # the interpreter and finetunekit's own imports, before this line
     from .modalities import read_examples
     from .data.readers import FLAG_COLUMN_OPTIONS
     from .use.predict import load
+    imported = time.perf_counter()
 
     if args.classes or _retrieval_run(args.run_dir):  # zero-shot classification from class names
         from .retrieval import commands
@@ -195,6 +205,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.input or args.output:
         return _predict_to_file(args)
     predictor = load(args.run_dir).set_options(score_threshold=args.score_threshold, nms_iou=args.nms_iou)
+    loaded = time.perf_counter()
     if predictor.text_columns and args.inputs:
         raise FinetuneError(
             "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file"
@@ -223,7 +234,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             text = "\t".join(item) if isinstance(item, tuple) else item
             print(f"{record['line']}\t{text}")
+    done = time.perf_counter()
+    phases = {"start-up (interpreter, finetunekit)": age if age is not None else 0.0,
+              "import torch and the predict path": imported - started, **predictor.load_seconds}
+    rest = (loaded - imported) - sum(predictor.load_seconds.values())
+    if rest > 0.005:
+        phases["the rest of loading"] = rest
+    phases[f"predict {len(inputs)} input(s)"] = done - loaded
+    _cold_start_line(phases, args.verbose)
     return 0
+
+
+def _cold_start_line(phases: dict[str, float], always: bool) -> None:
+    """One line on stderr saying where a cold start went, when it took longer than
+    :data:`COLD_START_AIM` seconds (or always, with ``--verbose``)."""
+    total = sum(phases.values())
+    if always or total > COLD_START_AIM:
+        parts = "; ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
+        print(f"cold start {total:.2f} s: {parts}", file=sys.stderr, flush=True)
 
 
 def _predict_to_file(args: argparse.Namespace) -> int:
@@ -467,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--file of pairs: the two text columns (default: the run's data.text_columns)")
     p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
+    p.add_argument("--verbose", "-v", action="store_true", help="on stderr, where the cold start went (printed anyway when it "
+                   "takes over 3 s)")
     p.add_argument("--classes", metavar="A,B,...", help="image-text runs: zero-shot classification into these classes, from their names")
     p.add_argument("--save-dir", help="also write the task's prediction files there (segmentation: an index PNG and a colour "
                    "overlay per image; detection: each image with its boxes drawn, and detections.json in COCO result format)")

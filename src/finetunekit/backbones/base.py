@@ -14,6 +14,9 @@ refuses; ``Modality.check_backbone`` says when a backbone lacks one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +24,27 @@ import torch
 from torch import nn
 
 from ..core.errors import FinetuneError
+
+_WEIGHTS_FOLLOW: contextvars.ContextVar[bool] = contextvars.ContextVar("finetunekit_weights_follow", default=False)
+
+
+@contextlib.contextmanager
+def weights_follow() -> Iterator[None]:
+    """Within it, a backbone rebuilt from its description may skip drawing random initial weights
+    (every one of them is about to be replaced by the run's saved weights, every key checked):
+    loading a run for prediction. Training from a run keeps the draws, so its random stream, and
+    with it the new head and the run, stay what they were."""
+    token = _WEIGHTS_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _WEIGHTS_FOLLOW.reset(token)
+
+
+def weights_follow_now() -> bool:
+    """Whether the backbone being built gets its weights from a run right after (:func:`weights_follow`)."""
+    return _WEIGHTS_FOLLOW.get()
+
 
 class Backbone(nn.Module):
     modality: ClassVar[str]  # the modality it serves (finetunekit.modalities)

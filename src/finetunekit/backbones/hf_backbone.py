@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..core.errors import FinetuneError
-from .base import Backbone
+from .base import Backbone, weights_follow_now
 
 
 def _load_quietly(fn, *args, **kwargs):
@@ -126,7 +126,13 @@ class HFTextBackbone(Backbone):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         config = AutoConfig.from_pretrained(assets)
-        model = _load_model(AutoModel.from_config, config)
+        if weights_follow_now():  # the run's weights replace every parameter next: no random draws (a third of a second)
+            from transformers.initialization import no_init_weights
+
+            with no_init_weights():
+                model = _load_model(AutoModel.from_config, config)
+        else:
+            model = _load_model(AutoModel.from_config, config)
         tokenizer = _load_quietly(AutoTokenizer.from_pretrained, assets)
         return cls(model, tokenizer, description["pooling"])
 

@@ -19,20 +19,26 @@ import torch
 from ..run.artifacts import load_weights, read_json, read_run_info, read_weights, verify_weights
 from ..core.errors import FinetuneError
 from ..backbones import rebuild_backbone
+from ..backbones.base import weights_follow
 from ..run.model import FineTuneModel
 from ..tasks import task_from_state
 
 
-def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(run_dir: Path, seconds: dict[str, float] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model of ``run_dir`` in eval mode, and the run's description (``finetunekit.json``,
-    with ``task`` the rebuilt :class:`finetunekit.tasks.Task`, plus ``preprocessing``)."""
+    with ``task`` the rebuilt :class:`finetunekit.tasks.Task`, plus ``preprocessing``).
+    ``seconds``, when given, receives the wall seconds of each step (the cold-start breakdown)."""
+    clock = _Clock(seconds)
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     read = lambda name: read_json(run_dir / name)  # noqa: E731
     task = task_from_state(info.get("task", "classification"), read)
     task.check_run_files(run_dir, info, read)  # its files (labels.json) come from this run
     preprocessing = read_json(run_dir / "preprocessing.json")
-    backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
+    clock.lap("read the run's files")
+    with weights_follow():  # every weight is loaded below: no random initialisation to pay for
+        backbone = rebuild_backbone(info["backbone"], run_dir / "backbone")
+    clock.lap("import the backbone library, build the architecture")
     model = FineTuneModel(backbone, task.head_for(backbone, float(info["head"].get("dropout", 0.0))))
     if info.get("adapter"):  # adapters saved unmerged: re-insert the layers the weights belong to
         from ..strategies import restore_added
@@ -42,7 +48,24 @@ def load_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     _check_weights(run_dir, model, state)
     load_weights(model, state, run_dir / "model.safetensors")
     model.eval()
+    clock.lap("read, check and load the weights")
     return model, {**info, "task": task, "preprocessing": preprocessing}
+
+
+class _Clock:
+    """Wall seconds between laps, into a dict (or nowhere)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        import time
+
+        self.into, self.now = into, time.perf_counter
+        self.last = self.now()
+
+    def lap(self, name: str) -> None:
+        if self.into is not None:
+            now = self.now()
+            self.into[name] = self.into.get(name, 0.0) + now - self.last
+            self.last = now
 
 
 # -- the parts of a run directory must come from one run ----------------------------------------------

@@ -38,7 +38,8 @@ class Predictor:
         """``precision``: None runs in the precision the run validated in (its ``finetunekit.json``),
         so predictions reproduce the run's own; "fp32" forces full precision."""
         self.run_dir = Path(run_dir)
-        self.model, info = load_model(self.run_dir)
+        self.load_seconds: dict[str, float] = {}  # where loading went (``finetunekit predict``'s cold-start line)
+        self.model, info = load_model(self.run_dir, self.load_seconds)
         self.task = info["task"]
         self.preprocessing: dict[str, Any] = info["preprocessing"]
         self.modality: str = info["modality"]
