@@ -3,7 +3,7 @@
 benchmarks/end_to_end.py.
 
 Read the training and dev tables, tokenise (truncation at 128 tokens, dynamic padding), fine-tune
-the whole model with the strongest CPU settings the Trainer offers (bf16, ``group_by_length``,
+the whole model with the strongest CPU settings the Trainer offers (bf16 where the machine has bf16 matrix units, ``group_by_length``,
 ``adamw_torch_fused``, batch 16, the same epochs), then the dev accuracy from a plain in-order loop
 (``Trainer.predict`` would group evaluation batches by length too and return them out of order)
 and ``save_model``. The last line printed is ``RESULT {"accuracy": ..., "seconds": ...}``.
@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 on a GPU or a CPU with bf16 matrix units (AMX, AVX512-BF16), fp32 elsewhere, "
+                        "where bf16 is emulated and many times slower")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -64,9 +67,13 @@ def main() -> None:
 
     train_ds, dev_ds = Rows(args.train), Rows(args.dev)
     cuda = torch.cuda.is_available()
+    from finetunekit.core.runtime import cpu_has_fast_bf16
+
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and (cuda or cpu_has_fast_bf16()))
+    print(f"precision: {'bf16' if bf16 else 'fp32'}", flush=True)
     training = TrainingArguments(
         output_dir=args.output, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
-        num_train_epochs=args.epochs, learning_rate=5e-5, bf16=True, use_cpu=not cuda, optim="adamw_torch_fused",
+        num_train_epochs=args.epochs, learning_rate=5e-5, bf16=bf16, use_cpu=not cuda, optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length", eval_strategy="no", save_strategy="no", report_to=[],
         logging_strategy="no", seed=args.seed, disable_tqdm=True,
     )
@@ -76,7 +83,7 @@ def main() -> None:
 
     model = trainer.model.eval()
     correct = 0
-    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(dev_ds), 64):
             batch = collator([dev_ds[j] for j in range(i, min(i + 64, len(dev_ds)))])
             labels = batch.pop("labels")

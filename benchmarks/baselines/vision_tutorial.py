@@ -6,7 +6,7 @@ by benchmarks/end_to_end.py.
 As written: ``ImageFolder`` + ``RandomResizedCrop`` and flip, a ``DataLoader`` with 4 workers,
 fp32, NCHW, SGD 1e-3 momentum 0.9, ``StepLR(7, 0.1)``, a train and a val phase every epoch, the
 best epoch's weights kept, then ``torch.save`` of them. ``--best`` adds what a careful user turns
-on (as timm's ``train.py --amp --channels-last`` does): channels-last tensors and bf16 autocast.
+on (as timm's ``train.py --amp --channels-last`` does): channels-last tensors and bf16 autocast (where the machine has bf16 matrix units).
 Both use the model's own preprocessing (256 px, mean and std 0.5). The last line printed is
 ``RESULT {"accuracy": ..., "history": [per-epoch val accuracy]}``.
 
@@ -70,6 +70,11 @@ def main() -> None:
     loaders = {x: torch.utils.data.DataLoader(sets[x], batch_size=args.batch_size, shuffle=True, num_workers=args.workers) for x in sets}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     layout = torch.channels_last if args.best else torch.contiguous_format
+    from finetunekit.core.runtime import cpu_has_fast_bf16
+
+    # bf16 autocast only where it is fast: a CPU without AMX or AVX512-BF16 emulates it, many times slower
+    bf16 = args.best and (device.type == "cuda" or cpu_has_fast_bf16())
+    print(f"precision: {'bf16' if bf16 else 'fp32'}, {'channels-last' if args.best else 'NCHW'}", flush=True)
     net = lite0(len(sets["train"].classes)).to(device, memory_format=layout)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
@@ -83,7 +88,7 @@ def main() -> None:
             for inputs, labels in loaders[phase]:
                 inputs, labels = inputs.to(device, memory_format=layout), labels.to(device)
                 optimizer.zero_grad()
-                with torch.set_grad_enabled(phase == "train"), torch.autocast(device.type, torch.bfloat16, enabled=args.best):
+                with torch.set_grad_enabled(phase == "train"), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                     outputs = net(inputs)
                     loss = criterion(outputs, labels)
                 if phase == "train":
