@@ -179,7 +179,7 @@ def test_hf_audio_backbones_train_predict_and_reload(kind, audio_data, tmp_path)
         pytest.importorskip("onnxruntime")
         from finetunekit.use.export import export
 
-        exported = export(result.run_dir, "onnx", tmp_path / "onnx")
+        exported = export(result.run_dir, "onnx", tmp_path / "onnx", tolerance=1e-3)  # a tiny random model; kernels differ by CPU
         assert exported.examples >= 3 and exported.max_abs_diff < 1e-3
         assert "input_values" in (tmp_path / "onnx" / "README.md").read_text()
 

@@ -155,7 +155,9 @@ def infer_recipe(path: Any, overrides: Sequence[str] = (), val: Any = None) -> I
     recipe = Recipe.from_dict({"model": {"backbone": backbone}, "data": data})
     examples, kind, why = _training_examples(recipe, modality, hints.get("task.type"))
     source = recipe.data.image_column or recipe.data.text_column
-    if kind == "seq2seq" and source:
+    from ..tasks import TASKS
+
+    if TASKS.get(kind).needs_decoder and source:
         why += f"; written from column {source!r}"
     task = _fit_task(kind, examples, recipe)
     per_class = task.examples_per_class(examples)
@@ -186,9 +188,7 @@ def _strategy(modality: str, kind: str, per_class: dict[str, int] | None, n_trai
 
     smallest = min(per_class.values()) if per_class else n_train
     if TASKS.get(kind).needs_decoder:  # the encoder-decoder's decoder (and new cross-attention) must train: no frozen backbone
-        example = ("examples/an4.yaml trains Whisper tiny.en on AN4 speech with it to test WER 2.46% in one epoch"
-                   if modality == "audio" else
-                   "examples/multi30k.yaml trains Multi30k with it, the new cross-attention of the encoder-decoder included")
+        example = modality_of(modality).zero_config_seq2seq_example
         return {"name": "full"}, None, f"every weight trains; {example} (docs/seq2seq.md)", \
             f"the {kind} default, {TASKS.get(kind).train_defaults.get('epochs', 'as the text default')}"
     if modality == "image":
@@ -362,8 +362,7 @@ def _writer(modality: str, kind: str) -> str:
 
     if not TASKS.get(kind).needs_decoder:
         return ""
-    return ("; Whisper tiny.en's own decoder writes the text" if modality == "audio" else
-            "; warm-started on both sides as an encoder-decoder, its decoder writes the text")
+    return "; " + modality_of(modality).zero_config_writer
 
 
 def _title(kind: str) -> str:

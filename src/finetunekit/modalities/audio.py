@@ -258,6 +258,8 @@ class Audio(FileInputs, Modality):
     zero_config_backbone = "bundled:whisper_tiny_en"
     zero_config_reason = ("the audio default: full fine-tuning of Whisper tiny.en's encoder, 0.981 test accuracy on "
                           "Speech Commands V2-12 against 0.932 for the linear probe (docs/audio.md)")
+    zero_config_writer = "Whisper tiny.en's own decoder writes the text"
+    zero_config_seq2seq_example = "examples/an4.yaml trains Whisper tiny.en on AN4 speech with it to test WER 2.46% in one epoch"
     report_errors = 20  # each a playable clip with its spectrogram (about 20 kB each, inlined)
     # integrated gradients cost 32 backward passes a clip, paid at the end of every run: the 8 most
     # confident errors are explained, the others shown with a plain spectrogram

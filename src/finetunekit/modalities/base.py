@@ -89,6 +89,10 @@ class Modality:
     zero_config_backbone: ClassVar[str]
     # set: zero-config trains default_strategy for every data size, for this reason (else autoconfig's rules)
     zero_config_reason: ClassVar[str] = ""
+    # zero-config of a task that writes text from this input: what writes it, and the example recipe
+    # that measured the choice (both shown in the reasons; empty where no such task is fed)
+    zero_config_writer: ClassVar[str] = ""
+    zero_config_seq2seq_example: ClassVar[str] = ""
     # the report: at most this many errors shown, as a picture gallery or a text table
     report_errors: ClassVar[int] = 50
     explained_errors: ClassVar[int] = 50
