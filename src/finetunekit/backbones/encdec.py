@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..core.errors import FinetuneError
-from .hf_backbone import _load_quietly
+from .hf_backbone import _load_quietly, load_hf_checkpoint
 from .seq2seq import Seq2SeqBackbone
 
 # Attention projections by the names each family gives them: LoRA's default targets here.
@@ -133,17 +133,9 @@ class TextEncDecBackbone(Seq2SeqBackbone):
     @classmethod
     def from_pretrained(cls, name_or_path: str, pretrained: bool = True) -> TextEncDecBackbone:
         """An ``AutoModelForSeq2SeqLM`` checkpoint (hub id or local folder) with its tokenizer."""
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        try:
-            tokenizer = _load_quietly(AutoTokenizer.from_pretrained, name_or_path)
-            if pretrained:
-                model = _load_quietly(AutoModelForSeq2SeqLM.from_pretrained, name_or_path)
-            else:
-                model = _load_quietly(AutoModelForSeq2SeqLM.from_config, AutoConfig.from_pretrained(name_or_path))
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise FinetuneError(f"could not load Hugging Face encoder-decoder {name_or_path!r}: {first}") from None
+        tokenizer, model = load_hf_checkpoint(AutoTokenizer, AutoModelForSeq2SeqLM, name_or_path, pretrained, "encoder-decoder")
         return cls(model, tokenizer, f"hf:{name_or_path}")
 
     # -- the backbone contract --------------------------------------------------------------------

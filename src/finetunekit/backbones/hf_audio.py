@@ -23,7 +23,7 @@ from torch import nn
 
 from ..core.errors import FinetuneError
 from .base import Backbone
-from .hf_backbone import _load_quietly, hf_layer_groups
+from .hf_backbone import _load_quietly, hf_layer_groups, load_hf_checkpoint
 
 # transformers model types whose AutoModel is an audio encoder this backbone drives
 AUDIO_MODEL_TYPES = frozenset({"wav2vec2", "hubert", "wavlm", "data2vec-audio", "audio-spectrogram-transformer"})
@@ -49,17 +49,9 @@ class HFAudioBackbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, pretrained: bool = True) -> HFAudioBackbone:
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+        from transformers import AutoFeatureExtractor, AutoModel
 
-        try:
-            extractor = _load_quietly(AutoFeatureExtractor.from_pretrained, name_or_path)
-            if pretrained:
-                model = _load_quietly(AutoModel.from_pretrained, name_or_path)
-            else:
-                model = _load_quietly(AutoModel.from_config, AutoConfig.from_pretrained(name_or_path))
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise FinetuneError(f"could not load Hugging Face audio model {name_or_path!r}: {first}") from None
+        extractor, model = load_hf_checkpoint(AutoFeatureExtractor, AutoModel, name_or_path, pretrained, "audio model")
         return cls(model, extractor)
 
     @property

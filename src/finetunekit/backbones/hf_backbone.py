@@ -28,6 +28,24 @@ def _load_quietly(fn, *args, **kwargs):
             transformers.utils.logging.enable_progress_bar()
 
 
+def load_hf_checkpoint(preprocessor_class, model_class, name_or_path: str, pretrained: bool, what: str):
+    """``(preprocessor, model)`` of a Hugging Face checkpoint (hub id or local folder): the model with its
+    pretrained weights, or built from its config alone when ``pretrained`` is false; a checkpoint that
+    cannot be read is a one-line :class:`FinetuneError` naming ``what`` it was to be."""
+    from transformers import AutoConfig
+
+    try:
+        preprocessor = _load_quietly(preprocessor_class.from_pretrained, name_or_path)
+        if pretrained:
+            model = _load_quietly(model_class.from_pretrained, name_or_path)
+        else:
+            model = _load_quietly(model_class.from_config, AutoConfig.from_pretrained(name_or_path))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise FinetuneError(f"could not load Hugging Face {what} {name_or_path!r}: {first}") from None
+    return preprocessor, model
+
+
 class HFTextBackbone(Backbone):
     modality = "text"
     kind = "hf"
