@@ -15,7 +15,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
 LAYERS: list[set[str]] = [
-    {"errors", "version", "stats", "timing"},  # stats: bootstrap intervals and paired tests, plain numpy; timing: phase timers
+    {"errors", "version", "stats", "timing", "answers"},  # stats: bootstrap intervals and paired tests, plain numpy; timing: phase timers; answers: what predict prints, plain numpy
     {"registry", "runtime", "hf_modeling", "trackers", "safe_yaml", "outputs"},
     {"data"},  # readers (folders, tables, audio files), Examples, splits, transforms and batching
     # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
