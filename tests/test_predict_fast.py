@@ -32,7 +32,7 @@ def _val_inputs(run_dir: Path) -> list:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_bert):
     """Tiny image and text runs of the three task types the fast path answers, each with its fast
-    model written as ``finetunekit train`` writes it."""
+    model written (as ``finetunekit train --fast-predict`` or the first predict writes it)."""
     from test_tasks import _recipe
 
     made = {}
@@ -187,9 +187,11 @@ def test_fast_predict_never_imports_torch(runs, tmp_path):
         assert done.stdout.strip().splitlines()[-1] == "HEAVY [] 0", done.stdout + done.stderr
 
 
-def test_train_cli_writes_the_fast_model(image_data, tmp_path, capsys):
+def test_train_cli_writes_the_fast_model_when_asked(image_data, tmp_path, capsys):
     recipe = tiny_image_recipe(image_data, train={"epochs": 1})
     path = tmp_path / "recipe.yaml"
     path.write_text(json.dumps(recipe.to_dict()))
     assert main(["train", str(path), "--output", str(tmp_path / "run"), "--quiet"]) == 0
-    assert fast.status(tmp_path / "run")[0] is not None
+    assert fast.status(tmp_path / "run")[0] is None  # by default the first predict writes it
+    assert main(["train", str(path), "--output", str(tmp_path / "run2"), "--quiet", "--fast-predict"]) == 0
+    assert fast.status(tmp_path / "run2")[0] is not None

@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.output:
         check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=not args.resume, own_run=True)
     result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, timer=timer)
-    if FAST_MODEL_AT_TRAIN:  # the fast-predict model (finetunekit.use.fast), while the run is at hand
+    if args.fast_predict:  # the fast-predict model (finetunekit.use.fast) now, rather than at the first predict
         _write_fast_model(result.run_dir, quiet=args.quiet)
     if args.verbose:
         from .core.timing import format_phases
@@ -183,7 +183,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-FAST_MODEL_AT_TRAIN = True
 COLD_START_AIM = 3.0  # seconds from the command to its first answer, beyond which predict says where they went
 
 
@@ -257,7 +256,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     phases[f"predict {len(inputs)} input(s)"] = done - loaded
     _cold_start_line(phases, args.verbose)
     if fast_ok and stale:  # the first predict of a run trained without one: write it for the next ones
-        _write_fast_model(args.run_dir, predictor, quiet=False)
+        _write_fast_model(args.run_dir, predictor, explain=args.verbose)
     return 0
 
 
@@ -308,9 +307,11 @@ def _predict_fast(args: argparse.Namespace, spec: dict, age: float | None, start
     return 0
 
 
-def _write_fast_model(run_dir, predictor=None, quiet: bool = False) -> None:
-    """Write the run's fast-predict model, saying so in one line on stderr; a run directory that
-    cannot be written to (or is in use) only costs the line."""
+def _write_fast_model(run_dir, predictor=None, quiet: bool = False, explain: bool = True) -> None:
+    """Write the run's fast-predict model, saying so in one line on stderr (unless ``quiet``); a
+    run directory that cannot be written to (or is in use) only costs the line. A run the fast
+    path does not cover (audio, detection...) is said only with ``explain``; a failed parity
+    check always."""
     from pathlib import Path
 
     from .core.outputs import RunDirLock
@@ -320,12 +321,13 @@ def _write_fast_model(run_dir, predictor=None, quiet: bool = False) -> None:
         with RunDirLock(Path(run_dir)):
             result = write_fast_model(run_dir, predictor)
     except (FinetuneError, OSError) as exc:
-        print(f"no fast-predict model: {exc}", file=sys.stderr, flush=True)
+        if explain:
+            print(f"no fast-predict model: {exc}", file=sys.stderr, flush=True)
         return
     if result.path is not None:
         if not quiet:
             print(result.summary() + "; predict uses it from now on (without torch)", file=sys.stderr, flush=True)
-    elif not quiet or "differ" in result.reason:
+    elif explain or result.parity_failed:
         print(result.summary(), file=sys.stderr, flush=True)
 
 
@@ -548,6 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --output from its newest checkpoint (starts it when there is none yet)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--verbose", "-v", action="store_true", help="at the end, the seconds each phase took (also in RUN_DIR/timings.json)")
+    p.add_argument("--fast-predict", action="store_true", help="also write the fast-predict (ONNX) model at the end (3-5 s; "
+                   "otherwise the first predict writes it), so that even the first predict runs without torch")
 
     p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint, with its own recipe.yaml")
     p.add_argument("run_dir")

@@ -614,6 +614,7 @@ class FastModelResult:
     reason: str = ""
     max_abs_diff: float = 0.0
     examples: int = 0
+    parity_failed: bool = False  # the run is covered, and the model did not answer as torch does
 
     def summary(self) -> str:
         if self.path is None:
@@ -699,6 +700,11 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
     checked: dict[str, Any] = {}
 
     def fill(tmp: Path) -> None:
+        import os
+
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # readable as the run directory is (a temporary directory is private)
         wrapper = _ScoresWrapper(predictor.model.eval(), names, predictor.task).eval()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
@@ -728,7 +734,7 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
         unusable = {k: spec[k] for k in ("format", "finetunekit", "weights_sha256")}
         artifacts.atomic_replace_dir(run_dir / fast.FOLDER,
                                      lambda tmp: artifacts.atomic_write_json(tmp / "fast.json", {**unusable, "unusable": str(exc)}))
-        return skipped(str(exc))
+        return FastModelResult(None, time.perf_counter() - started, str(exc), parity_failed=True)
     return FastModelResult(run_dir / fast.FOLDER, time.perf_counter() - started, "", checked["max_abs_diff"], checked["examples"])
 
 
