@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"model", "engine"},
     {"plan"},  # the resolve step: recipe + data -> one plan (types, options, defaults, fitted task)
     {"autoconfig"},  # autoconfig: a recipe chosen from the data
-    {"checkpoint", "features", "card", "report", "loading"},
+    {"checkpoint", "features", "card", "report", "loading", "fast"},  # fast: predict with a run's ONNX model, without torch
     {"predict"},
     {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors
     # image-text retrieval: a dual encoder's own recipe, trainer (reading the feature cache), run

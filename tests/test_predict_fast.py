@@ -195,3 +195,22 @@ def test_train_cli_writes_the_fast_model_when_asked(image_data, tmp_path, capsys
     assert fast.status(tmp_path / "run")[0] is None  # by default the first predict writes it
     assert main(["train", str(path), "--output", str(tmp_path / "run2"), "--quiet", "--fast-predict"]) == 0
     assert fast.status(tmp_path / "run2")[0] is not None
+
+
+def test_tokenization_is_the_runs_own(runs):
+    """The tokenizers library from the fast model's tokenizer.json gives the ids the run's
+    transformers tokenizer gives: special tokens, truncation to the run's length (the longer text
+    of a pair first), segment ids of pairs, unknown words."""
+    run_dir = runs[("text", "classification")]
+    predictor, model = load(run_dir, device="cpu"), fast.FastModel.open(run_dir)
+    max_length = int(predictor.preprocessing["max_length"])
+    texts = ["good", "Zebra QUOKKA, unknown words!", " ".join(["good film"] * 40), "bad " * 3]
+    pairs = [("good", "bad"), (" ".join(["good"] * 50), "bad film"), ("bad", " ".join(["film good"] * 30))]
+    for items in (texts, pairs):
+        expected = predictor.model.backbone.tokenize(items, max_length)
+        got = model.encode_texts(items)
+        assert [e.ids for e in got] == expected["input_ids"]
+        assert [e.attention_mask for e in got] == expected["attention_mask"]
+        if "token_type_ids" in expected:
+            assert [e.type_ids for e in got] == expected["token_type_ids"]
+    assert max(len(ids) for ids in expected["input_ids"]) == max_length

@@ -273,6 +273,8 @@ def _predict_fast(args: argparse.Namespace, spec: dict, age: float | None, start
     import time
     from pathlib import Path
 
+    import onnxruntime  # noqa: F401  (here, so that the cold-start line counts it as an import)
+
     from .modalities import InputSchema, modality_of
     from .use.fast import FOLDER, FastModel
 

@@ -42,9 +42,18 @@ PRECISIONS = ("fp32",)  # the runs whose torch answers fp32 ONNX reproduces (bf1
 PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 
 
+def installed() -> bool:
+    """Whether onnxruntime and tokenizers can be imported (without importing them)."""
+    from importlib.util import find_spec
+
+    return find_spec("onnxruntime") is not None and find_spec("tokenizers") is not None
+
+
 def why_not(info: dict[str, Any], task: dict[str, Any], preprocessing: dict[str, Any]) -> str | None:
     """Why a run (its finetunekit.json, task state and preprocessing.json) gets no fast model,
     or None when it can have one."""
+    if not installed():
+        return "onnxruntime or tokenizers is not installed (pip install onnxruntime tokenizers)"
     modality = info.get("modality", "image")
     if modality not in MODALITIES:
         return f"{modality} runs are predicted with torch"
@@ -70,6 +79,8 @@ def status(run_dir: Path) -> tuple[dict[str, Any] | None, str, bool]:
     with this finetunekit version (writing one is worth a try)."""
     folder = Path(run_dir) / FOLDER
     spec = _read(folder / "fast.json")
+    if not installed():
+        return None, "onnxruntime or tokenizers is not installed", False
     if spec is None:
         return None, f"no fast-predict model ({folder / 'fast.json'})", True
     info = _read(Path(run_dir) / "finetunekit.json") or {}
@@ -119,14 +130,16 @@ class FastModel:
 
     # -- preprocessing ------------------------------------------------------------------------------
 
-    def text_batch(self, texts: list[Any]) -> dict[str, np.ndarray]:
-        """Token ids as the run's tokenizer makes them (truncated to its length, the longer text of
-        a pair first), padded to the longest row."""
+    def encode_texts(self, texts: list[Any]) -> list[Any]:
+        """The run's tokenizer on texts or ``(first, second)`` pairs: truncated to its length (the
+        longer text of a pair first), special tokens added, no padding."""
         assert self.tokenizer is not None
         if texts and not isinstance(texts[0], str):
-            encodings = self.tokenizer.encode_batch([(a, b) for a, b in texts])
-        else:
-            encodings = self.tokenizer.encode_batch(list(texts))
+            return self.tokenizer.encode_batch([(a, b) for a, b in texts])
+        return self.tokenizer.encode_batch(list(texts))
+
+    def text_batch(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        """The model's inputs for encoded texts, padded to the longest row (as TextCollator pads)."""
         width = max(len(e.ids) for e in encodings)
         pad = int(self.spec["text"]["pad_token_id"])
         columns = {"input_ids": ("ids", pad), "attention_mask": ("attention_mask", 0), "token_type_ids": ("type_ids", 0)}
@@ -178,16 +191,25 @@ class FastModel:
     # -- answers ------------------------------------------------------------------------------------
 
     def scores(self, inputs: list[Any], batch_size: int = 64) -> np.ndarray:
-        """The task's scores, one row per input, in input order."""
-        rows = []
-        for start in range(0, len(inputs), batch_size):
-            part = inputs[start : start + batch_size]
+        """The task's scores, one row per input, in input order (texts are batched by length, as
+        the torch path batches them: less padding)."""
+        order = list(range(len(inputs)))
+        encodings: list[Any] = []
+        if self.modality == "text":
+            encodings = self.encode_texts(list(inputs))
+            order.sort(key=lambda i: len(encodings[i].ids))
+        out: np.ndarray | None = None
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
             if self.modality == "text":
-                batch = self.text_batch(part)
+                batch = self.text_batch([encodings[i] for i in rows])
             else:
-                batch = {"pixel_values": np.stack([self.image_array(str(p)) for p in part])}
-            rows.append(self.session.run(["scores"], batch)[0])
-        return np.concatenate(rows).astype(np.float32, copy=False)
+                batch = {"pixel_values": np.stack([self.image_array(str(inputs[i])) for i in rows])}
+            scores = self.session.run(["scores"], batch)[0]
+            if out is None:
+                out = np.zeros((len(inputs), *scores.shape[1:]), dtype=np.float32)
+            out[rows] = scores
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
     def records(self, inputs: list[Any]) -> list[dict[str, Any]]:
         """Per input ``{"json": ..., "line": ...}``, as ``Predictor.records``."""
