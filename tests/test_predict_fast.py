@@ -214,3 +214,16 @@ def test_tokenization_is_the_runs_own(runs):
         if "token_type_ids" in expected:
             assert [e.type_ids for e in got] == expected["token_type_ids"]
     assert max(len(ids) for ids in expected["input_ids"]) == max_length
+
+
+def test_without_the_onnx_packages_predict_takes_the_torch_path(runs, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs[("image", "classification")], run_dir)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert fast.status(run_dir)[0] is None and fast.FastModel.open(run_dir) is None
+    code, out, err = _cli(["predict", str(run_dir), _val_inputs(run_dir)[0], "--verbose"], capsys)
+    assert code == 0 and "torch path: onnxruntime or tokenizers is not installed" in err and out.strip()

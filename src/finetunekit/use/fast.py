@@ -52,8 +52,10 @@ def installed() -> bool:
 def why_not(info: dict[str, Any], task: dict[str, Any], preprocessing: dict[str, Any]) -> str | None:
     """Why a run (its finetunekit.json, task state and preprocessing.json) gets no fast model,
     or None when it can have one."""
-    if not installed():
-        return "onnxruntime or tokenizers is not installed (pip install onnxruntime tokenizers)"
+    from importlib.util import find_spec
+
+    if not installed() or find_spec("onnx") is None:  # onnx: torch's ONNX exporter writes with it
+        return "onnx, onnxruntime or tokenizers is not installed (pip install onnx onnxruntime tokenizers)"
     modality = info.get("modality", "image")
     if modality not in MODALITIES:
         return f"{modality} runs are predicted with torch"
