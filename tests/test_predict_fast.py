@@ -22,6 +22,9 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 pytest.importorskip("tokenizers", reason="tokenizers not installed")
 
 TOLERANCE = 1e-4
+# each modality's preprocessing, and each task type's scores and answers (preprocessing does not
+# depend on the task, nor the task's part on the modality)
+COVERED = [("image", "classification"), ("image", "regression"), ("text", "classification"), ("text", "multilabel")]
 SRC = str(Path(fast.__file__).resolve().parents[2])
 
 
@@ -31,24 +34,22 @@ def _val_inputs(run_dir: Path) -> list:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_bert):
-    """Tiny image and text runs of the three task types the fast path answers, each with its fast
+    """Tiny image and text runs of the task types the fast path answers (COVERED), each with its fast
     model written (as ``finetunekit train --fast-predict`` or the first predict writes it)."""
     from test_tasks import _recipe
 
     made = {}
-    for modality in ("image", "text"):
-        for kind in ("classification", "multilabel", "regression"):
-            root = tmp_path_factory.mktemp(f"{modality}_{kind}")
-            sections = {"train": {"epochs": 1}} if kind == "classification" else {"train": {"epochs": 1}, "task": {"type": kind}}
-            run_dir = train(_recipe(modality, root, kind, tiny_bert, **sections), output=root / "run", quiet=True).run_dir
-            result = write_fast_model(run_dir)
-            assert result.path == run_dir / "fast", result.reason
-            made[(modality, kind)] = run_dir
+    for modality, kind in COVERED:
+        root = tmp_path_factory.mktemp(f"{modality}_{kind}")
+        sections = {"train": {"epochs": 1}} if kind == "classification" else {"train": {"epochs": 1}, "task": {"type": kind}}
+        run_dir = train(_recipe(modality, root, kind, tiny_bert, **sections), output=root / "run", quiet=True).run_dir
+        result = write_fast_model(run_dir)
+        assert result.path == run_dir / "fast", result.reason
+        made[(modality, kind)] = run_dir
     return made
 
 
-@pytest.mark.parametrize("modality", ["image", "text"])
-@pytest.mark.parametrize("kind", ["classification", "multilabel", "regression"])
+@pytest.mark.parametrize("modality, kind", COVERED)
 def test_fast_model_answers_as_torch_on_the_validation_inputs(runs, modality, kind):
     run_dir = runs[(modality, kind)]
     spec = json.loads((run_dir / "fast" / "fast.json").read_text())
