@@ -645,12 +645,12 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
     computing the task's scores, with what its preprocessing needs, atomically, after checking on
     the run's validation inputs that it answers as the torch path does (scores within
     ``tolerance``, every predicted label equal), preprocessing included. A run the fast path does
-    not cover, or a failed check, writes nothing: the result's ``reason`` says why.
+    not cover writes nothing, and a failed check only a fast.json saying so (predict does not try
+    again for the same weights): the result's ``reason`` says why.
     ``predictor``: the run's, already loaded on the CPU (loaded here otherwise)."""
     import tempfile
     import time
 
-    from ..core.answers import task_records
     from . import fast
 
     started = time.perf_counter()
