@@ -6,7 +6,7 @@ Rows:
 
 * text: ``finetunekit train examples/sst2.yaml`` (the bundled MiniLM-L6, 2,000 SST-2 training rows,
   the full dev set) against benchmarks/baselines/text_trainer.py: a Hugging Face ``Trainer`` in
-  bf16 with ``group_by_length``, ``adamw_torch_fused``, batch 16, then the dev accuracy from an
+  bf16 where the machine has bf16 matrix units (fp32 elsewhere) with ``group_by_length``, ``adamw_torch_fused``, batch 16, then the dev accuracy from an
   in-order loop and ``save_model`` (it reads the same 2,000 rows, written to a table before the
   clock starts). The script runs at its own best setting, 3 epochs, and, when the recipe's
   ``train.epochs`` differs, also at the recipe's count, so each ratio is printed both ways: against
@@ -14,7 +14,9 @@ Rows:
 * vision: ``finetunekit train examples/hymenoptera.yaml --set strategy.name=full`` (EfficientNet-Lite0
   fully fine-tuned on ants/bees, 5 epochs, batch 16) against benchmarks/baselines/vision_tutorial.py:
   the PyTorch transfer-learning tutorial loop as written (fp32, NCHW, batch 4, 4 loader workers)
-  and in its best-configured form (channels-last and bf16 autocast, batch 16), the same epochs.
+  and in its best-configured form (channels-last and bf16 autocast where the machine has bf16 matrix
+  units, batch 16), the same epochs. Every row is labelled with the precision it really trained in
+  (finetunekit's from the run's finetunekit.json, a baseline's from the ``precision:`` line it prints).
 
 The contestants of a row run in turn, A B C A B C ..., ``--repeats`` times (the tutorial as
 written, the slowest command, ``--slow-repeats`` times), each in a fresh process with the
@@ -70,9 +72,24 @@ class Contestant:
     accuracies: list[float] = field(default_factory=list)
     histories: list[list[float]] = field(default_factory=list)  # per-epoch validation accuracy
     timings: list[dict] = field(default_factory=list)  # ours: each run's timings.json
+    precisions: list[str] = field(default_factory=list)  # the precision each run really trained in
 
     def median(self) -> float:
         return statistics.median(self.walls)
+
+    @property
+    def precision(self) -> str:
+        """What the runs trained in (finetunekit's: the run's finetunekit.json; a baseline's: the
+        ``precision:`` line it prints), several joined by "/" when they differed."""
+        return "/".join(dict.fromkeys(self.precisions)) or "precision not yet known"
+
+    @property
+    def label(self) -> str:
+        return self.name.format(precision=self.precision)
+
+    @property
+    def described(self) -> str:
+        return self.settings.format(precision=self.precision)
 
 
 def ours_argv(recipe: str, out: Path, overrides: list[str]) -> list[str]:
@@ -117,19 +134,19 @@ def text_contestants(work: Path, repeats: int, smoke: bool = False) -> list[Cont
     ours = work / "text_ours"
     shrink = [f"data.max_train_samples={rows}", "train.epochs=1"] if smoke else []
     contestants = [
-        Contestant("text", "finetunekit train examples/sst2.yaml", "ours",
+        Contestant("text", "finetunekit train examples/sst2.yaml ({precision})", "ours",
                    ours_argv("sst2.yaml", ours, [f"data.train={SST2 / 'train.tsv'}", f"data.val={dev}", *shrink]), ours,
-                   f"the recipe's defaults: strategy full, batch 16, {ours_epochs} epoch(s), bf16, length-grouped batches, "
+                   f"the recipe's defaults: strategy full, batch 16, {ours_epochs} epoch(s), {{precision}}, length-grouped batches, "
                    "validation every epoch, best epoch kept, report and model card written", repeats),
     ]
     for epochs in baseline_epochs:
         hf = work / f"text_trainer_{epochs}ep"
         which = "its own best" if epochs == TRAINER_BEST_EPOCHS else "the recipe's epochs"
         contestants.append(Contestant(
-            "text", f"Trainer script (bf16, group_by_length, fused AdamW), {epochs} epoch(s)", "baseline",
+            "text", f"Trainer script ({{precision}}, group_by_length, fused AdamW), {epochs} epoch(s)", "baseline",
             [sys.executable, str(BASELINES / "text_trainer.py"), "--model", str(minilm_l6_path()), "--train", str(subset),
              "--dev", str(dev), "--output", str(hf), "--epochs", str(epochs), "--batch-size", "16"], hf,
-            f"transformers Trainer, bf16, train_sampling_strategy group_by_length, adamw_torch_fused lr 5e-5, batch 16, "
+            f"transformers Trainer, {{precision}}, train_sampling_strategy group_by_length, adamw_torch_fused lr 5e-5, batch 16, "
             f"{epochs} epoch(s) ({which}), no evaluation during training, dev accuracy from an in-order loop, save_model", repeats))
     return contestants
 
@@ -139,18 +156,19 @@ def vision_contestants(work: Path, repeats: int, slow_repeats: int, smoke: bool 
     script = str(BASELINES / "vision_tutorial.py")
     epochs = "1" if smoke else "5"
     return [
-        Contestant("vision", "finetunekit train examples/hymenoptera.yaml, strategy full", "ours",
+        Contestant("vision", "finetunekit train examples/hymenoptera.yaml, strategy full ({precision})", "ours",
                    ours_argv("hymenoptera.yaml", ours, [f"data.train={ANTS}", "strategy.name=full", f"train.epochs={epochs}"]), ours,
-                   "strategy full, batch 16, 5 epochs, bf16 autocast, channels-last, validation every epoch, best epoch kept, "
+                   "strategy full, batch 16, 5 epochs, {precision} (precision auto: bf16 autocast only with bf16 matrix units), channels-last, validation every epoch, best epoch kept, "
                    "report (with Grad-CAM of the worst errors) and model card written", repeats),
-        Contestant("vision", "tutorial as written (fp32, NCHW, batch 4, 4 workers)", "baseline",
+        Contestant("vision", "tutorial as written ({precision}, NCHW, batch 4, 4 workers)", "baseline",
                    [sys.executable, script, "--data", str(ANTS), "--output", str(work / "tutorial"), "--epochs", epochs, "--batch-size", "4"],
-                   work / "tutorial", "the tutorial's train_model: SGD 1e-3 momentum 0.9, StepLR(7, 0.1), batch 4, fp32, NCHW, "
+                   work / "tutorial", "the tutorial's train_model: SGD 1e-3 momentum 0.9, StepLR(7, 0.1), batch 4, {precision}, NCHW, "
                    "DataLoader with 4 workers, 5 epochs, best epoch kept, torch.save", slow_repeats),
-        Contestant("vision", "tutorial best-configured (channels-last, bf16 autocast, batch 16)", "baseline",
+        Contestant("vision", "tutorial best-configured (channels-last, {precision}, batch 16)", "baseline",
                    [sys.executable, script, "--data", str(ANTS), "--output", str(work / "tutorial_best"), "--epochs", epochs,
                     "--batch-size", "16", "--best"], work / "tutorial_best",
-                   "the same loop with channels-last tensors and bf16 autocast, batch 16", repeats),
+                   "the same loop with channels-last tensors, {precision} (bf16 autocast only where the machine has bf16 matrix "
+                   "units), batch 16", repeats),
     ]
 
 
@@ -162,20 +180,23 @@ def run_once(c: Contestant) -> None:
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
-        sys.exit(f"{c.name} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(f"{c.label} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     c.walls.append(wall)
     c.cpus.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
     if c.role == "ours":
+        c.precisions.append(str(json.loads((c.out / "finetunekit.json").read_text()).get("precision", "fp32")))
         c.accuracies.append(json.loads((c.out / "metrics.json").read_text())["accuracy"])
         epochs = [json.loads(line) for line in (c.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
         c.histories.append([e["val_accuracy"] for e in epochs])
         c.timings.append(json.loads((c.out / "timings.json").read_text()))
     else:
+        said = next((line for line in proc.stdout.splitlines() if line.startswith("precision: ")), None)
+        c.precisions.append(said[len("precision: "):].split(",")[0].strip() if said else "precision not printed")
         result = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith("RESULT "))[7:])
         c.accuracies.append(result["accuracy"])
         if "history" in result:
             c.histories.append(result["history"])
-    print(f"  {c.row:<7} {c.name:<70} {wall:7.1f}s wall  {c.cpus[-1]:7.1f}s cpu  accuracy {c.accuracies[-1]:.4f}", flush=True)
+    print(f"  {c.row:<7} {c.label:<70} {wall:7.1f}s wall  {c.cpus[-1]:7.1f}s cpu  accuracy {c.accuracies[-1]:.4f}", flush=True)
 
 
 def check_reloadable(c: Contestant) -> str:
@@ -278,8 +299,9 @@ def serve_cold_start(run: Path) -> float:
 
 def cold_start(plan: dict[str, list[Contestant]], repeats: int) -> list[str]:
     """``import finetunekit``, ``finetunekit --help``, and for each row's finetunekit run
-    ``finetunekit predict RUN one_input`` and the service's start to its first /health; where the
-    predict time goes when it is over 3 s. Returns the markdown rows."""
+    ``finetunekit predict RUN one_input`` (the first, which writes the fast-predict model; the
+    later ones, on the fast path; and with ``--torch``) and the service's start to its first
+    /health; where the predict time goes when it is over 3 s. Returns the markdown rows."""
     python = sys.executable
     lines = ["| command | runs | wall s (min / median) | target |", "| --- | --- | --- | --- |"]
     print("\ncold start:")
@@ -294,9 +316,17 @@ def cold_start(plan: dict[str, list[Contestant]], repeats: int) -> list[str]:
     for name, contestants in plan.items():
         ours = next(c for c in contestants if c.role == "ours")
         sample = "a gripping, beautifully made film" if name == "text" else str(sorted((ANTS / "val" / "ants").iterdir())[0])
-        walls = timed([python, "-m", "finetunekit", "predict", str(ours.out), sample], repeats)
-        row(f"finetunekit predict RUN one_input ({name} run)", walls, 3.0)
+        predict = [python, "-m", "finetunekit", "predict", str(ours.out), sample]
+        # the first predict answers with torch and writes the run's fast-predict model; the later ones use it
+        row(f"finetunekit predict RUN one_input, the first ({name} run: torch, then writes RUN/fast)", timed(predict, 1), None)
+        walls = timed(predict, repeats)
+        row(f"finetunekit predict RUN one_input ({name} run, fast path)", walls, 3.0)
         if statistics.median(walls) >= 3.0:
+            proc = subprocess.run([*predict, "--verbose"], cwd=REPO, capture_output=True, text=True, env=ENV)
+            print("      " + "\n      ".join(proc.stderr.strip().splitlines()))
+        torch_walls = timed([*predict, "--torch"], repeats)
+        row(f"finetunekit predict RUN one_input --torch ({name} run)", torch_walls, None)
+        if statistics.median(torch_walls) >= 3.0:
             proc = subprocess.run([python, "-c", PREDICT_BREAKDOWN, str(ours.out), sample], cwd=REPO, capture_output=True, text=True, env=ENV)
             phases = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("PHASES "))[7:])
             for phase, seconds in phases.items():
@@ -325,14 +355,14 @@ def report(rows: dict[str, list[Contestant]], argv: list[str]) -> str:
         for c in contestants:
             ratio = "" if c is ours else f"{c.median() / ours.median():.2f}x"
             accuracy = statistics.median(c.accuracies)
-            print(f"  {c.name:<70} n={len(c.walls)}  wall min {min(c.walls):6.1f}s  median {c.median():6.1f}s  "
+            print(f"  {c.label:<70} n={len(c.walls)}  wall min {min(c.walls):6.1f}s  median {c.median():6.1f}s  "
                   f"cpu {statistics.median(c.cpus):6.1f}s  accuracy {accuracy:.4f}" + (f"  baseline/finetunekit {ratio}" if ratio else ""))
-            md.append(f"| {row} | {c.name} | {len(c.walls)} | {min(c.walls):.1f} / {c.median():.1f} | {statistics.median(c.cpus):.1f} | "
+            md.append(f"| {row} | {c.label} | {len(c.walls)} | {min(c.walls):.1f} / {c.median():.1f} | {statistics.median(c.cpus):.1f} | "
                       f"{accuracy:.4f} | {ratio or '1 (reference)'} |")
-            settings.append(f"- {row}, {c.name}: {c.settings}")
+            settings.append(f"- {row}, {c.label}: {c.described}")
         for c in contestants:
             if c is not ours:
-                line = (f"{row}: {c.name} takes {c.median() / ours.median():.2f}x finetunekit's time end to end (median wall) "
+                line = (f"{row}: {c.label} takes {c.median() / ours.median():.2f}x finetunekit's time end to end (median wall) "
                         f"(accuracy {statistics.median(ours.accuracies):.4f} against {statistics.median(c.accuracies):.4f}); "
                         f"time to its final accuracy: {time_to_quality(ours, statistics.median(c.accuracies))}")
                 print("  " + line)

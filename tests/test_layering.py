@@ -15,7 +15,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "finetunekit"
 
 LAYERS: list[set[str]] = [
-    {"errors", "version", "stats", "timing"},  # stats: bootstrap intervals and paired tests, plain numpy; timing: phase timers
+    {"errors", "version", "stats", "timing", "answers"},  # stats: bootstrap intervals and paired tests, plain numpy; timing: phase timers; answers: what predict prints, plain numpy
     {"registry", "runtime", "hf_modeling", "trackers", "safe_yaml", "outputs"},
     {"data"},  # readers (folders, tables, audio files), Examples, splits, transforms and batching
     # which parameters train (works on any nn.Module), and what is predicted and judged (heads,
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"model", "engine"},
     {"plan"},  # the resolve step: recipe + data -> one plan (types, options, defaults, fitted task)
     {"autoconfig"},  # autoconfig: a recipe chosen from the data
-    {"checkpoint", "features", "card", "report", "loading"},
+    {"checkpoint", "features", "card", "report", "loading", "fast"},  # fast: predict with a run's ONNX model, without torch
     {"predict"},
     {"explain"},  # Grad-CAM / integrated gradients for a loaded predictor; the report's explained errors
     # image-text retrieval: a dual encoder's own recipe, trainer (reading the feature cache), run

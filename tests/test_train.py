@@ -128,7 +128,8 @@ def test_cli_text_predict_file(text_data, tiny_bert, tmp_path, capsys):
 
 
 def test_cli_predict_says_where_its_cold_start_went(text_run, capsys):
-    assert main(["predict", str(text_run), "a fine film", "--verbose"]) == 0
+    # the torch path's line (tests/test_predict_fast.py: the fast path's)
+    assert main(["predict", str(text_run), "a fine film", "--verbose", "--torch"]) == 0
     out, err = capsys.readouterr()
     assert out.count("\t") == 2 and out.strip().endswith("a fine film")  # the answer alone on stdout
     line = err.strip().splitlines()[-1]

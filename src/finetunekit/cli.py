@@ -87,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.output:
         check_output(args.output, [args.recipe, *recipe_reads(recipe)], replaces=not args.resume, own_run=True)
     result = train(recipe, output=args.output, overwrite=args.overwrite, quiet=args.quiet, resume=args.resume, timer=timer)
+    if args.fast_predict:  # the fast-predict model (finetunekit.use.fast) now, rather than at the first predict
+        _write_fast_model(result.run_dir, quiet=args.quiet)
     if args.verbose:
         from .core.timing import format_phases
 
@@ -191,6 +193,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     age = process_age()  # the interpreter and finetunekit's own imports, before this line
+    fast_ok = _fast_eligible(args)
+    if fast_ok:  # the run's ONNX model, run without torch (finetunekit.use.fast)
+        from pathlib import Path
+
+        from .use import fast
+
+        spec, why, stale = fast.status(Path(args.run_dir))
+        if spec is not None:
+            return _predict_fast(args, spec, age, started)
+        if args.verbose:
+            print(f"predict: torch path: {why}", file=sys.stderr)
     from .modalities import read_examples
     from .data.readers import FLAG_COLUMN_OPTIONS
     from .use.predict import load
@@ -242,16 +255,91 @@ def cmd_predict(args: argparse.Namespace) -> int:
         phases["the rest of loading"] = rest
     phases[f"predict {len(inputs)} input(s)"] = done - loaded
     _cold_start_line(phases, args.verbose)
+    if fast_ok and stale:  # the first predict of a run trained without one: write it for the next ones
+        _write_fast_model(args.run_dir, predictor, explain=args.verbose)
     return 0
 
 
-def _cold_start_line(phases: dict[str, float], always: bool) -> None:
+def _fast_eligible(args: argparse.Namespace) -> bool:
+    """Whether this predict command is one the fast path answers: inputs on the command line
+    (texts, image paths or pairs), printed as lines or JSON."""
+    return not (args.torch or args.classes or args.input or args.output or args.file or args.save_dir
+                or args.score_threshold is not None or args.nms_iou is not None)
+
+
+def _predict_fast(args: argparse.Namespace, spec: dict, age: float | None, started: float) -> int:
+    """``predict`` with the run's fast-predict model: the same checks, lines and JSON as the torch
+    path, with numpy, PIL, onnxruntime and tokenizers only."""
+    import time
+    from pathlib import Path
+
+    import onnxruntime  # noqa: F401  (here, so that the cold-start line counts it as an import)
+
+    from .modalities import InputSchema, modality_of
+    from .use.fast import FOLDER, FastModel
+
+    imported = time.perf_counter()
+    model = FastModel(Path(args.run_dir) / FOLDER, spec)
+    loaded = time.perf_counter()
+    if model.pairs and args.inputs:
+        raise FinetuneError(
+            "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file"
+        )
+    if args.pair and not model.pairs:
+        raise FinetuneError("--pair: this model takes single texts, not pairs (it was not trained with data.text_columns)")
+    inputs: list = [*args.inputs, *(tuple(pair) for pair in args.pair or [])]
+    if not inputs:
+        raise FinetuneError("predict: give inputs (image paths or texts) or --file")
+    schema = InputSchema(2, tuple(spec["text"]["text_columns"])) if model.pairs else InputSchema()
+    inputs = modality_of(model.modality).check_inputs(inputs, schema)
+    records = model.records(inputs)
+    for item, record in zip(inputs, records, strict=True):
+        if args.json:
+            shown = list(item) if isinstance(item, tuple) else item
+            print(json.dumps({"input": shown, **record["json"]}))
+        else:
+            text = "\t".join(item) if isinstance(item, tuple) else item
+            print(f"{record['line']}\t{text}")
+    done = time.perf_counter()
+    phases = {"start-up (interpreter, finetunekit)": age if age is not None else 0.0,
+              "import onnxruntime and the fast path": imported - started,
+              "load the ONNX model": loaded - imported,
+              f"predict {len(inputs)} input(s)": done - loaded}
+    _cold_start_line(phases, args.verbose, "fast path (ONNX) ")
+    return 0
+
+
+def _write_fast_model(run_dir, predictor=None, quiet: bool = False, explain: bool = True) -> None:
+    """Write the run's fast-predict model, saying so in one line on stderr (unless ``quiet``); a
+    run directory that cannot be written to (or is in use) only costs the line. A run the fast
+    path does not cover (audio, detection...) is said only with ``explain``; a failed parity
+    check always."""
+    from pathlib import Path
+
+    from .core.outputs import RunDirLock
+    from .use.export import write_fast_model
+
+    try:
+        with RunDirLock(Path(run_dir)):
+            result = write_fast_model(run_dir, predictor)
+    except (FinetuneError, OSError) as exc:
+        if explain:
+            print(f"no fast-predict model: {exc}", file=sys.stderr, flush=True)
+        return
+    if result.path is not None:
+        if not quiet:
+            print(result.summary() + "; predict uses it from now on (without torch)", file=sys.stderr, flush=True)
+    elif explain or result.parity_failed:
+        print(result.summary(), file=sys.stderr, flush=True)
+
+
+def _cold_start_line(phases: dict[str, float], always: bool, path: str = "") -> None:
     """One line on stderr saying where a cold start went, when it took longer than
     :data:`COLD_START_AIM` seconds (or always, with ``--verbose``)."""
     total = sum(phases.values())
     if always or total > COLD_START_AIM:
         parts = "; ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items())
-        print(f"cold start {total:.2f} s: {parts}", file=sys.stderr, flush=True)
+        print(f"{path}cold start {total:.2f} s: {parts}", file=sys.stderr, flush=True)
 
 
 def _predict_to_file(args: argparse.Namespace) -> int:
@@ -464,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --output from its newest checkpoint (starts it when there is none yet)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--verbose", "-v", action="store_true", help="at the end, the seconds each phase took (also in RUN_DIR/timings.json)")
+    p.add_argument("--fast-predict", action="store_true", help="also write the fast-predict (ONNX) model at the end (3-5 s; "
+                   "otherwise the first predict writes it), so that even the first predict runs without torch")
 
     p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint, with its own recipe.yaml")
     p.add_argument("run_dir")
@@ -496,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", help="--file of images: the column of image files (relative to the table)")
     p.add_argument("--json", action="store_true", help="one JSON object per input, with all class probabilities")
     p.add_argument("--verbose", "-v", action="store_true", help="on stderr, where the cold start went (printed anyway when it "
-                   "takes over 3 s)")
+                   "takes over 3 s), and why the fast path was not taken")
+    p.add_argument("--torch", action="store_true", help="predict with the PyTorch model even where the run has a fast-predict "
+                   "(ONNX) model, and write none")
     p.add_argument("--classes", metavar="A,B,...", help="image-text runs: zero-shot classification into these classes, from their names")
     p.add_argument("--save-dir", help="also write the task's prediction files there (segmentation: an index PNG and a colour "
                    "overlay per image; detection: each image with its boxes drawn, and detections.json in COCO result format)")

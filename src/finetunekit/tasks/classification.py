@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.answers import classification_records
 from ..core.errors import DataError
 from ..core.stats import confidence_intervals, format_ci
 from . import TASKS
@@ -338,9 +339,7 @@ class ClassificationTask(Task):
         return records
 
     def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
-        labels = self.decode(scores)
-        return [{"json": {"label": label, "probabilities": dict(zip(self.classes, row.tolist(), strict=True))},
-                 "line": f"{label}\t{row.max():.4f}"} for label, row in zip(labels, scores, strict=True)]
+        return classification_records(scores, self.classes)
 
     def answers(self, scores: np.ndarray) -> list[dict[str, Any]]:
         """``{"label", "score", "scores"}``: the predicted class, its probability and every class's."""

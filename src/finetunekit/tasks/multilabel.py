@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.answers import multilabel_decisions, multilabel_records
 from ..core.errors import DataError, RecipeError, check_range
 from . import TASKS
 from .base import ReportView, Task
@@ -257,8 +258,7 @@ class MultiLabelTask(Task):
 
     # -- predictions
     def decode(self, scores: np.ndarray) -> list[Any]:
-        pred = np.asarray(scores) >= np.asarray(self.thresholds)[None, :]
-        return [[self.labels[k] for k in np.flatnonzero(row)] for row in pred]
+        return multilabel_decisions(scores, self.labels, self.thresholds)
 
     def target_values(self, targets: np.ndarray) -> list[Any]:
         return [[self.labels[k] for k in np.flatnonzero(row > 0.5)] for row in np.asarray(targets)]
@@ -285,8 +285,7 @@ class MultiLabelTask(Task):
         return list(self.labels)
 
     def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
-        return [{"json": {"labels": p, "probabilities": dict(zip(self.labels, (float(v) for v in row), strict=True))},
-                 "line": self.separator.join(p) or "(none)"} for p, row in zip(self.decode(scores), scores, strict=True)]
+        return multilabel_records(scores, self.labels, self.thresholds, self.separator)
 
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
         kind = {"image": "images", "audio": "audio clips"}.get(modality, "texts")

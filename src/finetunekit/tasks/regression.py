@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.answers import regression_records
 from ..core.errors import DataError, check_range
 from . import TASKS
 from .base import ReportView, Task
@@ -238,12 +239,7 @@ class RegressionTask(Task):
         return [0] * len(scores)
 
     def output_records(self, scores: np.ndarray) -> list[dict[str, Any]]:
-        records = []
-        for row in np.asarray(scores, dtype=np.float64).reshape(len(scores), -1):
-            values = {n: float(v) for n, v in zip(self.names, row, strict=True)}
-            records.append({"json": {"values": values} if len(row) > 1 else {"value": float(row[0])},
-                            "line": "\t".join(f"{v:.4f}" for v in row)})
-        return records
+        return regression_records(scores, self.names)
 
     def card(self, modality: str, metrics: dict[str, Any], train: Any) -> dict[str, Any]:
         kind = {"image": "images", "audio": "audio clips"}.get(modality, "texts")

@@ -588,3 +588,162 @@ def _task_loading_code(fmt: str, d: str, predictor) -> list[str]:
     problem = f" (`config.problem_type` is `{task.export_config()['problem_type']}`)" if fmt == "hf" else ""
     return ["```python", imports, *call, "```", f"For this {task.type} model{problem}, {meaning}. `export.json` records the "
             "parity check against PyTorch."]
+
+
+# -- the fast-predict model (finetunekit.use.fast) -------------------------------------------------------
+
+
+class _ScoresWrapper(torch.nn.Module):
+    """Positional tensors in, the task's scores out (probabilities; values in target units)."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], task: Any) -> None:
+        super().__init__()
+        self.model, self.names, self.task = model, names, task
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.task.scores(self.model(dict(zip(self.names, tensors, strict=True))))
+
+
+@dataclass
+class FastModelResult:
+    """What :func:`write_fast_model` did: ``path`` (None when no fast model was written and
+    ``reason`` says why), its wall ``seconds`` and the parity it checked."""
+
+    path: Path | None
+    seconds: float
+    reason: str = ""
+    max_abs_diff: float = 0.0
+    examples: int = 0
+    parity_failed: bool = False  # the run is covered, and the model did not answer as torch does
+
+    def summary(self) -> str:
+        if self.path is None:
+            return f"no fast-predict model: {self.reason}"
+        return (f"fast-predict model: {self.path} ({self.seconds:.1f} s; ONNX scores within {self.max_abs_diff:.1e} of torch's "
+                f"on {self.examples} inputs, every answer equal)")
+
+
+def _fast_samples(predictor, tmp: Path, limit: int = 12) -> list[Any]:
+    """Raw inputs for the fast model's parity check: the run's validation inputs (texts with the
+    built-in samples; images still on disk), else a few random images of several shapes."""
+    saved = [r["input"] for r in artifacts.read_jsonl(predictor.run_dir / artifacts.PREDICTIONS_FILE)]
+    inputs = predictor.kind.export_samples(saved, predictor.schema, limit)
+    if inputs is None and predictor.modality == "image":
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        inputs = []
+        for k, (w, h) in enumerate([(320, 240), (200, 333), (97, 64)]):
+            path = tmp / f"sample{k}.png"
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+            inputs.append(str(path))
+    return list(inputs or [])
+
+
+def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-4) -> FastModelResult:
+    """Write ``RUN_DIR/fast/`` (see :mod:`finetunekit.use.fast`): the run's model as ONNX
+    computing the task's scores, with what its preprocessing needs, atomically, after checking on
+    the run's validation inputs that it answers as the torch path does (scores within
+    ``tolerance``, every predicted label equal), preprocessing included. A run the fast path does
+    not cover writes nothing, and a failed check only a fast.json saying so (predict does not try
+    again for the same weights): the result's ``reason`` says why.
+    ``predictor``: the run's, already loaded on the CPU (loaded here otherwise)."""
+    import tempfile
+    import time
+
+    from . import fast
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+
+    def skipped(reason: str) -> FastModelResult:
+        return FastModelResult(None, time.perf_counter() - started, reason)
+
+    if predictor is None or predictor.device.type != "cpu":
+        from .predict import Predictor
+
+        predictor = Predictor(run_dir, device="cpu")
+    task_state = predictor.task.state()
+    info = artifacts.read_json(run_dir / artifacts.MARKER)
+    reason = fast.why_not({**info, "precision": predictor.precision}, task_state, predictor.preprocessing)
+    if reason is not None:
+        return skipped(reason)
+    backbone = predictor.model.backbone
+    text: dict[str, Any] | None = None
+    if predictor.modality == "text":
+        tokenizer = getattr(backbone, "tokenizer", None)
+        if tokenizer is None or not getattr(tokenizer, "is_fast", False) or getattr(backbone, "is_seq2seq", False):
+            return skipped("the run's tokenizer has no tokenizers-library form")
+        text = {"max_length": min(int(predictor.preprocessing.get("max_length", 512)), int(backbone.max_positions)),
+                "pad_token_id": int(backbone.pad_token_id), "text_columns": predictor.preprocessing.get("text_columns")}
+    from ..strategies import merge_added
+
+    merge_added(predictor.model)  # adapters kept unmerged: plain weights (a float-rounding difference)
+    batches = sample_batches(predictor)
+    axes = predictor.kind.onnx_axes
+    names = [k for k in axes if k in batches[0].batch]
+    dynamic: dict[str, dict[int, str]] = {name: dict(axes[name]) for name in names}
+    dynamic["scores"] = {0: "batch"}
+    spec: dict[str, Any] = {
+        "format": fast.FORMAT, "finetunekit": fast.__version__, "weights_sha256": info.get("weights_sha256"),
+        "modality": predictor.modality, "task": task_state, "inputs": names,
+    }
+    if text is not None:
+        spec["text"] = text
+    else:
+        pre = predictor.preprocessing
+        spec["image"] = {k: pre.get(k) for k in ("input_size", "crop_pct", "interpolation", "mean", "std", "max_image_pixels")}
+        if spec["image"]["interpolation"] is None:
+            spec["image"]["interpolation"] = "bilinear"
+        if spec["image"]["interpolation"] not in fast.PIL_FILTERS:
+            return skipped(f"interpolation {spec['image']['interpolation']!r} has no PIL filter")
+    checked: dict[str, Any] = {}
+
+    def fill(tmp: Path) -> None:
+        import os
+
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # readable as the run directory is (a temporary directory is private)
+        wrapper = _ScoresWrapper(predictor.model.eval(), names, predictor.task).eval()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+            torch.onnx.export(wrapper, tuple(batches[0].batch[n] for n in names), str(tmp / "model.onnx"), dynamo=False,
+                              input_names=names, output_names=["scores"], dynamic_axes=dynamic, opset_version=17,
+                              do_constant_folding=True)
+        if text is not None:
+            backbone.tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        spec["onnx_bytes"] = (tmp / "model.onnx").stat().st_size
+        with tempfile.TemporaryDirectory() as scratch:
+            inputs = _fast_samples(predictor, Path(scratch))
+            expected = predictor.predict_proba(list(inputs))
+            got = fast.FastModel(tmp, spec).scores(list(inputs))
+        diff = float(np.abs(expected - got).max()) if len(inputs) else 0.0
+        # the decisions (a class, a label set) must be the same; values (regression) are the difference above
+        same = task_state["type"] == "regression" or _decisions(task_state, expected) == _decisions(task_state, got)
+        if not (diff <= tolerance and same):
+            raise _ParityFailed(f"its scores differ from torch's by {diff:.2e} (tolerance {tolerance:g})"
+                                + ("" if same else ", with different predicted labels"))
+        spec["parity"] = {"max_abs_diff": diff, "examples": len(inputs), "tolerance": tolerance}
+        checked.update(spec["parity"])
+        artifacts.atomic_write_json(tmp / "fast.json", spec)
+
+    try:
+        artifacts.atomic_replace_dir(run_dir / fast.FOLDER, fill)
+    except _ParityFailed as exc:  # recorded, so that predict does not try again for these weights
+        unusable = {k: spec[k] for k in ("format", "finetunekit", "weights_sha256")}
+        artifacts.atomic_replace_dir(run_dir / fast.FOLDER,
+                                     lambda tmp: artifacts.atomic_write_json(tmp / "fast.json", {**unusable, "unusable": str(exc)}))
+        return FastModelResult(None, time.perf_counter() - started, str(exc), parity_failed=True)
+    return FastModelResult(run_dir / fast.FOLDER, time.perf_counter() - started, "", checked["max_abs_diff"], checked["examples"])
+
+
+class _ParityFailed(Exception):
+    pass
+
+
+def _decisions(task_state: dict[str, Any], scores: np.ndarray) -> list[Any]:
+    from ..core.answers import task_records
+
+    key = "label" if task_state["type"] == "classification" else "labels"
+    return [r["json"][key] for r in task_records(task_state, scores)]
