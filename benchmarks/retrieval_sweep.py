@@ -13,6 +13,21 @@ trainer's batches (each image once an epoch, its captions in turn), symmetric In
 and cosine schedule (restarted after ``--head_epochs``), the logit scale clamped at 100, and prints
 validation recall every fifth of the run. ``--dropout``: dropout on the image features entering the
 projection; ``--ls``: label smoothing; ``--mlp N``: an MLP image projection.
+
+Other views of the images (``--layers 0`` only)::
+
+    python benchmarks/retrieval_sweep.py views OUT SPLIT VIEW...   # VIEW: flip, full224, s260, s260full
+    python benchmarks/retrieval_sweep.py run OUT --img lite2_s260full --dropout 0.3 --ls 0.1 --epochs 15
+
+``views`` stores Lite2's pooled features of SPLIT's images under another preprocessing as
+``OUT/feats/lite2_VIEW_SPLIT.pt``: ``flip`` the usual view mirrored (and its 7x7 feature maps, as
+``lite2_flip_maps``), ``full224`` the whole photo at 224 px (no centre crop), ``s260`` and
+``s260full`` Lite2's own 260 px, centre-cropped or whole. ``--img A+B`` averages two sets of
+features, ``--img A,B`` concatenates them; ``--train_views A/B`` trains on one of the sets at random
+for each image and step (evaluating on ``--img``); ``--pool gem|attn`` pools ``--img``'s maps with a
+learned GeM exponent or attention instead of the mean; ``--hard W`` adds W times the VSE++
+max-violation hinge (margin ``--margin``) to InfoNCE; ``--fixed_temp T`` holds the temperature at T.
+The original 224 px features are ``efficientnet_lite2``.
 """
 import argparse, copy, math, random, time, json
 
@@ -53,6 +68,40 @@ def extract(out: str) -> None:
 import torch, torch.nn as nn, torch.nn.functional as F, numpy as np
 import sys
 
+def views(out: str, split: str, names: list) -> None:
+    import time
+
+    import torch
+
+    from finetunekit.backbones import create_backbone
+    from finetunekit.retrieval.data import read_pairs
+    from finetunekit.retrieval.encode import pixel_batches
+
+    torch.set_num_threads(1)
+    p = read_pairs(f"../shared/data/image_text/flickr8k/{split}.tsv")
+    for view in names:
+        img = create_backbone("bundled:efficientnet_lite2", True, "auto", 260 if view.startswith("s260") else 224).eval()
+        pre = dict(img.preprocessing())
+        if "full" in view:
+            pre["crop_pct"] = 1.0
+        t = time.perf_counter()
+        pooled, maps = torch.empty(len(p.images), img.num_features), []
+        with torch.no_grad():
+            for start, px in pixel_batches(p.images, pre, 32):
+                if view.endswith("flip"):
+                    px = px.flip(-1)
+                m = img.model.forward_features(px.contiguous(memory_format=torch.channels_last))
+                pooled[start:start + len(px)] = m.float().mean((2, 3))
+                if view == "flip":
+                    maps.append(m.half().contiguous())
+        torch.save(pooled, f"{out}/feats/lite2_{view}_{split}.pt")
+        if maps:
+            torch.save(torch.cat(maps), f"{out}/feats/lite2_{view}_maps_{split}.pt")
+        print("image features", view, split, f"{time.perf_counter() - t:.0f}s", flush=True)
+
+if len(sys.argv) > 3 and sys.argv[1] == "views":
+    views(sys.argv[2], sys.argv[3], sys.argv[4:])
+    raise SystemExit(0)
 if len(sys.argv) > 2 and sys.argv[1] == "extract":
     extract(sys.argv[2])
     raise SystemExit(0)
@@ -69,15 +118,23 @@ p.add_argument("--mlp", type=int, default=0); p.add_argument("--dropout", type=f
 p.add_argument("--ls", type=float, default=0.0); p.add_argument("--seed", type=int, default=0)
 p.add_argument("--temp", type=float, default=0.07); p.add_argument("--dim", type=int, default=256)
 p.add_argument("--split", default="val"); p.add_argument("--threads", type=int, default=1)
+p.add_argument("--train_views", default=None); p.add_argument("--pool", default="mean")
+p.add_argument("--hard", type=float, default=0.0); p.add_argument("--margin", type=float, default=0.2)
+p.add_argument("--fixed_temp", type=float, default=0.0)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 from finetunekit.retrieval.metrics import retrieval_ranks, retrieval_metrics
 from finetunekit.backbones import create_backbone
 from transformers.masking_utils import create_bidirectional_mask
+def feats(name, s):
+    if "+" in name: return torch.stack([feats(n, s) for n in name.split("+")]).mean(0)
+    if "," in name: return torch.cat([feats(n, s) for n in name.split(",")], 1)
+    return torch.load(O + f"{name}_{s}.pt")
 def load(s):
-    t = torch.load(O + f"text_{s}.pt"); img = torch.load(O + f"{a.img}_{s}.pt")
-    return t, img
+    return torch.load(O + f"text_{s}.pt"), feats(a.img, s)
 tr_t, tr_i = load("train"); ev_t, ev_i = load(a.split)
+tr_views = [feats(v, "train") for v in a.train_views.split("/")] if a.train_views else [tr_i]
+d_in = tr_i.shape[1]
 text = create_backbone("bundled:minilm_l6", True, "auto", None)
 cfg = text.model.config
 L = a.layers
@@ -107,13 +164,25 @@ def text_feats(t, rows):
 def proj(d_in):
     if a.mlp: return nn.Sequential(nn.Linear(d_in, a.mlp), nn.GELU(), nn.Dropout(a.dropout), nn.Linear(a.mlp, a.dim))
     return nn.Sequential(nn.Dropout(a.dropout), nn.Linear(d_in, a.dim, bias=False))
-ip, tp = proj(tr_i.shape[1]), nn.Linear(384, a.dim, bias=False)
-ls = nn.Parameter(torch.tensor(math.log(1 / a.temp)))
-heads = list(ip.parameters()) + list(tp.parameters())
-groups = [{"params": heads, "lr": a.head_lr, "weight_decay": a.wd}, {"params": [ls], "lr": a.head_lr, "weight_decay": 0}]
+class Pool(nn.Module):  # over 7x7 maps (B, C, 7, 7); identity on pooled features
+    def __init__(s):
+        super().__init__()
+        if a.pool == "gem": s.p = nn.Parameter(torch.tensor(3.0))
+        if a.pool == "attn": s.q = nn.Linear(d_in, 1); nn.init.zeros_(s.q.weight); nn.init.zeros_(s.q.bias)
+    def forward(s, m):
+        if a.pool == "mean": return m
+        m = m.float().flatten(2)
+        if a.pool == "gem": return m.clamp(min=1e-6).pow(s.p).mean(2).pow(1 / s.p)
+        return (m @ s.q(m.transpose(1, 2)).softmax(1)).squeeze(2)
+pool = Pool()
+ip, tp = proj(d_in), nn.Linear(384, a.dim, bias=False)
+ls = nn.Parameter(torch.tensor(math.log(1 / (a.fixed_temp or a.temp))))
+heads = list(ip.parameters()) + list(tp.parameters()) + list(pool.parameters())
+groups = [{"params": heads, "lr": a.head_lr, "weight_decay": a.wd}, {"params": [ls], "lr": 0.0 if a.fixed_temp else a.head_lr, "weight_decay": 0}]
 if top: groups.append({"params": list(top.parameters()), "lr": a.lr, "weight_decay": a.wd})
 opt = torch.optim.AdamW(groups)
 for g in opt.param_groups: g["initial_lr"] = g["lr"]
+vr = random.Random(a.seed + 7)
 n_img = len(tr_i); groups_of = [[] for _ in range(n_img)]
 for r, i in enumerate(tr_t["image_of"].tolist()): groups_of[i].append(r)
 offs = random.Random(a.seed).choices(range(1 << 16), k=n_img)
@@ -129,7 +198,7 @@ def evaluate():
     tf = torch.empty(n, 384)
     for s in range(0, n, 256):
         rows = order[s:s + 256]; tf[torch.tensor(rows)] = text_feats(ev_t, rows)
-    img = F.normalize(ip(ev_i), dim=-1).numpy(); txt = F.normalize(tp(tf), dim=-1).numpy()
+    img = F.normalize(ip(torch.cat([pool(ev_i[s:s + 100]) for s in range(0, len(ev_i), 100)])), dim=-1).numpy(); txt = F.normalize(tp(tf), dim=-1).numpy()
     return retrieval_metrics(retrieval_ranks(img, txt, ev_t["image_of"].tolist()))
 step = 0; tic = time.perf_counter(); best = None
 for ep in range(a.epochs):
@@ -147,9 +216,13 @@ for ep in range(a.epochs):
         tf = text_feats(tr_t, rows) if (L == 0 or ep >= a.head_epochs) else None
         if tf is None:  # head epochs: the initial top-layer output
             with torch.no_grad(): top.eval(); tf = text_feats(tr_t, rows); top.train()
-        ie = F.normalize(ip(tr_i[imgs]), dim=-1); te = F.normalize(tp(tf), dim=-1)
-        logits = ls.exp() * ie @ te.T; y = torch.arange(len(imgs))
+        x = tr_views[0][imgs] if len(tr_views) == 1 else torch.stack([tr_views[vr.randrange(len(tr_views))][i] for i in imgs])
+        ie = F.normalize(ip(pool(x)), dim=-1); te = F.normalize(tp(tf), dim=-1)
+        sim = ie @ te.T; logits = ls.exp() * sim; y = torch.arange(len(imgs))
         loss = (F.cross_entropy(logits, y, label_smoothing=a.ls) + F.cross_entropy(logits.T, y, label_smoothing=a.ls)) / 2
+        if a.hard:  # VSE++: the hardest in-batch negative of each query, both directions
+            neg = sim.masked_fill(torch.eye(len(imgs), dtype=torch.bool), -2); pos = sim.diag()
+            loss = loss + a.hard * ((a.margin + neg.max(1).values - pos).clamp(min=0).mean() + (a.margin + neg.max(0).values - pos).clamp(min=0).mean())
         opt.zero_grad(); loss.backward()
         torch.nn.utils.clip_grad_norm_([q for g in opt.param_groups for q in g["params"] if q.requires_grad], 1.0)
         opt.step()

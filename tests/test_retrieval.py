@@ -608,3 +608,29 @@ def test_mlp_image_projection_is_saved_reloaded_and_exported(pairs_data, tiny_be
     assert "parity: largest difference" in capsys.readouterr().out
     with pytest.raises(RecipeError, match=r"task.image_projection_dropout: expected a number in \[0, 1\)"):
         tiny_recipe(pairs_data, tiny_bert, task={"image_projection_dropout": 1.5})
+
+
+def test_image_crop_pct_sets_the_towers_crop_keys_the_feature_cache_and_travels_with_the_run(pairs_data, tiny_bert, tmp_path, monkeypatch):
+    import finetunekit
+    from finetunekit.retrieval.train import train
+    from timm.models.efficientnet import EfficientNet
+
+    with pytest.raises(RecipeError, match=r"^model.image_crop_pct: expected a number in \(0, 1\], got 1.5"):
+        tiny_recipe(pairs_data, tiny_bert, model={"image_crop_pct": 1.5})
+    cache = {"cache_dir": str(tmp_path / "cache"), "test": str(pairs_data / "val.tsv")}
+    train(tiny_recipe(pairs_data, tiny_bert, data=cache, train={"epochs": 1}), output=tmp_path / "cropped", quiet=True)
+    calls = []
+    original = EfficientNet.forward_features
+    monkeypatch.setattr(EfficientNet, "forward_features", lambda self, x: calls.append(len(x)) or original(self, x))
+    whole = tiny_recipe(pairs_data, tiny_bert, data=cache, model={"image_crop_pct": 1.0}, train={"epochs": 1})
+    result = train(whole, output=tmp_path / "whole", quiet=True)
+    # the cropped run's features are not reused: every train and val image runs through the tower again
+    assert sum(calls) >= 24 + 8
+    assert result.model.image.preprocessing()["crop_pct"] == 1.0
+    assert json.loads((tmp_path / "cropped" / "preprocessing.json").read_text())["image_tower"]["crop_pct"] < 1  # the backbone's own
+    assert json.loads((tmp_path / "whole" / "preprocessing.json").read_text())["image_tower"]["crop_pct"] == 1.0
+    loaded = finetunekit.load(tmp_path / "whole")
+    assert loaded.evaluate(pairs_data / "val.tsv")["t2i_r1"] == pytest.approx(result.metrics["test_t2i_r1"])
+    calls.clear()
+    train(whole, output=tmp_path / "whole2", quiet=True)
+    assert calls == []  # the same crop again: read from the cache

@@ -95,3 +95,25 @@ def test_a_head_that_cannot_be_zero_shot_is_refused(lit_run, tmp_path, capsys): 
     assert main(["train", str(tmp_path / "r.yaml"), "--output", str(tmp_path / "c"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "model.head_init:" in err and "is not a finetunekit run directory" in err and "\n" not in err, err
+
+
+def test_a_run_with_another_crop_names_it_and_its_own_tower_is_accepted(pairs_data, tiny_bert, tmp_path, monkeypatch):  # noqa: F811
+    from test_retrieval import tiny_recipe
+
+    from finetunekit.retrieval.train import train as train_retrieval
+    from finetunekit.run import trainer
+
+    run = train_retrieval(tiny_recipe(pairs_data, tiny_bert, model={"image_crop_pct": 1.0}, train={"epochs": 1}),
+                          output=tmp_path / "whole", quiet=True).run_dir
+    data = _folders(tmp_path / "data")
+    # the same weights (seed 0, random) read with the backbone's own crop: refused, naming the crop
+    with pytest.raises(RecipeError, match=r"^model.head_init: .*other preprocessing than model.backbone \(crop_pct: 1.0 against "
+                                          r"0.9\d*\); use model.backbone: run:"):
+        train(_recipe(data, "timm:test_efficientnet", f"zero_shot:{run}"), output=tmp_path / "a", quiet=True)
+
+    def stop(built, start, quiet):
+        raise _Stop
+
+    monkeypatch.setattr(trainer, "_fit", stop)
+    with pytest.raises(_Stop):  # the run's own tower, with its crop: the head is set and training would start
+        train(_recipe(data, f"run:{run}", f"zero_shot:{run}"), output=tmp_path / "b", quiet=True)

@@ -91,4 +91,6 @@ def _check_same_tower(run_dir: Path, retrieval: Any, backbone: Any) -> None:
     changed = sorted(k for k in set(run_pre) | set(ours_pre) if run_pre.get(k) != ours_pre.get(k))
     if changed:
         raise RecipeError(f"{where} reads images with other preprocessing than model.backbone ({', '.join(changed)}: "
-                          f"{run_pre.get(changed[0])!r} against {ours_pre.get(changed[0])!r}); set model.image_size to match")
+                          f"{run_pre.get(changed[0])!r} against {ours_pre.get(changed[0])!r}); "
+                          + ("set model.image_size to match, or " if changed == ["input_size"] else "")
+                          + f"use model.backbone: run:{run_dir} (the run's image tower with its preprocessing)")

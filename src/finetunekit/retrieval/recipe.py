@@ -83,6 +83,9 @@ class ModelSection:
     text_backbone: str = "bundled:minilm_l6"
     pretrained: bool = True  # false: both towers from random weights (the from-scratch baseline)
     image_size: int | None = 224  # Flickr8k's photos are 224 px; None: the backbone's own size
+    # the share of the resized photo the centre crop keeps (the photo is resized to image_size / image_crop_pct,
+    # then cropped to image_size); 1.0: the whole photo, no crop; None: the backbone's own (0.875 for EfficientNet)
+    image_crop_pct: float | None = None
     pooling: str = "auto"  # the text tower's pooling (mean for MiniLM)
 
     def __post_init__(self) -> None:
@@ -93,6 +96,9 @@ class ModelSection:
             raise RecipeError(f"model.pretrained: expected true or false, got {self.pretrained!r}")
         if self.image_size is not None:
             _positive("model.image_size", self.image_size)
+        if self.image_crop_pct is not None and (isinstance(self.image_crop_pct, bool) or not isinstance(self.image_crop_pct, (int, float))
+                                                or not 0 < self.image_crop_pct <= 1):
+            raise RecipeError(f"model.image_crop_pct: expected a number in (0, 1], got {self.image_crop_pct!r}")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,15 @@ def _say(quiet: bool, message: str) -> None:
 # -- building ------------------------------------------------------------------------------------
 
 
+def set_crop_pct(image: torch.nn.Module, crop_pct: float) -> None:
+    """The image tower's centre crop (``model.image_crop_pct``): part of its preprocessing, so of its
+    description (saved with the run), of the feature cache's key and of what ``predict`` runs."""
+    pre = getattr(image, "_preprocessing", None)
+    if not isinstance(pre, dict) or "input_size" not in pre:
+        raise RecipeError(f"model.image_crop_pct: {type(image).__name__} has no resize-and-crop preprocessing to set")
+    pre["crop_pct"] = float(crop_pct)
+
+
 def build_towers(recipe: RetrievalRecipe) -> DualEncoder:
     """The two backbones (checked to be an image and a text backbone) and the projections."""
     from ..backbones import create_backbone
@@ -62,6 +71,8 @@ def build_towers(recipe: RetrievalRecipe) -> DualEncoder:
 
     m = recipe.model
     image = create_backbone(m.image_backbone, m.pretrained, "auto", m.image_size)
+    if m.image_crop_pct is not None:
+        set_crop_pct(image, m.image_crop_pct)
     text = create_backbone(m.text_backbone, m.pretrained, m.pooling, None)
     for field_name, backbone, kind in (("image_backbone", image, "image"), ("text_backbone", text, "text")):
         try:
