@@ -240,13 +240,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"prediction files: {args.save_dir} ({sum(len(w) - 1 for w in written)} files)", file=sys.stderr)
     else:
         records = predictor.records(inputs)
-    for item, record in zip(inputs, records, strict=True):
-        if args.json:
-            shown = list(item) if isinstance(item, tuple) else item
-            print(json.dumps({"input": shown, **record["json"]}))
-        else:
-            text = "\t".join(item) if isinstance(item, tuple) else item
-            print(f"{record['line']}\t{text}")
+    _print_records(inputs, records, args.json)
     done = time.perf_counter()
     phases = {"start-up (interpreter, finetunekit)": age if age is not None else 0.0,
               "import torch and the predict path": imported - started, **predictor.load_seconds}
@@ -258,6 +252,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if fast_ok and stale:  # the first predict of a run trained without one: write it for the next ones
         _write_fast_model(args.run_dir, predictor, explain=args.verbose)
     return 0
+
+
+def _print_records(inputs: list, records: list[dict], as_json: bool) -> None:
+    """predict's answers on stdout: one JSON object per input, or the answer's line and the input."""
+    for item, record in zip(inputs, records, strict=True):
+        if as_json:
+            shown = list(item) if isinstance(item, tuple) else item
+            print(json.dumps({"input": shown, **record["json"]}))
+        else:
+            text = "\t".join(item) if isinstance(item, tuple) else item
+            print(f"{record['line']}\t{text}")
 
 
 def _fast_eligible(args: argparse.Namespace) -> bool:
@@ -293,13 +298,7 @@ def _predict_fast(args: argparse.Namespace, spec: dict, age: float | None, start
     schema = InputSchema(2, tuple(spec["text"]["text_columns"])) if model.pairs else InputSchema()
     inputs = modality_of(model.modality).check_inputs(inputs, schema)
     records = model.records(inputs)
-    for item, record in zip(inputs, records, strict=True):
-        if args.json:
-            shown = list(item) if isinstance(item, tuple) else item
-            print(json.dumps({"input": shown, **record["json"]}))
-        else:
-            text = "\t".join(item) if isinstance(item, tuple) else item
-            print(f"{record['line']}\t{text}")
+    _print_records(inputs, records, args.json)
     done = time.perf_counter()
     phases = {"start-up (interpreter, finetunekit)": age if age is not None else 0.0,
               "import onnxruntime and the fast path": imported - started,

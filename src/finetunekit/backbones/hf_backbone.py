@@ -28,18 +28,29 @@ def _load_quietly(fn, *args, **kwargs):
             transformers.utils.logging.enable_progress_bar()
 
 
-def load_hf_checkpoint(preprocessor_class, model_class, name_or_path: str, pretrained: bool, what: str):
+def load_hf_checkpoint(preprocessor_class, model_class, name_or_path: str, pretrained: bool, what: str,
+                       load_model=None):
     """``(preprocessor, model)`` of a Hugging Face checkpoint (hub id or local folder): the model with its
     pretrained weights, or built from its config alone when ``pretrained`` is false; a checkpoint that
-    cannot be read is a one-line :class:`FinetuneError` naming ``what`` it was to be."""
+    cannot be read, or whose pickled weights hold more than tensors, is a one-line
+    :class:`FinetuneError` naming ``what`` it was to be. ``load_model(fn, *args)`` calls the model's
+    constructor (default: quietly)."""
     from transformers import AutoConfig
 
+    load_model = load_model or _load_quietly
     try:
         preprocessor = _load_quietly(preprocessor_class.from_pretrained, name_or_path)
         if pretrained:
-            model = _load_quietly(model_class.from_pretrained, name_or_path)
+            model = load_model(model_class.from_pretrained, name_or_path)
         else:
-            model = _load_quietly(model_class.from_config, AutoConfig.from_pretrained(name_or_path))
+            model = load_model(model_class.from_config, AutoConfig.from_pretrained(name_or_path))
+    except pickle.UnpicklingError:
+        # transformers loads .bin weights with torch.load(weights_only=True), which refuses a
+        # pickle that asks for anything but tensors (code): report it, never run it.
+        raise FinetuneError(
+            f"could not load Hugging Face {what} {name_or_path!r}: refused its pickled weights, which hold objects "
+            "other than tensors and could run code when loaded; use a model with safetensors weights"
+        ) from None
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise FinetuneError(f"could not load Hugging Face {what} {name_or_path!r}: {first}") from None
@@ -64,24 +75,9 @@ class HFTextBackbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, pooling: str, pretrained: bool = True) -> HFTextBackbone:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer
 
-        try:
-            tokenizer = _load_quietly(AutoTokenizer.from_pretrained, name_or_path)
-            if pretrained:
-                model = _load_model(AutoModel.from_pretrained, name_or_path)
-            else:
-                model = _load_model(AutoModel.from_config, AutoConfig.from_pretrained(name_or_path))
-        except pickle.UnpicklingError:
-            # transformers loads .bin weights with torch.load(weights_only=True), which refuses a
-            # pickle that asks for anything but tensors (code): report it, never run it.
-            raise FinetuneError(
-                f"could not load Hugging Face model {name_or_path!r}: refused its pickled weights, which hold objects "
-                "other than tensors and could run code when loaded; use a model with safetensors weights"
-            ) from None
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise FinetuneError(f"could not load Hugging Face model {name_or_path!r}: {first}") from None
+        tokenizer, model = load_hf_checkpoint(AutoTokenizer, AutoModel, name_or_path, pretrained, "model", _load_model)
         backbone = cls(model, tokenizer, pooling)
         backbone.pretrained = pretrained
         return backbone
