@@ -85,6 +85,10 @@ class Modality:
     export_formats: ClassVar[tuple[str, ...]] = ("onnx",)
     # the model's input tensors in an ONNX export, in order, with their dynamic axes
     onnx_axes: ClassVar[dict[str, dict[int, str]]] = {}
+    # how predict's fast path (finetunekit.use.fast: the run's ONNX model, no torch) prepares this
+    # modality's inputs: "pixels" (image files through PIL and numpy, as the eval transform does),
+    # "tokens" (texts through the tokenizers library); None: such runs are predicted with torch
+    fast_input: ClassVar[str | None] = None
     # the backbone `finetunekit init` (zero-config) picks
     zero_config_backbone: ClassVar[str]
     # set: zero-config trains default_strategy for every data size, for this reason (else autoconfig's rules)

@@ -50,6 +50,7 @@ class Image(FileInputs, Modality):
     export_formats = ("timm", "onnx")
     feature_maps = True  # timm and bundled image backbones expose their stages
     onnx_axes = {"pixel_values": {0: "batch"}}
+    fast_input = "pixels"
     zero_config_backbone = "bundled:efficientnet_lite0"
     report_errors = explained_errors = 24
     input_view = "gallery"

@@ -70,6 +70,7 @@ class Text(Modality):
     }
     export_formats = ("hf", "onnx")
     onnx_axes = {name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask", "token_type_ids")}
+    fast_input = "tokens"
     zero_config_backbone = "bundled:minilm_l6"
     zero_config_writer = "warm-started on both sides as an encoder-decoder, its decoder writes the text"
     zero_config_seq2seq_example = ("examples/multi30k.yaml trains Multi30k with it, the new cross-attention of the "

@@ -628,7 +628,7 @@ def _fast_samples(predictor, tmp: Path, limit: int = 12) -> list[Any]:
     built-in samples; images still on disk), else a few random images of several shapes."""
     saved = [r["input"] for r in artifacts.read_jsonl(predictor.run_dir / artifacts.PREDICTIONS_FILE)]
     inputs = predictor.kind.export_samples(saved, predictor.schema, limit)
-    if inputs is None and predictor.modality == "image":
+    if inputs is None and predictor.kind.fast_input == "pixels":
         from PIL import Image
 
         rng = np.random.default_rng(0)
@@ -670,7 +670,7 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
         return skipped(reason)
     backbone = predictor.model.backbone
     text: dict[str, Any] | None = None
-    if predictor.modality == "text":
+    if predictor.kind.fast_input == "tokens":
         tokenizer = getattr(backbone, "tokenizer", None)
         if tokenizer is None or not getattr(tokenizer, "is_fast", False) or getattr(backbone, "is_seq2seq", False):
             return skipped("the run's tokenizer has no tokenizers-library form")

@@ -36,7 +36,12 @@ from ..version import __version__
 
 FOLDER = "fast"
 FORMAT = 1
-MODALITIES = ("text", "image")
+def input_form(modality: str) -> str | None:
+    """How the fast path prepares a modality's inputs (``Modality.fast_input``): "pixels",
+    "tokens", or None for a modality it does not cover (or one not registered here)."""
+    from ..modalities import MODALITIES, modality_of
+
+    return modality_of(modality).fast_input if modality in MODALITIES.names() else None
 PRECISIONS = ("fp32",)  # the runs whose torch answers fp32 ONNX reproduces (bf16/fp16 ones differ by their rounding)
 # PIL's resampling filters by torchvision's interpolation names (torchvision.transforms.functional.pil_modes_mapping)
 PIL_FILTERS = {"nearest": 0, "nearest-exact": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
@@ -57,13 +62,14 @@ def why_not(info: dict[str, Any], task: dict[str, Any], preprocessing: dict[str,
     if not installed() or find_spec("onnx") is None:  # onnx: torch's ONNX exporter writes with it
         return "onnx, onnxruntime or tokenizers is not installed (pip install onnx onnxruntime tokenizers)"
     modality = info.get("modality", "image")
-    if modality not in MODALITIES:
+    form = input_form(modality)
+    if form is None:
         return f"{modality} runs are predicted with torch"
     if task.get("type") not in TYPES:
         return f"{task.get('type')} runs are predicted with torch"
     if info.get("precision", "fp32") not in PRECISIONS:
         return f"the run validated in {info.get('precision')}, which the fp32 ONNX model would not reproduce to 1e-4"
-    if modality == "image" and preprocessing.get("input_size") is None:
+    if form == "pixels" and preprocessing.get("input_size") is None:
         return "no image input size in preprocessing.json"
     return None
 
@@ -107,13 +113,14 @@ class FastModel:
 
         self.spec = spec
         self.modality: str = spec["modality"]
+        self.form = input_form(self.modality)  # "pixels" or "tokens"
         self.task: dict[str, Any] = spec["task"]
         self.inputs: list[str] = list(spec["inputs"])
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         self.session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         self.tokenizer = None
-        if self.modality == "text":
+        if self.form == "tokens":
             from tokenizers import Tokenizer
 
             self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -128,7 +135,7 @@ class FastModel:
 
     @property
     def pairs(self) -> bool:
-        return bool(self.modality == "text" and self.spec["text"].get("text_columns"))
+        return bool(self.form == "tokens" and self.spec["text"].get("text_columns"))
 
     # -- preprocessing ------------------------------------------------------------------------------
 
@@ -197,13 +204,13 @@ class FastModel:
         the torch path batches them: less padding)."""
         order = list(range(len(inputs)))
         encodings: list[Any] = []
-        if self.modality == "text":
+        if self.form == "tokens":
             encodings = self.encode_texts(list(inputs))
             order.sort(key=lambda i: len(encodings[i].ids))
         out: np.ndarray | None = None
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            if self.modality == "text":
+            if self.form == "tokens":
                 batch = self.text_batch([encodings[i] for i in rows])
             else:
                 batch = {"pixel_values": np.stack([self.image_array(str(inputs[i])) for i in rows])}
