@@ -166,10 +166,10 @@ def test_failed_parity_is_recorded_and_not_retried(runs, tmp_path, monkeypatch):
 
 
 def test_runs_the_fast_path_does_not_cover_get_no_fast_model(tmp_path, image_data):
-    assert "audio runs" in fast.why_not({"modality": "audio"}, {"type": "classification"}, {})
-    assert "detection runs" in fast.why_not({"modality": "image"}, {"type": "detection"}, {"input_size": 32})
-    assert "bf16" in fast.why_not({"modality": "image", "precision": "bf16"}, {"type": "classification"}, {"input_size": 32})
-    assert fast.why_not({"modality": "text", "precision": "fp32"}, {"type": "regression"}, {}) is None
+    assert "audio runs" in fast.why_not({"modality": "audio"}, {"type": "classification"}, {}, "one_class")
+    assert "detection runs" in fast.why_not({"modality": "image"}, {"type": "detection"}, {"input_size": 32}, None)
+    assert "bf16" in fast.why_not({"modality": "image", "precision": "bf16"}, {"type": "classification"}, {"input_size": 32}, "one_class")
+    assert fast.why_not({"modality": "text", "precision": "fp32"}, {"type": "regression"}, {}, "values") is None
 
 
 def test_fast_predict_never_imports_torch(runs, tmp_path):

@@ -48,16 +48,28 @@ def regression_records(scores: np.ndarray, names: Sequence[str]) -> list[dict[st
     return records
 
 
-def task_records(state: dict[str, Any], scores: np.ndarray) -> list[dict[str, Any]]:
-    """The records of a task given by its saved state (``Task.state()``: type and names)."""
-    kind = state.get("type")
-    if kind == "classification":
-        return classification_records(scores, [str(c) for c in state["classes"]])
-    if kind == "multilabel":
-        return multilabel_records(scores, list(state["labels"]), list(state["thresholds"]), state.get("separator", "|"))
-    if kind == "regression":
-        return regression_records(scores, list(state["targets"]))
-    raise ValueError(f"no plain answers for a {kind} task")
+def _one_class(state: dict[str, Any], scores: np.ndarray) -> list[dict[str, Any]]:
+    return classification_records(scores, [str(c) for c in state["classes"]])
 
 
-TYPES = ("classification", "multilabel", "regression")  # the task types task_records answers
+def _label_set(state: dict[str, Any], scores: np.ndarray) -> list[dict[str, Any]]:
+    return multilabel_records(scores, list(state["labels"]), list(state["thresholds"]), state.get("separator", "|"))
+
+
+def _values(state: dict[str, Any], scores: np.ndarray) -> list[dict[str, Any]]:
+    return regression_records(scores, list(state["targets"]))
+
+
+# The answer forms a task may declare (``Task.answer_form``): how its records are made from its
+# saved state (``Task.state()``) and its scores, and the JSON key holding its decision (None: a
+# value, compared by its size rather than for equality).
+FORMS: dict[str, Any] = {"one_class": _one_class, "label_set": _label_set, "values": _values}
+DECISION_KEYS: dict[str, str | None] = {"one_class": "label", "label_set": "labels", "values": None}
+
+
+def task_records(form: str, state: dict[str, Any], scores: np.ndarray) -> list[dict[str, Any]]:
+    """The records of a task whose answers take ``form`` (``Task.answer_form``), given by its
+    saved state (``Task.state()``: its names) and its scores."""
+    if form not in FORMS:
+        raise ValueError(f"no plain answers of the form {form!r}; forms: {', '.join(FORMS)}")
+    return FORMS[form](state, scores)

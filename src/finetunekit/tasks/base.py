@@ -68,6 +68,9 @@ class Task:
     # one class per example, decoded as its name: runs compare by right/wrong per example
     # (McNemar's test in ``finetunekit compare``)
     single_class: ClassVar[bool] = False
+    # how finetunekit.core.answers prints this task's answers from its scores without torch (the
+    # fast predict path): a key of core.answers.FORMS, or None where only the task object answers
+    answer_form: ClassVar[str | None] = None
     # built from the recipe's `tasks:` list (several tasks on one backbone), never named by task.type
     composite: ClassVar[bool] = False
     # the task type's own fields of the recipe's `task:` section (finetunekit.tasks.options)

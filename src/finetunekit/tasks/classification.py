@@ -190,6 +190,7 @@ class ClassificationTask(Task):
     """
 
     type = "classification"
+    answer_form = "one_class"
     primary_metric = "accuracy"
     lower_is_better = frozenset({"loss", "ece"})
     epoch_metrics = ("accuracy", "macro_f1")

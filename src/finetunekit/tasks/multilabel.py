@@ -135,6 +135,7 @@ class MultiLabelTask(Task):
     ``threshold`` (null: per label, tuned on validation)."""
 
     type = "multilabel"
+    answer_form = "label_set"
     Options = MultiLabelOptions
     primary_metric = "map"
     lower_is_better = frozenset({"loss", "hamming_loss"})

@@ -100,6 +100,7 @@ class RegressionTask(Task):
     (in standard deviations), ``standardize``."""
 
     type = "regression"
+    answer_form = "values"
     Options = RegressionOptions
     primary_metric = "rmse"
     lower_is_better = frozenset({"loss", "rmse", "mae"})

@@ -665,7 +665,8 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
         predictor = Predictor(run_dir, device="cpu")
     task_state = predictor.task.state()
     info = artifacts.read_json(run_dir / artifacts.MARKER)
-    reason = fast.why_not({**info, "precision": predictor.precision}, task_state, predictor.preprocessing)
+    form = getattr(predictor.task, "answer_form", None)  # Task.answer_form; None for what the fast path does not answer
+    reason = fast.why_not({**info, "precision": predictor.precision}, task_state, predictor.preprocessing, form)
     if reason is not None:
         return skipped(reason)
     backbone = predictor.model.backbone
@@ -686,7 +687,7 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
     dynamic["scores"] = {0: "batch"}
     spec: dict[str, Any] = {
         "format": fast.FORMAT, "finetunekit": fast.__version__, "weights_sha256": info.get("weights_sha256"),
-        "modality": predictor.modality, "task": task_state, "inputs": names,
+        "modality": predictor.modality, "task": task_state, "answer_form": form, "inputs": names,
     }
     if text is not None:
         spec["text"] = text
@@ -720,7 +721,7 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
             got = fast.FastModel(tmp, spec).scores(list(inputs))
         diff = float(np.abs(expected - got).max()) if len(inputs) else 0.0
         # the decisions (a class, a label set) must be the same; values (regression) are the difference above
-        same = task_state["type"] == "regression" or _decisions(task_state, expected) == _decisions(task_state, got)
+        same = _decisions(form, task_state, expected) == _decisions(form, task_state, got)
         if not (diff <= tolerance and same):
             raise _ParityFailed(f"its scores differ from torch's by {diff:.2e} (tolerance {tolerance:g})"
                                 + ("" if same else ", with different predicted labels"))
@@ -742,8 +743,10 @@ class _ParityFailed(Exception):
     pass
 
 
-def _decisions(task_state: dict[str, Any], scores: np.ndarray) -> list[Any]:
-    from ..core.answers import task_records
+def _decisions(form: str, task_state: dict[str, Any], scores: np.ndarray) -> list[Any]:
+    """The decisions (a class, a label set) answered from ``scores``; none for values, whose
+    difference is the scores' own."""
+    from ..core.answers import DECISION_KEYS, task_records
 
-    key = "label" if task_state["type"] == "classification" else "labels"
-    return [r["json"][key] for r in task_records(task_state, scores)]
+    key = DECISION_KEYS[form]
+    return [] if key is None else [r["json"][key] for r in task_records(form, task_state, scores)]

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from ..core.answers import TYPES, task_records
+from ..core.answers import FORMS, task_records
 from ..core.errors import DataError
 from ..version import __version__
 
 FOLDER = "fast"
-FORMAT = 1
+FORMAT = 2
 def input_form(modality: str) -> str | None:
     """How the fast path prepares a modality's inputs (``Modality.fast_input``): "pixels",
     "tokens", or None for a modality it does not cover (or one not registered here)."""
@@ -54,7 +54,7 @@ def installed() -> bool:
     return find_spec("onnxruntime") is not None and find_spec("tokenizers") is not None
 
 
-def why_not(info: dict[str, Any], task: dict[str, Any], preprocessing: dict[str, Any]) -> str | None:
+def why_not(info: dict[str, Any], task: dict[str, Any], preprocessing: dict[str, Any], answer_form: str | None) -> str | None:
     """Why a run (its finetunekit.json, task state and preprocessing.json) gets no fast model,
     or None when it can have one."""
     from importlib.util import find_spec
@@ -65,7 +65,7 @@ def why_not(info: dict[str, Any], task: dict[str, Any], preprocessing: dict[str,
     form = input_form(modality)
     if form is None:
         return f"{modality} runs are predicted with torch"
-    if task.get("type") not in TYPES:
+    if answer_form not in FORMS:  # the task's declared Task.answer_form
         return f"{task.get('type')} runs are predicted with torch"
     if info.get("precision", "fp32") not in PRECISIONS:
         return f"the run validated in {info.get('precision')}, which the fp32 ONNX model would not reproduce to 1e-4"
@@ -115,6 +115,7 @@ class FastModel:
         self.modality: str = spec["modality"]
         self.form = input_form(self.modality)  # "pixels" or "tokens"
         self.task: dict[str, Any] = spec["task"]
+        self.answer_form: str = spec["answer_form"]
         self.inputs: list[str] = list(spec["inputs"])
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
@@ -224,4 +225,4 @@ class FastModel:
         """Per input ``{"json": ..., "line": ...}``, as ``Predictor.records``."""
         if not inputs:
             return []
-        return task_records(self.task, self.scores(inputs))
+        return task_records(self.answer_form, self.task, self.scores(inputs))
