@@ -219,13 +219,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_to_file(args)
     predictor = load(args.run_dir).set_options(score_threshold=args.score_threshold, nms_iou=args.nms_iou)
     loaded = time.perf_counter()
-    if predictor.text_columns and args.inputs:
-        raise FinetuneError(
-            "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file"
-        )
-    if args.pair and not predictor.text_columns:
-        raise FinetuneError("--pair: this model takes single texts, not pairs (it was not trained with data.text_columns)")
-    inputs: list = [*args.inputs, *(tuple(pair) for pair in args.pair or [])]
+    inputs: list = _command_line_inputs(args, bool(predictor.text_columns))
     if args.file:
         columns = args.text_columns or predictor.text_columns
         inputs += read_examples(
@@ -252,6 +246,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if fast_ok and stale:  # the first predict of a run trained without one: write it for the next ones
         _write_fast_model(args.run_dir, predictor, explain=args.verbose)
     return 0
+
+
+def _command_line_inputs(args: argparse.Namespace, pairs: bool) -> list:
+    """predict's inputs given on the command line: texts or image paths, or ``--pair`` tuples for a
+    model trained on sentence pairs (``pairs``); the wrong kind is a one-line error."""
+    if pairs and args.inputs:
+        raise FinetuneError(
+            "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file"
+        )
+    if args.pair and not pairs:
+        raise FinetuneError("--pair: this model takes single texts, not pairs (it was not trained with data.text_columns)")
+    return [*args.inputs, *(tuple(pair) for pair in args.pair or [])]
 
 
 def _print_records(inputs: list, records: list[dict], as_json: bool) -> None:
@@ -286,13 +292,7 @@ def _predict_fast(args: argparse.Namespace, spec: dict, age: float | None, start
     imported = time.perf_counter()
     model = FastModel(Path(args.run_dir) / FOLDER, spec)
     loaded = time.perf_counter()
-    if model.pairs and args.inputs:
-        raise FinetuneError(
-            "this model takes sentence pairs: give each as --pair FIRST SECOND (repeatable), or a table with --file"
-        )
-    if args.pair and not model.pairs:
-        raise FinetuneError("--pair: this model takes single texts, not pairs (it was not trained with data.text_columns)")
-    inputs: list = [*args.inputs, *(tuple(pair) for pair in args.pair or [])]
+    inputs: list = _command_line_inputs(args, model.pairs)
     if not inputs:
         raise FinetuneError("predict: give inputs (image paths or texts) or --file")
     schema = InputSchema(2, tuple(spec["text"]["text_columns"])) if model.pairs else InputSchema()
