@@ -313,14 +313,10 @@ def _write_fast_model(run_dir, predictor=None, quiet: bool = False, explain: boo
     run directory that cannot be written to (or is in use) only costs the line. A run the fast
     path does not cover (audio, detection...) is said only with ``explain``; a failed parity
     check always."""
-    from pathlib import Path
-
-    from .core.outputs import RunDirLock
     from .use.export import write_fast_model
 
     try:
-        with RunDirLock(Path(run_dir)):
-            result = write_fast_model(run_dir, predictor)
+        result = write_fast_model(run_dir, predictor)  # it locks the run directory while it writes
     except (FinetuneError, OSError) as exc:
         if explain:
             print(f"no fast-predict model: {exc}", file=sys.stderr, flush=True)

@@ -139,6 +139,11 @@ class TimmBackbone(Backbone):
     def preprocessing(self) -> dict[str, Any]:
         return dict(self._preprocessing)
 
+    def set_crop_pct(self, crop_pct: float) -> None:
+        """The evaluation transform's centre crop (the share of the resized image it keeps; 1.0: the
+        whole image): part of the preprocessing, so of the description saved with a run."""
+        self._preprocessing["crop_pct"] = float(crop_pct)
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

@@ -58,10 +58,10 @@ def _say(quiet: bool, message: str) -> None:
 def set_crop_pct(image: torch.nn.Module, crop_pct: float) -> None:
     """The image tower's centre crop (``model.image_crop_pct``): part of its preprocessing, so of its
     description (saved with the run), of the feature cache's key and of what ``predict`` runs."""
-    pre = getattr(image, "_preprocessing", None)
-    if not isinstance(pre, dict) or "input_size" not in pre:
+    setter = getattr(image, "set_crop_pct", None)
+    if setter is None or "input_size" not in image.preprocessing():
         raise RecipeError(f"model.image_crop_pct: {type(image).__name__} has no resize-and-crop preprocessing to set")
-    pre["crop_pct"] = float(crop_pct)
+    setter(crop_pct)
 
 
 def build_towers(recipe: RetrievalRecipe) -> DualEncoder:

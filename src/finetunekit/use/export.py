@@ -659,14 +659,24 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
     def skipped(reason: str) -> FastModelResult:
         return FastModelResult(None, time.perf_counter() - started, reason)
 
-    if predictor is None or predictor.device.type != "cpu":
+    info = artifacts.read_json(run_dir / artifacts.MARKER)
+
+    def why_not(p, precision: str) -> str | None:  # Task.answer_form: None for what the fast path does not answer
+        return fast.why_not({**info, "precision": precision}, p.task.state(), p.preprocessing, getattr(p.task, "answer_form", None))
+
+    if predictor is not None and predictor.device.type != "cpu":
+        # what does not depend on the device first: a run the fast path does not cover is not loaded again
+        reason = why_not(predictor, "fp32")
+        if reason is not None:
+            return skipped(reason)
+        predictor = None
+    if predictor is None:
         from .predict import Predictor
 
         predictor = Predictor(run_dir, device="cpu")
     task_state = predictor.task.state()
-    info = artifacts.read_json(run_dir / artifacts.MARKER)
-    form = getattr(predictor.task, "answer_form", None)  # Task.answer_form; None for what the fast path does not answer
-    reason = fast.why_not({**info, "precision": predictor.precision}, task_state, predictor.preprocessing, form)
+    form = getattr(predictor.task, "answer_form", None)
+    reason = why_not(predictor, predictor.precision)
     if reason is not None:
         return skipped(reason)
     backbone = predictor.model.backbone
@@ -729,13 +739,16 @@ def write_fast_model(run_dir: str | Path, predictor=None, tolerance: float = 1e-
         checked.update(spec["parity"])
         artifacts.atomic_write_json(tmp / "fast.json", spec)
 
-    try:
-        artifacts.atomic_replace_dir(run_dir / fast.FOLDER, fill)
-    except _ParityFailed as exc:  # recorded, so that predict does not try again for these weights
-        unusable = {k: spec[k] for k in ("format", "finetunekit", "weights_sha256")}
-        artifacts.atomic_replace_dir(run_dir / fast.FOLDER,
-                                     lambda tmp: artifacts.atomic_write_json(tmp / "fast.json", {**unusable, "unusable": str(exc)}))
-        return FastModelResult(None, time.perf_counter() - started, str(exc), parity_failed=True)
+    from ..core.outputs import RunDirLock
+
+    with RunDirLock(run_dir):  # only what writes holds the run directory (a run the fast path skips is not locked)
+        try:
+            artifacts.atomic_replace_dir(run_dir / fast.FOLDER, fill)
+        except _ParityFailed as exc:  # recorded, so that predict does not try again for these weights
+            unusable = {k: spec[k] for k in ("format", "finetunekit", "weights_sha256")}
+            artifacts.atomic_replace_dir(run_dir / fast.FOLDER,
+                                         lambda tmp: artifacts.atomic_write_json(tmp / "fast.json", {**unusable, "unusable": str(exc)}))
+            return FastModelResult(None, time.perf_counter() - started, str(exc), parity_failed=True)
     return FastModelResult(run_dir / fast.FOLDER, time.perf_counter() - started, "", checked["max_abs_diff"], checked["examples"])
 
 
